@@ -1,0 +1,91 @@
+// Opening any checkpoint path through one interface.
+//
+// OpenCheckpoint sniffs the path (a torch.save zip `.pt`/`.bin`, a
+// `.safetensors` file, a sharded `*.safetensors.index.json` or
+// `pytorch_model.bin.index.json`, or a folder holding one of those) and returns
+// a CheckpointReader that lists the tensors and streams each one as
+// contiguous, row-major, little-endian bytes. Reading metadata never reads
+// tensor data; reading one tensor touches only its bytes.
+//
+// Thread-safety: a CheckpointReader is immutable after opening; ReadTensor may
+// be called concurrently.
+#ifndef CKPT_CHECKPOINT_H_
+#define CKPT_CHECKPOINT_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "ckpt/byte_source.h"
+#include "ckpt/dtype.h"
+#include "ckpt/env.h"
+#include "ckpt/status.h"
+
+namespace ckpt {
+
+// How the unpickler treats globals that are not on the allowlist.
+enum class PickleMode {
+  kStrict,   // reject with an error naming the global and the byte offset
+  kInspect,  // keep as an opaque record (module, name, args) that can be shown
+};
+
+struct OpenOptions {
+  Env* env = nullptr;  // nullptr: Env::Default()
+  PickleMode pickle_mode = PickleMode::kStrict;
+};
+
+// One tensor as a reader exposes it.
+struct TensorInfo {
+  std::string key;  // flattened name: nested containers joined by '.'
+  DType dtype = DType::kFloat32;
+  std::vector<int64_t> shape;
+  uint64_t nbytes = 0;  // numel * DTypeSize: what ReadTensor produces
+
+  // Where the bytes are, as the source format describes them (for inspect).
+  std::string file;           // file holding the data (sharded formats), else ""
+  std::string storage;        // torch: storage key ("0", "1", ...); safetensors: ""
+  std::vector<int64_t> stride;  // torch: element strides; else empty (contiguous)
+  int64_t storage_offset = 0;   // torch: in elements
+  uint64_t data_offset = 0;     // byte offset of the first element's storage in `file`
+  bool requires_grad = false;
+  bool is_parameter = false;
+};
+
+// A non-tensor leaf (int, string, Namespace, opaque object, ...), shown safely.
+struct ObjectInfo {
+  std::string key;
+  std::string type;  // "int", "str", "argparse.Namespace", "opaque os.system", ...
+  std::string repr;  // a short, safe rendering
+  bool opaque = false;  // its global is not on the allowlist
+};
+
+class CheckpointReader {
+ public:
+  virtual ~CheckpointReader() = default;
+
+  // "torch", "safetensors", "safetensors-sharded", "torch-sharded".
+  virtual std::string_view format() const = 0;
+  virtual const std::vector<TensorInfo>& tensors() const = 0;
+  virtual const std::vector<ObjectInfo>& objects() const = 0;
+  // Format details for `inspect --json` (safetensors __metadata__, shared
+  // storages, torch archive records, ...). Never holds tensor data.
+  virtual nlohmann::json Details() const = 0;
+
+  // Streams tensor i's nbytes bytes (contiguous, row-major, little-endian)
+  // to out in bounded pieces. Errors name the file, the tensor key and the offset.
+  virtual Status ReadTensor(size_t i, ByteSink* out) const = 0;
+
+  // Index of key in tensors(); NotFound otherwise.
+  Result<size_t> Find(std::string_view key) const;
+};
+
+Result<std::unique_ptr<CheckpointReader>> OpenCheckpoint(const std::string& path,
+                                                         const OpenOptions& options = {});
+
+}  // namespace ckpt
+
+#endif  // CKPT_CHECKPOINT_H_

@@ -1,0 +1,106 @@
+// Env: the one seam between ckptkit and the operating system's files.
+//
+// Every file operation goes through an Env, so tests can swap the disk for
+// memory (MemEnv) or for one that fails on cue (FaultEnv). Errors name the path
+// and, for reads and writes, the offset and byte counts.
+//
+// Thread-safety: Env methods are thread-safe. RandomAccessFile::ReadAt is
+// thread-safe; a WritableFile is used by one thread at a time.
+#ifndef CKPT_ENV_H_
+#define CKPT_ENV_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ckpt/byte_source.h"
+#include "ckpt/status.h"
+
+namespace ckpt {
+
+// A file opened for positional reads. Its ByteSource::Name() is the path.
+class RandomAccessFile : public ByteSource {};
+
+// A file opened for sequential writing.
+class WritableFile : public ByteSink {
+ public:
+  // Flushes buffered bytes and fsyncs. Errors: I/O (ResourceExhausted for ENOSPC).
+  virtual Status Sync() = 0;
+  // Flushes and closes; further calls fail. Errors: as Sync (without fsync).
+  virtual Status Close() = 0;
+};
+
+class Env {
+ public:
+  virtual ~Env() = default;
+
+  // The process-wide POSIX Env. Never deleted.
+  static Env* Default();
+
+  // Errors: NotFound, PermissionDenied, or other I/O errors naming the path.
+  virtual Result<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(const std::string& path) = 0;
+  // Creates or truncates. Errors: as above.
+  virtual Result<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path) = 0;
+
+  virtual bool FileExists(const std::string& path) = 0;
+  virtual bool IsDirectory(const std::string& path) = 0;
+  virtual Result<uint64_t> GetFileSize(const std::string& path) = 0;
+  // Names (not paths) of the entries in dir, sorted.
+  virtual Result<std::vector<std::string>> GetChildren(const std::string& dir) = 0;
+  // mkdir -p.
+  virtual Status CreateDirs(const std::string& dir) = 0;
+  virtual Status RemoveFile(const std::string& path) = 0;
+  // Atomic replace of `to` by `from` (POSIX rename).
+  virtual Status RenameFile(const std::string& from, const std::string& to) = 0;
+  // fsyncs a directory so renames in it are durable.
+  virtual Status SyncDir(const std::string& dir) = 0;
+};
+
+// Forwards every call to a target Env; subclass to override a few.
+class EnvWrapper : public Env {
+ public:
+  explicit EnvWrapper(Env* target) : target_(target) {}
+  Env* target() const { return target_; }
+  Result<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(const std::string& p) override {
+    return target_->NewRandomAccessFile(p);
+  }
+  Result<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& p) override {
+    return target_->NewWritableFile(p);
+  }
+  bool FileExists(const std::string& p) override { return target_->FileExists(p); }
+  bool IsDirectory(const std::string& p) override { return target_->IsDirectory(p); }
+  Result<uint64_t> GetFileSize(const std::string& p) override { return target_->GetFileSize(p); }
+  Result<std::vector<std::string>> GetChildren(const std::string& d) override {
+    return target_->GetChildren(d);
+  }
+  Status CreateDirs(const std::string& d) override { return target_->CreateDirs(d); }
+  Status RemoveFile(const std::string& p) override { return target_->RemoveFile(p); }
+  Status RenameFile(const std::string& f, const std::string& t) override {
+    return target_->RenameFile(f, t);
+  }
+  Status SyncDir(const std::string& d) override { return target_->SyncDir(d); }
+
+ private:
+  Env* target_;
+};
+
+// An Env held entirely in memory (tests, fuzzing). Thread-safe.
+std::unique_ptr<Env> NewMemEnv();
+
+// Writes `path` atomically: the content goes to a temporary sibling
+// "<dir>/.<name>.ckptkit-tmp", which is fsynced, renamed over `path`, and the
+// directory fsynced. If `fill` fails (or any step does), the temporary is
+// removed and `path` is left as it was.
+Status WriteFileAtomically(Env* env, const std::string& path,
+                           const std::function<Status(WritableFile*)>& fill);
+
+// Helpers on paths.
+std::string JoinPath(const std::string& a, const std::string& b);
+std::string Dirname(const std::string& path);
+std::string Basename(const std::string& path);
+
+}  // namespace ckpt
+
+#endif  // CKPT_ENV_H_

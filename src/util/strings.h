@@ -1,0 +1,26 @@
+// String helpers: StrCat over fmt, and quoting for messages.
+#ifndef CKPT_UTIL_STRINGS_H_
+#define CKPT_UTIL_STRINGS_H_
+
+#include <fmt/format.h>
+
+#include <string>
+#include <string_view>
+
+namespace ckpt {
+
+// Concatenates the fmt-formatted forms of args.
+template <typename... Args>
+std::string StrCat(const Args&... args) {
+  std::string out;
+  (fmt::format_to(std::back_inserter(out), "{}", args), ...);
+  return out;
+}
+
+// Quotes s for an error message: printable ASCII kept, the rest \xNN, capped
+// at max_len bytes with "..." appended.
+std::string Quote(std::string_view s, size_t max_len = 80);
+
+}  // namespace ckpt
+
+#endif  // CKPT_UTIL_STRINGS_H_
