@@ -1,0 +1,64 @@
+// Converting a checkpoint between file formats, streaming.
+//
+// Convert reads the source through OpenCheckpoint and writes the target one
+// tensor at a time: peak memory is bounded by a copy buffer (and, for a
+// non-contiguous torch view, by its storage), never by the checkpoint size.
+// Every output file is written under a temporary name, fsynced and renamed;
+// for sharded output the index file is published last. On failure no output
+// that looks complete is left behind.
+//
+// Thread-safety: Convert may run concurrently on different destinations.
+#ifndef CKPT_CONVERT_H_
+#define CKPT_CONVERT_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "ckpt/env.h"
+#include "ckpt/status.h"
+
+namespace ckpt {
+
+enum class TargetFormat {
+  kSafetensors,  // one .safetensors file, or a folder of shards + model.safetensors.index.json
+  kTorch,        // one torch.save file, or a folder of shards + pytorch_model.bin.index.json
+};
+
+struct ConvertOptions {
+  TargetFormat to = TargetFormat::kSafetensors;
+  // 0: one file. Otherwise DST is a folder and tensors are split into shards
+  // of at most this many bytes (a larger tensor gets a shard of its own), named
+  // as transformers names them.
+  uint64_t max_shard_size = 0;
+  // Read pickles in inspect mode: objects whose globals are not on the
+  // allowlist travel as opaque records where the target can hold them (torch)
+  // and are dropped with a warning where it cannot (safetensors). Without it,
+  // such a global is an error (code Unimplemented).
+  bool allow_opaque = false;
+  Env* env = nullptr;  // nullptr: Env::Default()
+  // Called after each tensor with (bytes done, bytes total). May be empty.
+  std::function<void(uint64_t, uint64_t)> progress;
+};
+
+struct ConvertReport {
+  std::vector<std::string> files;     // written, in order (index file last)
+  std::vector<std::string> warnings;  // objects dropped, ...
+  uint64_t tensors = 0;
+  uint64_t bytes = 0;
+};
+
+// Converts src into dst. If dst ends in ".safetensors" (or ".pt"/".bin"/".pth"
+// for torch) and max_shard_size is 0 it is one file; otherwise dst is a folder
+// (created if needed) holding "model.safetensors" / "pytorch_model.bin", or
+// shards plus an index when max_shard_size splits the tensors.
+// Errors: those of OpenCheckpoint; InvalidArgument for a bad destination;
+// Unimplemented for a dtype the target cannot hold or an opaque object in
+// strict mode; I/O errors naming the file.
+Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
+                              const ConvertOptions& options);
+
+}  // namespace ckpt
+
+#endif  // CKPT_CONVERT_H_

@@ -1,0 +1,93 @@
+#include "lib/convert.h"
+
+#include <fmt/format.h>
+
+#include <cctype>
+#include <nlohmann/json.hpp>
+
+#include "ckpt/convert.h"
+#include "lib/inspect.h"
+
+namespace ckpt::cli {
+
+Result<uint64_t> ParseSize(const std::string& text) {
+  size_t i = 0;
+  uint64_t value = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
+    uint64_t d = static_cast<uint64_t>(text[i] - '0');
+    if (__builtin_mul_overflow(value, 10, &value) || __builtin_add_overflow(value, d, &value)) {
+      return InvalidArgumentError(fmt::format("size '{}' is too large", text));
+    }
+    ++i;
+  }
+  if (i == 0) return InvalidArgumentError(fmt::format("size '{}' does not start with a number", text));
+  std::string unit;
+  for (; i < text.size(); ++i) unit += static_cast<char>(std::toupper(static_cast<unsigned char>(text[i])));
+  uint64_t mul = 0;
+  if (unit.empty() || unit == "B") mul = 1;
+  else if (unit == "KB") mul = 1000;
+  else if (unit == "MB") mul = 1000 * 1000;
+  else if (unit == "GB") mul = 1000ull * 1000 * 1000;
+  else if (unit == "TB") mul = 1000ull * 1000 * 1000 * 1000;
+  else if (unit == "KIB") mul = 1024;
+  else if (unit == "MIB") mul = 1024 * 1024;
+  else if (unit == "GIB") mul = 1024ull * 1024 * 1024;
+  else if (unit == "TIB") mul = 1024ull * 1024 * 1024 * 1024;
+  else {
+    return InvalidArgumentError(
+        fmt::format("size '{}': unknown unit (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)", text));
+  }
+  uint64_t out;
+  if (__builtin_mul_overflow(value, mul, &out)) {
+    return InvalidArgumentError(fmt::format("size '{}' is too large", text));
+  }
+  if (out == 0) return InvalidArgumentError("--max-shard-size must be positive");
+  return out;
+}
+
+Status RunConvert(const ConvertCommandOptions& options, std::ostream& out, std::ostream& err) {
+  ConvertOptions c;
+  if (options.to == "safetensors") {
+    c.to = TargetFormat::kSafetensors;
+  } else if (options.to == "torch") {
+    c.to = TargetFormat::kTorch;
+  } else {
+    return InvalidArgumentError(fmt::format("--to {}: expected safetensors or torch", options.to));
+  }
+  if (!options.max_shard_size.empty()) {
+    CKPT_ASSIGN_OR_RETURN(c.max_shard_size, ParseSize(options.max_shard_size), "--max-shard-size");
+  }
+  c.allow_opaque = options.allow_opaque;
+  c.env = options.env;
+  if (options.show_progress) {
+    c.progress = [&err](uint64_t done, uint64_t total) {
+      int pct = total ? static_cast<int>(100.0 * static_cast<double>(done) / static_cast<double>(total)) : 100;
+      err << fmt::format("\rconverting: {:3d}%  {} / {}", pct, HumanBytes(done), HumanBytes(total))
+          << std::flush;
+    };
+  }
+  CKPT_ASSIGN_OR_RETURN(ConvertReport report, Convert(options.src, options.dst, c));
+  if (options.show_progress) err << "\n";
+  if (!options.quiet) {
+    for (const std::string& w : report.warnings) err << "ckptkit convert: warning: " << w << "\n";
+  }
+  if (options.json) {
+    nlohmann::json j;
+    j["src"] = options.src;
+    j["dst"] = options.dst;
+    j["to"] = options.to;
+    j["files"] = report.files;
+    j["warnings"] = report.warnings;
+    j["tensors"] = report.tensors;
+    j["bytes"] = report.bytes;
+    out << j.dump(2) << "\n";
+  } else if (!options.quiet) {
+    out << fmt::format("wrote {} tensors ({}) to {} file{}:\n", report.tensors,
+                       HumanBytes(report.bytes), report.files.size(),
+                       report.files.size() == 1 ? "" : "s");
+    for (const std::string& f : report.files) out << "  " << f << "\n";
+  }
+  return OkStatus();
+}
+
+}  // namespace ckpt::cli

@@ -1,0 +1,35 @@
+// `ckptkit convert`: flag handling around ckpt::Convert.
+#ifndef CKPT_TOOLS_CLI_LIB_CONVERT_H_
+#define CKPT_TOOLS_CLI_LIB_CONVERT_H_
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+
+#include "ckpt/status.h"
+
+namespace ckpt::cli {
+
+struct ConvertCommandOptions {
+  std::string src;
+  std::string dst;
+  std::string to;              // "safetensors" | "torch"
+  std::string max_shard_size;  // "" or a size like "5GB", "500MiB", "1000"
+  bool allow_opaque = false;
+  bool json = false;
+  bool quiet = false;
+  bool show_progress = false;  // draw a progress line on err (a terminal)
+  Env* env = nullptr;
+};
+
+// Parses "123", "10KB", "5GB" (powers of 1000, as transformers reads them) and
+// "500KiB", "2GiB" (powers of 1024). Errors: InvalidArgument.
+Result<uint64_t> ParseSize(const std::string& text);
+
+// Runs the conversion; the summary (or JSON report) goes to out, warnings and
+// progress to err. Errors: those of ckpt::Convert, InvalidArgument for flags.
+Status RunConvert(const ConvertCommandOptions& options, std::ostream& out, std::ostream& err);
+
+}  // namespace ckpt::cli
+
+#endif  // CKPT_TOOLS_CLI_LIB_CONVERT_H_

@@ -1,0 +1,123 @@
+#include "lib/inspect.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace ckpt::cli {
+
+std::string HumanBytes(uint64_t n) {
+  static const char* const kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  if (n < 1024) return fmt::format("{} B", n);
+  double v = static_cast<double>(n);
+  int u = 0;
+  while (v >= 1024 && u < 5) {
+    v /= 1024;
+    ++u;
+  }
+  return fmt::format("{:.2f} {}", v, kUnits[u]);
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  return fmt::format("[{}]", fmt::join(shape, ", "));
+}
+
+nlohmann::json InspectJson(const std::string& path, const CheckpointReader& reader) {
+  nlohmann::json doc;
+  doc["path"] = path;
+  doc["format"] = reader.format();
+  uint64_t total = 0;
+  nlohmann::json tensors = nlohmann::json::array();
+  for (const TensorInfo& t : reader.tensors()) {
+    nlohmann::json j;
+    j["key"] = t.key;
+    j["dtype"] = DTypeName(t.dtype);
+    j["shape"] = t.shape;
+    j["nbytes"] = t.nbytes;
+    if (!t.file.empty()) j["file"] = t.file;
+    if (!t.storage.empty()) {
+      j["storage"] = t.storage;
+      j["stride"] = t.stride;
+      j["storage_offset"] = t.storage_offset;
+    }
+    j["data_offset"] = t.data_offset;
+    if (t.requires_grad) j["requires_grad"] = true;
+    if (t.is_parameter) j["parameter"] = true;
+    total += t.nbytes;
+    tensors.push_back(std::move(j));
+  }
+  doc["tensors"] = std::move(tensors);
+  nlohmann::json objects = nlohmann::json::array();
+  for (const ObjectInfo& o : reader.objects()) {
+    objects.push_back({{"key", o.key}, {"type", o.type}, {"repr", o.repr}, {"opaque", o.opaque}});
+  }
+  doc["objects"] = std::move(objects);
+  doc["total_bytes"] = total;
+  doc["details"] = reader.Details();
+  return doc;
+}
+
+Status Inspect(const InspectOptions& options, std::ostream& out) {
+  OpenOptions open;
+  open.env = options.env;
+  open.pickle_mode = PickleMode::kInspect;
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader,
+                        OpenCheckpoint(options.path, open));
+  if (options.json) {
+    out << InspectJson(options.path, *reader).dump(2) << "\n";
+    return OkStatus();
+  }
+
+  const auto& tensors = reader->tensors();
+  uint64_t total = 0;
+  size_t key_w = 3, dtype_w = 5, shape_w = 5;
+  for (const TensorInfo& t : tensors) {
+    total += t.nbytes;
+    key_w = std::max(key_w, t.key.size());
+    dtype_w = std::max(dtype_w, DTypeName(t.dtype).size());
+    shape_w = std::max(shape_w, ShapeString(t.shape).size());
+  }
+  key_w = std::min<size_t>(key_w, 72);
+  out << fmt::format("{}: {}\n", options.path, reader->format());
+  out << fmt::format("{} tensors, {} of tensor data; {} other objects\n", tensors.size(),
+                     HumanBytes(total), reader->objects().size());
+  nlohmann::json details = reader->Details();
+  for (auto it = details.begin(); it != details.end(); ++it) {
+    if (it.value().is_primitive()) {
+      out << fmt::format("  {}: {}\n", it.key(),
+                         it.value().is_string() ? it.value().get<std::string>() : it.value().dump());
+    }
+  }
+  if (!tensors.empty()) {
+    out << "\n"
+        << fmt::format("{:<{}}  {:<{}}  {:<{}}  {:>12}\n", "KEY", key_w, "DTYPE", dtype_w, "SHAPE",
+                       shape_w, "BYTES");
+    size_t shown = 0;
+    for (const TensorInfo& t : tensors) {
+      if (options.max_rows && shown == options.max_rows) {
+        out << fmt::format("... {} more (use --json for all)\n", tensors.size() - shown);
+        break;
+      }
+      std::string note;
+      if (!t.storage.empty()) {
+        note = fmt::format("  storage {}", t.storage);
+        if (t.storage_offset) note += fmt::format(" +{}", t.storage_offset);
+      }
+      if (!t.file.empty()) note += "  " + t.file;
+      if (t.is_parameter) note += "  Parameter";
+      out << fmt::format("{:<{}}  {:<{}}  {:<{}}  {:>12}{}\n", t.key, key_w, DTypeName(t.dtype),
+                         dtype_w, ShapeString(t.shape), shape_w, t.nbytes, note);
+      ++shown;
+    }
+  }
+  if (!reader->objects().empty()) {
+    out << "\nOther objects (shown, never executed):\n";
+    for (const ObjectInfo& o : reader->objects()) {
+      out << fmt::format("  {} ({}{}): {}\n", o.key, o.type, o.opaque ? ", not on the allowlist" : "",
+                         o.repr);
+    }
+  }
+  return OkStatus();
+}
+
+}  // namespace ckpt::cli
