@@ -86,7 +86,27 @@ class EnvWrapper : public Env {
   Env* target_;
 };
 
-// An Env held entirely in memory (tests, fuzzing). Thread-safe.
+// An Env held entirely in memory (tests, fuzzing). Thread-safe; the Env must
+// outlive the files it opened.
+//
+// Semantics follow PosixEnv, so code that works on one works on the other:
+// - Paths are normalized lexically ("a//b/./c/" is "a/b/c"); "/" and "." (the
+//   root of relative paths) always exist. Absolute and relative paths are two
+//   separate trees.
+// - Directories are explicit: NewWritableFile and RenameFile need the parent
+//   directory to exist (NotFound otherwise; InvalidArgument if it is a file),
+//   so call CreateDirs first, as on disk. GetChildren lists files and
+//   directories, sorted. There is no directory removal; RenameFile of a
+//   directory is Unimplemented.
+// - Open readers see the live content of the file node they opened (an inode):
+//   reads are bounded by the size at open (OutOfRange beyond it); if the file
+//   was truncated since (NewWritableFile on the same path), a read past the new
+//   end is a DataLoss short read. RemoveFile and RenameFile over the path do
+//   not affect an open reader. Data() is nullptr.
+// - Writes land immediately; Sync and SyncDir only check state. Use FaultEnv
+//   (ckpt/fault_env.h) over a MemEnv to simulate crashes and failures.
+// - Error codes and messages match PosixEnv's ("open <path>: No such file or
+//   directory", "<path>: read past end at offset ...").
 std::unique_ptr<Env> NewMemEnv();
 
 // Writes `path` atomically: the content goes to a temporary sibling

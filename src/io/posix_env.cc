@@ -15,6 +15,8 @@
 namespace ckpt {
 namespace {
 
+// Maps errno to the code that says what the caller should do next
+// (absl ErrnoToStatusCode, narrowed to file errors).
 Status PosixError(const std::string& context, int err) {
   std::string msg = StrCat(context, ": ", std::strerror(err));
   switch (err) {
@@ -24,15 +26,36 @@ Status PosixError(const std::string& context, int err) {
     case EROFS: return PermissionDeniedError(std::move(msg));
     case ENOSPC:
     case EDQUOT:
-    case EFBIG: return ResourceExhaustedError(std::move(msg));
+    case EFBIG:
+    case EMFILE:
+    case ENFILE:
+    case ENOMEM: return ResourceExhaustedError(std::move(msg));
     case EEXIST: return AlreadyExistsError(std::move(msg));
     case EISDIR:
     case ENOTDIR:
+    case ENAMETOOLONG:
+    case ELOOP:
     case EINVAL: return InvalidArgumentError(std::move(msg));
-    case EINTR:
-    case EAGAIN: return UnavailableError(std::move(msg));
-    default: return Status(Code::kUnavailable, std::move(msg));
+    case ENOTEMPTY:
+    case EXDEV:
+    case EBADF:
+    case EBUSY:
+    case ETXTBSY: return FailedPreconditionError(std::move(msg));
+    case EOVERFLOW: return OutOfRangeError(std::move(msg));
+    // EIO, EINTR (where not retried), EAGAIN, ESTALE and the rest: the
+    // device or remote said no; a retry may help.
+    default: return UnavailableError(std::move(msg));
   }
+}
+
+// open(2) can fail with EINTR on slow file systems (NFS, FUSE) when a signal
+// arrives; it is safe to retry.
+int OpenRetryingEintr(const char* path, int flags, mode_t mode = 0) {
+  int fd;
+  do {
+    fd = ::open(path, flags, mode);
+  } while (fd < 0 && errno == EINTR);
+  return fd;
 }
 
 class PosixRandomAccessFile final : public RandomAccessFile {
@@ -77,12 +100,14 @@ class PosixRandomAccessFile final : public RandomAccessFile {
 class PosixWritableFile final : public WritableFile {
  public:
   PosixWritableFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
-  ~PosixWritableFile() override {
-    if (fd_ >= 0) ::close(fd_);
-  }
+  // Like leveldb: an unclosed file still gets its buffered bytes (best effort).
+  ~PosixWritableFile() override { Close().IgnoreError(); }
 
+  // After a failed write or fsync the file's content is unknown (a partial
+  // write, or pages the kernel dropped after a failed fsync), so the first
+  // error is sticky: every later Append/Sync/Close returns it.
   Status Append(std::string_view data) override {
-    if (fd_ < 0) return FailedPreconditionError(StrCat(path_, ": append after close"));
+    CKPT_RETURN_IF_ERROR(CheckUsable("append"));
     // Small writes are buffered; big ones go straight through.
     if (buf_.size() + data.size() > kBufSize) {
       CKPT_RETURN_IF_ERROR(Flush());
@@ -92,25 +117,42 @@ class PosixWritableFile final : public WritableFile {
     pos_ += data.size();
     return OkStatus();
   }
+  // Bytes accepted by Append (written or buffered).
   uint64_t Position() const override { return pos_; }
 
   Status Sync() override {
+    CKPT_RETURN_IF_ERROR(CheckUsable("sync"));
     CKPT_RETURN_IF_ERROR(Flush());
-    if (::fsync(fd_) != 0) return PosixError(StrCat(path_, ": fsync"), errno);
+    // No retry on failure: after a failed fsync the dirty pages may be gone,
+    // so a second fsync would report success for lost data.
+    if (::fsync(fd_) != 0) return Fail(PosixError(StrCat(path_, ": fsync"), errno));
     return OkStatus();
   }
   Status Close() override {
-    if (fd_ < 0) return OkStatus();
+    if (fd_ < 0) return error_;
     Status s = Flush();
+    // Linux releases the descriptor even when close fails (EINTR included),
+    // so never retry it.
     if (::close(fd_) != 0 && s.ok()) s = PosixError(StrCat(path_, ": close"), errno);
     fd_ = -1;
+    if (error_.ok()) error_ = s;
     return s;
   }
 
  private:
   static constexpr size_t kBufSize = 1 << 20;
 
+  Status CheckUsable(std::string_view op) const {
+    if (!error_.ok()) return error_;
+    if (fd_ < 0) return FailedPreconditionError(StrCat(path_, ": ", op, " after close"));
+    return OkStatus();
+  }
+  Status Fail(Status s) {
+    if (error_.ok()) error_ = s;
+    return s;
+  }
   Status Flush() {
+    if (!error_.ok()) return error_;
     if (buf_.empty()) return OkStatus();
     uint64_t start = pos_ - buf_.size();
     Status s = WriteAt(start, buf_);
@@ -122,16 +164,22 @@ class PosixWritableFile final : public WritableFile {
     if (s.ok()) pos_ += data.size();
     return s;
   }
+  // write(2) may write less than asked (signals, RLIMIT_FSIZE, near-full
+  // disks): loop until all is written or it fails.
   Status WriteAt(uint64_t offset, std::string_view data) {
     size_t done = 0;
     while (done < data.size()) {
       size_t want = std::min<size_t>(data.size() - done, size_t{1} << 30);
       ssize_t r = ::write(fd_, data.data() + done, want);
-      if (r < 0) {
-        if (errno == EINTR) continue;
-        return PosixError(StrCat(path_, ": write of ", data.size(), " bytes at offset ",
-                                 offset + done),
-                          errno);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) {
+        // r == 0 for a non-empty write does not happen on regular files; treat
+        // it as "no space" rather than looping forever.
+        int err = r < 0 ? errno : ENOSPC;
+        return Fail(PosixError(StrCat(path_, ": write of ", data.size(), " bytes at offset ",
+                                      offset, " failed at offset ", offset + done, " (", done,
+                                      " bytes written)"),
+                               err));
       }
       done += static_cast<size_t>(r);
     }
@@ -142,12 +190,13 @@ class PosixWritableFile final : public WritableFile {
   int fd_;
   uint64_t pos_ = 0;
   std::string buf_;
+  Status error_;  // sticky: the first write/fsync/close error
 };
 
 class PosixEnv final : public Env {
  public:
   Result<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(const std::string& path) override {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    int fd = OpenRetryingEintr(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return PosixError(StrCat("open ", path), errno);
     struct stat st;
     if (::fstat(fd, &st) != 0) {
@@ -164,7 +213,8 @@ class PosixEnv final : public Env {
   }
 
   Result<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path) override {
-    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    // 0666 & ~umask, as open(2) callers normally ask.
+    int fd = OpenRetryingEintr(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
     if (fd < 0) return PosixError(StrCat("create ", path), errno);
     return std::unique_ptr<WritableFile>(new PosixWritableFile(path, fd));
   }
@@ -179,6 +229,9 @@ class PosixEnv final : public Env {
   Result<uint64_t> GetFileSize(const std::string& path) override {
     struct stat st;
     if (::stat(path.c_str(), &st) != 0) return PosixError(StrCat("stat ", path), errno);
+    if (S_ISDIR(st.st_mode)) {
+      return InvalidArgumentError(StrCat("stat ", path, ": is a directory, expected a file"));
+    }
     return static_cast<uint64_t>(st.st_size);
   }
 
@@ -186,11 +239,17 @@ class PosixEnv final : public Env {
     DIR* d = ::opendir(dir.c_str());
     if (d == nullptr) return PosixError(StrCat("list ", dir), errno);
     std::vector<std::string> out;
-    while (struct dirent* e = ::readdir(d)) {
+    // readdir returns nullptr both at the end and on error; errno tells them apart.
+    for (;;) {
+      errno = 0;
+      struct dirent* e = ::readdir(d);
+      if (e == nullptr) break;
       std::string n = e->d_name;
       if (n != "." && n != "..") out.push_back(std::move(n));
     }
+    int err = errno;
     ::closedir(d);
+    if (err != 0) return PosixError(StrCat("list ", dir), err);
     std::sort(out.begin(), out.end());
     return out;
   }
@@ -199,8 +258,15 @@ class PosixEnv final : public Env {
     if (dir.empty() || IsDirectory(dir)) return OkStatus();
     std::string parent = Dirname(dir);
     if (parent != dir) CKPT_RETURN_IF_ERROR(CreateDirs(parent));
-    if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-      return PosixError(StrCat("mkdir ", dir), errno);
+    if (::mkdir(dir.c_str(), 0777) != 0) {
+      int err = errno;
+      // EEXIST from a concurrent creator is fine; from a file in the way it
+      // is not (mkdir -p fails there too).
+      if (err != EEXIST) return PosixError(StrCat("mkdir ", dir), err);
+      if (!IsDirectory(dir)) {
+        return FailedPreconditionError(
+            StrCat("mkdir ", dir, ": ", dir, " exists and is not a directory"));
+      }
     }
     return OkStatus();
   }
@@ -218,11 +284,13 @@ class PosixEnv final : public Env {
   }
 
   Status SyncDir(const std::string& dir) override {
-    int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = OpenRetryingEintr(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return PosixError(StrCat("open dir ", dir), errno);
     int r = ::fsync(fd);
     int e = errno;
     ::close(fd);
+    // EINVAL: the file system cannot fsync directories (some FUSE, tmpfs
+    // variants); there is nothing more to make durable.
     if (r != 0 && e != EINVAL) return PosixError(StrCat("fsync dir ", dir), e);
     return OkStatus();
   }
@@ -258,17 +326,21 @@ Status WriteFileAtomically(Env* env, const std::string& path,
                            const std::function<Status(WritableFile*)>& fill) {
   const std::string dir = Dirname(path);
   const std::string tmp = JoinPath(dir, "." + Basename(path) + ".ckptkit-tmp");
-  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> f, env->NewWritableFile(tmp));
+  const std::string context = StrCat("writing ", path);
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> f, env->NewWritableFile(tmp), context);
   Status s = fill(f.get());
   if (s.ok()) s = f->Sync();
   Status c = f->Close();
+  f.reset();
   if (s.ok()) s = c;
   if (s.ok()) s = env->RenameFile(tmp, path);
   if (!s.ok()) {
     env->RemoveFile(tmp).IgnoreError();
-    return s.WithContext(StrCat("writing ", path));
+    return s.WithContext(context);
   }
-  return env->SyncDir(dir);
+  // The new content is in place; only its durability across a crash is in
+  // doubt if this fails.
+  return env->SyncDir(dir).WithContext(StrCat(context, ": published, but not durable"));
 }
 
 }  // namespace ckpt

@@ -15,6 +15,10 @@
 // allowlisted kGlobal; what it does not know is an "opaque" kObject (inspect
 // mode only).
 //
+// Extensions to the original contract (documented here so readers of this
+// header see them): Value::kwargs (NEWOBJ_EX), Value::depth (nesting seen at
+// insertion), and `state` on a folded kDict(ordered).
+//
 // Thread-safety: an Arena and its Values are not synchronized; share read-only.
 #ifndef CKPT_FORMAT_PICKLE_VALUE_H_
 #define CKPT_FORMAT_PICKLE_VALUE_H_
@@ -46,7 +50,23 @@ enum class Kind : uint8_t {
   kPersistentId,  // BINPERSID/PERSID: `items[0]` is the persistent id value
 };
 
+// "none", "bool", "int", "bigint", "float", "str", "bytes", "tuple", "list",
+// "dict", "set", "global", "object", "persistent_id".
 std::string_view KindName(Kind k);
+
+struct Value;
+
+// The Python type name of a value as a user would know it: "int", "str",
+// "bytes", "bytearray", "tuple", "torch.Size", "list", "dict",
+// "collections.OrderedDict", "set", "frozenset", "global", "persistent_id", or
+// for a kObject the callable's "module.name" ("argparse.Namespace"; "object"
+// when the callable is not a global). Never fails.
+std::string TypeName(const Value* v);
+
+// A short, safe, single-line Python-like repr (strings quoted and escaped,
+// containers elided past a few items, nesting cut at a small depth, cycles
+// safe), at most about max_len bytes. Never fails.
+std::string Repr(const Value* v, size_t max_len = 120);
 
 struct Value {
   Kind kind = Kind::kNone;
@@ -69,7 +89,10 @@ struct Value {
   // kObject:
   Value* callable = nullptr;   // a kGlobal (or anything, for hostile streams)
   Value* args = nullptr;       // usually a kTuple
-  Value* state = nullptr;      // BUILD argument, or nullptr
+  Value* state = nullptr;      // BUILD argument, or nullptr. Also set on a folded
+                               // kDict(ordered) that received BUILD (a state_dict's
+                               // {'_metadata': ...}).
+  Value* kwargs = nullptr;     // NEWOBJ_EX keyword arguments (a kDict), or nullptr
   bool newobj = false;         // created via NEWOBJ (cls.__new__(cls, *args)) rather than REDUCE
   bool opaque = false;         // callable not on the allowlist (inspect mode)
 
@@ -78,6 +101,13 @@ struct Value {
   bool torch_size = false;  // kTuple: was torch.Size
   bool frozen = false;      // kSet: frozenset
   bool bytearray = false;   // kBytes: bytearray
+
+  // Nesting below this value as known when children were inserted (0 for a
+  // leaf). The unpickler uses it to reject nesting bombs early; it is NOT a
+  // bound on the graph's depth (a container can gain children after it was
+  // itself inserted, and memo references can form cycles), so code that
+  // recurses over Values must bound its own depth and tolerate cycles.
+  uint32_t depth = 0;
 
   // Byte offset in the stream of the opcode that created this value (for errors).
   uint64_t offset = 0;

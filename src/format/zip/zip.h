@@ -26,6 +26,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <vector>
 
 #include "ckpt/byte_source.h"
@@ -68,7 +69,10 @@ class ZipReader {
   // Errors: OutOfRange if outside the record; FailedPrecondition if not stored.
   Status ReadRange(const Entry& e, uint64_t offset, size_t n, void* dst) const;
 
-  // Streams a stored record's bytes to sink in chunks, verifying the CRC-32 at the end.
+  // Streams a record's (inflated) bytes to sink in chunks, verifying the CRC-32
+  // at the end. Errors: DataLoss on CRC mismatch, a bad deflate stream or an
+  // inflated size other than e.size; ResourceExhausted if a deflated record
+  // claims more than kMaxInflatedBytes; sink errors.
   Status CopyEntry(const Entry& e, ByteSink* sink) const;
 
   const ByteSource& source() const { return *src_; }
@@ -77,6 +81,8 @@ class ZipReader {
  private:
   std::shared_ptr<const ByteSource> src_;
   std::vector<Entry> entries_;
+  // Indices of entries_ sorted by name, for Find (private, added).
+  std::vector<uint32_t> by_name_;
 };
 
 // Writes an archive in torch.save's exact layout to a sink whose Position()
@@ -87,13 +93,26 @@ class ZipWriter {
 
   // Starts a stored record; its bytes follow via Append. Only one record is
   // open at a time. Errors: from the sink; InvalidArgument for an empty or
-  // over-long name or a duplicate.
+  // over-long name or a duplicate, or a zero alignment; FailedPrecondition if
+  // a record is open or Finish was called.
+  // The size is not known yet, so the record must stay below 0xFFFFFFFF bytes
+  // (Append fails with InvalidArgument past that): torch writes a ZIP64 extra
+  // field into the local header of such records, which needs the size up
+  // front. Use the sized overload for records that may be that large.
+  // The local header is held back until the first non-empty Append (or
+  // EndEntry), because torch writes flags 0x0800 and no data descriptor for an
+  // empty record; Position() counts it already.
   Status BeginEntry(std::string_view name);
+  // As above, with the record's exact size declared; any size works (ZIP64
+  // local extra as torch writes it). EndEntry fails with InvalidArgument if the
+  // appended bytes differ from `size`.
+  Status BeginEntry(std::string_view name, uint64_t size);
   Status Append(std::string_view data);
   // Writes the data descriptor (CRC-32, sizes; ZIP64 form when needed).
+  // An empty record gets none (torch/miniz: bit 3 is only set when size > 0).
   Status EndEntry();
 
-  // BeginEntry + Append + EndEntry.
+  // BeginEntry(name, data.size()) + Append + EndEntry.
   Status AddEntry(std::string_view name, std::string_view data);
 
   // Writes the central directory and end records (ZIP64 ones when needed).
@@ -110,6 +129,8 @@ class ZipWriter {
     uint64_t size;
     uint32_t crc32;
   };
+  Status BeginImpl(std::string_view name, bool sized, uint64_t size);
+  Status FlushLocalHeader(bool empty);
   ByteSink* sink_;
   uint64_t base_;
   uint64_t alignment_;
@@ -117,10 +138,18 @@ class ZipWriter {
   bool finished_ = false;
   Written current_{};
   std::vector<Written> written_;
+  // Added for the implementation (private; the public contract is unchanged).
+  bool sized_ = false;            // current record declared its size
+  uint64_t declared_size_ = 0;    // the declared size when sized_
+  std::string pending_header_;    // local header held back (unsized records)
+  std::unordered_set<std::string> names_;  // names of written_, for duplicates
 };
 
 // The padding torch inserts in the FB extra field for a record of `size` bytes
-// whose local header starts at `cursor` (inline_container.cc detail::getPadding).
+// whose local header starts at `cursor` (inline_container.cc detail::getPadding):
+// the count of 'Z' bytes, excluding the 4-byte FB block header. Counts the
+// ZIP64 local extra (4 + 16 if size >= 0xFFFFFFFF, + 8 if cursor >= 0xFFFFFFFF).
+// alignment 0 yields 0.
 uint64_t TorchZipPadding(uint64_t cursor, uint64_t name_len, uint64_t size, uint64_t alignment);
 
 }  // namespace ckpt::zip

@@ -1,0 +1,314 @@
+"""ckptkit: read PyTorch and safetensors checkpoints without executing pickles.
+
+    import ckptkit
+    with ckptkit.open("model.pt") as ckpt:          # strict: unknown pickle globals raise
+        for key in ckpt:
+            info = ckpt.info(key)                     # dtype name, shape, nbytes, storage, ...
+            arr = ckpt[key]                           # numpy array (a copy, C-contiguous)
+            t = ckpt.torch(key)                       # torch.Tensor, if torch is installed
+
+Tensor values are produced by the C++ core as contiguous little-endian bytes into a
+buffer allocated here, with the GIL released.
+
+dtypes without a numpy equivalent (bfloat16, float8_*, float4_e2m1fn_x2, complex32,
+the quantized and bits types) come back from `numpy()` as their raw bytes viewed as the
+unsigned integer of the same width (uint16 for bfloat16, uint8 for float8, uint32 for
+complex32, ...); `info(key).dtype` keeps the real dtype name and `info(key).raw` is True.
+`torch()` gives them their real torch dtype.
+
+Errors (one mapping, from the C++ Status code):
+  missing key -> KeyError; missing file -> FileNotFoundError;
+  corrupt/truncated data -> CorruptCheckpointError (a ValueError);
+  unsupported feature, e.g. a pickle global refused in strict mode ->
+  UnsupportedError (a NotImplementedError); bad argument -> ValueError;
+  permission -> PermissionError; other I/O -> OSError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Union
+
+import numpy as np
+
+from . import _core
+from ._core import CorruptCheckpointError, UnsupportedError
+
+__version__ = "0.1.0"
+__all__ = [
+    "Checkpoint",
+    "CorruptCheckpointError",
+    "TensorInfo",
+    "UnsupportedError",
+    "convert",
+    "open",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# torch dtype name -> numpy dtype, for the dtypes numpy has. Little-endian
+# explicitly: the core always produces little-endian bytes.
+_NUMPY_DTYPES = {
+    "bool": np.dtype("?"),
+    "uint8": np.dtype("u1"),
+    "int8": np.dtype("i1"),
+    "int16": np.dtype("<i2"),
+    "int32": np.dtype("<i4"),
+    "int64": np.dtype("<i8"),
+    "uint16": np.dtype("<u2"),
+    "uint32": np.dtype("<u4"),
+    "uint64": np.dtype("<u8"),
+    "float16": np.dtype("<f2"),
+    "float32": np.dtype("<f4"),
+    "float64": np.dtype("<f8"),
+    "complex64": np.dtype("<c8"),
+    "complex128": np.dtype("<c16"),
+}
+# Raw views for the rest, by element size.
+_RAW_DTYPES = {
+    1: np.dtype("u1"),
+    2: np.dtype("<u2"),
+    4: np.dtype("<u4"),
+    8: np.dtype("<u8"),
+}
+# torch.frombuffer cannot build quantized tensors from bytes.
+_NO_TORCH_FROMBUFFER = {"qint8", "quint8", "qint32", "quint4x2", "quint2x4"}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Metadata of one tensor, read without touching its data.
+
+    dtype is torch's name ("bfloat16"); shape a tuple; nbytes = numel * itemsize is
+    what numpy()/torch() read. file/storage/stride/storage_offset/data_offset say
+    where the bytes live in the source (stride None = contiguous).
+    """
+
+    key: str
+    dtype: str
+    shape: tuple
+    nbytes: int
+    itemsize: int
+    file: str = ""
+    storage: str = ""
+    stride: Optional[tuple] = None
+    storage_offset: int = 0
+    data_offset: int = 0
+    requires_grad: bool = False
+    is_parameter: bool = False
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def raw(self) -> bool:
+        """True when numpy() returns raw bytes (no numpy dtype for self.dtype)."""
+        return self.dtype not in _NUMPY_DTYPES
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        """The numpy dtype numpy() returns: the real one, or the raw unsigned view."""
+        dt = _NUMPY_DTYPES.get(self.dtype)
+        if dt is not None:
+            return dt
+        return _RAW_DTYPES.get(self.itemsize, np.dtype("u1"))
+
+
+class Checkpoint:
+    """An open checkpoint (torch.save zip, safetensors, or a sharded index/folder).
+
+    A mapping-like view: len(), `key in ckpt`, iteration over keys (file order),
+    ckpt[key] -> numpy array. Use as a context manager or call close().
+    Safe to read from several threads (the C++ reader is immutable).
+    """
+
+    def __init__(self, reader: "_core.Reader", path: str):
+        self._reader = reader
+        self._path = path
+        self._infos = [TensorInfo(**d) for d in reader.tensors()]
+        self._index: dict = {}
+        for i, info in enumerate(self._infos):
+            self._index.setdefault(info.key, i)
+
+    # --- metadata -------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def format(self) -> str:
+        """'torch', 'safetensors', 'safetensors-sharded' or 'torch-sharded'."""
+        return self._reader.format
+
+    @property
+    def closed(self) -> bool:
+        return self._reader.closed
+
+    def keys(self) -> list:
+        return [info.key for info in self._infos]
+
+    def tensors(self) -> list:
+        """TensorInfo of every tensor, in file order."""
+        return list(self._infos)
+
+    def info(self, key: str) -> TensorInfo:
+        return self._infos[self._find(key)]
+
+    def objects(self) -> list:
+        """Non-tensor leaves: [{'key','type','repr','opaque'}]. Never executed."""
+        return self._reader.objects()
+
+    def details(self) -> dict:
+        """Format details (safetensors __metadata__, shared storages, ...)."""
+        return json.loads(self._reader.details_json())
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self)} tensors"
+        return f"<ckptkit.Checkpoint {self._path!r} format={self._format_or_none()} {state}>"
+
+    # --- data -----------------------------------------------------------------
+    def read_bytes(self, key: str) -> np.ndarray:
+        """Tensor bytes as a 1-D uint8 array (contiguous, row-major, little-endian)."""
+        i = self._find(key)
+        buf = np.empty(self._infos[i].nbytes, dtype=np.uint8)
+        self._reader.read_into(i, buf)  # releases the GIL
+        return buf
+
+    def numpy(self, key: str) -> np.ndarray:
+        """The tensor as a new numpy array of its shape.
+
+        For dtypes numpy lacks (bfloat16, float8_*, ...) the array holds the raw
+        bits as the unsigned integer of the same width; see TensorInfo.raw.
+        """
+        info = self.info(key)
+        buf = self.read_bytes(key)
+        dt = info.numpy_dtype
+        shape = tuple(info.shape)
+        if dt.itemsize != info.itemsize:  # odd element size: trailing byte axis
+            shape = shape + (info.itemsize,)
+        return buf.view(dt).reshape(shape)
+
+    def torch(self, key: str):
+        """The tensor as a torch.Tensor with its real dtype (requires torch)."""
+        import torch  # lazily: torch is optional
+
+        info = self.info(key)
+        if info.dtype in _NO_TORCH_FROMBUFFER:
+            raise UnsupportedError(
+                f"tensor {key!r}: dtype {info.dtype} cannot be built from bytes by torch"
+            )
+        tdtype = getattr(torch, info.dtype, None)
+        if not isinstance(tdtype, torch.dtype):
+            raise UnsupportedError(f"tensor {key!r}: torch has no dtype {info.dtype!r}")
+        if info.nbytes == 0:
+            return torch.empty(tuple(info.shape), dtype=tdtype)
+        buf = self.read_bytes(key)
+        # frombuffer shares buf's memory (a fresh array nobody else holds).
+        return torch.frombuffer(buf, dtype=tdtype).reshape(tuple(info.shape))
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.numpy(key)
+
+    def items(self) -> Iterator:
+        for key in self.keys():
+            yield key, self.numpy(key)
+
+    # --- lifetime -------------------------------------------------------------
+    def close(self) -> None:
+        self._reader.close()
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- private --------------------------------------------------------------
+    def _find(self, key: str) -> int:
+        if self._reader.closed:
+            raise ValueError("I/O operation on a closed checkpoint")
+        try:
+            return self._index[key]
+        except KeyError:
+            raise KeyError(f"no tensor {key!r} in {self._path}") from None
+        except TypeError:
+            raise TypeError(f"tensor keys are str, got {type(key).__name__}") from None
+
+    def _format_or_none(self) -> Optional[str]:
+        return None if self.closed else self.format
+
+
+def open(path: PathLike, *, mode: str = "strict") -> Checkpoint:  # noqa: A001
+    """Opens a checkpoint file or folder.
+
+    mode="strict" rejects pickle globals not on the allowlist with
+    UnsupportedError naming the global; mode="inspect" keeps them as opaque
+    objects (see Checkpoint.objects()). Nothing in the file is ever executed.
+    """
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        path = os.fsdecode(path)
+    return Checkpoint(_core.open(path, mode), path)
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(I?B?)\s*$", re.IGNORECASE)
+
+
+def _parse_size(size: Union[int, str]) -> int:
+    """10_000 or "10MB" (powers of 1000) or "10MiB" (powers of 1024), as
+    transformers' max_shard_size accepts."""
+    if isinstance(size, bool):
+        raise TypeError("max_shard_size must be an int or a size string")
+    if isinstance(size, int):
+        value = size
+    else:
+        m = _SIZE_RE.match(str(size))
+        if not m:
+            raise ValueError(f"max_shard_size: cannot parse {size!r}")
+        n, unit, suffix = int(m.group(1)), m.group(2).upper(), m.group(3).upper()
+        base = 1024 if suffix.startswith("I") else 1000
+        value = n * base ** " KMGT".index(unit or " ")
+    if value <= 0:
+        raise ValueError(f"max_shard_size must be positive, got {size!r}")
+    return value
+
+
+def convert(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    to: str = "safetensors",
+    max_shard_size: Union[int, str, None] = None,
+    allow_opaque: bool = False,
+) -> dict:
+    """Converts a checkpoint to `to` ("safetensors" or "torch").
+
+    max_shard_size (bytes, or "5GB"/"500MiB") writes shards plus an index json.
+    allow_opaque=False refuses inputs holding pickle objects that cannot be
+    represented in the target format.
+
+    Returns {"files": [written paths, index last], "warnings": [...],
+    "tensors": count, "bytes": tensor bytes}.
+    """
+    if not getattr(_core, "HAVE_CONVERT", False):
+        raise UnsupportedError("this ckptkit build has no converter (include/ckpt/convert.h absent)")
+    if to not in ("safetensors", "torch"):
+        raise ValueError(f"to must be 'safetensors' or 'torch', got {to!r}")
+    limit = 0 if max_shard_size is None else _parse_size(max_shard_size)
+    return _core.convert(os.fspath(src), os.fspath(dst), to, limit, bool(allow_opaque))

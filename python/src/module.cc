@@ -1,0 +1,318 @@
+// ckptkit._core: the nanobind module behind the `ckptkit` Python package.
+//
+// Thin by design (style.md §9): it opens a checkpoint through ckpt::OpenCheckpoint,
+// hands metadata to Python as plain dicts/lists, and streams one tensor's bytes
+// into a writable buffer that the Python side allocated (a numpy uint8 array).
+// Every blocking C++ call runs with the GIL released. Every non-OK Status becomes
+// a Python exception in exactly one place, RaiseStatus().
+//
+// Thread-safety: a Reader may be used from several Python threads; reads hold a
+// shared_ptr to the C++ reader, so close() during a read in another thread only
+// drops this object's reference and the read finishes safely.
+#include <Python.h>
+
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/string_view.h>
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+#include "ckpt/checkpoint.h"
+#include "ckpt/dtype.h"
+#include "ckpt/status.h"
+#if __has_include("ckpt/convert.h")
+#include "ckpt/convert.h"
+#define CKPT_PY_HAVE_CONVERT 1
+#else
+#define CKPT_PY_HAVE_CONVERT 0
+#endif
+
+namespace nb = nanobind;
+
+namespace ckpt {
+namespace internal_python {
+namespace {
+
+// Exception classes created at module init (subclasses of builtins, so callers
+// that catch ValueError / NotImplementedError keep working).
+PyObject* g_corrupt_error = nullptr;      // ckptkit.CorruptCheckpointError(ValueError)
+PyObject* g_unsupported_error = nullptr;  // ckptkit.UnsupportedError(NotImplementedError)
+
+// What a NotFound is about: a missing key is a KeyError, a missing file a
+// FileNotFoundError.
+enum class Subject { kFile, kKey };
+
+// The one Status -> exception mapping. REQUIRES: !status.ok(), GIL held.
+[[noreturn]] void RaiseStatus(const Status& status, Subject subject = Subject::kFile) {
+  PyObject* type = PyExc_RuntimeError;
+  switch (status.code()) {
+    case Code::kNotFound:
+      type = subject == Subject::kKey ? PyExc_KeyError : PyExc_FileNotFoundError;
+      break;
+    case Code::kDataLoss:
+    case Code::kOutOfRange:  // an offset or size in the file points outside it
+      type = g_corrupt_error;
+      break;
+    case Code::kUnimplemented:
+      type = g_unsupported_error;
+      break;
+    case Code::kInvalidArgument:
+      type = PyExc_ValueError;
+      break;
+    case Code::kPermissionDenied:
+      type = PyExc_PermissionError;
+      break;
+    case Code::kAlreadyExists:
+      type = PyExc_FileExistsError;
+      break;
+    case Code::kResourceExhausted:  // disk full, quota, a limit on sizes
+    case Code::kUnavailable:        // other I/O errors
+      type = PyExc_OSError;
+      break;
+    case Code::kFailedPrecondition:
+    case Code::kCancelled:
+    case Code::kInternal:
+    case Code::kOk:
+      type = PyExc_RuntimeError;
+      break;
+  }
+  if (type == PyExc_KeyError) {
+    // KeyError's str() is the repr of its argument; keep the message readable
+    // by passing it as the only argument anyway (the message is the point).
+    nb::object msg = nb::str(status.message().c_str());
+    PyErr_SetObject(type, msg.ptr());
+  } else {
+    PyErr_SetString(type, status.message().c_str());
+  }
+  throw nb::python_error();
+}
+
+// A ByteSink writing into a fixed buffer; refuses to write past its end.
+class BufferSink final : public ByteSink {
+ public:
+  BufferSink(uint8_t* data, size_t size) : data_(data), size_(size) {}
+  Status Append(std::string_view bytes) override {
+    if (bytes.size() > size_ - pos_) {
+      return InternalError("reader produced more bytes than the tensor's nbytes (" +
+                           std::to_string(pos_ + bytes.size()) + " > " +
+                           std::to_string(size_) + ")");
+    }
+    if (!bytes.empty()) std::memcpy(data_ + pos_, bytes.data(), bytes.size());
+    pos_ += bytes.size();
+    return OkStatus();
+  }
+  uint64_t Position() const override { return pos_; }
+
+ private:
+  uint8_t* data_;
+  size_t size_;
+  size_t pos_ = 0;
+};
+
+nb::dict TensorDict(const TensorInfo& t) {
+  nb::dict d;
+  d["key"] = t.key;
+  d["dtype"] = std::string(DTypeName(t.dtype));
+  d["itemsize"] = DTypeSize(t.dtype);
+  nb::list shape;
+  for (int64_t s : t.shape) shape.append(s);
+  d["shape"] = nb::tuple(shape);
+  d["nbytes"] = t.nbytes;
+  d["file"] = t.file;
+  d["storage"] = t.storage;
+  if (t.stride.empty()) {
+    d["stride"] = nb::none();
+  } else {
+    nb::list stride;
+    for (int64_t s : t.stride) stride.append(s);
+    d["stride"] = nb::tuple(stride);
+  }
+  d["storage_offset"] = t.storage_offset;
+  d["data_offset"] = t.data_offset;
+  d["requires_grad"] = t.requires_grad;
+  d["is_parameter"] = t.is_parameter;
+  return d;
+}
+
+// Python-visible handle on one open checkpoint.
+class Reader {
+ public:
+  explicit Reader(std::shared_ptr<const CheckpointReader> r) : reader_(std::move(r)) {}
+
+  std::shared_ptr<const CheckpointReader> Get() const {
+    if (!reader_) {
+      PyErr_SetString(PyExc_ValueError, "I/O operation on a closed checkpoint");
+      throw nb::python_error();
+    }
+    return reader_;
+  }
+  void Close() { reader_.reset(); }
+  bool closed() const { return reader_ == nullptr; }
+
+  std::string format() const { return std::string(Get()->format()); }
+
+  nb::list Tensors() const {
+    auto r = Get();
+    nb::list out;
+    for (const TensorInfo& t : r->tensors()) out.append(TensorDict(t));
+    return out;
+  }
+
+  nb::list Objects() const {
+    auto r = Get();
+    nb::list out;
+    for (const ObjectInfo& o : r->objects()) {
+      nb::dict d;
+      d["key"] = o.key;
+      d["type"] = o.type;
+      d["repr"] = o.repr;
+      d["opaque"] = o.opaque;
+      out.append(d);
+    }
+    return out;
+  }
+
+  // Details() as JSON text; Python parses it with json.loads. Invalid UTF-8
+  // from a file is replaced, never thrown (nlohmann's dump throws otherwise).
+  std::string DetailsJson() const {
+    auto r = Get();
+    return r->Details().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+
+  // Index of key; KeyError if absent.
+  size_t Find(const std::string& key) const {
+    auto r = Get();
+    Result<size_t> i = r->Find(key);
+    if (!i.ok()) RaiseStatus(i.status(), Subject::kKey);
+    return *i;
+  }
+
+  // Streams tensor i into buf, which must hold exactly its nbytes.
+  void ReadInto(size_t i, nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> buf) const {
+    auto r = Get();
+    if (i >= r->tensors().size()) {
+      PyErr_SetString(PyExc_IndexError, "tensor index out of range");
+      throw nb::python_error();
+    }
+    const TensorInfo& t = r->tensors()[i];
+    if (buf.shape(0) != t.nbytes) {
+      PyErr_Format(PyExc_ValueError, "buffer holds %zu bytes, tensor '%s' has %llu",
+                   static_cast<size_t>(buf.shape(0)), t.key.c_str(),
+                   static_cast<unsigned long long>(t.nbytes));
+      throw nb::python_error();
+    }
+    Status s;
+    {
+      nb::gil_scoped_release release;
+      BufferSink sink(buf.data(), buf.shape(0));
+      s = r->ReadTensor(i, &sink);
+      if (s.ok() && sink.Position() != t.nbytes) {
+        s = DataLossError("tensor '" + t.key + "': reader produced " +
+                          std::to_string(sink.Position()) + " of " + std::to_string(t.nbytes) +
+                          " bytes");
+      }
+    }
+    if (!s.ok()) RaiseStatus(s);
+  }
+
+ private:
+  std::shared_ptr<const CheckpointReader> reader_;
+};
+
+Reader Open(const std::string& path, const std::string& mode) {
+  OpenOptions options;
+  if (mode == "strict") {
+    options.pickle_mode = PickleMode::kStrict;
+  } else if (mode == "inspect") {
+    options.pickle_mode = PickleMode::kInspect;
+  } else {
+    PyErr_Format(PyExc_ValueError, "mode must be 'strict' or 'inspect', got '%s'", mode.c_str());
+    throw nb::python_error();
+  }
+  Result<std::unique_ptr<CheckpointReader>> r = InvalidArgumentError("not opened");
+  {
+    nb::gil_scoped_release release;
+    r = OpenCheckpoint(path, options);
+  }
+  if (!r.ok()) RaiseStatus(r.status());
+  return Reader(std::shared_ptr<const CheckpointReader>(std::move(*r)));
+}
+
+#if CKPT_PY_HAVE_CONVERT
+// Returns {"files": [...], "warnings": [...], "tensors": n, "bytes": n}.
+nb::dict ConvertPy(const std::string& src, const std::string& dst, const std::string& to,
+                   uint64_t max_shard_size, bool allow_opaque) {
+  ConvertOptions options;
+  if (to == "safetensors") {
+    options.to = TargetFormat::kSafetensors;
+  } else if (to == "torch") {
+    options.to = TargetFormat::kTorch;
+  } else {
+    PyErr_Format(PyExc_ValueError, "to must be 'safetensors' or 'torch', got '%s'", to.c_str());
+    throw nb::python_error();
+  }
+  options.max_shard_size = max_shard_size;
+  options.allow_opaque = allow_opaque;
+  Result<ConvertReport> report = InternalError("not run");
+  {
+    nb::gil_scoped_release release;
+    report = Convert(src, dst, options);
+  }
+  if (!report.ok()) RaiseStatus(report.status());
+  nb::dict d;
+  nb::list files, warnings;
+  for (const std::string& f : report->files) files.append(f);
+  for (const std::string& w : report->warnings) warnings.append(w);
+  d["files"] = files;
+  d["warnings"] = warnings;
+  d["tensors"] = report->tensors;
+  d["bytes"] = report->bytes;
+  return d;
+}
+#endif
+
+}  // namespace
+}  // namespace internal_python
+}  // namespace ckpt
+
+NB_MODULE(_core, m) {
+  using namespace ckpt::internal_python;
+  m.doc() = "ckptkit C++ core (use the `ckptkit` package, not this module)";
+
+  g_corrupt_error = PyErr_NewExceptionWithDoc(
+      "ckptkit.CorruptCheckpointError",
+      "The checkpoint's bytes are corrupt, truncated or inconsistent.", PyExc_ValueError, nullptr);
+  g_unsupported_error = PyErr_NewExceptionWithDoc(
+      "ckptkit.UnsupportedError",
+      "The checkpoint uses a feature ckptkit does not support (a version, a dtype, a pickle "
+      "global refused in strict mode).",
+      PyExc_NotImplementedError, nullptr);
+  if (!g_corrupt_error || !g_unsupported_error) throw nb::python_error();
+  m.attr("CorruptCheckpointError") = nb::borrow(g_corrupt_error);
+  m.attr("UnsupportedError") = nb::borrow(g_unsupported_error);
+  m.attr("HAVE_CONVERT") = static_cast<bool>(CKPT_PY_HAVE_CONVERT);
+
+  nb::class_<Reader>(m, "Reader")
+      .def_prop_ro("format", &Reader::format)
+      .def_prop_ro("closed", &Reader::closed)
+      .def("tensors", &Reader::Tensors)
+      .def("objects", &Reader::Objects)
+      .def("details_json", &Reader::DetailsJson)
+      .def("find", &Reader::Find, nb::arg("key"))
+      .def("read_into", &Reader::ReadInto, nb::arg("index"), nb::arg("buffer"))
+      .def("close", &Reader::Close);
+
+  m.def("open", &Open, nb::arg("path"), nb::arg("mode") = "strict");
+#if CKPT_PY_HAVE_CONVERT
+  m.def("convert", &ConvertPy, nb::arg("src"), nb::arg("dst"), nb::arg("to"),
+        nb::arg("max_shard_size") = 0, nb::arg("allow_opaque") = false);
+#endif
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs everything ckptkit needs on a fresh Debian 12 machine, idempotently:
+# Debian -dev packages (apt-get), a .venv with torch==2.13.0 (CPU) and the
+# Python test dependencies, then configures and builds the C++ tree in build/.
+# Usage: bash scripts/setup.sh            (build type RelWithDebInfo)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  build-essential cmake ninja-build pkg-config
+  libfmt-dev nlohmann-json3-dev libcli11-dev zlib1g-dev libzstd-dev libxxhash-dev libtbb-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  clang-14 libclang-rt-14-dev
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+# Pinned: plain `pip install torch` would pull a multi-GB CUDA build.
+PY_PACKAGES=(torch==2.13.0 numpy safetensors==0.8.0 pytest nanobind==3.1.0 "scikit-build-core>=0.10")
+if ! .venv/bin/python - <<'PYEOF' 2>/dev/null
+import importlib.metadata as m
+need = {"torch": "2.13.0", "safetensors": "0.8.0", "nanobind": "3.1.0"}
+for name, ver in need.items():
+    assert m.version(name).split("+")[0] == ver, name
+for name in ("numpy", "pytest", "scikit_build_core"):
+    m.version(name)
+PYEOF
+then
+  echo "setup: installing Python packages into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
+fi
+
+BUILD_TYPE=${CKPT_BUILD_TYPE:-RelWithDebInfo}
+if [ ! -f build/build.ninja ]; then
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE="$BUILD_TYPE" >/dev/null
+fi
+ninja -C build -j"$(nproc)"
+echo "setup: done (CLI at build/ckptkit)"

@@ -1,0 +1,111 @@
+// A safe pickle reader: runs the pickle VM without importing or calling
+// anything, producing a Value graph (value.h).
+//
+// Reads every opcode of protocols 0-5 as CPython 3.11 defines them
+// (Lib/pickle.py, Modules/_pickle.c), text and binary forms, including FRAME,
+// MEMOIZE, STACK_GLOBAL, INST/OBJ, NEWOBJ_EX, PERSID/BINPERSID. Not supported
+// (error Unimplemented): EXT1/EXT2/EXT4 (the copyreg extension registry) and
+// NEXT_BUFFER/READONLY_BUFFER (out-of-band buffers).
+//
+// Globals. GLOBAL, STACK_GLOBAL and INST become kGlobal values (Python 2
+// names normalized: __builtin__ -> builtins, copy_reg -> copyreg). In kStrict
+// mode a global not on the allowlist (allowlist.h) is an error:
+//   "<source>: offset 2: GLOBAL: global 'os.system' is not allowed (strict
+//    mode; inspect mode shows it as an opaque object)"   code Unimplemented.
+// In kInspect mode it is kept, and REDUCE/NEWOBJ/BUILD on it make a kObject
+// with opaque = true. In both modes nothing executes.
+//
+// Folding (done at REDUCE, see value.h for the flags that record the spelling):
+//   collections.OrderedDict()            -> kDict, ordered
+//   torch.Size(tuple)                    -> kTuple, torch_size
+//   _codecs.encode(str, 'latin1'|'latin-1') -> kBytes (each code point < 256)
+//   builtins.bytes() / bytes(b)          -> kBytes
+//   builtins.bytearray() / (b) / (str, 'latin-1') -> kBytes, bytearray
+//   builtins.set(list) / frozenset(list) / set() -> kSet (frozen for frozenset)
+// Any other call becomes a kObject (callable, args, newobj flag; BUILD sets
+// `state`, NEWOBJ_EX sets `kwargs`). SETITEM(S) onto a kObject (a defaultdict,
+// an opaque dict subclass) go to its `dict`; APPEND(S)/ADDITEMS go to its
+// `items`. BUILD on a folded OrderedDict (a state_dict's _metadata) sets its
+// `state`. A REDUCE whose callable is not a kGlobal is an error in strict mode
+// and an opaque kObject in inspect mode.
+//
+// Limits (UnpickleOptions; defaults below). Every count or length read from
+// the stream is checked before anything is allocated for it:
+//   - string/bytes lengths against the bytes left in the source (DataLoss),
+//   - stack entries <= max_stack, MARK nesting <= max_depth, container nesting
+//     seen at insertion <= max_depth, memo entries <= max_memo, values created
+//     <= max_values, decimal digits in text INT/LONG <= kMaxDecimalDigits,
+//     text lines <= kMaxLineBytes                   (ResourceExhausted),
+// so a 10 MB stream of '(' or of ']' + 'a' fails fast without deep recursion
+// (the VM is iterative) or unbounded memory. The memo is dense for the usual
+// sequential indices and sparse for others, so LONG_BINPUT 4294967295 costs one
+// entry. The Value graph may share nodes and contain cycles (memo); consumers
+// that recurse must bound their own depth.
+//
+// Errors name ByteSource::Name(), the byte offset of the opcode and the
+// opcode's name, e.g.
+//   "model.pt/data.pkl: offset 1234: BINUNICODE: length 4000000000 exceeds the 17 bytes left"
+// Codes: DataLoss for corrupt/truncated streams ("unexpected end of pickle at
+// offset N (no STOP)"), stack underflow, missing MARK, bad memo key, unknown
+// opcode; Unimplemented for disallowed globals (strict), EXT*, out-of-band
+// buffers, protocol > 5; ResourceExhausted for limits; errors of
+// ByteSource::ReadAt are passed through with context.
+//
+// Thread-safety: Unpickle is reentrant; the returned Arena is not shared.
+#ifndef CKPT_FORMAT_PICKLE_UNPICKLER_H_
+#define CKPT_FORMAT_PICKLE_UNPICKLER_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "ckpt/byte_source.h"
+#include "ckpt/status.h"
+#include "format/pickle/allowlist.h"
+#include "format/pickle/value.h"
+
+namespace ckpt::pickle {
+
+enum class Mode {
+  kStrict,   // globals must be on the allowlist
+  kInspect,  // any global is kept; calls on unknown ones become opaque objects
+};
+
+// limits
+inline constexpr size_t kDefaultMaxDepth = 1000;          // MARK and container nesting
+inline constexpr size_t kDefaultMaxStack = 1u << 24;      // stack entries
+inline constexpr size_t kDefaultMaxMemo = 1u << 26;       // memo entries
+inline constexpr uint64_t kDefaultMaxValues = 1ull << 26;  // Values created (~ 10 GB worst case)
+inline constexpr size_t kMaxLineBytes = 1u << 20;         // text-protocol lines
+inline constexpr size_t kMaxDecimalDigits = 4300;         // text INT/LONG (CPython's int limit)
+
+struct UnpickleOptions {
+  Mode mode = Mode::kStrict;
+  size_t max_depth = kDefaultMaxDepth;
+  size_t max_stack = kDefaultMaxStack;
+  size_t max_memo = kDefaultMaxMemo;
+  uint64_t max_values = kDefaultMaxValues;
+  // Globals accepted in strict mode in addition to the built-in allowlist.
+  std::span<const AllowedGlobal> extra_allowed = {};
+};
+
+struct Unpickled {
+  std::unique_ptr<Arena> arena;  // owns every Value below
+  Value* root = nullptr;         // the object STOP returned
+  uint64_t end_offset = 0;       // offset just past the STOP opcode
+};
+
+// Reads one pickle starting at `offset` of src, up to and including its STOP.
+// Reads through a buffer (or directly from src.Data() when non-null), so large
+// streams (DCP .metadata with 100k entries) are fast.
+// Errors: see the header comment.
+Result<Unpickled> Unpickle(const ByteSource& src, uint64_t offset = 0,
+                           const UnpickleOptions& options = {});
+
+// The name of a pickle opcode byte ("BINUNICODE"), or "UNKNOWN".
+std::string_view OpcodeName(uint8_t op);
+
+}  // namespace ckpt::pickle
+
+#endif  // CKPT_FORMAT_PICKLE_UNPICKLER_H_

@@ -1,0 +1,262 @@
+// MemEnv: an Env held in memory. Semantics follow PosixEnv (see NewMemEnv in
+// ckpt/env.h): a file is a shared node, so an open reader keeps the node alive
+// across RemoveFile/RenameFile (like an open fd keeps its inode) and sees
+// appends and truncations made through the same path (like pread on a live
+// inode), within the size it had at open.
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <new>
+#include <set>
+
+#include "ckpt/env.h"
+#include "io/path_util.h"
+#include "util/strings.h"
+
+namespace ckpt {
+namespace internal_io {
+namespace {
+
+struct MemFile {
+  mutable std::mutex mu;
+  std::string data;  // GUARDED_BY(mu)
+};
+
+class MemRandomAccessFile final : public RandomAccessFile {
+ public:
+  MemRandomAccessFile(std::string path, std::shared_ptr<const MemFile> file, uint64_t size)
+      : path_(std::move(path)), file_(std::move(file)), size_(size) {}
+
+  uint64_t Size() const override { return size_; }
+  std::string_view Name() const override { return path_; }
+
+  Status ReadAt(uint64_t offset, size_t n, void* dst) const override {
+    if (offset > size_ || n > size_ - offset) {
+      return OutOfRangeError(StrCat(path_, ": read past end at offset ", offset, ": wanted ", n,
+                                    " bytes, ", offset > size_ ? 0 : size_ - offset,
+                                    " available (file size ", size_, ")"));
+    }
+    std::lock_guard<std::mutex> l(file_->mu);
+    const std::string& d = file_->data;
+    // The file shrank since open (truncated by a new writer): a short read,
+    // as pread gives on a truncated inode.
+    size_t got = offset >= d.size() ? 0 : std::min<size_t>(n, d.size() - offset);
+    if (got > 0) std::memcpy(dst, d.data() + offset, got);
+    if (got < n) {
+      return DataLossError(StrCat(path_, ": short read at offset ", offset, ": wanted ", n,
+                                  " bytes, got ", got, " (file shrank?)"));
+    }
+    return OkStatus();
+  }
+
+ private:
+  std::string path_;
+  std::shared_ptr<const MemFile> file_;
+  uint64_t size_;
+};
+
+class MemWritableFile final : public WritableFile {
+ public:
+  MemWritableFile(std::string path, std::shared_ptr<MemFile> file)
+      : path_(std::move(path)), file_(std::move(file)) {}
+
+  Status Append(std::string_view data) override {
+    if (closed_) return FailedPreconditionError(StrCat(path_, ": append after close"));
+    std::lock_guard<std::mutex> l(file_->mu);
+    try {
+      file_->data.append(data);
+    } catch (const std::bad_alloc&) {
+      return ResourceExhaustedError(StrCat(path_, ": write of ", data.size(),
+                                           " bytes at offset ", pos_, ": out of memory"));
+    }
+    pos_ += data.size();
+    return OkStatus();
+  }
+  uint64_t Position() const override { return pos_; }
+  Status Sync() override {
+    if (closed_) return FailedPreconditionError(StrCat(path_, ": sync after close"));
+    return OkStatus();
+  }
+  Status Close() override {
+    closed_ = true;
+    return OkStatus();
+  }
+
+ private:
+  std::string path_;
+  std::shared_ptr<MemFile> file_;
+  uint64_t pos_ = 0;
+  bool closed_ = false;
+};
+
+class MemEnv final : public Env {
+ public:
+  MemEnv() {
+    dirs_.insert("/");
+    dirs_.insert(".");
+  }
+
+  Result<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(const std::string& path) override {
+    const std::string p = LexicallyNormal(path);
+    std::lock_guard<std::mutex> l(mu_);
+    if (dirs_.count(p)) {
+      return InvalidArgumentError(StrCat(path, ": is a directory, expected a file"));
+    }
+    auto it = files_.find(p);
+    if (it == files_.end()) {
+      return NotFoundError(StrCat("open ", path, ": No such file or directory"));
+    }
+    uint64_t size;
+    {
+      std::lock_guard<std::mutex> fl(it->second->mu);
+      size = it->second->data.size();
+    }
+    return std::unique_ptr<RandomAccessFile>(new MemRandomAccessFile(path, it->second, size));
+  }
+
+  Result<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path) override {
+    const std::string p = LexicallyNormal(path);
+    std::lock_guard<std::mutex> l(mu_);
+    if (dirs_.count(p)) {
+      return InvalidArgumentError(StrCat("create ", path, ": Is a directory"));
+    }
+    CKPT_RETURN_IF_ERROR(CheckParentLocked("create ", path, p));
+    std::shared_ptr<MemFile>& f = files_[p];
+    if (f == nullptr) {
+      f = std::make_shared<MemFile>();
+    } else {
+      // O_TRUNC: same node, so open readers see the truncation.
+      std::lock_guard<std::mutex> fl(f->mu);
+      f->data.clear();
+      f->data.shrink_to_fit();
+    }
+    return std::unique_ptr<WritableFile>(new MemWritableFile(path, f));
+  }
+
+  bool FileExists(const std::string& path) override {
+    const std::string p = LexicallyNormal(path);
+    std::lock_guard<std::mutex> l(mu_);
+    return files_.count(p) > 0 || dirs_.count(p) > 0;
+  }
+
+  bool IsDirectory(const std::string& path) override {
+    const std::string p = LexicallyNormal(path);
+    std::lock_guard<std::mutex> l(mu_);
+    return dirs_.count(p) > 0;
+  }
+
+  Result<uint64_t> GetFileSize(const std::string& path) override {
+    const std::string p = LexicallyNormal(path);
+    std::lock_guard<std::mutex> l(mu_);
+    if (dirs_.count(p)) {
+      return InvalidArgumentError(StrCat("stat ", path, ": is a directory, expected a file"));
+    }
+    auto it = files_.find(p);
+    if (it == files_.end()) {
+      return NotFoundError(StrCat("stat ", path, ": No such file or directory"));
+    }
+    std::lock_guard<std::mutex> fl(it->second->mu);
+    return static_cast<uint64_t>(it->second->data.size());
+  }
+
+  Result<std::vector<std::string>> GetChildren(const std::string& dir) override {
+    const std::string d = LexicallyNormal(dir);
+    std::lock_guard<std::mutex> l(mu_);
+    if (!dirs_.count(d)) {
+      if (files_.count(d)) return InvalidArgumentError(StrCat("list ", dir, ": Not a directory"));
+      return NotFoundError(StrCat("list ", dir, ": No such file or directory"));
+    }
+    std::set<std::string> names;
+    auto add = [&](const std::string& k) {
+      if (k != d && Dirname(k) == d) names.insert(Basename(k));
+    };
+    for (const auto& [k, v] : files_) add(k);
+    for (const std::string& k : dirs_) add(k);
+    return std::vector<std::string>(names.begin(), names.end());
+  }
+
+  Status CreateDirs(const std::string& dir) override {
+    if (dir.empty()) return OkStatus();
+    const std::string d = LexicallyNormal(dir);
+    std::lock_guard<std::mutex> l(mu_);
+    // Walk from the top so the first component that is a file is named.
+    std::vector<std::string> chain;
+    for (std::string p = d; !dirs_.count(p); p = Dirname(p)) chain.push_back(p);
+    for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+      if (files_.count(*it)) {
+        return FailedPreconditionError(
+            StrCat("mkdir ", dir, ": ", *it, " exists and is not a directory"));
+      }
+      dirs_.insert(*it);
+    }
+    return OkStatus();
+  }
+
+  Status RemoveFile(const std::string& path) override {
+    const std::string p = LexicallyNormal(path);
+    std::lock_guard<std::mutex> l(mu_);
+    if (dirs_.count(p)) return InvalidArgumentError(StrCat("remove ", path, ": Is a directory"));
+    if (files_.erase(p) == 0) {
+      return NotFoundError(StrCat("remove ", path, ": No such file or directory"));
+    }
+    return OkStatus();
+  }
+
+  Status RenameFile(const std::string& from, const std::string& to) override {
+    const std::string f = LexicallyNormal(from);
+    const std::string t = LexicallyNormal(to);
+    std::lock_guard<std::mutex> l(mu_);
+    const std::string what = StrCat("rename ", from, " -> ", to);
+    if (dirs_.count(f)) {
+      return UnimplementedError(StrCat(what, ": MemEnv does not rename directories"));
+    }
+    auto it = files_.find(f);
+    if (it == files_.end()) return NotFoundError(StrCat(what, ": No such file or directory"));
+    if (dirs_.count(t)) return InvalidArgumentError(StrCat(what, ": Is a directory"));
+    CKPT_RETURN_IF_ERROR(CheckParentLocked(what, "", t));
+    if (f == t) return OkStatus();
+    std::shared_ptr<MemFile> node = std::move(it->second);
+    files_.erase(it);
+    files_[t] = std::move(node);  // One step under mu_: atomic replace.
+    return OkStatus();
+  }
+
+  Status SyncDir(const std::string& dir) override {
+    const std::string d = LexicallyNormal(dir);
+    std::lock_guard<std::mutex> l(mu_);
+    if (!dirs_.count(d)) {
+      if (files_.count(d)) {
+        return InvalidArgumentError(StrCat("open dir ", dir, ": Not a directory"));
+      }
+      return NotFoundError(StrCat("open dir ", dir, ": No such file or directory"));
+    }
+    return OkStatus();
+  }
+
+ private:
+  // Errors: NotFound if the parent directory of normalized path p is missing,
+  // InvalidArgument if it is a file (ENOTDIR), as PosixEnv maps them.
+  Status CheckParentLocked(std::string_view verb, const std::string& path,
+                           const std::string& p) const {
+    const std::string parent = Dirname(p);
+    if (dirs_.count(parent)) return OkStatus();
+    if (files_.count(parent)) {
+      return InvalidArgumentError(StrCat(verb, path, ": Not a directory (", parent,
+                                         " is a file)"));
+    }
+    return NotFoundError(StrCat(verb, path, ": No such file or directory (directory ", parent,
+                                " does not exist)"));
+  }
+
+  std::mutex mu_;
+  std::map<std::string, std::shared_ptr<MemFile>> files_;  // GUARDED_BY(mu_)
+  std::set<std::string> dirs_;                             // GUARDED_BY(mu_)
+};
+
+}  // namespace
+}  // namespace internal_io
+
+std::unique_ptr<Env> NewMemEnv() { return std::make_unique<internal_io::MemEnv>(); }
+
+}  // namespace ckpt

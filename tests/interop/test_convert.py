@@ -1,0 +1,173 @@
+"""`ckptkit convert` (CLI and ckptkit.convert): the real libraries load our output."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import ckptkit
+from helpers import (SAFETENSORS_DTYPES, as_bytes, flatten, layouts, load_sharded_index,
+                     random_tensor)
+
+# dtypes both torch.save and safetensors hold, and that safetensors.torch can load.
+_ST_LOADABLE = [d for d in SAFETENSORS_DTYPES if d not in ("float8_e8m0fnu", "float4_e2m1fn_x2")]
+
+
+@pytest.fixture(params=["cli", "python"])
+def convert(request, run_cli):
+    """convert(src, dst, to, max_shard_size=None) via the CLI or the Python API.
+    Returns (ok, detail)."""
+
+    def via_cli(src, dst, to, max_shard_size=None):
+        args = ["convert", src, dst, "--to", to]
+        if max_shard_size is not None:
+            args += ["--max-shard-size", str(max_shard_size)]
+        r = run_cli(*args)
+        return r.returncode == 0, r
+
+    def via_python(src, dst, to, max_shard_size=None):
+        try:
+            return True, ckptkit.convert(src, dst, to=to, max_shard_size=max_shard_size)
+        except Exception as e:  # noqa: BLE001 - the test asserts on it
+            return False, e
+
+    return via_cli if request.param == "cli" else via_python
+
+
+def assert_same_tensors(got: dict, want: dict):
+    assert sorted(got) == sorted(want)
+    for k, w in want.items():
+        g = got[k]
+        assert g.dtype == w.dtype, k
+        assert tuple(g.shape) == tuple(w.shape), k
+        assert as_bytes(g) == as_bytes(w), k
+
+
+def _pt_for_safetensors(gen, path):
+    """Every layout of every safetensors-loadable dtype, nested, torch.save'd."""
+    obj = {d: layouts(d, gen) for d in _ST_LOADABLE}
+    torch.save(obj, path)
+    return flatten(torch.load(path, weights_only=True))
+
+
+def test_pt_to_safetensors_loads_in_safetensors(convert, gen, tmp_path):
+    src, dst = tmp_path / "a.pt", tmp_path / "b.safetensors"
+    want = _pt_for_safetensors(gen, src)
+    ok, detail = convert(src, dst, "safetensors")
+    assert ok, detail
+    assert_same_tensors(load_file(dst), want)
+
+
+def test_safetensors_to_torch_loads_in_torch_weights_only_and_mmap(convert, gen, tmp_path):
+    tensors = {f"{d}.w": random_tensor(d, (3, 4), gen) for d in SAFETENSORS_DTYPES}
+    tensors.update({f"{d}.s": random_tensor(d, (), gen) for d in _ST_LOADABLE})
+    tensors["empty"] = random_tensor("float32", (0, 2), gen)
+    src, dst = tmp_path / "x.safetensors", tmp_path / "y.pt"
+    save_file(tensors, src)
+    ok, detail = convert(src, dst, "torch")
+    assert ok, detail
+    assert_same_tensors(flatten(torch.load(dst, weights_only=True)), tensors)
+    assert_same_tensors(flatten(torch.load(dst, mmap=True, weights_only=True)), tensors)
+    # And back through ckptkit's own reader.
+    with ckptkit.open(dst) as ckpt:
+        assert ckpt.format == "torch"
+        assert sorted(ckpt.keys()) == sorted(tensors)
+
+
+def test_convert_to_safetensors_is_byte_identical_to_save_file(convert, gen, tmp_path):
+    """For contiguous, unshared tensors, our writer is safetensors' writer:
+    same header order (alignment then name), same padding, same bytes."""
+    tensors = {"z.last": random_tensor("int8", (5,), gen),
+               "a.first": random_tensor("float32", (3, 3), gen),
+               "m.mid": random_tensor("bfloat16", (7,), gen),
+               "b.big": random_tensor("float64", (2, 2), gen),
+               "s.scalar": random_tensor("int64", (), gen),
+               "e.empty": random_tensor("float16", (0,), gen)}
+    src = tmp_path / "src.pt"
+    torch.save(tensors, src)
+    dst = tmp_path / "out.safetensors"
+    ok, detail = convert(src, dst, "safetensors")
+    assert ok, detail
+    ours = dst.read_bytes()
+    refs = {}
+    for meta in (None, {"format": "pt"}):
+        ref = tmp_path / f"ref-{meta is None}.safetensors"
+        save_file(tensors, ref, metadata=meta)
+        refs[str(meta)] = ref.read_bytes()
+    assert ours in refs.values(), (
+        f"header ours: {ours[8:8 + int.from_bytes(ours[:8], 'little')]!r}\n"
+        f"header safetensors: {refs['None'][8:8 + int.from_bytes(refs['None'][:8], 'little')]!r}")
+
+
+@pytest.mark.parametrize("to", ["safetensors", "torch"])
+def test_sharded_output_loads_via_index(to, convert, gen, tmp_path):
+    tensors = {f"layers.{i}.weight": random_tensor("float32", (16, 16), gen)  # 1 KiB each
+               for i in range(10)}
+    tensors["big"] = random_tensor("float32", (32, 32), gen)  # 4 KiB > limit: own shard
+    src = tmp_path / "src.pt"
+    torch.save(tensors, src)
+    out = tmp_path / "sharded"
+    limit = 3000
+    ok, detail = convert(src, out, to, max_shard_size=limit)
+    assert ok, detail
+    if to == "safetensors":
+        index = out / "model.safetensors.index.json"
+        load = load_file
+    else:
+        index = out / "pytorch_model.bin.index.json"
+        load = lambda p: torch.load(p, weights_only=True)  # noqa: E731
+    assert index.exists(), sorted(os.listdir(out))
+    got = load_sharded_index(str(index), load)
+    assert_same_tensors(got, tensors)
+    meta = json.loads(index.read_text())
+    assert meta["metadata"]["total_size"] == sum(t.numel() * t.element_size()
+                                                  for t in tensors.values())
+    shards = sorted(set(meta["weight_map"].values()))
+    assert len(shards) >= 4
+    for shard in shards:
+        keys = [k for k, v in meta["weight_map"].items() if v == shard]
+        size = sum(tensors[k].numel() * tensors[k].element_size() for k in keys)
+        assert size <= limit or len(keys) == 1, (shard, keys, size)
+    # ckptkit reads its own sharded output too.
+    with ckptkit.open(index) as ckpt:
+        assert sorted(ckpt.keys()) == sorted(tensors)
+
+
+def test_unsupported_dtype_for_safetensors_fails_and_leaves_no_output(convert, gen, tmp_path):
+    src, dst = tmp_path / "c.pt", tmp_path / "c.safetensors"
+    torch.save({"ok": torch.ones(2), "c128": random_tensor("complex128", (2,), gen)}, src)
+    ok, detail = convert(src, dst, "safetensors")
+    assert not ok
+    if isinstance(detail, Exception):
+        assert isinstance(detail, ckptkit.UnsupportedError), repr(detail)
+        assert "complex128" in str(detail)
+    else:
+        assert detail.returncode == 1, detail
+    assert not dst.exists()
+
+
+def test_hostile_input_refused_unless_allow_opaque(gen, tmp_path):
+    from test_python_api import _hostile_pt
+
+    path, marker = _hostile_pt(tmp_path)
+    with pytest.raises(ckptkit.UnsupportedError):
+        ckptkit.convert(path, tmp_path / "o.safetensors", to="safetensors")
+    assert not (tmp_path / "o.safetensors").exists()
+    report = ckptkit.convert(path, tmp_path / "o.safetensors", to="safetensors",
+                             allow_opaque=True)
+    assert load_file(tmp_path / "o.safetensors").keys() == {"w"}
+    assert report["warnings"], report
+    assert not marker.exists()
+
+
+def test_python_convert_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError):
+        ckptkit.convert(tmp_path / "a.pt", tmp_path / "b", to="onnx")
+    with pytest.raises(ValueError):
+        ckptkit.convert(tmp_path / "a.pt", tmp_path / "b", max_shard_size="lots")
+    with pytest.raises(FileNotFoundError):
+        ckptkit.convert(tmp_path / "absent.pt", tmp_path / "b.safetensors")
