@@ -25,7 +25,8 @@ echo "check: real torch and safetensors load what ckptkit wrote"
 import sys, torch
 from safetensors.torch import load_file
 out = sys.argv[1]
-src = torch.load("examples/sample.pt", weights_only=False)["model"]
+# ckptkit flattens nested containers with '.', as safetensors keys need: model -> "model.<name>".
+src = {"model." + k: v for k, v in torch.load("examples/sample.pt", weights_only=False)["model"].items()}
 st = load_file(f"{out}/model.safetensors")
 pt = torch.load(f"{out}/model.pt", weights_only=True, mmap=True)
 assert set(st) == set(src) == set(pt), "key sets differ"

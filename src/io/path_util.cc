@@ -25,12 +25,12 @@ std::string LexicallyNormal(std::string_view path) {
     }
     parts.push_back(part);
   }
+  if (parts.empty()) return absolute ? "/" : ".";
   std::string out = absolute ? "/" : "";
   for (size_t k = 0; k < parts.size(); ++k) {
     if (k > 0) out += '/';
     out.append(parts[k]);
   }
-  if (out.empty()) out = ".";
   return out;
 }
 
