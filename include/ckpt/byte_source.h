@@ -107,6 +107,12 @@ class ByteSink {
   virtual uint64_t Position() const = 0;
 };
 
+// Copies [offset, offset+n) of src to sink in pieces of at most chunk bytes
+// (directly from src.Data() when the source is resident).
+// Errors: as ByteSource::ReadAt and ByteSink::Append.
+Status CopyRange(const ByteSource& src, uint64_t offset, uint64_t n, ByteSink* sink,
+                 size_t chunk = size_t{8} << 20);
+
 // A ByteSink into a std::string.
 class StringSink final : public ByteSink {
  public:

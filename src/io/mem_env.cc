@@ -105,6 +105,9 @@ class MemEnv final : public Env {
     }
     auto it = files_.find(p);
     if (it == files_.end()) {
+      if (AncestorIsFileLocked(p)) {
+        return InvalidArgumentError(StrCat("open ", path, ": Not a directory"));
+      }
       return NotFoundError(StrCat("open ", path, ": No such file or directory"));
     }
     uint64_t size;
@@ -247,6 +250,15 @@ class MemEnv final : public Env {
     }
     return NotFoundError(StrCat(verb, path, ": No such file or directory (directory ", parent,
                                 " does not exist)"));
+  }
+
+  // ENOTDIR: some proper ancestor of normalized path p is a file.
+  bool AncestorIsFileLocked(const std::string& p) const {
+    for (std::string a = Dirname(p); !dirs_.count(a); a = Dirname(a)) {
+      if (files_.count(a)) return true;
+      if (a == Dirname(a)) break;
+    }
+    return false;
   }
 
   std::mutex mu_;

@@ -1,5 +1,6 @@
 #include "ckpt/byte_source.h"
 
+#include <algorithm>
 #include <cstring>
 #include <new>
 
@@ -29,6 +30,28 @@ Result<std::string> ReadString(const ByteSource& src, uint64_t offset, size_t n)
   }
   CKPT_RETURN_IF_ERROR(src.ReadAt(offset, n, out.data()));
   return out;
+}
+
+Status CopyRange(const ByteSource& src, uint64_t offset, uint64_t n, ByteSink* sink,
+                 size_t chunk) {
+  CKPT_RETURN_IF_ERROR(CheckRange(src.Name(), src.Size(), offset, n));
+  if (const char* p = src.Data()) {
+    return sink->Append(std::string_view(p + offset, n));
+  }
+  std::string buf;
+  try {
+    buf.resize(static_cast<size_t>(std::min<uint64_t>(n, chunk)));
+  } catch (const std::bad_alloc&) {
+    return ResourceExhaustedError(StrCat(src.Name(), ": cannot allocate a copy buffer"));
+  }
+  while (n > 0) {
+    size_t k = static_cast<size_t>(std::min<uint64_t>(n, buf.size()));
+    CKPT_RETURN_IF_ERROR(src.ReadAt(offset, k, buf.data()));
+    CKPT_RETURN_IF_ERROR(sink->Append(std::string_view(buf.data(), k)));
+    offset += k;
+    n -= k;
+  }
+  return OkStatus();
 }
 
 Status StringSource::ReadAt(uint64_t offset, size_t n, void* dst) const {

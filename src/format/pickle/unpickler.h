@@ -74,7 +74,7 @@ enum class Mode {
 
 // limits
 inline constexpr size_t kDefaultMaxDepth = 1000;          // MARK and container nesting
-inline constexpr size_t kDefaultMaxStack = 1u << 24;      // stack entries
+inline constexpr size_t kDefaultMaxStack = 1u << 20;      // stack entries
 inline constexpr size_t kDefaultMaxMemo = 1u << 26;       // memo entries
 inline constexpr uint64_t kDefaultMaxValues = 1ull << 26;  // Values created (~ 10 GB worst case)
 inline constexpr size_t kMaxLineBytes = 1u << 20;         // text-protocol lines

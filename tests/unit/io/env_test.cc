@@ -126,6 +126,17 @@ TYPED_TEST(EnvTest, CreateInMissingDirectoryIsNotFound) {
   EXPECT_THAT(w.status().message(), HasSubstr(this->P("no/such/dir/f")));
 }
 
+TYPED_TEST(EnvTest, OpenThroughAFileIsInvalidArgument) {
+  const std::string file = this->P("f");
+  ASSERT_TRUE(WriteString(this->env(), file, "x").ok());
+  auto r = this->env()->NewRandomAccessFile(file + "/g");
+  EXPECT_EQ(r.status().code(), Code::kInvalidArgument);  // ENOTDIR
+  EXPECT_THAT(r.status().message(), HasSubstr(file + "/g"));
+  auto w = this->env()->NewWritableFile(file + "/g");
+  EXPECT_EQ(w.status().code(), Code::kInvalidArgument);
+  EXPECT_THAT(w.status().message(), HasSubstr(file + "/g"));
+}
+
 TYPED_TEST(EnvTest, DirectoryIsNotAFile) {
   ASSERT_TRUE(this->env()->CreateDirs(this->P("d")).ok());
   EXPECT_EQ(this->env()->NewRandomAccessFile(this->P("d")).status().code(),

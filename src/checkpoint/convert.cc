@@ -1,0 +1,164 @@
+// Convert: stream a checkpoint from any readable format into safetensors or
+// torch.save files, one tensor at a time.
+#include "ckpt/convert.h"
+
+#include <fmt/format.h>
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+
+#include "checkpoint/torch_rewrite.h"
+#include "ckpt/checkpoint.h"
+#include "ckpt/writer.h"
+#include "format/safetensors/safetensors.h"
+#include "util/strings.h"
+
+namespace ckpt {
+namespace {
+
+bool EndsWith(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+bool IsTorchFileName(std::string_view s) {
+  return EndsWith(s, ".pt") || EndsWith(s, ".bin") || EndsWith(s, ".pth");
+}
+
+// safetensors metadata to write: the source's own when it is a safetensors
+// file with string metadata, else {"format": "pt"} as transformers writes.
+std::map<std::string, std::string> OutputMetadata(const CheckpointReader& reader) {
+  std::map<std::string, std::string> md;
+  if (reader.format() == "safetensors") {
+    nlohmann::json d = reader.Details();
+    if (d.contains("metadata") && d["metadata"].is_object()) {
+      for (auto it = d["metadata"].begin(); it != d["metadata"].end(); ++it) {
+        if (it.value().is_string()) md[it.key()] = it.value().get<std::string>();
+      }
+      return md;
+    }
+  }
+  md["format"] = "pt";
+  return md;
+}
+
+}  // namespace
+
+Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
+                              const ConvertOptions& options) {
+  Env* env = options.env ? options.env : Env::Default();
+  const bool to_st = options.to == TargetFormat::kSafetensors;
+  OpenOptions open;
+  open.env = env;
+  open.pickle_mode = options.allow_opaque ? PickleMode::kInspect : PickleMode::kStrict;
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader, OpenCheckpoint(src, open),
+                        StrCat("reading ", src));
+  const std::vector<TensorInfo>& tensors = reader->tensors();
+
+  ConvertReport report;
+  // Where the output goes.
+  const bool single_name = to_st ? EndsWith(dst, ".safetensors") : IsTorchFileName(dst);
+  if (options.max_shard_size > 0 && single_name) {
+    return InvalidArgumentError(StrCat(
+        "destination ", dst, ": with --max-shard-size the destination is a folder, not a file"));
+  }
+  std::string dir = single_name ? Dirname(dst) : dst;
+  if (!single_name) {
+    if (env->FileExists(dst) && !env->IsDirectory(dst)) {
+      return InvalidArgumentError(StrCat("destination ", dst, " exists and is not a folder (name a ",
+                                         to_st ? ".safetensors" : ".pt/.bin", " file, or a folder)"));
+    }
+    CKPT_RETURN_IF_ERROR(env->CreateDirs(dst));
+  } else if (!env->IsDirectory(dir)) {
+    return NotFoundError(StrCat("destination folder ", dir, " does not exist"));
+  }
+
+  // Validate everything before writing anything.
+  std::set<std::string> seen;
+  uint64_t total = 0;
+  for (const TensorInfo& t : tensors) {
+    if (!seen.insert(t.key).second) {
+      return DataLossError(StrCat(src, ": two tensors flatten to the same key ", Quote(t.key)));
+    }
+    if (to_st && DTypeSafetensorsName(t.dtype).empty()) {
+      return UnimplementedError(StrCat(src, ": tensor ", Quote(t.key), " has dtype ",
+                                       DTypeName(t.dtype), ", which safetensors cannot hold"));
+    }
+    total += t.nbytes;
+  }
+
+  // torch -> torch into one file keeps the whole object tree (objects,
+  // shared storages, views) instead of flattening it.
+  if (!to_st && options.max_shard_size == 0 && reader->format() == "torch") {
+    std::string path = single_name ? dst : JoinPath(dst, "pytorch_model.bin");
+    CKPT_RETURN_IF_ERROR(internal_checkpoint::RewriteTorchFile(*reader, path, env),
+                         StrCat("writing ", path));
+    report.files.push_back(path);
+    report.tensors = tensors.size();
+    report.bytes = total;
+    if (options.progress) options.progress(total, total);
+    return report;
+  }
+
+  for (const ObjectInfo& o : reader->objects()) {
+    report.warnings.push_back(StrCat("dropped non-tensor object ", Quote(o.key), " (", o.type,
+                                     "): ", to_st ? "safetensors" : "a flat torch state dict",
+                                     " holds only tensors"));
+  }
+
+  // Shards (one shard when max_shard_size is 0).
+  std::vector<safetensors::ShardTensor> st;
+  st.reserve(tensors.size());
+  for (const TensorInfo& t : tensors) st.push_back({t.key, t.nbytes, -1});
+  safetensors::ShardPlanOptions plan_options;
+  plan_options.max_shard_size = options.max_shard_size ? options.max_shard_size : UINT64_MAX;
+  plan_options.prefix = to_st ? "model" : "pytorch_model";
+  plan_options.extension = to_st ? ".safetensors" : ".bin";
+  CKPT_ASSIGN_OR_RETURN(safetensors::ShardPlan plan, safetensors::PlanShards(st, plan_options));
+
+  const std::map<std::string, std::string> metadata = OutputMetadata(*reader);
+  uint64_t done = 0;
+  auto cleanup = [&] {
+    for (const std::string& f : report.files) env->RemoveFile(f).IgnoreError();
+  };
+  for (const auto& [file_name, indices] : plan.shards) {
+    std::string path = single_name ? dst : JoinPath(dir, file_name);
+    std::vector<TensorToWrite> items;
+    items.reserve(indices.size());
+    for (size_t i : indices) {
+      const TensorInfo& t = tensors[i];
+      items.push_back({t.key, t.dtype, t.shape, [&reader, &options, &done, total, i, &t](ByteSink* sink) {
+                         Status s = reader->ReadTensor(i, sink);
+                         if (s.ok()) {
+                           done += t.nbytes;
+                           if (options.progress) options.progress(done, total);
+                         }
+                         return s;
+                       }});
+    }
+    Status s = to_st ? WriteSafetensorsFile(path, items, metadata, env)
+                     : WriteTorchFile(path, items, env);
+    if (!s.ok()) {
+      cleanup();
+      return s.WithContext(StrCat("writing ", path));
+    }
+    report.files.push_back(path);
+  }
+  if (plan.shards.size() > 1) {
+    CKPT_ASSIGN_OR_RETURN(std::string index_text, safetensors::SerializeIndex(plan.Index(st)));
+    std::string index_path =
+        JoinPath(dir, to_st ? "model.safetensors.index.json" : "pytorch_model.bin.index.json");
+    Status s = WriteFileAtomically(env, index_path, [&](WritableFile* f) { return f->Append(index_text); });
+    if (!s.ok()) {
+      cleanup();
+      return s;
+    }
+    report.files.push_back(index_path);
+  }
+  report.tensors = tensors.size();
+  report.bytes = total;
+  return report;
+}
+
+}  // namespace ckpt

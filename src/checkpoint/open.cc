@@ -1,0 +1,84 @@
+// OpenCheckpoint: sniff a path and hand it to the reader for its format.
+#include <cstring>
+
+#include "checkpoint/readers.h"
+#include "util/strings.h"
+
+namespace ckpt {
+
+Result<size_t> CheckpointReader::Find(std::string_view key) const {
+  const auto& ts = tensors();
+  for (size_t i = 0; i < ts.size(); ++i) {
+    if (ts[i].key == key) return i;
+  }
+  return NotFoundError(StrCat("no tensor named ", Quote(key)));
+}
+
+namespace internal_checkpoint {
+namespace {
+
+bool EndsWith(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+// Files a folder may hold, in the order they are preferred.
+constexpr const char* kFolderCandidates[] = {
+    "model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+};
+
+}  // namespace
+
+Result<std::unique_ptr<CheckpointReader>> OpenFile(const std::string& path,
+                                                   const OpenOptions& options) {
+  Env* env = options.env ? options.env : Env::Default();
+  if (EndsWith(path, ".index.json")) return OpenSharded(path, options);
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> file, env->NewRandomAccessFile(path));
+  std::shared_ptr<const ByteSource> src(std::move(file));
+  char head[16] = {};
+  size_t n = static_cast<size_t>(std::min<uint64_t>(src->Size(), sizeof(head)));
+  CKPT_RETURN_IF_ERROR(src->ReadAt(0, n, head));
+  if (n >= 4 && std::memcmp(head, "PK\x03\x04", 4) == 0) {
+    return OpenTorch(std::move(src), options.pickle_mode);
+  }
+  if (n >= 9) {
+    size_t i = 8;
+    while (i < n && head[i] == ' ') ++i;
+    if (i < n && head[i] == '{') return OpenSafetensors(std::move(src));
+  }
+  if (n >= 2 && static_cast<unsigned char>(head[0]) == 0x80 && head[1] <= 5) {
+    return UnimplementedError(StrCat(
+        path, ": a legacy (pre-1.6, non-zip) torch.save file; re-save it with a current torch "
+              "(torch.save uses the zip format since 1.6)"));
+  }
+  if (EndsWith(path, ".safetensors")) return OpenSafetensors(std::move(src));
+  if (src->Size() == 0) return InvalidArgumentError(StrCat(path, ": empty file"));
+  return InvalidArgumentError(StrCat(
+      path, ": unknown format: not a torch.save zip (no PK\\x03\\x04 magic), not safetensors "
+            "(no JSON header after the 8-byte length), not an *.index.json"));
+}
+
+}  // namespace internal_checkpoint
+
+Result<std::unique_ptr<CheckpointReader>> OpenCheckpoint(const std::string& path,
+                                                         const OpenOptions& options) {
+  Env* env = options.env ? options.env : Env::Default();
+  if (env->IsDirectory(path)) {
+    for (const char* name : internal_checkpoint::kFolderCandidates) {
+      std::string p = JoinPath(path, name);
+      if (env->FileExists(p)) return internal_checkpoint::OpenFile(p, options);
+    }
+    if (env->FileExists(JoinPath(path, ".metadata")) ||
+        env->FileExists(JoinPath(path, "latest_checkpointed_iteration.txt"))) {
+      return UnimplementedError(
+          StrCat(path, ": a PyTorch DCP / Megatron torch_dist checkpoint; reading these is not "
+                       "supported yet"));
+    }
+    return NotFoundError(StrCat(path, ": folder holds no checkpoint ckptkit knows (looked for "
+                                      "model.safetensors[.index.json], pytorch_model.bin[.index.json])"));
+  }
+  if (!env->FileExists(path)) return NotFoundError(StrCat(path, ": no such file or folder"));
+  return internal_checkpoint::OpenFile(path, options);
+}
+
+}  // namespace ckpt

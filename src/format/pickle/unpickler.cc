@@ -1,0 +1,1082 @@
+#include "format/pickle/unpickler.h"
+
+#include <charconv>
+#include <cstring>
+#include <new>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "format/pickle/internal.h"
+#include "util/checked_math.h"
+#include "util/coding.h"
+#include "util/strings.h"
+
+namespace ckpt::pickle {
+
+std::string_view OpcodeName(uint8_t op) {
+  switch (op) {
+    case '(': return "MARK";
+    case '.': return "STOP";
+    case '0': return "POP";
+    case '1': return "POP_MARK";
+    case '2': return "DUP";
+    case 'F': return "FLOAT";
+    case 'I': return "INT";
+    case 'J': return "BININT";
+    case 'K': return "BININT1";
+    case 'L': return "LONG";
+    case 'M': return "BININT2";
+    case 'N': return "NONE";
+    case 'P': return "PERSID";
+    case 'Q': return "BINPERSID";
+    case 'R': return "REDUCE";
+    case 'S': return "STRING";
+    case 'T': return "BINSTRING";
+    case 'U': return "SHORT_BINSTRING";
+    case 'V': return "UNICODE";
+    case 'X': return "BINUNICODE";
+    case 'a': return "APPEND";
+    case 'b': return "BUILD";
+    case 'c': return "GLOBAL";
+    case 'd': return "DICT";
+    case '}': return "EMPTY_DICT";
+    case 'e': return "APPENDS";
+    case 'g': return "GET";
+    case 'h': return "BINGET";
+    case 'i': return "INST";
+    case 'j': return "LONG_BINGET";
+    case 'l': return "LIST";
+    case ']': return "EMPTY_LIST";
+    case 'o': return "OBJ";
+    case 'p': return "PUT";
+    case 'q': return "BINPUT";
+    case 'r': return "LONG_BINPUT";
+    case 's': return "SETITEM";
+    case 't': return "TUPLE";
+    case ')': return "EMPTY_TUPLE";
+    case 'u': return "SETITEMS";
+    case 'G': return "BINFLOAT";
+    case 0x80: return "PROTO";
+    case 0x81: return "NEWOBJ";
+    case 0x82: return "EXT1";
+    case 0x83: return "EXT2";
+    case 0x84: return "EXT4";
+    case 0x85: return "TUPLE1";
+    case 0x86: return "TUPLE2";
+    case 0x87: return "TUPLE3";
+    case 0x88: return "NEWTRUE";
+    case 0x89: return "NEWFALSE";
+    case 0x8a: return "LONG1";
+    case 0x8b: return "LONG4";
+    case 'B': return "BINBYTES";
+    case 'C': return "SHORT_BINBYTES";
+    case 0x8c: return "SHORT_BINUNICODE";
+    case 0x8d: return "BINUNICODE8";
+    case 0x8e: return "BINBYTES8";
+    case 0x8f: return "EMPTY_SET";
+    case 0x90: return "ADDITEMS";
+    case 0x91: return "FROZENSET";
+    case 0x92: return "NEWOBJ_EX";
+    case 0x93: return "STACK_GLOBAL";
+    case 0x94: return "MEMOIZE";
+    case 0x95: return "FRAME";
+    case 0x96: return "BYTEARRAY8";
+    case 0x97: return "NEXT_BUFFER";
+    case 0x98: return "READONLY_BUFFER";
+    default: return "UNKNOWN";
+  }
+}
+
+namespace internal_pickle {
+
+void AppendUtf8(std::string* out, uint32_t cp) {
+  if (cp < 0x80) {
+    out->push_back(static_cast<char>(cp));
+  } else if (cp < 0x800) {
+    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x10000) {
+    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else {
+    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+}
+
+bool Latin1FromUtf8(std::string_view s, std::string* out) {
+  out->clear();
+  out->reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      out->push_back(static_cast<char>(c));
+      ++i;
+    } else if ((c & 0xE0) == 0xC0 && i + 1 < s.size()) {
+      unsigned char c2 = static_cast<unsigned char>(s[i + 1]);
+      if ((c2 & 0xC0) != 0x80) return false;
+      uint32_t cp = ((c & 0x1F) << 6) | (c2 & 0x3F);
+      if (cp < 0x80 || cp > 0xFF) return false;
+      out->push_back(static_cast<char>(cp));
+      i += 2;
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string Utf8FromLatin1(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() + s.size() / 4);
+  for (unsigned char c : s) AppendUtf8(&out, c);
+  return out;
+}
+
+// Two's complement little-endian bytes of the decimal `digits` (optional sign),
+// minimal as CPython's encode_long writes them. False if not a number.
+bool DecimalToTwosComplement(std::string_view text, std::string* out) {
+  bool neg = false;
+  size_t i = 0;
+  if (i < text.size() && (text[i] == '-' || text[i] == '+')) {
+    neg = text[i] == '-';
+    ++i;
+  }
+  if (i == text.size()) return false;
+  std::vector<uint8_t> mag;  // little-endian magnitude
+  for (; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '_') continue;
+    if (c < '0' || c > '9') return false;
+    uint32_t carry = static_cast<uint32_t>(c - '0');
+    for (uint8_t& b : mag) {
+      uint32_t v = static_cast<uint32_t>(b) * 10 + carry;
+      b = static_cast<uint8_t>(v & 0xFF);
+      carry = v >> 8;
+    }
+    while (carry) {
+      mag.push_back(static_cast<uint8_t>(carry & 0xFF));
+      carry >>= 8;
+    }
+  }
+  while (!mag.empty() && mag.back() == 0) mag.pop_back();
+  if (mag.empty()) {
+    out->clear();
+    return true;
+  }
+  // nbytes = bit_length/8 + 1, as encode_long: room for the sign bit.
+  if (mag.back() & 0x80) mag.push_back(0);
+  if (neg) {
+    uint32_t carry = 1;
+    for (uint8_t& b : mag) {
+      uint32_t v = static_cast<uint32_t>(static_cast<uint8_t>(~b)) + carry;
+      b = static_cast<uint8_t>(v & 0xFF);
+      carry = v >> 8;
+    }
+    if (mag.size() > 1 && mag.back() == 0xFF && (mag[mag.size() - 2] & 0x80)) mag.pop_back();
+  }
+  out->assign(reinterpret_cast<const char*>(mag.data()), mag.size());
+  return true;
+}
+
+bool TwosComplementToInt64(std::string_view bytes, int64_t* out) {
+  size_t n = bytes.size();
+  if (n == 0) {
+    *out = 0;
+    return true;
+  }
+  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+  bool neg = (p[n - 1] & 0x80) != 0;
+  if (n > 8) {
+    for (size_t k = 8; k < n; ++k) {
+      if (p[k] != (neg ? 0xFF : 0x00)) return false;
+    }
+    if (((p[7] & 0x80) != 0) != neg) return false;
+    n = 8;
+  }
+  uint64_t v = neg ? ~uint64_t{0} : 0;
+  for (size_t k = 0; k < n; ++k) {
+    v &= ~(uint64_t{0xFF} << (8 * k));
+    v |= uint64_t{p[k]} << (8 * k);
+  }
+  *out = static_cast<int64_t>(v);
+  return true;
+}
+
+}  // namespace internal_pickle
+
+namespace {
+
+using internal_pickle::AppendUtf8;
+
+constexpr size_t kBufferSize = 1 << 16;
+
+// Sentinel for "the stream ended"; turned into the DataLoss message by the VM.
+struct Eof {};
+
+// Sequential reader over a ByteSource: direct pointers when the source is
+// resident (Data() != nullptr), else a 64 KiB buffer; big payloads are read
+// straight into their destination.
+class Reader {
+ public:
+  Reader(const ByteSource& src, uint64_t offset)
+      : src_(src), size_(src.Size()), pos_(offset), data_(src.Data()) {}
+
+  uint64_t pos() const { return pos_; }
+  uint64_t remaining() const { return pos_ <= size_ ? size_ - pos_ : 0; }
+
+  // Sets *p to n contiguous bytes. n must be small (<= kBufferSize).
+  // Returns false at end of stream; errors from the source in *st.
+  bool Take(size_t n, const char** p, Status* st) {
+    if (n > remaining()) return false;
+    if (data_ != nullptr) {
+      *p = data_ + pos_;
+      pos_ += n;
+      return true;
+    }
+    if (pos_ < buf_start_ || pos_ + n > buf_start_ + buf_.size()) {
+      size_t want = static_cast<size_t>(std::min<uint64_t>(kBufferSize, remaining()));
+      buf_.resize(want);
+      *st = src_.ReadAt(pos_, want, buf_.data());
+      if (!st->ok()) return false;
+      buf_start_ = pos_;
+    }
+    *p = buf_.data() + (pos_ - buf_start_);
+    pos_ += n;
+    return true;
+  }
+
+  // Appends n bytes to *out. REQUIRES: n <= remaining().
+  Status TakeInto(size_t n, std::string* out) {
+    size_t old = out->size();
+    out->resize(old + n);
+    char* dst = out->data() + old;
+    if (data_ != nullptr) {
+      std::memcpy(dst, data_ + pos_, n);
+      pos_ += n;
+      return OkStatus();
+    }
+    // Serve what the buffer holds, read the rest directly.
+    if (pos_ >= buf_start_ && pos_ < buf_start_ + buf_.size()) {
+      size_t have = static_cast<size_t>(std::min<uint64_t>(n, buf_start_ + buf_.size() - pos_));
+      std::memcpy(dst, buf_.data() + (pos_ - buf_start_), have);
+      dst += have;
+      n -= have;
+      pos_ += have;
+    }
+    if (n > 0) {
+      CKPT_RETURN_IF_ERROR(src_.ReadAt(pos_, n, dst));
+      pos_ += n;
+    }
+    return OkStatus();
+  }
+
+  // Reads up to '\n' (consumed, not returned). False at end of stream or if
+  // the line exceeds kMaxLineBytes (then *too_long is set).
+  bool Line(std::string* line, bool* too_long, Status* st) {
+    line->clear();
+    *too_long = false;
+    for (;;) {
+      const char* p;
+      if (!Take(1, &p, st)) return false;
+      if (*p == '\n') return true;
+      if (line->size() >= kMaxLineBytes) {
+        *too_long = true;
+        return false;
+      }
+      line->push_back(*p);
+    }
+  }
+
+ private:
+  const ByteSource& src_;
+  uint64_t size_;
+  uint64_t pos_;
+  const char* data_;
+  std::string buf_;
+  uint64_t buf_start_ = 0;
+};
+
+class Machine {
+ public:
+  Machine(const ByteSource& src, uint64_t offset, const UnpickleOptions& opts)
+      : src_(src), r_(src, offset), opts_(opts), arena_(std::make_unique<Arena>()) {}
+
+  Result<Unpickled> Run();
+
+ private:
+  // --- errors ---
+  Status Err(Code code, std::string_view msg) const {
+    return Status(code, StrCat(src_.Name(), ": offset ", op_offset_, ": ", OpcodeName(op_), ": ",
+                               msg));
+  }
+  Status Corrupt(std::string_view msg) const { return Err(Code::kDataLoss, msg); }
+  Status Limit(std::string_view msg) const { return Err(Code::kResourceExhausted, msg); }
+  Status Truncated() const {
+    return DataLossError(StrCat(src_.Name(), ": unexpected end of pickle at offset ", r_.pos(),
+                                " (no STOP; in ", OpcodeName(op_), " at offset ", op_offset_,
+                                ")"));
+  }
+  Status ReadFailed(Status st) const {
+    if (!st.ok()) return st.WithContext(StrCat(src_.Name(), ": offset ", op_offset_, ": ",
+                                               OpcodeName(op_)));
+    return Truncated();
+  }
+
+  // --- reading operands ---
+  template <typename T>
+  Status Fixed(T* out) {
+    const char* p;
+    Status st;
+    if (!r_.Take(sizeof(T), &p, &st)) return ReadFailed(st);
+    *out = DecodeLE<T>(p);
+    return OkStatus();
+  }
+  Status Payload(uint64_t n, std::string* out) {
+    if (n > r_.remaining()) {
+      return Corrupt(StrCat("length ", n, " exceeds the ", r_.remaining(), " bytes left"));
+    }
+    try {
+      out->reserve(static_cast<size_t>(n));
+    } catch (const std::bad_alloc&) {
+      return Limit(StrCat("cannot allocate ", n, " bytes"));
+    }
+    return r_.TakeInto(static_cast<size_t>(n), out);
+  }
+  Status Line(std::string* line) {
+    bool too_long = false;
+    Status st;
+    if (!r_.Line(line, &too_long, &st)) {
+      if (too_long) return Limit(StrCat("text line longer than ", kMaxLineBytes, " bytes"));
+      return ReadFailed(st);
+    }
+    if (!line->empty() && line->back() == '\r') line->pop_back();
+    return OkStatus();
+  }
+
+  // --- values ---
+  Value* New(Kind k) {
+    Value* v = arena_->New(k);
+    v->offset = op_offset_;
+    return v;
+  }
+  Value* Shared(Value** slot, Kind k, int64_t i = 0) {
+    if (*slot == nullptr) {
+      *slot = New(k);
+      (*slot)->i = i;
+    }
+    return *slot;
+  }
+  Value* MakeInt(int64_t i) {
+    Value* v = New(Kind::kInt);
+    v->i = i;
+    return v;
+  }
+  Value* MakeIntFromBytes(std::string bytes) {
+    int64_t i;
+    if (internal_pickle::TwosComplementToInt64(bytes, &i)) return MakeInt(i);
+    Value* v = New(Kind::kBigInt);
+    v->str = std::move(bytes);
+    return v;
+  }
+  Value* MakeString(Kind k, std::string s) {
+    Value* v = New(k);
+    v->str = std::move(s);
+    return v;
+  }
+  // Records that child now sits inside parent; rejects nesting bombs.
+  Status Nest(Value* parent, const Value* child) {
+    if (child != nullptr && child->depth + 1 > parent->depth) {
+      parent->depth = child->depth + 1;
+      if (parent->depth > opts_.max_depth) {
+        return Limit(StrCat("containers nested deeper than ", opts_.max_depth));
+      }
+    }
+    return OkStatus();
+  }
+
+  // --- stack ---
+  size_t Fence() const { return marks_.empty() ? 0 : marks_.back(); }
+  Status Push(Value* v) {
+    if (stack_.size() >= opts_.max_stack) {
+      return Limit(StrCat("stack deeper than ", opts_.max_stack, " entries"));
+    }
+    stack_.push_back(v);
+    return OkStatus();
+  }
+  Status Underflow() const {
+    return Corrupt(marks_.empty() || stack_.size() > Fence() ? "stack underflow"
+                                                            : "stack underflow (below MARK)");
+  }
+  Result<Value*> Pop() {
+    if (stack_.size() <= Fence()) return Underflow();
+    Value* v = stack_.back();
+    stack_.pop_back();
+    return v;
+  }
+  Result<Value*> Top() {
+    if (stack_.size() <= Fence()) return Underflow();
+    return stack_.back();
+  }
+  // Pops everything above the last MARK, and the MARK.
+  Result<std::vector<Value*>> PopMark() {
+    if (marks_.empty()) return Corrupt("could not find MARK");
+    size_t m = marks_.back();
+    marks_.pop_back();
+    std::vector<Value*> items(stack_.begin() + static_cast<ptrdiff_t>(m), stack_.end());
+    stack_.resize(m);
+    return items;
+  }
+
+  // --- memo ---
+  Status MemoPut(uint64_t idx, Value* v) {
+    if (idx < dense_.size()) {
+      if (dense_[idx] == nullptr) ++memo_count_;
+      dense_[idx] = v;
+      return OkStatus();
+    }
+    auto it = sparse_.find(idx);
+    if (it != sparse_.end()) {
+      it->second = v;
+      return OkStatus();
+    }
+    if (memo_count_ >= opts_.max_memo) {
+      return Limit(StrCat("memo larger than ", opts_.max_memo, " entries"));
+    }
+    ++memo_count_;
+    if (idx <= dense_.size() * 2 + 1024) {
+      dense_.resize(static_cast<size_t>(idx) + 1, nullptr);
+      dense_[idx] = v;
+    } else {
+      sparse_.emplace(idx, v);
+    }
+    return OkStatus();
+  }
+  Result<Value*> MemoGet(uint64_t idx) {
+    if (idx < dense_.size() && dense_[idx] != nullptr) return dense_[idx];
+    auto it = sparse_.find(idx);
+    if (it != sparse_.end()) return it->second;
+    return Corrupt(StrCat("memo key ", idx, " was never stored"));
+  }
+
+  // --- globals and calls ---
+  bool Allowed(std::string_view module, std::string_view name) const {
+    if (IsAllowedGlobal(module, name)) return true;
+    for (const AllowedGlobal& g : opts_.extra_allowed) {
+      if (g.module == module && (g.name == "*" || g.name == name)) return true;
+    }
+    return false;
+  }
+  Result<Value*> MakeGlobal(std::string_view module, std::string_view name);
+  Result<Value*> Call(Value* callable, Value* args, bool newobj, Value* kwargs);
+  Value* Fold(Value* callable, Value* args);
+
+  // --- opcodes with bodies ---
+  Status Step(uint8_t op, bool* stop);
+  Status AppendTo(Value* target, std::vector<Value*> items);
+  Status SetItemsOn(Value* target, const std::vector<Value*>& kv);
+  Status LoadDecimal(bool is_long);
+  Status LoadPySrcString();
+  Status LoadRawUnicodeEscape();
+
+  const ByteSource& src_;
+  Reader r_;
+  const UnpickleOptions& opts_;
+  std::unique_ptr<Arena> arena_;
+  std::vector<Value*> stack_;
+  std::vector<size_t> marks_;
+  std::vector<Value*> dense_;
+  std::unordered_map<uint64_t, Value*> sparse_;
+  size_t memo_count_ = 0;
+  Value* none_ = nullptr;
+  Value* true_ = nullptr;
+  Value* false_ = nullptr;
+  Value* empty_tuple_ = nullptr;
+  Value* root_ = nullptr;
+  uint64_t op_offset_ = 0;
+  uint8_t op_ = 0;
+  std::string scratch_;
+};
+
+Result<Value*> Machine::MakeGlobal(std::string_view module_in, std::string_view name_in) {
+  auto [module, name] = NormalizeGlobal(module_in, name_in);
+  if (opts_.mode == Mode::kStrict && !Allowed(module, name)) {
+    return Err(Code::kUnimplemented,
+               StrCat("global ", Quote(module + "." + name),
+                      " is not allowed (strict mode; inspect mode shows it as an opaque object)"));
+  }
+  Value* g = New(Kind::kGlobal);
+  g->str = std::move(module);
+  g->name = std::move(name);
+  return g;
+}
+
+Value* Machine::Fold(Value* callable, Value* args) {
+  if (args == nullptr || args->kind != Kind::kTuple) return nullptr;
+  const auto& a = args->items;
+  const std::string& m = callable->str;
+  const std::string& n = callable->name;
+  if (m == "collections" && n == "OrderedDict" && a.empty()) {
+    Value* v = New(Kind::kDict);
+    v->ordered = true;
+    return v;
+  }
+  if (m == "torch" && n == "Size" && a.size() == 1 && a[0]->kind == Kind::kTuple) {
+    for (const Value* d : a[0]->items) {
+      if (d->kind != Kind::kInt) return nullptr;
+    }
+    Value* v = New(Kind::kTuple);
+    v->items = a[0]->items;
+    v->torch_size = true;
+    v->depth = 1;
+    return v;
+  }
+  if (m == "_codecs" && n == "encode" && a.size() == 2 && a[0]->kind == Kind::kString &&
+      a[1]->kind == Kind::kString && (a[1]->str == "latin1" || a[1]->str == "latin-1")) {
+    std::string bytes;
+    if (!internal_pickle::Latin1FromUtf8(a[0]->str, &bytes)) return nullptr;
+    return MakeString(Kind::kBytes, std::move(bytes));
+  }
+  if (m != "builtins") return nullptr;
+  if (n == "bytes" || n == "bytearray") {
+    Value* v = nullptr;
+    if (a.empty()) {
+      v = New(Kind::kBytes);
+    } else if (a.size() == 1 && a[0]->kind == Kind::kBytes) {
+      v = MakeString(Kind::kBytes, a[0]->str);
+    } else if (n == "bytearray" && a.size() == 2 && a[0]->kind == Kind::kString &&
+               a[1]->kind == Kind::kString && (a[1]->str == "latin-1" || a[1]->str == "latin1")) {
+      std::string bytes;
+      if (!internal_pickle::Latin1FromUtf8(a[0]->str, &bytes)) return nullptr;
+      v = MakeString(Kind::kBytes, std::move(bytes));
+    } else {
+      return nullptr;
+    }
+    v->bytearray = n == "bytearray";
+    return v;
+  }
+  if (n == "set" || n == "frozenset") {
+    Value* v = nullptr;
+    if (a.empty()) {
+      v = New(Kind::kSet);
+    } else if (a.size() == 1 && a[0]->kind == Kind::kList) {
+      v = New(Kind::kSet);
+      v->items = a[0]->items;
+      v->depth = a[0]->depth;
+    } else {
+      return nullptr;
+    }
+    v->frozen = n == "frozenset";
+    return v;
+  }
+  return nullptr;
+}
+
+Result<Value*> Machine::Call(Value* callable, Value* args, bool newobj, Value* kwargs) {
+  bool opaque = false;
+  if (callable->kind != Kind::kGlobal) {
+    if (opts_.mode == Mode::kStrict) {
+      return Corrupt(StrCat("callable is a ", KindName(callable->kind), ", not a global"));
+    }
+    opaque = true;
+  } else {
+    opaque = !Allowed(callable->str, callable->name);
+    if (!newobj && kwargs == nullptr && !opaque) {
+      if (Value* folded = Fold(callable, args)) return folded;
+    }
+  }
+  Value* v = New(Kind::kObject);
+  v->callable = callable;
+  v->args = args;
+  v->kwargs = kwargs;
+  v->newobj = newobj;
+  v->opaque = opaque;
+  CKPT_RETURN_IF_ERROR(Nest(v, args));
+  CKPT_RETURN_IF_ERROR(Nest(v, kwargs));
+  return v;
+}
+
+Status Machine::AppendTo(Value* target, std::vector<Value*> items) {
+  if (target->kind != Kind::kList && target->kind != Kind::kObject &&
+      !(target->kind == Kind::kSet && op_ == 0x90)) {
+    return Corrupt(StrCat("cannot append to a ", KindName(target->kind)));
+  }
+  for (Value* v : items) CKPT_RETURN_IF_ERROR(Nest(target, v));
+  if (target->items.empty()) {
+    target->items = std::move(items);
+  } else {
+    target->items.insert(target->items.end(), items.begin(), items.end());
+  }
+  return OkStatus();
+}
+
+Status Machine::SetItemsOn(Value* target, const std::vector<Value*>& kv) {
+  if (kv.size() % 2 != 0) return Corrupt("odd number of items for SETITEMS");
+  if (target->kind != Kind::kDict && target->kind != Kind::kObject) {
+    return Corrupt(StrCat("cannot set items on a ", KindName(target->kind)));
+  }
+  for (size_t i = 0; i < kv.size(); i += 2) {
+    CKPT_RETURN_IF_ERROR(Nest(target, kv[i]));
+    CKPT_RETURN_IF_ERROR(Nest(target, kv[i + 1]));
+    target->dict.emplace_back(kv[i], kv[i + 1]);
+  }
+  return OkStatus();
+}
+
+// INT / LONG text forms (protocol 0): decimal, optional trailing 'L'.
+Status Machine::LoadDecimal(bool is_long) {
+  CKPT_RETURN_IF_ERROR(Line(&scratch_));
+  std::string_view t = scratch_;
+  while (!t.empty() && (t.back() == ' ')) t.remove_suffix(1);
+  if (!is_long && (t == "00" || t == "01")) {
+    return Push(t == "01" ? Shared(&true_, Kind::kBool, 1) : Shared(&false_, Kind::kBool, 0));
+  }
+  if (!t.empty() && t.back() == 'L') t.remove_suffix(1);
+  if (t.size() > kMaxDecimalDigits) {
+    return Limit(StrCat("integer literal of ", t.size(), " digits exceeds ", kMaxDecimalDigits));
+  }
+  int64_t i = 0;
+  auto [ptr, ec] = std::from_chars(t.data(), t.data() + t.size(), i);
+  if (ec == std::errc() && ptr == t.data() + t.size() && !t.empty()) return Push(MakeInt(i));
+  std::string bytes;
+  if (!internal_pickle::DecimalToTwosComplement(t, &bytes)) {
+    return Corrupt(StrCat("invalid integer literal ", Quote(t)));
+  }
+  return Push(MakeIntFromBytes(std::move(bytes)));
+}
+
+// STRING: a Python 2 repr() literal, 'abc' or "abc", with backslash escapes.
+Status Machine::LoadPySrcString() {
+  CKPT_RETURN_IF_ERROR(Line(&scratch_));
+  std::string_view t = scratch_;
+  if (t.size() < 2 || (t.front() != '\'' && t.front() != '"') || t.back() != t.front()) {
+    return Corrupt("the STRING opcode argument must be quoted");
+  }
+  t = t.substr(1, t.size() - 2);
+  std::string out;
+  out.reserve(t.size());
+  for (size_t i = 0; i < t.size(); ++i) {
+    char c = t[i];
+    if (c != '\\' || i + 1 == t.size()) {
+      out.push_back(c);
+      continue;
+    }
+    char e = t[++i];
+    switch (e) {
+      case 'n': out.push_back('\n'); break;
+      case 't': out.push_back('\t'); break;
+      case 'r': out.push_back('\r'); break;
+      case 'a': out.push_back('\a'); break;
+      case 'b': out.push_back('\b'); break;
+      case 'f': out.push_back('\f'); break;
+      case 'v': out.push_back('\v'); break;
+      case '\\': out.push_back('\\'); break;
+      case '\'': out.push_back('\''); break;
+      case '"': out.push_back('"'); break;
+      case '\n': break;
+      case 'x': {
+        if (i + 2 >= t.size()) {
+          return Corrupt("truncated \\x escape in STRING");
+        }
+        unsigned v = 0;
+        auto [p, ec] = std::from_chars(t.data() + i + 1, t.data() + i + 3, v, 16);
+        if (ec != std::errc() || p != t.data() + i + 3) return Corrupt("bad \\x escape in STRING");
+        out.push_back(static_cast<char>(v));
+        i += 2;
+        break;
+      }
+      default:
+        if (e >= '0' && e <= '7') {
+          unsigned v = static_cast<unsigned>(e - '0');
+          for (int k = 0; k < 2 && i + 1 < t.size() && t[i + 1] >= '0' && t[i + 1] <= '7'; ++k) {
+            v = v * 8 + static_cast<unsigned>(t[++i] - '0');
+          }
+          out.push_back(static_cast<char>(v & 0xFF));
+        } else {
+          out.push_back('\\');
+          out.push_back(e);
+        }
+    }
+  }
+  return Push(MakeString(Kind::kString, std::move(out)));
+}
+
+// UNICODE: raw-unicode-escape: bytes are Latin-1 code points, except \uXXXX
+// and \UXXXXXXXX escapes.
+Status Machine::LoadRawUnicodeEscape() {
+  CKPT_RETURN_IF_ERROR(Line(&scratch_));
+  std::string_view t = scratch_;
+  std::string out;
+  out.reserve(t.size());
+  for (size_t i = 0; i < t.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(t[i]);
+    if (c == '\\' && i + 1 < t.size() && (t[i + 1] == 'u' || t[i + 1] == 'U')) {
+      size_t n = t[i + 1] == 'u' ? 4 : 8;
+      if (i + 2 + n > t.size()) return Corrupt("truncated \\u escape in UNICODE");
+      uint32_t cp = 0;
+      auto [p, ec] = std::from_chars(t.data() + i + 2, t.data() + i + 2 + n, cp, 16);
+      if (ec != std::errc() || p != t.data() + i + 2 + n || cp > 0x10FFFF) {
+        return Corrupt("bad \\u escape in UNICODE");
+      }
+      AppendUtf8(&out, cp);
+      i += 1 + n;
+    } else {
+      AppendUtf8(&out, c);
+    }
+  }
+  return Push(MakeString(Kind::kString, std::move(out)));
+}
+
+Status Machine::Step(uint8_t op, bool* stop) {
+  switch (op) {
+    case '(':  // MARK
+      if (marks_.size() >= opts_.max_depth) {
+        return Limit(StrCat("MARKs nested deeper than ", opts_.max_depth));
+      }
+      marks_.push_back(stack_.size());
+      return OkStatus();
+    case '.': {  // STOP
+      CKPT_ASSIGN_OR_RETURN(root_, Pop());
+      *stop = true;
+      return OkStatus();
+    }
+    case '0':  // POP; with an empty frame, _pickle.c pops the MARK instead
+      if (stack_.size() > Fence()) {
+        stack_.pop_back();
+        return OkStatus();
+      }
+      if (!marks_.empty()) {
+        marks_.pop_back();
+        return OkStatus();
+      }
+      return Underflow();
+    case '1': {  // POP_MARK
+      CKPT_ASSIGN_OR_RETURN(auto items, PopMark());
+      (void)items;
+      return OkStatus();
+    }
+    case '2': {  // DUP
+      CKPT_ASSIGN_OR_RETURN(Value * v, Top());
+      return Push(v);
+    }
+    case 'F': {  // FLOAT
+      CKPT_RETURN_IF_ERROR(Line(&scratch_));
+      double d = 0;
+      auto [p, ec] = std::from_chars(scratch_.data(), scratch_.data() + scratch_.size(), d);
+      if (ec != std::errc() || p != scratch_.data() + scratch_.size()) {
+        return Corrupt(StrCat("invalid float literal ", Quote(scratch_)));
+      }
+      Value* v = New(Kind::kFloat);
+      v->f = d;
+      return Push(v);
+    }
+    case 'I': return LoadDecimal(false);
+    case 'L': return LoadDecimal(true);
+    case 'J': {
+      int32_t x = 0;
+      CKPT_RETURN_IF_ERROR(Fixed(&x));
+      return Push(MakeInt(x));
+    }
+    case 'K': {
+      uint8_t x = 0;
+      CKPT_RETURN_IF_ERROR(Fixed(&x));
+      return Push(MakeInt(x));
+    }
+    case 'M': {
+      uint16_t x = 0;
+      CKPT_RETURN_IF_ERROR(Fixed(&x));
+      return Push(MakeInt(x));
+    }
+    case 0x8a: {  // LONG1
+      uint8_t n = 0;
+      CKPT_RETURN_IF_ERROR(Fixed(&n));
+      std::string bytes;
+      CKPT_RETURN_IF_ERROR(Payload(n, &bytes));
+      return Push(MakeIntFromBytes(std::move(bytes)));
+    }
+    case 0x8b: {  // LONG4
+      int32_t n = 0;
+      CKPT_RETURN_IF_ERROR(Fixed(&n));
+      if (n < 0) return Corrupt("negative byte count");
+      std::string bytes;
+      CKPT_RETURN_IF_ERROR(Payload(static_cast<uint64_t>(n), &bytes));
+      return Push(MakeIntFromBytes(std::move(bytes)));
+    }
+    case 'N': return Push(Shared(&none_, Kind::kNone));
+    case 0x88: return Push(Shared(&true_, Kind::kBool, 1));
+    case 0x89: return Push(Shared(&false_, Kind::kBool, 0));
+    case 'G': {  // BINFLOAT, big-endian IEEE 754
+      const char* p;
+      Status st;
+      if (!r_.Take(8, &p, &st)) return ReadFailed(st);
+      uint64_t bits = DecodeBE64(p);
+      Value* v = New(Kind::kFloat);
+      std::memcpy(&v->f, &bits, 8);
+      return Push(v);
+    }
+    case 'P': {  // PERSID
+      CKPT_RETURN_IF_ERROR(Line(&scratch_));
+      Value* v = New(Kind::kPersistentId);
+      v->items.push_back(MakeString(Kind::kString, scratch_));
+      v->depth = 1;
+      return Push(v);
+    }
+    case 'Q': {  // BINPERSID
+      CKPT_ASSIGN_OR_RETURN(Value * pid, Pop());
+      Value* v = New(Kind::kPersistentId);
+      v->items.push_back(pid);
+      CKPT_RETURN_IF_ERROR(Nest(v, pid));
+      return Push(v);
+    }
+    case 'R': {  // REDUCE
+      CKPT_ASSIGN_OR_RETURN(Value * args, Pop());
+      CKPT_ASSIGN_OR_RETURN(Value * callable, Pop());
+      CKPT_ASSIGN_OR_RETURN(Value * v, Call(callable, args, false, nullptr));
+      return Push(v);
+    }
+    case 0x81: {  // NEWOBJ
+      CKPT_ASSIGN_OR_RETURN(Value * args, Pop());
+      CKPT_ASSIGN_OR_RETURN(Value * cls, Pop());
+      CKPT_ASSIGN_OR_RETURN(Value * v, Call(cls, args, true, nullptr));
+      return Push(v);
+    }
+    case 0x92: {  // NEWOBJ_EX
+      CKPT_ASSIGN_OR_RETURN(Value * kwargs, Pop());
+      CKPT_ASSIGN_OR_RETURN(Value * args, Pop());
+      CKPT_ASSIGN_OR_RETURN(Value * cls, Pop());
+      CKPT_ASSIGN_OR_RETURN(Value * v, Call(cls, args, true, kwargs));
+      return Push(v);
+    }
+    case 'S': return LoadPySrcString();
+    case 'V': return LoadRawUnicodeEscape();
+    case 'T': case 'U': case 'X': case 0x8c: case 0x8d:
+    case 'B': case 'C': case 0x8e: case 0x96: {
+      uint64_t n = 0;
+      if (op == 'U' || op == 0x8c || op == 'C') {
+        uint8_t x = 0;
+        CKPT_RETURN_IF_ERROR(Fixed(&x));
+        n = x;
+      } else if (op == 'T') {
+        int32_t x = 0;
+        CKPT_RETURN_IF_ERROR(Fixed(&x));
+        if (x < 0) return Corrupt("negative length");
+        n = static_cast<uint64_t>(x);
+      } else if (op == 'X' || op == 'B') {
+        uint32_t x = 0;
+        CKPT_RETURN_IF_ERROR(Fixed(&x));
+        n = x;
+      } else {
+        CKPT_RETURN_IF_ERROR(Fixed(&n));
+      }
+      bool is_bytes = op == 'B' || op == 'C' || op == 0x8e || op == 0x96;
+      Value* v = New(is_bytes ? Kind::kBytes : Kind::kString);
+      CKPT_RETURN_IF_ERROR(Payload(n, &v->str));
+      v->bytearray = op == 0x96;
+      return Push(v);
+    }
+    case 'a': {  // APPEND
+      CKPT_ASSIGN_OR_RETURN(Value * v, Pop());
+      CKPT_ASSIGN_OR_RETURN(Value * target, Top());
+      return AppendTo(target, {v});
+    }
+    case 'e': case 0x90: {  // APPENDS, ADDITEMS
+      CKPT_ASSIGN_OR_RETURN(auto items, PopMark());
+      CKPT_ASSIGN_OR_RETURN(Value * target, Top());
+      return AppendTo(target, std::move(items));
+    }
+    case 'b': {  // BUILD
+      CKPT_ASSIGN_OR_RETURN(Value * state, Pop());
+      CKPT_ASSIGN_OR_RETURN(Value * target, Top());
+      if (target->kind != Kind::kObject && !(target->kind == Kind::kDict && target->ordered)) {
+        return Corrupt(StrCat("cannot BUILD a ", KindName(target->kind)));
+      }
+      target->state = state;
+      return Nest(target, state);
+    }
+    case 'c': {  // GLOBAL
+      std::string module, name;
+      CKPT_RETURN_IF_ERROR(Line(&module));
+      CKPT_RETURN_IF_ERROR(Line(&name));
+      CKPT_ASSIGN_OR_RETURN(Value * g, MakeGlobal(module, name));
+      return Push(g);
+    }
+    case 0x93: {  // STACK_GLOBAL
+      CKPT_ASSIGN_OR_RETURN(Value * name, Pop());
+      CKPT_ASSIGN_OR_RETURN(Value * module, Pop());
+      if (name->kind != Kind::kString || module->kind != Kind::kString) {
+        return Corrupt("module and name must be str");
+      }
+      CKPT_ASSIGN_OR_RETURN(Value * g, MakeGlobal(module->str, name->str));
+      return Push(g);
+    }
+    case 'i': {  // INST
+      std::string module, name;
+      CKPT_RETURN_IF_ERROR(Line(&module));
+      CKPT_RETURN_IF_ERROR(Line(&name));
+      CKPT_ASSIGN_OR_RETURN(Value * g, MakeGlobal(module, name));
+      CKPT_ASSIGN_OR_RETURN(auto items, PopMark());
+      Value* args = New(Kind::kTuple);
+      for (Value* x : items) CKPT_RETURN_IF_ERROR(Nest(args, x));
+      args->items = std::move(items);
+      CKPT_ASSIGN_OR_RETURN(Value * v, Call(g, args, false, nullptr));
+      return Push(v);
+    }
+    case 'o': {  // OBJ
+      CKPT_ASSIGN_OR_RETURN(auto items, PopMark());
+      if (items.empty()) return Corrupt("no class on the stack");
+      Value* args = New(Kind::kTuple);
+      args->items.assign(items.begin() + 1, items.end());
+      for (Value* x : args->items) CKPT_RETURN_IF_ERROR(Nest(args, x));
+      CKPT_ASSIGN_OR_RETURN(Value * v, Call(items[0], args, false, nullptr));
+      return Push(v);
+    }
+    case 'd': {  // DICT
+      CKPT_ASSIGN_OR_RETURN(auto items, PopMark());
+      if (items.size() % 2 != 0) return Corrupt("odd number of items for DICT");
+      Value* v = New(Kind::kDict);
+      CKPT_RETURN_IF_ERROR(SetItemsOn(v, items));
+      return Push(v);
+    }
+    case '}': return Push(New(Kind::kDict));
+    case ']': return Push(New(Kind::kList));
+    case 0x8f: return Push(New(Kind::kSet));
+    case ')': return Push(Shared(&empty_tuple_, Kind::kTuple));
+    case 'l': case 't': case 0x91: {  // LIST, TUPLE, FROZENSET
+      CKPT_ASSIGN_OR_RETURN(auto items, PopMark());
+      Value* v = New(op == 'l' ? Kind::kList : op == 't' ? Kind::kTuple : Kind::kSet);
+      v->frozen = op == 0x91;
+      for (Value* x : items) CKPT_RETURN_IF_ERROR(Nest(v, x));
+      v->items = std::move(items);
+      return Push(v);
+    }
+    case 0x85: case 0x86: case 0x87: {  // TUPLE1..3
+      size_t n = op - 0x84u;
+      if (stack_.size() < Fence() + n) return Underflow();
+      Value* v = New(Kind::kTuple);
+      v->items.assign(stack_.end() - static_cast<ptrdiff_t>(n), stack_.end());
+      stack_.resize(stack_.size() - n);
+      for (Value* x : v->items) CKPT_RETURN_IF_ERROR(Nest(v, x));
+      return Push(v);
+    }
+    case 'g': case 'p': {  // GET, PUT (decimal text index)
+      CKPT_RETURN_IF_ERROR(Line(&scratch_));
+      uint64_t idx = 0;
+      auto [p, ec] = std::from_chars(scratch_.data(), scratch_.data() + scratch_.size(), idx);
+      if (ec != std::errc() || p != scratch_.data() + scratch_.size()) {
+        return Corrupt(StrCat("invalid memo key ", Quote(scratch_)));
+      }
+      if (op == 'g') {
+        CKPT_ASSIGN_OR_RETURN(Value * v, MemoGet(idx));
+        return Push(v);
+      }
+      CKPT_ASSIGN_OR_RETURN(Value * v, Top());
+      return MemoPut(idx, v);
+    }
+    case 'h': case 'q': {
+      uint8_t idx = 0;
+      CKPT_RETURN_IF_ERROR(Fixed(&idx));
+      if (op == 'h') {
+        CKPT_ASSIGN_OR_RETURN(Value * v, MemoGet(idx));
+        return Push(v);
+      }
+      CKPT_ASSIGN_OR_RETURN(Value * v, Top());
+      return MemoPut(idx, v);
+    }
+    case 'j': case 'r': {
+      uint32_t idx = 0;
+      CKPT_RETURN_IF_ERROR(Fixed(&idx));
+      if (op == 'j') {
+        CKPT_ASSIGN_OR_RETURN(Value * v, MemoGet(idx));
+        return Push(v);
+      }
+      CKPT_ASSIGN_OR_RETURN(Value * v, Top());
+      return MemoPut(idx, v);
+    }
+    case 0x94: {  // MEMOIZE
+      CKPT_ASSIGN_OR_RETURN(Value * v, Top());
+      return MemoPut(memo_count_, v);
+    }
+    case 's': {  // SETITEM
+      CKPT_ASSIGN_OR_RETURN(Value * value, Pop());
+      CKPT_ASSIGN_OR_RETURN(Value * key, Pop());
+      CKPT_ASSIGN_OR_RETURN(Value * target, Top());
+      return SetItemsOn(target, {key, value});
+    }
+    case 'u': {  // SETITEMS
+      CKPT_ASSIGN_OR_RETURN(auto items, PopMark());
+      CKPT_ASSIGN_OR_RETURN(Value * target, Top());
+      return SetItemsOn(target, items);
+    }
+    case 0x80: {  // PROTO
+      uint8_t proto = 0;
+      CKPT_RETURN_IF_ERROR(Fixed(&proto));
+      if (proto > 5) {
+        return Err(Code::kUnimplemented, StrCat("unsupported pickle protocol ", proto));
+      }
+      return OkStatus();
+    }
+    case 0x95: {  // FRAME: framing is only a read-ahead hint; check its length
+      uint64_t n = 0;
+      CKPT_RETURN_IF_ERROR(Fixed(&n));
+      if (n > r_.remaining()) {
+        return Corrupt(StrCat("frame length ", n, " exceeds the ", r_.remaining(), " bytes left"));
+      }
+      return OkStatus();
+    }
+    case 0x82: case 0x83: case 0x84:
+      return Err(Code::kUnimplemented, "extension registry codes are not supported");
+    case 0x97: case 0x98:
+      return Err(Code::kUnimplemented, "out-of-band buffers are not supported");
+    default:
+      return Corrupt(StrCat("invalid opcode 0x", fmt::format("{:02x}", op)));
+  }
+}
+
+Result<Unpickled> Machine::Run() {
+  try {
+    for (;;) {
+      op_offset_ = r_.pos();
+      const char* p;
+      Status st;
+      if (!r_.Take(1, &p, &st)) {
+        op_ = 0;
+        if (!st.ok()) return st.WithContext(StrCat(src_.Name(), ": offset ", op_offset_));
+        return DataLossError(StrCat(src_.Name(), ": unexpected end of pickle at offset ",
+                                    op_offset_, " (no STOP)"));
+      }
+      op_ = static_cast<uint8_t>(*p);
+      bool stop = false;
+      CKPT_RETURN_IF_ERROR(Step(op_, &stop));
+      if (arena_->size() > opts_.max_values) {
+        return Limit(StrCat("more than ", opts_.max_values, " values"));
+      }
+      if (stop) break;
+    }
+  } catch (const std::bad_alloc&) {
+    return Limit("out of memory");
+  } catch (const std::length_error&) {
+    return Limit("out of memory");
+  }
+  Unpickled out;
+  out.arena = std::move(arena_);
+  out.root = root_;
+  out.end_offset = r_.pos();
+  return out;
+}
+
+}  // namespace
+
+Result<Unpickled> Unpickle(const ByteSource& src, uint64_t offset, const UnpickleOptions& options) {
+  if (offset > src.Size()) {
+    return OutOfRangeError(StrCat(src.Name(), ": pickle offset ", offset, " is past the end (",
+                                  src.Size(), " bytes)"));
+  }
+  Machine m(src, offset, options);
+  return m.Run();
+}
+
+}  // namespace ckpt::pickle

@@ -1,0 +1,378 @@
+#include "format/pickle/unpickler.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "format/pickle/pickler.h"
+
+using namespace std::string_literals;
+
+namespace ckpt::pickle {
+namespace {
+
+std::string ReadTestFile(const std::string& rel) {
+  std::ifstream f(std::string(CKPT_SOURCE_DIR) + "/" + rel, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// A ByteSource without Data(), to exercise the buffered reader.
+class NoDataSource final : public ByteSource {
+ public:
+  explicit NoDataSource(std::string s) : s_(std::move(s)) {}
+  uint64_t Size() const override { return s_.size(); }
+  Status ReadAt(uint64_t offset, size_t n, void* dst) const override { return s_src_.ReadAt(offset, n, dst); }
+  std::string_view Name() const override { return "nodata.pkl"; }
+
+ private:
+  std::string s_;
+  SpanSource s_src_{s_.data(), s_.size(), "nodata.pkl"};
+};
+
+Result<Unpickled> Load(std::string_view bytes, Mode mode = Mode::kStrict,
+                       UnpickleOptions opts = {}) {
+  opts.mode = mode;
+  SpanSource src(bytes.data(), bytes.size(), "test.pkl");
+  return Unpickle(src, 0, opts);
+}
+
+const Value* Item(const Value* dict, std::string_view key) {
+  const Value* v = dict->Get(key);
+  EXPECT_NE(v, nullptr) << key;
+  return v;
+}
+
+TEST(Unpickler, ReadsBinaryIntsOfEveryWidth) {
+  // PROTO 2, MARK, K 5, M 40000, J -70000, LONG1 2**40, LONG1 -(2**70), TUPLE, STOP
+  std::string s = "\x80\x02(K\x05M\x40\x9cJ\x90\xee\xfe\xff";
+  s += std::string("\x8a\x06\x00\x00\x00\x00\x00\x01", 8);
+  s += std::string("\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\xc0", 11);
+  s += "t.";
+  auto r = Load(s);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const Value* t = r->root;
+  ASSERT_EQ(t->kind, Kind::kTuple);
+  ASSERT_EQ(t->items.size(), 5u);
+  EXPECT_EQ(t->items[0]->i, 5);
+  EXPECT_EQ(t->items[1]->i, 40000);
+  EXPECT_EQ(t->items[2]->i, -70000);
+  EXPECT_EQ(t->items[3]->i, int64_t{1} << 40);
+  EXPECT_EQ(t->items[4]->kind, Kind::kBigInt);
+  EXPECT_EQ(t->items[4]->str.size(), 9u);
+  EXPECT_EQ(r->end_offset, s.size());
+}
+
+TEST(Unpickler, AllProtocolsOfOneObjectGiveTheSameTree) {
+  std::string reprs[6];
+  for (int p = 0; p < 6; ++p) {
+    std::string bytes = ReadTestFile("tests/unit/pickle/testdata/rich_p" + std::to_string(p) + ".pkl");
+    ASSERT_FALSE(bytes.empty());
+    auto r = Load(bytes);
+    ASSERT_TRUE(r.ok()) << "protocol " << p << ": " << r.status().ToString();
+    const Value* d = r->root;
+    ASSERT_EQ(d->kind, Kind::kDict);
+    EXPECT_EQ(Item(d, "int")->i, 5);
+    EXPECT_EQ(Item(d, "neg")->i, -7);
+    EXPECT_EQ(Item(d, "i16")->i, 40000);
+    EXPECT_EQ(Item(d, "i32")->i, -70000);
+    EXPECT_EQ(Item(d, "i64")->i, int64_t{1} << 40);
+    EXPECT_EQ(Item(d, "big")->kind, Kind::kBigInt);
+    EXPECT_EQ(Item(d, "nbig")->kind, Kind::kBigInt);
+    EXPECT_DOUBLE_EQ(Item(d, "float")->f, 1.5);
+    EXPECT_DOUBLE_EQ(Item(d, "nfloat")->f, -0.25);
+    EXPECT_EQ(Item(d, "str")->str, "h\xc3\xa9llo \xe2\x82\xac");
+    EXPECT_EQ(Item(d, "bytes")->kind, Kind::kBytes);
+    EXPECT_EQ(Item(d, "bytes")->str, std::string("\x00\xff" "ab", 4));
+    EXPECT_EQ(Item(d, "empty_bytes")->kind, Kind::kBytes);
+    EXPECT_TRUE(Item(d, "ba")->bytearray);
+    EXPECT_EQ(Item(d, "ba")->str, "xy");
+    EXPECT_EQ(Item(d, "set")->kind, Kind::kSet);
+    EXPECT_FALSE(Item(d, "set")->frozen);
+    EXPECT_TRUE(Item(d, "fs")->frozen);
+    EXPECT_TRUE(Item(d, "od")->ordered);
+    EXPECT_EQ(Item(d, "t")->kind, Kind::kBool);
+    EXPECT_EQ(Item(d, "t")->i, 1);
+    EXPECT_EQ(Item(d, "f")->i, 0);
+    const Value* shared = Item(d, "shared");
+    ASSERT_EQ(shared->items.size(), 2u);
+    EXPECT_EQ(shared->items[0], shared->items[1]) << "memo must share one Value";
+    EXPECT_EQ(Repr(Item(d, "nested")), "{'a': [{'b': 1}]}");
+    reprs[p] = Repr(d, 100000);
+  }
+  for (int p = 1; p < 6; ++p) EXPECT_EQ(reprs[p], reprs[0]) << "protocol " << p;
+  // (checked on the last protocol's tree)
+}
+
+TEST(Unpickler, BufferedReaderMatchesDirectReads) {
+  std::string bytes = ReadTestFile("tests/unit/pickle/testdata/canonical_p2.pkl");
+  ASSERT_GT(bytes.size(), 1u << 15);
+  auto direct = Load(bytes);
+  ASSERT_TRUE(direct.ok()) << direct.status().ToString();
+  NoDataSource src(bytes);
+  auto buffered = Unpickle(src, 0, {});
+  ASSERT_TRUE(buffered.ok()) << buffered.status().ToString();
+  EXPECT_EQ(Repr(buffered->root, 1 << 20), Repr(direct->root, 1 << 20));
+  // Large payloads cross the 64 KiB buffer boundary.
+  std::string big = "\x80\x02X" + std::string("\x00\x00\x02\x00", 4) + std::string(131072, 'z') + ".";
+  NoDataSource bsrc(big);
+  auto b = Unpickle(bsrc, 0, {});
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ(b->root->str.size(), 131072u);
+}
+
+TEST(Unpickler, ReadsConsecutivePicklesViaEndOffset) {
+  std::string s = "\x80\x02K\x01.\x80\x02K\x02.";
+  SpanSource src(s.data(), s.size(), "two.pkl");
+  auto a = Unpickle(src, 0, {});
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->end_offset, 5u);
+  auto b = Unpickle(src, a->end_offset, {});
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->root->i, 2);
+  EXPECT_EQ(b->end_offset, s.size());
+}
+
+TEST(Unpickler, StrictModeRejectsUnknownGlobalNamingIt) {
+  std::string s = "\x80\x02\x63os\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85R."s;
+  auto r = Load(s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kUnimplemented);
+  const std::string& m = r.status().message();
+  EXPECT_NE(m.find("test.pkl: offset 2: GLOBAL: global 'os.system' is not allowed"), std::string::npos) << m;
+  EXPECT_NE(m.find("inspect mode"), std::string::npos) << m;
+}
+
+TEST(Unpickler, InspectModeKeepsUnknownGlobalAsOpaqueObjectWithoutCalling) {
+  std::string s = "\x80\x02\x63os\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85R."s;
+  auto r = Load(s, Mode::kInspect);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const Value* o = r->root;
+  ASSERT_EQ(o->kind, Kind::kObject);
+  EXPECT_TRUE(o->opaque);
+  EXPECT_TRUE(o->is_object_of("os", "system"));
+  ASSERT_EQ(o->args->items.size(), 1u);
+  EXPECT_EQ(o->args->items[0]->str, "ls");
+  EXPECT_EQ(TypeName(o), "os.system");
+}
+
+TEST(Unpickler, StrictModeAllowsTorchAndMegatronGlobals) {
+  for (const char* g : {"torch\nFloatStorage\n", "torch\nbfloat16\n", "torch._utils\n_rebuild_tensor_v2\n",
+                        "megatron.core.enums\nModelType\n", "argparse\nNamespace\n",
+                        "numpy.core.multiarray\n_reconstruct\n", "__builtin__\nset\n",
+                        "torch.distributed.checkpoint.metadata\nMetadata\n"}) {
+    std::string s = std::string("\x80\x02\x63") + g + ".";
+    auto r = Load(s);
+    EXPECT_TRUE(r.ok()) << g << ": " << r.status().ToString();
+  }
+  auto r = Load("\x80\x02\x63__builtin__\nset\n.");
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->root->is_global("builtins", "set")) << "py2 names are normalized";
+  EXPECT_FALSE(Load("\x80\x02\x63torch\nload\n.").ok());
+  EXPECT_FALSE(Load("\x80\x02\x63\x62uiltins\neval\n.").ok());
+}
+
+TEST(Unpickler, FoldsWellKnownConstructors) {
+  // OrderedDict() with BUILD state, torch.Size((2, 3)), _codecs.encode('\xff', 'latin1')
+  std::string s =
+      "\x80\x02(\x63\x63ollections\nOrderedDict\n)R}X\x01\x00\x00\x00mK\x01sb"s
+      "\x63torch\nSize\nK\x02K\x03\x86\x85R"
+      "\x63_codecs\nencode\nX\x02\x00\x00\x00\xc3\xbfX\x06\x00\x00\x00latin1\x86R"s
+      "\x63__builtin__\nbytearray\n)R"
+      "t.";
+  auto r = Load(s);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const auto& it = r->root->items;
+  ASSERT_EQ(it.size(), 4u);
+  EXPECT_EQ(it[0]->kind, Kind::kDict);
+  EXPECT_TRUE(it[0]->ordered);
+  ASSERT_NE(it[0]->state, nullptr);
+  EXPECT_EQ(it[0]->state->Get("m")->i, 1);
+  EXPECT_EQ(it[1]->kind, Kind::kTuple);
+  EXPECT_TRUE(it[1]->torch_size);
+  ASSERT_EQ(it[1]->items.size(), 2u);
+  EXPECT_EQ(it[1]->items[1]->i, 3);
+  EXPECT_EQ(it[2]->kind, Kind::kBytes);
+  EXPECT_EQ(it[2]->str, "\xff");
+  EXPECT_TRUE(it[3]->bytearray);
+  EXPECT_TRUE(it[3]->str.empty());
+}
+
+TEST(Unpickler, SetItemsAndAppendsOntoObjectsGoToItsDictAndItems) {
+  // defaultdict(list) with one item; an opaque list subclass with APPENDS.
+  std::string s =
+      "\x80\x02(\x63\x63ollections\ndefaultdict\n\x63__builtin__\nlist\n\x85RX\x01\x00\x00\x00kK\x01s"s
+      "\x63mymod\nMyList\n)\x81(K\x01K\x02" "e"
+      "t.";
+  EXPECT_FALSE(Load(s).ok()) << "mymod.MyList is not allowlisted";
+  auto r = Load(s, Mode::kInspect);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const Value* dd = r->root->items[0];
+  EXPECT_TRUE(dd->is_object_of("collections", "defaultdict")) << Repr(r->root);
+  EXPECT_FALSE(dd->opaque);
+  ASSERT_EQ(dd->dict.size(), 1u);
+  EXPECT_EQ(dd->dict[0].first->str, "k");
+  const Value* ml = r->root->items[1];
+  EXPECT_TRUE(ml->opaque);
+  EXPECT_TRUE(ml->newobj);
+  EXPECT_EQ(ml->items.size(), 2u);
+}
+
+TEST(Unpickler, PersistentIdsKeepTheirTuple) {
+  std::string s = "\x80\x02(X\x07\x00\x00\x00storage\x63torch\nFloatStorage\nX\x01\x00\x00\x00" "0X\x03\x00\x00\x00" "cpuK\x06tQ."s;
+  auto r = Load(s);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->root->kind, Kind::kPersistentId);
+  const Value* pid = r->root->items[0];
+  ASSERT_EQ(pid->items.size(), 5u);
+  EXPECT_EQ(pid->items[2]->str, "0");
+  EXPECT_EQ(pid->items[4]->i, 6);
+}
+
+TEST(Unpickler, ProtocolZeroTextOpcodes) {
+  // INT, LONG (big), FLOAT, STRING with escapes, UNICODE with \u escape,
+  // PUT/GET, DICT, LIST, TUPLE, POP, DUP, POP_MARK.
+  std::string s =
+      "(I42\nL123456789012345678901234567890L\nF-2.5\nS'a\\n\\x41\\''\nVx\\u20acy\np0\n"
+      "g0\n0(I1\n1I01\n(lp1\n(I7\nI8\ndp2\ntp3\n.";
+  auto r = Load(s);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const auto& it = r->root->items;
+  ASSERT_EQ(it.size(), 8u) << Repr(r->root);
+  EXPECT_EQ(it[0]->i, 42);
+  EXPECT_EQ(it[1]->kind, Kind::kBigInt);
+  EXPECT_DOUBLE_EQ(it[2]->f, -2.5);
+  EXPECT_EQ(it[3]->str, "a\nA'");
+  EXPECT_EQ(it[4]->str, "x\xe2\x82\xacy");
+  EXPECT_EQ(it[5]->kind, Kind::kBool);
+  EXPECT_EQ(it[6]->kind, Kind::kList);
+  EXPECT_EQ(it[6]->items.size(), 0u);
+  ASSERT_EQ(it[7]->kind, Kind::kDict);
+  ASSERT_EQ(it[7]->dict.size(), 1u);
+  EXPECT_EQ(it[7]->dict[0].first->i, 7);
+  EXPECT_EQ(it[7]->dict[0].second->i, 8);
+}
+
+TEST(Unpickler, TruncatedStreamIsDataLossNamingOffset) {
+  std::string s = "\x80\x02X\x05\x00\x00\x00hel"s;
+  auto r = Load(s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kDataLoss);
+  EXPECT_NE(r.status().message().find("offset 2: BINUNICODE: length 5 exceeds the 3 bytes left"),
+            std::string::npos)
+      << r.status().message();
+  auto r2 = Load("\x80\x02K\x01");
+  ASSERT_FALSE(r2.ok());
+  EXPECT_EQ(r2.status().code(), Code::kDataLoss);
+  EXPECT_NE(r2.status().message().find("unexpected end of pickle at offset 4 (no STOP)"),
+            std::string::npos)
+      << r2.status().message();
+}
+
+TEST(Unpickler, HugeLengthFieldsAreCheckedBeforeAllocating) {
+  std::string s = "\x80\x02\x8e\xff\xff\xff\xff\xff\xff\xff\x7fzz.";
+  auto r = Load(s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kDataLoss);
+  EXPECT_NE(r.status().message().find("BINBYTES8: length 9223372036854775807 exceeds the 3 bytes left"),
+            std::string::npos)
+      << r.status().message();
+}
+
+TEST(Unpickler, MarkBombFailsFastWithResourceExhausted) {
+  std::string s(10 << 20, '(');
+  auto r = Load(s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kResourceExhausted);
+  EXPECT_NE(r.status().message().find("MARK"), std::string::npos) << r.status().message();
+}
+
+TEST(Unpickler, NestingBombFailsFast) {
+  const size_t n = 2 << 20;
+  std::string s = "\x80\x02" + std::string(n, ']') + std::string(n - 1, 'a') + ".";
+  UnpickleOptions o;
+  auto r = Load(s, Mode::kStrict, o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kResourceExhausted);
+  // Either the stack cap or the nesting cap, never a crash.
+  EXPECT_TRUE(r.status().message().find("nested deeper") != std::string::npos ||
+              r.status().message().find("stack deeper") != std::string::npos)
+      << r.status().message();
+  // Nesting built from the inside out (((None,),),...) hits the depth cap.
+  std::string s3 = "\x80\x02N" + std::string(5000, '\x85') + ".";
+  auto r3 = Load(s3);
+  ASSERT_FALSE(r3.ok());
+  EXPECT_EQ(r3.status().code(), Code::kResourceExhausted);
+  EXPECT_NE(r3.status().message().find("TUPLE1: containers nested deeper than 1000"),
+            std::string::npos)
+      << r3.status().message();
+}
+
+TEST(Unpickler, SparseMemoIndicesCostOneEntry) {
+  std::string s = "\x80\x02K\x07r\xff\xff\xff\xff" "0j\xff\xff\xff\xff.";
+  auto r = Load(s);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->root->i, 7);
+}
+
+TEST(Unpickler, MemoBombHitsMemoCap) {
+  std::string s = "\x80\x02N";
+  for (uint32_t i = 0; i < 2000; ++i) {
+    s += 'r';
+    s.append(reinterpret_cast<const char*>(&i), 4);
+  }
+  s += '.';
+  UnpickleOptions o;
+  o.max_memo = 1000;
+  auto r = Load(s, Mode::kStrict, o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kResourceExhausted);
+  EXPECT_NE(r.status().message().find("LONG_BINPUT: memo larger than 1000"), std::string::npos)
+      << r.status().message();
+}
+
+TEST(Unpickler, ValueCapStopsAllocationFloods) {
+  std::string s = "\x80\x02" + std::string(100000, ']') + ".";
+  UnpickleOptions o;
+  o.max_values = 5000;
+  auto r = Load(s, Mode::kStrict, o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kResourceExhausted);
+}
+
+TEST(Unpickler, StackUnderflowAndBadMemoAreDataLoss) {
+  for (std::string s : {std::string("\x80\x02t."), std::string("\x80\x02R."), std::string("\x80\x02h\x05."),
+                        std::string("\x80\x02(K\x01K\x02u."), std::string("\x80\x02K\x01K\x02\x61."),
+                        std::string("\x80\x02\xff."), std::string("\x80\x02N(b.")}) {
+    auto r = Load(s, Mode::kInspect);
+    ASSERT_FALSE(r.ok()) << s;
+    EXPECT_EQ(r.status().code(), Code::kDataLoss) << r.status().ToString();
+    EXPECT_NE(r.status().message().find("test.pkl: offset "), std::string::npos)
+        << r.status().message();
+  }
+}
+
+TEST(Unpickler, UnsupportedFeaturesAreUnimplemented) {
+  for (std::string s : {std::string("\x80\x02\x82\x01."), std::string("\x80\x05\x97."),
+                        std::string("\x80\x06N.")}) {
+    auto r = Load(s, Mode::kInspect);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), Code::kUnimplemented) << r.status().ToString();
+  }
+}
+
+TEST(Unpickler, RecursiveStructuresLoadAsCycles) {
+  std::string bytes = ReadTestFile("tests/unit/pickle/testdata/recursive_p2.pkl");
+  auto r = Load(bytes);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const Value* lst = r->root->items[0];
+  ASSERT_EQ(lst->items.size(), 1u);
+  EXPECT_EQ(lst->items[0], lst);
+  EXPECT_NE(Repr(r->root).find("<cycle>"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace ckpt::pickle
