@@ -39,7 +39,7 @@ constexpr std::array<DTypeInfo, kNumDTypes> kTable = {{
     {DType::kFloat8_e4m3fnuz, "float8_e4m3fnuz", 1, "", "F8_E4M3FNUZ"},
     {DType::kFloat8_e5m2fnuz, "float8_e5m2fnuz", 1, "", "F8_E5M2FNUZ"},
     {DType::kFloat8_e8m0fnu, "float8_e8m0fnu", 1, "", "F8_E8M0"},
-    {DType::kFloat4_e2m1fn_x2, "float4_e2m1fn_x2", 1, "", ""},
+    {DType::kFloat4_e2m1fn_x2, "float4_e2m1fn_x2", 1, "", "F4"},  // F4: shape counts 4-bit values
     {DType::kQInt8, "qint8", 1, "QInt8Storage", ""},
     {DType::kQUInt8, "quint8", 1, "QUInt8Storage", ""},
     {DType::kQInt32, "qint32", 4, "QInt32Storage", ""},

@@ -137,6 +137,7 @@ size_t JsonDepth(std::string_view s, size_t cap) {
 struct ParsedJson {
   json value;
   bool ok = false;
+  std::string error;  // nlohmann's parse error, when !ok
   std::string duplicate_key;
   std::string duplicate_path;  // key of the enclosing object, "" at top level
 };
@@ -172,12 +173,19 @@ ParsedJson ParseJsonChecked(std::string_view text) {
     }
     return true;
   };
+  // Exceptions are caught right here (style: none crosses the API); the
+  // parse_error carries the byte position for the message.
   try {
-    out.value = json::parse(text.begin(), text.end(), cb, /*allow_exceptions=*/false);
-  } catch (const std::exception&) {
-    out.value = json::value_t::discarded;
+    out.value = json::parse(text.begin(), text.end(), cb, /*allow_exceptions=*/true);
+    out.ok = !out.value.is_discarded();
+  } catch (const json::parse_error& e) {
+    std::string_view what = e.what();
+    if (size_t p = what.find("] "); p != std::string_view::npos) what.remove_prefix(p + 2);
+    out.error = std::string(what.substr(0, 200));
+  } catch (const std::exception& e) {
+    out.error = e.what();
   }
-  out.ok = !out.value.is_discarded();
+  if (!out.ok && out.error.empty()) out.error = "rejected";
   return out;
 }
 
@@ -398,13 +406,20 @@ Result<Header> ReadHeader(const ByteSource& src) {
     return DataLossError(Err(name, "InvalidHeader",
                              StrCat("header is not valid UTF-8 at file offset ", 8 + bad)));
   }
+  // nlohmann's lexer takes a NUL byte as end of input and would ignore what
+  // follows; JSON allows no raw NUL anywhere, so reject it up front.
+  if (size_t nul = text.find('\0'); nul != std::string::npos) {
+    return DataLossError(Err(name, "InvalidHeaderDeserialization",
+                             StrCat("header is not valid JSON: NUL byte at file offset ", 8 + nul)));
+  }
   if (JsonDepth(text, kMaxJsonDepth) > kMaxJsonDepth) {
     return DataLossError(Err(name, "InvalidHeaderDeserialization",
                              StrCat("JSON nests deeper than ", kMaxJsonDepth, " levels")));
   }
   ParsedJson parsed = ParseJsonChecked(text);
   if (!parsed.ok) {
-    return DataLossError(Err(name, "InvalidHeaderDeserialization", "header is not valid JSON"));
+    return DataLossError(Err(name, "InvalidHeaderDeserialization",
+                             StrCat("header is not valid JSON: ", parsed.error)));
   }
   if (!parsed.duplicate_key.empty()) {
     return DataLossError(Err(name, "InvalidHeaderDeserialization",
@@ -752,11 +767,16 @@ Result<ShardIndex> ParseIndex(std::string_view json_text, std::string_view sourc
   if (size_t bad = FindInvalidUtf8(json_text); bad != std::string_view::npos) {
     return DataLossError(StrCat(source_name, ": index is not valid UTF-8 at byte ", bad));
   }
+  if (size_t nul = json_text.find('\0'); nul != std::string_view::npos) {
+    return DataLossError(StrCat(source_name, ": index is not valid JSON: NUL byte at ", nul));
+  }
   if (JsonDepth(json_text, kMaxJsonDepth) > kMaxJsonDepth) {
     return DataLossError(StrCat(source_name, ": index JSON nests deeper than ", kMaxJsonDepth));
   }
   ParsedJson parsed = ParseJsonChecked(json_text);
-  if (!parsed.ok) return DataLossError(StrCat(source_name, ": index is not valid JSON"));
+  if (!parsed.ok) {
+    return DataLossError(StrCat(source_name, ": index is not valid JSON: ", parsed.error));
+  }
   const json& root = parsed.value;
   if (!root.is_object()) {
     return DataLossError(StrCat(source_name, ": index is a JSON ", root.type_name(),

@@ -155,10 +155,10 @@ class TorchFile {
   Status ReadTensor(const TensorRecord& t, ByteSink* sink,
                     size_t chunk_bytes = kReadChunkBytes) const;
 
-  // Streams a storage record's raw bytes as stored (file byte order), in
-  // pieces of at most chunk_bytes. Errors as ReadTensor.
-  Status ReadStorage(const StorageRecord& s, ByteSink* sink,
-                     size_t chunk_bytes = kReadChunkBytes) const;
+  // Streams a storage record's raw bytes as stored (file byte order) in the
+  // zip layer's bounded pieces, verifying its CRC-32 at the end.
+  // Errors: DataLoss on a CRC mismatch (naming the record); as ReadTensor.
+  Status ReadStorage(const StorageRecord& s, ByteSink* sink) const;
 
  private:
   friend class TorchFileBuilder;

@@ -87,6 +87,12 @@ class ZipReader {
 
 // Writes an archive in torch.save's exact layout to a sink whose Position()
 // is the archive's offset 0 at construction (payload alignment is relative to it).
+// Byte-identical to torch 2.13's PyTorchStreamWriter (miniz with
+// MZ_ZIP_FLAG_WRITE_ZIP64): version fields 0, flags 0x0808 (0x0800 and no data
+// descriptor for an empty record), zero times, FB/'Z' padding, 16- or 24-byte
+// data descriptors, ZIP64 extras only where an offset or size reaches
+// 0xFFFFFFFF, and always a ZIP64 end record + locator before the classic one.
+// After a sink error the archive is incomplete; discard it.
 class ZipWriter {
  public:
   explicit ZipWriter(ByteSink* sink, uint64_t alignment = 64);

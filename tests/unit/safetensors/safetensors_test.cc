@@ -64,7 +64,8 @@ void ExpectMatches(const std::string& path, const json& want) {
     EXPECT_TRUE(h->metadata.empty());
   } else {
     EXPECT_TRUE(h->has_metadata);
-    EXPECT_EQ(h->metadata, want["metadata"].get<std::map<std::string, std::string>>());
+    using StrMap = std::map<std::string, std::string>;
+    EXPECT_EQ(h->metadata, want["metadata"].get<StrMap>());
   }
   ASSERT_EQ(h->tensors.size(), want["tensors"].size());
   uint64_t prev_end = 0;
@@ -73,9 +74,9 @@ void ExpectMatches(const std::string& path, const json& want) {
     ASSERT_TRUE(want["tensors"].contains(t.name));
     const json& w = want["tensors"][t.name];
     EXPECT_EQ(t.dtype_name, w["dtype"].get<std::string>());
-    EXPECT_EQ(DTypeSafetensorsName(t.dtype).empty() ? std::string("F4")
-                                                    : std::string(DTypeSafetensorsName(t.dtype)),
-              t.dtype_name);
+    if (t.dtype != DType::kFloat4_e2m1fn_x2) {
+      EXPECT_EQ(std::string(DTypeSafetensorsName(t.dtype)), t.dtype_name);
+    }
     EXPECT_EQ(t.shape, w["shape"].get<std::vector<int64_t>>());
     EXPECT_EQ(t.begin, w["data_offsets"][0].get<uint64_t>());
     EXPECT_EQ(t.end, w["data_offsets"][1].get<uint64_t>());
@@ -148,7 +149,8 @@ std::vector<WriteEntry> EntriesFromInputs(const json& inputs, std::vector<std::s
 
 std::optional<std::map<std::string, std::string>> MetadataOf(const json& inputs) {
   if (inputs["metadata"].is_null()) return std::nullopt;
-  return inputs["metadata"].get<std::map<std::string, std::string>>();
+  using StrMap = std::map<std::string, std::string>;
+  return inputs["metadata"].get<StrMap>();
 }
 
 TEST(SafetensorsWriterGolden, ByteIdenticalToSaveFile) {
@@ -177,7 +179,7 @@ TEST(SafetensorsWriterGolden, MultiKeyMetadataIsSortedAndEquivalent) {
   ASSERT_TRUE(WriteFile(entries, MetadataOf(inputs), &sink).ok());
   const std::string golden = ReadFile(GoldenDir() + "multi_meta.safetensors");
   EXPECT_EQ(sink.str().size(), golden.size());
-  EXPECT_NE(sink.str().find(R"({"__metadata__":{"a":"\u00e9\t","b":"2","format":"pt"},)"),
+  EXPECT_NE(sink.str().find("{\"__metadata__\":{\"a\":\"\xc3\xa9\\t\",\"b\":\"2\",\"format\":\"pt\"},"),
             std::string::npos)
       << sink.str();
   auto ours = Parse(sink.str());

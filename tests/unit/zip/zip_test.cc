@@ -458,3 +458,48 @@ TEST(ZipRoundTrip, EmptyArchiveIsReadable) {
 
 }  // namespace
 }  // namespace ckpt::zip
+
+namespace ckpt::zip {
+namespace {
+
+class FailingSink final : public ByteSink {
+ public:
+  explicit FailingSink(uint64_t fail_at) : fail_at_(fail_at) {}
+  Status Append(std::string_view data) override {
+    if (n_ + data.size() > fail_at_) return ResourceExhaustedError("disk full at " + std::to_string(n_));
+    n_ += data.size();
+    return OkStatus();
+  }
+  uint64_t Position() const override { return n_; }
+
+ private:
+  uint64_t fail_at_;
+  uint64_t n_ = 0;
+};
+
+TEST(ZipWriter, SinkErrorsPropagateFromEveryStep) {
+  // Fail at each byte boundary of a small archive: some call must return the
+  // sink's error, and none may report success for the whole archive.
+  StringSink full;
+  {
+    ZipWriter w(&full);
+    ASSERT_TRUE(w.AddEntry("archive/a", "hello").ok());
+    ASSERT_TRUE(w.Finish().ok());
+  }
+  for (uint64_t cut = 0; cut < full.str().size(); ++cut) {
+    FailingSink sink(cut);
+    ZipWriter w(&sink);
+    Status s = w.AddEntry("archive/a", "hello");
+    if (s.ok()) s = w.Finish();
+    EXPECT_EQ(s.code(), Code::kResourceExhausted) << "cut at " << cut;
+  }
+}
+
+TEST(ZipWriter, ZeroAlignmentIsRejected) {
+  StringSink sink;
+  ZipWriter w(&sink, 0);
+  EXPECT_EQ(w.BeginEntry("a").code(), Code::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace ckpt::zip
