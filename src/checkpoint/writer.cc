@@ -3,9 +3,14 @@
 
 #include "format/safetensors/safetensors.h"
 #include "format/torch/torch_writer.h"
+#include "util/checked_math.h"
 #include "util/strings.h"
 
 namespace ckpt {
+
+// torch.save names the archive folder after the file: basename without its extension.
+std::string TorchArchiveNameFor(const std::string& path);
+
 
 Status WriteSafetensorsFile(const std::string& path, std::span<const TensorToWrite> tensors,
                             const std::optional<std::map<std::string, std::string>>& metadata,
@@ -23,16 +28,24 @@ Status WriteSafetensorsFile(const std::string& path, std::span<const TensorToWri
 
 Status WriteTorchFile(const std::string& path, std::span<const TensorToWrite> tensors, Env* env) {
   if (env == nullptr) env = Env::Default();
-  std::vector<torch::TensorToSave> items;
-  items.reserve(tensors.size());
+  torch::StateDict sd(/*ordered=*/false);
   for (const TensorToWrite& t : tensors) {
-    items.push_back({t.key, t.dtype, t.shape, t.write});
+    std::optional<int64_t> numel = CheckedNumel(t.shape);
+    std::optional<uint64_t> nbytes =
+        numel ? CheckedMul(static_cast<uint64_t>(*numel), static_cast<uint64_t>(DTypeSize(t.dtype)))
+              : std::nullopt;
+    if (!nbytes) return InvalidArgumentError(StrCat("tensor ", Quote(t.key), ": invalid shape"));
+    torch::TensorToSave item;
+    item.dtype = t.dtype;
+    item.shape = t.shape;
+    item.nbytes = *nbytes;
+    item.write = t.write;
+    CKPT_RETURN_IF_ERROR(sd.AddTensor(t.key, std::move(item)));
   }
-  // torch.save names the archive folder after the file (basename without its extension).
-  std::string archive = Basename(path);
-  if (size_t dot = archive.rfind('.'); dot != std::string::npos && dot > 0) archive.resize(dot);
+  torch::TorchWriteOptions options;
+  options.archive_name = TorchArchiveNameFor(path);
   return WriteFileAtomically(env, path, [&](WritableFile* f) {
-    return torch::SaveStateDict(items, archive, f);
+    return torch::WriteStateDict(sd, f, options);
   });
 }
 

@@ -5,6 +5,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "ckpt/status.h"
+
 namespace ckpt::cli {
 
 // Each Register* adds a subcommand whose callback stores its exit code in *exit_code.

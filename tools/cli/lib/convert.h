@@ -6,6 +6,7 @@
 #include <ostream>
 #include <string>
 
+#include "ckpt/env.h"
 #include "ckpt/status.h"
 
 namespace ckpt::cli {
