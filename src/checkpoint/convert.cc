@@ -92,8 +92,13 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
   // shared storages, views) instead of flattening it.
   if (!to_st && options.max_shard_size == 0 && reader->format() == "torch") {
     std::string path = single_name ? dst : JoinPath(dst, "pytorch_model.bin");
-    CKPT_RETURN_IF_ERROR(internal_checkpoint::RewriteTorchFile(*reader, path, env),
-                         StrCat("writing ", path));
+    const bool existed = env->FileExists(path);
+    Status s = internal_checkpoint::RewriteTorchFile(*reader, path, env);
+    if (!s.ok()) {
+      // A failure after the rename (directory sync) leaves the new file in place.
+      if (!existed) env->RemoveFile(path).IgnoreError();
+      return s.WithContext(StrCat("writing ", path));
+    }
     report.files.push_back(path);
     report.tensors = tensors.size();
     report.bytes = total;
@@ -119,8 +124,16 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
 
   const std::map<std::string, std::string> metadata = OutputMetadata(*reader);
   uint64_t done = 0;
-  auto cleanup = [&] {
-    for (const std::string& f : report.files) env->RemoveFile(f).IgnoreError();
+  // On failure, remove what this run published, newest first, plus the file
+  // being written if this run created it: WriteFileAtomically fails after its
+  // rename when the directory sync fails, leaving a complete-looking file
+  // (an index naming shards we are about to remove, or a stray shard). A file
+  // that existed before and failed before the rename keeps its old content.
+  auto cleanup = [&](const std::string& failed, bool existed) {
+    if (!existed) env->RemoveFile(failed).IgnoreError();
+    for (auto it = report.files.rbegin(); it != report.files.rend(); ++it) {
+      env->RemoveFile(*it).IgnoreError();
+    }
   };
   for (const auto& [file_name, indices] : plan.shards) {
     std::string path = single_name ? dst : JoinPath(dir, file_name);
@@ -137,10 +150,11 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
                          return s;
                        }});
     }
+    const bool existed = env->FileExists(path);
     Status s = to_st ? WriteSafetensorsFile(path, items, metadata, env)
                      : WriteTorchFile(path, items, env);
     if (!s.ok()) {
-      cleanup();
+      cleanup(path, existed);
       return s.WithContext(StrCat("writing ", path));
     }
     report.files.push_back(path);
@@ -149,9 +163,10 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
     CKPT_ASSIGN_OR_RETURN(std::string index_text, safetensors::SerializeIndex(plan.Index(st)));
     std::string index_path =
         JoinPath(dir, to_st ? "model.safetensors.index.json" : "pytorch_model.bin.index.json");
+    const bool existed = env->FileExists(index_path);
     Status s = WriteFileAtomically(env, index_path, [&](WritableFile* f) { return f->Append(index_text); });
     if (!s.ok()) {
-      cleanup();
+      cleanup(index_path, existed);
       return s;
     }
     report.files.push_back(index_path);

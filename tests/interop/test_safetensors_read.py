@@ -26,6 +26,10 @@ def test_every_safetensors_dtype_reads_bit_equal(dtype, gen, tmp_path):
         "empty": random_tensor(dtype, (0, 4), gen),
         "v": random_tensor(dtype, (7,), gen),
     }
+    if dtype == "float4_e2m1fn_x2":
+        # safetensors cannot describe a 0-dim packed-pair tensor (its header
+        # shape counts 4-bit elements, so it doubles the last dim).
+        del tensors["scalar"]
     path = tmp_path / f"{dtype}.safetensors"
     save_file(tensors, path)
     if dtype not in _LOAD_FILE_CANNOT:

@@ -48,7 +48,17 @@ std::string TypeName(const Value* v) {
     case Kind::kSet: return v->frozen ? "frozenset" : "set";
     case Kind::kObject:
       if (v->callable != nullptr && v->callable->kind == Kind::kGlobal) {
-        return v->callable->str + "." + v->callable->name;
+        const Value* c = v->callable;
+        // Reconstructors whose first argument is the real class:
+        // copyreg._reconstructor(cls, base, state), numpy _reconstruct(cls, shape, dtype).
+        if ((c->is_global("copyreg", "_reconstructor") ||
+             c->is_global("numpy.core.multiarray", "_reconstruct") ||
+             c->is_global("numpy._core.multiarray", "_reconstruct")) &&
+            v->args != nullptr && v->args->kind == Kind::kTuple && !v->args->items.empty() &&
+            v->args->items[0]->kind == Kind::kGlobal) {
+          c = v->args->items[0];
+        }
+        return c->str + "." + c->name;
       }
       return "object";
     default: return std::string(KindName(v->kind));

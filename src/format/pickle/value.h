@@ -59,8 +59,9 @@ struct Value;
 // The Python type name of a value as a user would know it: "int", "str",
 // "bytes", "bytearray", "tuple", "torch.Size", "list", "dict",
 // "collections.OrderedDict", "set", "frozenset", "global", "persistent_id", or
-// for a kObject the callable's "module.name" ("argparse.Namespace"; "object"
-// when the callable is not a global). Never fails.
+// for a kObject the callable's "module.name" ("argparse.Namespace"; for
+// copyreg._reconstructor and numpy's _reconstruct the class in args[0], e.g.
+// "numpy.ndarray"; "object" when the callable is not a global). Never fails.
 std::string TypeName(const Value* v);
 
 // A short, safe, single-line Python-like repr (strings quoted and escaped,

@@ -144,6 +144,14 @@ TEST(TorchFile, MegatronLegacyNeedsInspectForNothingButReadsInStrict) {
     }
   }
   EXPECT_TRUE(saw_args);
+  bool saw_np = false;
+  for (const ObjectRecord& o : (*f)->objects()) {
+    if (o.key == "rng_state.0.np_rng_state.1") {
+      saw_np = true;
+      EXPECT_EQ(o.type, "numpy.ndarray");
+    }
+  }
+  EXPECT_TRUE(saw_np);
   EXPECT_NE((*f)->FindTensor("model.language_model.embedding.word_embeddings.weight"), nullptr);
   nlohmann::json m = nlohmann::json::parse(ReadTestFile("tests/golden/torch/megatron_legacy.json"));
   for (auto& [k, want] : m["tensors"].items()) {
