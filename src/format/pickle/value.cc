@@ -122,12 +122,22 @@ class Reprer {
         break;
       case Kind::kObject:
         out_ += TypeName(v);
+        if (v->args != nullptr && v->args->kind == Kind::kTuple && v->args->items.empty() &&
+            v->state != nullptr && v->state->kind == Kind::kDict && StringKeys(v->state->dict)) {
+          // An object rebuilt from its __dict__ (argparse.Namespace, dataclasses):
+          // shown as Python shows it, Name(field=value, ...).
+          Fields(v->state->dict, depth);
+          break;
+        }
         if (v->args != nullptr && v->args->kind == Kind::kTuple) {
           Seq("(", v->args->items, ")", depth);
         } else {
           out_ += "(...)";
         }
-        if (v->state != nullptr) out_ += "+state";
+        if (v->state != nullptr && out_.size() <= max_len_) {
+          out_ += " state=";
+          Put(v->state, depth + 1);
+        }
         break;
       default: break;
     }
@@ -163,6 +173,25 @@ class Reprer {
       Put(items[i], depth + 1);
     }
     out_ += close;
+  }
+
+  static bool StringKeys(const std::vector<std::pair<Value*, Value*>>& items) {
+    for (const auto& kv : items) {
+      if (kv.first == nullptr || kv.first->kind != Kind::kString) return false;
+    }
+    return true;
+  }
+
+  void Fields(const std::vector<std::pair<Value*, Value*>>& items, int depth) {
+    out_ += "(";
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (out_.size() > max_len_) return;
+      if (i > 0) out_ += ", ";
+      out_ += items[i].first->str;
+      out_ += "=";
+      Put(items[i].second, depth + 1);
+    }
+    out_ += ")";
   }
 
   void Map(const std::vector<std::pair<Value*, Value*>>& items, int depth) {

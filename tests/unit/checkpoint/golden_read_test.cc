@@ -249,6 +249,34 @@ TEST_F(ShardedIndexAttack, MissingShardFileIsNotFoundNamingTheShard) {
   EXPECT_THAT(r.status().message(), HasSubstr("model-00003-of-00003.safetensors"));
 }
 
+// An index naming itself (or another index) as a shard must not recurse.
+TEST_F(ShardedIndexAttack, IndexNamingAnIndexAsShardIsDataLoss) {
+  index_["weight_map"]["lm_head.weight"] = "model.safetensors.index.json";
+  auto r = OpenWith(index_);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kDataLoss) << r.status().ToString();
+  EXPECT_THAT(r.status().message(), HasSubstr("model.safetensors.index.json"));
+
+  nlohmann::json other = index_;
+  other["weight_map"]["lm_head.weight"] = "pytorch_model.bin.index.json";
+  Status s = WriteWhole(env_.get(), "/hf/pytorch_model.bin.index.json",
+                        R"({"weight_map": {"x": "model.safetensors.index.json"}})");
+  ASSERT_TRUE(s.ok());
+  r = OpenWith(other);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kDataLoss) << r.status().ToString();
+}
+
+// A shard that is not a checkpoint file (here: JSON text) is corrupt data.
+TEST_F(ShardedIndexAttack, ShardThatIsNotACheckpointIsDataLoss) {
+  ASSERT_TRUE(WriteWhole(env_.get(), "/hf/notes.bin", "just text").ok());
+  index_["weight_map"]["lm_head.weight"] = "notes.bin";
+  auto r = OpenWith(index_);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("notes.bin"));
+  EXPECT_THAT(r.status().message(), HasSubstr("model.safetensors.index.json"));
+}
+
 TEST_F(ShardedIndexAttack, IndexWithoutWeightMapIsDataLoss) {
   index_.erase("weight_map");
   auto r = OpenWith(index_);

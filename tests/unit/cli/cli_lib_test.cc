@@ -76,6 +76,8 @@ TEST(ParseSize, LowercaseBitSuffixIsRefused) {
     EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
     EXPECT_THAT(s.message(), HasSubstr("bits"));
   }
+  EXPECT_THAT(SizeError("5Gb").message(), HasSubstr("write '5GB'"));
+  EXPECT_THAT(SizeError("7b").message(), HasSubstr("write '7B'"));
 }
 
 TEST(ParseSize, OverflowIsInvalidArgument) {
@@ -137,7 +139,7 @@ TEST(HumanBytes, UsesBinaryUnits) {
   EXPECT_EQ(HumanBytes(1024), "1.00 KiB");
   EXPECT_EQ(HumanBytes(1536), "1.50 KiB");
   EXPECT_EQ(HumanBytes(uint64_t{5} << 30), "5.00 GiB");
-  EXPECT_EQ(HumanBytes(UINT64_MAX), "16.00 EiB") << "or at least no crash";
+  EXPECT_EQ(HumanBytes(UINT64_MAX), "16384.00 PiB");  // the largest unit
 }
 
 TEST(ShapeString, PrintsLikeAList) {

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cctype>
+#include <string_view>
 #include <nlohmann/json.hpp>
 
 #include "ckpt/convert.h"
@@ -21,6 +22,19 @@ Result<uint64_t> ParseSize(const std::string& text) {
     ++i;
   }
   if (i == 0) return InvalidArgumentError(fmt::format("size '{}' does not start with a number", text));
+  // transformers' convert_file_size_to_int reads "5Gb"/"5gb" (a final
+  // lowercase 'b' on a decimal unit) as bits, 1/8 of "5GB": refuse it rather
+  // than disagree by a factor of 8.
+  const std::string_view raw_unit = std::string_view(text).substr(i);
+  if (!raw_unit.empty() && raw_unit.back() == 'b' &&
+      !(raw_unit.size() >= 2 && (raw_unit[raw_unit.size() - 2] == 'i' ||
+                                 raw_unit[raw_unit.size() - 2] == 'I'))) {
+    std::string bytes_form = text.substr(0, i);
+    for (char c : raw_unit) bytes_form += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    return InvalidArgumentError(fmt::format(
+        "size '{}': a lowercase 'b' means bits to transformers; write '{}' for bytes", text,
+        bytes_form));
+  }
   std::string unit;
   for (; i < text.size(); ++i) unit += static_cast<char>(std::toupper(static_cast<unsigned char>(text[i])));
   uint64_t mul = 0;
@@ -41,7 +55,7 @@ Result<uint64_t> ParseSize(const std::string& text) {
   if (__builtin_mul_overflow(value, mul, &out)) {
     return InvalidArgumentError(fmt::format("size '{}' is too large", text));
   }
-  if (out == 0) return InvalidArgumentError("--max-shard-size must be positive");
+  if (out == 0) return InvalidArgumentError(fmt::format("size '{}' must be positive", text));
   return out;
 }
 

@@ -24,7 +24,10 @@ struct ConvertCommandOptions {
 };
 
 // Parses "123", "10KB", "5GB" (powers of 1000, as transformers reads them) and
-// "500KiB", "2GiB" (powers of 1024). Errors: InvalidArgument.
+// "500KiB", "2GiB" (powers of 1024); units are case-insensitive except that a
+// decimal unit ending in a lowercase 'b' ("5Gb", "5gb") is refused, since
+// transformers reads it as bits. Errors: InvalidArgument for a missing number,
+// an unknown unit, a value over 2^64-1 bytes, or zero.
 Result<uint64_t> ParseSize(const std::string& text);
 
 // Runs the conversion; the summary (or JSON report) goes to out, warnings and
