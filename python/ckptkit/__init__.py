@@ -306,8 +306,6 @@ def convert(
     Returns {"files": [written paths, index last], "warnings": [...],
     "tensors": count, "bytes": tensor bytes}.
     """
-    if not getattr(_core, "HAVE_CONVERT", False):
-        raise UnsupportedError("this ckptkit build has no converter (include/ckpt/convert.h absent)")
     if to not in ("safetensors", "torch"):
         raise ValueError(f"to must be 'safetensors' or 'torch', got {to!r}")
     limit = 0 if max_shard_size is None else _parse_size(max_shard_size)

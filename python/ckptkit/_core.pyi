@@ -4,8 +4,6 @@ from typing import Any
 
 import numpy as np
 
-HAVE_CONVERT: bool
-
 class CorruptCheckpointError(ValueError): ...
 class UnsupportedError(NotImplementedError): ...
 

@@ -26,14 +26,9 @@
 #include <nlohmann/json.hpp>
 
 #include "ckpt/checkpoint.h"
+#include "ckpt/convert.h"
 #include "ckpt/dtype.h"
 #include "ckpt/status.h"
-#if __has_include("ckpt/convert.h")
-#include "ckpt/convert.h"
-#define CKPT_PY_HAVE_CONVERT 1
-#else
-#define CKPT_PY_HAVE_CONVERT 0
-#endif
 
 namespace nb = nanobind;
 
@@ -246,7 +241,6 @@ Reader Open(const std::string& path, const std::string& mode) {
   return Reader(std::shared_ptr<const CheckpointReader>(std::move(*r)));
 }
 
-#if CKPT_PY_HAVE_CONVERT
 // Returns {"files": [...], "warnings": [...], "tensors": n, "bytes": n}.
 nb::dict ConvertPy(const std::string& src, const std::string& dst, const std::string& to,
                    uint64_t max_shard_size, bool allow_opaque) {
@@ -277,7 +271,6 @@ nb::dict ConvertPy(const std::string& src, const std::string& dst, const std::st
   d["bytes"] = report->bytes;
   return d;
 }
-#endif
 
 }  // namespace
 }  // namespace internal_python
@@ -298,7 +291,6 @@ NB_MODULE(_core, m) {
   if (!g_corrupt_error || !g_unsupported_error) throw nb::python_error();
   m.attr("CorruptCheckpointError") = nb::borrow(g_corrupt_error);
   m.attr("UnsupportedError") = nb::borrow(g_unsupported_error);
-  m.attr("HAVE_CONVERT") = static_cast<bool>(CKPT_PY_HAVE_CONVERT);
 
   nb::class_<Reader>(m, "Reader")
       .def_prop_ro("format", &Reader::format)
@@ -311,8 +303,6 @@ NB_MODULE(_core, m) {
       .def("close", &Reader::Close);
 
   m.def("open", &Open, nb::arg("path"), nb::arg("mode") = "strict");
-#if CKPT_PY_HAVE_CONVERT
   m.def("convert", &ConvertPy, nb::arg("src"), nb::arg("dst"), nb::arg("to"),
         nb::arg("max_shard_size") = 0, nb::arg("allow_opaque") = false);
-#endif
 }

@@ -48,12 +48,21 @@ Result<std::unique_ptr<CheckpointReader>> OpenSharded(const std::string& index_p
   std::map<std::string, size_t> shard_of_file;
   std::vector<std::string> files = index.Files();
   for (const std::string& file : files) {
-    OpenOptions shard_options = options;
-    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> shard,
-                          OpenFile(JoinPath(dir, file), shard_options),
-                          StrCat(index_path, ": shard ", file));
+    // OpenFile opens a *.index.json name as a sharded set: an index naming
+    // itself (or another index) would recurse without end.
+    if (file.size() >= 11 && file.compare(file.size() - 11, 11, ".index.json") == 0) {
+      return DataLossError(StrCat(index_path, ": weight_map names shard ", Quote(file),
+                                  ", which is an index, not a shard file"));
+    }
+    auto shard = OpenFile(JoinPath(dir, file), options);
+    if (!shard.ok()) {
+      Status s = shard.status().WithContext(StrCat(index_path, ": shard ", file));
+      // A shard in no format we know is a corrupt set, not a bad request.
+      if (s.code() == Code::kInvalidArgument) s = Status(Code::kDataLoss, s.message());
+      return s;
+    }
     shard_of_file[file] = reader->shards_.size();
-    reader->shards_.push_back(std::move(shard));
+    reader->shards_.push_back(std::move(*shard));
   }
   bool torch_shards = false;
   // Tensors in shard order, then in each shard's own order; only indexed ones.

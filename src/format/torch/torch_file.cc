@@ -1,5 +1,8 @@
 #include "format/torch/torch_file.h"
 
+#include <fmt/format.h>
+#include <zlib.h>
+
 #include <algorithm>
 #include <charconv>
 #include <cstring>
@@ -108,6 +111,17 @@ class TorchFileBuilder {
 
   TorchFile* f_;
   std::unordered_set<const Value*> on_path_;
+  // Nodes visited while flattening. A graph that shares containers (the memo
+  // allows it) expands exponentially into keys; the budget stops that.
+  uint64_t steps_ = 0;
+  Status CountStep() {
+    if (++steps_ > kMaxFlattenSteps) {
+      return ResourceExhaustedError(StrCat(f_->name(), ": data.pkl: flattening the object graph "
+                                           "visits more than ", kMaxFlattenSteps,
+                                           " nodes (containers shared many times over)"));
+    }
+    return OkStatus();
+  }
   size_t leaves_ = 0;
 
  public:
@@ -309,6 +323,7 @@ Status TorchFileBuilder::AddTensor(const Value* v, const std::string& key) {
 // Inside a non-tensor object: only tensors are recorded.
 Status TorchFileBuilder::WalkTensorsIn(const Value* v, const std::string& key, size_t depth) {
   if (v == nullptr || depth > kMaxKeyDepth || on_path_.count(v)) return OkStatus();
+  CKPT_RETURN_IF_ERROR(CountStep());
   if (IsTensorRebuild(v)) return AddTensor(v, key);
   on_path_.insert(v);
   Status st;
@@ -331,6 +346,7 @@ Status TorchFileBuilder::WalkTensorsIn(const Value* v, const std::string& key, s
 }
 
 Status TorchFileBuilder::Walk(const Value* v, const std::string& key, size_t depth) {
+  CKPT_RETURN_IF_ERROR(CountStep());
   if (v == nullptr) return AddLeaf(v, key);
   if (depth > kMaxKeyDepth) {
     return ResourceExhaustedError(StrCat(f_->name(), ": data.pkl: ", Quote(key),
@@ -539,12 +555,23 @@ Status TorchFile::ReadTensor(const TensorRecord& t, ByteSink* sink, size_t chunk
     size_t piece = buf.size() - buf.size() % es;
     if (piece == 0) piece = static_cast<size_t>(es);
     if (buf.size() < piece) buf.resize(piece);
+    // A tensor that is its whole stored record (the usual case) is checked
+    // against the record's CRC-32 as it streams, as torch's loader does.
+    const bool check_crc = s.entry->method == 0 && start == 0 && t.nbytes == s.entry->size;
+    uLong crc = crc32(0L, Z_NULL, 0);
     for (uint64_t off = 0; off < t.nbytes;) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(piece, t.nbytes - off));
       CKPT_RETURN_IF_ERROR(read_range(start + off, n, buf.data()), ctx);
+      if (check_crc) crc = crc32(crc, reinterpret_cast<const Bytef*>(buf.data()), static_cast<uInt>(n));
       ByteSwapInPlace(buf.data(), n, unit);
       CKPT_RETURN_IF_ERROR(sink->Append(std::string_view(buf.data(), n)), ctx);
       off += n;
+    }
+    if (check_crc && static_cast<uint32_t>(crc) != s.entry->crc32) {
+      return DataLossError(StrCat(ctx, ": record ", Quote(s.entry_name), " at offset ",
+                                  s.entry->data_offset, ": CRC-32 mismatch: central directory says ",
+                                  fmt::format("{:08x}", s.entry->crc32), ", data gives ",
+                                  fmt::format("{:08x}", static_cast<uint32_t>(crc))));
     }
     return OkStatus();
   }

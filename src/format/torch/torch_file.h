@@ -71,6 +71,9 @@ inline constexpr size_t kReadChunkBytes = size_t{16} << 20;
 inline constexpr uint64_t kMaxDataPklBytes = uint64_t{4} << 30;
 // Traversal caps for flattening the tree.
 inline constexpr size_t kMaxKeyDepth = 256;
+// Nodes visited when flattening data.pkl into keys (shared containers count
+// once per path): ResourceExhausted beyond it.
+inline constexpr uint64_t kMaxFlattenSteps = uint64_t{1} << 23;
 
 struct TorchOpenOptions {
   pickle::Mode mode = pickle::Mode::kStrict;

@@ -268,6 +268,7 @@ TEST(InspectJson, SampleHasNamespaceObject) {
       found = true;
       EXPECT_EQ(o["type"], "argparse.Namespace");
       EXPECT_EQ(o["opaque"], false);
+      EXPECT_THAT(o["repr"].get<std::string>(), HasSubstr("num_layers=2"));
     }
   }
   EXPECT_TRUE(found) << j["objects"].dump();
