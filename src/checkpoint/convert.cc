@@ -74,19 +74,8 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
     return NotFoundError(StrCat("destination folder ", dir, " does not exist"));
   }
 
-  // Validate everything before writing anything.
-  std::set<std::string> seen;
   uint64_t total = 0;
-  for (const TensorInfo& t : tensors) {
-    if (!seen.insert(t.key).second) {
-      return DataLossError(StrCat(src, ": two tensors flatten to the same key ", Quote(t.key)));
-    }
-    if (to_st && DTypeSafetensorsName(t.dtype).empty()) {
-      return UnimplementedError(StrCat(src, ": tensor ", Quote(t.key), " has dtype ",
-                                       DTypeName(t.dtype), ", which safetensors cannot hold"));
-    }
-    total += t.nbytes;
-  }
+  for (const TensorInfo& t : tensors) total += t.nbytes;
 
   // torch -> torch into one file keeps the whole object tree (objects,
   // shared storages, views) instead of flattening it.
@@ -97,13 +86,25 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
     if (!s.ok()) {
       // A failure after the rename (directory sync) leaves the new file in place.
       if (!existed) env->RemoveFile(path).IgnoreError();
-      return s.WithContext(StrCat("writing ", path));
+      return s;  // WriteFileAtomically names the path
     }
     report.files.push_back(path);
     report.tensors = tensors.size();
     report.bytes = total;
     if (options.progress) options.progress(total, total);
     return report;
+  }
+
+  // Flat outputs: validate every key and dtype before writing anything.
+  std::set<std::string> seen;
+  for (const TensorInfo& t : tensors) {
+    if (!seen.insert(t.key).second) {
+      return DataLossError(StrCat(src, ": two tensors flatten to the same key ", Quote(t.key)));
+    }
+    if (to_st && DTypeSafetensorsName(t.dtype).empty()) {
+      return UnimplementedError(StrCat(src, ": tensor ", Quote(t.key), " has dtype ",
+                                       DTypeName(t.dtype), ", which safetensors cannot hold"));
+    }
   }
 
   for (const ObjectInfo& o : reader->objects()) {
@@ -121,6 +122,10 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
   plan_options.prefix = to_st ? "model" : "pytorch_model";
   plan_options.extension = to_st ? ".safetensors" : ".bin";
   CKPT_ASSIGN_OR_RETURN(safetensors::ShardPlan plan, safetensors::PlanShards(st, plan_options));
+  if (plan.shards.empty()) {
+    // No tensors at all: still write one (empty) file, so the output exists and loads.
+    plan.shards.push_back({plan_options.prefix + plan_options.extension, {}});
+  }
 
   const std::map<std::string, std::string> metadata = OutputMetadata(*reader);
   uint64_t done = 0;
@@ -155,7 +160,7 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
                      : WriteTorchFile(path, items, env);
     if (!s.ok()) {
       cleanup(path, existed);
-      return s.WithContext(StrCat("writing ", path));
+      return s;  // WriteFileAtomically names the path
     }
     report.files.push_back(path);
   }
