@@ -7,6 +7,7 @@
 #include <string>
 
 #include "ckpt/checkpoint.h"
+#include "ckpt/writer.h"
 #include "lib/convert.h"
 #include "lib/exit_code.h"
 #include "lib/inspect.h"
@@ -272,6 +273,24 @@ TEST(InspectJson, SampleHasNamespaceObject) {
     }
   }
   EXPECT_TRUE(found) << j["objects"].dump();
+}
+
+
+TEST(Inspect, ControlBytesInNamesAreEscaped) {
+  // A hostile file names its tensor with a terminal escape sequence.
+  std::unique_ptr<Env> env = NewMemEnv();
+  const std::string key = std::string("w\x1b[2J") + "\rx";
+  std::vector<TensorToWrite> items = {
+      {key, DType::kFloat32, {1}, [](ByteSink* s) { return s->Append(std::string(4, '\0')); }}};
+  ASSERT_TRUE(WriteSafetensorsFile("/evil.safetensors", items, std::nullopt, env.get()).ok());
+  InspectOptions o;
+  o.path = "/evil.safetensors";
+  o.env = env.get();
+  std::ostringstream out;
+  ASSERT_TRUE(Inspect(o, out).ok());
+  EXPECT_THAT(out.str(), Not(HasSubstr("\x1b"))) << out.str();
+  EXPECT_THAT(out.str(), Not(HasSubstr("\r"))) << out.str();
+  EXPECT_THAT(out.str(), HasSubstr("'w\\x1b[2J\\x0dx'"));
 }
 
 // ---------------------------------------------------------------- RunConvert

@@ -4,7 +4,22 @@
 
 #include <algorithm>
 
+#include "util/strings.h"
+
 namespace ckpt::cli {
+namespace {
+
+// Names from a file go to a terminal: control bytes would let a hostile
+// checkpoint move the cursor or rewrite lines. Such names are shown quoted
+// and escaped; ordinary ones (UTF-8 included) as they are.
+std::string Safe(std::string_view s) {
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7f) return Quote(s, 200);
+  }
+  return std::string(s);
+}
+
+}  // namespace
 
 std::string HumanBytes(uint64_t n) {
   static const char* const kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
@@ -103,9 +118,9 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
         note = fmt::format("  storage {}", t.storage);
         if (t.storage_offset) note += fmt::format(" +{}", t.storage_offset);
       }
-      if (!t.file.empty()) note += "  " + t.file;
+      if (!t.file.empty()) note += "  " + Safe(t.file);
       if (t.is_parameter) note += "  Parameter";
-      out << fmt::format("{:<{}}  {:<{}}  {:<{}}  {:>12}{}\n", t.key, key_w, DTypeName(t.dtype),
+      out << fmt::format("{:<{}}  {:<{}}  {:<{}}  {:>12}{}\n", Safe(t.key), key_w, DTypeName(t.dtype),
                          dtype_w, ShapeString(t.shape), shape_w, t.nbytes, note);
       ++shown;
     }
@@ -113,8 +128,8 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
   if (!reader->objects().empty()) {
     out << "\nOther objects (shown, never executed):\n";
     for (const ObjectInfo& o : reader->objects()) {
-      out << fmt::format("  {} ({}{}): {}\n", o.key, o.type, o.opaque ? ", not on the allowlist" : "",
-                         o.repr);
+      out << fmt::format("  {} ({}{}): {}\n", Safe(o.key), Safe(o.type),
+                         o.opaque ? ", not on the allowlist" : "", Safe(o.repr));
     }
   }
   return OkStatus();
