@@ -6,8 +6,9 @@
             info = ckpt.info(key)                     # dtype name, shape, nbytes, storage, ...
             arr = ckpt[key]                           # numpy array (a copy, C-contiguous)
             t = ckpt.torch(key)                       # torch.Tensor, if torch is installed
+    ckptkit.save_file({"w": tensor_or_ndarray}, "out.safetensors")   # or format="torch"
 
-Tensor values are produced by the C++ core as contiguous little-endian bytes into a
+Tensor values are read and written by the C++ core as contiguous little-endian bytes into a
 buffer allocated here, with the GIL released.
 
 dtypes without a numpy equivalent (bfloat16, float8_*, float4_e2m1fn_x2, complex32,
@@ -29,8 +30,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 
 import numpy as np
 
@@ -45,6 +47,7 @@ __all__ = [
     "UnsupportedError",
     "convert",
     "open",
+    "save_file",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -310,3 +313,130 @@ def convert(
         raise ValueError(f"to must be 'safetensors' or 'torch', got {to!r}")
     limit = 0 if max_shard_size is None else _parse_size(max_shard_size)
     return _core.convert(os.fspath(src), os.fspath(dst), to, limit, bool(allow_opaque))
+
+
+# numpy (kind, itemsize) -> torch dtype name, for save_file.
+_TORCH_NAME_OF_NUMPY = {
+    ("b", 1): "bool",
+    ("u", 1): "uint8",
+    ("i", 1): "int8",
+    ("i", 2): "int16",
+    ("i", 4): "int32",
+    ("i", 8): "int64",
+    ("u", 2): "uint16",
+    ("u", 4): "uint32",
+    ("u", 8): "uint64",
+    ("f", 2): "float16",
+    ("f", 4): "float32",
+    ("f", 8): "float64",
+    ("c", 8): "complex64",
+    ("c", 16): "complex128",
+}
+# ml_dtypes' extension dtypes whose names and bits equal torch's.
+_ML_DTYPES_NAMES = {
+    "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
+    "float8_e8m0fnu",
+}
+
+
+def _numpy_entry(key: str, value: Any) -> tuple:
+    a = np.asarray(value)
+    dt = a.dtype
+    name = _TORCH_NAME_OF_NUMPY.get((dt.kind, dt.itemsize))
+    if name is None and dt.kind == "V" and dt.name in _ML_DTYPES_NAMES and dt.fields is None:
+        name = dt.name
+    if name is None:
+        raise TypeError(f"tensor {key!r}: numpy dtype {dt} has no torch equivalent; "
+                        "pass a torch.Tensor for bfloat16/float8/complex32 and friends")
+    if dt.byteorder == ">" or (dt.byteorder == "=" and sys.byteorder == "big"):
+        a = a.astype(dt.newbyteorder("<"))
+    a = np.ascontiguousarray(a)
+    # A flat uint8 view exports as a buffer for every dtype (extension dtypes
+    # have no buffer format) and copes with 0-dim arrays; it shares a's memory.
+    return (key, name, tuple(int(s) for s in a.shape), a.reshape(-1).view(np.uint8))
+
+
+def _torch_entry(key: str, t: Any, torch: Any) -> tuple:
+    if t.layout != torch.strided:
+        raise ValueError(f"tensor {key!r}: layout {t.layout} is not supported (dense tensors only)")
+    if t.is_quantized:
+        raise UnsupportedError(f"tensor {key!r}: quantized tensors are not supported")
+    if t.device.type != "cpu":
+        raise ValueError(f"tensor {key!r} is on device {t.device}; save_file writes CPU tensors "
+                         "only: move it first (t.cpu()), which copies it")
+    if sys.byteorder != "little":
+        raise UnsupportedError("save_file of torch tensors needs a little-endian host")
+    t = t.detach()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    t = t.contiguous()  # no copy when already contiguous
+    name = str(t.dtype).removeprefix("torch.")
+    # reshape(-1) makes 0-dim tensors viewable as bytes; view(uint8) works for
+    # every dtype (bool, bfloat16, float8, complex32, bits16 ...); numpy()
+    # shares the memory and keeps the tensor alive.
+    data = t.reshape(-1).view(torch.uint8).numpy()
+    return (key, name, tuple(int(s) for s in t.shape), data)
+
+
+def save_file(
+    tensors: Mapping[str, Any],
+    path: PathLike,
+    *,
+    format: str = "safetensors",  # noqa: A002
+    metadata: Optional[Mapping[str, str]] = None,
+) -> None:
+    """Writes tensors to a .safetensors file or a torch.save archive.
+
+    tensors maps str keys to torch.Tensors (any dtype torch.save stores: bfloat16,
+    float8_*, uint16..64, bool, complex, ...) or numpy arrays (bool, ints, uints,
+    float16/32/64, complex64/128; ml_dtypes' bfloat16/float8 by name). torch is
+    imported only if a value is a torch.Tensor.
+
+    Tensors are written contiguous and dense: a non-contiguous one is first made
+    contiguous (a copy), a view writes only its own elements. CUDA/meta tensors
+    raise ValueError (call .cpu() first), quantized ones UnsupportedError.
+    requires_grad and nn.Parameter are not kept (as in a state_dict()).
+
+    format="safetensors" (metadata: a str->str dict or None) writes bytes equal
+    to safetensors.torch.save_file(tensors, path, metadata); format="torch"
+    writes bytes equal to torch.save(dict(tensors), path) for tensors that own
+    their whole storage (loadable with torch.load(weights_only=True, mmap=...)).
+    Dict order is kept for "torch"; safetensors sorts as safetensors does.
+
+    The file is published atomically (temporary file, fsync, rename); the data
+    is streamed from the tensors' memory without copies, with the GIL released.
+    Do not modify the tensors from another thread during the call.
+    Errors: TypeError/ValueError for bad arguments, UnsupportedError for a dtype
+    the format cannot hold (e.g. complex128 in safetensors), OSError for I/O.
+    """
+    if format not in ("safetensors", "torch"):
+        raise ValueError(f"format must be 'safetensors' or 'torch', got {format!r}")
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"tensors must be a mapping of str to tensors, got {type(tensors).__name__}")
+    meta = None
+    if metadata is not None:
+        if format != "safetensors":
+            raise ValueError("metadata is only supported with format='safetensors'")
+        meta = dict(metadata)
+        for k, v in meta.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError(f"metadata must map str to str, got {k!r}: {type(v).__name__}")
+    torch = sys.modules.get("torch")  # a torch.Tensor implies torch is imported
+    torch_tensor = getattr(torch, "Tensor", None) if torch is not None else None
+    entries = []  # holds every buffer (and so every tensor) alive during the write
+    for key, value in tensors.items():
+        if not isinstance(key, str):
+            raise TypeError(f"tensor keys must be str, got {type(key).__name__}: {key!r}")
+        if torch_tensor is not None and isinstance(value, torch_tensor):
+            entries.append(_torch_entry(key, value, torch))
+        elif isinstance(value, (np.ndarray, np.generic)):
+            entries.append(_numpy_entry(key, value))
+        else:
+            raise TypeError(f"tensor {key!r}: expected a torch.Tensor or numpy.ndarray, "
+                            f"got {type(value).__module__}.{type(value).__qualname__}")
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        path = os.fsdecode(path)
+    _core.save_file(path, format, entries, meta)

@@ -1,6 +1,6 @@
 """Type stubs for the nanobind extension ckptkit._core (use the ckptkit package)."""
 
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -23,3 +23,9 @@ def open(path: str, mode: str = "strict") -> Reader: ...
 def convert(
     src: str, dst: str, to: str, max_shard_size: int = 0, allow_opaque: bool = False
 ) -> dict[str, Any]: ...
+def save_file(
+    path: str,
+    format: str,
+    entries: Sequence[tuple[str, str, tuple[int, ...], Any]],
+    metadata: Optional[dict[str, str]] = None,
+) -> None: ...

@@ -3,6 +3,8 @@
 // Thin by design (style.md §9): it opens a checkpoint through ckpt::OpenCheckpoint,
 // hands metadata to Python as plain dicts/lists, and streams one tensor's bytes
 // into a writable buffer that the Python side allocated (a numpy uint8 array).
+// save_file goes the other way: Python hands over each tensor's contiguous bytes
+// as a buffer-protocol object (zero-copy), the C++ writers stream them to disk.
 // Every blocking C++ call runs with the GIL released. Every non-OK Status becomes
 // a Python exception in exactly one place, RaiseStatus().
 //
@@ -13,15 +15,20 @@
 
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/string_view.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -29,6 +36,7 @@
 #include "ckpt/convert.h"
 #include "ckpt/dtype.h"
 #include "ckpt/status.h"
+#include "ckpt/writer.h"
 
 namespace nb = nanobind;
 
@@ -272,6 +280,132 @@ nb::dict ConvertPy(const std::string& src, const std::string& dst, const std::st
   return d;
 }
 
+// Py_buffer views taken with the GIL held and released (in the destructor)
+// with the GIL held again: declare it outside any gil_scoped_release scope.
+class BufferViews {
+ public:
+  BufferViews() = default;
+  BufferViews(const BufferViews&) = delete;
+  BufferViews& operator=(const BufferViews&) = delete;
+  ~BufferViews() {
+    for (Py_buffer& v : views_) PyBuffer_Release(&v);
+  }
+  // Gets a C-contiguous read-only view of obj; raises (Python error) if obj
+  // has no buffer or is not C-contiguous. views_ is reserved up front, so the
+  // returned reference stays valid.
+  const Py_buffer& Add(PyObject* obj) {
+    Py_buffer v;
+    if (PyObject_GetBuffer(obj, &v, PyBUF_C_CONTIGUOUS) != 0) throw nb::python_error();
+    views_.push_back(v);
+    return views_.back();
+  }
+  void Reserve(size_t n) { views_.reserve(n); }
+
+ private:
+  std::vector<Py_buffer> views_;
+};
+
+[[noreturn]] void RaiseValue(PyObject* type, const std::string& message) {
+  PyErr_SetString(type, message.c_str());
+  throw nb::python_error();
+}
+
+// Streams [data, data+size) in pieces, so no single write call is huge and
+// the sink's CRC/counting passes stay cache-friendly.
+Status AppendChunked(ByteSink* sink, const uint8_t* data, size_t size) {
+  constexpr size_t kChunk = size_t{16} << 20;
+  for (size_t off = 0; off < size; off += kChunk) {
+    const size_t n = std::min(kChunk, size - off);
+    CKPT_RETURN_IF_ERROR(
+        sink->Append(std::string_view(reinterpret_cast<const char*>(data) + off, n)));
+  }
+  return OkStatus();
+}
+
+// save_file(path, format, entries, metadata): entries is a sequence of
+// (key: str, dtype: torch dtype name, shape: sequence of int, data: buffer)
+// whose buffer holds exactly numel * itemsize C-contiguous little-endian
+// bytes. The Python package builds the entries; this only checks and writes.
+void SaveFilePy(const std::string& path, const std::string& format, nb::sequence entries,
+                std::optional<nb::dict> metadata) {
+  const bool torch_format = format == "torch";
+  if (!torch_format && format != "safetensors") {
+    RaiseValue(PyExc_ValueError,
+               "format must be 'safetensors' or 'torch', got '" + format + "'");
+  }
+  std::optional<std::map<std::string, std::string>> meta;
+  if (metadata) {
+    if (torch_format) RaiseValue(PyExc_ValueError, "metadata is only written by format='safetensors'");
+    meta.emplace();
+    for (auto [k, v] : *metadata) {
+      if (!nb::isinstance<nb::str>(k) || !nb::isinstance<nb::str>(v)) {
+        RaiseValue(PyExc_TypeError, "metadata keys and values must be str");
+      }
+      (*meta)[nb::cast<std::string>(k)] = nb::cast<std::string>(v);
+    }
+  }
+
+  const size_t n = nb::len(entries);
+  BufferViews views;  // outlives the GIL-released write below
+  views.Reserve(n);
+  std::vector<TensorToWrite> tensors;
+  tensors.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    nb::object entry = entries[i];
+    if (!nb::isinstance<nb::tuple>(entry) || nb::len(entry) != 4) {
+      RaiseValue(PyExc_TypeError, "save_file entries must be (key, dtype, shape, buffer) tuples");
+    }
+    nb::tuple e = nb::borrow<nb::tuple>(entry);
+    if (!nb::isinstance<nb::str>(e[0]) || !nb::isinstance<nb::str>(e[1])) {
+      RaiseValue(PyExc_TypeError, "save_file entry: key and dtype must be str");
+    }
+    TensorToWrite t;
+    t.key = nb::cast<std::string>(e[0]);
+    const std::string dtype_name = nb::cast<std::string>(e[1]);
+    std::optional<DType> dtype = DTypeFromName(dtype_name);
+    if (!dtype) {
+      RaiseValue(g_unsupported_error,
+                 "tensor '" + t.key + "': dtype '" + dtype_name + "' is not supported");
+    }
+    t.dtype = *dtype;
+    if (!nb::isinstance<nb::tuple>(e[2]) && !nb::isinstance<nb::list>(e[2])) {
+      RaiseValue(PyExc_TypeError, "tensor '" + t.key + "': shape must be a tuple of ints");
+    }
+    uint64_t numel = 1;
+    bool overflow = false;
+    for (nb::handle d : e[2]) {
+      if (!nb::isinstance<nb::int_>(d)) RaiseValue(PyExc_TypeError, "tensor '" + t.key + "': shape must hold ints");
+      const int64_t s = nb::cast<int64_t>(d);
+      if (s < 0) RaiseValue(PyExc_ValueError, "tensor '" + t.key + "': negative dimension");
+      t.shape.push_back(s);
+      if (s != 0 && numel > UINT64_MAX / static_cast<uint64_t>(s)) overflow = true;
+      numel *= static_cast<uint64_t>(s);
+    }
+    const uint64_t itemsize = static_cast<uint64_t>(DTypeSize(t.dtype));
+    if (overflow || (numel != 0 && numel > UINT64_MAX / itemsize)) {
+      RaiseValue(PyExc_ValueError, "tensor '" + t.key + "': shape overflows");
+    }
+    const uint64_t nbytes = numel * itemsize;
+    const Py_buffer& view = views.Add(e[3].ptr());
+    if (static_cast<uint64_t>(view.len) != nbytes) {
+      RaiseValue(PyExc_ValueError, "tensor '" + t.key + "': buffer holds " +
+                                       std::to_string(view.len) + " bytes, " + dtype_name +
+                                       " shape needs " + std::to_string(nbytes));
+    }
+    const uint8_t* data = static_cast<const uint8_t*>(view.buf);
+    const size_t size = static_cast<size_t>(view.len);
+    t.write = [data, size](ByteSink* sink) { return AppendChunked(sink, data, size); };
+    tensors.push_back(std::move(t));
+  }
+
+  Status s;
+  {
+    nb::gil_scoped_release release;
+    s = torch_format ? WriteTorchFile(path, tensors) : WriteSafetensorsFile(path, tensors, meta);
+  }
+  if (!s.ok()) RaiseStatus(s);
+}
+
 }  // namespace
 }  // namespace internal_python
 }  // namespace ckpt
@@ -305,4 +439,6 @@ NB_MODULE(_core, m) {
   m.def("open", &Open, nb::arg("path"), nb::arg("mode") = "strict");
   m.def("convert", &ConvertPy, nb::arg("src"), nb::arg("dst"), nb::arg("to"),
         nb::arg("max_shard_size") = 0, nb::arg("allow_opaque") = false);
+  m.def("save_file", &SaveFilePy, nb::arg("path"), nb::arg("format"), nb::arg("entries"),
+        nb::arg("metadata").none() = nb::none());
 }

@@ -509,6 +509,13 @@ Result<std::string> ZipReader::ReadEntry(const Entry& e, uint64_t max_bytes) con
     CKPT_ASSIGN_OR_RETURN(out, ReadString(s, e.data_offset, static_cast<size_t>(e.size)),
                           EntryLabel(e));
   } else if (e.method == 8) {
+    // Deflate expands at most ~1032:1 (RFC 1951 stored-length limits), so a
+    // declared size beyond that is a lie; check before reserving for it.
+    if (e.size / kMaxDeflateRatio > e.compressed_size + 1) {
+      return DataLossError(StrCat(s.Name(), ": ", EntryLabel(e), ": declared size ", e.size,
+                                  " bytes cannot come from ", e.compressed_size,
+                                  " deflated bytes (more than ", kMaxDeflateRatio, ":1)"));
+    }
     try {
       out.reserve(static_cast<size_t>(e.size));
     } catch (const std::bad_alloc&) {

@@ -37,6 +37,7 @@ namespace ckpt::zip {
 inline constexpr uint64_t kMaxEntries = 1u << 24;        // 16M records
 inline constexpr uint64_t kMaxNameBytes = 4096;
 inline constexpr uint64_t kMaxInflatedBytes = 1ull << 40;  // cap for a deflated record
+inline constexpr uint64_t kMaxDeflateRatio = 1032;         // deflate's best possible ratio
 
 struct Entry {
   std::string name;          // full name, e.g. "archive/data/0"

@@ -117,6 +117,9 @@ def cases():
                                         "inflates past its declared size of 1000 bytes")
     c["zip_bomb_declared_huge.zip"] = (zip_bomb(declared=0xFFFFFFF0), "resource exhausted",
                                        "exceeds the limit of")
+    # Below the cap but beyond deflate's 1032:1 ratio: refused before reserving.
+    c["zip_bomb_declared_ratio.zip"] = (zip_bomb(declared=1 << 25), "data loss",
+                                        "cannot come from")
     c["deflate_garbage.zip"] = (deflate_garbage(), "data loss", "bad deflate stream")
     return c
 
