@@ -408,8 +408,10 @@ def save_file(
     The file is published atomically (temporary file, fsync, rename); the data
     is streamed from the tensors' memory without copies, with the GIL released.
     Do not modify the tensors from another thread during the call.
-    Errors: TypeError/ValueError for bad arguments, UnsupportedError for a dtype
-    the format cannot hold (e.g. complex128 in safetensors), OSError for I/O.
+    Errors: TypeError/ValueError for bad arguments, ValueError also for a dtype
+    the format cannot hold (complex128 in safetensors), UnsupportedError for a
+    dtype ckptkit does not know; FileNotFoundError/PermissionError/OSError for
+    I/O (nothing is left at path, which keeps its old content).
     """
     if format not in ("safetensors", "torch"):
         raise ValueError(f"format must be 'safetensors' or 'torch', got {format!r}")
