@@ -17,7 +17,7 @@ for t in "${targets[@]}"; do
   work=tests/fuzz/corpus-work/$area
   mkdir -p "$work"
   seeds=()
-  for d in tests/golden/$area tests/corrupt/$area tests/fuzz/seeds/$area; do
+  for d in tests/golden/$area tests/corrupt/$area tests/unit/$area/testdata tests/fuzz/seeds/$area; do
     [ -d "$d" ] && seeds+=("$d")
   done
   echo "fuzz: $t for ${SECS}s (seeds: ${seeds[*]:-none})"

@@ -350,7 +350,8 @@ def _numpy_entry(key: str, value: Any) -> tuple:
                         "pass a torch.Tensor for bfloat16/float8/complex32 and friends")
     if dt.byteorder == ">" or (dt.byteorder == "=" and sys.byteorder == "big"):
         a = a.astype(dt.newbyteorder("<"))
-    a = np.ascontiguousarray(a)
+    if not a.flags.c_contiguous:
+        a = a.copy(order="C")  # not ascontiguousarray: it turns 0-dim into 1-dim
     # A flat uint8 view exports as a buffer for every dtype (extension dtypes
     # have no buffer format) and copes with 0-dim arrays; it shares a's memory.
     return (key, name, tuple(int(s) for s in a.shape), a.reshape(-1).view(np.uint8))
