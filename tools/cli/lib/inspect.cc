@@ -125,6 +125,17 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
       ++shown;
     }
   }
+  if (details.contains("shared_storages") && details["shared_storages"].is_array()) {
+    out << "\nShared storages (several tensors view the same bytes):\n";
+    for (const auto& s : details["shared_storages"]) {
+      std::vector<std::string> keys;
+      for (const auto& k : s.value("tensors", nlohmann::json::array())) {
+        if (k.is_string()) keys.push_back(Safe(k.get<std::string>()));
+      }
+      out << fmt::format("  storage {} ({}): {}\n", Safe(s.value("storage", std::string())),
+                         HumanBytes(s.value("nbytes", uint64_t{0})), fmt::join(keys, ", "));
+    }
+  }
   if (!reader->objects().empty()) {
     out << "\nOther objects (shown, never executed):\n";
     for (const ObjectInfo& o : reader->objects()) {
