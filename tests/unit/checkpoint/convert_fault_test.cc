@@ -15,7 +15,9 @@
 namespace ckpt {
 namespace {
 
-using ::ckpt::testing_ckpt::CopyIntoEnv;
+using ::ckpt::testing::ReadWhole;
+using ::ckpt::testing::WriteWhole;
+using ::ckpt::testing_ckpt::CopyShardedGoldenSet;
 using ::ckpt::testing_ckpt::ListDir;
 using ::ckpt::testing_ckpt::ReadAllTensors;
 using ::testing::HasSubstr;
@@ -23,16 +25,20 @@ using ::testing::IsEmpty;
 
 constexpr uint64_t kShardSize = 8000;  // the 26944-byte golden set -> several shards
 
+ConvertOptions Options(TargetFormat to, uint64_t max_shard_size, Env* env) {
+  ConvertOptions o;
+  o.to = to;
+  o.max_shard_size = max_shard_size;
+  o.env = env;
+  return o;
+}
+
 // A MemEnv holding the golden transformers sharded set under /src, and a
 // FaultEnv over it. The conversion writes /out.
 class ConvertFaultTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    for (const char* f : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-                          "model.safetensors.index.json"}) {
-      CopyIntoEnv(mem_.get(), std::string("tests/golden/safetensors/sharded/") + f,
-                  std::string("/src/") + f);
-    }
+    CopyShardedGoldenSet(mem_.get(), "/src");
     auto src = OpenCheckpoint("/src", {mem_.get()});
     ASSERT_TRUE(src.ok()) << src.status().ToString();
     want_ = ReadAllTensors(**src);
@@ -41,11 +47,7 @@ class ConvertFaultTest : public ::testing::Test {
 
   Result<ConvertReport> Run(TargetFormat to = TargetFormat::kSafetensors,
                             uint64_t max_shard_size = kShardSize, const std::string& dst = "/out") {
-    ConvertOptions o;
-    o.to = to;
-    o.max_shard_size = max_shard_size;
-    o.env = &fault_;
-    return Convert("/src", dst, o);
+    return Convert("/src", dst, Options(to, max_shard_size, &fault_));
   }
 
   // A clean run in a scratch MemEnv: the files it writes and their sizes (to
@@ -58,18 +60,10 @@ class ConvertFaultTest : public ::testing::Test {
   CleanRun Clean(TargetFormat to = TargetFormat::kSafetensors, uint64_t max_shard_size = kShardSize,
                  const std::string& dst = "/out") {
     auto scratch = NewMemEnv();
-    for (const char* f : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-                          "model.safetensors.index.json"}) {
-      CopyIntoEnv(scratch.get(), std::string("tests/golden/safetensors/sharded/") + f,
-                  std::string("/src/") + f);
-    }
+    CopyShardedGoldenSet(scratch.get(), "/src");
     FaultEnv counting(scratch.get());
-    ConvertOptions o;
-    o.to = to;
-    o.max_shard_size = max_shard_size;
-    o.env = &counting;
     CleanRun run;
-    auto rep = Convert("/src", dst, o);
+    auto rep = Convert("/src", dst, Options(to, max_shard_size, &counting));
     EXPECT_TRUE(rep.ok()) << rep.status().ToString();
     if (!rep.ok()) return run;
     run.files = rep->files;
@@ -205,13 +199,13 @@ TEST_F(ConvertFaultTest, FailingDirectorySyncAfterAShardLeavesNoShard) {
 
 TEST_F(ConvertFaultTest, FailingSingleFileWriteKeepsThePreviousFile) {
   ASSERT_TRUE(mem_->CreateDirs("/out").ok());
-  ASSERT_TRUE(testing_ckpt::WriteWhole(mem_.get(), "/out/model.safetensors", "old").ok());
+  ASSERT_TRUE(WriteWhole(mem_.get(), "/out/model.safetensors", "old").ok());
   fault_.FailNthAppend(2, "model.safetensors");
   auto rep = Run(TargetFormat::kSafetensors, 0, "/out/model.safetensors");
   ASSERT_FALSE(rep.ok());
   EXPECT_THAT(rep.status().message(), HasSubstr("/out/model.safetensors"));
   EXPECT_THAT(ListDir(mem_.get(), "/out"), ::testing::ElementsAre("model.safetensors"));
-  auto old = testing_ckpt::ReadWhole(mem_.get(), "/out/model.safetensors");
+  auto old = ReadWhole(mem_.get(), "/out/model.safetensors");
   ASSERT_TRUE(old.ok());
   EXPECT_EQ(*old, "old");
 }
@@ -240,18 +234,10 @@ TEST_F(ConvertFaultTest, CrashAtEveryStepNeverLeavesAnIndexOverBrokenShards) {
     for (uint64_t n = 0; n <= steps; ++n) {
       SCOPED_TRACE("crash after " + std::to_string(n) + " of " + std::to_string(steps) + " ops");
       auto mem = NewMemEnv();
-      for (const char* f : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-                            "model.safetensors.index.json"}) {
-        CopyIntoEnv(mem.get(), std::string("tests/golden/safetensors/sharded/") + f,
-                    std::string("/src/") + f);
-      }
+      CopyShardedGoldenSet(mem.get(), "/src");
       FaultEnv fault(mem.get());
       fault.CrashAfterOps(n);
-      ConvertOptions o;
-      o.to = to;
-      o.max_shard_size = kShardSize;
-      o.env = &fault;
-      auto rep = Convert("/src", "/out", o);
+      auto rep = Convert("/src", "/out", Options(to, kShardSize, &fault));
       if (n >= steps) {
         EXPECT_TRUE(rep.ok()) << rep.status().ToString();
       } else {
@@ -281,11 +267,7 @@ TEST_F(ConvertFaultTest, CrashAtEveryStepSingleFileIsAbsentOrWhole) {
   for (uint64_t n = 0; n <= steps; ++n) {
     SCOPED_TRACE("crash after " + std::to_string(n) + " ops");
     auto mem = NewMemEnv();
-    for (const char* f : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-                          "model.safetensors.index.json"}) {
-      CopyIntoEnv(mem.get(), std::string("tests/golden/safetensors/sharded/") + f,
-                  std::string("/src/") + f);
-    }
+    CopyShardedGoldenSet(mem.get(), "/src");
     FaultEnv fault(mem.get());
     fault.CrashAfterOps(n);
     ConvertOptions o;

@@ -17,11 +17,15 @@
 namespace ckpt {
 namespace {
 
+using ::ckpt::testing::Crc32;
+using ::ckpt::testing::CrcSink;
+using ::ckpt::testing::ReadSourceFile;
+using ::ckpt::testing::ReadWhole;
+using ::ckpt::testing::WriteWhole;
 using ::ckpt::testing_ckpt::CopyIntoEnv;
-using ::ckpt::testing_ckpt::Crc32Of;
+using ::ckpt::testing_ckpt::CopyShardedGoldenSet;
 using ::ckpt::testing_ckpt::ListDir;
 using ::ckpt::testing_ckpt::ReadAllTensors;
-using ::ckpt::testing_ckpt::ReadSourceFile;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -46,7 +50,7 @@ void ExpectMatchesTorchManifest(const CheckpointReader& reader, const nlohmann::
     EXPECT_EQ(DTypeName(t.dtype), want["dtype"].get<std::string>());
     EXPECT_EQ(t.shape, want["shape"].get<std::vector<int64_t>>());
     EXPECT_EQ(t.nbytes, want["nbytes"].get<uint64_t>());
-    testing_ckpt::CrcSink sink;
+    CrcSink sink;
     Status s = reader.ReadTensor(*idx, &sink);
     ASSERT_TRUE(s.ok()) << s.ToString();
     EXPECT_EQ(sink.Position(), want["nbytes"].get<uint64_t>());
@@ -148,9 +152,9 @@ TEST(ConvertSafetensors, EveryDtypeToTorchAndBack) {
   auto rep3 = Convert("/out", "/again", To(TargetFormat::kSafetensors, env.get()));
   ASSERT_TRUE(rep3.ok()) << rep3.status().ToString();
   EXPECT_THAT(rep3->files, ElementsAre("/again/model.safetensors"));
-  auto again = testing_ckpt::ReadWhole(env.get(), "/again/model.safetensors");
+  auto again = ReadWhole(env.get(), "/again/model.safetensors");
   ASSERT_TRUE(again.ok());
-  EXPECT_EQ(Crc32Of(*again), Crc32Of(ReadSourceFile("tests/golden/safetensors/all_dtypes.safetensors")))
+  EXPECT_EQ(Crc32(*again), Crc32(ReadSourceFile("tests/golden/safetensors/all_dtypes.safetensors")))
       << "torch -> safetensors of safetensors' own file is not byte-identical";
 }
 
@@ -173,7 +177,7 @@ TEST(ConvertSafetensors, SafetensorsToSafetensorsKeepsMetadataAndBytes) {
   // One metadata key: byte-identical to what safetensors wrote.
   rep = Convert("/src/s.safetensors", "/out/s.safetensors", To(TargetFormat::kSafetensors, env.get()));
   ASSERT_TRUE(rep.ok()) << rep.status().ToString();
-  auto bytes = testing_ckpt::ReadWhole(env.get(), "/out/s.safetensors");
+  auto bytes = ReadWhole(env.get(), "/out/s.safetensors");
   ASSERT_TRUE(bytes.ok());
   EXPECT_EQ(*bytes, ReadSourceFile("tests/golden/safetensors/scalar_empty.safetensors"));
 }
@@ -204,7 +208,7 @@ void ExpectShardedOutput(Env* env, const ConvertReport& rep, const std::string& 
   std::sort(names.begin(), names.end());
   EXPECT_EQ(ListDir(env, dir), names);
 
-  auto index_text = testing_ckpt::ReadWhole(env, dir + "/" + index_name);
+  auto index_text = ReadWhole(env, dir + "/" + index_name);
   ASSERT_TRUE(index_text.ok());
   nlohmann::json index = nlohmann::json::parse(*index_text, nullptr, false);
   ASSERT_TRUE(index.is_object()) << *index_text;
@@ -235,11 +239,7 @@ void ExpectShardedOutput(Env* env, const ConvertReport& rep, const std::string& 
 
 TEST(ConvertSharding, ShardedSafetensorsToSmallerShards) {
   auto env = NewMemEnv();
-  for (const char* f : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-                        "model.safetensors.index.json"}) {
-    CopyIntoEnv(env.get(), std::string("tests/golden/safetensors/sharded/") + f,
-                std::string("/src/") + f);
-  }
+  CopyShardedGoldenSet(env.get(), "/src");
   auto src = OpenCheckpoint("/src", {env.get()});
   ASSERT_TRUE(src.ok()) << src.status().ToString();
   const auto want = ReadAllTensors(**src);
@@ -470,11 +470,11 @@ TEST(ConvertRefusals, MissingSourceIsNotFoundWithContext) {
 TEST(ConvertRefusals, DestinationThatIsAFileIsInvalidArgument) {
   auto env = NewMemEnv();
   CopyIntoEnv(env.get(), "tests/golden/torch/small.pt", "/src/small.pt");
-  ASSERT_TRUE(testing_ckpt::WriteWhole(env.get(), "/src/notadir", "x").ok());
+  ASSERT_TRUE(WriteWhole(env.get(), "/src/notadir", "x").ok());
   auto rep = Convert("/src/small.pt", "/src/notadir", To(TargetFormat::kSafetensors, env.get()));
   ASSERT_FALSE(rep.ok());
   EXPECT_EQ(rep.status().code(), Code::kInvalidArgument) << rep.status().ToString();
-  auto still = testing_ckpt::ReadWhole(env.get(), "/src/notadir");
+  auto still = ReadWhole(env.get(), "/src/notadir");
   ASSERT_TRUE(still.ok());
   EXPECT_EQ(*still, "x");
 }

@@ -13,11 +13,12 @@
 namespace ckpt {
 namespace {
 
+using ::ckpt::testing::CrcSink;
+using ::ckpt::testing::ReadSourceFile;
+using ::ckpt::testing::ReadWhole;
+using ::ckpt::testing::SourcePath;
+using ::ckpt::testing::WriteWhole;
 using ::ckpt::testing_ckpt::CopyIntoEnv;
-using ::ckpt::testing_ckpt::CrcSink;
-using ::ckpt::testing_ckpt::ReadSourceFile;
-using ::ckpt::testing_ckpt::SourcePath;
-using ::ckpt::testing_ckpt::WriteWhole;
 using ::testing::HasSubstr;
 
 nlohmann::json Manifest(const std::string& rel) {
@@ -307,7 +308,7 @@ TEST_F(ShardedIndexAttack, UnindexedTensorIsHiddenAndListed) {
 }
 
 TEST_F(ShardedIndexAttack, TruncatedShardFailsOpenNamingTheShard) {
-  auto bytes = testing_ckpt::ReadWhole(env_.get(), "/hf/model-00002-of-00002.safetensors");
+  auto bytes = ReadWhole(env_.get(), "/hf/model-00002-of-00002.safetensors");
   ASSERT_TRUE(bytes.ok());
   ASSERT_TRUE(WriteWhole(env_.get(), "/hf/model-00002-of-00002.safetensors",
                          bytes->substr(0, bytes->size() - 100))

@@ -12,20 +12,13 @@
 namespace ckpt {
 namespace {
 
+using ::ckpt::testing::SourcePath;
+using ::ckpt::testing::WriteWhole;
 using ::ckpt::testing_ckpt::CopyIntoEnv;
-using ::ckpt::testing_ckpt::SourcePath;
-using ::ckpt::testing_ckpt::WriteWhole;
+using ::ckpt::testing_ckpt::CopyShardedGoldenSet;
 using ::testing::HasSubstr;
 
 constexpr const char* kShardDir = "tests/golden/safetensors/sharded/";
-
-// Copies the golden sharded set into env under dir.
-void CopyShardedSet(Env* env, const std::string& dir) {
-  for (const char* f : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-                        "model.safetensors.index.json"}) {
-    CopyIntoEnv(env, std::string(kShardDir) + f, dir + "/" + f);
-  }
-}
 
 TEST(OpenCheckpointSniff, TorchZipFileOpensAsTorch) {
   auto r = OpenCheckpoint(SourcePath("tests/golden/torch/state_dict.pt"));
@@ -84,7 +77,7 @@ TEST(OpenCheckpointSniff, FolderPrefersSafetensorsOverBin) {
 
 TEST(OpenCheckpointSniff, FolderWithIndexOpensSharded) {
   auto env = NewMemEnv();
-  CopyShardedSet(env.get(), "/hf");
+  CopyShardedGoldenSet(env.get(), "/hf");
   auto r = OpenCheckpoint("/hf", {env.get()});
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ((*r)->format(), "safetensors-sharded");

@@ -14,7 +14,8 @@
 namespace ckpt::cli {
 namespace {
 
-using ::ckpt::testing_ckpt::SourcePath;
+using ::ckpt::testing::ScratchDir;
+using ::ckpt::testing::SourcePath;
 
 std::string CkptkitPath() {
   std::error_code ec;
@@ -61,7 +62,7 @@ TEST_F(CkptkitBinary, MissingInputAndBadFlagsExitTwo) {
 }
 
 TEST_F(CkptkitBinary, ConvertExitCodes) {
-  testing_ckpt::ScratchDir dir;
+  ScratchDir dir;
   EXPECT_EQ(RunCkptkit("convert -q " + Q(SourcePath("examples/sample.pt")) + " " + Q(dir.path() + "/out") +
                 " --to safetensors --max-shard-size 40KB"),
             0);

@@ -16,8 +16,8 @@
 namespace ckpt::cli {
 namespace {
 
+using ::ckpt::testing::SourcePath;
 using ::ckpt::testing_ckpt::CopyIntoEnv;
-using ::ckpt::testing_ckpt::SourcePath;
 using ::testing::HasSubstr;
 using ::testing::Not;
 

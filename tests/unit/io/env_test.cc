@@ -17,10 +17,10 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::ckpt::testing::ReadWhole;
+using ::ckpt::testing::ScratchDir;
+using ::ckpt::testing::WriteWhole;
 using testing_io::ContentOf;
-using testing_io::ReadWhole;
-using testing_io::ScratchDir;
-using testing_io::WriteString;
 
 struct PosixFixture {
   ScratchDir dir;
@@ -55,7 +55,7 @@ TYPED_TEST_SUITE(EnvTest, EnvTypes, EnvNames);
 
 TYPED_TEST(EnvTest, WrittenBytesReadBack) {
   const std::string p = this->P("a.bin");
-  ASSERT_TRUE(WriteString(this->env(), p, std::string("hello\0world", 11)).ok());
+  ASSERT_TRUE(WriteWhole(this->env(), p, std::string("hello\0world", 11)).ok());
   EXPECT_TRUE(this->env()->FileExists(p));
   EXPECT_FALSE(this->env()->IsDirectory(p));
   EXPECT_EQ(*this->env()->GetFileSize(p), 11u);
@@ -81,7 +81,7 @@ TYPED_TEST(EnvTest, EmptyFileHasSizeZero) {
 
 TYPED_TEST(EnvTest, ReadPastEndIsOutOfRangeNamingPathAndOffset) {
   const std::string p = this->P("small");
-  ASSERT_TRUE(WriteString(this->env(), p, "0123456789").ok());
+  ASSERT_TRUE(WriteWhole(this->env(), p, "0123456789").ok());
   auto f = this->env()->NewRandomAccessFile(p);
   ASSERT_TRUE(f.ok());
   char buf[16];
@@ -128,7 +128,7 @@ TYPED_TEST(EnvTest, CreateInMissingDirectoryIsNotFound) {
 
 TYPED_TEST(EnvTest, OpenThroughAFileIsInvalidArgument) {
   const std::string file = this->P("f");
-  ASSERT_TRUE(WriteString(this->env(), file, "x").ok());
+  ASSERT_TRUE(WriteWhole(this->env(), file, "x").ok());
   auto r = this->env()->NewRandomAccessFile(file + "/g");
   EXPECT_EQ(r.status().code(), Code::kInvalidArgument);  // ENOTDIR
   EXPECT_THAT(r.status().message(), HasSubstr(file + "/g"));
@@ -150,8 +150,8 @@ TYPED_TEST(EnvTest, DirectoryIsNotAFile) {
 
 TYPED_TEST(EnvTest, RenameReplacesTargetAtomically) {
   const std::string a = this->P("a"), b = this->P("b");
-  ASSERT_TRUE(WriteString(this->env(), a, "new").ok());
-  ASSERT_TRUE(WriteString(this->env(), b, "old content").ok());
+  ASSERT_TRUE(WriteWhole(this->env(), a, "new").ok());
+  ASSERT_TRUE(WriteWhole(this->env(), b, "old content").ok());
   auto old_reader = this->env()->NewRandomAccessFile(b);
   ASSERT_TRUE(old_reader.ok());
   ASSERT_TRUE(this->env()->RenameFile(a, b).ok());
@@ -169,7 +169,7 @@ TYPED_TEST(EnvTest, RenameReplacesTargetAtomically) {
 
 TYPED_TEST(EnvTest, RemovedFileStaysReadableThroughOpenReader) {
   const std::string p = this->P("r");
-  ASSERT_TRUE(WriteString(this->env(), p, "abc").ok());
+  ASSERT_TRUE(WriteWhole(this->env(), p, "abc").ok());
   auto r = this->env()->NewRandomAccessFile(p);
   ASSERT_TRUE(r.ok());
   ASSERT_TRUE(this->env()->RemoveFile(p).ok());
@@ -181,10 +181,10 @@ TYPED_TEST(EnvTest, RemovedFileStaysReadableThroughOpenReader) {
 
 TYPED_TEST(EnvTest, TruncationUnderAnOpenReaderIsDataLoss) {
   const std::string p = this->P("t");
-  ASSERT_TRUE(WriteString(this->env(), p, "0123456789").ok());
+  ASSERT_TRUE(WriteWhole(this->env(), p, "0123456789").ok());
   auto r = this->env()->NewRandomAccessFile(p);
   ASSERT_TRUE(r.ok());
-  ASSERT_TRUE(WriteString(this->env(), p, "xy").ok());  // O_TRUNC, same file
+  ASSERT_TRUE(WriteWhole(this->env(), p, "xy").ok());  // O_TRUNC, same file
   char buf[4];
   Status s = (*r)->ReadAt(0, 4, buf);
   EXPECT_EQ(s.code(), Code::kDataLoss);
@@ -192,11 +192,11 @@ TYPED_TEST(EnvTest, TruncationUnderAnOpenReaderIsDataLoss) {
 }
 
 TYPED_TEST(EnvTest, GetChildrenListsSortedNamesOfFilesAndDirs) {
-  ASSERT_TRUE(WriteString(this->env(), this->P("b"), "").ok());
-  ASSERT_TRUE(WriteString(this->env(), this->P("a"), "").ok());
-  ASSERT_TRUE(WriteString(this->env(), this->P("C"), "").ok());
+  ASSERT_TRUE(WriteWhole(this->env(), this->P("b"), "").ok());
+  ASSERT_TRUE(WriteWhole(this->env(), this->P("a"), "").ok());
+  ASSERT_TRUE(WriteWhole(this->env(), this->P("C"), "").ok());
   ASSERT_TRUE(this->env()->CreateDirs(this->P("dir/deeper")).ok());
-  ASSERT_TRUE(WriteString(this->env(), this->P("dir/inner"), "").ok());
+  ASSERT_TRUE(WriteWhole(this->env(), this->P("dir/inner"), "").ok());
   auto c = this->env()->GetChildren(this->f_.root());
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_THAT(*c, ElementsAre("C", "a", "b", "dir"));
@@ -221,13 +221,13 @@ TYPED_TEST(EnvTest, CreateDirsMakesNestedAndIsIdempotent) {
   EXPECT_TRUE(this->env()->IsDirectory(d));
   ASSERT_TRUE(this->env()->CreateDirs(d).ok());
   ASSERT_TRUE(this->env()->CreateDirs(d + "/").ok());
-  ASSERT_TRUE(WriteString(this->env(), d + "/f", "z").ok());
+  ASSERT_TRUE(WriteWhole(this->env(), d + "/f", "z").ok());
   EXPECT_EQ(ContentOf(this->env(), d + "/f"), "z");
   EXPECT_TRUE(this->env()->SyncDir(d).ok());
 }
 
 TYPED_TEST(EnvTest, CreateDirsOverAFileFails) {
-  ASSERT_TRUE(WriteString(this->env(), this->P("f"), "x").ok());
+  ASSERT_TRUE(WriteWhole(this->env(), this->P("f"), "x").ok());
   Status s = this->env()->CreateDirs(this->P("f"));
   EXPECT_EQ(s.code(), Code::kFailedPrecondition);
   EXPECT_THAT(s.message(), HasSubstr(this->P("f")));
@@ -246,7 +246,7 @@ TYPED_TEST(EnvTest, SyncDirOfMissingDirectoryFails) {
 
 TYPED_TEST(EnvTest, RemoveFileDeletes) {
   const std::string p = this->P("gone");
-  ASSERT_TRUE(WriteString(this->env(), p, "x").ok());
+  ASSERT_TRUE(WriteWhole(this->env(), p, "x").ok());
   ASSERT_TRUE(this->env()->RemoveFile(p).ok());
   EXPECT_FALSE(this->env()->FileExists(p));
   EXPECT_EQ(this->env()->RemoveFile(p).code(), Code::kNotFound);
@@ -254,8 +254,8 @@ TYPED_TEST(EnvTest, RemoveFileDeletes) {
 
 TYPED_TEST(EnvTest, NewWritableFileTruncatesExisting) {
   const std::string p = this->P("tr");
-  ASSERT_TRUE(WriteString(this->env(), p, "long old content").ok());
-  ASSERT_TRUE(WriteString(this->env(), p, "new").ok());
+  ASSERT_TRUE(WriteWhole(this->env(), p, "long old content").ok());
+  ASSERT_TRUE(WriteWhole(this->env(), p, "new").ok());
   EXPECT_EQ(ContentOf(this->env(), p), "new");
 }
 
@@ -327,7 +327,7 @@ TYPED_TEST(EnvTest, BigWritesAndSmallAppendsGiveIdenticalBytes) {
 
 TYPED_TEST(EnvTest, ConcurrentReadAtSeesConsistentBytes) {
   const std::string data = RandomBytes(1 << 20, 7);
-  ASSERT_TRUE(WriteString(this->env(), this->P("shared"), data).ok());
+  ASSERT_TRUE(WriteWhole(this->env(), this->P("shared"), data).ok());
   auto f = this->env()->NewRandomAccessFile(this->P("shared"));
   ASSERT_TRUE(f.ok());
   const RandomAccessFile* file = f->get();
@@ -354,7 +354,7 @@ TYPED_TEST(EnvTest, ConcurrentReadAtSeesConsistentBytes) {
 
 TYPED_TEST(EnvTest, WriteFileAtomicallyPublishesAndLeavesNoTemp) {
   const std::string p = this->P("atomic.json");
-  ASSERT_TRUE(WriteString(this->env(), p, "old").ok());
+  ASSERT_TRUE(WriteWhole(this->env(), p, "old").ok());
   Status s = WriteFileAtomically(this->env(), p, [](WritableFile* f) { return f->Append("new"); });
   ASSERT_TRUE(s.ok()) << s.ToString();
   EXPECT_EQ(ContentOf(this->env(), p), "new");
@@ -366,11 +366,11 @@ TYPED_TEST(EnvTest, WriteFileAtomicallyPublishesAndLeavesNoTemp) {
 TEST(MemEnv, PathsAreNormalizedLexically) {
   auto env = NewMemEnv();
   ASSERT_TRUE(env->CreateDirs("/a//b/").ok());
-  ASSERT_TRUE(WriteString(env.get(), "/a/./b//f", "x").ok());
+  ASSERT_TRUE(WriteWhole(env.get(), "/a/./b//f", "x").ok());
   EXPECT_EQ(ContentOf(env.get(), "/a/b/f"), "x");
   EXPECT_EQ(ContentOf(env.get(), "/a/c/../b/f"), "x");
   // Relative paths live under "." which always exists, apart from "/".
-  ASSERT_TRUE(WriteString(env.get(), "rel", "r").ok());
+  ASSERT_TRUE(WriteWhole(env.get(), "rel", "r").ok());
   EXPECT_EQ(ContentOf(env.get(), "./rel"), "r");
   EXPECT_FALSE(env->FileExists("/rel"));
   auto c = env->GetChildren(".");
@@ -383,7 +383,7 @@ TEST(MemEnv, PathsAreNormalizedLexically) {
 
 TEST(MemEnv, CreateUnderAFileIsNotADirectory) {
   auto env = NewMemEnv();
-  ASSERT_TRUE(WriteString(env.get(), "/f", "x").ok());
+  ASSERT_TRUE(WriteWhole(env.get(), "/f", "x").ok());
   auto w = env->NewWritableFile("/f/g");
   EXPECT_EQ(w.status().code(), Code::kInvalidArgument);
   EXPECT_THAT(w.status().message(), HasSubstr("/f/g"));

@@ -14,9 +14,9 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::ckpt::testing::ScratchDir;
+using ::ckpt::testing::WriteWhole;
 using testing_io::ContentOf;
-using testing_io::ScratchDir;
-using testing_io::WriteString;
 
 class FaultEnvTest : public ::testing::Test {
  protected:
@@ -39,7 +39,7 @@ Status AppendAll(WritableFile* f) {
 // ---- WriteFileAtomically -------------------------------------------------
 
 TEST_F(FaultEnvTest, AtomicWritePublishesAndSyncsDir) {
-  ASSERT_TRUE(WriteString(mem_.get(), "/d/f", "old").ok());
+  ASSERT_TRUE(WriteWhole(mem_.get(), "/d/f", "old").ok());
   ASSERT_TRUE(WriteFileAtomically(&env_, "/d/f", AppendAll).ok());
   EXPECT_EQ(ContentOf(mem_.get(), "/d/f"), "new content");
   EXPECT_THAT(Children(), ElementsAre("f"));
@@ -55,7 +55,7 @@ TEST_F(FaultEnvTest, AtomicWritePublishesAndSyncsDir) {
 }
 
 TEST_F(FaultEnvTest, AtomicWriteFailingFillLeavesOldFile) {
-  ASSERT_TRUE(WriteString(mem_.get(), "/d/f", "old").ok());
+  ASSERT_TRUE(WriteWhole(mem_.get(), "/d/f", "old").ok());
   Status s = WriteFileAtomically(&env_, "/d/f", [](WritableFile* f) -> Status {
     CKPT_RETURN_IF_ERROR(f->Append("partial"));
     return DataLossError("tensor x: bad");
@@ -67,7 +67,7 @@ TEST_F(FaultEnvTest, AtomicWriteFailingFillLeavesOldFile) {
 }
 
 TEST_F(FaultEnvTest, AtomicWriteFailingAppendLeavesOldFile) {
-  ASSERT_TRUE(WriteString(mem_.get(), "/d/f", "old").ok());
+  ASSERT_TRUE(WriteWhole(mem_.get(), "/d/f", "old").ok());
   env_.FailNthAppend(2, "ckptkit-tmp");
   Status s = WriteFileAtomically(&env_, "/d/f", AppendAll);
   EXPECT_EQ(s.code(), Code::kUnavailable);
@@ -78,7 +78,7 @@ TEST_F(FaultEnvTest, AtomicWriteFailingAppendLeavesOldFile) {
 }
 
 TEST_F(FaultEnvTest, AtomicWriteFailingSyncLeavesOldFile) {
-  ASSERT_TRUE(WriteString(mem_.get(), "/d/f", "old").ok());
+  ASSERT_TRUE(WriteWhole(mem_.get(), "/d/f", "old").ok());
   env_.FailSync();
   Status s = WriteFileAtomically(&env_, "/d/f", AppendAll);
   EXPECT_FALSE(s.ok());
@@ -89,7 +89,7 @@ TEST_F(FaultEnvTest, AtomicWriteFailingSyncLeavesOldFile) {
 }
 
 TEST_F(FaultEnvTest, AtomicWriteFailingCloseLeavesOldFile) {
-  ASSERT_TRUE(WriteString(mem_.get(), "/d/f", "old").ok());
+  ASSERT_TRUE(WriteWhole(mem_.get(), "/d/f", "old").ok());
   env_.FailClose();
   Status s = WriteFileAtomically(&env_, "/d/f", AppendAll);
   EXPECT_THAT(s.message(), HasSubstr("writing /d/f: /d/.f.ckptkit-tmp: close"));
@@ -98,7 +98,7 @@ TEST_F(FaultEnvTest, AtomicWriteFailingCloseLeavesOldFile) {
 }
 
 TEST_F(FaultEnvTest, AtomicWriteFailingRenameLeavesOldFile) {
-  ASSERT_TRUE(WriteString(mem_.get(), "/d/f", "old").ok());
+  ASSERT_TRUE(WriteWhole(mem_.get(), "/d/f", "old").ok());
   FaultRule r;
   r.op = FaultOp::kRename;
   r.error = PermissionDeniedError("EPERM");
@@ -130,7 +130,7 @@ TEST_F(FaultEnvTest, AtomicWriteFailingSyncDirReportsPublishedButNotDurable) {
 }
 
 TEST_F(FaultEnvTest, AtomicWriteOnFullDiskIsResourceExhaustedWithPathAndOffset) {
-  ASSERT_TRUE(WriteString(mem_.get(), "/d/f", "old").ok());
+  ASSERT_TRUE(WriteWhole(mem_.get(), "/d/f", "old").ok());
   env_.SetSpaceLimit(6);
   Status s = WriteFileAtomically(&env_, "/d/f", AppendAll);
   EXPECT_EQ(s.code(), Code::kResourceExhausted);
@@ -163,7 +163,7 @@ void CrashAtEveryStep(Env* base, const std::string& dir) {
   // Learn how many mutating steps a save takes.
   uint64_t steps;
   {
-    ASSERT_TRUE(WriteString(base, path, "old").ok());
+    ASSERT_TRUE(WriteWhole(base, path, "old").ok());
     FaultEnv env(base);
     ASSERT_TRUE(WriteFileAtomically(&env, path, fill).ok());
     steps = env.counters().mutating_ops;
@@ -171,7 +171,7 @@ void CrashAtEveryStep(Env* base, const std::string& dir) {
   }
   for (uint64_t k = 0; k <= steps; ++k) {
     SCOPED_TRACE(::testing::Message() << "crash after " << k << " of " << steps << " steps");
-    ASSERT_TRUE(WriteString(base, path, "old").ok());
+    ASSERT_TRUE(WriteWhole(base, path, "old").ok());
     FaultEnv env(base);
     env.CrashAfterOps(k);
     Status s = WriteFileAtomically(&env, path, fill);
@@ -259,7 +259,7 @@ TEST_F(FaultEnvTest, SpaceLimitIsSharedByAllFilesAndThreads) {
 }
 
 TEST_F(FaultEnvTest, ShortReadAtOffsetDeliversPrefix) {
-  ASSERT_TRUE(WriteString(mem_.get(), "/d/r", "0123456789").ok());
+  ASSERT_TRUE(WriteWhole(mem_.get(), "/d/r", "0123456789").ok());
   env_.FailReadAt("/d/r", 6, /*short_read=*/true);
   auto f = env_.NewRandomAccessFile("/d/r");
   ASSERT_TRUE(f.ok());
@@ -275,7 +275,7 @@ TEST_F(FaultEnvTest, ShortReadAtOffsetDeliversPrefix) {
 }
 
 TEST_F(FaultEnvTest, ReadErrorAtOffsetNamesPathAndOffset) {
-  ASSERT_TRUE(WriteString(mem_.get(), "/d/r", "0123456789").ok());
+  ASSERT_TRUE(WriteWhole(mem_.get(), "/d/r", "0123456789").ok());
   env_.FailReadAt("", 9, /*short_read=*/false, /*times=*/1);
   auto f = env_.NewRandomAccessFile("/d/r");
   ASSERT_TRUE(f.ok());
@@ -305,7 +305,7 @@ TEST_F(FaultEnvTest, RulesSkipThenFailTimes) {
 }
 
 TEST_F(FaultEnvTest, RenameRuleMatchesEitherPath) {
-  ASSERT_TRUE(WriteString(mem_.get(), "/d/a", "a").ok());
+  ASSERT_TRUE(WriteWhole(mem_.get(), "/d/a", "a").ok());
   env_.FailRename("target");
   Status s = env_.RenameFile("/d/a", "/d/target");
   EXPECT_EQ(s.message(), "rename /d/a -> /d/target: injected fault");
@@ -313,7 +313,7 @@ TEST_F(FaultEnvTest, RenameRuleMatchesEitherPath) {
 }
 
 TEST_F(FaultEnvTest, CrashedEnvRefusesMutationsButReads) {
-  ASSERT_TRUE(WriteString(mem_.get(), "/d/r", "x").ok());
+  ASSERT_TRUE(WriteWhole(mem_.get(), "/d/r", "x").ok());
   env_.CrashAfterOps(1);
   auto f = env_.NewWritableFile("/d/w");  // step 1 passes
   ASSERT_TRUE(f.ok());
@@ -346,15 +346,15 @@ TEST_F(FaultEnvTest, DropUnsyncedDataKeepsOnlySyncedPrefix) {
 }
 
 TEST_F(FaultEnvTest, DropUnsyncedDataRemovesCreatesWithoutDirSync) {
-  ASSERT_TRUE(WriteString(&env_, "/d/new", "synced but never dir-synced").ok());
-  ASSERT_TRUE(WriteString(mem_.get(), "/d/preexisting", "p").ok());
+  ASSERT_TRUE(WriteWhole(&env_, "/d/new", "synced but never dir-synced").ok());
+  ASSERT_TRUE(WriteWhole(mem_.get(), "/d/preexisting", "p").ok());
   ASSERT_TRUE(env_.DropUnsyncedData().ok());
   EXPECT_THAT(Children(), ElementsAre("preexisting"));
 }
 
 TEST_F(FaultEnvTest, DropUnsyncedDataUndoesRenameAndRestoresReplacedFile) {
-  ASSERT_TRUE(WriteString(mem_.get(), "/d/cur", "old").ok());
-  ASSERT_TRUE(WriteString(&env_, "/d/tmp", "new").ok());
+  ASSERT_TRUE(WriteWhole(mem_.get(), "/d/cur", "old").ok());
+  ASSERT_TRUE(WriteWhole(&env_, "/d/tmp", "new").ok());
   ASSERT_TRUE(env_.SyncDir("/d").ok());
   ASSERT_TRUE(env_.RenameFile("/d/tmp", "/d/cur").ok());
   EXPECT_EQ(ContentOf(mem_.get(), "/d/cur"), "new");
@@ -365,7 +365,7 @@ TEST_F(FaultEnvTest, DropUnsyncedDataUndoesRenameAndRestoresReplacedFile) {
 
 TEST_F(FaultEnvTest, RenameAcrossDirectoriesNeedsBothSynced) {
   ASSERT_TRUE(mem_->CreateDirs("/e").ok());
-  ASSERT_TRUE(WriteString(&env_, "/d/a", "a").ok());
+  ASSERT_TRUE(WriteWhole(&env_, "/d/a", "a").ok());
   ASSERT_TRUE(env_.SyncDir("/d").ok());
   ASSERT_TRUE(env_.RenameFile("/d/a", "/e/a").ok());
   ASSERT_TRUE(env_.SyncDir("/e").ok());
@@ -398,7 +398,7 @@ TEST_F(FaultEnvTest, RenameWithoutFileSyncLosesDataAfterCrash) {
 }
 
 TEST_F(FaultEnvTest, ReopenForWriteTruncatesUnlessSynced) {
-  ASSERT_TRUE(WriteString(mem_.get(), "/d/f", "durable").ok());
+  ASSERT_TRUE(WriteWhole(mem_.get(), "/d/f", "durable").ok());
   {
     auto f = env_.NewWritableFile("/d/f");
     ASSERT_TRUE(f.ok());

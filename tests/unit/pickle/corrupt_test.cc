@@ -3,30 +3,21 @@
 // the expected detail.
 #include <gtest/gtest.h>
 
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 
 #include "format/pickle/unpickler.h"
+#include "testing/testutil.h"
 
 namespace ckpt::pickle {
 namespace {
 
-std::string ReadTestFile(const std::string& rel) {
-  std::ifstream f(std::string(CKPT_SOURCE_DIR) + "/" + rel, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using ::ckpt::testing::ForEachCorruptCase;
+using ::ckpt::testing::ReadSourceFile;
 
 TEST(PickleCorruptCases, EachFailsWithItsExpectedCodeAndMessage) {
-  const std::string dir = "tests/corrupt/pickle/";
-  nlohmann::json expected = nlohmann::json::parse(ReadTestFile(dir + "expected.json"));
-  ASSERT_GE(expected.size(), 25u);
-  for (auto& [file, want] : expected.items()) {
-    SCOPED_TRACE(file);
-    std::string bytes = ReadTestFile(dir + file);
+  ForEachCorruptCase("pickle", 25, [](const std::string& file, nlohmann::json& want,
+                                       const std::string& bytes) {
     ASSERT_FALSE(bytes.empty());
     SpanSource src(bytes.data(), bytes.size(), file);
     UnpickleOptions o;
@@ -35,7 +26,7 @@ TEST(PickleCorruptCases, EachFailsWithItsExpectedCodeAndMessage) {
     const std::string code = want["code"];
     if (code == "ok") {
       EXPECT_TRUE(r.ok()) << r.status().ToString();
-      continue;
+      return;
     }
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(CodeName(r.status().code()), code) << r.status().ToString();
@@ -43,12 +34,12 @@ TEST(PickleCorruptCases, EachFailsWithItsExpectedCodeAndMessage) {
     EXPECT_NE(msg.find(want["message"].get<std::string>()), std::string::npos) << msg;
     EXPECT_EQ(msg.rfind(file + ": ", 0), 0u) << "message must start with the source name: " << msg;
     EXPECT_NE(msg.find("offset "), std::string::npos) << msg;
-  }
+  });
 }
 
 // Every prefix of a valid stream fails cleanly with DataLoss.
 TEST(PickleCorruptCases, EveryTruncationIsDataLoss) {
-  std::string bytes = ReadTestFile("tests/unit/pickle/testdata/rich_p2.pkl");
+  std::string bytes = ReadSourceFile("tests/unit/pickle/testdata/rich_p2.pkl");
   ASSERT_FALSE(bytes.empty());
   for (size_t n = 0; n < bytes.size(); ++n) {
     SpanSource src(bytes.data(), n, "cut.pkl");
@@ -60,7 +51,7 @@ TEST(PickleCorruptCases, EveryTruncationIsDataLoss) {
 
 // Single-byte corruptions never crash; they either parse or fail with a status.
 TEST(PickleCorruptCases, EveryBitFlipIsHandled) {
-  std::string bytes = ReadTestFile("tests/unit/pickle/testdata/canonical_p2.pkl").substr(0, 4000);
+  std::string bytes = ReadSourceFile("tests/unit/pickle/testdata/canonical_p2.pkl").substr(0, 4000);
   for (size_t i = 0; i < bytes.size(); i += 3) {
     std::string b = bytes;
     b[i] ^= static_cast<char>(1 << (i % 8));

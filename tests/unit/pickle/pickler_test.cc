@@ -2,33 +2,22 @@
 
 #include <gtest/gtest.h>
 
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include "format/pickle/unpickler.h"
+#include "testing/testutil.h"
 
 namespace ckpt::pickle {
 namespace {
 
-std::string ReadTestFile(const std::string& rel) {
-  std::ifstream f(std::string(CKPT_SOURCE_DIR) + "/" + rel, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-size_t FirstDiff(const std::string& a, const std::string& b) {
-  size_t i = 0;
-  while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
-  return i;
-}
+using ::ckpt::testing::FirstDiff;
+using ::ckpt::testing::ReadSourceFile;
 
 // Pickles written by CPython's C pickler at protocol 2 must come back byte for byte.
 class CPythonRoundTrip : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(CPythonRoundTrip, RepicklesByteForByte) {
-  std::string bytes = ReadTestFile(std::string("tests/unit/pickle/testdata/") + GetParam());
+  std::string bytes = ReadSourceFile(std::string("tests/unit/pickle/testdata/") + GetParam());
   ASSERT_FALSE(bytes.empty());
   SpanSource src(bytes.data(), bytes.size(), GetParam());
   auto r = Unpickle(src, 0, {});

@@ -2,23 +2,17 @@
 
 #include <gtest/gtest.h>
 
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include "format/pickle/pickler.h"
+#include "testing/testutil.h"
 
 using namespace std::string_literals;
 
 namespace ckpt::pickle {
 namespace {
 
-std::string ReadTestFile(const std::string& rel) {
-  std::ifstream f(std::string(CKPT_SOURCE_DIR) + "/" + rel, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using ::ckpt::testing::ReadSourceFile;
 
 // A ByteSource without Data(), to exercise the buffered reader.
 class NoDataSource final : public ByteSource {
@@ -69,7 +63,7 @@ TEST(Unpickler, ReadsBinaryIntsOfEveryWidth) {
 TEST(Unpickler, AllProtocolsOfOneObjectGiveTheSameTree) {
   std::string reprs[6];
   for (int p = 0; p < 6; ++p) {
-    std::string bytes = ReadTestFile("tests/unit/pickle/testdata/rich_p" + std::to_string(p) + ".pkl");
+    std::string bytes = ReadSourceFile("tests/unit/pickle/testdata/rich_p" + std::to_string(p) + ".pkl");
     ASSERT_FALSE(bytes.empty());
     auto r = Load(bytes);
     ASSERT_TRUE(r.ok()) << "protocol " << p << ": " << r.status().ToString();
@@ -108,7 +102,7 @@ TEST(Unpickler, AllProtocolsOfOneObjectGiveTheSameTree) {
 }
 
 TEST(Unpickler, BufferedReaderMatchesDirectReads) {
-  std::string bytes = ReadTestFile("tests/unit/pickle/testdata/canonical_p2.pkl");
+  std::string bytes = ReadSourceFile("tests/unit/pickle/testdata/canonical_p2.pkl");
   ASSERT_GT(bytes.size(), 1u << 15);
   auto direct = Load(bytes);
   ASSERT_TRUE(direct.ok()) << direct.status().ToString();
@@ -365,7 +359,7 @@ TEST(Unpickler, UnsupportedFeaturesAreUnimplemented) {
 }
 
 TEST(Unpickler, RecursiveStructuresLoadAsCycles) {
-  std::string bytes = ReadTestFile("tests/unit/pickle/testdata/recursive_p2.pkl");
+  std::string bytes = ReadSourceFile("tests/unit/pickle/testdata/recursive_p2.pkl");
   auto r = Load(bytes);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   const Value* lst = r->root->items[0];

@@ -1,11 +1,10 @@
 #include "format/safetensors/safetensors.h"
 
 #include <gtest/gtest.h>
-#include <zlib.h>
 
-#include <fstream>
-#include <sstream>
+#include <string>
 
+#include "testing/testutil.h"
 #include "util/coding.h"
 
 namespace ckpt::safetensors {
@@ -13,32 +12,17 @@ namespace {
 
 using nlohmann::json;
 
-std::string GoldenDir() { return std::string(CKPT_SOURCE_DIR) + "/tests/golden/safetensors/"; }
+using ::ckpt::testing::Crc32;
+using ::ckpt::testing::ReadRequiredSourceFile;
+using ::ckpt::testing::SourcePath;
+using ::ckpt::testing::Unhex;
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  EXPECT_TRUE(f.good()) << path;
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+// Relative to the source tree, as ReadRequiredSourceFile takes it.
+std::string GoldenDir() { return "tests/golden/safetensors/"; }
 
 const json& Manifest() {
-  static const json m = json::parse(ReadFile(GoldenDir() + "manifest.json"));
+  static const json m = json::parse(ReadRequiredSourceFile(GoldenDir() + "manifest.json"));
   return m;
-}
-
-std::string Unhex(const std::string& hex) {
-  std::string out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
-    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-  }
-  return out;
-}
-
-uint32_t Crc(std::string_view s) {
-  return static_cast<uint32_t>(
-      crc32(0, reinterpret_cast<const Bytef*>(s.data()), static_cast<uInt>(s.size())));
 }
 
 std::string Mk(std::string_view header, std::string_view data = "") {
@@ -52,8 +36,8 @@ std::string Mk(std::string_view header, std::string_view data = "") {
 Result<Header> Parse(std::string bytes) { return ReadHeader(StringSource(std::move(bytes), "t.st")); }
 
 // Checks a parsed header against a manifest description.
-void ExpectMatches(const std::string& path, const json& want) {
-  StringSource src(ReadFile(path), path);
+void ExpectMatches(const std::string& rel, const json& want) {
+  StringSource src(ReadRequiredSourceFile(rel), SourcePath(rel));
   auto h = ReadHeader(src);
   ASSERT_TRUE(h.ok()) << h.status().ToString();
   EXPECT_EQ(h->header_size, want["header_size"].get<uint64_t>());
@@ -84,7 +68,7 @@ void ExpectMatches(const std::string& path, const json& want) {
     prev_end = t.end;
     std::string bytes(t.nbytes(), '\0');
     ASSERT_TRUE(src.ReadAt(h->data_start + t.begin, bytes.size(), bytes.data()).ok());
-    EXPECT_EQ(Crc(bytes), w["crc32"].get<uint32_t>());
+    EXPECT_EQ(Crc32(bytes), w["crc32"].get<uint32_t>());
     EXPECT_EQ(h->Find(t.name), &t);
   }
   EXPECT_EQ(h->Find("no such tensor"), nullptr);
@@ -110,7 +94,7 @@ TEST(SafetensorsGolden, ShardFilesMatchManifest) {
 }
 
 TEST(SafetensorsGolden, AllDtypesFileMapsEveryTorchDtype) {
-  auto h = ReadHeader(StringSource(ReadFile(GoldenDir() + "all_dtypes.safetensors")));
+  auto h = ReadHeader(StringSource(ReadRequiredSourceFile(GoldenDir() + "all_dtypes.safetensors")));
   ASSERT_TRUE(h.ok());
   // Names are "<letter>.<torch dtype name>".
   for (const TensorEntry& t : h->tensors) {
@@ -163,7 +147,7 @@ TEST(SafetensorsWriterGolden, ByteIdenticalToSaveFile) {
     StringSink sink;
     Status s = WriteFile(entries, MetadataOf(inputs), &sink);
     ASSERT_TRUE(s.ok()) << s.ToString();
-    const std::string golden = ReadFile(GoldenDir() + fname);
+    const std::string golden = ReadRequiredSourceFile(GoldenDir() + fname);
     EXPECT_EQ(sink.str().size(), golden.size());
     EXPECT_TRUE(sink.str() == golden) << sink.str().substr(8, 200);
     ++compared;
@@ -177,7 +161,7 @@ TEST(SafetensorsWriterGolden, MultiKeyMetadataIsSortedAndEquivalent) {
   auto entries = EntriesFromInputs(inputs, &storage);
   StringSink sink;
   ASSERT_TRUE(WriteFile(entries, MetadataOf(inputs), &sink).ok());
-  const std::string golden = ReadFile(GoldenDir() + "multi_meta.safetensors");
+  const std::string golden = ReadRequiredSourceFile(GoldenDir() + "multi_meta.safetensors");
   EXPECT_EQ(sink.str().size(), golden.size());
   EXPECT_NE(sink.str().find("{\"__metadata__\":{\"a\":\"\xc3\xa9\\t\",\"b\":\"2\",\"format\":\"pt\"},"),
             std::string::npos)
@@ -296,7 +280,8 @@ TEST(SafetensorsHeader, F6DtypesAreReportedAsUnimplemented) {
 // ------------------------------------------------------------------ index
 
 TEST(ShardIndex, ParsesAndReserializesTransformersIndexByteForByte) {
-  const std::string text = ReadFile(GoldenDir() + "sharded/model.safetensors.index.json");
+  const std::string text =
+      ReadRequiredSourceFile(GoldenDir() + "sharded/model.safetensors.index.json");
   auto index = ParseIndex(text, "model.safetensors.index.json");
   ASSERT_TRUE(index.ok()) << index.status().ToString();
   EXPECT_EQ(index->total_size(), 26944u);
@@ -321,7 +306,8 @@ TEST(ShardIndex, PlannerReproducesTransformersShards) {
   auto plan = PlanShards(tensors, opt);
   ASSERT_TRUE(plan.ok());
   ShardIndex index = plan->Index(tensors);
-  const std::string text = ReadFile(GoldenDir() + "sharded/model.safetensors.index.json");
+  const std::string text =
+      ReadRequiredSourceFile(GoldenDir() + "sharded/model.safetensors.index.json");
   auto golden = ParseIndex(text, "index");
   ASSERT_TRUE(golden.ok());
   EXPECT_EQ(index.weight_map, golden->weight_map);
@@ -331,7 +317,8 @@ TEST(ShardIndex, PlannerReproducesTransformersShards) {
   EXPECT_EQ(*SerializeIndex(index), text);
   // Each shard file holds exactly the planned tensors.
   for (const auto& [file, members] : plan->shards) {
-    auto h = ReadHeader(StringSource(ReadFile(GoldenDir() + "sharded/" + file), file));
+    auto h =
+        ReadHeader(StringSource(ReadRequiredSourceFile(GoldenDir() + "sharded/" + file), file));
     ASSERT_TRUE(h.ok()) << h.status().ToString();
     EXPECT_EQ(h->tensors.size(), members.size()) << file;
     for (size_t i : members) EXPECT_NE(h->Find(tensors[i].name), nullptr) << tensors[i].name;

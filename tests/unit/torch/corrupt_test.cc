@@ -2,22 +2,17 @@
 // code must match and the message must name the file and the expected detail.
 #include <gtest/gtest.h>
 
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 
 #include "format/torch/torch_file.h"
+#include "testing/testutil.h"
 
 namespace ckpt::torch {
 namespace {
 
-std::string ReadTestFile(const std::string& rel) {
-  std::ifstream f(std::string(CKPT_SOURCE_DIR) + "/" + rel, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using ::ckpt::testing::ForEachCorruptCase;
+using ::ckpt::testing::ReadSourceFile;
 
 Status OpenAndRead(const std::string& bytes, const std::string& name, pickle::Mode mode,
                    const std::string& stage) {
@@ -37,32 +32,28 @@ Status OpenAndRead(const std::string& bytes, const std::string& name, pickle::Mo
 }
 
 TEST(TorchCorruptCases, EachFailsWithItsExpectedCodeAndMessage) {
-  const std::string dir = "tests/corrupt/torch/";
-  nlohmann::json expected = nlohmann::json::parse(ReadTestFile(dir + "expected.json"));
-  ASSERT_GE(expected.size(), 15u);
-  for (auto& [file, want] : expected.items()) {
-    SCOPED_TRACE(file);
-    std::string bytes = ReadTestFile(dir + file);
+  ForEachCorruptCase("torch", 15, [](const std::string& file, nlohmann::json& want,
+                                      const std::string& bytes) {
     ASSERT_FALSE(bytes.empty());
     Status st = OpenAndRead(bytes, file,
                             want["mode"] == "inspect" ? pickle::Mode::kInspect : pickle::Mode::kStrict,
                             want["stage"]);
     if (want["code"] == "ok") {
       EXPECT_TRUE(st.ok()) << st.ToString();
-      continue;
+      return;
     }
     ASSERT_FALSE(st.ok());
     EXPECT_EQ(CodeName(st.code()), want["code"].get<std::string>()) << st.ToString();
     EXPECT_NE(st.message().find(want["message"].get<std::string>()), std::string::npos)
         << st.message();
     EXPECT_NE(st.message().find(file), std::string::npos) << "names the file: " << st.message();
-  }
+  });
 }
 
 // Every truncation of a valid archive fails with a status (never a crash),
 // and every byte flip either opens or fails with a non-internal code.
 TEST(TorchCorruptCases, TruncationsAndBitFlipsAreHandled) {
-  std::string bytes = ReadTestFile("tests/corrupt/torch/valid.pt");
+  std::string bytes = ReadSourceFile("tests/corrupt/torch/valid.pt");
   ASSERT_FALSE(bytes.empty());
   for (size_t n = 0; n < bytes.size(); n += 7) {
     Status st = OpenAndRead(bytes.substr(0, n), "cut.pt", pickle::Mode::kStrict, "storage");

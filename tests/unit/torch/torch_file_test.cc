@@ -1,46 +1,23 @@
 #include "format/torch/torch_file.h"
 
 #include <gtest/gtest.h>
-#include <zlib.h>
 
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 #include <string>
+
+#include "testing/testutil.h"
 
 namespace ckpt::torch {
 namespace {
 
-std::string ReadTestFile(const std::string& rel) {
-  std::ifstream f(std::string(CKPT_SOURCE_DIR) + "/" + rel, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using ::ckpt::testing::CrcSink;
+using ::ckpt::testing::ReadSourceFile;
 
 std::shared_ptr<const ByteSource> Golden(const std::string& name) {
-  return std::make_shared<StringSource>(ReadTestFile("tests/golden/torch/" + name + ".pt"),
+  return std::make_shared<StringSource>(ReadSourceFile("tests/golden/torch/" + name + ".pt"),
                                         name + ".pt");
 }
-
-class CrcSink final : public ByteSink {
- public:
-  Status Append(std::string_view d) override {
-    crc_ = crc32(crc_, reinterpret_cast<const Bytef*>(d.data()), static_cast<uInt>(d.size()));
-    n_ += d.size();
-    max_piece_ = std::max(max_piece_, d.size());
-    return OkStatus();
-  }
-  uint64_t Position() const override { return n_; }
-  uint32_t crc() const { return static_cast<uint32_t>(crc_); }
-  size_t max_piece() const { return max_piece_; }
-
- private:
-  uLong crc_ = crc32(0, nullptr, 0);
-  uint64_t n_ = 0;
-  size_t max_piece_ = 0;
-};
 
 // Every golden file: each manifest tensor matches what the reader reports and
 // what ReadTensor streams (crc32 of the contiguous bytes).
@@ -48,7 +25,7 @@ class GoldenManifest : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(GoldenManifest, EveryTensorMatchesTorch) {
   const std::string name = GetParam();
-  nlohmann::json m = nlohmann::json::parse(ReadTestFile("tests/golden/torch/" + name + ".json"));
+  nlohmann::json m = nlohmann::json::parse(ReadSourceFile("tests/golden/torch/" + name + ".json"));
   const bool needs_inspect = name == "hostile";
   auto f = TorchFile::Open(Golden(name), needs_inspect ? pickle::Mode::kInspect : pickle::Mode::kStrict);
   ASSERT_TRUE(f.ok()) << f.status().ToString();
@@ -153,7 +130,7 @@ TEST(TorchFile, MegatronLegacyNeedsInspectForNothingButReadsInStrict) {
   }
   EXPECT_TRUE(saw_np);
   EXPECT_NE((*f)->FindTensor("model.language_model.embedding.word_embeddings.weight"), nullptr);
-  nlohmann::json m = nlohmann::json::parse(ReadTestFile("tests/golden/torch/megatron_legacy.json"));
+  nlohmann::json m = nlohmann::json::parse(ReadSourceFile("tests/golden/torch/megatron_legacy.json"));
   for (auto& [k, want] : m["tensors"].items()) {
     const TensorRecord* t = (*f)->FindTensor(k);
     ASSERT_NE(t, nullptr) << k;

@@ -2,30 +2,19 @@
 
 #include <gtest/gtest.h>
 
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include "format/torch/torch_file.h"
+#include "testing/testutil.h"
 
 namespace ckpt::torch {
 namespace {
 
-std::string ReadTestFile(const std::string& rel) {
-  std::ifstream f(std::string(CKPT_SOURCE_DIR) + "/" + rel, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-size_t FirstDiff(const std::string& a, const std::string& b) {
-  size_t i = 0;
-  while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
-  return i;
-}
+using ::ckpt::testing::FirstDiff;
+using ::ckpt::testing::ReadSourceFile;
 
 std::unique_ptr<TorchFile> OpenGolden(const std::string& name, pickle::Mode mode = pickle::Mode::kStrict) {
-  auto src = std::make_shared<StringSource>(ReadTestFile("tests/golden/torch/" + name + ".pt"), name + ".pt");
+  auto src = std::make_shared<StringSource>(ReadSourceFile("tests/golden/torch/" + name + ".pt"), name + ".pt");
   auto f = TorchFile::Open(src, mode);
   EXPECT_TRUE(f.ok()) << f.status().ToString();
   return f.ok() ? std::move(*f) : nullptr;
@@ -51,7 +40,7 @@ TEST(TorchWriter, StateDictIsByteIdenticalToTorchSave) {
   o.archive_name = "writer_target";
   Status st = WriteStateDict(sd, &out, o);
   ASSERT_TRUE(st.ok()) << st.ToString();
-  const std::string want = ReadTestFile("tests/golden/torch/writer_target.pt");
+  const std::string want = ReadSourceFile("tests/golden/torch/writer_target.pt");
   EXPECT_TRUE(out.str() == want) << "first difference at byte " << FirstDiff(out.str(), want)
                                  << " of " << want.size() << " (ours " << out.str().size() << ")";
 }
@@ -68,7 +57,7 @@ TEST_P(RewriteGolden, IsByteIdentical) {
   o.archive_name = f->archive_name();
   Status st = RewriteTorchFile(*f, &out, o);
   ASSERT_TRUE(st.ok()) << st.ToString();
-  const std::string want = ReadTestFile("tests/golden/torch/" + name + ".pt");
+  const std::string want = ReadSourceFile("tests/golden/torch/" + name + ".pt");
   EXPECT_TRUE(out.str() == want) << "first difference at byte " << FirstDiff(out.str(), want)
                                  << " of " << want.size() << " (ours " << out.str().size() << ")";
 }

@@ -1,49 +1,30 @@
 #include "format/zip/zip.h"
 
 #include <gtest/gtest.h>
-#include <zlib.h>
 
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <sstream>
+#include <string>
 
+#include "testing/testutil.h"
 #include "util/coding.h"
 
 namespace ckpt::zip {
 namespace {
 
 using nlohmann::json;
+using ::ckpt::testing::Crc32;
+using ::ckpt::testing::Unhex;
 
-std::string GoldenPath(const std::string& name) {
-  return std::string(CKPT_SOURCE_DIR) + "/tests/golden/zip/" + name;
+// tests/golden/zip/<name> (a test failure if it is missing).
+std::string ReadGolden(const std::string& name) {
+  return ::ckpt::testing::ReadRequiredSourceFile("tests/golden/zip/" + name);
 }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  EXPECT_TRUE(f.good()) << path;
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-json Manifest() { return json::parse(ReadFile(GoldenPath("manifest.json"))); }
+json Manifest() { return json::parse(ReadGolden("manifest.json")); }
 
 std::shared_ptr<const ByteSource> Src(std::string bytes, std::string name = "test.zip") {
   return std::make_shared<StringSource>(std::move(bytes), std::move(name));
-}
-
-std::string Unhex(const std::string& hex) {
-  std::string out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
-    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-  }
-  return out;
-}
-
-uint32_t Crc(std::string_view s) {
-  return static_cast<uint32_t>(
-      crc32(0, reinterpret_cast<const Bytef*>(s.data()), static_cast<uInt>(s.size())));
 }
 
 // --------------------------------------------------------------- padding
@@ -75,7 +56,7 @@ TEST(TorchZipPadding, CountsZip64LocalExtraLikeTorch) {
 // ------------------------------------------------------- golden: writer
 
 TEST(ZipWriterGolden, ReproducesPyTorchFileWriterByteForByte) {
-  const std::string golden = ReadFile(GoldenPath("torch_records.zip"));
+  const std::string golden = ReadGolden("torch_records.zip");
   json m = Manifest();
   // The serialization id is a hash torch computes; take it from the golden file.
   auto reader = ZipReader::Open(Src(golden));
@@ -109,7 +90,7 @@ TEST(ZipWriterGolden, ReproducesPyTorchFileWriterByteForByte) {
 }
 
 TEST(ZipWriterGolden, StreamingUnsizedEntriesGiveTheSameBytes) {
-  const std::string golden = ReadFile(GoldenPath("torch_records.zip"));
+  const std::string golden = ReadGolden("torch_records.zip");
   json m = Manifest();
   auto reader = ZipReader::Open(Src(golden));
   ASSERT_TRUE(reader.ok());
@@ -199,7 +180,7 @@ TEST_P(GoldenRead, EveryManifestValueMatches) {
   const std::string file = GetParam();
   json m = Manifest();
   const json& want = m["files"][file];
-  auto reader = ZipReader::Open(Src(ReadFile(GoldenPath(file)), file));
+  auto reader = ZipReader::Open(Src(ReadGolden(file), file));
   ASSERT_TRUE(reader.ok()) << reader.status().ToString();
   ASSERT_EQ(reader->entries().size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) {
@@ -217,7 +198,7 @@ TEST_P(GoldenRead, EveryManifestValueMatches) {
     auto data = reader->ReadEntry(e);
     ASSERT_TRUE(data.ok()) << data.status().ToString();
     EXPECT_EQ(data->size(), e.size);
-    EXPECT_EQ(Crc(*data), e.crc32);
+    EXPECT_EQ(Crc32(*data), e.crc32);
     StringSink copy;
     ASSERT_TRUE(reader->CopyEntry(e, &copy).ok());
     EXPECT_EQ(copy.str(), *data);
@@ -240,7 +221,7 @@ INSTANTIATE_TEST_SUITE_P(Files, GoldenRead,
                          });
 
 TEST(ZipReader, TorchSaveRecordsAndContents) {
-  auto reader = ZipReader::Open(Src(ReadFile(GoldenPath("torch_save.pt")), "torch_save.pt"));
+  auto reader = ZipReader::Open(Src(ReadGolden("torch_save.pt"), "torch_save.pt"));
   ASSERT_TRUE(reader.ok());
   std::vector<std::string> names;
   for (const auto& e : reader->entries()) names.push_back(e.name);
@@ -267,7 +248,7 @@ TEST(ZipReader, TorchSaveRecordsAndContents) {
 }
 
 TEST(ZipReader, ReadRangeNeedsStoredRecord) {
-  auto reader = ZipReader::Open(Src(ReadFile(GoldenPath("py_deflated.zip"))));
+  auto reader = ZipReader::Open(Src(ReadGolden("py_deflated.zip")));
   ASSERT_TRUE(reader.ok());
   char c;
   EXPECT_EQ(reader->ReadRange(*reader->Find("top.txt"), 0, 1, &c).code(),
@@ -275,7 +256,7 @@ TEST(ZipReader, ReadRangeNeedsStoredRecord) {
 }
 
 TEST(ZipReader, ReadEntryHonoursMaxBytes) {
-  auto reader = ZipReader::Open(Src(ReadFile(GoldenPath("py_deflated.zip"))));
+  auto reader = ZipReader::Open(Src(ReadGolden("py_deflated.zip")));
   ASSERT_TRUE(reader.ok());
   auto r = reader->ReadEntry(*reader->Find("dir/big.bin"), 14999);
   EXPECT_EQ(r.status().code(), Code::kResourceExhausted);
@@ -330,7 +311,7 @@ class SparseSource final : public ByteSource {
   uint64_t size_;
 };
 
-json Probe() { return json::parse(ReadFile(GoldenPath("zip64_probe.json"))); }
+json Probe() { return json::parse(ReadGolden("zip64_probe.json")); }
 
 std::map<uint64_t, std::string> ProbeRuns(const json& probe) {
   std::map<uint64_t, std::string> runs;
@@ -422,7 +403,7 @@ TEST(ZipWriterZip64, UnsizedRecordCannotCross4GiB) {
 
 TEST(ZipRoundTrip, RandomRecordsSurviveWriteThenRead) {
   uint32_t seed = 12345;
-  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
   std::srand(seed);
   StringSink sink;
   ZipWriter w(&sink);
