@@ -184,6 +184,14 @@ TEST(Inspect, SampleTextShowsKeysDtypesShapesAndNamespace) {
   EXPECT_EQ(rows, (*r)->tensors().size());
 }
 
+TEST(Inspect, SharedStoragesAreListedWithTheirViews) {
+  // views.pt (tests/golden/torch) holds six views of one 4x6 float32 storage.
+  std::string text = InspectText(SourcePath("tests/golden/torch/views.pt"));
+  EXPECT_THAT(text, HasSubstr("Shared storages"));
+  EXPECT_THAT(text, HasSubstr("storage 0 (96 B): base, transposed, step, offset, row, scalar_view"));
+  EXPECT_THAT(InspectText(SourcePath("examples/sample.pt")), Not(HasSubstr("Shared storages")));
+}
+
 TEST(Inspect, MaxRowsTruncatesTheTable) {
   const std::string path = SourcePath("examples/sample.pt");
   auto r = OpenCheckpoint(path);
