@@ -9,6 +9,7 @@
 #include <optional>
 #include <set>
 
+#include "checkpoint/readers.h"
 #include "checkpoint/torch_rewrite.h"
 #include "ckpt/checkpoint.h"
 #include "ckpt/writer.h"
@@ -18,9 +19,7 @@
 namespace ckpt {
 namespace {
 
-bool EndsWith(std::string_view s, std::string_view suffix) {
-  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
-}
+using internal_checkpoint::EndsWith;
 
 bool IsTorchFileName(std::string_view s) {
   return EndsWith(s, ".pt") || EndsWith(s, ".bin") || EndsWith(s, ".pth");
@@ -49,6 +48,12 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
                               const ConvertOptions& options) {
   Env* env = options.env ? options.env : Env::Default();
   const bool to_st = options.to == TargetFormat::kSafetensors;
+  // A destination named like the other format is a mistake, not a folder name.
+  if (to_st ? IsTorchFileName(dst) : EndsWith(dst, ".safetensors")) {
+    return InvalidArgumentError(StrCat("destination ", dst, " names a ",
+                                       to_st ? "torch.save" : "safetensors", " file, but the target is ",
+                                       to_st ? "safetensors" : "torch", " (change --to or the name)"));
+  }
   OpenOptions open;
   open.env = env;
   open.pickle_mode = options.allow_opaque ? PickleMode::kInspect : PickleMode::kStrict;

@@ -1,4 +1,7 @@
 // OpenCheckpoint: sniff a path and hand it to the reader for its format.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <cstring>
 
 #include "checkpoint/readers.h"
@@ -15,11 +18,12 @@ Result<size_t> CheckpointReader::Find(std::string_view key) const {
 }
 
 namespace internal_checkpoint {
-namespace {
 
 bool EndsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
+
+namespace {
 
 // Files a folder may hold, in the order they are preferred.
 constexpr const char* kFolderCandidates[] = {
@@ -74,8 +78,27 @@ Result<std::unique_ptr<CheckpointReader>> OpenCheckpoint(const std::string& path
           StrCat(path, ": a PyTorch DCP / Megatron torch_dist checkpoint; reading these is not "
                        "supported yet"));
     }
+    // Otherwise a folder with exactly one checkpoint-looking file means that file.
+    CKPT_ASSIGN_OR_RETURN(std::vector<std::string> children, env->GetChildren(path));
+    std::vector<std::string> found;
+    for (const std::string& c : children) {
+      if (internal_checkpoint::EndsWith(c, ".index.json") ||
+          internal_checkpoint::EndsWith(c, ".safetensors") || internal_checkpoint::EndsWith(c, ".pt") ||
+          internal_checkpoint::EndsWith(c, ".pth") || internal_checkpoint::EndsWith(c, ".bin")) {
+        // A lone shard ("model-00001-of-00002.safetensors") is part of a set, not a checkpoint.
+        if (c.find("-of-") != std::string::npos) continue;
+        if (!env->IsDirectory(JoinPath(path, c))) found.push_back(c);
+      }
+    }
+    if (found.size() == 1) return internal_checkpoint::OpenFile(JoinPath(path, found[0]), options);
+    if (found.size() > 1) {
+      return InvalidArgumentError(StrCat(path, ": folder holds several checkpoint files (",
+                                         fmt::format("{}", fmt::join(found, ", ")),
+                                         "); name the one to open"));
+    }
     return NotFoundError(StrCat(path, ": folder holds no checkpoint ckptkit knows (looked for "
-                                      "model.safetensors[.index.json], pytorch_model.bin[.index.json])"));
+                                      "model.safetensors[.index.json], pytorch_model.bin[.index.json], "
+                                      "or a single *.safetensors / *.pt / *.pth / *.bin / *.index.json)"));
   }
   if (!env->FileExists(path)) return NotFoundError(StrCat(path, ": no such file or folder"));
   return internal_checkpoint::OpenFile(path, options);

@@ -25,6 +25,8 @@ Result<std::unique_ptr<CheckpointReader>> OpenSharded(const std::string& index_p
 Result<std::unique_ptr<CheckpointReader>> OpenFile(const std::string& path,
                                                    const OpenOptions& options);
 
+bool EndsWith(std::string_view s, std::string_view suffix);
+
 }  // namespace ckpt::internal_checkpoint
 
 #endif  // CKPT_CHECKPOINT_READERS_H_

@@ -479,5 +479,20 @@ TEST(ConvertRefusals, DestinationThatIsAFileIsInvalidArgument) {
   EXPECT_EQ(*still, "x");
 }
 
+TEST(ConvertRefusals, DestinationNamedForTheOtherFormatIsInvalidArgument) {
+  // `convert a.pt b.pt --to safetensors` must not quietly make a folder b.pt/.
+  auto env = NewMemEnv();
+  CopyIntoEnv(env.get(), "tests/golden/torch/small.pt", "/src/small.pt");
+  ASSERT_TRUE(env->CreateDirs("/out").ok());
+  auto st = Convert("/src/small.pt", "/out/b.pt", To(TargetFormat::kSafetensors, env.get()));
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.status().code(), Code::kInvalidArgument) << st.status().ToString();
+  EXPECT_THAT(st.status().message(), HasSubstr("/out/b.pt names a torch.save file"));
+  auto pt = Convert("/src/small.pt", "/out/b.safetensors", To(TargetFormat::kTorch, env.get()));
+  ASSERT_FALSE(pt.ok());
+  EXPECT_THAT(pt.status().message(), HasSubstr("names a safetensors file"));
+  EXPECT_TRUE(ListDir(env.get(), "/out").empty());
+}
+
 }  // namespace
 }  // namespace ckpt

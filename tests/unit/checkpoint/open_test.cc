@@ -57,6 +57,25 @@ TEST(OpenCheckpointSniff, FolderWithModelSafetensors) {
   EXPECT_EQ((*r)->tensors().size(), 1u);
 }
 
+TEST(OpenCheckpointSniff, FolderWithOneCheckpointFileOpensIt) {
+  auto env = NewMemEnv();
+  CopyIntoEnv(env.get(), "tests/golden/torch/small.pt", "/m/weights.pt");
+  ASSERT_TRUE(WriteWhole(env.get(), "/m/config.json", "{}").ok());
+  auto r = OpenCheckpoint("/m", {env.get()});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ((*r)->format(), "torch");
+}
+
+TEST(OpenCheckpointSniff, FolderWithSeveralCheckpointFilesIsInvalidArgumentNamingThem) {
+  auto env = NewMemEnv();
+  CopyIntoEnv(env.get(), "tests/golden/torch/small.pt", "/m/a.pt");
+  CopyIntoEnv(env.get(), "tests/golden/safetensors/multi_meta.safetensors", "/m/b.safetensors");
+  auto r = OpenCheckpoint("/m", {env.get()});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kInvalidArgument) << r.status().ToString();
+  EXPECT_THAT(r.status().message(), HasSubstr("a.pt, b.safetensors"));
+}
+
 TEST(OpenCheckpointSniff, FolderWithPytorchModelBin) {
   auto env = NewMemEnv();
   CopyIntoEnv(env.get(), "tests/golden/torch/params.pt", "/m/pytorch_model.bin");
