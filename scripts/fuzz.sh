@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# Builds every libFuzzer target (clang-14, ASan+UBSan) in build-fuzz/ and runs
-# each for a bounded time, seeded from the golden files.
-# Usage: bash scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 60)
+# Builds everything with clang-14, ASan+UBSan and -Werror in build-san/, runs the
+# C++ unit tests there (CKPT_SAN_CTEST=0 skips them), then runs each libFuzzer
+# target for a bounded time, seeded from the golden and corrupt files.
+# Usage: bash scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 60; 0 = build and ctest only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-60}
-cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+# One clang build serves both the sanitizer run of the unit tests (scripts/test.sh)
+# and the fuzzers: ASan+UBSan, coverage instrumentation, -Werror.
+cmake -S . -B build-san -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
-  -DCKPT_BUILD_FUZZ=ON -DCKPT_BUILD_TESTS=OFF -DCKPT_BUILD_CLI=OFF >/dev/null
+  -DCKPT_BUILD_FUZZ=ON -DCKPT_SANITIZE=ON -DCKPT_WERROR=ON \
+  -DCKPT_BUILD_TESTS=ON -DCKPT_BUILD_CLI=ON >/dev/null
 targets=()
 for f in tests/fuzz/*_fuzz.cc; do targets+=("$(basename "$f" .cc)"); done
-ninja -C build-fuzz -j"$(nproc)" "${targets[@]}"
+ninja -C build-san -j"$(nproc)"
+if [ "${CKPT_SAN_CTEST:-1}" = 1 ]; then
+  echo "== C++ tests under ASan+UBSan (clang-14, -Werror)"
+  ctest --test-dir build-san --output-on-failure -j"$(nproc)"
+fi
+[ "$SECS" = 0 ] && exit 0
 status=0
 for t in "${targets[@]}"; do
   area=${t%_fuzz}
@@ -21,7 +30,7 @@ for t in "${targets[@]}"; do
     [ -d "$d" ] && seeds+=("$d")
   done
   echo "fuzz: $t for ${SECS}s (seeds: ${seeds[*]:-none})"
-  if ! ./build-fuzz/"$t" -max_total_time="$SECS" -max_len=262144 -rss_limit_mb=2048 \
+  if ! ./build-san/"$t" -max_total_time="$SECS" -max_len=262144 -rss_limit_mb=2048 \
        -timeout=10 -print_final_stats=1 -artifact_prefix="$work/" "$work" "${seeds[@]}" \
        >"$work.log" 2>&1; then
     echo "fuzz: $t FAILED; last lines of $work.log:"

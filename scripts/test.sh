@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up (see scripts/setup.sh) and runs every test: C++ unit, golden and
 # corrupt-corpus tests (ctest), the Python package's interop tests against real
-# torch 2.13 / safetensors (pytest), and each fuzz target for a bounded time.
+# torch 2.13 / safetensors (pytest), the C++ tests again under ASan+UBSan
+# (clang, -Werror), and each fuzz target for a bounded time.
 # Usage: bash scripts/test.sh          FUZZ_SECONDS=60 by default; 0 skips fuzzing
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,8 +18,6 @@ echo "== interop tests (pytest, real torch $(.venv/bin/python -c 'import torch; 
 CKPTKIT_CLI="$PWD/build/ckptkit" .venv/bin/python -m pytest tests/interop -q -p no:cacheprovider
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
-if [ "$FUZZ_SECONDS" != 0 ]; then
-  echo "== fuzzing (${FUZZ_SECONDS}s per target)"
-  bash scripts/fuzz.sh "$FUZZ_SECONDS"
-fi
+echo "== sanitizer build (clang-14, ASan+UBSan, -Werror): ctest, then fuzzing ${FUZZ_SECONDS}s per target"
+bash scripts/fuzz.sh "$FUZZ_SECONDS"
 echo "== all tests passed"

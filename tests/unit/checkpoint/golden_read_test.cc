@@ -164,7 +164,7 @@ TEST(GoldenShardedRead, TransformersShardedSetMatchesManifest) {
   ASSERT_TRUE(m.is_object());
   const nlohmann::json& files = m["sharded"]["files"];
   ASSERT_EQ(files.size(), 2u);
-  for (const std::string path :
+  for (const std::string& path :
        {SourcePath("tests/golden/safetensors/sharded"),
         SourcePath("tests/golden/safetensors/sharded/model.safetensors.index.json")}) {
     SCOPED_TRACE(path);
