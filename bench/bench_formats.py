@@ -2,6 +2,7 @@
 """ckptkit vs torch.save/torch.load vs safetensors, on one ~N GiB state dict.
 
     .venv/bin/python bench/bench_formats.py [--size-gib 2] [--repeat 3] [--dir DIR] [--json]
+                                            [--cold] [--cli PATH]
 
 Every operation runs in its own subprocess (so its peak RSS can be measured and
 no allocator state leaks between operations) and is timed best-of-R. Files live
@@ -14,13 +15,14 @@ Fairness rules (printed with the results):
     harness calls os.fsync on their file inside the timed region; the raw
     baseline does the same. "no fsync" rows are informational.
   * reads run with a warm page cache for everybody (the file was just written
-    and is read once, untimed, before each timed read); dropping caches needs
-    root and a quiet machine, which we cannot rely on. Read numbers are thus
-    memory-bound, not disk-bound.
-  * every loader produces fresh private memory (page faults included); the raw
-    read baseline reads into a freshly allocated buffer too. torch.load(mmap=True)
-    maps the page cache instead, and is timed with one byte of every 4 KiB page
-    touched.
+    and is read once, untimed, before each timed read): memory-bound numbers.
+    Dropping all caches needs root and a quiet machine; --cold instead evicts
+    just the file being read (fsync + posix_fadvise DONTNEED) before each run.
+  * every copying loader produces fresh private memory (page faults included);
+    the raw read baseline reads into a freshly allocated buffer too.
+    torch.load(mmap=True) and safetensors.torch.load_file (0.8 maps the file
+    copy-on-write) read nothing until touched: they are timed with one byte of
+    every 4 KiB page touched.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,7 +67,7 @@ def plan_state_dict(size_gib: float, seed: int):
     rows = max(1, int(total * 0.07) // (hidden * 4))
     plan.append(("model.projector.weight", "float32", (rows, hidden)))
     used = sum(_nbytes(d, s) for _, d, s in plan)
-    # Mid: layers of attention/MLP weights, 2-48 MiB each, mostly bf16, some fp32.
+    # Mid: layers of attention/MLP weights, 8-128 MiB each, mostly bf16, some fp32.
     layer = 0
     while used < total * 0.97:
         for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
@@ -156,8 +159,22 @@ def _fsync_path(path):
         os.close(fd)
 
 
+COLD = False  # set by --cold in the child
+
+
 def _warm(path):
-    """Reads the file once (untimed) so the timed read finds it in the page cache."""
+    """Before a timed read. Default: reads the file once (untimed) so the timed
+    read finds it in the page cache. --cold: evicts the file's pages instead
+    (fsync, then POSIX_FADV_DONTNEED: no root needed, only this file is
+    affected; the hypervisor's cache of the disk may still help)."""
+    if COLD:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        return
     with open(path, "rb", buffering=0) as f:
         buf = bytearray(CHUNK)
         while f.readinto(buf):
@@ -174,6 +191,9 @@ def _rm(path):
 def child_main(op: str, args) -> None:
     import numpy as np  # noqa: F401
 
+    global COLD
+    COLD = args.cold
+
     paths = json.loads(args.paths)
     needs_sd = op.startswith("save_") or op == "raw_write"
     sd = build_state_dict(args.size_gib, args.seed) if needs_sd else None
@@ -184,7 +204,7 @@ def child_main(op: str, args) -> None:
         import ckptkit  # noqa: F401
     gc.collect()
     results = []
-    for _ in range(args.repeat):
+    for i in range(args.warmup + args.repeat):
         prep = PREPARE.get(op)
         if prep:
             prep(paths)
@@ -198,8 +218,9 @@ def child_main(op: str, args) -> None:
             resource.RUSAGE_SELF).ru_maxrss
         if isinstance(out, dict) and "child_maxrss_kib" in out:  # the CLI's own process
             peak, rss_before = out["child_maxrss_kib"], 0
-        results.append({"seconds": dt, "peak_rss_kib": peak,
-                        "extra_rss_kib": max(0, peak - rss_before)})
+        if i >= args.warmup:
+            results.append({"seconds": dt, "peak_rss_kib": peak,
+                            "extra_rss_kib": max(0, peak - rss_before)})
         del out
         gc.collect()
     json.dump({"op": op, "results": results}, sys.stdout)
@@ -256,19 +277,36 @@ def _load_torch(sd, p):
     return torch.load(p["torch_pt"], weights_only=True)
 
 
+def _touch_pages(sd):
+    import torch
+
+    s = 0
+    for t in sd.values():
+        b = t.reshape(-1).view(torch.uint8)
+        if b.numel():
+            s += int(b[::PAGE].sum())  # one byte per page: every page is faulted in
+    return s
+
+
 def _load_torch_mmap(sd, p):
     import torch
 
     out = torch.load(p["torch_pt"], weights_only=True, mmap=True)
-    s = 0
-    for t in out.values():
-        b = t.reshape(-1).view(torch.uint8)
-        if b.numel():
-            s += int(b[::PAGE].sum())  # one byte per page: every page is faulted in
+    _touch_pages(out)
     return out
 
 
 def _load_st(sd, p):
+    import safetensors.torch
+
+    # safetensors >= 0.6 maps the file copy-on-write: nothing is read until
+    # touched, so touch every page, as for torch.load(mmap=True).
+    out = safetensors.torch.load_file(p["st"])
+    _touch_pages(out)
+    return out
+
+
+def _load_st_notouch(sd, p):
     import safetensors.torch
 
     return safetensors.torch.load_file(p["st"])
@@ -326,7 +364,8 @@ def _convert_py(sd, p):
     import torch
 
     loaded = torch.load(p["torch_pt"], weights_only=True)
-    safetensors.torch.save_file(loaded, p["convert_py"])
+    # The CLI writes transformers' {"format": "pt"} metadata; so does the baseline.
+    safetensors.torch.save_file(loaded, p["convert_py"], metadata={"format": "pt"})
     _fsync_path(p["convert_py"])
 
 
@@ -342,6 +381,7 @@ OPS = {
     "load_torch": _load_torch,
     "load_torch_mmap": _load_torch_mmap,
     "load_st": _load_st,
+    "load_st_notouch": _load_st_notouch,
     "load_ckptkit_pt": _load_ckptkit_pt,
     "load_ckptkit_st": _load_ckptkit_st,
     "convert_cli": _convert_cli,
@@ -361,10 +401,24 @@ PREPARE = {
     "load_torch": lambda p: _warm(p["torch_pt"]),
     "load_torch_mmap": lambda p: _warm(p["torch_pt"]),
     "load_st": lambda p: _warm(p["st"]),
+    "load_st_notouch": lambda p: _warm(p["st"]),
     "load_ckptkit_pt": lambda p: _warm(p["ckptkit_pt"]),
     "load_ckptkit_st": lambda p: _warm(p["ckptkit_st"]),
     "convert_cli": lambda p: (_rm(p["convert_cli"]), _warm(p["torch_pt"])),
     "convert_py": lambda p: (_rm(p["convert_py"]), _warm(p["torch_pt"])),
+}
+
+# The op whose output file another op reads.
+NEEDS = {
+    "raw_read": "save_ckptkit_st",
+    "load_torch": "save_torch",
+    "load_torch_mmap": "save_torch",
+    "load_ckptkit_pt": "save_ckptkit_torch",
+    "load_st": "save_st",
+    "load_st_notouch": "save_st",
+    "load_ckptkit_st": "save_ckptkit_st",
+    "convert_py": "save_torch",
+    "convert_cli": "save_torch",
 }
 
 # (op, label, fsync?, baseline op for the speed ratio, raw baseline op)
@@ -381,7 +435,8 @@ ROWS = [
     ("load_torch", "torch.load(weights_only=True)", "-", None, "raw_read"),
     ("load_torch_mmap", "torch.load(mmap=True) + touch pages", "-", None, None),
     ("load_ckptkit_pt", "ckptkit.open(.pt) + torch(k) for all", "-", "load_torch", "raw_read"),
-    ("load_st", "safetensors.torch.load_file", "-", None, "raw_read"),
+    ("load_st_notouch", "safetensors load_file, untouched (info)", "-", None, None),
+    ("load_st", "safetensors.torch.load_file + touch pages", "-", None, "raw_read"),
     ("load_ckptkit_st", "ckptkit.open(.safetensors) + torch(k)", "-", "load_st", "raw_read"),
     ("convert_py", "torch.load + save_file (Python)", "yes (harness)", None, None),
     ("convert_cli", "ckptkit convert .pt -> .safetensors (CLI)", "yes", "convert_py", None),
@@ -421,8 +476,9 @@ def _disk_info(path):
 
 def run_child(op, args, paths):
     cmd = [sys.executable, os.path.abspath(__file__), CHILD_FLAG, op,
-           "--size-gib", str(args.size_gib), "--repeat", str(args.repeat),
-           "--seed", str(args.seed), "--paths", json.dumps(paths)]
+           "--size-gib", str(args.size_gib), "--repeat", str(args.repeat), "--warmup", str(args.warmup),
+           "--seed", str(args.seed), "--paths", json.dumps(paths)] + (["--cold"] if args.cold
+                                                                          else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{op} failed:\n{proc.stderr[-4000:]}")
@@ -433,10 +489,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-gib", type=float, default=2.0)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs of each operation "
+                    "before the timed ones (the first touch of fresh memory in a VM is slow)")
     ap.add_argument("--dir", default=None, help="folder for the temporary files "
                     "(default: system temp dir); a fresh subfolder is made and removed")
     ap.add_argument("--json", action="store_true", help="print a JSON document instead")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cold", action="store_true", help="evict each file from the page cache "
+                    "before each timed read (posix_fadvise DONTNEED) instead of warming it")
     ap.add_argument("--cli", default=None, help="ckptkit executable (default: next to python)")
     ap.add_argument("--only", default=None, help="comma-separated op names (debugging)")
     ap.add_argument("--keep", action="store_true", help="keep the files (debugging)")
@@ -479,6 +539,10 @@ def main():
     ops = [r[0] for r in ROWS]
     if args.only:
         wanted = set(args.only.split(","))
+        unknown = wanted - set(ops)
+        if unknown:
+            sys.exit(f"--only: unknown operations {sorted(unknown)}; known: {ops}")
+        wanted |= {NEEDS[o] for o in wanted if o in NEEDS}  # the op that writes its input
         ops = [o for o in ops if o in wanted]
     results = {}
     checks = {}
@@ -510,6 +574,7 @@ def main():
         row = {
             "op": op, "label": label, "fsync": fsync, "seconds": t,
             "all_seconds": [r["seconds"] for r in results[op]],
+            "median_seconds": statistics.median(r["seconds"] for r in results[op]),
             "gb_per_s": nbytes / t / 1e9,
             "peak_rss_mib": max(r["peak_rss_kib"] for r in results[op]) / 1024,
             "extra_rss_mib": max(r["extra_rss_kib"] for r in results[op]) / 1024,
@@ -531,6 +596,8 @@ def main():
         "state_dict": {"tensors": len(plan), "bytes": nbytes, "size_gib": nbytes / (1 << 30),
                        "seed": args.seed},
         "repeat": args.repeat,
+        "warmup": args.warmup,
+        "page_cache": "cold (evicted before each read)" if args.cold else "warm",
         "load": {"busy_at_start": busy_start, "busy_at_end": busy_end,
                  "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
         "identical_outputs": checks,
@@ -538,11 +605,17 @@ def main():
         "caveats": [
             "every write is timed with an fsync of its file (ckptkit's own; os.fsync added for "
             "torch.save, save_file and the raw write); 'no fsync' rows are for information",
-            "reads use a warm page cache for all (file read once, untimed, before each run): "
-            "they measure CPU and memory bandwidth, not the disk",
-            "torch.load(mmap=True) maps the page cache; it is timed touching one byte per page",
-            "speedup = baseline seconds / ckptkit seconds (>1: ckptkit faster); fraction_of_raw "
-            "= raw seconds / ckptkit seconds",
+            ("reads start with the file evicted from the page cache (fsync + "
+             "posix_fadvise DONTNEED before each run): disk-bound; the hypervisor may still "
+             "cache the disk" if args.cold else
+             "reads use a warm page cache for all (file read once, untimed, before each run): "
+             "they measure CPU and memory bandwidth, not the disk (--cold evicts instead)"),
+            "torch.load(mmap=True) and safetensors.torch.load_file (0.8: a copy-on-write mmap) map "
+    "the page cache instead of copying; they are timed touching one byte per 4 KiB page. "
+    "ckptkit's reads and torch.load without mmap copy into fresh private memory",
+            "seconds and GB/s are best-of-R (GB = 1e9 bytes of tensor data); median shows the "
+            "noise. speedup = baseline seconds / ckptkit seconds (>1: ckptkit faster); "
+            "'of raw' = raw seconds / ckptkit seconds (ckptkit's share of raw throughput)",
             "peak RSS is per operation in its own process (VmHWM reset before the run); extra = "
             "peak minus RSS before the run (for the CLI: the CLI process's whole peak)",
         ],
@@ -555,19 +628,22 @@ def main():
           f"disk: {doc['host']['disk']}")
     print(f"torch {torch.__version__}, safetensors {safetensors.__version__}, "
           f"ckptkit {ckptkit.__version__}; state dict: {len(plan)} tensors, "
-          f"{nbytes / (1 << 30):.2f} GiB; best of {args.repeat}")
-    if busy_start or busy_end:
-        print(f"WARNING: measured under load ({busy_start or busy_end}); "
-              f"loadavg {load_start[0]:.2f} -> {os.getloadavg()[0]:.2f}")
+          f"{nbytes / (1 << 30):.2f} GiB; best of {args.repeat} after {args.warmup} untimed")
+    print(f"page cache for reads: {doc['page_cache']}; load average {load_start[0]:.2f} "
+          f"at start, {doc['load']['loadavg_end'][0]:.2f} at end")
+    if busy_start or busy_end or load_start[0] > 0.5 * (os.cpu_count() or 1):
+        print(f"WARNING: measured under load ({busy_start or busy_end or 'other processes'}); "
+              "timings are noisy, rerun on a quiet machine")
     print()
-    hdr = (f"{'operation':44s} {'fsync':>13s} {'seconds':>8s} {'GB/s':>6s} "
+    hdr = (f"{'operation':44s} {'fsync':>13s} {'seconds':>8s} {'median':>7s} {'GB/s':>6s} "
            f"{'speedup':>18s} {'of raw':>7s} {'peak RSS':>9s} {'extra':>8s}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         sp = f"{r['speedup']:.2f}x {r['speedup_vs']}" if "speedup" in r else ""
         fr = f"{r['fraction_of_raw']:.2f}" if "fraction_of_raw" in r else ""
-        print(f"{r['label']:44s} {r['fsync']:>13s} {r['seconds']:8.3f} {r['gb_per_s']:6.2f} "
+        print(f"{r['label']:44s} {r['fsync']:>13s} {r['seconds']:8.3f} "
+              f"{r['median_seconds']:7.3f} {r['gb_per_s']:6.2f} "
               f"{sp:>18s} {fr:>7s} {r['peak_rss_mib']:8.0f}M {r['extra_rss_mib']:7.0f}M")
     print()
     for k, v in checks.items():
