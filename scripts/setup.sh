@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config
-  libfmt-dev nlohmann-json3-dev libcli11-dev zlib1g-dev libzstd-dev libxxhash-dev libtbb-dev
+  libfmt-dev nlohmann-json3-dev libcli11-dev zlib1g-dev libzstd-dev libdeflate-dev libxxhash-dev libtbb-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-14 libclang-rt-14-dev
 )

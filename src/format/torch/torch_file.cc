@@ -1,7 +1,7 @@
 #include "format/torch/torch_file.h"
 
 #include <fmt/format.h>
-#include <zlib.h>
+#include "util/crc32.h"
 
 #include <algorithm>
 #include <charconv>
@@ -558,11 +558,11 @@ Status TorchFile::ReadTensor(const TensorRecord& t, ByteSink* sink, size_t chunk
     // A tensor that is its whole stored record (the usual case) is checked
     // against the record's CRC-32 as it streams, as torch's loader does.
     const bool check_crc = s.entry->method == 0 && start == 0 && t.nbytes == s.entry->size;
-    uLong crc = crc32(0L, Z_NULL, 0);
+    uint32_t crc = 0;
     for (uint64_t off = 0; off < t.nbytes;) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(piece, t.nbytes - off));
       CKPT_RETURN_IF_ERROR(read_range(start + off, n, buf.data()), ctx);
-      if (check_crc) crc = crc32(crc, reinterpret_cast<const Bytef*>(buf.data()), static_cast<uInt>(n));
+      if (check_crc) crc = Crc32(crc, buf.data(), n);
       ByteSwapInPlace(buf.data(), n, unit);
       CKPT_RETURN_IF_ERROR(sink->Append(std::string_view(buf.data(), n)), ctx);
       off += n;

@@ -29,24 +29,21 @@ uint64_t HashCombine(uint64_t seed, uint64_t value) {
 
 constexpr char kDescriptorSig[4] = {'P', 'K', '\x07', '\x08'};
 
-// Forwards a record's bytes to the zip writer, counting them and computing
-// the CRC-32 and the first bytes for the serialization id.
+// Forwards a record's bytes to the zip writer, counting them and keeping the
+// first bytes for the serialization id (the CRC-32 comes from the zip writer).
 class RecordSink final : public ByteSink {
  public:
   explicit RecordSink(zip::ZipWriter* zw) : zw_(zw) {}
   Status Append(std::string_view d) override {
     if (head_.size() < 8) head_.append(d.substr(0, 8 - head_.size()));
-    crc_ = crc32_z(crc_, reinterpret_cast<const Bytef*>(d.data()), d.size());
     n_ += d.size();
     return zw_->Append(d);
   }
   uint64_t Position() const override { return n_; }
-  uint32_t crc() const { return static_cast<uint32_t>(crc_); }
   const std::string& head() const { return head_; }
 
  private:
   zip::ZipWriter* zw_;
-  uLong crc_ = crc32(0, nullptr, 0);
   uint64_t n_ = 0;
   std::string head_;
 };
@@ -66,7 +63,7 @@ class ArchiveWriter {
                                          size));
     }
     CKPT_RETURN_IF_ERROR(zw_.EndEntry());
-    records_.push_back({std::string(name), rs.crc(), size, rs.head()});
+    records_.push_back({std::string(name), zw_.last_crc32(), size, rs.head()});
     return OkStatus();
   }
   Status AddBytes(std::string_view name, std::string_view data) {

@@ -12,6 +12,8 @@
 // MINIZ_NO_TIME; verified against bytes written by torch 2.13.
 #include "format/zip/zip.h"
 
+#include "util/crc32.h"
+
 #include <zlib.h>
 
 #include <algorithm>
@@ -53,16 +55,7 @@ uint16_t U16(const char* p) { return DecodeLE<uint16_t>(p); }
 uint32_t U32(const char* p) { return DecodeLE<uint32_t>(p); }
 uint64_t U64(const char* p) { return DecodeLE<uint64_t>(p); }
 
-uint32_t Crc32Update(uint32_t crc, const char* data, size_t n) {
-  // zlib's crc32 takes a uInt length: feed large spans in pieces.
-  while (n > 0) {
-    uInt piece = static_cast<uInt>(std::min<size_t>(n, 1u << 30));
-    crc = static_cast<uint32_t>(::crc32(crc, reinterpret_cast<const Bytef*>(data), piece));
-    data += piece;
-    n -= piece;
-  }
-  return crc;
-}
+uint32_t Crc32Update(uint32_t crc, const char* data, size_t n) { return Crc32(crc, data, n); }
 
 std::string EntryLabel(const Entry& e) { return StrCat("record ", Quote(e.name)); }
 

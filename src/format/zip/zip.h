@@ -118,6 +118,9 @@ class ZipWriter {
   // Writes the data descriptor (CRC-32, sizes; ZIP64 form when needed).
   // An empty record gets none (torch/miniz: bit 3 is only set when size > 0).
   Status EndEntry();
+  // The CRC-32 of the record most recently closed by EndEntry (0 if none), so
+  // callers need not compute it a second time.
+  uint32_t last_crc32() const { return written_.empty() ? 0 : written_.back().crc32; }
 
   // BeginEntry(name, data.size()) + Append + EndEntry.
   Status AddEntry(std::string_view name, std::string_view data);
