@@ -41,6 +41,12 @@ class ByteSource {
   virtual const char* Data() const { return nullptr; }
 };
 
+// OK if [offset, offset+n) lies inside a source of `size` bytes named `name`;
+// else OutOfRange "<name>: read past end at offset O: wanted N bytes, A
+// available (<size_label> S)". Every ByteSource::ReadAt checks with this.
+Status CheckReadRange(std::string_view name, uint64_t size, uint64_t offset, uint64_t n,
+                      std::string_view size_label = "size");
+
 // Reads [offset, offset+n) of src into a string (helper for small records).
 // Errors as ByteSource::ReadAt; ResourceExhausted if n cannot be allocated.
 Result<std::string> ReadString(const ByteSource& src, uint64_t offset, size_t n);

@@ -68,11 +68,7 @@ class PosixRandomAccessFile final : public RandomAccessFile {
   std::string_view Name() const override { return path_; }
 
   Status ReadAt(uint64_t offset, size_t n, void* dst) const override {
-    if (offset > size_ || n > size_ - offset) {
-      return OutOfRangeError(StrCat(path_, ": read past end at offset ", offset, ": wanted ", n,
-                                    " bytes, ", offset > size_ ? 0 : size_ - offset,
-                                    " available (file size ", size_, ")"));
-    }
+    CKPT_RETURN_IF_ERROR(CheckReadRange(path_, size_, offset, n, "file size"));
     char* p = static_cast<char*>(dst);
     size_t done = 0;
     while (done < n) {

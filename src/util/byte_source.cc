@@ -7,21 +7,18 @@
 #include "util/strings.h"
 
 namespace ckpt {
-namespace {
-
-Status CheckRange(std::string_view name, uint64_t size, uint64_t offset, size_t n) {
+Status CheckReadRange(std::string_view name, uint64_t size, uint64_t offset, uint64_t n,
+                      std::string_view size_label) {
   if (offset > size || n > size - offset) {
     return OutOfRangeError(StrCat(name, ": read past end at offset ", offset, ": wanted ", n,
-                                  " bytes, ", offset > size ? 0 : size - offset,
-                                  " available (size ", size, ")"));
+                                  " bytes, ", offset > size ? 0 : size - offset, " available (",
+                                  size_label, " ", size, ")"));
   }
   return OkStatus();
 }
 
-}  // namespace
-
 Result<std::string> ReadString(const ByteSource& src, uint64_t offset, size_t n) {
-  CKPT_RETURN_IF_ERROR(CheckRange(src.Name(), src.Size(), offset, n));
+  CKPT_RETURN_IF_ERROR(CheckReadRange(src.Name(), src.Size(), offset, n));
   std::string out;
   try {
     out.resize(n);
@@ -34,7 +31,7 @@ Result<std::string> ReadString(const ByteSource& src, uint64_t offset, size_t n)
 
 Status CopyRange(const ByteSource& src, uint64_t offset, uint64_t n, ByteSink* sink,
                  size_t chunk) {
-  CKPT_RETURN_IF_ERROR(CheckRange(src.Name(), src.Size(), offset, n));
+  CKPT_RETURN_IF_ERROR(CheckReadRange(src.Name(), src.Size(), offset, n));
   if (const char* p = src.Data()) {
     return sink->Append(std::string_view(p + offset, n));
   }
@@ -55,13 +52,13 @@ Status CopyRange(const ByteSource& src, uint64_t offset, uint64_t n, ByteSink* s
 }
 
 Status StringSource::ReadAt(uint64_t offset, size_t n, void* dst) const {
-  CKPT_RETURN_IF_ERROR(CheckRange(name_, data_.size(), offset, n));
+  CKPT_RETURN_IF_ERROR(CheckReadRange(name_, data_.size(), offset, n));
   if (n) std::memcpy(dst, data_.data() + offset, n);
   return OkStatus();
 }
 
 Status SpanSource::ReadAt(uint64_t offset, size_t n, void* dst) const {
-  CKPT_RETURN_IF_ERROR(CheckRange(name_, size_, offset, n));
+  CKPT_RETURN_IF_ERROR(CheckReadRange(name_, size_, offset, n));
   if (n) std::memcpy(dst, data_ + offset, n);
   return OkStatus();
 }
@@ -73,12 +70,12 @@ SubSource::SubSource(std::shared_ptr<const ByteSource> parent, uint64_t base, ui
 
 Result<std::unique_ptr<SubSource>> SubSource::Make(std::shared_ptr<const ByteSource> parent,
                                                    uint64_t base, uint64_t size) {
-  CKPT_RETURN_IF_ERROR(CheckRange(parent->Name(), parent->Size(), base, size));
+  CKPT_RETURN_IF_ERROR(CheckReadRange(parent->Name(), parent->Size(), base, size));
   return std::unique_ptr<SubSource>(new SubSource(std::move(parent), base, size));
 }
 
 Status SubSource::ReadAt(uint64_t offset, size_t n, void* dst) const {
-  CKPT_RETURN_IF_ERROR(CheckRange(name_, size_, offset, n));
+  CKPT_RETURN_IF_ERROR(CheckReadRange(name_, size_, offset, n));
   return parent_->ReadAt(base_ + offset, n, dst);
 }
 
