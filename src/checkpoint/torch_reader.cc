@@ -76,11 +76,6 @@ class TorchReader final : public CheckpointReader {
   std::vector<ObjectInfo> objects_;
 };
 
-std::string ArchiveNameFor(const std::string& path) {
-  std::string archive = Basename(path);
-  if (size_t dot = archive.rfind('.'); dot != std::string::npos && dot > 0) archive.resize(dot);
-  return archive;
-}
 
 }  // namespace
 
@@ -93,13 +88,19 @@ Result<std::unique_ptr<CheckpointReader>> OpenTorch(std::shared_ptr<const ByteSo
   return std::unique_ptr<CheckpointReader>(new TorchReader(std::move(tf)));
 }
 
+std::string TorchArchiveName(const std::string& path) {
+  std::string archive = Basename(path);
+  if (size_t dot = archive.rfind('.'); dot != std::string::npos && dot > 0) archive.resize(dot);
+  return archive;
+}
+
 Status RewriteTorchFile(const CheckpointReader& reader, const std::string& path, Env* env) {
   const auto* tr = dynamic_cast<const TorchReader*>(&reader);
   if (tr == nullptr) {
     return FailedPreconditionError(StrCat("cannot rewrite a ", reader.format(), " reader as torch.save"));
   }
   torch::TorchWriteOptions options;
-  options.archive_name = ArchiveNameFor(path);
+  options.archive_name = TorchArchiveName(path);
   options.byteorder = tr->file().big_endian() ? "big" : "little";
   return WriteFileAtomically(env, path, [&](WritableFile* f) {
     return torch::RewriteTorchFile(tr->file(), f, options);
@@ -107,11 +108,3 @@ Status RewriteTorchFile(const CheckpointReader& reader, const std::string& path,
 }
 
 }  // namespace ckpt::internal_checkpoint
-
-namespace ckpt {
-
-std::string TorchArchiveNameFor(const std::string& path) {
-  return internal_checkpoint::ArchiveNameFor(path);
-}
-
-}  // namespace ckpt

@@ -16,6 +16,10 @@ namespace ckpt::internal_checkpoint {
 // torch::RewriteTorchFile and the Env.
 Status RewriteTorchFile(const CheckpointReader& reader, const std::string& path, Env* env);
 
+// The archive folder torch.save uses for a file: its basename without the
+// last extension ("dir/model.pt" -> "model").
+std::string TorchArchiveName(const std::string& path);
+
 }  // namespace ckpt::internal_checkpoint
 
 #endif  // CKPT_CHECKPOINT_TORCH_REWRITE_H_

@@ -1,15 +1,14 @@
 // WriteSafetensorsFile / WriteTorchFile: the format writers behind an atomic publish.
 #include "ckpt/writer.h"
 
+#include "checkpoint/torch_rewrite.h"
+
 #include "format/safetensors/safetensors.h"
 #include "format/torch/torch_writer.h"
 #include "util/checked_math.h"
 #include "util/strings.h"
 
 namespace ckpt {
-
-// torch.save names the archive folder after the file: basename without its extension.
-std::string TorchArchiveNameFor(const std::string& path);
 
 
 Status WriteSafetensorsFile(const std::string& path, std::span<const TensorToWrite> tensors,
@@ -43,7 +42,7 @@ Status WriteTorchFile(const std::string& path, std::span<const TensorToWrite> te
     CKPT_RETURN_IF_ERROR(sd.AddTensor(t.key, std::move(item)));
   }
   torch::TorchWriteOptions options;
-  options.archive_name = TorchArchiveNameFor(path);
+  options.archive_name = internal_checkpoint::TorchArchiveName(path);
   return WriteFileAtomically(env, path, [&](WritableFile* f) {
     return torch::WriteStateDict(sd, f, options);
   });

@@ -55,7 +55,6 @@ uint16_t U16(const char* p) { return DecodeLE<uint16_t>(p); }
 uint32_t U32(const char* p) { return DecodeLE<uint32_t>(p); }
 uint64_t U64(const char* p) { return DecodeLE<uint64_t>(p); }
 
-uint32_t Crc32Update(uint32_t crc, const char* data, size_t n) { return Crc32(crc, data, n); }
 
 std::string EntryLabel(const Entry& e) { return StrCat("record ", Quote(e.name)); }
 
@@ -523,7 +522,7 @@ Result<std::string> ZipReader::ReadEntry(const Entry& e, uint64_t max_bytes) con
     return UnimplementedError(StrCat(s.Name(), ": ", EntryLabel(e), ": compression method ",
                                      e.method, " is not supported"));
   }
-  CKPT_RETURN_IF_ERROR(CheckCrc(s, e, Crc32Update(0, out.data(), out.size())));
+  CKPT_RETURN_IF_ERROR(CheckCrc(s, e, Crc32(0, out.data(), out.size())));
   return out;
 }
 
@@ -553,7 +552,7 @@ Status ZipReader::CopyEntry(const Entry& e, ByteSink* sink) const {
     for (uint64_t done = 0; done < e.size;) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), e.size - done));
       CKPT_RETURN_IF_ERROR(s.ReadAt(e.data_offset + done, n, buf.data()), EntryLabel(e));
-      crc = Crc32Update(crc, buf.data(), n);
+      crc = Crc32(crc, buf.data(), n);
       CKPT_RETURN_IF_ERROR(sink->Append(std::string_view(buf.data(), n)));
       done += n;
     }
@@ -563,7 +562,7 @@ Status ZipReader::CopyEntry(const Entry& e, ByteSink* sink) const {
                                            e.size, " exceeds the limit of ", kMaxInflatedBytes));
     }
     CKPT_RETURN_IF_ERROR(Inflate(s, e, [&](std::string_view chunk) {
-      crc = Crc32Update(crc, chunk.data(), chunk.size());
+      crc = Crc32(crc, chunk.data(), chunk.size());
       return sink->Append(chunk);
     }));
   } else {
@@ -685,7 +684,7 @@ Status ZipWriter::Append(std::string_view data) {
   }
   CKPT_RETURN_IF_ERROR(FlushLocalHeader(false));
   CKPT_RETURN_IF_ERROR(sink_->Append(data));
-  current_.crc32 = Crc32Update(current_.crc32, data.data(), data.size());
+  current_.crc32 = Crc32(current_.crc32, data.data(), data.size());
   current_.size += data.size();
   return OkStatus();
 }
