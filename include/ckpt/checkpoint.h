@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -38,6 +39,16 @@ struct OpenOptions {
   PickleMode pickle_mode = PickleMode::kStrict;
 };
 
+// One stored piece of a tensor (a DCP chunk): the box [offsets, offsets+sizes)
+// of the global tensor and where its bytes are.
+struct ChunkInfo {
+  std::vector<int64_t> offsets;
+  std::vector<int64_t> sizes;
+  std::string file;     // file name relative to the checkpoint folder
+  uint64_t offset = 0;  // byte range of the stored item in `file`
+  uint64_t length = 0;
+};
+
 // One tensor as a reader exposes it.
 struct TensorInfo {
   std::string key;  // flattened name: nested containers joined by '.'
@@ -53,6 +64,9 @@ struct TensorInfo {
   uint64_t data_offset = 0;     // byte offset of the first element's storage in `file`
   bool requires_grad = false;
   bool is_parameter = false;
+  // DCP / torch_dist: the stored chunks (global shape = `shape`). Empty for
+  // single-file formats, where the tensor is one piece.
+  std::vector<ChunkInfo> chunks;
 };
 
 // A non-tensor leaf (int, string, Namespace, opaque object, ...), shown safely.
@@ -78,6 +92,14 @@ class CheckpointReader {
   // Streams tensor i's nbytes bytes (contiguous, row-major, little-endian)
   // to out in bounded pieces. Errors name the file, the tensor key and the offset.
   virtual Status ReadTensor(size_t i, ByteSink* out) const = 0;
+
+  // Streams the box [start, start+count) of tensor i (row-major within the
+  // box, little-endian; start.size() == count.size() == rank). The default
+  // filters ReadTensor's stream, so memory stays bounded; readers of chunked
+  // formats override it to read only the chunks that overlap the box.
+  // Errors: InvalidArgument if the box is not inside the tensor; as ReadTensor.
+  virtual Status ReadTensorRegion(size_t i, std::span<const int64_t> start,
+                                  std::span<const int64_t> count, ByteSink* out) const;
 
   // Index of key in tensors(); NotFound otherwise.
   Result<size_t> Find(std::string_view key) const;

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "checkpoint/readers.h"
+#include "util/box.h"
 #include "util/strings.h"
 
 namespace ckpt {
@@ -15,6 +16,16 @@ Result<size_t> CheckpointReader::Find(std::string_view key) const {
     if (ts[i].key == key) return i;
   }
   return NotFoundError(StrCat("no tensor named ", Quote(key)));
+}
+
+Status CheckpointReader::ReadTensorRegion(size_t i, std::span<const int64_t> start,
+                                          std::span<const int64_t> count, ByteSink* out) const {
+  const TensorInfo& t = tensors()[i];
+  Box region{{start.begin(), start.end()}, {count.begin(), count.end()}};
+  CKPT_RETURN_IF_ERROR(CheckBoxInside(region, t.shape, StrCat("region of ", Quote(t.key))));
+  RegionSink sink(Box::Whole(t.shape), region, DTypeSize(t.dtype), out);
+  CKPT_RETURN_IF_ERROR(ReadTensor(i, &sink));
+  return sink.Finish().WithContext(StrCat("tensor ", Quote(t.key)));
 }
 
 namespace internal_checkpoint {
