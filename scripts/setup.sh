@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config
-  libfmt-dev nlohmann-json3-dev libcli11-dev zlib1g-dev libzstd-dev libdeflate-dev libxxhash-dev libtbb-dev
+  libfmt-dev nlohmann-json3-dev libcli11-dev zlib1g-dev libzstd-dev libdeflate-dev libssl-dev libxxhash-dev libtbb-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-14 libclang-rt-14-dev
 )
@@ -31,10 +31,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 # Pinned: plain `pip install torch` would pull a multi-GB CUDA build.
-PY_PACKAGES=(torch==2.13.0 numpy safetensors==0.8.0 pytest nanobind==3.1.0 "scikit-build-core>=0.10")
+PY_PACKAGES=(torch==2.13.0 numpy safetensors==0.8.0 zstandard==0.25.0 pytest nanobind==3.1.0 "scikit-build-core>=0.10")
 if ! .venv/bin/python - <<'PYEOF' 2>/dev/null
 import importlib.metadata as m
-need = {"torch": "2.13.0", "safetensors": "0.8.0", "nanobind": "3.1.0"}
+need = {"torch": "2.13.0", "safetensors": "0.8.0", "nanobind": "3.1.0", "zstandard": "0.25.0"}
 for name, ver in need.items():
     assert m.version(name).split("+")[0] == ver, name
 for name in ("numpy", "pytest", "scikit_build_core"):

@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "checkpoint/dcp_reader.h"
 #include "checkpoint/readers.h"
 #include "util/box.h"
 #include "util/strings.h"
@@ -83,11 +84,10 @@ Result<std::unique_ptr<CheckpointReader>> OpenCheckpoint(const std::string& path
       std::string p = JoinPath(path, name);
       if (env->FileExists(p)) return internal_checkpoint::OpenFile(p, options);
     }
-    if (env->FileExists(JoinPath(path, ".metadata")) ||
-        env->FileExists(JoinPath(path, "latest_checkpointed_iteration.txt"))) {
-      return UnimplementedError(
-          StrCat(path, ": a PyTorch DCP / Megatron torch_dist checkpoint; reading these is not "
-                       "supported yet"));
+    if (env->FileExists(JoinPath(path, ".metadata"))) {
+      CKPT_ASSIGN_OR_RETURN(std::unique_ptr<internal_checkpoint::DcpReader> r,
+                            internal_checkpoint::DcpReader::Open(path, options));
+      return std::unique_ptr<CheckpointReader>(std::move(r));
     }
     // Otherwise a folder with exactly one checkpoint-looking file means that file.
     CKPT_ASSIGN_OR_RETURN(std::vector<std::string> children, env->GetChildren(path));

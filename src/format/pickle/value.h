@@ -154,6 +154,11 @@ class Arena {
     Value* v = New(Kind::kGlobal); v->str = std::move(module); v->name = std::move(name); return v;
   }
   size_t size() const { return values_.size(); }
+  // Calls f(const Value&) for every value, in creation order.
+  template <typename F>
+  void ForEach(F&& f) const {
+    for (const Value& v : values_) f(v);
+  }
 
  private:
   std::deque<Value> values_;

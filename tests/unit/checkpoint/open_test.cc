@@ -203,16 +203,15 @@ TEST(OpenCheckpointSniff, EmptyFolderIsNotFoundListingWhatItLookedFor) {
   EXPECT_THAT(r.status().message(), HasSubstr("index.json"));
 }
 
-TEST(OpenCheckpointSniff, DcpFolderIsUnimplemented) {
+TEST(OpenCheckpointSniff, DcpFolderWithCorruptMetadataIsDataLoss) {
   auto env = NewMemEnv();
   ASSERT_TRUE(env->CreateDirs("/dcp").ok());
   ASSERT_TRUE(WriteWhole(env.get(), "/dcp/.metadata", "\x80\x04garbage").ok());
   ASSERT_TRUE(WriteWhole(env.get(), "/dcp/__0_0.distcp", "x").ok());
   auto r = OpenCheckpoint("/dcp", {env.get()});
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), Code::kUnimplemented) << r.status().ToString();
-  EXPECT_THAT(r.status().message(), HasSubstr("/dcp"));
-  EXPECT_THAT(r.status().message(), HasSubstr("DCP"));
+  EXPECT_EQ(r.status().code(), Code::kDataLoss) << r.status().ToString();
+  EXPECT_THAT(r.status().message(), HasSubstr("/dcp/.metadata"));
 }
 
 TEST(OpenCheckpointSniff, MegatronTrackerFolderIsUnimplemented) {

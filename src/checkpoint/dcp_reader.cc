@@ -1,0 +1,296 @@
+#include "checkpoint/dcp_reader.h"
+
+#include <algorithm>
+#include <new>
+
+#include "checkpoint/readers.h"
+
+#include "util/box.h"
+#include "util/strings.h"
+
+namespace ckpt::internal_checkpoint {
+namespace {
+
+constexpr size_t kEmitPiece = size_t{16} << 20;
+
+pickle::Mode ToPickleMode(PickleMode m) {
+  return m == PickleMode::kInspect ? pickle::Mode::kInspect : pickle::Mode::kStrict;
+}
+
+Box ChunkBox(const dcp::Chunk& c) { return Box{c.offsets, c.sizes}; }
+
+}  // namespace
+
+Result<std::unique_ptr<DcpReader>> DcpReader::Open(const std::string& folder, const OpenOptions& options) {
+  std::unique_ptr<DcpReader> r(new DcpReader());
+  CKPT_RETURN_IF_ERROR(r->Init(folder, options));
+  return r;
+}
+
+Status DcpReader::Init(const std::string& folder, const OpenOptions& options) {
+  env_ = options.env ? options.env : Env::Default();
+  pickle_mode_ = options.pickle_mode;
+  folder_ = folder;
+  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> children, env_->GetChildren(folder));
+  for (const std::string& c : children) {
+    std::string p = JoinPath(folder, c);
+    if (internal_checkpoint::EndsWith(c, dcp::kDataFileSuffix) && !env_->IsDirectory(p)) {
+      CKPT_ASSIGN_OR_RETURN(uint64_t size, env_->GetFileSize(p));
+      files_[c] = size;
+    } else if (c != dcp::kMetadataFileName) {
+      other_files_.push_back(c);
+    }
+  }
+  const std::string md_path = JoinPath(folder, dcp::kMetadataFileName);
+  if (!env_->FileExists(md_path)) {
+    if (!files_.empty()) {
+      return DataLossError(StrCat(folder, ": ", files_.size(),
+                                  " .distcp data files but no .metadata: the save did not finish (DCP writes "
+                                  ".metadata last, as its commit point)"));
+    }
+    return NotFoundError(StrCat(folder, ": no .metadata (not a PyTorch DCP checkpoint folder)"));
+  }
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> mf, env_->NewRandomAccessFile(md_path));
+  CKPT_ASSIGN_OR_RETURN(md_, dcp::ParseMetadata(*mf));
+  problems_ = dcp::CheckStructure(md_, files_);
+  for (const dcp::Problem& p : problems_) {
+    if (!p.key.empty() && !unreadable_.count(p.key)) unreadable_[p.key] = dcp::ToString(p);
+  }
+  // A missing or truncated file makes every entry with an item in it unreadable.
+  for (const dcp::StorageItem& it : md_.items) {
+    auto f = files_.find(it.relative_path);
+    bool bad = f == files_.end() || it.offset_in_file > f->second || it.length > f->second - it.offset_in_file;
+    if (bad && !unreadable_.count(it.fqn)) {
+      unreadable_[it.fqn] = StrCat(it.relative_path, f == files_.end() ? " is missing" : " is truncated");
+    }
+  }
+
+  uint64_t object_budget = kMaxDecodedObjectBytes;
+  for (size_t ei = 0; ei < md_.entries.size(); ++ei) {
+    const dcp::Entry& e = md_.entries[ei];
+    if (e.type == dcp::EntryType::kTensor) {
+      TensorInfo t;
+      t.key = e.key;
+      t.dtype = e.dtype;
+      t.shape = e.size;
+      uint64_t n = static_cast<uint64_t>(DTypeSize(e.dtype));
+      bool overflow = false;
+      for (int64_t s : e.size) {
+        if (s != 0 && n > UINT64_MAX / static_cast<uint64_t>(s)) overflow = true;
+        n *= static_cast<uint64_t>(s);
+      }
+      if (overflow) {
+        return DataLossError(StrCat(md_path, ": tensor ", Quote(e.key), " shape ", dcp::OffsetsString(e.size),
+                                    " overflows"));
+      }
+      t.nbytes = n;
+      t.requires_grad = e.requires_grad;
+      t.chunks.reserve(e.chunks.size());
+      for (const dcp::Chunk& c : e.chunks) {
+        ChunkInfo ci;
+        ci.offsets = c.offsets;
+        ci.sizes = c.sizes;
+        if (c.item >= 0) {
+          const dcp::StorageItem& it = md_.items[c.item];
+          ci.file = it.relative_path;
+          ci.offset = it.offset_in_file;
+          ci.length = it.length;
+        }
+        t.chunks.push_back(std::move(ci));
+      }
+      if (t.chunks.size() == 1) {
+        t.file = t.chunks[0].file;
+        t.data_offset = t.chunks[0].offset;
+      }
+      tensors_.push_back(std::move(t));
+      tensor_entry_.push_back(static_cast<int64_t>(ei));
+      continue;
+    }
+    ObjectInfo o;
+    o.key = e.key;
+    o.type = "bytes";
+    const dcp::StorageItem* it = e.item >= 0 ? &md_.items[e.item] : nullptr;
+    o.repr = it ? StrCat("<", it->length, " bytes in ", it->relative_path, ">") : "<no data>";
+    if (it && !unreadable_.count(e.key) && it->length <= object_budget) {
+      object_budget -= it->length;
+      auto archive = OpenBytes(e, pickle::Mode::kInspect);
+      if (archive.ok()) {
+        const pickle::Value* root = (*archive)->root();
+        // Megatron ShardedObjects are saved as torch.save([data]).
+        if (e.key.find("/shard_") != std::string::npos && root && root->kind == pickle::Kind::kList &&
+            root->items.size() == 1) {
+          root = root->items[0];
+        }
+        o.type = pickle::TypeName(root);
+        o.repr = pickle::Repr(root);
+        for (const torch::ObjectRecord& rec : (*archive)->objects()) o.opaque = o.opaque || rec.opaque;
+      } else {
+        dcp::Problem p;
+        p.key = e.key;
+        p.file = it->relative_path;
+        p.has_offset = true;
+        p.offset = it->offset_in_file;
+        p.message = archive.status().message();
+        problems_.push_back(p);
+        o.repr = StrCat("<unreadable: ", archive.status().message(), ">");
+      }
+    }
+    objects_.push_back(std::move(o));
+  }
+  return OkStatus();
+}
+
+nlohmann::json DcpReader::Details() const {
+  nlohmann::json d;
+  d["metadata_class"] = md_.class_name;
+  d["pickle_protocol"] = md_.pickle_protocol;
+  if (md_.version) d["dcp_version"] = *md_.version;
+  if (md_.storage_meta) {
+    d["storage_meta"] = {{"checkpoint_id", md_.storage_meta->checkpoint_id},
+                         {"save_id", md_.storage_meta->save_id},
+                         {"load_id", md_.storage_meta->load_id},
+                         {"modules", md_.storage_meta->modules}};
+  }
+  if (!md_.extra_attributes.empty()) d["extra_attributes"] = md_.extra_attributes;
+  if (!md_.opaque_globals.empty()) d["opaque_globals"] = md_.opaque_globals;
+  if (!md_.nd_reformulated_shapes.empty()) d["nd_reformulated_shapes"] = md_.nd_reformulated_shapes;
+  // Per data file: rank, writer, bytes, items.
+  std::map<std::string, nlohmann::json> per_file;
+  for (const auto& [name, size] : files_) {
+    int64_t rank = -1, writer = -1;
+    dcp::ParseDataFileName(name, &rank, &writer);
+    per_file[name] = {{"name", name}, {"rank", rank},  {"writer", writer}, {"bytes", size},
+                      {"items", 0},   {"tensor_chunks", 0}, {"bytes_items", 0}};
+  }
+  for (const dcp::StorageItem& it : md_.items) {
+    auto f = per_file.find(it.relative_path);
+    if (f == per_file.end()) continue;
+    f->second["items"] = f->second["items"].get<int64_t>() + 1;
+    bool is_bytes = it.entry >= 0 && md_.entries[it.entry].type == dcp::EntryType::kBytes;
+    const char* k = is_bytes ? "bytes_items" : "tensor_chunks";
+    f->second[k] = f->second[k].get<int64_t>() + 1;
+  }
+  nlohmann::json files = nlohmann::json::array();
+  for (auto& [name, j] : per_file) files.push_back(std::move(j));
+  d["files"] = std::move(files);
+  nlohmann::json missing = nlohmann::json::array();
+  nlohmann::json probs = nlohmann::json::array();
+  for (const dcp::Problem& p : problems_) {
+    nlohmann::json j = {{"message", p.message}};
+    if (!p.key.empty()) j["key"] = p.key;
+    if (!p.file.empty()) j["file"] = p.file;
+    if (p.has_offset) j["offset"] = p.offset;
+    probs.push_back(std::move(j));
+  }
+  d["problems"] = std::move(probs);
+  d["other_files"] = other_files_;
+  for (auto& [k, v] : extra_.items()) d[k] = v;
+  return d;
+}
+
+Result<std::shared_ptr<const ByteSource>> DcpReader::DataFile(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = open_files_.find(name);
+  if (it != open_files_.end()) return it->second;
+  if (name.find('/') != std::string::npos || name == ".." || name.empty()) {
+    return DataLossError(StrCat(folder_, ": .metadata names data file ", Quote(name),
+                                ", which is not a plain file name in the checkpoint folder"));
+  }
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> f, env_->NewRandomAccessFile(JoinPath(folder_, name)));
+  std::shared_ptr<const ByteSource> src(std::move(f));
+  open_files_[name] = src;
+  return src;
+}
+
+Result<std::unique_ptr<torch::TorchFile>> DcpReader::OpenBytes(const dcp::Entry& e, pickle::Mode mode) const {
+  if (e.item < 0) return DataLossError(StrCat(folder_, ": ", Quote(e.key), " has no storage item"));
+  const dcp::StorageItem& it = md_.items[e.item];
+  CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> file, DataFile(it.relative_path));
+  return dcp::OpenBytesItem(file, it, mode);
+}
+
+Result<dcp::ChunkArchive> DcpReader::OpenChunk(const dcp::Entry& e, const dcp::Chunk& c) const {
+  if (c.item < 0) {
+    return DataLossError(StrCat(folder_, ": ", Quote(e.key), " chunk at ", dcp::OffsetsString(c.offsets),
+                                " has no storage item in .metadata"));
+  }
+  const dcp::StorageItem& it = md_.items[c.item];
+  CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> file, DataFile(it.relative_path));
+  return dcp::OpenChunk(file, e, c, it);
+}
+
+std::string DcpReader::Unreadable(const dcp::Entry& e) const {
+  auto it = unreadable_.find(e.key);
+  return it == unreadable_.end() ? std::string() : it->second;
+}
+
+Status DcpReader::ReadTensor(size_t i, ByteSink* out) const {
+  if (i >= tensors_.size()) return OutOfRangeError(StrCat("tensor index ", i, " out of range"));
+  Box whole = Box::Whole(tensors_[i].shape);
+  return ReadTensorRegion(i, whole.start, whole.count, out);
+}
+
+Status DcpReader::ReadTensorRegion(size_t i, std::span<const int64_t> start, std::span<const int64_t> count,
+                                   ByteSink* out) const {
+  if (i >= tensors_.size()) return OutOfRangeError(StrCat("tensor index ", i, " out of range"));
+  const dcp::Entry& e = md_.entries[tensor_entry_[i]];
+  Box region{{start.begin(), start.end()}, {count.begin(), count.end()}};
+  CKPT_RETURN_IF_ERROR(CheckBoxInside(region, e.size, StrCat("region of ", Quote(e.key))));
+  if (std::string why = Unreadable(e); !why.empty()) {
+    return DataLossError(StrCat(folder_, ": cannot assemble ", Quote(e.key), ": ", why));
+  }
+  const uint64_t es = static_cast<uint64_t>(DTypeSize(e.dtype));
+  if (region.empty()) return OkStatus();
+  // Chunks that meet the region, one per distinct box (replicas read once).
+  std::vector<const dcp::Chunk*> parts;
+  for (const dcp::Chunk& c : e.chunks) {
+    if (e.size.empty() || Overlaps(ChunkBox(c), region)) {
+      bool dup = std::any_of(parts.begin(), parts.end(), [&](const dcp::Chunk* p) {
+        return p->offsets == c.offsets && p->sizes == c.sizes;
+      });
+      if (!dup) parts.push_back(&c);
+    }
+  }
+  auto stream_chunk = [&](const dcp::Chunk& c, ByteSink* sink) -> Status {
+    CKPT_ASSIGN_OR_RETURN(dcp::ChunkArchive a, OpenChunk(e, c));
+    return a.archive->ReadTensor(*a.tensor, sink).WithContext(StrCat(folder_, ": ", Quote(e.key)));
+  };
+  // Streaming path: every part spans the region's full extent on all axes but
+  // the first, so parts sorted by their first offset emit the region in order.
+  bool slabs = true;
+  for (const dcp::Chunk* c : parts) {
+    Box is = Intersect(ChunkBox(*c), region);
+    for (size_t d = 1; d < region.rank(); ++d) slabs = slabs && is.count[d] == region.count[d];
+  }
+  if (slabs) {
+    if (region.rank() > 0) {
+      std::sort(parts.begin(), parts.end(),
+                [](const dcp::Chunk* a, const dcp::Chunk* b) { return a->offsets[0] < b->offsets[0]; });
+    }
+    for (const dcp::Chunk* c : parts) {
+      RegionSink sink(ChunkBox(*c), region, es, out);
+      CKPT_RETURN_IF_ERROR(stream_chunk(*c, &sink));
+      CKPT_RETURN_IF_ERROR(sink.Finish().WithContext(StrCat(Quote(e.key), " chunk ", dcp::OffsetsString(c->offsets))));
+    }
+    return OkStatus();
+  }
+  // General path: assemble the region in memory, then emit it.
+  const uint64_t nbytes = region.numel() * es;
+  std::unique_ptr<char[]> buf;
+  try {
+    buf.reset(new char[nbytes]);
+  } catch (const std::bad_alloc&) {
+    return ResourceExhaustedError(StrCat("cannot allocate ", nbytes, " bytes to assemble ", Quote(e.key)));
+  }
+  for (const dcp::Chunk* c : parts) {
+    ScatterSink sink(ChunkBox(*c), region, es, buf.get());
+    CKPT_RETURN_IF_ERROR(stream_chunk(*c, &sink));
+    CKPT_RETURN_IF_ERROR(sink.Finish().WithContext(StrCat(Quote(e.key), " chunk ", dcp::OffsetsString(c->offsets))));
+  }
+  for (uint64_t p = 0; p < nbytes; p += kEmitPiece) {
+    CKPT_RETURN_IF_ERROR(out->Append(std::string_view(buf.get() + p, std::min<uint64_t>(kEmitPiece, nbytes - p))));
+  }
+  return OkStatus();
+}
+
+}  // namespace ckpt::internal_checkpoint

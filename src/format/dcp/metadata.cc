@@ -1,0 +1,403 @@
+#include "format/dcp/metadata.h"
+
+#include <charconv>
+#include <set>
+#include <unordered_map>
+
+#include "format/pickle/unpickler.h"
+#include "format/pickle/value.h"
+#include "util/strings.h"
+
+namespace ckpt::dcp {
+namespace {
+
+using pickle::Kind;
+using pickle::Value;
+
+constexpr std::string_view kMetadataModule = "torch.distributed.checkpoint.metadata";
+
+// Megatron-Core's Metadata subclasses and plan classes (kept importable by
+// current Megatron only so that old pickles load).
+constexpr pickle::AllowedGlobal kExtraAllowed[] = {
+    {"megatron.core.dist_checkpointing.strategies.torch", "MCoreMetadata"},
+    {"megatron.core.dist_checkpointing.strategies.torch", "MCoreSavePlan"},
+};
+
+class Parser {
+ public:
+  explicit Parser(const ByteSource& src) : src_(src) {}
+
+  Status Fail(const Value* at, std::string_view what) const {
+    return DataLossError(StrCat(src_.Name(), ": .metadata", at ? StrCat(" (pickle offset ", at->offset, ")") : "",
+                                ": ", what));
+  }
+
+  // The attribute dict of a dataclass-like object: BUILD state as a dict, or
+  // the dict half of a (dict-or-None, slots-dict) pair, merged. Empty when
+  // the object had no BUILD.
+  std::vector<std::pair<std::string, const Value*>> Attributes(const Value* obj) const {
+    std::vector<std::pair<std::string, const Value*>> out;
+    auto add_dict = [&](const Value* d) {
+      if (d == nullptr || d->kind != Kind::kDict) return;
+      for (const auto& [k, v] : d->dict) {
+        if (k->kind == Kind::kString) out.emplace_back(k->str, v);
+      }
+    };
+    if (obj == nullptr || obj->kind != Kind::kObject || obj->state == nullptr) return out;
+    const Value* st = obj->state;
+    if (st->kind == Kind::kDict) {
+      add_dict(st);
+    } else if (st->kind == Kind::kTuple && st->items.size() == 2) {
+      add_dict(st->items[0]);
+      add_dict(st->items[1]);
+    }
+    return out;
+  }
+
+  static const Value* Attr(const std::vector<std::pair<std::string, const Value*>>& attrs,
+                           std::string_view name) {
+    for (const auto& [k, v] : attrs) {
+      if (k == name) return v;
+    }
+    return nullptr;
+  }
+
+  static std::string ClassOf(const Value* v) {
+    if (v && v->kind == Kind::kObject && v->callable && v->callable->kind == Kind::kGlobal) {
+      return StrCat(v->callable->str, ".", v->callable->name);
+    }
+    return v ? pickle::TypeName(v) : "None";
+  }
+  static bool IsClass(const Value* v, std::string_view name) {
+    return v && v->kind == Kind::kObject && v->callable && v->callable->kind == Kind::kGlobal &&
+           v->callable->name == name;
+  }
+
+  Result<std::vector<int64_t>> IntTuple(const Value* v, std::string_view what) const {
+    if (v == nullptr || (v->kind != Kind::kTuple && v->kind != Kind::kList)) {
+      return Fail(v, StrCat(what, ": expected a torch.Size (tuple of ints), found ",
+                            v ? pickle::TypeName(v) : "nothing"));
+    }
+    std::vector<int64_t> out;
+    out.reserve(v->items.size());
+    for (const Value* e : v->items) {
+      if (e->kind != Kind::kInt && e->kind != Kind::kBool) {
+        return Fail(e, StrCat(what, ": expected an int, found ", pickle::TypeName(e)));
+      }
+      if (e->i < 0) return Fail(e, StrCat(what, ": negative value ", e->i));
+      out.push_back(e->i);
+    }
+    return out;
+  }
+
+  Result<int64_t> NonNegInt(const Value* v, std::string_view what) const {
+    if (v == nullptr || v->kind != Kind::kInt || v->i < 0) {
+      return Fail(v, StrCat(what, ": expected a non-negative int, found ",
+                            v ? pickle::Repr(v, 40) : "nothing"));
+    }
+    return v->i;
+  }
+
+  static std::string Text(const Value* v) {
+    if (v == nullptr || v->kind == Kind::kNone) return "";
+    if (v->kind == Kind::kString) return v->str;
+    // pathlib.PosixPath('/', 'a', 'b') -> "/a/b"
+    if (v->kind == Kind::kObject && v->args && v->args->kind == Kind::kTuple) {
+      std::string out;
+      for (const Value* part : v->args->items) {
+        if (part->kind != Kind::kString) return pickle::Repr(v, 200);
+        if (!out.empty() && out.back() != '/') out += '/';
+        out += part->str;
+      }
+      return out;
+    }
+    return pickle::Repr(v, 200);
+  }
+
+  Status ParseProperties(const Value* props, Entry* e) const {
+    const std::string what = StrCat("tensor ", Quote(e->key), " properties");
+    if (props == nullptr || props->kind != Kind::kObject) {
+      return Fail(props, StrCat(what, ": expected TensorProperties, found ",
+                                props ? pickle::TypeName(props) : "nothing"));
+    }
+    const Value* dtype = nullptr;
+    const Value* layout = nullptr;
+    const Value* requires_grad = nullptr;
+    const Value* memory_format = nullptr;
+    const Value* pin_memory = nullptr;
+    const Value* st = props->state;
+    if (st && st->kind == Kind::kTuple) {
+      if (st->items.size() < 1) return Fail(st, StrCat(what, ": empty state tuple"));
+      dtype = st->items[0];
+      if (st->items.size() > 1) layout = st->items[1];
+      if (st->items.size() > 2) requires_grad = st->items[2];
+      if (st->items.size() > 3) memory_format = st->items[3];
+      if (st->items.size() > 4) pin_memory = st->items[4];
+    } else {
+      auto attrs = Attributes(props);
+      dtype = Attr(attrs, "dtype");
+      layout = Attr(attrs, "layout");
+      requires_grad = Attr(attrs, "requires_grad");
+      memory_format = Attr(attrs, "memory_format");
+      pin_memory = Attr(attrs, "pin_memory");
+    }
+    if (dtype == nullptr || dtype->kind != Kind::kGlobal || dtype->str != "torch") {
+      return Fail(dtype ? dtype : props,
+                  StrCat(what, ": expected a torch dtype, found ", dtype ? pickle::Repr(dtype, 60) : "nothing"));
+    }
+    std::optional<DType> dt = DTypeFromName(dtype->name);
+    if (!dt) {
+      return UnimplementedError(StrCat(src_.Name(), ": .metadata: tensor ", Quote(e->key), " has dtype torch.",
+                                       dtype->name, ", which ckptkit does not know"));
+    }
+    e->dtype = *dt;
+    if (layout) {
+      if (layout->kind == Kind::kGlobal) {
+        e->layout = layout->name;
+      } else if (layout->kind == Kind::kObject && layout->args && layout->args->kind == Kind::kTuple &&
+                 layout->args->items.size() == 1 && layout->args->items[0]->kind == Kind::kString) {
+        // torch.serialization._get_layout('torch.strided')
+        std::string name = layout->args->items[0]->str;
+        e->layout = name.rfind("torch.", 0) == 0 ? name.substr(6) : name;
+      }
+    }
+    if (requires_grad && requires_grad->kind == Kind::kBool) e->requires_grad = requires_grad->i != 0;
+    if (pin_memory && pin_memory->kind == Kind::kBool) e->pin_memory = pin_memory->i != 0;
+    if (memory_format && memory_format->kind == Kind::kObject && memory_format->args &&
+        memory_format->args->kind == Kind::kTuple && memory_format->args->items.size() == 1 &&
+        memory_format->args->items[0]->kind == Kind::kInt) {
+      e->memory_format = static_cast<int>(memory_format->args->items[0]->i);
+    }
+    return OkStatus();
+  }
+
+  Status ParseEntry(const std::string& key, const Value* v, Entry* e) const {
+    e->key = key;
+    if (IsClass(v, "BytesStorageMetadata")) {
+      e->type = EntryType::kBytes;
+      return OkStatus();
+    }
+    if (!IsClass(v, "TensorStorageMetadata")) {
+      return Fail(v, StrCat("entry ", Quote(key), ": expected TensorStorageMetadata or BytesStorageMetadata, found ",
+                            ClassOf(v)));
+    }
+    e->type = EntryType::kTensor;
+    auto attrs = Attributes(v);
+    CKPT_RETURN_IF_ERROR(ParseProperties(Attr(attrs, "properties"), e));
+    CKPT_ASSIGN_OR_RETURN(e->size, IntTuple(Attr(attrs, "size"), StrCat("tensor ", Quote(key), " size")));
+    const Value* chunks = Attr(attrs, "chunks");
+    if (chunks == nullptr || chunks->kind != Kind::kList) {
+      return Fail(chunks ? chunks : v, StrCat("tensor ", Quote(key), ": expected a list of chunks"));
+    }
+    e->chunks.reserve(chunks->items.size());
+    for (size_t c = 0; c < chunks->items.size(); ++c) {
+      const Value* ch = chunks->items[c];
+      auto ca = Attributes(ch);
+      const std::string what = StrCat("tensor ", Quote(key), " chunk ", c);
+      if (!IsClass(ch, "ChunkStorageMetadata")) {
+        return Fail(ch, StrCat(what, ": expected ChunkStorageMetadata, found ", ClassOf(ch)));
+      }
+      Chunk chunk;
+      CKPT_ASSIGN_OR_RETURN(chunk.offsets, IntTuple(Attr(ca, "offsets"), StrCat(what, " offsets")));
+      CKPT_ASSIGN_OR_RETURN(chunk.sizes, IntTuple(Attr(ca, "sizes"), StrCat(what, " sizes")));
+      if (chunk.offsets.size() != e->size.size() || chunk.sizes.size() != e->size.size()) {
+        return Fail(ch, StrCat(what, ": rank of offsets (", chunk.offsets.size(), ") / sizes (", chunk.sizes.size(),
+                               ") differs from the tensor's rank ", e->size.size()));
+      }
+      e->chunks.push_back(std::move(chunk));
+    }
+    return OkStatus();
+  }
+
+  Status ParseItem(const Value* index, const Value* info, StorageItem* it) const {
+    if (!IsClass(index, "MetadataIndex")) {
+      return Fail(index, StrCat("storage_data key: expected MetadataIndex, found ", ClassOf(index)));
+    }
+    auto ia = Attributes(index);
+    const Value* fqn = Attr(ia, "fqn");
+    if (fqn == nullptr || fqn->kind != Kind::kString) return Fail(index, "MetadataIndex without a str fqn");
+    it->fqn = fqn->str;
+    const Value* off = Attr(ia, "offset");
+    if (off && off->kind != Kind::kNone) {
+      it->has_offset = true;
+      CKPT_ASSIGN_OR_RETURN(it->offset, IntTuple(off, StrCat("MetadataIndex ", Quote(it->fqn), " offset")));
+    }
+    const Value* idx = Attr(ia, "index");
+    if (idx && idx->kind == Kind::kInt) it->index = idx->i;
+    const std::string what = StrCat("storage item ", Quote(it->fqn));
+    if (!IsClass(info, "_StorageInfo")) {
+      return Fail(info, StrCat(what, ": expected _StorageInfo, found ", ClassOf(info)));
+    }
+    auto sa = Attributes(info);
+    const Value* rel = Attr(sa, "relative_path");
+    if (rel == nullptr || rel->kind != Kind::kString) return Fail(info, StrCat(what, ": relative_path is not a str"));
+    it->relative_path = rel->str;
+    CKPT_ASSIGN_OR_RETURN(int64_t o, NonNegInt(Attr(sa, "offset"), StrCat(what, " offset")));
+    CKPT_ASSIGN_OR_RETURN(int64_t n, NonNegInt(Attr(sa, "length"), StrCat(what, " length")));
+    it->offset_in_file = static_cast<uint64_t>(o);
+    it->length = static_cast<uint64_t>(n);
+    const Value* tds = Attr(sa, "transform_descriptors");
+    if (tds && tds->kind != Kind::kNone) {
+      if (tds->kind != Kind::kList && tds->kind != Kind::kTuple) {
+        return Fail(tds, StrCat(what, ": transform_descriptors is not a list"));
+      }
+      for (const Value* d : tds->items) {
+        if (d->kind != Kind::kString) return Fail(d, StrCat(what, ": transform descriptor is not a str"));
+        it->transforms.push_back(d->str);
+      }
+    }
+    return OkStatus();
+  }
+
+  Result<Metadata> Parse() {
+    if (src_.Size() > kMaxMetadataBytes) {
+      return ResourceExhaustedError(StrCat(src_.Name(), ": .metadata is ", src_.Size(), " bytes, over the limit of ",
+                                           kMaxMetadataBytes));
+    }
+    pickle::UnpickleOptions opts;
+    opts.mode = pickle::Mode::kInspect;
+    opts.extra_allowed = kExtraAllowed;
+    CKPT_ASSIGN_OR_RETURN(pickle::Unpickled u, pickle::Unpickle(src_, 0, opts),
+                          StrCat(src_.Name(), ": .metadata"));
+    Metadata md;
+    std::set<std::string> opaque;
+    u.arena->ForEach([&](const Value& v) {
+      if (v.kind == Kind::kObject && v.opaque && v.callable && v.callable->kind == Kind::kGlobal) {
+        opaque.insert(StrCat(v.callable->str, ".", v.callable->name));
+      }
+    });
+    md.opaque_globals.assign(opaque.begin(), opaque.end());
+    if (src_.Size() > 1) {
+      char head[2];
+      if (src_.ReadAt(0, 2, head).ok() && static_cast<uint8_t>(head[0]) == 0x80) {
+        md.pickle_protocol = static_cast<uint8_t>(head[1]);
+      }
+    }
+    const Value* root = u.root;
+    if (root == nullptr || root->kind != Kind::kObject) {
+      return Fail(root, StrCat("expected a pickled torch.distributed.checkpoint.metadata.Metadata, found ",
+                               root ? pickle::TypeName(root) : "nothing"));
+    }
+    md.class_name = ClassOf(root);
+    auto attrs = Attributes(root);
+    const Value* sdm = Attr(attrs, "state_dict_metadata");
+    if (sdm == nullptr || sdm->kind != Kind::kDict) {
+      return Fail(root, StrCat("expected a Metadata object with a state_dict_metadata dict, found ", md.class_name));
+    }
+    static const std::set<std::string, std::less<>> kKnown = {"state_dict_metadata", "planner_data",
+                                                              "storage_data", "storage_meta", "version"};
+    for (const auto& [name, v] : attrs) {
+      if (!kKnown.count(name)) md.extra_attributes.push_back(name);
+    }
+    md.entries.reserve(sdm->dict.size());
+    for (const auto& [k, v] : sdm->dict) {
+      if (k->kind != Kind::kString) return Fail(k, "state_dict_metadata key is not a str");
+      if (md.entry_index.count(k->str)) return Fail(k, StrCat("duplicate key ", Quote(k->str)));
+      Entry e;
+      CKPT_RETURN_IF_ERROR(ParseEntry(k->str, v, &e));
+      md.entry_index.emplace(e.key, static_cast<int64_t>(md.entries.size()));
+      md.entries.push_back(std::move(e));
+    }
+    const Value* sd = Attr(attrs, "storage_data");
+    if (sd && sd->kind != Kind::kNone) {
+      if (sd->kind != Kind::kDict) return Fail(sd, "storage_data is not a dict");
+      md.items.reserve(sd->dict.size());
+      for (const auto& [k, v] : sd->dict) {
+        StorageItem it;
+        CKPT_RETURN_IF_ERROR(ParseItem(k, v, &it));
+        md.items.push_back(std::move(it));
+      }
+    }
+    const Value* pd = Attr(attrs, "planner_data");
+    md.has_planner_data = pd && pd->kind != Kind::kNone;
+    const Value* ver = Attr(attrs, "version");
+    if (ver && ver->kind == Kind::kString) md.version = ver->str;
+    const Value* sm = Attr(attrs, "storage_meta");
+    if (sm && sm->kind == Kind::kObject) {
+      auto sa = Attributes(sm);
+      StorageMeta meta;
+      meta.checkpoint_id = Text(Attr(sa, "checkpoint_id"));
+      meta.save_id = Text(Attr(sa, "save_id"));
+      meta.load_id = Text(Attr(sa, "load_id"));
+      if (const Value* mods = Attr(sa, "modules"); mods && mods->kind == Kind::kList) {
+        for (const Value* m : mods->items) meta.modules.push_back(Text(m));
+      }
+      md.storage_meta = std::move(meta);
+    }
+    // MCoreMetadata.mcore_data: {key: {'nd_reformulated_orig_global_shape': (...)}}
+    if (const Value* mc = Attr(attrs, "mcore_data"); mc && mc->kind == Kind::kDict) {
+      for (const auto& [k, v] : mc->dict) {
+        if (k->kind != Kind::kString || v->kind != Kind::kDict) continue;
+        if (const Value* shape = v->Get("nd_reformulated_orig_global_shape")) {
+          auto s = IntTuple(shape, "nd_reformulated_orig_global_shape");
+          if (s.ok()) md.nd_reformulated_shapes[k->str] = *s;
+        }
+      }
+    }
+    Link(md);
+    return md;
+  }
+
+  // Chunk / bytes entry -> storage item, by (fqn, offset).
+  static void Link(Metadata& md) {
+    std::unordered_map<std::string, int64_t> by_index;
+    by_index.reserve(md.items.size());
+    auto key_of = [](std::string_view fqn, const std::vector<int64_t>* off) {
+      std::string k(fqn);
+      k.push_back('\0');
+      if (off) {
+        for (int64_t o : *off) k += StrCat(o, ",");
+      } else {
+        k += "-";
+      }
+      return k;
+    };
+    for (size_t i = 0; i < md.items.size(); ++i) {
+      const StorageItem& it = md.items[i];
+      by_index.emplace(key_of(it.fqn, it.has_offset ? &it.offset : nullptr), static_cast<int64_t>(i));
+    }
+    for (size_t ei = 0; ei < md.entries.size(); ++ei) {
+      Entry& e = md.entries[ei];
+      auto bind = [&](const std::string& k) -> int64_t {
+        auto f = by_index.find(k);
+        if (f == by_index.end()) return -1;
+        md.items[f->second].entry = static_cast<int64_t>(ei);
+        return f->second;
+      };
+      if (e.type == EntryType::kBytes) {
+        e.item = bind(key_of(e.key, nullptr));
+      } else {
+        for (Chunk& c : e.chunks) c.item = bind(key_of(e.key, &c.offsets));
+      }
+    }
+  }
+
+ private:
+  const ByteSource& src_;
+};
+
+}  // namespace
+
+int64_t Metadata::FindEntry(std::string_view key) const {
+  auto it = entry_index.find(key);
+  return it == entry_index.end() ? -1 : it->second;
+}
+
+Result<Metadata> ParseMetadata(const ByteSource& src) { return Parser(src).Parse(); }
+
+bool ParseDataFileName(std::string_view name, int64_t* rank, int64_t* file) {
+  if (name.size() < 2 || name.substr(0, 2) != "__") return false;
+  std::string_view suffix = kDataFileSuffix;
+  if (name.size() <= suffix.size() || name.substr(name.size() - suffix.size()) != suffix) return false;
+  std::string_view mid = name.substr(2, name.size() - 2 - suffix.size());
+  size_t us = mid.find('_');
+  if (us == std::string_view::npos) return false;
+  auto parse = [](std::string_view s, int64_t* out) {
+    if (s.empty()) return false;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
+    return ec == std::errc() && p == s.data() + s.size() && *out >= 0;
+  };
+  return parse(mid.substr(0, us), rank) && parse(mid.substr(us + 1), file);
+}
+
+}  // namespace ckpt::dcp
