@@ -310,6 +310,26 @@ class Parser {
     }
     const Value* pd = Attr(attrs, "planner_data");
     md.has_planner_data = pd && pd->kind != Kind::kNone;
+    if (pd && pd->kind == Kind::kDict) {
+      for (const auto& [k, v] : pd->dict) {
+        if (k->kind != Kind::kString || (v->kind != Kind::kTuple && v->kind != Kind::kList)) continue;
+        std::vector<Metadata::PathElem> path;
+        bool ok = true;
+        for (const Value* e : v->items) {
+          Metadata::PathElem pe;
+          if (e->kind == Kind::kString) {
+            pe.key = e->str;
+          } else if (e->kind == Kind::kInt) {
+            pe.is_index = true;
+            pe.index = e->i;
+          } else {
+            ok = false;
+          }
+          path.push_back(std::move(pe));
+        }
+        if (ok) md.planner_paths[k->str] = std::move(path);
+      }
+    }
     const Value* ver = Attr(attrs, "version");
     if (ver && ver->kind == Kind::kString) md.version = ver->str;
     const Value* sm = Attr(attrs, "storage_meta");

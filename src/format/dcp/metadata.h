@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -99,6 +100,15 @@ struct Metadata {
   std::optional<std::string> version;
   std::optional<StorageMeta> storage_meta;
   bool has_planner_data = false;
+  // planner_data of the default planner: fqn -> the original nesting path
+  // (dict keys as str, list indices as int), as dcp_to_torch_save rebuilds it.
+  // Empty when planner_data is absent or of another shape.
+  struct PathElem {
+    bool is_index = false;
+    std::string key;
+    int64_t index = 0;
+  };
+  std::map<std::string, std::vector<PathElem>, std::less<>> planner_paths;
   // Attributes beyond the known ones (e.g. Megatron's "all_local_plans").
   std::vector<std::string> extra_attributes;
   // MCoreMetadata.mcore_data[key]["nd_reformulated_orig_global_shape"].

@@ -58,6 +58,15 @@ nlohmann::json InspectJson(const std::string& path, const CheckpointReader& read
     j["data_offset"] = t.data_offset;
     if (t.requires_grad) j["requires_grad"] = true;
     if (t.is_parameter) j["parameter"] = true;
+    j["chunks"] = t.chunks.empty() ? size_t{1} : t.chunks.size();
+    if (!t.chunks.empty()) {
+      nlohmann::json cl = nlohmann::json::array();
+      for (const ChunkInfo& c : t.chunks) {
+        cl.push_back({{"offsets", c.offsets}, {"sizes", c.sizes}, {"file", c.file}, {"offset", c.offset},
+                      {"length", c.length}});
+      }
+      j["chunk_list"] = std::move(cl);
+    }
     total += t.nbytes;
     tensors.push_back(std::move(j));
   }
@@ -69,6 +78,9 @@ nlohmann::json InspectJson(const std::string& path, const CheckpointReader& read
   doc["objects"] = std::move(objects);
   doc["total_bytes"] = total;
   doc["details"] = reader.Details();
+  // Chunked formats: the data files and, for Megatron, the iteration, at the top level.
+  if (doc["details"].contains("files")) doc["files"] = doc["details"]["files"];
+  if (doc["details"].contains("iteration")) doc["iteration"] = doc["details"]["iteration"];
   return doc;
 }
 
