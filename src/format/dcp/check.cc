@@ -93,7 +93,12 @@ size_t CheckCoverage(const Entry& e, std::vector<Problem>* out) {
     std::vector<int32_t> owner(cells, -1);
     std::vector<size_t> lo(rank), hi(rank), idx(rank);
     bool reported_overlap = false;
-    for (size_t ci = 0; ci < chunks.size(); ++ci) {
+    // An exact tiling visits each cell once. Nested overlapping chunks could
+    // cost chunks x cells, so stop after 2 x cells visits: by then a cell was
+    // visited twice and the overlap is reported (the gap count is skipped).
+    const uint64_t max_visits = 2 * cells;
+    uint64_t visits = 0;
+    for (size_t ci = 0; ci < chunks.size() && visits <= max_visits; ++ci) {
       const Chunk* c = chunks[ci];
       for (size_t d = 0; d < rank; ++d) {
         const auto& b = bounds[d];
@@ -102,7 +107,7 @@ size_t CheckCoverage(const Entry& e, std::vector<Problem>* out) {
         idx[d] = lo[d];
       }
       bool more = true;
-      while (more) {
+      while (more && ++visits <= max_visits) {
         uint64_t cell = 0;
         for (size_t d = 0; d < rank; ++d) cell = cell * (bounds[d].size() - 1) + idx[d];
         if (owner[cell] >= 0 && !reported_overlap) {
@@ -121,13 +126,14 @@ size_t CheckCoverage(const Entry& e, std::vector<Problem>* out) {
         }
       }
     }
+    if (visits > max_visits) return out->size() - before;
     // Gaps: count missing elements, name the first missing cell.
     uint64_t missing = 0;
     std::string first;
+    std::vector<int64_t> start(rank), count(rank);
     for (uint64_t cell = 0; cell < cells; ++cell) {
       if (owner[cell] >= 0) continue;
       uint64_t rem = cell, vol = 1;
-      std::vector<int64_t> start(rank), count(rank);
       for (size_t d = rank; d-- > 0;) {
         uint64_t n = bounds[d].size() - 1;
         size_t i = rem % n;
@@ -148,7 +154,10 @@ size_t CheckCoverage(const Entry& e, std::vector<Problem>* out) {
   }
   // Fallback for very irregular layouts: volumes, and pairwise overlaps when affordable.
   uint64_t covered = 0;
-  for (const Chunk* c : chunks) covered += *CheckedNumel(c->sizes);
+  for (const Chunk* c : chunks) {
+    // Each chunk lies inside the tensor, but their sum can wrap: saturate.
+    covered = CheckedAdd(covered, static_cast<uint64_t>(*CheckedNumel(c->sizes))).value_or(UINT64_MAX);
+  }
   if (chunks.size() <= kMaxPairwiseChunks) {
     for (size_t i = 0; i < chunks.size(); ++i) {
       for (size_t j = i + 1; j < chunks.size(); ++j) {
@@ -183,7 +192,7 @@ std::vector<Problem> CheckStructure(const Metadata& md, const std::map<std::stri
     }
   }
   std::map<std::string, std::vector<const StorageItem*>> by_file;
-  std::map<std::string, size_t> missing;
+  std::map<std::string, std::vector<std::string>> missing;
   for (const StorageItem& it : md.items) {
     if (it.entry < 0) {
       Problem p;
@@ -196,7 +205,7 @@ std::vector<Problem> CheckStructure(const Metadata& md, const std::map<std::stri
     }
     auto f = file_sizes.find(it.relative_path);
     if (f == file_sizes.end()) {
-      ++missing[it.relative_path];
+      missing[it.relative_path].push_back(it.fqn);
       continue;
     }
     if (it.offset_in_file > f->second || it.length > f->second - it.offset_in_file) {
@@ -212,20 +221,26 @@ std::vector<Problem> CheckStructure(const Metadata& md, const std::map<std::stri
     }
     by_file[it.relative_path].push_back(&it);
   }
-  for (const auto& [file, n] : missing) {
+  for (const auto& [file, keys] : missing) {
     Problem p;
     p.file = file;
-    p.message = StrCat("data file is missing (", n, " item", n == 1 ? "" : "s", " of .metadata live in it)");
+    std::string names;
+    for (size_t i = 0; i < keys.size() && i < 5; ++i) names += StrCat(i ? ", " : "", Quote(keys[i]));
+    if (keys.size() > 5) names += StrCat(", ... ", keys.size() - 5, " more");
+    p.message = StrCat("data file is missing (", keys.size(), " item", keys.size() == 1 ? "" : "s",
+                       " of .metadata live in it: ", names, ")");
     out.push_back(std::move(p));
   }
   for (auto& [file, items] : by_file) {
     std::sort(items.begin(), items.end(), [](const StorageItem* a, const StorageItem* b) {
       return a->offset_in_file < b->offset_in_file;
     });
-    for (size_t i = 1; i < items.size(); ++i) {
-      const StorageItem* a = items[i - 1];
-      const StorageItem* b = items[i];
-      if (a->length > 0 && b->length > 0 && b->offset_in_file < a->offset_in_file + a->length) {
+    // Compare each item with the one reaching furthest so far, not only its
+    // neighbour: a large item can overlap several that follow it.
+    const StorageItem* a = nullptr;
+    for (const StorageItem* b : items) {
+      if (b->length == 0) continue;
+      if (a != nullptr && b->offset_in_file < a->offset_in_file + a->length) {
         Problem p;
         p.key = b->fqn;
         p.file = file;
@@ -235,6 +250,7 @@ std::vector<Problem> CheckStructure(const Metadata& md, const std::map<std::stri
                            a->length, " bytes)");
         out.push_back(std::move(p));
       }
+      if (a == nullptr || b->offset_in_file + b->length > a->offset_in_file + a->length) a = b;
     }
   }
   return out;

@@ -1,0 +1,169 @@
+// Verify: structural and (deep) byte-level checks over any checkpoint.
+#include "ckpt/verify.h"
+
+#include <set>
+
+#include "checkpoint/dcp_reader.h"
+#include "ckpt/checkpoint.h"
+#include "util/strings.h"
+
+namespace ckpt {
+namespace {
+
+using internal_checkpoint::DcpReader;
+
+bool IsDataProblem(const Status& s) {
+  switch (s.code()) {
+    case Code::kDataLoss:
+    case Code::kOutOfRange:
+    case Code::kUnimplemented:
+    case Code::kFailedPrecondition:
+      return true;
+    default:
+      return false;
+  }
+}
+
+VerifyProblem FromDcp(const dcp::Problem& p) {
+  return VerifyProblem{p.file, p.has_offset, p.offset, p.key, p.message};
+}
+
+VerifyProblem FromStatus(const Status& s, std::string file, std::string key, const dcp::StorageItem* it) {
+  VerifyProblem p;
+  p.file = std::move(file);
+  p.key = std::move(key);
+  if (it) {
+    p.has_offset = true;
+    p.offset = it->offset_in_file;
+  }
+  p.message = s.message();
+  return p;
+}
+
+void VerifyDcp(const DcpReader& r, const VerifyOptions& o, VerifyReport* rep) {
+  const dcp::Metadata& md = r.metadata();
+  std::set<std::string> known;  // (key) already reported unreadable by the structure check
+  for (const dcp::Problem& p : r.problems()) {
+    rep->problems.push_back(FromDcp(p));
+    if (!p.key.empty()) known.insert(p.key);
+  }
+  rep->files = r.data_files().size();
+  uint64_t total = 0, done = 0;
+  for (const dcp::Entry& e : md.entries) total += e.type == dcp::EntryType::kTensor ? e.chunks.size() : 1;
+  for (const dcp::Entry& e : md.entries) {
+    if (e.type == dcp::EntryType::kBytes) {
+      ++rep->objects;
+      ++done;
+      if (e.item < 0 || known.count(e.key)) continue;
+      const dcp::StorageItem& it = md.items[e.item];
+      auto f = r.data_files().find(it.relative_path);
+      if (f == r.data_files().end()) continue;  // reported as a missing file
+      auto archive = r.OpenBytes(e, pickle::Mode::kInspect);
+      if (!archive.ok()) {
+        rep->problems.push_back(FromStatus(archive.status(), it.relative_path, e.key, &it));
+        continue;
+      }
+      if (o.deep) {
+        for (const torch::StorageRecord& s : (*archive)->storages()) {
+          CountingSink sink;
+          Status st = (*archive)->ReadStorage(s, &sink);
+          if (!st.ok()) rep->problems.push_back(FromStatus(st, it.relative_path, e.key, &it));
+          rep->bytes_read += sink.Position();
+        }
+      }
+      if (o.progress) o.progress(done, total);
+      continue;
+    }
+    ++rep->tensors;
+    std::set<std::pair<std::vector<int64_t>, std::vector<int64_t>>> seen;
+    for (const dcp::Chunk& c : e.chunks) {
+      ++done;
+      if (c.item < 0) continue;  // reported by the structure check
+      ++rep->chunks;
+      const dcp::StorageItem& it = md.items[c.item];
+      auto f = r.data_files().find(it.relative_path);
+      if (f == r.data_files().end() || it.offset_in_file > f->second ||
+          it.length > f->second - it.offset_in_file) {
+        continue;  // reported by the structure check
+      }
+      auto a = r.OpenChunk(e, c);
+      if (!a.ok()) {
+        rep->problems.push_back(FromStatus(a.status(), it.relative_path, e.key, &it));
+        continue;
+      }
+      if (o.deep) {
+        const torch::StorageRecord& s = a->archive->storages()[a->tensor->storage];
+        CountingSink sink;
+        Status st = a->archive->ReadStorage(s, &sink);
+        if (st.ok()) {
+          CountingSink tsink;
+          st = a->archive->ReadTensor(*a->tensor, &tsink);
+          rep->bytes_read += tsink.Position();
+        }
+        if (!st.ok()) rep->problems.push_back(FromStatus(st, it.relative_path, e.key, &it));
+      }
+      if (o.progress) o.progress(done, total);
+    }
+  }
+}
+
+void VerifyGeneric(const CheckpointReader& r, const VerifyOptions& o, VerifyReport* rep) {
+  const auto& ts = r.tensors();
+  rep->objects = r.objects().size();
+  for (size_t i = 0; i < ts.size(); ++i) {
+    ++rep->tensors;
+    ++rep->chunks;
+    if (!o.deep) continue;
+    CountingSink sink;
+    Status s = r.ReadTensor(i, &sink);
+    rep->bytes_read += sink.Position();
+    if (!s.ok()) {
+      VerifyProblem p;
+      p.file = ts[i].file;
+      p.key = ts[i].key;
+      p.has_offset = true;
+      p.offset = ts[i].data_offset;
+      p.message = s.message();
+      rep->problems.push_back(std::move(p));
+    }
+    if (o.progress) o.progress(i + 1, ts.size());
+  }
+}
+
+}  // namespace
+
+std::string ToString(const VerifyProblem& p) {
+  std::string s;
+  if (!p.file.empty()) s += p.file;
+  if (p.has_offset) s += StrCat(" @ ", p.offset);
+  if (!s.empty()) s += ": ";
+  if (!p.key.empty()) s += StrCat(Quote(p.key), ": ");
+  return s + p.message;
+}
+
+Result<VerifyReport> Verify(const std::string& path, const VerifyOptions& options) {
+  VerifyReport rep;
+  rep.deep = options.deep;
+  OpenOptions open;
+  open.env = options.env;
+  open.pickle_mode = PickleMode::kInspect;
+  auto reader = OpenCheckpoint(path, open);
+  if (!reader.ok()) {
+    if (!IsDataProblem(reader.status())) return reader.status();
+    rep.format = "unreadable";
+    VerifyProblem p;
+    p.file = path;
+    p.message = reader.status().message();
+    rep.problems.push_back(std::move(p));
+    return rep;
+  }
+  rep.format = std::string((*reader)->format());
+  if (const auto* dcp = dynamic_cast<const DcpReader*>(reader->get())) {
+    VerifyDcp(*dcp, options, &rep);
+  } else {
+    VerifyGeneric(**reader, options, &rep);
+  }
+  return rep;
+}
+
+}  // namespace ckpt

@@ -1,0 +1,72 @@
+#include "lib/verify.h"
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "ckpt/verify.h"
+#include "lib/exit_code.h"
+#include "lib/inspect.h"
+
+namespace ckpt::cli {
+
+Status RunVerify(const VerifyCommandOptions& options, std::ostream& out, std::ostream& err, int* exit_code) {
+  VerifyOptions v;
+  v.deep = options.deep;
+  v.env = options.env;
+  if (options.show_progress) {
+    v.progress = [&err](uint64_t done, uint64_t total) {
+      if (done % 64 != 0 && done != total) return;
+      err << fmt::format("\rverifying: {}/{} pieces", done, total) << std::flush;
+    };
+  }
+  CKPT_ASSIGN_OR_RETURN(VerifyReport rep, Verify(options.path, v));
+  if (options.show_progress) err << "\r\033[K" << std::flush;
+  *exit_code = rep.ok() ? kExitOk : kExitDataProblem;
+  if (options.json) {
+    nlohmann::json j;
+    j["path"] = options.path;
+    j["format"] = rep.format;
+    j["deep"] = rep.deep;
+    j["ok"] = rep.ok();
+    j["tensors"] = rep.tensors;
+    j["chunks"] = rep.chunks;
+    j["objects"] = rep.objects;
+    j["files"] = rep.files;
+    j["bytes_read"] = rep.bytes_read;
+    nlohmann::json probs = nlohmann::json::array();
+    for (const VerifyProblem& p : rep.problems) {
+      nlohmann::json pj = {{"message", p.message}};
+      if (!p.file.empty()) pj["file"] = p.file;
+      if (p.has_offset) pj["offset"] = p.offset;
+      if (!p.key.empty()) pj["key"] = p.key;
+      probs.push_back(std::move(pj));
+    }
+    j["problems"] = std::move(probs);
+    out << j.dump(2) << "\n";
+    return OkStatus();
+  }
+  std::string what = fmt::format("{} tensors ({} stored pieces){}{}", rep.tensors, rep.chunks,
+                                 rep.objects ? fmt::format(", {} objects", rep.objects) : "",
+                                 rep.files ? fmt::format(" in {} data files", rep.files) : "");
+  std::string depth = rep.deep ? fmt::format("; deep: {} read and decoded", HumanBytes(rep.bytes_read))
+                               : "; metadata and archive structure (use --deep to read every byte)";
+  if (rep.ok()) {
+    out << fmt::format("OK {} ({}): {}{}\n", options.path, rep.format, what, depth);
+    return OkStatus();
+  }
+  size_t shown = 0;
+  for (const VerifyProblem& p : rep.problems) {
+    if (shown == options.max_problems) {
+      out << fmt::format("... {} more problems (use --json for all)\n", rep.problems.size() - shown);
+      break;
+    }
+    out << "PROBLEM " << ToString(p) << "\n";
+    ++shown;
+  }
+  out << fmt::format("FAILED {} ({}): {} problem{} in {}{}\n", options.path, rep.format, rep.problems.size(),
+                     rep.problems.size() == 1 ? "" : "s", what, depth);
+  return OkStatus();
+}
+
+}  // namespace ckpt::cli
