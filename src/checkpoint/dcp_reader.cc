@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <new>
+#include <set>
 
 #include "checkpoint/readers.h"
 
@@ -12,10 +13,8 @@ namespace ckpt::internal_checkpoint {
 namespace {
 
 constexpr size_t kEmitPiece = size_t{16} << 20;
-
-pickle::Mode ToPickleMode(PickleMode m) {
-  return m == PickleMode::kInspect ? pickle::Mode::kInspect : pickle::Mode::kStrict;
-}
+// Details() lists at most this many keys per data file.
+constexpr size_t kMaxKeysPerFile = 12;
 
 Box ChunkBox(const dcp::Chunk& c) { return Box{c.offsets, c.sizes}; }
 
@@ -162,6 +161,8 @@ nlohmann::json DcpReader::Details() const {
     per_file[name] = {{"name", name}, {"rank", rank},  {"writer", writer}, {"bytes", size},
                       {"items", 0},   {"tensor_chunks", 0}, {"bytes_items", 0}};
   }
+  std::map<std::string, std::vector<std::string>> keys_of;  // file -> distinct keys, in item order
+  std::map<std::string, uint64_t> item_bytes;
   for (const dcp::StorageItem& it : md_.items) {
     auto f = per_file.find(it.relative_path);
     if (f == per_file.end()) continue;
@@ -169,9 +170,29 @@ nlohmann::json DcpReader::Details() const {
     bool is_bytes = it.entry >= 0 && md_.entries[it.entry].type == dcp::EntryType::kBytes;
     const char* k = is_bytes ? "bytes_items" : "tensor_chunks";
     f->second[k] = f->second[k].get<int64_t>() + 1;
+    item_bytes[it.relative_path] += it.length;
+    auto& ks = keys_of[it.relative_path];
+    if (ks.empty() || ks.back() != it.fqn) ks.push_back(it.fqn);
   }
   nlohmann::json files = nlohmann::json::array();
-  for (auto& [name, j] : per_file) files.push_back(std::move(j));
+  for (auto& [name, j] : per_file) {
+    auto& ks = keys_of[name];
+    std::sort(ks.begin(), ks.end());
+    ks.erase(std::unique(ks.begin(), ks.end()), ks.end());
+    j["key_count"] = ks.size();
+    j["item_bytes"] = item_bytes[name];
+    if (ks.size() > kMaxKeysPerFile) ks.resize(kMaxKeysPerFile);
+    j["keys"] = ks;
+    files.push_back(std::move(j));
+  }
+  d["ranks"] = [&] {
+    std::set<int64_t> ranks;
+    for (const auto& [name, size] : files_) {
+      int64_t rank = -1, writer = -1;
+      if (dcp::ParseDataFileName(name, &rank, &writer)) ranks.insert(rank);
+    }
+    return ranks.size();
+  }();
   d["files"] = std::move(files);
   nlohmann::json missing = nlohmann::json::array();
   nlohmann::json probs = nlohmann::json::array();

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <set>
 
 #include "util/strings.h"
 
@@ -35,6 +36,15 @@ std::string HumanBytes(uint64_t n) {
 
 std::string ShapeString(const std::vector<int64_t>& shape) {
   return fmt::format("[{}]", fmt::join(shape, ", "));
+}
+
+// Problems found while opening a chunked checkpoint make inspect exit 1 (after printing).
+Status ProblemsStatus(const nlohmann::json& details) {
+  if (details.contains("problems") && details["problems"].is_array() && !details["problems"].empty()) {
+    return DataLossError(fmt::format("{} problem{} in the checkpoint (listed above; `ckptkit verify` checks more)",
+                                     details["problems"].size(), details["problems"].size() == 1 ? "" : "s"));
+  }
+  return OkStatus();
 }
 
 nlohmann::json InspectJson(const std::string& path, const CheckpointReader& reader) {
@@ -91,8 +101,9 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader,
                         OpenCheckpoint(options.path, open));
   if (options.json) {
-    out << InspectJson(options.path, *reader).dump(2) << "\n";
-    return OkStatus();
+    nlohmann::json doc = InspectJson(options.path, *reader);
+    out << doc.dump(2) << "\n";
+    return ProblemsStatus(doc["details"]);
   }
 
   const auto& tensors = reader->tensors();
@@ -115,7 +126,76 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
                          it.value().is_string() ? it.value().get<std::string>() : it.value().dump());
     }
   }
-  if (!tensors.empty()) {
+  // Chunked formats (DCP / torch_dist): the model summary, what each data file
+  // is, and problems found while opening.
+  if (details.contains("summary_text") && details["summary_text"].is_array()) {
+    out << "\n";
+    for (const auto& line : details["summary_text"]) {
+      if (line.is_string()) out << "  " << Safe(line.get<std::string>()) << "\n";
+    }
+  }
+  if (details.contains("files") && details["files"].is_array()) {
+    const auto& files = details["files"];
+    out << fmt::format(
+        "\nData files: {} from {} writing rank{} (__<R>_<W>.distcp = global rank R, file W of that rank: one per "
+        "writer thread, or per item without single_file_per_rank):\n",
+        files.size(), details.value("ranks", size_t{0}), details.value("ranks", size_t{0}) == 1 ? "" : "s");
+    size_t shown_files = 0;
+    for (const auto& f : files) {
+      if (options.max_rows && shown_files == options.max_rows) {
+        out << fmt::format("  ... {} more files (use --json for all)\n", files.size() - shown_files);
+        break;
+      }
+      ++shown_files;
+      std::string desc;
+      if (f.contains("description") && f["description"].is_string()) {
+        desc = Safe(f["description"].get<std::string>());
+      } else {
+        std::vector<std::string> keys;
+        for (const auto& k : f.value("keys", nlohmann::json::array())) keys.push_back(Safe(k.get<std::string>()));
+        size_t kc = f.value("key_count", size_t{0});
+        desc = fmt::format("{}{}", fmt::join(keys, ", "), kc > keys.size() ? fmt::format(", ... ({} keys)", kc) : "");
+      }
+      int64_t chunks = f.value("tensor_chunks", int64_t{0}), objs = f.value("bytes_items", int64_t{0});
+      out << fmt::format("  {}  rank {} writer {}  {:>10}  {} tensor chunk{}, {} object{}{}{}\n",
+                         Safe(f.value("name", std::string())), f.value("rank", int64_t{-1}),
+                         f.value("writer", int64_t{-1}), HumanBytes(f.value("bytes", uint64_t{0})), chunks,
+                         chunks == 1 ? "" : "s", objs, objs == 1 ? "" : "s", desc.empty() ? "" : ": ", desc);
+    }
+  }
+  if (details.contains("problems") && details["problems"].is_array() && !details["problems"].empty()) {
+    out << fmt::format("\nPROBLEMS ({}; run `ckptkit verify` for the full check):\n", details["problems"].size());
+    size_t shown_p = 0;
+    for (const auto& p : details["problems"]) {
+      if (shown_p++ == 20) {
+        out << "  ...\n";
+        break;
+      }
+      std::string where = Safe(p.value("file", std::string()));
+      if (p.contains("offset")) where += fmt::format(" @ {}", p["offset"].get<uint64_t>());
+      if (p.contains("key")) where += fmt::format("{}'{}'", where.empty() ? "" : ": ", Safe(p["key"].get<std::string>()));
+      out << fmt::format("  {}{}{}\n", where, where.empty() ? "" : ": ", Safe(p.value("message", std::string())));
+    }
+  }
+  bool chunked = std::any_of(tensors.begin(), tensors.end(), [](const TensorInfo& t) { return !t.chunks.empty(); });
+  if (!tensors.empty() && chunked) {
+    out << "\n"
+        << fmt::format("{:<{}}  {:<{}}  {:<{}}  {:>12}  {:>6}\n", "KEY", key_w, "DTYPE", dtype_w, "SHAPE",
+                       shape_w, "BYTES", "CHUNKS");
+    size_t shown = 0;
+    for (const TensorInfo& t : tensors) {
+      if (options.max_rows && shown == options.max_rows) {
+        out << fmt::format("... {} more (use --json for all)\n", tensors.size() - shown);
+        break;
+      }
+      std::set<std::string> in_files;
+      for (const ChunkInfo& c : t.chunks) in_files.insert(c.file);
+      std::string where = in_files.size() == 1 ? Safe(*in_files.begin()) : fmt::format("{} files", in_files.size());
+      out << fmt::format("{:<{}}  {:<{}}  {:<{}}  {:>12}  {:>6}  {}\n", Safe(t.key), key_w, DTypeName(t.dtype),
+                         dtype_w, ShapeString(t.shape), shape_w, t.nbytes, t.chunks.size(), where);
+      ++shown;
+    }
+  } else if (!tensors.empty()) {
     out << "\n"
         << fmt::format("{:<{}}  {:<{}}  {:<{}}  {:>12}\n", "KEY", key_w, "DTYPE", dtype_w, "SHAPE",
                        shape_w, "BYTES");
@@ -155,7 +235,7 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
                          o.opaque ? ", not on the allowlist" : "", Safe(o.repr));
     }
   }
-  return OkStatus();
+  return ProblemsStatus(details);
 }
 
 }  // namespace ckpt::cli
