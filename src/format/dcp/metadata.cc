@@ -35,8 +35,8 @@ class Parser {
   // The attribute dict of a dataclass-like object: BUILD state as a dict, or
   // the dict half of a (dict-or-None, slots-dict) pair, merged. Empty when
   // the object had no BUILD.
-  std::vector<std::pair<std::string, const Value*>> Attributes(const Value* obj) const {
-    std::vector<std::pair<std::string, const Value*>> out;
+  std::vector<std::pair<std::string_view, const Value*>> Attributes(const Value* obj) const {
+    std::vector<std::pair<std::string_view, const Value*>> out;
     auto add_dict = [&](const Value* d) {
       if (d == nullptr || d->kind != Kind::kDict) return;
       for (const auto& [k, v] : d->dict) {
@@ -54,7 +54,7 @@ class Parser {
     return out;
   }
 
-  static const Value* Attr(const std::vector<std::pair<std::string, const Value*>>& attrs,
+  static const Value* Attr(const std::vector<std::pair<std::string_view, const Value*>>& attrs,
                            std::string_view name) {
     for (const auto& [k, v] : attrs) {
       if (k == name) return v;
@@ -287,7 +287,7 @@ class Parser {
     static const std::set<std::string, std::less<>> kKnown = {"state_dict_metadata", "planner_data",
                                                               "storage_data", "storage_meta", "version"};
     for (const auto& [name, v] : attrs) {
-      if (!kKnown.count(name)) md.extra_attributes.push_back(name);
+      if (!kKnown.count(name)) md.extra_attributes.emplace_back(name);
     }
     md.entries.reserve(sdm->dict.size());
     for (const auto& [k, v] : sdm->dict) {
@@ -363,12 +363,15 @@ class Parser {
     std::unordered_map<std::string, int64_t> by_index;
     by_index.reserve(md.items.size());
     auto key_of = [](std::string_view fqn, const std::vector<int64_t>* off) {
-      std::string k(fqn);
+      std::string k;
+      k.reserve(fqn.size() + 2 + (off ? off->size() * sizeof(int64_t) : 0));
+      k.append(fqn);
       k.push_back('\0');
       if (off) {
-        for (int64_t o : *off) k += StrCat(o, ",");
+        k.push_back('o');
+        k.append(reinterpret_cast<const char*>(off->data()), off->size() * sizeof(int64_t));
       } else {
-        k += "-";
+        k.push_back('-');
       }
       return k;
     };
