@@ -102,6 +102,9 @@ class TensorInfo:
     data_offset: int = 0
     requires_grad: bool = False
     is_parameter: bool = False
+    # DCP / torch_dist: the stored chunks, each {"offsets", "sizes", "file",
+    # "offset", "length"}; empty for single-file formats.
+    chunks: tuple = ()
 
     @property
     def numel(self) -> int:
@@ -193,16 +196,28 @@ class Checkpoint:
         self._reader.read_into(i, buf)  # releases the GIL
         return buf
 
-    def numpy(self, key: str) -> np.ndarray:
-        """The tensor as a new numpy array of its shape.
+    def numpy(self, key: str, index: Any = None) -> np.ndarray:
+        """The tensor (or `index` of it) as a new numpy array.
 
+        `index` is basic indexing with step 1: an int, a slice, or a tuple of
+        them (missing trailing axes are whole; ints drop their axis, as in
+        numpy). Only the chunks / bytes that the region touches are read.
         For dtypes numpy lacks (bfloat16, float8_*, ...) the array holds the raw
         bits as the unsigned integer of the same width; see TensorInfo.raw.
         """
         info = self.info(key)
-        buf = self.read_bytes(key)
         dt = info.numpy_dtype
-        shape = tuple(info.shape)
+        if index is None:
+            buf = self.read_bytes(key)
+            shape = tuple(info.shape)
+        else:
+            start, count, keep = _region(info.shape, index)
+            n = info.itemsize
+            for c in count:
+                n *= c
+            buf = np.empty(n, dtype=np.uint8)
+            self._reader.read_region_into(self._find(key), list(start), list(count), buf)
+            shape = tuple(c for c, k in zip(count, keep) if k)
         if dt.itemsize != info.itemsize:  # odd element size: trailing byte axis
             shape = shape + (info.itemsize,)
         return buf.view(dt).reshape(shape)
@@ -255,6 +270,36 @@ class Checkpoint:
 
     def _format_or_none(self) -> Optional[str]:
         return None if self.closed else self.format
+
+
+def _region(shape: tuple, index: Any) -> tuple:
+    """(start, count, keep_axis) for basic indexing with step 1."""
+    if not isinstance(index, tuple):
+        index = (index,)
+    if len(index) > len(shape):
+        raise IndexError(f"too many indices ({len(index)}) for a tensor of rank {len(shape)}")
+    start, count, keep = [], [], []
+    for axis, size in enumerate(shape):
+        ix = index[axis] if axis < len(index) else slice(None)
+        if isinstance(ix, slice):
+            if ix.step not in (None, 1):
+                raise IndexError("only step 1 slices are supported")
+            lo, hi, _ = ix.indices(size)
+            start.append(lo)
+            count.append(max(0, hi - lo))
+            keep.append(True)
+        elif isinstance(ix, (int, np.integer)):
+            i = int(ix)
+            if i < 0:
+                i += size
+            if not 0 <= i < size:
+                raise IndexError(f"index {int(ix)} is out of bounds for axis {axis} with size {size}")
+            start.append(i)
+            count.append(1)
+            keep.append(False)
+        else:
+            raise TypeError(f"unsupported index {ix!r}: use ints and slices")
+    return start, count, keep
 
 
 def open(path: PathLike, *, mode: str = "strict") -> Checkpoint:  # noqa: A001

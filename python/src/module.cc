@@ -18,6 +18,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/string_view.h>
+#include <nanobind/stl/vector.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -142,6 +143,20 @@ nb::dict TensorDict(const TensorInfo& t) {
   d["data_offset"] = t.data_offset;
   d["requires_grad"] = t.requires_grad;
   d["is_parameter"] = t.is_parameter;
+  nb::list chunks;
+  for (const ChunkInfo& c : t.chunks) {
+    nb::dict cd;
+    nb::list off, sz;
+    for (int64_t v : c.offsets) off.append(v);
+    for (int64_t v : c.sizes) sz.append(v);
+    cd["offsets"] = nb::tuple(off);
+    cd["sizes"] = nb::tuple(sz);
+    cd["file"] = c.file;
+    cd["offset"] = c.offset;
+    cd["length"] = c.length;
+    chunks.append(cd);
+  }
+  d["chunks"] = chunks;
   return d;
 }
 
@@ -221,6 +236,35 @@ class Reader {
         s = DataLossError("tensor '" + t.key + "': reader produced " +
                           std::to_string(sink.Position()) + " of " + std::to_string(t.nbytes) +
                           " bytes");
+      }
+    }
+    if (!s.ok()) RaiseStatus(s);
+  }
+
+  // Streams the box [start, start+count) of tensor i into buf (exactly its bytes).
+  void ReadRegionInto(size_t i, const std::vector<int64_t>& start, const std::vector<int64_t>& count,
+                      nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> buf) const {
+    auto r = Get();
+    if (i >= r->tensors().size()) {
+      PyErr_SetString(PyExc_IndexError, "tensor index out of range");
+      throw nb::python_error();
+    }
+    const TensorInfo& t = r->tensors()[i];
+    uint64_t want = static_cast<uint64_t>(DTypeSize(t.dtype));
+    for (int64_t c : count) want *= static_cast<uint64_t>(c < 0 ? 0 : c);
+    if (buf.shape(0) != want) {
+      PyErr_Format(PyExc_ValueError, "buffer holds %zu bytes, the region of '%s' has %llu",
+                   static_cast<size_t>(buf.shape(0)), t.key.c_str(), static_cast<unsigned long long>(want));
+      throw nb::python_error();
+    }
+    Status s;
+    {
+      nb::gil_scoped_release release;
+      BufferSink sink(buf.data(), buf.shape(0));
+      s = r->ReadTensorRegion(i, start, count, &sink);
+      if (s.ok() && sink.Position() != want) {
+        s = DataLossError("tensor '" + t.key + "': region read produced " + std::to_string(sink.Position()) +
+                          " of " + std::to_string(want) + " bytes");
       }
     }
     if (!s.ok()) RaiseStatus(s);
@@ -434,6 +478,8 @@ NB_MODULE(_core, m) {
       .def("details_json", &Reader::DetailsJson)
       .def("find", &Reader::Find, nb::arg("key"))
       .def("read_into", &Reader::ReadInto, nb::arg("index"), nb::arg("buffer"))
+      .def("read_region_into", &Reader::ReadRegionInto, nb::arg("index"), nb::arg("start"), nb::arg("count"),
+           nb::arg("buffer"))
       .def("close", &Reader::Close);
 
   m.def("open", &Open, nb::arg("path"), nb::arg("mode") = "strict");

@@ -12,6 +12,9 @@ namespace ckpt::cli {
 // Each Register* adds a subcommand whose callback stores its exit code in *exit_code.
 void RegisterInspect(CLI::App& app, int* exit_code);
 void RegisterConvert(CLI::App& app, int* exit_code);
+void RegisterGet(CLI::App& app, int* exit_code);
+void RegisterDiff(CLI::App& app, int* exit_code);
+void RegisterVerify(CLI::App& app, int* exit_code);
 
 // Prints "ckptkit <command>: <status>" to stderr and returns the exit code for it.
 int ReportError(const char* command, const ckpt::Status& status);

@@ -22,6 +22,9 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   ckpt::cli::RegisterInspect(app, &exit_code);
   ckpt::cli::RegisterConvert(app, &exit_code);
+  ckpt::cli::RegisterGet(app, &exit_code);
+  ckpt::cli::RegisterDiff(app, &exit_code);
+  ckpt::cli::RegisterVerify(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
