@@ -183,6 +183,9 @@ nlohmann::json DcpReader::Details() const {
     j["item_bytes"] = item_bytes[name];
     if (ks.size() > kMaxKeysPerFile) ks.resize(kMaxKeysPerFile);
     j["keys"] = ks;
+    if (extra_.contains("file_descriptions") && extra_["file_descriptions"].contains(name)) {
+      j["description"] = extra_["file_descriptions"][name];
+    }
     files.push_back(std::move(j));
   }
   d["ranks"] = [&] {
@@ -203,9 +206,14 @@ nlohmann::json DcpReader::Details() const {
     if (p.has_offset) j["offset"] = p.offset;
     probs.push_back(std::move(j));
   }
+  if (extra_.contains("megatron_problems")) {
+    for (const auto& p : extra_["megatron_problems"]) probs.push_back(p);
+  }
   d["problems"] = std::move(probs);
   d["other_files"] = other_files_;
-  for (auto& [k, v] : extra_.items()) d[k] = v;
+  for (auto& [k, v] : extra_.items()) {
+    if (k != "file_descriptions" && k != "megatron_problems") d[k] = v;
+  }
   return d;
 }
 

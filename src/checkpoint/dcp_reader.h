@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -90,6 +91,17 @@ class DcpReader : public CheckpointReader {
   mutable std::mutex mu_;
   mutable std::map<std::string, std::shared_ptr<const ByteSource>> open_files_;
 };
+
+// Megatron-LM root: a folder with latest_checkpointed_iteration.txt.
+bool IsMegatronRoot(Env* env, const std::string& path);
+// The iteration folder the tracker names. Errors: DataLoss (bad tracker, or
+// the folder it names is missing); I/O errors.
+Result<std::string> ResolveMegatronRoot(Env* env, const std::string& root);
+// Adds the Megatron layer (metadata.json, common state, summary) to a DCP
+// reader of an iteration folder. Problems in metadata.json or the common
+// state are recorded in Details(), not fatal. Errors: Unimplemented for a
+// backend ckptkit cannot read (zarr); I/O errors.
+Status AttachMegatron(DcpReader* r, Env* env, PickleMode mode, std::optional<int64_t> tracker_iteration);
 
 }  // namespace ckpt::internal_checkpoint
 

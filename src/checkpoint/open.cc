@@ -84,15 +84,29 @@ Result<std::unique_ptr<CheckpointReader>> OpenCheckpoint(const std::string& path
       std::string p = JoinPath(path, name);
       if (env->FileExists(p)) return internal_checkpoint::OpenFile(p, options);
     }
-    if (env->FileExists(JoinPath(path, ".metadata"))) {
+    // A Megatron-LM root: follow the tracker to the iteration folder.
+    std::string dir = path;
+    std::optional<int64_t> tracker_iteration;
+    if (internal_checkpoint::IsMegatronRoot(env, path)) {
+      CKPT_ASSIGN_OR_RETURN(dir, internal_checkpoint::ResolveMegatronRoot(env, path));
+      std::string name = Basename(dir);
+      if (name.rfind("iter_", 0) == 0) tracker_iteration = std::stoll(name.substr(5));
+    }
+    if (env->FileExists(JoinPath(dir, ".metadata")) || env->FileExists(JoinPath(dir, "metadata.json"))) {
       CKPT_ASSIGN_OR_RETURN(std::unique_ptr<internal_checkpoint::DcpReader> r,
-                            internal_checkpoint::DcpReader::Open(path, options));
+                            internal_checkpoint::DcpReader::Open(dir, options));
+      if (env->FileExists(JoinPath(dir, "metadata.json"))) {
+        CKPT_RETURN_IF_ERROR(
+            internal_checkpoint::AttachMegatron(r.get(), env, options.pickle_mode, tracker_iteration));
+      }
       return std::unique_ptr<CheckpointReader>(std::move(r));
     }
     // Otherwise a folder with exactly one checkpoint-looking file means that file.
     CKPT_ASSIGN_OR_RETURN(std::vector<std::string> children, env->GetChildren(path));
     std::vector<std::string> found;
+    bool has_distcp = false;
     for (const std::string& c : children) {
+      has_distcp = has_distcp || internal_checkpoint::EndsWith(c, ".distcp");
       if (internal_checkpoint::EndsWith(c, ".index.json") ||
           internal_checkpoint::EndsWith(c, ".safetensors") || internal_checkpoint::EndsWith(c, ".pt") ||
           internal_checkpoint::EndsWith(c, ".pth") || internal_checkpoint::EndsWith(c, ".bin")) {
@@ -106,6 +120,12 @@ Result<std::unique_ptr<CheckpointReader>> OpenCheckpoint(const std::string& path
       return InvalidArgumentError(StrCat(path, ": folder holds several checkpoint files (",
                                          fmt::format("{}", fmt::join(found, ", ")),
                                          "); name the one to open"));
+    }
+    if (has_distcp) {
+      // DCP data files without .metadata: DcpReader reports the unfinished save (DataLoss).
+      CKPT_ASSIGN_OR_RETURN(std::unique_ptr<internal_checkpoint::DcpReader> r,
+                            internal_checkpoint::DcpReader::Open(path, options));
+      return std::unique_ptr<CheckpointReader>(std::move(r));
     }
     return NotFoundError(StrCat(path, ": folder holds no checkpoint ckptkit knows (looked for "
                                       "model.safetensors[.index.json], pytorch_model.bin[.index.json], "

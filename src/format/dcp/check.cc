@@ -173,7 +173,7 @@ size_t CheckCoverage(const Entry& e, std::vector<Problem>* out) {
       }
     }
   }
-  if (covered != *numel) {
+  if (covered != static_cast<uint64_t>(*numel)) {
     out->push_back(KeyProblem(e, StrCat("chunks hold ", covered, " elements but the tensor has ", *numel)));
   }
   return out->size() - before;

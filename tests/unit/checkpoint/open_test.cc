@@ -214,15 +214,6 @@ TEST(OpenCheckpointSniff, DcpFolderWithCorruptMetadataIsDataLoss) {
   EXPECT_THAT(r.status().message(), HasSubstr("/dcp/.metadata"));
 }
 
-TEST(OpenCheckpointSniff, MegatronTrackerFolderIsUnimplemented) {
-  auto env = NewMemEnv();
-  ASSERT_TRUE(env->CreateDirs("/meg").ok());
-  ASSERT_TRUE(WriteWhole(env.get(), "/meg/latest_checkpointed_iteration.txt", "1000").ok());
-  auto r = OpenCheckpoint("/meg", {env.get()});
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), Code::kUnimplemented) << r.status().ToString();
-}
-
 TEST(OpenCheckpointSniff, HostilePickleRefusedInStrictModeShownInInspectMode) {
   const std::string path = SourcePath("tests/golden/torch/hostile.pt");
   auto strict = OpenCheckpoint(path);
