@@ -1,36 +1,54 @@
 #!/usr/bin/env bash
 # The main job on the bundled sample: sets up (scripts/setup.sh), then looks
-# inside examples/sample.pt (written by real torch 2.13) and converts it to
-# safetensors and back to a torch.save file, checking the result.
+# inside examples/torch_dist (a Megatron-Core torch_dist checkpoint written by
+# real megatron-core 0.16.1 with TP2/PP2/DP2), verifies it, takes one layer
+# out of a stacked tensor, converts it to torch.save and safetensors, and
+# checks the results against torch's own DCP loader.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
 CK=build/ckptkit
+SAMPLE=examples/torch_dist
 OUT=${OUT:-$(mktemp -d /tmp/ckptkit-demo.XXXXXX)}
 
-echo "\$ ckptkit inspect examples/sample.pt --max-rows 8"
-$CK inspect examples/sample.pt --max-rows 8
+echo "\$ ckptkit inspect $SAMPLE --max-rows 10"
+$CK inspect "$SAMPLE" --max-rows 10
 echo
-echo "\$ ckptkit convert examples/sample.pt $OUT/model.safetensors --to safetensors"
-$CK convert examples/sample.pt "$OUT/model.safetensors" --to safetensors
+echo "\$ ckptkit verify $SAMPLE --deep"
+$CK verify "$SAMPLE" --deep
 echo
-echo "\$ ckptkit convert $OUT/model.safetensors $OUT/model.pt --to torch"
-$CK convert "$OUT/model.safetensors" "$OUT/model.pt" --to torch
+KEY=decoder.layers.self_attention.linear_qkv.weight
+echo "\$ ckptkit get $SAMPLE $KEY --slice 1 -o $OUT/qkv_layer1.npy   # bf16 -> use .safetensors"
+$CK get "$SAMPLE" "$KEY" --slice 1 -o "$OUT/qkv_layer1.safetensors" --json
 echo
-echo "\$ ckptkit inspect $OUT/model.safetensors --json | head"
-$CK inspect "$OUT/model.safetensors" --json | head -n 12
+echo "\$ ckptkit convert $SAMPLE $OUT/model.pt --to torch"
+$CK convert "$SAMPLE" "$OUT/model.pt" --to torch -q
+echo "\$ ckptkit convert $SAMPLE $OUT/model.safetensors --to safetensors"
+$CK convert "$SAMPLE" "$OUT/model.safetensors" --to safetensors -q
 echo
-echo "check: real torch and safetensors load what ckptkit wrote"
-.venv/bin/python - "$OUT" <<'PYEOF'
-import sys, torch
+echo "\$ ckptkit diff $OUT/model.pt $OUT/model.safetensors --keys-only"
+$CK diff "$OUT/model.pt" "$OUT/model.safetensors" --keys-only || true
+echo
+echo "check: torch's own DCP loader agrees with what ckptkit read and wrote"
+.venv/bin/python - "$OUT" "$SAMPLE/iter_0000010" "$KEY" <<'PYEOF'
+import os, sys, tempfile, warnings
+import torch
 from safetensors.torch import load_file
-out = sys.argv[1]
-# ckptkit flattens nested containers with '.', as safetensors keys need: model -> "model.<name>".
-src = {"model." + k: v for k, v in torch.load("examples/sample.pt", weights_only=False)["model"].items()}
-st = load_file(f"{out}/model.safetensors")
-pt = torch.load(f"{out}/model.pt", weights_only=True, mmap=True)
-assert set(st) == set(src) == set(pt), "key sets differ"
-for k, v in src.items():
-    assert torch.equal(st[k], v) and torch.equal(pt[k], v), k
-print(f"ok: {len(src)} tensors equal in safetensors.load_file and torch.load(weights_only=True, mmap=True)")
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+warnings.filterwarnings("ignore")
+out, iter_dir, key = sys.argv[1:]
+ref_path = os.path.join(out, "torch_dcp_to_torch_save.pt")
+dcp_to_torch_save(iter_dir, ref_path)          # torch's own converter (loads everything)
+ref = torch.load(ref_path, weights_only=False)
+ref_t = {k: v for k, v in ref.items() if isinstance(v, torch.Tensor)}
+ours = torch.load(os.path.join(out, "model.pt"), weights_only=False)
+st = load_file(os.path.join(out, "model.safetensors"))
+assert set(st) == set(ref_t), "safetensors key set differs from torch's"
+for k, v in ref_t.items():
+    assert torch.equal(st[k], v) and torch.equal(ours[k], v), k
+assert set(ours) == set(ref), "torch.save output holds different keys than dcp_to_torch_save's"
+layer = load_file(os.path.join(out, "qkv_layer1.safetensors"))
+assert torch.equal(next(iter(layer.values())), ref_t[key][1])
+print(f"ok: {len(ref_t)} tensors and {len(ref) - len(ref_t)} objects equal to torch's dcp_to_torch_save; "
+      f"layer slice equal")
 PYEOF
