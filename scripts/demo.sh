@@ -26,19 +26,22 @@ $CK convert "$SAMPLE" "$OUT/model.pt" --to torch -q
 echo "\$ ckptkit convert $SAMPLE $OUT/model.safetensors --to safetensors"
 $CK convert "$SAMPLE" "$OUT/model.safetensors" --to safetensors -q
 echo
-echo "\$ ckptkit diff $OUT/model.pt $OUT/model.safetensors --keys-only"
-$CK diff "$OUT/model.pt" "$OUT/model.safetensors" --keys-only || true
+mkdir -p "$OUT/torch"
+echo "(torch's own converter, for comparison: dcp_to_torch_save, which loads everything into memory)"
+.venv/bin/python -W ignore -c 'import sys; from torch.distributed.checkpoint.format_utils import dcp_to_torch_save as f; f(sys.argv[1], sys.argv[2])' \
+  "$SAMPLE/iter_0000010" "$OUT/torch/model.pt"
+echo "\$ ckptkit diff $OUT/torch/model.pt $OUT/model.pt"
+$CK diff "$OUT/torch/model.pt" "$OUT/model.pt"
+cmp -s "$OUT/torch/model.pt" "$OUT/model.pt" && echo "(and the two files are byte-identical)"
 echo
 echo "check: torch's own DCP loader agrees with what ckptkit read and wrote"
 .venv/bin/python - "$OUT" "$SAMPLE/iter_0000010" "$KEY" <<'PYEOF'
 import os, sys, tempfile, warnings
 import torch
 from safetensors.torch import load_file
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 warnings.filterwarnings("ignore")
 out, iter_dir, key = sys.argv[1:]
-ref_path = os.path.join(out, "torch_dcp_to_torch_save.pt")
-dcp_to_torch_save(iter_dir, ref_path)          # torch's own converter (loads everything)
+ref_path = os.path.join(out, "torch", "model.pt")  # made above by torch's own converter
 ref = torch.load(ref_path, weights_only=False)
 ref_t = {k: v for k, v in ref.items() if isinstance(v, torch.Tensor)}
 ours = torch.load(os.path.join(out, "model.pt"), weights_only=False)

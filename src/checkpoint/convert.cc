@@ -9,6 +9,8 @@
 #include <optional>
 #include <set>
 
+#include "checkpoint/dcp_reader.h"
+#include "checkpoint/dcp_to_torch.h"
 #include "checkpoint/readers.h"
 #include "checkpoint/torch_rewrite.h"
 #include "ckpt/checkpoint.h"
@@ -98,6 +100,28 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
     report.bytes = total;
     if (options.progress) options.progress(total, total);
     return report;
+  }
+
+  // DCP (and Megatron torch_dist) -> torch into one file: the nested state
+  // dict with its non-tensor objects, as dcp_to_torch_save writes it.
+  if (!to_st && options.max_shard_size == 0) {
+    if (const auto* dcp = dynamic_cast<const internal_checkpoint::DcpReader*>(reader.get())) {
+      std::string path = single_name ? dst : JoinPath(dst, "pytorch_model.bin");
+      const bool existed = env->FileExists(path);
+      internal_checkpoint::DcpToTorchOptions o;
+      o.env = env;
+      o.mode = options.allow_opaque ? pickle::Mode::kInspect : pickle::Mode::kStrict;
+      o.progress = options.progress;
+      auto r = internal_checkpoint::WriteDcpAsTorchSave(*dcp, path, o);
+      if (!r.ok()) {
+        if (!existed) env->RemoveFile(path).IgnoreError();
+        return r.status();
+      }
+      report.files.push_back(path);
+      report.tensors = r->tensors;
+      report.bytes = r->bytes;
+      return report;
+    }
   }
 
   // Flat outputs: validate every key and dtype before writing anything.

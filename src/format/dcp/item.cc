@@ -86,7 +86,8 @@ Result<std::shared_ptr<const ByteSource>> OpenItemBytes(std::shared_ptr<const By
     std::string_view version =
         desc.find('/') == std::string::npos ? std::string_view() : std::string_view(desc).substr(desc.find('/') + 1);
     if (name == "stream.zstd") {
-      if (version != "1") {
+      // torch's ZStandard.from_descriptor accepts any version whose major is 1 ("1", "1.2").
+      if (version.substr(0, version.find('.')) != "1") {
         return UnimplementedError(StrCat(where, ": zstd transform version ", Quote(version),
                                          " (only version 1 is known)"));
       }

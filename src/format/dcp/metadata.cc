@@ -14,8 +14,6 @@ namespace {
 using pickle::Kind;
 using pickle::Value;
 
-constexpr std::string_view kMetadataModule = "torch.distributed.checkpoint.metadata";
-
 // Megatron-Core's Metadata subclasses and plan classes (kept importable by
 // current Megatron only so that old pickles load).
 constexpr pickle::AllowedGlobal kExtraAllowed[] = {

@@ -82,6 +82,7 @@ constexpr AllowedGlobal kAllowed[] = {
     {"copyreg", "__newobj__"},
     {"copyreg", "__newobj_ex__"},
     {"argparse", "Namespace"},
+    {"_io", "BytesIO"},  // DCP bytes entries and Megatron (SAFE_GLOBALS); state is (value, pos, dict)
     {"functools", "partial"},
     {"pathlib", "Path"},
     {"pathlib", "PosixPath"},

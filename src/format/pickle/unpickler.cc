@@ -371,7 +371,10 @@ class Machine {
     }
     return *slot;
   }
+  // Small ints are immutable leaves: one shared Value each (large metadata
+  // pickles hold millions of them; the pickler never memoizes ints).
   Value* MakeInt(int64_t i) {
+    if (i >= 0 && i < static_cast<int64_t>(std::size(small_ints_))) return Shared(&small_ints_[i], Kind::kInt, i);
     Value* v = New(Kind::kInt);
     v->i = i;
     return v;
@@ -495,6 +498,7 @@ class Machine {
   Value* none_ = nullptr;
   Value* true_ = nullptr;
   Value* false_ = nullptr;
+  Value* small_ints_[256] = {};
   Value* empty_tuple_ = nullptr;
   Value* root_ = nullptr;
   uint64_t op_offset_ = 0;
