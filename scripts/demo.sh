@@ -33,6 +33,8 @@ echo "(torch's own converter, for comparison: dcp_to_torch_save, which loads eve
 echo "\$ ckptkit diff $OUT/torch/model.pt $OUT/model.pt"
 $CK diff "$OUT/torch/model.pt" "$OUT/model.pt"
 cmp -s "$OUT/torch/model.pt" "$OUT/model.pt" && echo "(and the two files are byte-identical)"
+echo "\$ ckptkit diff $SAMPLE $OUT/model.safetensors --tensors-only"
+$CK diff "$SAMPLE" "$OUT/model.safetensors" --tensors-only
 echo
 echo "check: torch's own DCP loader agrees with what ckptkit read and wrote"
 .venv/bin/python - "$OUT" "$SAMPLE/iter_0000010" "$KEY" <<'PYEOF'

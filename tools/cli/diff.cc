@@ -30,6 +30,9 @@ void RegisterDiff(CLI::App& app, int* exit_code) {
   cmd->add_flag("--json", opts->json, "print one JSON document");
   cmd->add_flag("--keys-only", opts->keys_only,
                 "compare keys, dtypes, shapes and objects only; read no tensor data");
+  cmd->add_flag("--tensors-only", opts->tensors_only,
+                "compare tensors only, leaving non-tensor objects out (useful across formats:\n"
+                "safetensors holds no objects; torch.save nests what DCP stores as one entry)");
   cmd->callback([opts, exit_code] {
     opts->show_progress = ::isatty(STDERR_FILENO);
     Result<bool> r = RunDiff(*opts, std::cout, std::cerr);

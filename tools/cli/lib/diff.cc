@@ -515,8 +515,10 @@ Result<DiffReport> DiffCheckpoints(const CheckpointReader& a, const CheckpointRe
             [](const KeyChange& x, const KeyChange& y) { return x.key < y.key; });
 
   std::map<std::string, const ObjectInfo*> oa, ob;
-  for (const ObjectInfo& o : a.objects()) oa.emplace(o.key, &o);
-  for (const ObjectInfo& o : b.objects()) ob.emplace(o.key, &o);
+  if (!options.tensors_only) {
+    for (const ObjectInfo& o : a.objects()) oa.emplace(o.key, &o);
+    for (const ObjectInfo& o : b.objects()) ob.emplace(o.key, &o);
+  }
   for (const auto& [key, x] : oa) {
     auto it = ob.find(key);
     if (it == ob.end()) {
@@ -600,6 +602,7 @@ nlohmann::json DiffJson(const DiffReport& report, const DiffOptions& options) {
   j["atol"] = options.atol;
   j["rtol"] = options.rtol;
   j["keys_only"] = options.keys_only;
+  j["tensors_only"] = options.tensors_only;
   j["only_in_a"] = report.only_in_a;
   j["only_in_b"] = report.only_in_b;
   j["dtype_changed"] = Changes(report.dtype_changed, false);

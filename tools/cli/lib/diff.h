@@ -133,6 +133,7 @@ struct DiffOptions {
   double rtol = 0;
   bool json = false;
   bool keys_only = false;      // compare keys, dtypes, shapes and objects; read no tensor data
+  bool tensors_only = false;   // leave non-tensor objects out (e.g. DCP vs safetensors, which holds none)
   bool show_progress = false;  // progress line on err (set by the CLI when stderr is a terminal)
   size_t pipe_bytes = size_t{16} << 20;
   size_t compare_bytes = size_t{4} << 20;
