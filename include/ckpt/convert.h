@@ -49,6 +49,14 @@ struct ConvertReport {
   uint64_t bytes = 0;
 };
 
+// A DCP / Megatron torch_dist source converted to one torch.save file (no
+// max_shard_size) gives what torch.distributed.checkpoint.format_utils.
+// dcp_to_torch_save gives: the nested state dict rebuilt from planner_data,
+// bytes entries carried as their original objects, byte-identical to torch's
+// output in the cases tested (see src/checkpoint/dcp_to_torch.h); each tensor
+// is assembled from its chunks, so peak memory is about the largest tensor.
+// Other targets get flat keys, as for any source.
+//
 // Converts src into dst. If dst ends in ".safetensors" (or ".pt"/".bin"/".pth"
 // for torch) and max_shard_size is 0 it is one file; otherwise dst is a folder
 // (created if needed) holding "model.safetensors" / "pytorch_model.bin", or
