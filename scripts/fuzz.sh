@@ -26,7 +26,11 @@ for t in "${targets[@]}"; do
   work=tests/fuzz/corpus-work/$area
   mkdir -p "$work"
   seeds=()
-  for d in tests/golden/$area tests/corrupt/$area tests/unit/$area/testdata tests/fuzz/seeds/$area; do
+  # A target named <format>_<part>_fuzz (dcp_metadata_fuzz) is also seeded from its format's folders.
+  fmt=${area%%_*}
+  extra=()
+  [ "$fmt" != "$area" ] && extra=(tests/golden/$fmt tests/corrupt/$fmt)
+  for d in tests/golden/$area tests/corrupt/$area tests/unit/$area/testdata tests/fuzz/seeds/$area "${extra[@]}"; do
     [ -d "$d" ] && seeds+=("$d")
   done
   echo "fuzz: $t for ${SECS}s (seeds: ${seeds[*]:-none})"
