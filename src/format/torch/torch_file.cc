@@ -545,26 +545,28 @@ Status TorchFile::ReadTensor(const TensorRecord& t, ByteSink* sink, size_t chunk
   };
   const uint64_t start = static_cast<uint64_t>(t.storage_offset) * es;  // validated at Open
   if (t.contiguous) {
-    std::string buf;
+    // Keep pieces whole elements so byte swapping never splits one. The
+    // buffer is left uninitialized: every byte is read before it is used.
+    size_t piece = static_cast<size_t>(std::min<uint64_t>(chunk_bytes, t.nbytes));
+    piece -= piece % es;
+    if (piece == 0) piece = static_cast<size_t>(es);
+    std::unique_ptr<char[]> storage;
     try {
-      buf.resize(std::min<uint64_t>(chunk_bytes, t.nbytes));
+      storage.reset(new char[piece]);
     } catch (const std::bad_alloc&) {
       return ResourceExhaustedError(StrCat(ctx, ": cannot allocate a read buffer"));
     }
-    // Keep pieces whole elements so byte swapping never splits one.
-    size_t piece = buf.size() - buf.size() % es;
-    if (piece == 0) piece = static_cast<size_t>(es);
-    if (buf.size() < piece) buf.resize(piece);
+    char* const buf = storage.get();
     // A tensor that is its whole stored record (the usual case) is checked
     // against the record's CRC-32 as it streams, as torch's loader does.
     const bool check_crc = s.entry->method == 0 && start == 0 && t.nbytes == s.entry->size;
     uint32_t crc = 0;
     for (uint64_t off = 0; off < t.nbytes;) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(piece, t.nbytes - off));
-      CKPT_RETURN_IF_ERROR(read_range(start + off, n, buf.data()), ctx);
-      if (check_crc) crc = Crc32(crc, buf.data(), n);
-      ByteSwapInPlace(buf.data(), n, unit);
-      CKPT_RETURN_IF_ERROR(sink->Append(std::string_view(buf.data(), n)), ctx);
+      CKPT_RETURN_IF_ERROR(read_range(start + off, n, buf), ctx);
+      if (check_crc) crc = Crc32(crc, buf, n);
+      ByteSwapInPlace(buf, n, unit);
+      CKPT_RETURN_IF_ERROR(sink->Append(std::string_view(buf, n)), ctx);
       off += n;
     }
     if (check_crc && static_cast<uint32_t>(crc) != s.entry->crc32) {
