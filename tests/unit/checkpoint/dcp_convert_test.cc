@@ -9,9 +9,11 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <filesystem>
 #include <string>
 
 #include "ckpt/convert.h"
+#include "ckpt/fault_env.h"
 #include "format/pickle/pickler.h"
 #include "format/torch/torch_file.h"
 #include "format/torch/tree_writer.h"
@@ -330,6 +332,62 @@ TEST(TorchTreeWriter, ImportKeepsSharedStoragesSharedAndCopiesTheirBytes) {
     ASSERT_TRUE((*g)->ReadTensor((*g)->tensors()[i], &b).ok());
     EXPECT_EQ(a.Release(), b.Release());
   }
+}
+
+}  // namespace
+}  // namespace ckpt
+
+namespace ckpt {
+namespace {
+
+// Copies tests/golden/dcp/<name> into env under dir.
+void CopyDcpGolden(Env* env, const std::string& name, const std::string& dir) {
+  for (const auto& f : std::filesystem::directory_iterator(::ckpt::testing::SourcePath("tests/golden/dcp/" + name))) {
+    ::ckpt::testing_ckpt::CopyIntoEnv(env, "tests/golden/dcp/" + name + "/" + f.path().filename().string(),
+                                      dir + "/" + f.path().filename().string());
+  }
+}
+
+// A full disk, a failing rename or fsync at any point of DCP -> torch.save:
+// a clear error, and nothing that looks like an output left behind.
+TEST(DcpToTorchFaults, EveryFailureLeavesNoOutput) {
+  auto mem = NewMemEnv();
+  CopyDcpGolden(mem.get(), "ws2_threads2", "/ck");
+  ASSERT_TRUE(mem->CreateDirs("/out").ok());
+  FaultEnv fault(mem.get());
+  ConvertOptions o;
+  o.to = TargetFormat::kTorch;
+  o.env = &fault;
+  // Learn the clean output size, then run out of space at several points.
+  auto clean = Convert("/ck", "/out/model.pt", o);
+  ASSERT_TRUE(clean.ok()) << clean.status().ToString();
+  auto size = mem->GetFileSize("/out/model.pt");
+  ASSERT_TRUE(size.ok());
+  ASSERT_TRUE(mem->RemoveFile("/out/model.pt").ok());
+  for (uint64_t limit : {uint64_t{0}, uint64_t{100}, *size / 2, *size - 1}) {
+    SCOPED_TRACE(limit);
+    fault.SetSpaceLimit(limit);
+    auto r = Convert("/ck", "/out/model.pt", o);
+    fault.ClearSpaceLimit();
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), Code::kResourceExhausted) << r.status().ToString();
+    EXPECT_THAT(r.status().message(), ::testing::HasSubstr("no space left"));
+    EXPECT_THAT(::ckpt::testing_ckpt::ListDir(mem.get(), "/out"), ::testing::IsEmpty());
+  }
+  fault.FailRename();
+  auto r = Convert("/ck", "/out/model.pt", o);
+  fault.ClearFaults();
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(::ckpt::testing_ckpt::ListDir(mem.get(), "/out"), ::testing::IsEmpty());
+  fault.FailSync();
+  r = Convert("/ck", "/out/model.pt", o);
+  fault.ClearFaults();
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(::ckpt::testing_ckpt::ListDir(mem.get(), "/out"), ::testing::IsEmpty());
+  // And a clean run still produces the same bytes as before.
+  auto again = Convert("/ck", "/out/model.pt", o);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(*mem->GetFileSize("/out/model.pt"), *size);
 }
 
 }  // namespace
