@@ -122,12 +122,7 @@ def plan_summary(size_gib: float, seed: int):
 # Child side: one operation, R repeats.
 # --------------------------------------------------------------------------
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
+from bench_formats import _fsync_path, _status_kib  # noqa: E402  (shared measuring helpers)
 
 
 def _reset_peak() -> bool:

@@ -133,12 +133,7 @@ void VerifyGeneric(const CheckpointReader& r, const VerifyOptions& o, VerifyRepo
 }  // namespace
 
 std::string ToString(const VerifyProblem& p) {
-  std::string s;
-  if (!p.file.empty()) s += p.file;
-  if (p.has_offset) s += StrCat(" @ ", p.offset);
-  if (!s.empty()) s += ": ";
-  if (!p.key.empty()) s += StrCat(Quote(p.key), ": ");
-  return s + p.message;
+  return dcp::ToString(dcp::Problem{p.key, p.file, p.has_offset, p.offset, p.message});
 }
 
 Result<VerifyReport> Verify(const std::string& path, const VerifyOptions& options) {
