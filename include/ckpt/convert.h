@@ -24,6 +24,7 @@ namespace ckpt {
 enum class TargetFormat {
   kSafetensors,  // one .safetensors file, or a folder of shards + model.safetensors.index.json
   kTorch,        // one torch.save file, or a folder of shards + pytorch_model.bin.index.json
+  kDcp,          // a torch.distributed.checkpoint folder (.metadata + __0_<n>.distcp)
 };
 
 struct ConvertOptions {
@@ -37,6 +38,8 @@ struct ConvertOptions {
   // and are dropped with a warning where it cannot (safetensors). Without it,
   // such a global is an error (code Unimplemented).
   bool allow_opaque = false;
+  // kDcp: number of data files (torch's FileSystemWriter thread_count), >= 1.
+  int64_t thread_count = 1;
   Env* env = nullptr;  // nullptr: Env::Default()
   // Called after each tensor with (bytes done, bytes total). May be empty.
   std::function<void(uint64_t, uint64_t)> progress;
@@ -56,6 +59,18 @@ struct ConvertReport {
 // output in the cases tested (see src/checkpoint/dcp_to_torch.h); each tensor
 // is assembled from its chunks, so peak memory is about the largest tensor.
 // Other targets get flat keys, as for any source.
+//
+// --to dcp: dst is a folder written as torch's FileSystemWriter writes it for
+// one rank (see src/format/dcp/writer.h), `thread_count` data files. A DCP /
+// torch_dist source keeps its entries, chunk layout, bytes entries (their
+// stored torch.save archives) and planner_data (Megatron's metadata.json and
+// common.pt are not written: a warning says so). A torch.save state dict is
+// flattened as dcp.save flattens it: one chunk per tensor, nesting kept in
+// planner_data, non-tensor values as bytes entries holding torch.save(value);
+// the .distcp files are then byte-identical to torch's FileSystemWriter's.
+// Safetensors and sharded sources: one chunk per tensor, flat keys; objects
+// of a torch.save whose root is not a dict are dropped with a warning.
+// `.metadata` is published last. torch's dcp.load / dcp_to_torch_save load it.
 //
 // Converts src into dst. If dst ends in ".safetensors" (or ".pt"/".bin"/".pth"
 // for torch) and max_shard_size is 0 it is one file; otherwise dst is a folder

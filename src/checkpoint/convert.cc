@@ -11,6 +11,8 @@
 
 #include "checkpoint/dcp_reader.h"
 #include "checkpoint/dcp_to_torch.h"
+#include "checkpoint/dcp_from_torch.h"
+#include "checkpoint/dcp_writer.h"
 #include "checkpoint/readers.h"
 #include "checkpoint/torch_rewrite.h"
 #include "ckpt/checkpoint.h"
@@ -44,11 +46,139 @@ std::map<std::string, std::string> OutputMetadata(const CheckpointReader& reader
   return md;
 }
 
+// --to dcp: one DCP entry per source tensor (one chunk), or for a DCP source
+// its own entries, chunks, bytes items and planner paths.
+Result<ConvertReport> ConvertToDcp(const CheckpointReader& reader, const std::string& src,
+                                   const std::string& dst, const ConvertOptions& options, Env* env) {
+  if (EndsWith(dst, ".safetensors") || IsTorchFileName(dst) || EndsWith(dst, ".json")) {
+    return InvalidArgumentError(
+        StrCat("destination ", dst, " names a file, but a DCP checkpoint is a folder (name a folder)"));
+  }
+  const std::vector<TensorInfo>& tensors = reader.tensors();
+  uint64_t total = 0;
+  for (const TensorInfo& t : tensors) total += t.nbytes;
+  uint64_t done = 0;
+  ConvertReport report;
+  std::vector<dcp::EntryToWrite> entries;
+  // Streams the box [offsets, offsets+sizes) of tensor i.
+  auto chunk_writer = [&reader, &options, &done, total](size_t i, std::vector<int64_t> offsets,
+                                                        std::vector<int64_t> sizes, uint64_t nbytes,
+                                                        bool whole) {
+    return [&reader, &options, &done, total, i, offsets = std::move(offsets), sizes = std::move(sizes), nbytes,
+            whole](ByteSink* sink) -> Status {
+      Status s = whole ? reader.ReadTensor(i, sink) : reader.ReadTensorRegion(i, offsets, sizes, sink);
+      if (s.ok()) {
+        done += nbytes;
+        if (options.progress) options.progress(done, total);
+      }
+      return s;
+    };
+  };
+  auto chunk_bytes = [](const TensorInfo& t, const std::vector<int64_t>& sizes) {
+    uint64_t n = DTypeSize(t.dtype);
+    for (int64_t d : sizes) n *= static_cast<uint64_t>(d);
+    return n;
+  };
+
+  if (const auto* d = dynamic_cast<const internal_checkpoint::DcpReader*>(&reader)) {
+    const dcp::Metadata& md = d->metadata();
+    if (reader.format() != "dcp") {
+      report.warnings.push_back(StrCat(
+          "the output is a plain DCP folder: the ", reader.format(),
+          " files around .metadata (metadata.json, common.pt, the iteration tracker) and .metadata's extra "
+          "attributes are not written"));
+    }
+    std::map<int64_t, size_t> tensor_of_entry;
+    for (size_t i = 0; i < tensors.size(); ++i) tensor_of_entry[d->entry_of(i)] = i;
+    for (size_t ei = 0; ei < md.entries.size(); ++ei) {
+      const dcp::Entry& e = md.entries[ei];
+      dcp::EntryToWrite w;
+      w.key = e.key;
+      w.type = e.type;
+      if (auto it = md.planner_paths.find(e.key); it != md.planner_paths.end()) w.path = it->second;
+      if (e.type == dcp::EntryType::kBytes) {
+        if (e.item < 0 || static_cast<size_t>(e.item) >= md.items.size()) {
+          return DataLossError(StrCat(src, ": bytes entry ", Quote(e.key), " has no storage item"));
+        }
+        const dcp::StorageItem item = md.items[static_cast<size_t>(e.item)];
+        w.write_bytes = [d, item](ByteSink* sink) -> Status {
+          CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> file, d->DataFile(item.relative_path));
+          CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> bytes, dcp::OpenItemBytes(file, item));
+          return CopyRange(*bytes, 0, bytes->Size(), sink);
+        };
+        entries.push_back(std::move(w));
+        continue;
+      }
+      auto ti = tensor_of_entry.find(static_cast<int64_t>(ei));
+      if (ti == tensor_of_entry.end()) {
+        return DataLossError(StrCat(src, ": tensor ", Quote(e.key), " is not readable"));
+      }
+      const TensorInfo& t = tensors[ti->second];
+      w.dtype = t.dtype;
+      w.size = t.shape;
+      for (const dcp::Chunk& c : e.chunks) {
+        const uint64_t nb = chunk_bytes(t, c.sizes);
+        w.chunks.push_back({c.offsets, c.sizes, chunk_writer(ti->second, c.offsets, c.sizes, nb, false)});
+      }
+      entries.push_back(std::move(w));
+    }
+  } else if (const torch::TorchFile* tf = internal_checkpoint::TorchFileOf(reader);
+             tf != nullptr && tf->root() != nullptr && tf->root()->kind == pickle::Kind::kDict) {
+    // torch.save of a state dict: nesting and non-tensor values kept, as dcp.save flattens them.
+    auto r = internal_checkpoint::TorchStateDictToDcpEntries(
+        *tf, reader, [&options, &done, total](uint64_t n) {
+          done += n;
+          if (options.progress) options.progress(done, total);
+        });
+    if (!r.ok()) return r.status().WithContext(StrCat("reading ", src));
+    entries = std::move(*r);
+  } else {
+    std::set<std::string> seen;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const TensorInfo& t = tensors[i];
+      if (!seen.insert(t.key).second) {
+        return DataLossError(StrCat(src, ": two tensors flatten to the same key ", Quote(t.key)));
+      }
+      dcp::EntryToWrite w;
+      w.key = t.key;
+      w.dtype = t.dtype;
+      w.size = t.shape;
+      std::vector<int64_t> zeros(t.shape.size(), 0);
+      w.chunks.push_back({zeros, t.shape, chunk_writer(i, zeros, t.shape, t.nbytes, true)});
+      entries.push_back(std::move(w));
+    }
+    for (const ObjectInfo& o : reader.objects()) {
+      report.warnings.push_back(StrCat("dropped non-tensor object ", Quote(o.key), " (", o.type,
+                                       "): --to dcp writes tensors only from a ", reader.format(), " source"));
+    }
+  }
+
+  dcp::DcpWriteOptions wo;
+  wo.thread_count = options.thread_count;
+  CKPT_ASSIGN_OR_RETURN(internal_checkpoint::DcpWriteReport r,
+                        internal_checkpoint::WriteDcpCheckpoint(env, dst, entries, wo));
+  report.files = std::move(r.files);
+  report.tensors = tensors.size();
+  report.bytes = total;
+  return report;
+}
+
 }  // namespace
 
 Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
                               const ConvertOptions& options) {
   Env* env = options.env ? options.env : Env::Default();
+  if (options.to == TargetFormat::kDcp) {
+    if (options.max_shard_size > 0) {
+      return InvalidArgumentError("--max-shard-size does not apply to --to dcp (use --thread-count)");
+    }
+    OpenOptions open;
+    open.env = env;
+    open.pickle_mode = options.allow_opaque ? PickleMode::kInspect : PickleMode::kStrict;
+    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader, OpenCheckpoint(src, open),
+                          StrCat("reading ", src));
+    return ConvertToDcp(*reader, src, dst, options, env);
+  }
   const bool to_st = options.to == TargetFormat::kSafetensors;
   // A destination named like the other format is a mistake, not a folder name.
   if (to_st ? IsTorchFileName(dst) : EndsWith(dst, ".safetensors")) {

@@ -94,6 +94,11 @@ std::string TorchArchiveName(const std::string& path) {
   return archive;
 }
 
+const torch::TorchFile* TorchFileOf(const CheckpointReader& reader) {
+  const auto* tr = dynamic_cast<const TorchReader*>(&reader);
+  return tr == nullptr ? nullptr : &tr->file();
+}
+
 Status RewriteTorchFile(const CheckpointReader& reader, const std::string& path, Env* env) {
   const auto* tr = dynamic_cast<const TorchReader*>(&reader);
   if (tr == nullptr) {

@@ -6,6 +6,7 @@
 
 #include "ckpt/checkpoint.h"
 #include "ckpt/env.h"
+#include "format/torch/torch_file.h"
 
 namespace ckpt::internal_checkpoint {
 
@@ -15,6 +16,10 @@ namespace ckpt::internal_checkpoint {
 // Errors: FailedPrecondition if reader is not a torch.save reader; those of
 // torch::RewriteTorchFile and the Env.
 Status RewriteTorchFile(const CheckpointReader& reader, const std::string& path, Env* env);
+
+// The archive behind a torch.save reader, or nullptr for other readers.
+// Lifetime: the reader's.
+const torch::TorchFile* TorchFileOf(const CheckpointReader& reader);
 
 // The archive folder torch.save uses for a file: its basename without the
 // last extension ("dir/model.pt" -> "model").

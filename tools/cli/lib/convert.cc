@@ -65,9 +65,15 @@ Status RunConvert(const ConvertCommandOptions& options, std::ostream& out, std::
     c.to = TargetFormat::kSafetensors;
   } else if (options.to == "torch") {
     c.to = TargetFormat::kTorch;
+  } else if (options.to == "dcp") {
+    c.to = TargetFormat::kDcp;
   } else {
-    return InvalidArgumentError(fmt::format("--to {}: expected safetensors or torch", options.to));
+    return InvalidArgumentError(fmt::format("--to {}: expected safetensors, torch or dcp", options.to));
   }
+  if (options.thread_count != 1 && c.to != TargetFormat::kDcp) {
+    return InvalidArgumentError("--thread-count applies to --to dcp only");
+  }
+  c.thread_count = options.thread_count;
   if (!options.max_shard_size.empty()) {
     CKPT_ASSIGN_OR_RETURN(c.max_shard_size, ParseSize(options.max_shard_size), "--max-shard-size");
   }

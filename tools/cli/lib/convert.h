@@ -14,8 +14,9 @@ namespace ckpt::cli {
 struct ConvertCommandOptions {
   std::string src;
   std::string dst;
-  std::string to;              // "safetensors" | "torch"
+  std::string to;              // "safetensors" | "torch" | "dcp"
   std::string max_shard_size;  // "" or a size like "5GB", "500MiB", "1000"
+  int64_t thread_count = 1;    // --to dcp: number of data files
   bool allow_opaque = false;
   bool json = false;
   bool quiet = false;

@@ -1,0 +1,359 @@
+// DCP writer: planning (torch's _split_by_size_and_type), data files of
+// embedded torch.save archives, and the .metadata pickle.
+#include "format/dcp/writer.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "format/dcp/check.h"
+#include "format/dcp/item.h"
+#include "format/pickle/pickler.h"
+#include "format/pickle/value.h"
+#include "format/torch/tree_writer.h"
+#include "util/checked_math.h"
+#include "util/strings.h"
+
+namespace ckpt::dcp {
+namespace {
+
+using pickle::Arena;
+using pickle::Kind;
+using pickle::Value;
+
+// A sink for one item: positions relative to the item's first byte (the
+// embedded zip's offsets are relative to it), bytes hashed on the way.
+class ItemSink final : public ByteSink {
+ public:
+  ItemSink(ByteSink* out, uint64_t* digest) : out_(out), base_(out->Position()), digest_(digest) {}
+  Status Append(std::string_view data) override {
+    if (digest_ != nullptr) *digest_ = Fnv1a64(*digest_, data);
+    return out_->Append(data);
+  }
+  uint64_t Position() const override { return out_->Position() - base_; }
+
+ private:
+  ByteSink* out_;
+  uint64_t base_;
+  uint64_t* digest_;
+};
+
+std::optional<uint64_t> ChunkBytes(const EntryToWrite& e, const ChunkToWrite& c) {
+  std::optional<int64_t> numel = CheckedNumel(c.sizes);
+  if (!numel) return std::nullopt;
+  return CheckedMul(static_cast<uint64_t>(*numel), static_cast<uint64_t>(DTypeSize(e.dtype)));
+}
+
+bool Plannable(DType d) {
+  // torch 2.13's planner fails on bits8/bits16; quantized tensors are not DCP items.
+  switch (d) {
+    case DType::kQInt8:
+    case DType::kQUInt8:
+    case DType::kQInt32:
+    case DType::kQUInt4x2:
+    case DType::kQUInt2x4:
+    case DType::kBits8:
+    case DType::kBits16:
+      return false;
+    default:
+      return true;
+  }
+}
+
+Status ValidateEntry(const EntryToWrite& e) {
+  const std::string where = StrCat("dcp writer: entry ", Quote(e.key));
+  if (e.key.empty()) return InvalidArgumentError("dcp writer: an entry has an empty key");
+  if (e.type == EntryType::kBytes) {
+    if (!e.write_bytes) return InvalidArgumentError(StrCat(where, ": bytes entry without a write callback"));
+    return OkStatus();
+  }
+  if (!Plannable(e.dtype)) {
+    return InvalidArgumentError(StrCat(where, ": dtype ", DTypeName(e.dtype), " cannot be saved in DCP"));
+  }
+  for (int64_t d : e.size) {
+    if (d < 0) return InvalidArgumentError(StrCat(where, ": negative dimension in size ", OffsetsString(e.size)));
+  }
+  if (!CheckedNumel(e.size)) return InvalidArgumentError(StrCat(where, ": size overflows"));
+  if (e.chunks.empty()) return InvalidArgumentError(StrCat(where, ": tensor without chunks"));
+  Entry probe;
+  probe.key = e.key;
+  probe.dtype = e.dtype;
+  probe.size = e.size;
+  for (const ChunkToWrite& c : e.chunks) {
+    const std::string cw = StrCat(where, ": chunk at ", OffsetsString(c.offsets));
+    if (c.offsets.size() != e.size.size() || c.sizes.size() != e.size.size()) {
+      return InvalidArgumentError(StrCat(cw, ": rank differs from the tensor's (", e.size.size(), ")"));
+    }
+    for (size_t d = 0; d < e.size.size(); ++d) {
+      if (c.offsets[d] < 0 || c.sizes[d] < 0 || c.offsets[d] > e.size[d] || c.sizes[d] > e.size[d] - c.offsets[d]) {
+        return InvalidArgumentError(StrCat(cw, " size ", OffsetsString(c.sizes), ": outside the tensor of size ",
+                                           OffsetsString(e.size)));
+      }
+    }
+    if (!ChunkBytes(e, c)) return InvalidArgumentError(StrCat(cw, ": size overflows"));
+    if (!c.write) return InvalidArgumentError(StrCat(cw, ": no write callback"));
+    probe.chunks.push_back({c.offsets, c.sizes, -1});
+  }
+  std::vector<Problem> problems;
+  if (CheckCoverage(probe, &problems) > 0) {
+    return InvalidArgumentError(StrCat(where, ": chunks do not tile the tensor: ", problems[0].message));
+  }
+  return OkStatus();
+}
+
+// --- .metadata object graph -------------------------------------------------
+
+class MetadataBuilder {
+ public:
+  Value* Global(const char* module, std::string name) {
+    return arena_.Global(module, std::move(name));
+  }
+  // cls() via NEWOBJ, with BUILD of state (nullptr: no BUILD).
+  Value* NewObj(const char* module, const char* cls, Value* state) {
+    Value* o = arena_.New(Kind::kObject);
+    o->callable = Global(module, cls);
+    o->args = arena_.Tuple({});
+    o->newobj = true;
+    o->state = state;
+    return o;
+  }
+  Value* Reduce(Value* callable, std::vector<Value*> args) {
+    Value* o = arena_.New(Kind::kObject);
+    o->callable = callable;
+    o->args = arena_.Tuple(std::move(args));
+    return o;
+  }
+  Value* Size(const std::vector<int64_t>& v) {
+    std::vector<Value*> items;
+    for (int64_t x : v) items.push_back(arena_.Int(x));
+    Value* t = arena_.Tuple(std::move(items));
+    t->torch_size = true;
+    return t;
+  }
+  Value* Str(const std::string& s) { return arena_.String(s); }
+  static void Set(Value* dict, Value* k, Value* v) { dict->dict.emplace_back(k, v); }
+  Arena& arena() { return arena_; }
+
+ private:
+  Arena arena_;
+};
+
+constexpr char kMd[] = "torch.distributed.checkpoint.metadata";
+
+}  // namespace
+
+uint64_t Fnv1a64(uint64_t h, std::string_view data) {
+  for (unsigned char c : data) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+Result<std::vector<PlannedFile>> PlanDcpWrite(std::span<const EntryToWrite> entries,
+                                              const DcpWriteOptions& options) {
+  if (options.thread_count < 1 || options.thread_count > kMaxThreadCount) {
+    return InvalidArgumentError(
+        StrCat("dcp writer: thread_count ", options.thread_count, " is outside [1, ", kMaxThreadCount, "]"));
+  }
+  if (options.rank < 0) return InvalidArgumentError(StrCat("dcp writer: negative rank ", options.rank));
+  std::set<std::string_view> keys;
+  std::vector<PlannedItem> items;  // plan order
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const EntryToWrite& e = entries[i];
+    CKPT_RETURN_IF_ERROR(ValidateEntry(e));
+    if (!keys.insert(e.key).second) {
+      return InvalidArgumentError(StrCat("dcp writer: duplicate key ", Quote(e.key)));
+    }
+    if (e.type == EntryType::kBytes) {
+      items.push_back({i, -1, 0});
+    } else {
+      for (size_t c = 0; c < e.chunks.size(); ++c) {
+        items.push_back({i, static_cast<int64_t>(c), *ChunkBytes(e, e.chunks[c])});
+      }
+    }
+  }
+  const size_t bins = static_cast<size_t>(options.thread_count);
+  std::vector<std::vector<PlannedItem>> buckets(bins);
+  auto is_bytes = [](const PlannedItem& it) { return it.chunk < 0; };
+  if (bins == 1) {
+    buckets[0] = items;
+  } else {
+    std::vector<PlannedItem> bytes_w, tensor_w;
+    for (const PlannedItem& it : items) (is_bytes(it) ? bytes_w : tensor_w).push_back(it);
+    std::stable_sort(tensor_w.begin(), tensor_w.end(),
+                     [](const PlannedItem& a, const PlannedItem& b) { return a.size > b.size; });
+    for (size_t i = 0; i < bytes_w.size(); ++i) buckets[i % bins].push_back(bytes_w[i]);
+    std::vector<uint64_t> load(bins, 0);
+    for (const PlannedItem& it : tensor_w) {
+      size_t idx = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+      buckets[idx].push_back(it);
+      load[idx] += it.size;
+    }
+  }
+  std::vector<PlannedFile> files(bins);
+  for (size_t b = 0; b < bins; ++b) {
+    files[b].name = StrCat("__", options.rank, "_", b, kDataFileSuffix);
+    // _write_files_from_queue: bytes items first, then tensors, each in bucket order.
+    for (const PlannedItem& it : buckets[b]) if (is_bytes(it)) files[b].items.push_back(it);
+    for (const PlannedItem& it : buckets[b]) if (!is_bytes(it)) files[b].items.push_back(it);
+  }
+  return files;
+}
+
+Status WriteDcpDataFile(std::span<const EntryToWrite> entries, const PlannedFile& file, ByteSink* sink,
+                        std::vector<WrittenItem>* written, uint64_t* digest) {
+  for (const PlannedItem& it : file.items) {
+    if (it.entry >= entries.size()) return InternalError("dcp writer: plan names an unknown entry");
+    const EntryToWrite& e = entries[it.entry];
+    WrittenItem w;
+    w.entry = it.entry;
+    w.chunk = it.chunk;
+    w.relative_path = file.name;
+    w.offset = sink->Position();
+    ItemSink item_sink(sink, digest);
+    if (it.chunk < 0) {
+      const std::string where = StrCat(file.name, " @ ", w.offset, ": bytes entry ", Quote(e.key));
+      CKPT_RETURN_IF_ERROR(e.write_bytes(&item_sink), where);
+    } else {
+      const ChunkToWrite& c = e.chunks[static_cast<size_t>(it.chunk)];
+      const std::string where =
+          StrCat(file.name, " @ ", w.offset, ": tensor ", Quote(e.key), " chunk at ", OffsetsString(c.offsets));
+      torch::TorchTreeWriter tw;
+      torch::TensorToSave t;
+      t.dtype = e.dtype;
+      t.shape = c.sizes;
+      t.nbytes = it.size;
+      t.write = c.write;
+      CKPT_ASSIGN_OR_RETURN(Value * root, tw.NewTensor(t), where);
+      torch::TorchWriteOptions wo;
+      wo.archive_name = "archive";  // torch.save to a stream
+      CKPT_RETURN_IF_ERROR(tw.Write(root, &item_sink, wo), where);
+    }
+    w.length = item_sink.Position();
+    written->push_back(std::move(w));
+  }
+  return OkStatus();
+}
+
+Result<std::string> SerializeDcpMetadata(std::span<const EntryToWrite> entries,
+                                         std::span<const WrittenItem> written,
+                                         const DcpWriteOptions& options, uint64_t content_digest) {
+  // Which item holds what: (entry, chunk) -> written index.
+  std::map<std::pair<size_t, int64_t>, size_t> where;
+  for (size_t i = 0; i < written.size(); ++i) where[{written[i].entry, written[i].chunk}] = i;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const EntryToWrite& e = entries[i];
+    const size_t n = e.type == EntryType::kBytes ? 1 : e.chunks.size();
+    for (size_t c = 0; c < n; ++c) {
+      const int64_t ci = e.type == EntryType::kBytes ? -1 : static_cast<int64_t>(c);
+      if (!where.count({i, ci})) {
+        return InvalidArgumentError(StrCat("dcp writer: entry ", Quote(e.key), " item ", ci, " was not written"));
+      }
+    }
+  }
+
+  MetadataBuilder b;
+  Arena& a = b.arena();
+  // The torch module's layout/memory-format constants, shared by all properties.
+  Value* get_layout = b.Global("torch.serialization", "_get_layout");
+  Value* mem_format = b.Global(kMd, "_MEM_FORMAT_ENCODING");
+
+  Value* sd_md = a.Dict();
+  std::vector<Value*> key_str(entries.size());
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const EntryToWrite& e = entries[i];
+    key_str[i] = b.Str(e.key);
+    if (e.type == EntryType::kBytes) {
+      MetadataBuilder::Set(sd_md, key_str[i], b.NewObj(kMd, "BytesStorageMetadata", nullptr));
+      continue;
+    }
+    Value* props_state = a.Tuple({b.Global("torch", std::string(DTypeName(e.dtype))),
+                                  b.Reduce(get_layout, {b.Str("torch.strided")}), a.Bool(false),
+                                  b.Reduce(mem_format, {a.Int(0)}), a.Bool(false)});
+    Value* chunks = a.List({});
+    for (const ChunkToWrite& c : e.chunks) {
+      Value* st = a.Dict();
+      MetadataBuilder::Set(st, b.Str("offsets"), b.Size(c.offsets));
+      MetadataBuilder::Set(st, b.Str("sizes"), b.Size(c.sizes));
+      chunks->items.push_back(b.NewObj(kMd, "ChunkStorageMetadata", st));
+    }
+    Value* st = a.Dict();
+    MetadataBuilder::Set(st, b.Str("properties"), b.NewObj(kMd, "TensorProperties", props_state));
+    MetadataBuilder::Set(st, b.Str("size"), b.Size(e.size));
+    MetadataBuilder::Set(st, b.Str("chunks"), chunks);
+    MetadataBuilder::Set(sd_md, key_str[i], b.NewObj(kMd, "TensorStorageMetadata", st));
+  }
+
+  // Path elements are the state dict's own key objects in torch's process:
+  // one str per distinct text, and a one-element path shares the flattened
+  // key (str.join of one item returns it), so the memo shares them the same way.
+  Value* planner = a.Dict();
+  std::map<std::string, Value*, std::less<>> path_strs;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const EntryToWrite& e = entries[i];
+    std::vector<Value*> path;
+    if (e.path.empty() || (e.path.size() == 1 && !e.path[0].is_index && e.path[0].key == e.key)) {
+      path.push_back(key_str[i]);
+    } else {
+      for (const Metadata::PathElem& p : e.path) {
+        if (p.is_index) {
+          path.push_back(a.Int(p.index));
+          continue;
+        }
+        Value*& s = path_strs[p.key];
+        if (s == nullptr) s = b.Str(p.key);
+        path.push_back(s);
+      }
+    }
+    MetadataBuilder::Set(planner, key_str[i], a.Tuple(std::move(path)));
+  }
+
+  Value* storage = a.Dict();
+  for (const WrittenItem& w : written) {
+    const EntryToWrite& e = entries[w.entry];
+    Value* idx = a.Dict();
+    MetadataBuilder::Set(idx, b.Str("fqn"), key_str[w.entry]);
+    if (w.chunk < 0) {
+      MetadataBuilder::Set(idx, b.Str("index"), a.None());
+    } else {
+      MetadataBuilder::Set(idx, b.Str("index"), a.Int(w.chunk));
+      MetadataBuilder::Set(idx, b.Str("offset"), b.Size(e.chunks[static_cast<size_t>(w.chunk)].offsets));
+    }
+    Value* info = a.Dict();
+    MetadataBuilder::Set(info, b.Str("relative_path"), b.Str(w.relative_path));
+    MetadataBuilder::Set(info, b.Str("offset"), a.Int(static_cast<int64_t>(w.offset)));
+    MetadataBuilder::Set(info, b.Str("length"), a.Int(static_cast<int64_t>(w.length)));
+    MetadataBuilder::Set(storage, b.NewObj(kMd, "MetadataIndex", idx),
+                         b.NewObj("torch.distributed.checkpoint.filesystem", "_StorageInfo", info));
+  }
+
+  Value* md_state = a.Dict();
+  MetadataBuilder::Set(md_state, b.Str("state_dict_metadata"), sd_md);
+  MetadataBuilder::Set(md_state, b.Str("planner_data"), planner);
+  MetadataBuilder::Set(md_state, b.Str("storage_data"), storage);
+  Value* root = b.NewObj(kMd, "Metadata", md_state);
+
+  // save_id: a hash of everything but storage_meta, plus the data bytes.
+  CKPT_ASSIGN_OR_RETURN(std::string core, pickle::PickleToString(root), "dcp writer: .metadata");
+  const uint64_t h1 = Fnv1a64(Fnv1a64(kFnvOffset, core), std::string_view(
+                                  reinterpret_cast<const char*>(&content_digest), sizeof(content_digest)));
+  const uint64_t h2 = Fnv1a64(h1 ^ 0x9e3779b97f4a7c15ull, core);
+  const std::string hex = fmt::format("{:016x}{:016x}", h1, h2);
+  const std::string save_id = fmt::format("{}-{}-{}-{}-{}", hex.substr(0, 8), hex.substr(8, 4), hex.substr(12, 4),
+                                          hex.substr(16, 4), hex.substr(20, 12));
+
+  Value* sm = a.Dict();
+  MetadataBuilder::Set(sm, b.Str("checkpoint_id"), options.checkpoint_id ? b.Str(*options.checkpoint_id) : a.None());
+  MetadataBuilder::Set(sm, b.Str("save_id"), b.Str(save_id));
+  MetadataBuilder::Set(sm, b.Str("load_id"), a.None());
+  MetadataBuilder::Set(sm, b.Str("modules"), a.List({}));
+  MetadataBuilder::Set(md_state, b.Str("storage_meta"), b.NewObj(kMd, "StorageMeta", sm));
+  MetadataBuilder::Set(md_state, b.Str("version"), b.Str("1.0.0"));
+  CKPT_ASSIGN_OR_RETURN(std::string out, pickle::PickleToString(root), "dcp writer: .metadata");
+  return out;
+}
+
+}  // namespace ckpt::dcp

@@ -1,0 +1,183 @@
+// Convert --to dcp (WriteDcpCheckpoint) under disk faults and simulated
+// crashes (FaultEnv over MemEnv): `.metadata`, the commit point, exists only
+// when every data file it names is whole; a failed write leaves no
+// `.metadata` and removes the data files it published.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "checkpoint/dcp_writer.h"
+#include "ckpt/checkpoint.h"
+#include "ckpt/convert.h"
+#include "ckpt/fault_env.h"
+#include "unit/checkpoint/checkpoint_testutil.h"
+
+namespace ckpt {
+namespace {
+
+using ::ckpt::testing_ckpt::CopyShardedGoldenSet;
+using ::ckpt::testing_ckpt::ListDir;
+using ::ckpt::testing_ckpt::ReadAllTensors;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+ConvertOptions DcpOptions(Env* env, int64_t threads = 2) {
+  ConvertOptions o;
+  o.to = TargetFormat::kDcp;
+  o.thread_count = threads;
+  o.env = env;
+  return o;
+}
+
+class DcpWriteFaultTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    CopyShardedGoldenSet(mem_.get(), "/src");
+    auto src = OpenCheckpoint("/src", {mem_.get()});
+    ASSERT_TRUE(src.ok()) << src.status().ToString();
+    want_ = ReadAllTensors(**src);
+    ASSERT_EQ(want_.size(), 21u);
+  }
+
+  // Sizes of the files of a clean run, by name, and its mutating op count.
+  std::map<std::string, uint64_t> CleanSizes(uint64_t* ops = nullptr) {
+    auto scratch = NewMemEnv();
+    CopyShardedGoldenSet(scratch.get(), "/src");
+    FaultEnv counting(scratch.get());
+    auto rep = Convert("/src", "/out", DcpOptions(&counting));
+    EXPECT_TRUE(rep.ok()) << rep.status().ToString();
+    std::map<std::string, uint64_t> sizes;
+    for (const std::string& f : ListDir(scratch.get(), "/out")) {
+      sizes[f] = *scratch->GetFileSize(JoinPath("/out", f));
+    }
+    if (ops) *ops = counting.counters().mutating_ops;
+    return sizes;
+  }
+
+  std::unique_ptr<Env> mem_ = NewMemEnv();
+  FaultEnv fault_{mem_.get()};
+  std::map<std::string, std::string> want_;
+};
+
+TEST_F(DcpWriteFaultTest, CleanRunPublishesDataFilesThenMetadata) {
+  auto rep = Convert("/src", "/out", DcpOptions(&fault_));
+  ASSERT_TRUE(rep.ok()) << rep.status().ToString();
+  EXPECT_THAT(rep->files, ElementsAre("/out/__0_0.distcp", "/out/__0_1.distcp", "/out/.metadata"));
+  EXPECT_THAT(ListDir(mem_.get(), "/out"), ElementsAre(".metadata", "__0_0.distcp", "__0_1.distcp"));
+  auto back = OpenCheckpoint("/out", {mem_.get()});
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->get()->format(), "dcp");
+  EXPECT_EQ(ReadAllTensors(**back), want_);
+}
+
+TEST_F(DcpWriteFaultTest, DiskFullInSecondDataFileLeavesNoMetadataAndNoDataFiles) {
+  auto sizes = CleanSizes();
+  ASSERT_EQ(sizes.size(), 3u);
+  fault_.SetSpaceLimit(sizes["__0_0.distcp"] + sizes["__0_1.distcp"] / 2);
+  auto rep = Convert("/src", "/out", DcpOptions(&fault_));
+  fault_.ClearFaults();
+  ASSERT_FALSE(rep.ok());
+  EXPECT_EQ(rep.status().code(), Code::kResourceExhausted) << rep.status().ToString();
+  EXPECT_THAT(rep.status().message(), HasSubstr("__0_1.distcp"));
+  EXPECT_THAT(ListDir(mem_.get(), "/out"), IsEmpty());
+}
+
+TEST_F(DcpWriteFaultTest, DiskFullInMetadataLeavesNothing) {
+  auto sizes = CleanSizes();
+  fault_.SetSpaceLimit(sizes["__0_0.distcp"] + sizes["__0_1.distcp"] + 10);
+  auto rep = Convert("/src", "/out", DcpOptions(&fault_));
+  fault_.ClearFaults();
+  ASSERT_FALSE(rep.ok());
+  EXPECT_THAT(rep.status().message(), HasSubstr(".metadata"));
+  EXPECT_THAT(ListDir(mem_.get(), "/out"), IsEmpty());
+}
+
+TEST_F(DcpWriteFaultTest, FailedRenameOfMetadataPublishesNothing) {
+  fault_.FailRename(".metadata");
+  auto rep = Convert("/src", "/out", DcpOptions(&fault_));
+  fault_.ClearFaults();
+  ASSERT_FALSE(rep.ok());
+  EXPECT_THAT(rep.status().message(), HasSubstr(".metadata"));
+  EXPECT_THAT(ListDir(mem_.get(), "/out"), IsEmpty());
+}
+
+TEST_F(DcpWriteFaultTest, FailedRenameOfADataFilePublishesNothing) {
+  fault_.FailRename("__0_1.distcp");
+  auto rep = Convert("/src", "/out", DcpOptions(&fault_));
+  fault_.ClearFaults();
+  ASSERT_FALSE(rep.ok());
+  EXPECT_THAT(rep.status().message(), HasSubstr("__0_1.distcp"));
+  EXPECT_THAT(ListDir(mem_.get(), "/out"), IsEmpty());
+}
+
+TEST_F(DcpWriteFaultTest, FailedRewriteRemovesTheOldCommitPoint) {
+  // An older checkpoint in /out: a failed re-write must not leave its
+  // .metadata naming data files that were replaced.
+  ASSERT_TRUE(Convert("/src", "/out", DcpOptions(mem_.get(), 1)).ok());
+  ASSERT_TRUE(mem_->FileExists("/out/.metadata"));
+  fault_.FailRename("__0_1.distcp");
+  auto rep = Convert("/src", "/out", DcpOptions(&fault_, 2));
+  fault_.ClearFaults();
+  ASSERT_FALSE(rep.ok());
+  EXPECT_FALSE(mem_->FileExists("/out/.metadata"));
+  auto back = OpenCheckpoint("/out", {mem_.get()});
+  EXPECT_FALSE(back.ok());
+}
+
+TEST_F(DcpWriteFaultTest, CrashAtEveryStepMetadataOnlyOverWholeData) {
+  uint64_t steps = 0;
+  CleanSizes(&steps);
+  ASSERT_GT(steps, 8u);
+  int with_md = 0, without_md = 0;
+  for (uint64_t n = 0; n <= steps; ++n) {
+    SCOPED_TRACE("crash after " + std::to_string(n) + " of " + std::to_string(steps) + " ops");
+    auto mem = NewMemEnv();
+    CopyShardedGoldenSet(mem.get(), "/src");
+    FaultEnv fault(mem.get());
+    fault.CrashAfterOps(n);
+    auto rep = Convert("/src", "/out", DcpOptions(&fault));
+    EXPECT_EQ(rep.ok(), n >= steps) << (rep.ok() ? "" : rep.status().ToString());
+    ASSERT_TRUE(fault.DropUnsyncedData().ok());
+    if (!mem->FileExists("/out/.metadata")) {
+      ++without_md;
+      continue;
+    }
+    ++with_md;
+    auto back = OpenCheckpoint("/out", {mem.get()});
+    ASSERT_TRUE(back.ok()) << back.status().ToString();
+    EXPECT_EQ(ReadAllTensors(**back), want_);
+  }
+  EXPECT_GT(with_md, 0);
+  EXPECT_GT(without_md, 0);
+}
+
+TEST(DcpWriteCheckpoint, InvalidPlanWritesNothing) {
+  auto mem = NewMemEnv();
+  dcp::EntryToWrite a;
+  a.key = "a";
+  a.size = {2};
+  a.chunks.push_back({{0}, {1}, [](ByteSink* s) { return s->Append(std::string(4, '\0')); }});
+  std::vector<dcp::EntryToWrite> entries = {a};
+  auto r = internal_checkpoint::WriteDcpCheckpoint(mem.get(), "/out", entries, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
+  EXPECT_FALSE(mem->FileExists("/out"));
+}
+
+TEST(DcpWriteCheckpoint, DestinationThatIsAFileIsRefused) {
+  auto mem = NewMemEnv();
+  ASSERT_TRUE(WriteFileAtomically(mem.get(), "/out", [](WritableFile* f) { return f->Append("x"); }).ok());
+  ConvertOptions o = DcpOptions(mem.get());
+  CopyShardedGoldenSet(mem.get(), "/src");
+  auto rep = Convert("/src", "/out", o);
+  ASSERT_FALSE(rep.ok());
+  EXPECT_EQ(rep.status().code(), Code::kInvalidArgument);
+  auto named = Convert("/src", "/model.pt", o);
+  ASSERT_FALSE(named.ok());
+  EXPECT_THAT(named.status().message(), HasSubstr("folder"));
+}
+
+}  // namespace
+}  // namespace ckpt
