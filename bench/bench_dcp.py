@@ -122,24 +122,7 @@ def plan_summary(size_gib: float, seed: int):
 # Child side: one operation, R repeats.
 # --------------------------------------------------------------------------
 
-from bench_formats import _fsync_path, _status_kib  # noqa: E402  (shared measuring helpers)
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _fsync_path(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from bench_formats import _fsync_path, _reset_peak, _status_kib  # noqa: E402  (shared measuring helpers)
 
 
 def _files(d):
