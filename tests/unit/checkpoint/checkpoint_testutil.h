@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
@@ -39,6 +40,16 @@ inline void CopyShardedGoldenSet(Env* env, const std::string& dir) {
   for (const char* f : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
                         "model.safetensors.index.json"}) {
     CopyIntoEnv(env, std::string("tests/golden/safetensors/sharded/") + f, dir + "/" + f);
+  }
+}
+
+// Copies the golden DCP folder tests/golden/dcp/<name> (every file in it) into
+// env under dir.
+inline void CopyDcpGolden(Env* env, const std::string& name, const std::string& dir) {
+  const std::string rel = "tests/golden/dcp/" + name;
+  for (const auto& f : std::filesystem::directory_iterator(::ckpt::testing::SourcePath(rel))) {
+    const std::string file = f.path().filename().string();
+    CopyIntoEnv(env, rel + "/" + file, dir + "/" + file);
   }
 }
 

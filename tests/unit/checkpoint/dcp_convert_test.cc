@@ -9,7 +9,6 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
-#include <filesystem>
 #include <string>
 
 #include "ckpt/convert.h"
@@ -340,19 +339,11 @@ TEST(TorchTreeWriter, ImportKeepsSharedStoragesSharedAndCopiesTheirBytes) {
 namespace ckpt {
 namespace {
 
-// Copies tests/golden/dcp/<name> into env under dir.
-void CopyDcpGolden(Env* env, const std::string& name, const std::string& dir) {
-  for (const auto& f : std::filesystem::directory_iterator(::ckpt::testing::SourcePath("tests/golden/dcp/" + name))) {
-    ::ckpt::testing_ckpt::CopyIntoEnv(env, "tests/golden/dcp/" + name + "/" + f.path().filename().string(),
-                                      dir + "/" + f.path().filename().string());
-  }
-}
-
 // A full disk, a failing rename or fsync at any point of DCP -> torch.save:
 // a clear error, and nothing that looks like an output left behind.
 TEST(DcpToTorchFaults, EveryFailureLeavesNoOutput) {
   auto mem = NewMemEnv();
-  CopyDcpGolden(mem.get(), "ws2_threads2", "/ck");
+  ::ckpt::testing_ckpt::CopyDcpGolden(mem.get(), "ws2_threads2", "/ck");
   ASSERT_TRUE(mem->CreateDirs("/out").ok());
   FaultEnv fault(mem.get());
   ConvertOptions o;

@@ -4,7 +4,6 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include <filesystem>
 
 #include "unit/checkpoint/checkpoint_testutil.h"
 
@@ -14,16 +13,8 @@ namespace {
 using ::ckpt::testing::ReadSourceFile;
 using ::ckpt::testing::SourcePath;
 using ::ckpt::testing::WriteWhole;
-using ::ckpt::testing_ckpt::CopyIntoEnv;
+using ::ckpt::testing_ckpt::CopyDcpGolden;
 using ::testing::HasSubstr;
-
-// Copies tests/golden/dcp/<name> into env at /ck.
-void CopyGolden(Env* env, const std::string& name) {
-  for (const auto& f : std::filesystem::directory_iterator(SourcePath("tests/golden/dcp/" + name))) {
-    std::string file = f.path().filename().string();
-    CopyIntoEnv(env, "tests/golden/dcp/" + name + "/" + file, "/ck/" + file);
-  }
-}
 
 TEST(Verify, GoldenCheckpointsHaveNoProblemsEvenDeep) {
   for (const char* name : {"ws1_plain", "ws2_threads2", "ws3_uneven", "ws4_per_item", "ws2_zstd", "all_dtypes",
@@ -42,7 +33,7 @@ TEST(Verify, GoldenCheckpointsHaveNoProblemsEvenDeep) {
 
 TEST(Verify, TruncatedFileNamesFileOffsetAndKey) {
   auto env = NewMemEnv();
-  CopyGolden(env.get(), "ws2_threads2");
+  CopyDcpGolden(env.get(), "ws2_threads2", "/ck");
   std::string bytes = ReadSourceFile("tests/golden/dcp/ws2_threads2/__1_1.distcp");
   ASSERT_TRUE(WriteWhole(env.get(), "/ck/__1_1.distcp", bytes.substr(0, 3000)).ok());
   VerifyOptions o;
@@ -59,7 +50,7 @@ TEST(Verify, TruncatedFileNamesFileOffsetAndKey) {
 
 TEST(Verify, MissingRankFileIsReportedWithItsKeys) {
   auto env = NewMemEnv();
-  CopyGolden(env.get(), "ws2_threads2");
+  CopyDcpGolden(env.get(), "ws2_threads2", "/ck");
   ASSERT_TRUE(env->RemoveFile("/ck/__0_0.distcp").ok());
   VerifyOptions o;
   o.env = env.get();
@@ -77,7 +68,7 @@ TEST(Verify, MissingRankFileIsReportedWithItsKeys) {
 
 TEST(Verify, DeepFindsAFlippedDataByteTheStructureCheckCannotSee) {
   auto env = NewMemEnv();
-  CopyGolden(env.get(), "ws1_plain");
+  CopyDcpGolden(env.get(), "ws1_plain", "/ck");
   // Flip one byte inside the first tensor record's payload of the first chunk:
   // the archive still parses, only the CRC-32 tells.
   auto shallow = Verify("/ck", VerifyOptions{false, env.get(), {}});
