@@ -28,7 +28,6 @@ Result<std::unique_ptr<DcpReader>> DcpReader::Open(const std::string& folder, co
 
 Status DcpReader::Init(const std::string& folder, const OpenOptions& options) {
   env_ = options.env ? options.env : Env::Default();
-  pickle_mode_ = options.pickle_mode;
   folder_ = folder;
   CKPT_ASSIGN_OR_RETURN(std::vector<std::string> children, env_->GetChildren(folder));
   for (const std::string& c : children) {
@@ -197,7 +196,6 @@ nlohmann::json DcpReader::Details() const {
     return ranks.size();
   }();
   d["files"] = std::move(files);
-  nlohmann::json missing = nlohmann::json::array();
   nlohmann::json probs = nlohmann::json::array();
   for (const dcp::Problem& p : problems_) {
     nlohmann::json j = {{"message", p.message}};

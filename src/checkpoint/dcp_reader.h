@@ -76,7 +76,6 @@ class DcpReader : public CheckpointReader {
   std::string Unreadable(const dcp::Entry& e) const;
 
   Env* env_ = nullptr;
-  PickleMode pickle_mode_ = PickleMode::kStrict;
   std::string format_ = "dcp";
   std::string folder_;
   dcp::Metadata md_;
@@ -94,14 +93,19 @@ class DcpReader : public CheckpointReader {
 
 // Megatron-LM root: a folder with latest_checkpointed_iteration.txt.
 bool IsMegatronRoot(Env* env, const std::string& path);
-// The iteration folder the tracker names. Errors: DataLoss (bad tracker, or
-// the folder it names is missing); I/O errors.
-Result<std::string> ResolveMegatronRoot(Env* env, const std::string& root);
+// The iteration folder the tracker names, and its iteration (none for
+// "release"). Errors: DataLoss (bad tracker, or the folder it names is
+// missing); I/O errors.
+struct MegatronIteration {
+  std::string dir;
+  std::optional<int64_t> iteration;
+};
+Result<MegatronIteration> ResolveMegatronRoot(Env* env, const std::string& root);
 // Adds the Megatron layer (metadata.json, common state, summary) to a DCP
 // reader of an iteration folder. Problems in metadata.json or the common
 // state are recorded in Details(), not fatal. Errors: Unimplemented for a
 // backend ckptkit cannot read (zarr); I/O errors.
-Status AttachMegatron(DcpReader* r, Env* env, PickleMode mode, std::optional<int64_t> tracker_iteration);
+Status AttachMegatron(DcpReader* r, Env* env, std::optional<int64_t> tracker_iteration);
 
 }  // namespace ckpt::internal_checkpoint
 

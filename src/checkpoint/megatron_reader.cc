@@ -36,7 +36,7 @@ bool IsMegatronRoot(Env* env, const std::string& path) {
   return env->FileExists(JoinPath(path, megatron::kTrackerFileName));
 }
 
-Result<std::string> ResolveMegatronRoot(Env* env, const std::string& root) {
+Result<MegatronIteration> ResolveMegatronRoot(Env* env, const std::string& root) {
   const std::string tracker_path = JoinPath(root, megatron::kTrackerFileName);
   CKPT_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(env, tracker_path, 4096));
   CKPT_ASSIGN_OR_RETURN(megatron::Tracker t, megatron::ParseTracker(text, tracker_path));
@@ -45,10 +45,13 @@ Result<std::string> ResolveMegatronRoot(Env* env, const std::string& root) {
     return DataLossError(StrCat(tracker_path, " names iteration ", Quote(megatron::IterationDirName(t)),
                                 " but ", dir, " does not exist (deleted, or the save never finished)"));
   }
-  return dir;
+  MegatronIteration it;
+  it.dir = std::move(dir);
+  if (!t.release) it.iteration = t.iteration;
+  return it;
 }
 
-Status AttachMegatron(DcpReader* r, Env* env, PickleMode mode, std::optional<int64_t> tracker_iteration) {
+Status AttachMegatron(DcpReader* r, Env* env, std::optional<int64_t> tracker_iteration) {
   const std::string folder = r->folder();
   const std::string cfg_path = JoinPath(folder, megatron::kConfigFileName);
   nlohmann::json meg;
@@ -128,7 +131,6 @@ Status AttachMegatron(DcpReader* r, Env* env, PickleMode mode, std::optional<int
   }
   extra["file_descriptions"] = std::move(desc);
   extra["megatron"] = std::move(meg);
-  (void)mode;
   return OkStatus();
 }
 

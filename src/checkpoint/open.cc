@@ -88,16 +88,17 @@ Result<std::unique_ptr<CheckpointReader>> OpenCheckpoint(const std::string& path
     std::string dir = path;
     std::optional<int64_t> tracker_iteration;
     if (internal_checkpoint::IsMegatronRoot(env, path)) {
-      CKPT_ASSIGN_OR_RETURN(dir, internal_checkpoint::ResolveMegatronRoot(env, path));
-      std::string name = Basename(dir);
-      if (name.rfind("iter_", 0) == 0) tracker_iteration = std::stoll(name.substr(5));
+      CKPT_ASSIGN_OR_RETURN(internal_checkpoint::MegatronIteration it,
+                            internal_checkpoint::ResolveMegatronRoot(env, path));
+      dir = std::move(it.dir);
+      tracker_iteration = it.iteration;
     }
     if (env->FileExists(JoinPath(dir, ".metadata")) || env->FileExists(JoinPath(dir, "metadata.json"))) {
       CKPT_ASSIGN_OR_RETURN(std::unique_ptr<internal_checkpoint::DcpReader> r,
                             internal_checkpoint::DcpReader::Open(dir, options));
       if (env->FileExists(JoinPath(dir, "metadata.json"))) {
         CKPT_RETURN_IF_ERROR(
-            internal_checkpoint::AttachMegatron(r.get(), env, options.pickle_mode, tracker_iteration));
+            internal_checkpoint::AttachMegatron(r.get(), env, tracker_iteration));
       }
       return std::unique_ptr<CheckpointReader>(std::move(r));
     }
