@@ -488,3 +488,13 @@ def save_file(
     if not isinstance(path, str):
         path = os.fsdecode(path)
     _core.save_file(path, format, entries, meta)
+
+
+def __getattr__(name: str) -> Any:
+    # `ckptkit.dcp` (the torch.distributed.checkpoint plug-in) imports torch,
+    # so it is loaded on first use, never by `import ckptkit`.
+    if name == "dcp":
+        import importlib
+
+        return importlib.import_module(".dcp", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,6 +28,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -36,8 +38,12 @@
 #include "ckpt/checkpoint.h"
 #include "ckpt/convert.h"
 #include "ckpt/dtype.h"
+#include "ckpt/env.h"
 #include "ckpt/status.h"
 #include "ckpt/writer.h"
+#include "format/dcp/item.h"
+#include "format/dcp/writer.h"
+#include "util/strings.h"
 
 namespace nb = nanobind;
 
@@ -450,6 +456,299 @@ void SaveFilePy(const std::string& path, const std::string& format, nb::sequence
   if (!s.ok()) RaiseStatus(s);
 }
 
+// --- DCP storage plug-in (python/ckptkit/dcp.py) ------------------------------
+
+// Parses a torch dtype name ("bfloat16", "torch.bfloat16") or raises.
+DType DTypeOrRaise(const std::string& name, const std::string& what) {
+  std::string_view n = name;
+  if (n.substr(0, 6) == "torch.") n.remove_prefix(6);
+  std::optional<DType> d = DTypeFromName(n);
+  if (!d) RaiseValue(g_unsupported_error, what + ": dtype '" + name + "' is not supported");
+  return *d;
+}
+
+// Shape (sequence of non-negative ints) -> vector, with overflow-checked nbytes.
+std::vector<int64_t> ShapeOrRaise(nb::handle shape, DType dtype, const std::string& what, uint64_t* nbytes) {
+  if (!nb::isinstance<nb::tuple>(shape) && !nb::isinstance<nb::list>(shape)) {
+    RaiseValue(PyExc_TypeError, what + ": shape must be a tuple of ints");
+  }
+  std::vector<int64_t> out;
+  uint64_t numel = 1;
+  bool overflow = false;
+  for (nb::handle d : shape) {
+    if (!nb::isinstance<nb::int_>(d)) RaiseValue(PyExc_TypeError, what + ": shape must hold ints");
+    const int64_t s = nb::cast<int64_t>(d);
+    if (s < 0) RaiseValue(PyExc_ValueError, what + ": negative dimension");
+    out.push_back(s);
+    if (s != 0 && numel > UINT64_MAX / static_cast<uint64_t>(s)) overflow = true;
+    numel *= static_cast<uint64_t>(s);
+  }
+  const uint64_t itemsize = static_cast<uint64_t>(DTypeSize(dtype));
+  if (overflow || (numel != 0 && numel > UINT64_MAX / itemsize)) RaiseValue(PyExc_ValueError, what + ": shape overflows");
+  *nbytes = numel * itemsize;
+  return out;
+}
+
+// write_dcp_files(dir, prefix, files) -> [[(relative_path, offset, length)], ...]
+//
+// files: a sequence (one per data file `<prefix><n>.distcp`) of sequences of
+// items ("tensor", dtype, shape, buffer) or ("bytes", None, None, buffer),
+// each file's items in the order they are to be stored. The caller (ckptkit.dcp)
+// assigns items to files as torch's FileSystemWriter does. Each tensor is
+// written as torch.save(tensor) of a contiguous tensor, each bytes item as
+// its raw payload; one C++ thread per file, each file atomically (temporary,
+// fsync, rename); on any failure the files this call published are removed.
+// Returns where each item went, per file, in the given order. `dir` must exist.
+nb::list WriteDcpFilesPy(const std::string& dir, const std::string& prefix, nb::sequence files_in) {
+  if (prefix.empty() || prefix.find('/') != std::string::npos || prefix.find('\0') != std::string::npos) {
+    RaiseValue(PyExc_ValueError, "write_dcp_files: prefix '" + prefix + "' must be a non-empty file name part");
+  }
+  const size_t nfiles = nb::len(files_in);
+  if (nfiles > static_cast<size_t>(dcp::kMaxThreadCount)) {
+    RaiseValue(PyExc_ValueError, "write_dcp_files: " + std::to_string(nfiles) + " files is more than " +
+                                     std::to_string(dcp::kMaxThreadCount));
+  }
+  size_t n = 0;
+  for (size_t f = 0; f < nfiles; ++f) {
+    nb::object file = files_in[f];
+    if (!nb::isinstance<nb::sequence>(file)) RaiseValue(PyExc_TypeError, "write_dcp_files: files must be sequences of items");
+    n += nb::len(file);
+  }
+  BufferViews views;  // outlives the GIL-released writes below
+  views.Reserve(n);
+  std::vector<dcp::EntryToWrite> entries;
+  entries.reserve(n);
+  std::vector<dcp::PlannedFile> files(nfiles);
+  for (size_t f = 0; f < nfiles; ++f) {
+    files[f].name = prefix + std::to_string(f) + ".distcp";
+    nb::sequence file = nb::borrow<nb::sequence>(files_in[f]);
+    const size_t m = nb::len(file);
+    for (size_t j = 0; j < m; ++j) {
+      nb::object obj = file[j];
+      const std::string what = "write_dcp_files: " + files[f].name + " item " + std::to_string(j);
+      if (!nb::isinstance<nb::tuple>(obj) || nb::len(obj) != 4) {
+        RaiseValue(PyExc_TypeError, what + ": items must be (kind, dtype, shape, buffer) tuples");
+      }
+      nb::tuple t = nb::borrow<nb::tuple>(obj);
+      if (!nb::isinstance<nb::str>(t[0])) RaiseValue(PyExc_TypeError, what + ": kind must be str");
+      const std::string kind = nb::cast<std::string>(t[0]);
+      dcp::EntryToWrite e;
+      e.key = "item" + std::to_string(entries.size());  // unique; a rank may hold several chunks of one FQN
+      const Py_buffer& view = views.Add(t[3].ptr());
+      const uint8_t* data = static_cast<const uint8_t*>(view.buf);
+      const size_t size = static_cast<size_t>(view.len);
+      auto write = [data, size](ByteSink* sink) { return AppendChunked(sink, data, size); };
+      dcp::PlannedItem item;
+      item.entry = entries.size();
+      if (kind == "bytes") {
+        e.type = dcp::EntryType::kBytes;
+        e.write_bytes = write;
+      } else if (kind == "tensor") {
+        if (!nb::isinstance<nb::str>(t[1])) RaiseValue(PyExc_TypeError, what + ": dtype must be str");
+        e.type = dcp::EntryType::kTensor;
+        e.dtype = DTypeOrRaise(nb::cast<std::string>(t[1]), what);
+        uint64_t nbytes = 0;
+        e.size = ShapeOrRaise(t[2], e.dtype, what, &nbytes);
+        if (static_cast<uint64_t>(view.len) != nbytes) {
+          RaiseValue(PyExc_ValueError, what + ": buffer holds " + std::to_string(view.len) +
+                                           " bytes, the shape needs " + std::to_string(nbytes));
+        }
+        dcp::ChunkToWrite c;
+        c.offsets.assign(e.size.size(), 0);
+        c.sizes = e.size;
+        c.write = write;
+        e.chunks.push_back(std::move(c));
+        item.chunk = 0;
+        item.size = nbytes;
+      } else {
+        RaiseValue(PyExc_ValueError, what + ": kind must be 'tensor' or 'bytes', got '" + kind + "'");
+      }
+      entries.push_back(std::move(e));
+      files[f].items.push_back(item);
+    }
+  }
+
+  std::vector<std::vector<dcp::WrittenItem>> per_file(nfiles);
+  Status s;
+  {
+    nb::gil_scoped_release release;
+    s = [&]() -> Status {
+      // Validates every entry (dtype plannable, sizes, callbacks); the plan itself is the caller's.
+      dcp::DcpWriteOptions check;
+      CKPT_RETURN_IF_ERROR(dcp::PlanDcpWrite(entries, check).status(), "write_dcp_files");
+      Env* env = Env::Default();
+      std::vector<Status> status(nfiles);
+      auto write_file = [&](size_t f) {
+        status[f] = WriteFileAtomically(env, JoinPath(dir, files[f].name), [&](WritableFile* file) {
+          return dcp::WriteDcpDataFile(entries, files[f], file, &per_file[f]);
+        });
+      };
+      if (nfiles == 1) {
+        write_file(0);
+      } else {
+        std::vector<std::thread> threads;
+        Status started;
+        try {
+          for (size_t f = 0; f < nfiles; ++f) threads.emplace_back(write_file, f);
+        } catch (const std::system_error& e) {
+          started = ResourceExhaustedError(StrCat("write_dcp_files: cannot start a writer thread: ", e.what()));
+        }
+        for (std::thread& th : threads) th.join();
+        if (!started.ok()) {
+          for (size_t f = 0; f < threads.size(); ++f) {
+            if (status[f].ok()) (void)env->RemoveFile(JoinPath(dir, files[f].name));
+          }
+          return started;
+        }
+      }
+      for (size_t f = 0; f < nfiles; ++f) {
+        if (status[f].ok()) continue;
+        // Nothing half-written is left behind: remove the files that did land.
+        for (size_t g = 0; g < nfiles; ++g) {
+          if (status[g].ok()) (void)env->RemoveFile(JoinPath(dir, files[g].name));
+        }
+        return status[f];
+      }
+      return OkStatus();
+    }();
+  }
+  if (!s.ok()) RaiseStatus(s);
+  nb::list out;
+  for (size_t f = 0; f < nfiles; ++f) {
+    if (per_file[f].size() != files[f].items.size()) {
+      RaiseValue(PyExc_RuntimeError, "write_dcp_files: " + files[f].name + ": not every item was written");
+    }
+    nb::list placed;
+    for (const dcp::WrittenItem& w : per_file[f]) placed.append(nb::make_tuple(w.relative_path, w.offset, w.length));
+    out.append(placed);
+  }
+  return out;
+}
+
+std::vector<std::string> TransformsOrRaise(nb::handle h, const std::string& what) {
+  std::vector<std::string> out;
+  if (h.is_none()) return out;
+  if (!nb::isinstance<nb::tuple>(h) && !nb::isinstance<nb::list>(h)) {
+    RaiseValue(PyExc_TypeError, what + ": transforms must be a sequence of str or None");
+  }
+  for (nb::handle t : h) {
+    if (!nb::isinstance<nb::str>(t)) RaiseValue(PyExc_TypeError, what + ": transforms must hold str");
+    out.push_back(nb::cast<std::string>(t));
+  }
+  return out;
+}
+
+Result<std::shared_ptr<const ByteSource>> OpenDataFile(const std::string& path) {
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> f, Env::Default()->NewRandomAccessFile(path));
+  return std::shared_ptr<const ByteSource>(std::move(f));
+}
+
+// read_dcp_tensors(path, requests): requests is a sequence of
+// (fqn, offset, length, transforms, dtype, shape, buffer); each item of the
+// data file at `path` must be a torch.save archive of exactly one tensor of
+// that dtype and shape, whose row-major bytes are decoded into buffer
+// (writable, C-contiguous, exactly numel * itemsize bytes). One open of the
+// file; the GIL is released while reading.
+void ReadDcpTensorsPy(const std::string& path, nb::sequence requests) {
+  struct Req {
+    dcp::Entry entry;
+    dcp::StorageItem item;
+    uint8_t* data = nullptr;
+    size_t size = 0;
+  };
+  const size_t n = nb::len(requests);
+  std::vector<Py_buffer> views;
+  views.reserve(n);
+  struct Release {
+    std::vector<Py_buffer>* v;
+    ~Release() {
+      for (Py_buffer& b : *v) PyBuffer_Release(&b);
+    }
+  } release_views{&views};
+  std::vector<Req> reqs(n);
+  for (size_t i = 0; i < n; ++i) {
+    nb::object obj = requests[i];
+    if (!nb::isinstance<nb::tuple>(obj) || nb::len(obj) != 7) {
+      RaiseValue(PyExc_TypeError,
+                 "read_dcp_tensors: requests must be (fqn, offset, length, transforms, dtype, shape, buffer) tuples");
+    }
+    nb::tuple t = nb::borrow<nb::tuple>(obj);
+    Req& r = reqs[i];
+    r.entry.key = nb::cast<std::string>(t[0]);
+    const std::string what = "read_dcp_tensors: '" + r.entry.key + "'";
+    const int64_t off = nb::cast<int64_t>(t[1]);
+    const int64_t len = nb::cast<int64_t>(t[2]);
+    if (off < 0 || len < 0) RaiseValue(PyExc_ValueError, what + ": negative offset or length");
+    r.item.fqn = r.entry.key;
+    r.item.relative_path = path;
+    r.item.offset_in_file = static_cast<uint64_t>(off);
+    r.item.length = static_cast<uint64_t>(len);
+    r.item.transforms = TransformsOrRaise(t[3], what);
+    r.entry.dtype = DTypeOrRaise(nb::cast<std::string>(t[4]), what);
+    uint64_t nbytes = 0;
+    r.entry.size = ShapeOrRaise(t[5], r.entry.dtype, what, &nbytes);
+    Py_buffer v;
+    if (PyObject_GetBuffer(t[6].ptr(), &v, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) != 0) throw nb::python_error();
+    views.push_back(v);
+    if (static_cast<uint64_t>(v.len) != nbytes) {
+      RaiseValue(PyExc_ValueError, what + ": buffer holds " + std::to_string(v.len) + " bytes, the chunk needs " +
+                                       std::to_string(nbytes));
+    }
+    r.data = static_cast<uint8_t*>(v.buf);
+    r.size = static_cast<size_t>(v.len);
+  }
+  Status s;
+  {
+    nb::gil_scoped_release release;
+    s = [&]() -> Status {
+      if (reqs.empty()) return OkStatus();
+      CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> file, OpenDataFile(path));
+      for (Req& r : reqs) {
+        dcp::Chunk c;
+        c.offsets.assign(r.entry.size.size(), 0);
+        c.sizes = r.entry.size;
+        CKPT_ASSIGN_OR_RETURN(dcp::ChunkArchive a, dcp::OpenChunk(file, r.entry, c, r.item));
+        BufferSink sink(r.data, r.size);
+        CKPT_RETURN_IF_ERROR(a.archive->ReadTensor(*a.tensor, &sink), StrCat(path, ": ", Quote(r.entry.key)));
+        if (sink.Position() != r.size) {
+          return DataLossError(StrCat(path, ": ", Quote(r.entry.key), ": archive produced ", sink.Position(), " of ",
+                                      r.size, " bytes"));
+        }
+      }
+      return OkStatus();
+    }();
+  }
+  if (!s.ok()) RaiseStatus(s);
+}
+
+// read_dcp_bytes(path, offset, length, transforms) -> bytes: a bytes item's
+// payload after its transforms.
+nb::bytes ReadDcpBytesPy(const std::string& path, int64_t offset, int64_t length, nb::handle transforms) {
+  if (offset < 0 || length < 0) RaiseValue(PyExc_ValueError, "read_dcp_bytes: negative offset or length");
+  dcp::StorageItem item;
+  item.relative_path = path;
+  item.offset_in_file = static_cast<uint64_t>(offset);
+  item.length = static_cast<uint64_t>(length);
+  item.transforms = TransformsOrRaise(transforms, "read_dcp_bytes");
+  std::string out;
+  Status s;
+  {
+    nb::gil_scoped_release release;
+    s = [&]() -> Status {
+      CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> file, OpenDataFile(path));
+      CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> bytes, dcp::OpenItemBytes(file, item));
+      try {
+        out.resize(bytes->Size());
+      } catch (const std::bad_alloc&) {
+        return ResourceExhaustedError(StrCat(path, " @ ", offset, ": cannot allocate ", bytes->Size(), " bytes"));
+      }
+      return bytes->ReadAt(0, out.size(), out.data());
+    }();
+  }
+  if (!s.ok()) RaiseStatus(s);
+  return nb::bytes(out.data(), out.size());
+}
+
 }  // namespace
 }  // namespace internal_python
 }  // namespace ckpt
@@ -487,4 +786,8 @@ NB_MODULE(_core, m) {
         nb::arg("max_shard_size") = 0, nb::arg("allow_opaque") = false);
   m.def("save_file", &SaveFilePy, nb::arg("path"), nb::arg("format"), nb::arg("entries"),
         nb::arg("metadata").none() = nb::none());
+  m.def("write_dcp_files", &WriteDcpFilesPy, nb::arg("dir"), nb::arg("prefix"), nb::arg("files"));
+  m.def("read_dcp_tensors", &ReadDcpTensorsPy, nb::arg("path"), nb::arg("requests"));
+  m.def("read_dcp_bytes", &ReadDcpBytesPy, nb::arg("path"), nb::arg("offset"), nb::arg("length"),
+        nb::arg("transforms").none() = nb::none());
 }

@@ -1,0 +1,407 @@
+"""ckptkit as a torch.distributed.checkpoint (DCP) storage plug-in.
+
+    import torch.distributed.checkpoint as dcp
+    import ckptkit.dcp
+    dcp.save(state_dict, storage_writer=ckptkit.dcp.StorageWriter(path, thread_count=4))
+    dcp.load(state_dict, storage_reader=ckptkit.dcp.StorageReader(path))
+    dcp.async_save(state_dict, storage_writer=ckptkit.dcp.StorageWriter(path))
+
+Drop-in replacements for torch's FileSystemWriter / FileSystemReader: the
+checkpoint on disk is the one FileSystemWriter(single_file_per_rank=True,
+serialization_format=TORCH_SAVE) writes (`__<rank>_<n>.distcp` files of
+embedded torch.save archives, bytes items as their raw payload, a pickled
+`.metadata`), so either side can be stock torch. Any world size works, and
+loading into another world size or sharding works because DCP's planners do
+the resharding: this module only serves WriteItems and ReadItems.
+
+Division of labour: Python plans (which item goes to which file, as torch does)
+and hands buffers over; the C++ core (ckptkit._core) writes the data files
+(one thread per file, each file written to a temporary, fsynced and renamed),
+and decodes each stored chunk's archive straight into a tensor's memory. Tensor
+bytes cross the boundary zero-copy through the buffer protocol (a numpy uint8
+view of a contiguous CPU tensor). `.metadata` is pickled here, exactly as
+torch's FileSystemWriter.finish does (torch's own classes).
+
+Differences from FileSystemWriter: no `single_file_per_rank=False`, no stream
+extensions on write (the reader does decode torch's "stream.zstd/1"), no
+safetensors serialization format. Tensor chunks are written as torch.save of a
+contiguous tensor; torch writes a permuted (non-contiguous but dense) tensor
+with its strides, so only those files differ in bytes (the values are equal).
+
+This module imports torch (it is a torch plug-in); `import ckptkit` alone does
+not.
+
+Thread-safety: one writer / reader object per save / load, as with torch's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import pickle
+import uuid
+import warnings
+from typing import Any, Optional, Union
+
+import torch
+from torch.distributed.checkpoint.filesystem import _StorageInfo, _StoragePrefix
+from torch.distributed.checkpoint.metadata import (
+    Metadata,
+    MetadataIndex,
+    StorageMeta,
+    TensorStorageMetadata,
+)
+from torch.distributed.checkpoint.planner import (
+    LoadItemType,
+    LoadPlan,
+    LoadPlanner,
+    ReadItem,
+    SavePlan,
+    SavePlanner,
+    WriteItem,
+    WriteItemType,
+)
+from torch.distributed.checkpoint.staging import BlockingAsyncStager
+from torch.distributed.checkpoint.storage import StorageReader as _TorchStorageReader
+from torch.distributed.checkpoint.storage import StorageWriter as _TorchStorageWriter
+from torch.distributed.checkpoint.storage import WriteResult
+from torch.futures import Future
+
+from . import _core
+
+__all__ = ["StorageReader", "StorageWriter"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_METADATA_FN = ".metadata"
+_DCP_VERSION = "1.0.0"  # torch 2.13's CURRENT_DCP_VERSION
+# Chunks decoded per C++ call when loading (bounds the memory held at once).
+_READ_BATCH_BYTES = 256 << 20
+
+
+def _item_size(item: WriteItem) -> int:
+    # torch 2.13's filesystem._item_size: the size of the whole tensor (not of
+    # the chunk) times the element size; it decides the split over files.
+    size = 1
+    for s in item.tensor_data.size:
+        size *= s
+    return size * torch._utils._element_size(item.tensor_data.properties.dtype)
+
+
+def _split_by_size_and_type_local(bins: int, items: list[WriteItem]) -> list[list[WriteItem]]:
+    # torch 2.13's filesystem._split_by_size_and_type.
+    if bins == 1:
+        return [items]
+    bytes_w = [wi for wi in items if wi.type == WriteItemType.BYTE_IO]
+    tensor_w = [wi for wi in items if wi.type != WriteItemType.BYTE_IO]
+    buckets: list[list[WriteItem]] = [[] for _ in range(bins)]
+    bucket_sizes = [0] * bins
+    tensor_w.sort(key=_item_size, reverse=True)
+    for i, wi in enumerate(bytes_w):
+        buckets[i % bins].append(wi)
+    for wi in tensor_w:
+        idx = min(range(bins), key=lambda b: bucket_sizes[b])
+        buckets[idx].append(wi)
+        bucket_sizes[idx] += _item_size(wi)
+    return buckets
+
+
+try:  # the installed torch's own split, so files match its FileSystemWriter
+    from torch.distributed.checkpoint.filesystem import _split_by_size_and_type
+except ImportError:  # pragma: no cover - a torch without it
+    _split_by_size_and_type = _split_by_size_and_type_local
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _byte_view(t: torch.Tensor) -> Any:
+    """A zero-copy uint8 numpy view of a contiguous CPU tensor's bytes."""
+    flat = t.reshape(-1)
+    if flat.element_size() != 1 or flat.dtype != torch.uint8:
+        flat = flat.view(torch.uint8)
+    return flat.numpy()
+
+
+def _cpu_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's values as a plain contiguous CPU tensor (what torch.save(t.contiguous()) stores)."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    return t.contiguous()
+
+
+def _fsync_dir(path: PathLike) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class StorageWriter(_TorchStorageWriter, BlockingAsyncStager):
+    """DCP StorageWriter backed by ckptkit's C++ DCP writer.
+
+    Args:
+        path: the checkpoint folder (created if missing).
+        thread_count: data files per rank, written by that many C++ threads
+            (items split over them as torch's FileSystemWriter does).
+        overwrite: as FileSystemWriter: False raises if a checkpoint exists.
+        cache_staged_state_dict: as FileSystemWriter (async_save staging).
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        thread_count: int = 1,
+        *,
+        overwrite: bool = True,
+        cache_staged_state_dict: bool = False,
+    ) -> None:
+        _TorchStorageWriter.__init__(self)
+        BlockingAsyncStager.__init__(self, cache_staged_state_dict=cache_staged_state_dict)
+        if not isinstance(thread_count, int) or thread_count < 1:
+            raise ValueError(f"thread_count must be a positive int, got {thread_count!r}")
+        self.path = os.fspath(path)
+        self.thread_count = thread_count
+        self.overwrite = overwrite
+        self.save_id = str(uuid.uuid4())
+        self.rank: Optional[int] = None
+        self.use_collectives = True
+
+    # --- StorageWriter protocol ------------------------------------------
+
+    def reset(self, checkpoint_id: Optional[PathLike] = None) -> None:
+        if checkpoint_id:
+            self.path = os.fspath(checkpoint_id)
+        self.save_id = str(uuid.uuid4())
+
+    def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        self.rank = kwargs.get("rank")
+        self.use_collectives = kwargs.get("use_collectives", True)
+
+    def _metadata_path(self, rank: Optional[int] = None) -> str:
+        name = _METADATA_FN if rank is None else f"__{rank}{_METADATA_FN}"
+        return os.path.join(self.path, name)
+
+    def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
+        os.makedirs(self.path, exist_ok=True)
+        existing = self._metadata_path(None if self.use_collectives else 0)
+        if os.path.exists(existing):
+            if not self.overwrite:
+                raise RuntimeError(f"Checkpoint already exists in {self.path} and overwrite=False.")
+            warnings.warn(f"Detected an existing checkpoint in {self.path}, overwriting.", stacklevel=2)
+        if self.rank is not None and not self.use_collectives:
+            plan = dataclasses.replace(plan, storage_data=_StoragePrefix(f"__{self.rank}_"))
+        return plan
+
+    def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
+        return [
+            dataclasses.replace(plan, storage_data=_StoragePrefix(f"__{i}_")) if plan.storage_data is None else plan
+            for i, plan in enumerate(plans)
+        ]
+
+    def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
+        prefix = plan.storage_data.prefix if plan.storage_data is not None else f"__{self.rank or 0}_"
+        keep: list[Any] = []  # owners of the buffers handed to C++
+
+        def item(wi: WriteItem) -> tuple:
+            data = planner.resolve_data(wi)
+            if wi.type == WriteItemType.BYTE_IO:
+                if not isinstance(data, io.BytesIO):
+                    raise TypeError(f"{wi.index.fqn}: planner gave {type(data).__name__} for a BYTE_IO item")
+                buf = data.getbuffer()
+                keep.append((data, buf))
+                return ("bytes", None, None, buf)
+            if not isinstance(data, torch.Tensor):
+                raise TypeError(f"{wi.index.fqn}: planner gave {type(data).__name__} for a tensor item")
+            t = _cpu_contiguous(data)
+            keep.append(t)
+            return ("tensor", _dtype_name(t.dtype), tuple(t.shape), _byte_view(t))
+
+        # Files and the order inside each exactly as FileSystemWriter: items
+        # split over thread_count files, bytes items first in each file.
+        buckets = [
+            [wi for wi in b if wi.type == WriteItemType.BYTE_IO] + [wi for wi in b if wi.type != WriteItemType.BYTE_IO]
+            for b in _split_by_size_and_type(self.thread_count, list(plan.items))
+        ]
+        placed = _core.write_dcp_files(self.path, prefix, [[item(wi) for wi in b] for b in buckets])
+        keep.clear()
+        _fsync_dir(self.path)
+        results = [
+            WriteResult(index=wi.index, size_in_bytes=length, storage_data=_StorageInfo(rel, offset, length))
+            for b, where in zip(buckets, placed)
+            for wi, (rel, offset, length) in zip(b, where)
+        ]
+        fut: Future[list[WriteResult]] = Future()
+        fut.set_result(results)
+        return fut
+
+    def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        metadata.version = _DCP_VERSION
+        storage_md = {}
+        for wr_list in results:
+            storage_md.update({wr.index: wr.storage_data for wr in wr_list})
+        metadata.storage_data = storage_md
+        metadata.storage_meta = self.storage_meta()
+        per_rank = not self.use_collectives and self.rank is not None
+        final = self._metadata_path(self.rank if per_rank else None)
+        tmp = final + ".tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump(metadata, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)  # the commit point: .metadata appears complete or not at all
+        _fsync_dir(self.path)
+
+    def storage_meta(self) -> Optional[StorageMeta]:
+        return StorageMeta(checkpoint_id=self.checkpoint_id, save_id=self.save_id)
+
+    @property
+    def checkpoint_id(self) -> PathLike:
+        return self.path
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: PathLike) -> bool:
+        try:
+            os.fspath(checkpoint_id)
+        except TypeError:
+            return False
+        return "://" not in str(checkpoint_id)
+
+
+class StorageReader(_TorchStorageReader):
+    """DCP StorageReader backed by ckptkit's C++ DCP item decoder.
+
+    Reads any checkpoint in FileSystemWriter's TORCH_SAVE layout (stock or
+    ckptkit-written), including items compressed with torch's
+    "stream.zstd/1" extension.
+    """
+
+    def __init__(self, path: PathLike) -> None:
+        super().__init__()
+        self.path = os.fspath(path)
+        self.storage_data: dict[MetadataIndex, _StorageInfo] = {}
+        self.metadata: Optional[Metadata] = None
+        self.load_id = str(uuid.uuid4())
+        self.rank: Optional[int] = None
+        self.use_collectives = True
+
+    def reset(self, checkpoint_id: Optional[PathLike] = None) -> None:
+        self.storage_data = {}
+        self.metadata = None
+        if checkpoint_id:
+            self.path = os.fspath(checkpoint_id)
+        self.load_id = str(uuid.uuid4())
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        rank = kwargs.get("rank")
+        name = _METADATA_FN if rank is None else f"__{rank}{_METADATA_FN}"
+        with open(os.path.join(self.path, name), "rb") as f:
+            metadata = pickle.load(f)  # torch's own format, as FileSystemReader reads it
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+    def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        if metadata.storage_data is None:
+            raise ValueError(f"{self.path}: .metadata has no storage_data")
+        self.metadata = metadata
+        self.storage_data = metadata.storage_data
+        self.rank = kwargs.get("rank")
+        self.use_collectives = kwargs.get("use_collectives", True)
+
+    def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
+        return plan
+
+    def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
+        return plans
+
+    def _stored_chunk(self, index: MetadataIndex) -> tuple[torch.dtype, tuple]:
+        """(dtype, sizes) of the stored chunk `index` names, from .metadata."""
+        md = self.metadata.state_dict_metadata.get(index.fqn) if self.metadata is not None else None
+        if not isinstance(md, TensorStorageMetadata):
+            raise ValueError(f"{self.path}: {index.fqn!r} is not a tensor in .metadata")
+        chunks = md.chunks
+        if index.index is not None and 0 <= index.index < len(chunks) and chunks[index.index].offsets == index.offset:
+            c = chunks[index.index]
+        else:
+            c = next((c for c in chunks if c.offsets == index.offset), None)
+            if c is None:
+                raise ValueError(f"{self.path}: {index.fqn!r} has no chunk at offsets {tuple(index.offset)}")
+        return md.properties.dtype, tuple(c.sizes)
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        per_file: dict[str, list[ReadItem]] = {}
+        for req in plan.items:
+            per_file.setdefault(self.storage_data[req.storage_index].relative_path, []).append(req)
+        for rel, reqs in per_file.items():
+            path = os.path.join(self.path, rel)
+            reqs.sort(key=lambda r: self.storage_data[r.storage_index].offset)
+            batch: list[ReadItem] = []
+            batch_bytes = 0
+            for req in reqs:
+                info = self.storage_data[req.storage_index]
+                if req.type == LoadItemType.BYTE_IO:
+                    payload = _core.read_dcp_bytes(path, info.offset, info.length, info.transform_descriptors)
+                    planner.load_bytes(req, io.BytesIO(payload))
+                    continue
+                batch.append(req)
+                batch_bytes += info.length
+                if batch_bytes >= _READ_BATCH_BYTES:
+                    self._read_tensors(path, batch, planner)
+                    batch, batch_bytes = [], 0
+            if batch:
+                self._read_tensors(path, batch, planner)
+        fut: Future = Future()
+        fut.set_result(None)
+        return fut
+
+    def _read_tensors(self, path: str, reqs: list[ReadItem], planner: LoadPlanner) -> None:
+        # One decode per stored chunk, however many ReadItems slice it.
+        chunks: dict[MetadataIndex, torch.Tensor] = {}
+        requests = []
+        for req in reqs:
+            if req.storage_index in chunks:
+                continue
+            dtype, sizes = self._stored_chunk(req.storage_index)
+            t = torch.empty(sizes, dtype=dtype)
+            chunks[req.storage_index] = t
+            info = self.storage_data[req.storage_index]
+            requests.append(
+                (req.storage_index.fqn, info.offset, info.length, info.transform_descriptors,
+                 _dtype_name(dtype), sizes, _byte_view(t))
+            )
+        _core.read_dcp_tensors(path, requests)
+        for req in reqs:
+            src = chunks[req.storage_index]
+            for dim, (start, length) in enumerate(zip(req.storage_offsets, req.lengths)):
+                src = src.narrow(dim, start, length)
+            target = planner.resolve_tensor(req).detach()
+            if target.size() != src.size():
+                raise ValueError(
+                    f"{path}: {req.storage_index.fqn!r}: planner wants {tuple(target.size())}, "
+                    f"the stored slice is {tuple(src.size())}"
+                )
+            target.copy_(src)
+            planner.commit_tensor(req, target)
+
+    @property
+    def checkpoint_id(self) -> PathLike:
+        return self.path
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: PathLike) -> bool:
+        return StorageWriter.validate_checkpoint_id(checkpoint_id)

@@ -1,0 +1,367 @@
+"""ckptkit.dcp.StorageWriter / StorageReader against stock torch 2.13 DCP.
+
+Proves, with real torch on CPU (gloo ranks spawned by torch.multiprocessing):
+  - save with ckptkit's writer -> load with stock FileSystemReader, same and
+    different world size and sharding (2 ranks Shard(0) -> 1 rank full and
+    3 ranks Shard(1));
+  - save with stock FileSystemWriter -> load with ckptkit's reader, same;
+  - every tensor (compared bit for bit) and every bytes object is equal;
+  - `.metadata` written by ckptkit loads with stock torch and describes the
+    same checkpoint as the stock one; data files are byte-identical to
+    FileSystemWriter's for the same state and thread_count;
+  - `ckptkit verify --deep` passes on what ckptkit wrote;
+  - dtypes: every dtype DCP saves (bf16, float8, bool, complex, ...);
+  - async_save, zstd-compressed stock items, and bad input.
+
+Run with the extension on PYTHONPATH and CKPTKIT_CLI naming the CLI.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import os
+import tempfile
+import time
+import traceback
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.distributed.checkpoint as dcp  # noqa: E402
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter  # noqa: E402
+from torch.distributed.checkpoint.api import CheckpointException  # noqa: E402
+
+import ckptkit  # noqa: E402
+import ckptkit.dcp as kdcp  # noqa: E402
+from dcp_fixtures import DCP_DTYPES, make_tensor  # noqa: E402
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Detected an existing checkpoint:UserWarning"),
+]
+
+
+# ----------------------------------------------------------------------------
+# State dicts (module-level so spawned ranks can rebuild them)
+# ----------------------------------------------------------------------------
+
+_SHARDED = {  # key -> (dtype, global shape, seed)
+    "w": ("float32", (12, 6), 1),
+    "bf": ("bfloat16", (6, 9), 2),
+    "f8": ("float8_e4m3fn", (6, 4), 3),
+    "flag": ("bool", (6, 3), 4),
+    "cx": ("complex64", (6, 2), 5),  # Shard(1) over 3 ranks: 1, 1, 0 columns
+    "odd": ("int32", (7, 5), 6),  # uneven in both dims
+}
+_OBJ = {"step": 7, "note": "hello", "blob": b"\x00\xff\x10" * 5}
+
+
+def _global(key):
+    dt, shape, seed = _SHARDED[key]
+    return make_tensor(dt, shape, seed)
+
+
+def _plain():
+    return {"scalar": make_tensor("float64", (), 7), "rng": make_tensor("uint8", (16,), 8)}
+
+
+def _state(world_size, dim, *, zeros=False):
+    """The test state dict: DTensors Shard(dim) over world_size ranks (plain
+    full tensors when dim is None), plain replicated tensors, bytes objects.
+    zeros=True: same structure with zero values (a load target)."""
+    sd = {}
+    mesh = None
+    if dim is not None:
+        from torch.distributed.device_mesh import init_device_mesh
+        mesh = init_device_mesh("cpu", (world_size,))
+    for k in _SHARDED:
+        t = _global(k)
+        if zeros:
+            t = torch.zeros_like(t)
+        if dim is not None:
+            from torch.distributed.tensor import Shard, distribute_tensor
+            t = distribute_tensor(t, mesh, [Shard(dim)], src_data_rank=None)
+        sd[k] = t
+    plain = _plain()
+    sd["nested"] = {k: (torch.zeros_like(v) if zeros else v) for k, v in plain.items()}
+    sd["obj"] = {"step": 0, "note": "", "blob": b""} if zeros else dict(_OBJ)
+    return sd
+
+
+def _bits(t):
+    t = t.detach().contiguous().reshape(-1)
+    return t.view(torch.uint8) if t.dtype != torch.uint8 else t
+
+
+def _assert_same(got, want, where):
+    assert got.dtype == want.dtype, f"{where}: dtype {got.dtype} != {want.dtype}"
+    assert tuple(got.shape) == tuple(want.shape), f"{where}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert torch.equal(_bits(got), _bits(want)), f"{where}: values differ"
+
+
+def _check_loaded(sd, world_size, dim, tag):
+    """Asserts a loaded _state(world_size, dim) holds the saved values."""
+    want = _state(world_size, dim)
+    for k in _SHARDED:
+        got, exp = sd[k], want[k]
+        if dim is not None:
+            got, exp = got.to_local(), exp.to_local()
+        _assert_same(got, exp, f"{tag}: {k}")
+    for k, v in want["nested"].items():
+        _assert_same(sd["nested"][k], v, f"{tag}: nested.{k}")
+    assert sd["obj"] == _OBJ, f"{tag}: obj {sd['obj']!r}"
+
+
+# ----------------------------------------------------------------------------
+# Multi-process harness
+# ----------------------------------------------------------------------------
+
+
+def _rank_main(rank, world_size, init_file, fn, args):
+    import torch.distributed as dist
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=120))
+        try:
+            fn(rank, world_size, *args)
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+    except (Exception, KeyboardInterrupt):
+        raise
+    except BaseException as e:  # CheckpointException is a BaseException: forward it
+        raise RuntimeError(f"rank {rank}: {type(e).__name__}: {e}\n{traceback.format_exc()}") from None
+
+
+def _spawn(world_size, fn, *args, timeout_s=150):
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="dcp_pg_") as tmp:
+        ctx = mp.start_processes(_rank_main, args=(world_size, os.path.join(tmp, "init"), fn, args),
+                                 nprocs=world_size, join=False, start_method="spawn")
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not ctx.join(timeout=0.5):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{fn.__name__} on {world_size} ranks did not finish in {timeout_s}s")
+        except mp.ProcessRaisedException as e:
+            raise AssertionError(f"{fn.__name__}: rank {e.error_index} failed:\n{e}") from None
+        finally:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+                    p.join(5)
+
+
+def _save_both(rank, world_size, ours, stock, thread_count):
+    """Each rank saves the same Shard(0) state with ckptkit's and torch's writer."""
+    sd = _state(world_size, 0)
+    dcp.save(sd, storage_writer=kdcp.StorageWriter(ours, thread_count=thread_count))
+    dcp.save(sd, storage_writer=FileSystemWriter(stock, thread_count=thread_count, sync_files=False))
+
+
+def _load_all(rank, world_size, ours, stock):
+    """Loads Shard(1): ckptkit-written with stock reader and with ckptkit's reader,
+    stock-written with ckptkit's reader."""
+    for path, reader, tag in ((ours, FileSystemReader, "ours->stock"), (ours, kdcp.StorageReader, "ours->ours"),
+                              (stock, kdcp.StorageReader, "stock->ours")):
+        sd = _state(world_size, 1, zeros=True)
+        dcp.load(sd, storage_reader=reader(path))
+        _check_loaded(sd, world_size, 1, f"rank {rank} {tag}")
+
+
+# ----------------------------------------------------------------------------
+# Tests
+# ----------------------------------------------------------------------------
+
+
+def _data_files(path):
+    return sorted(f for f in os.listdir(path) if f.endswith(".distcp"))
+
+
+def _verify_deep(run_cli, path):
+    r = run_cli("verify", "--deep", path)
+    assert r.returncode == 0, r
+    assert r.stdout.startswith("OK"), r
+
+
+@pytest.fixture(scope="module")
+def two_rank_checkpoints(tmp_path_factory):
+    """(ours, stock): the same Shard(0) state saved from 2 ranks, thread_count=2."""
+    root = tmp_path_factory.mktemp("dcp_plugin")
+    ours, stock = str(root / "ours"), str(root / "stock")
+    _spawn(2, _save_both, ours, stock, 2)
+    return ours, stock
+
+
+def test_two_rank_save_matches_stock_files_and_metadata(two_rank_checkpoints):
+    ours, stock = two_rank_checkpoints
+    assert _data_files(ours) == _data_files(stock) == ["__0_0.distcp", "__0_1.distcp", "__1_0.distcp", "__1_1.distcp"]
+    for f in _data_files(ours):
+        with open(os.path.join(ours, f), "rb") as a, open(os.path.join(stock, f), "rb") as b:
+            assert a.read() == b.read(), f"{f} differs from FileSystemWriter's"
+    md_ours = FileSystemReader(ours).read_metadata()  # stock torch loads ckptkit's .metadata
+    md_stock = FileSystemReader(stock).read_metadata()
+    assert md_ours.state_dict_metadata == md_stock.state_dict_metadata
+    assert md_ours.storage_data == md_stock.storage_data
+    assert md_ours.planner_data == md_stock.planner_data
+    assert md_ours.version == md_stock.version
+    assert md_ours.storage_meta.checkpoint_id == ours
+
+
+def test_two_rank_save_loads_into_one_rank_full(two_rank_checkpoints):
+    ours, stock = two_rank_checkpoints
+    for path, reader, tag in ((ours, FileSystemReader, "ours->stock"), (stock, kdcp.StorageReader, "stock->ours"),
+                              (ours, kdcp.StorageReader, "ours->ours")):
+        sd = _state(1, None, zeros=True)
+        dcp.load(sd, storage_reader=reader(path), no_dist=True)
+        _check_loaded(sd, 1, None, tag)
+
+
+def test_two_rank_save_loads_into_three_ranks_shard1(two_rank_checkpoints):
+    ours, stock = two_rank_checkpoints
+    _spawn(3, _load_all, ours, stock)
+
+
+def test_verify_deep_passes_on_ckptkit_output(two_rank_checkpoints, run_cli):
+    _verify_deep(run_cli, two_rank_checkpoints[0])
+
+
+def _all_dtypes_state():
+    sd = {f"t_{d}": make_tensor(d, (3, 4), seed=100 + i) for i, d in enumerate(DCP_DTYPES)}
+    sd["empty"] = torch.zeros(0, 5)
+    sd["scalar_bf16"] = make_tensor("bfloat16", (), 9)
+    base = make_tensor("float32", (6, 4), 10)
+    sd["row_view"] = base[2:4]  # a view of a larger storage
+    sd["objs"] = {"list": [1, "two", 3.0], "bytes": b"\x01\x02", "none": None}
+    return sd
+
+
+def _zeros_like_state(sd):
+    out = {}
+    for k, v in sd.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = torch.zeros_like(v.contiguous())
+        elif isinstance(v, dict):
+            out[k] = {kk: None for kk in v}
+        else:
+            out[k] = None
+    return out
+
+
+def _assert_state_equal(got, want, tag):
+    for k, v in want.items():
+        if isinstance(v, torch.Tensor):
+            _assert_same(got[k], v, f"{tag}: {k}")
+        else:
+            assert got[k] == v, f"{tag}: {k}: {got[k]!r} != {v!r}"
+
+
+@pytest.mark.parametrize("thread_count", [1, 3])
+def test_all_dtypes_round_trip_both_ways_and_byte_identical(tmp_path, run_cli, thread_count):
+    sd = _all_dtypes_state()
+    ours, stock = str(tmp_path / "ours"), str(tmp_path / "stock")
+    dcp.save(sd, storage_writer=kdcp.StorageWriter(ours, thread_count=thread_count), no_dist=True)
+    dcp.save(sd, storage_writer=FileSystemWriter(stock, thread_count=thread_count, sync_files=False), no_dist=True)
+    assert _data_files(ours) == _data_files(stock) == [f"__0_{i}.distcp" for i in range(thread_count)]
+    for f in _data_files(ours):
+        with open(os.path.join(ours, f), "rb") as a, open(os.path.join(stock, f), "rb") as b:
+            assert a.read() == b.read(), f"{f} differs from FileSystemWriter's"
+    for path, reader, tag in ((ours, FileSystemReader, "ours->stock"), (stock, kdcp.StorageReader, "stock->ours")):
+        got = _zeros_like_state(sd)
+        dcp.load(got, storage_reader=reader(path), no_dist=True)
+        _assert_state_equal(got, sd, tag)
+    _verify_deep(run_cli, ours)
+
+
+def test_permuted_and_noncontiguous_tensors_keep_their_values(tmp_path):
+    base = make_tensor("bfloat16", (4, 6), 11)
+    sd = {"t": base.t(), "strided": base[:, ::2], "neg": base.float().conj()}
+    ours = str(tmp_path / "ours")
+    dcp.save(sd, storage_writer=kdcp.StorageWriter(ours), no_dist=True)
+    got = _zeros_like_state(sd)
+    dcp.load(got, storage_reader=FileSystemReader(ours), no_dist=True)
+    _assert_state_equal(got, {k: v.contiguous() for k, v in sd.items()}, "permuted")
+
+
+def test_reader_decodes_zstd_compressed_stock_items(tmp_path):
+    pytest.importorskip("zstandard")
+    from torch.distributed.checkpoint._extension import ZStandard
+
+    sd = {"w": make_tensor("float32", (64, 8), 12), "zeros": torch.zeros(256), "obj": {"k": "v" * 100}}
+    stock = str(tmp_path / "stock")
+    dcp.save(sd, storage_writer=FileSystemWriter(stock, _extensions=[ZStandard()], sync_files=False), no_dist=True)
+    md = FileSystemReader(stock).read_metadata()
+    assert any(info.transform_descriptors for info in md.storage_data.values())  # really compressed
+    got = {"w": torch.zeros(64, 8), "zeros": torch.ones(256), "obj": {"k": None}}
+    dcp.load(got, storage_reader=kdcp.StorageReader(stock), no_dist=True)
+    _assert_state_equal(got, sd, "zstd")
+
+
+def test_async_save_then_stock_load(tmp_path):
+    sd = _all_dtypes_state()
+    ours = str(tmp_path / "ours")
+    fut = dcp.async_save(sd, storage_writer=kdcp.StorageWriter(ours, thread_count=2), no_dist=True)
+    fut.result(timeout=120)
+    got = _zeros_like_state(sd)
+    dcp.load(got, storage_reader=FileSystemReader(ours), no_dist=True)
+    _assert_state_equal(got, sd, "async")
+
+
+def test_overwrite_false_refuses_an_existing_checkpoint(tmp_path):
+    path = str(tmp_path / "c")
+    dcp.save({"a": torch.ones(2)}, storage_writer=kdcp.StorageWriter(path), no_dist=True)
+    with pytest.raises((RuntimeError, CheckpointException), match="already exists"):
+        dcp.save({"a": torch.ones(2)}, storage_writer=kdcp.StorageWriter(path, overwrite=False), no_dist=True)
+
+
+def test_bad_thread_count_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="thread_count"):
+        kdcp.StorageWriter(str(tmp_path), thread_count=0)
+
+
+def test_corrupt_item_is_reported_with_its_file(tmp_path):
+    path = str(tmp_path / "c")
+    dcp.save({"a": make_tensor("float32", (64,), 13)}, storage_writer=kdcp.StorageWriter(path), no_dist=True)
+    data = os.path.join(path, "__0_0.distcp")
+    raw = bytearray(open(data, "rb").read())
+    raw[:4] = b"XXXX"  # break the embedded zip's first local header
+    open(data, "wb").write(bytes(raw))
+    with pytest.raises(CheckpointException, match="__0_0.distcp"):
+        dcp.load({"a": torch.zeros(64)}, storage_reader=kdcp.StorageReader(path), no_dist=True)
+
+
+def test_write_into_missing_folder_fails_and_leaves_nothing(tmp_path):
+    from ckptkit import _core
+
+    missing = str(tmp_path / "no" / "such")
+    buf = torch.ones(4).view(torch.uint8).numpy()
+    with pytest.raises(FileNotFoundError, match="no/such"):
+        _core.write_dcp_files(missing, "__0_", [[("tensor", "float32", (4,), buf)], [("bytes", None, None, b"xy")]])
+    assert not os.path.exists(missing)
+
+
+def test_write_dcp_files_rejects_mismatched_buffer(tmp_path):
+    from ckptkit import _core
+
+    with pytest.raises(ValueError, match="buffer holds 3 bytes"):
+        _core.write_dcp_files(str(tmp_path), "__0_", [[("tensor", "float32", (1,), b"abc")]])
+    with pytest.raises(ValueError, match="prefix"):
+        _core.write_dcp_files(str(tmp_path), "a/b", [[]])
+    with pytest.raises(ValueError, match="cannot be saved"):
+        _core.write_dcp_files(str(tmp_path), "__0_", [[("tensor", "bits8", (1,), b"a")]])
+    assert os.listdir(tmp_path) == []
+
+
+def test_import_ckptkit_does_not_load_the_plugin():
+    import subprocess
+    import sys
+
+    code = "import sys, ckptkit; assert 'ckptkit.dcp' not in sys.modules and 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())
+    assert ckptkit.dcp is kdcp
