@@ -36,6 +36,7 @@ Thread-safety: one writer / reader object per save / load, as with torch's.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import io
 import os
@@ -78,6 +79,8 @@ _METADATA_FN = ".metadata"
 _DCP_VERSION = "1.0.0"  # torch 2.13's CURRENT_DCP_VERSION
 # Chunks decoded per C++ call when loading (bounds the memory held at once).
 _READ_BATCH_BYTES = 256 << 20
+# C++ decode calls in flight at once when loading.
+_READ_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 def _item_size(item: WriteItem) -> int:
@@ -347,49 +350,89 @@ class StorageReader(_TorchStorageReader):
         per_file: dict[str, list[ReadItem]] = {}
         for req in plan.items:
             per_file.setdefault(self.storage_data[req.storage_index].relative_path, []).append(req)
-        for rel, reqs in per_file.items():
-            path = os.path.join(self.path, rel)
-            reqs.sort(key=lambda r: self.storage_data[r.storage_index].offset)
-            batch: list[ReadItem] = []
-            batch_bytes = 0
-            for req in reqs:
-                info = self.storage_data[req.storage_index]
-                if req.type == LoadItemType.BYTE_IO:
-                    payload = _core.read_dcp_bytes(path, info.offset, info.length, info.transform_descriptors)
-                    planner.load_bytes(req, io.BytesIO(payload))
-                    continue
-                batch.append(req)
-                batch_bytes += info.length
-                if batch_bytes >= _READ_BATCH_BYTES:
-                    self._read_tensors(path, batch, planner)
-                    batch, batch_bytes = [], 0
+        # Tensor requests go in batches of about _READ_BATCH_BYTES (the planner's
+        # targets are resolved a batch at a time, so a planner that hands out
+        # temporaries holds at most one batch), and each batch is decoded by up to
+        # _READ_THREADS C++ calls at once (the GIL is released while they read).
+        batch: list[tuple[str, ReadItem]] = []
+        batch_bytes = 0
+        with concurrent.futures.ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+            for rel, reqs in per_file.items():
+                path = os.path.join(self.path, rel)
+                reqs.sort(key=lambda r: self.storage_data[r.storage_index].offset)
+                for req in reqs:
+                    info = self.storage_data[req.storage_index]
+                    if req.type == LoadItemType.BYTE_IO:
+                        payload = _core.read_dcp_bytes(path, info.offset, info.length, info.transform_descriptors)
+                        planner.load_bytes(req, io.BytesIO(payload))
+                        continue
+                    batch.append((path, req))
+                    batch_bytes += info.length
+                    if batch_bytes >= _READ_BATCH_BYTES:
+                        self._read_tensors(batch, planner, pool)
+                        batch, batch_bytes = [], 0
             if batch:
-                self._read_tensors(path, batch, planner)
+                self._read_tensors(batch, planner, pool)
         fut: Future = Future()
         fut.set_result(None)
         return fut
 
-    def _read_tensors(self, path: str, reqs: list[ReadItem], planner: LoadPlanner) -> None:
-        # One decode per stored chunk, however many ReadItems slice it.
+    def _read_tensors(
+        self, batch: list[tuple[str, ReadItem]], planner: LoadPlanner, pool: concurrent.futures.Executor
+    ) -> None:
+        # A request for a whole stored chunk whose target is a contiguous CPU
+        # tensor of the stored dtype is decoded straight into the target; any
+        # other (a slice, a strided or other-dtype target) is decoded once per
+        # stored chunk into a temporary and copied.
         chunks: dict[MetadataIndex, torch.Tensor] = {}
-        requests = []
-        for req in reqs:
-            if req.storage_index in chunks:
-                continue
+        requests: list[tuple[str, tuple]] = []
+        copies: list[tuple[str, ReadItem, torch.Tensor]] = []
+        direct: list[tuple[ReadItem, torch.Tensor]] = []
+        for path, req in batch:
             dtype, sizes = self._stored_chunk(req.storage_index)
-            t = torch.empty(sizes, dtype=dtype)
-            chunks[req.storage_index] = t
             info = self.storage_data[req.storage_index]
-            requests.append(
-                (req.storage_index.fqn, info.offset, info.length, info.transform_descriptors,
-                 _dtype_name(dtype), sizes, _byte_view(t))
-            )
-        _core.read_dcp_tensors(path, requests)
-        for req in reqs:
+            target = planner.resolve_tensor(req).detach()
+            whole = all(o == 0 for o in req.storage_offsets) and tuple(req.lengths) == sizes
+            if (
+                whole
+                and req.storage_index not in chunks
+                and target.device.type == "cpu"
+                and target.dtype == dtype
+                and tuple(target.size()) == sizes
+                and target.is_contiguous()
+                and not target.is_conj()
+                and not target.is_neg()
+            ):
+                requests.append((path, (req.storage_index.fqn, info.offset, info.length, info.transform_descriptors,
+                                        _dtype_name(dtype), sizes, _byte_view(target))))
+                direct.append((req, target))
+                continue
+            if req.storage_index not in chunks:
+                t = torch.empty(sizes, dtype=dtype)
+                chunks[req.storage_index] = t
+                requests.append((path, (req.storage_index.fqn, info.offset, info.length, info.transform_descriptors,
+                                        _dtype_name(dtype), sizes, _byte_view(t))))
+            copies.append((path, req, target))
+        # Split into up to _READ_THREADS runs of consecutive requests of about
+        # equal bytes, each run within one file.
+        total = sum(r[1][2] for r in requests)
+        share = max(1, total // _READ_THREADS + 1)
+        runs: list[tuple[str, list[tuple]]] = []
+        acc = share
+        for path, r in requests:
+            if acc >= share or runs[-1][0] != path:
+                runs.append((path, []))
+                acc = 0
+            runs[-1][1].append(r)
+            acc += r[2]
+        for f in [pool.submit(_core.read_dcp_tensors, path, rs) for path, rs in runs]:
+            f.result()
+        for req, target in direct:
+            planner.commit_tensor(req, target)
+        for path, req, target in copies:
             src = chunks[req.storage_index]
             for dim, (start, length) in enumerate(zip(req.storage_offsets, req.lengths)):
                 src = src.narrow(dim, start, length)
-            target = planner.resolve_tensor(req).detach()
             if target.size() != src.size():
                 raise ValueError(
                     f"{path}: {req.storage_index.fqn!r}: planner wants {tuple(target.size())}, "

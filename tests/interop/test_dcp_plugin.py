@@ -289,6 +289,31 @@ def test_permuted_and_noncontiguous_tensors_keep_their_values(tmp_path):
     _assert_state_equal(got, {k: v.contiguous() for k, v in sd.items()}, "permuted")
 
 
+def test_reader_fills_every_kind_of_destination(tmp_path, monkeypatch):
+    # Whole contiguous targets are decoded in place; a transposed target, a
+    # target of another dtype (DCP converts, as FileSystemReader's copy_ does)
+    # and a target that is a view into a larger tensor go through a temporary.
+    # A tiny batch size forces many batches and runs over several threads.
+    monkeypatch.setattr(kdcp, "_READ_BATCH_BYTES", 200)
+    monkeypatch.setattr(kdcp, "_READ_THREADS", 3)
+    sd = {f"w{i}": make_tensor("float32", (8, 8), 200 + i) for i in range(12)}
+    sd["bf"] = make_tensor("bfloat16", (5, 7), 230)
+    stock = str(tmp_path / "stock")
+    dcp.save(sd, storage_writer=FileSystemWriter(stock, thread_count=2, sync_files=False), no_dist=True)
+    got = {k: torch.zeros_like(v) for k, v in sd.items()}
+    transposed_storage = torch.zeros(8, 8)
+    got["w1"] = transposed_storage.t()  # non-contiguous destination
+    got["w2"] = torch.zeros(8, 8, dtype=torch.float64)  # other dtype
+    big = torch.full((10, 8), -1.0)
+    got["w3"] = big[1:9]  # a view: contiguous, with a storage offset
+    dcp.load(got, storage_reader=kdcp.StorageReader(stock), no_dist=True)
+    for k, v in sd.items():
+        want = v.double() if k == "w2" else v
+        _assert_same(got[k].contiguous(), want, k)
+    _assert_same(transposed_storage.t().contiguous(), sd["w1"], "w1 storage")
+    assert torch.equal(big[0], torch.full((8,), -1.0)) and torch.equal(big[9], torch.full((8,), -1.0))
+
+
 def test_reader_decodes_zstd_compressed_stock_items(tmp_path):
     pytest.importorskip("zstandard")
     from torch.distributed.checkpoint._extension import ZStandard
