@@ -181,6 +181,7 @@ class StorageWriter(_TorchStorageWriter, BlockingAsyncStager):
         self.overwrite = overwrite
         self.save_id = str(uuid.uuid4())
         self.rank: Optional[int] = None
+        self.is_coordinator = True
         self.use_collectives = True
 
     # --- StorageWriter protocol ------------------------------------------
@@ -192,6 +193,7 @@ class StorageWriter(_TorchStorageWriter, BlockingAsyncStager):
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         self.rank = kwargs.get("rank")
+        self.is_coordinator = is_coordinator
         self.use_collectives = kwargs.get("use_collectives", True)
 
     def _metadata_path(self, rank: Optional[int] = None) -> str:
@@ -205,6 +207,18 @@ class StorageWriter(_TorchStorageWriter, BlockingAsyncStager):
             if not self.overwrite:
                 raise RuntimeError(f"Checkpoint already exists in {self.path} and overwrite=False.")
             warnings.warn(f"Detected an existing checkpoint in {self.path}, overwriting.", stacklevel=2)
+            # Unlike FileSystemWriter, withdraw the old checkpoint's commit
+            # point before any data file is replaced: a save that then fails
+            # must not leave the old `.metadata` naming half-new data files.
+            # The coordinator does it (every rank with per-rank metadata);
+            # data is written only after the global plan, so no rank has
+            # started yet.
+            if self.is_coordinator or not self.use_collectives:
+                try:
+                    os.remove(existing)
+                except FileNotFoundError:
+                    pass
+                _fsync_dir(self.path)
         if self.rank is not None and not self.use_collectives:
             plan = dataclasses.replace(plan, storage_data=_StoragePrefix(f"__{self.rank}_"))
         return plan

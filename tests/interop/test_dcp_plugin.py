@@ -338,6 +338,40 @@ def test_async_save_then_stock_load(tmp_path):
     _assert_state_equal(got, sd, "async")
 
 
+def _save_then_fail_on_rank1(rank, world_size, path):
+    """A good save, then a save over it in which rank 1's writer fails after
+    writing its first file: every rank must raise, and the old checkpoint's
+    .metadata must be gone (its data files were being replaced)."""
+    from ckptkit import _core
+
+    dcp.save(_state(world_size, 0), storage_writer=kdcp.StorageWriter(path, thread_count=2))
+    real = _core.write_dcp_files
+
+    def failing(dir_, prefix, files):
+        real(dir_, prefix, files[:1])
+        raise OSError(28, "No space left on device (injected on rank 1)")
+
+    if rank == 1:
+        kdcp._core = type("FailingCore", (), {"write_dcp_files": staticmethod(failing),
+                                               "read_dcp_tensors": real, "read_dcp_bytes": real})
+    try:
+        dcp.save(_state(world_size, 0), storage_writer=kdcp.StorageWriter(path, thread_count=2))
+    except CheckpointException as e:
+        assert "No space left on device (injected on rank 1)" in str(e), str(e)
+    else:
+        raise AssertionError(f"rank {rank}: the save did not fail")
+    finally:
+        kdcp._core = _core
+
+
+def test_a_rank_failing_mid_save_fails_every_rank_and_publishes_nothing(tmp_path):
+    path = str(tmp_path / "c")
+    _spawn(2, _save_then_fail_on_rank1, path)
+    assert not os.path.exists(os.path.join(path, ".metadata"))
+    with pytest.raises(CheckpointException, match=r"\.metadata"):
+        dcp.load({"obj": None}, storage_reader=FileSystemReader(path), no_dist=True)
+
+
 def test_overwrite_false_refuses_an_existing_checkpoint(tmp_path):
     path = str(tmp_path / "c")
     dcp.save({"a": torch.ones(2)}, storage_writer=kdcp.StorageWriter(path), no_dist=True)
