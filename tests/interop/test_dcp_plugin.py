@@ -3,13 +3,15 @@
 Proves, with real torch on CPU (gloo ranks spawned by torch.multiprocessing):
   - save with ckptkit's writer -> load with stock FileSystemReader, same and
     different world size and sharding (2 ranks Shard(0) -> 1 rank full and
-    3 ranks Shard(1));
+    3 ranks Shard(1); 4 ranks Shard(1) -> 2 ranks Shard(0));
   - save with stock FileSystemWriter -> load with ckptkit's reader, same;
   - every tensor (compared bit for bit) and every bytes object is equal;
   - `.metadata` written by ckptkit loads with stock torch and describes the
     same checkpoint as the stock one; data files are byte-identical to
     FileSystemWriter's for the same state and thread_count;
-  - `ckptkit verify --deep` passes on what ckptkit wrote;
+  - `ckptkit verify --deep` passes on what ckptkit wrote, and `ckptkit diff`
+    sees no difference between stock- and ckptkit-written checkpoints;
+  - a rank failing mid-save fails every rank and publishes nothing;
   - dtypes: every dtype DCP saves (bf16, float8, bool, complex, ...);
   - async_save, zstd-compressed stock items, and bad input.
 
@@ -165,14 +167,20 @@ def _save_both(rank, world_size, ours, stock, thread_count):
     dcp.save(sd, storage_writer=FileSystemWriter(stock, thread_count=thread_count, sync_files=False))
 
 
-def _load_all(rank, world_size, ours, stock):
-    """Loads Shard(1): ckptkit-written with stock reader and with ckptkit's reader,
+def _load_all(rank, world_size, ours, stock, dim=1):
+    """Loads Shard(dim): ckptkit-written with stock reader and with ckptkit's reader,
     stock-written with ckptkit's reader."""
     for path, reader, tag in ((ours, FileSystemReader, "ours->stock"), (ours, kdcp.StorageReader, "ours->ours"),
                               (stock, kdcp.StorageReader, "stock->ours")):
-        sd = _state(world_size, 1, zeros=True)
+        sd = _state(world_size, dim, zeros=True)
         dcp.load(sd, storage_reader=reader(path))
-        _check_loaded(sd, world_size, 1, f"rank {rank} {tag}")
+        _check_loaded(sd, world_size, dim, f"rank {rank} {tag}")
+
+
+def _save_both_shard1(rank, world_size, ours, stock):
+    sd = _state(world_size, 1)
+    dcp.save(sd, storage_writer=kdcp.StorageWriter(ours))
+    dcp.save(sd, storage_writer=FileSystemWriter(stock, sync_files=False))
 
 
 # ----------------------------------------------------------------------------
@@ -230,6 +238,26 @@ def test_two_rank_save_loads_into_three_ranks_shard1(two_rank_checkpoints):
 
 def test_verify_deep_passes_on_ckptkit_output(two_rank_checkpoints, run_cli):
     _verify_deep(run_cli, two_rank_checkpoints[0])
+
+
+def test_diff_sees_no_difference_between_stock_and_ckptkit_checkpoints(two_rank_checkpoints, run_cli):
+    ours, stock = two_rank_checkpoints
+    r = run_cli("diff", stock, ours, "--json")
+    assert r.returncode == 0, r
+    doc = __import__("json").loads(r.stdout)
+    assert doc["identical"] is True, doc
+
+
+def test_four_rank_save_loads_into_two_ranks_shard0(tmp_path, run_cli):
+    # Shard(1) over 4 ranks (some ranks hold empty column ranges), thread_count 1.
+    ours, stock = str(tmp_path / "ours"), str(tmp_path / "stock")
+    _spawn(4, _save_both_shard1, ours, stock)
+    assert _data_files(ours) == _data_files(stock) == [f"__{r}_0.distcp" for r in range(4)]
+    for f in _data_files(ours):
+        with open(os.path.join(ours, f), "rb") as a, open(os.path.join(stock, f), "rb") as b:
+            assert a.read() == b.read(), f"{f} differs from FileSystemWriter's"
+    _spawn(2, _load_all, ours, stock, 0)
+    _verify_deep(run_cli, ours)
 
 
 def _all_dtypes_state():
