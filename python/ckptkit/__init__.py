@@ -491,10 +491,11 @@ def save_file(
 
 
 def __getattr__(name: str) -> Any:
-    # `ckptkit.dcp` (the torch.distributed.checkpoint plug-in) imports torch,
-    # so it is loaded on first use, never by `import ckptkit`.
-    if name == "dcp":
+    # `ckptkit.dcp` (the torch.distributed.checkpoint plug-in) imports torch and
+    # `ckptkit.megatron` (the Megatron-Core strategies) megatron-core, so they are
+    # loaded on first use, never by `import ckptkit`.
+    if name in ("dcp", "megatron"):
         import importlib
 
-        return importlib.import_module(".dcp", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
