@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,7 @@ enum class TargetFormat {
   kSafetensors,  // one .safetensors file, or a folder of shards + model.safetensors.index.json
   kTorch,        // one torch.save file, or a folder of shards + pytorch_model.bin.index.json
   kDcp,          // a torch.distributed.checkpoint folder (.metadata + __0_<n>.distcp)
+  kTorchDist,    // a Megatron-Core torch_dist checkpoint (DCP + metadata.json + common state)
 };
 
 struct ConvertOptions {
@@ -38,8 +40,22 @@ struct ConvertOptions {
   // and are dropped with a warning where it cannot (safetensors). Without it,
   // such a global is an error (code Unimplemented).
   bool allow_opaque = false;
-  // kDcp: number of data files (torch's FileSystemWriter thread_count), >= 1.
+  // kDcp, kTorchDist: number of data files (torch's FileSystemWriter
+  // thread_count), >= 1.
   int64_t thread_count = 1;
+  // kTorchDist: the megatron-core layout to write, "0.16" (core <= 0.18:
+  // common.pt, 4-key metadata.json) or "0.19" (core >= 0.19: the
+  // common_state DCP entry, 2-key metadata.json); "" means the newest, 0.19.
+  std::string megatron_version;
+  // kTorchDist: when set (or when the source is a Megatron-LM root), dst is a
+  // Megatron-LM root: dst/iter_<N:07d>/ plus latest_checkpointed_iteration.txt.
+  // A source root's own iteration (or "release") is used when unset.
+  std::optional<int64_t> iteration;
+  // kDcp: the `.metadata` layout, for readers older than torch 2.4:
+  // "torch2.13" (the default, ""), "torch2.3" (no storage_meta / version) or
+  // "torch2.0" (also the pre-2.3 TensorProperties class path); see
+  // src/format/dcp/writer.h MetadataLayout.
+  std::string dcp_metadata_layout;
   Env* env = nullptr;  // nullptr: Env::Default()
   // Called after each tensor with (bytes done, bytes total). May be empty.
   std::function<void(uint64_t, uint64_t)> progress;
@@ -71,6 +87,18 @@ struct ConvertReport {
 // Safetensors and sharded sources: one chunk per tensor, flat keys; objects
 // of a torch.save whose root is not a dict are dropped with a warning.
 // `.metadata` is published last. torch's dcp.load / dcp_to_torch_save load it.
+//
+// --to torch_dist: what megatron-core's dist_checkpointing.save writes for
+// the chosen version (src/checkpoint/torch_dist_writer.h): the DCP files as
+// --to dcp writes them (one rank: every source rank's items merged into
+// __0_<n>.distcp), metadata.json and the common state (common.pt or the
+// common_state entry), published data first, metadata.json last, then the
+// Megatron-LM tracker. A torch_dist source keeps its common dict and extra
+// metadata.json keys (0.19 only); a plain DCP source gets an empty common
+// dict; a torch.save state dict gives its tensors as entries (one chunk each,
+// flat keys) and everything else as the common dict, as Megatron's
+// extract_matching_values splits it; safetensors and sharded sources an empty
+// common dict.
 //
 // Converts src into dst. If dst ends in ".safetensors" (or ".pt"/".bin"/".pth"
 // for torch) and max_shard_size is 0 it is one file; otherwise dst is a folder

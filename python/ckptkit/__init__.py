@@ -344,20 +344,31 @@ def convert(
     to: str = "safetensors",
     max_shard_size: Union[int, str, None] = None,
     allow_opaque: bool = False,
+    thread_count: int = 1,
+    megatron_version: Optional[str] = None,
+    iteration: Optional[int] = None,
 ) -> dict:
-    """Converts a checkpoint to `to` ("safetensors" or "torch").
+    """Converts a checkpoint to `to`: "safetensors", "torch", "dcp" (a
+    torch.distributed.checkpoint folder) or "torch_dist" (Megatron-Core).
 
-    max_shard_size (bytes, or "5GB"/"500MiB") writes shards plus an index json.
-    allow_opaque=False refuses inputs holding pickle objects that cannot be
-    represented in the target format.
+    max_shard_size (bytes, or "5GB"/"500MiB"; safetensors/torch) writes shards
+    plus an index json. thread_count (dcp/torch_dist) is the number of data
+    files, as torch's FileSystemWriter(thread_count=...). megatron_version
+    ("0.16" or "0.19", default the newest) and iteration (a Megatron-LM root
+    with iter_<N:07d>/ and the tracker) apply to torch_dist. allow_opaque=False
+    refuses inputs holding pickle objects that cannot be represented in the
+    target format. Same behaviour as `ckptkit convert` (README).
 
-    Returns {"files": [written paths, index last], "warnings": [...],
+    Returns {"files": [written paths, the commit file last], "warnings": [...],
     "tensors": count, "bytes": tensor bytes}.
     """
-    if to not in ("safetensors", "torch"):
-        raise ValueError(f"to must be 'safetensors' or 'torch', got {to!r}")
+    if to not in ("safetensors", "torch", "dcp", "torch_dist"):
+        raise ValueError(f"to must be 'safetensors', 'torch', 'dcp' or 'torch_dist', got {to!r}")
+    if not isinstance(thread_count, int) or thread_count < 1:
+        raise ValueError(f"thread_count must be a positive int, got {thread_count!r}")
     limit = 0 if max_shard_size is None else _parse_size(max_shard_size)
-    return _core.convert(os.fspath(src), os.fspath(dst), to, limit, bool(allow_opaque))
+    return _core.convert(os.fspath(src), os.fspath(dst), to, limit, bool(allow_opaque), thread_count,
+                         megatron_version or "", iteration)
 
 
 # numpy (kind, itemsize) -> torch dtype name, for save_file.

@@ -22,7 +22,14 @@ class Reader:
 
 def open(path: str, mode: str = "strict") -> Reader: ...
 def convert(
-    src: str, dst: str, to: str, max_shard_size: int = 0, allow_opaque: bool = False
+    src: str,
+    dst: str,
+    to: str,
+    max_shard_size: int = 0,
+    allow_opaque: bool = False,
+    thread_count: int = 1,
+    megatron_version: str = "",
+    iteration: Optional[int] = None,
 ) -> dict[str, Any]: ...
 def save_file(
     path: str,

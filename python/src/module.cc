@@ -301,18 +301,27 @@ Reader Open(const std::string& path, const std::string& mode) {
 
 // Returns {"files": [...], "warnings": [...], "tensors": n, "bytes": n}.
 nb::dict ConvertPy(const std::string& src, const std::string& dst, const std::string& to,
-                   uint64_t max_shard_size, bool allow_opaque) {
+                   uint64_t max_shard_size, bool allow_opaque, int64_t thread_count,
+                   const std::string& megatron_version, std::optional<int64_t> iteration) {
   ConvertOptions options;
   if (to == "safetensors") {
     options.to = TargetFormat::kSafetensors;
   } else if (to == "torch") {
     options.to = TargetFormat::kTorch;
+  } else if (to == "dcp") {
+    options.to = TargetFormat::kDcp;
+  } else if (to == "torch_dist") {
+    options.to = TargetFormat::kTorchDist;
   } else {
-    PyErr_Format(PyExc_ValueError, "to must be 'safetensors' or 'torch', got '%s'", to.c_str());
+    PyErr_Format(PyExc_ValueError, "to must be 'safetensors', 'torch', 'dcp' or 'torch_dist', got '%s'",
+                 to.c_str());
     throw nb::python_error();
   }
   options.max_shard_size = max_shard_size;
   options.allow_opaque = allow_opaque;
+  options.thread_count = thread_count;
+  options.megatron_version = megatron_version;
+  options.iteration = iteration;
   Result<ConvertReport> report = InternalError("not run");
   {
     nb::gil_scoped_release release;
@@ -783,7 +792,8 @@ NB_MODULE(_core, m) {
 
   m.def("open", &Open, nb::arg("path"), nb::arg("mode") = "strict");
   m.def("convert", &ConvertPy, nb::arg("src"), nb::arg("dst"), nb::arg("to"),
-        nb::arg("max_shard_size") = 0, nb::arg("allow_opaque") = false);
+        nb::arg("max_shard_size") = 0, nb::arg("allow_opaque") = false, nb::arg("thread_count") = 1,
+        nb::arg("megatron_version") = "", nb::arg("iteration").none() = nb::none());
   m.def("save_file", &SaveFilePy, nb::arg("path"), nb::arg("format"), nb::arg("entries"),
         nb::arg("metadata").none() = nb::none());
   m.def("write_dcp_files", &WriteDcpFilesPy, nb::arg("dir"), nb::arg("prefix"), nb::arg("files"));

@@ -9,11 +9,13 @@
 #include <optional>
 #include <set>
 
+#include "checkpoint/dcp_entries.h"
 #include "checkpoint/dcp_reader.h"
 #include "checkpoint/dcp_to_torch.h"
 #include "checkpoint/dcp_from_torch.h"
 #include "checkpoint/dcp_writer.h"
 #include "checkpoint/readers.h"
+#include "checkpoint/torch_dist_writer.h"
 #include "checkpoint/torch_rewrite.h"
 #include "ckpt/checkpoint.h"
 #include "ckpt/writer.h"
@@ -57,96 +59,28 @@ Result<ConvertReport> ConvertToDcp(const CheckpointReader& reader, const std::st
   const std::vector<TensorInfo>& tensors = reader.tensors();
   uint64_t total = 0;
   for (const TensorInfo& t : tensors) total += t.nbytes;
-  uint64_t done = 0;
+  internal_checkpoint::ChunkProgress progress(options.progress);
+  progress.set_total(total);
+  const internal_checkpoint::ChunkDone on_chunk = progress.AsCallback();
   ConvertReport report;
   std::vector<dcp::EntryToWrite> entries;
-  // Streams the box [offsets, offsets+sizes) of tensor i.
-  auto chunk_writer = [&reader, &options, &done, total](size_t i, std::vector<int64_t> offsets,
-                                                        std::vector<int64_t> sizes, uint64_t nbytes,
-                                                        bool whole) {
-    return [&reader, &options, &done, total, i, offsets = std::move(offsets), sizes = std::move(sizes), nbytes,
-            whole](ByteSink* sink) -> Status {
-      Status s = whole ? reader.ReadTensor(i, sink) : reader.ReadTensorRegion(i, offsets, sizes, sink);
-      if (s.ok()) {
-        done += nbytes;
-        if (options.progress) options.progress(done, total);
-      }
-      return s;
-    };
-  };
-  auto chunk_bytes = [](const TensorInfo& t, const std::vector<int64_t>& sizes) {
-    uint64_t n = DTypeSize(t.dtype);
-    for (int64_t d : sizes) n *= static_cast<uint64_t>(d);
-    return n;
-  };
 
   if (const auto* d = dynamic_cast<const internal_checkpoint::DcpReader*>(&reader)) {
-    const dcp::Metadata& md = d->metadata();
     if (reader.format() != "dcp") {
       report.warnings.push_back(StrCat(
           "the output is a plain DCP folder: the ", reader.format(),
           " files around .metadata (metadata.json, common.pt, the iteration tracker) and .metadata's extra "
-          "attributes are not written"));
+          "attributes are not written (--to torch_dist writes them)"));
     }
-    std::map<int64_t, size_t> tensor_of_entry;
-    for (size_t i = 0; i < tensors.size(); ++i) tensor_of_entry[d->entry_of(i)] = i;
-    for (size_t ei = 0; ei < md.entries.size(); ++ei) {
-      const dcp::Entry& e = md.entries[ei];
-      dcp::EntryToWrite w;
-      w.key = e.key;
-      w.type = e.type;
-      if (auto it = md.planner_paths.find(e.key); it != md.planner_paths.end()) w.path = it->second;
-      if (e.type == dcp::EntryType::kBytes) {
-        if (e.item < 0 || static_cast<size_t>(e.item) >= md.items.size()) {
-          return DataLossError(StrCat(src, ": bytes entry ", Quote(e.key), " has no storage item"));
-        }
-        const dcp::StorageItem item = md.items[static_cast<size_t>(e.item)];
-        w.write_bytes = [d, item](ByteSink* sink) -> Status {
-          CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> file, d->DataFile(item.relative_path));
-          CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> bytes, dcp::OpenItemBytes(file, item));
-          return CopyRange(*bytes, 0, bytes->Size(), sink);
-        };
-        entries.push_back(std::move(w));
-        continue;
-      }
-      auto ti = tensor_of_entry.find(static_cast<int64_t>(ei));
-      if (ti == tensor_of_entry.end()) {
-        return DataLossError(StrCat(src, ": tensor ", Quote(e.key), " is not readable"));
-      }
-      const TensorInfo& t = tensors[ti->second];
-      w.dtype = t.dtype;
-      w.size = t.shape;
-      for (const dcp::Chunk& c : e.chunks) {
-        const uint64_t nb = chunk_bytes(t, c.sizes);
-        w.chunks.push_back({c.offsets, c.sizes, chunk_writer(ti->second, c.offsets, c.sizes, nb, false)});
-      }
-      entries.push_back(std::move(w));
-    }
+    CKPT_ASSIGN_OR_RETURN(entries, internal_checkpoint::DcpSourceEntries(*d, src, on_chunk));
   } else if (const torch::TorchFile* tf = internal_checkpoint::TorchFileOf(reader);
              tf != nullptr && tf->root() != nullptr && tf->root()->kind == pickle::Kind::kDict) {
     // torch.save of a state dict: nesting and non-tensor values kept, as dcp.save flattens them.
-    auto r = internal_checkpoint::TorchStateDictToDcpEntries(
-        *tf, reader, [&options, &done, total](uint64_t n) {
-          done += n;
-          if (options.progress) options.progress(done, total);
-        });
+    auto r = internal_checkpoint::TorchStateDictToDcpEntries(*tf, reader, on_chunk);
     if (!r.ok()) return r.status().WithContext(StrCat("reading ", src));
     entries = std::move(*r);
   } else {
-    std::set<std::string> seen;
-    for (size_t i = 0; i < tensors.size(); ++i) {
-      const TensorInfo& t = tensors[i];
-      if (!seen.insert(t.key).second) {
-        return DataLossError(StrCat(src, ": two tensors flatten to the same key ", Quote(t.key)));
-      }
-      dcp::EntryToWrite w;
-      w.key = t.key;
-      w.dtype = t.dtype;
-      w.size = t.shape;
-      std::vector<int64_t> zeros(t.shape.size(), 0);
-      w.chunks.push_back({zeros, t.shape, chunk_writer(i, zeros, t.shape, t.nbytes, true)});
-      entries.push_back(std::move(w));
-    }
+    CKPT_ASSIGN_OR_RETURN(entries, internal_checkpoint::FlatTensorEntries(reader, src, on_chunk));
     for (const ObjectInfo& o : reader.objects()) {
       report.warnings.push_back(StrCat("dropped non-tensor object ", Quote(o.key), " (", o.type,
                                        "): --to dcp writes tensors only from a ", reader.format(), " source"));
@@ -155,6 +89,10 @@ Result<ConvertReport> ConvertToDcp(const CheckpointReader& reader, const std::st
 
   dcp::DcpWriteOptions wo;
   wo.thread_count = options.thread_count;
+  if (!options.dcp_metadata_layout.empty()) {
+    CKPT_ASSIGN_OR_RETURN(wo.metadata_layout, dcp::ParseMetadataLayout(options.dcp_metadata_layout),
+                          "--dcp-metadata-layout");
+  }
   CKPT_ASSIGN_OR_RETURN(internal_checkpoint::DcpWriteReport r,
                         internal_checkpoint::WriteDcpCheckpoint(env, dst, entries, wo));
   report.files = std::move(r.files);
@@ -168,6 +106,15 @@ Result<ConvertReport> ConvertToDcp(const CheckpointReader& reader, const std::st
 Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
                               const ConvertOptions& options) {
   Env* env = options.env ? options.env : Env::Default();
+  if (options.to == TargetFormat::kTorchDist) {
+    return internal_checkpoint::ConvertToTorchDist(src, dst, options, env);
+  }
+  if (!options.megatron_version.empty() || options.iteration) {
+    return InvalidArgumentError("--megatron-version and --iteration apply to --to torch_dist only");
+  }
+  if (!options.dcp_metadata_layout.empty() && options.to != TargetFormat::kDcp) {
+    return InvalidArgumentError("--dcp-metadata-layout applies to --to dcp only");
+  }
   if (options.to == TargetFormat::kDcp) {
     if (options.max_shard_size > 0) {
       return InvalidArgumentError("--max-shard-size does not apply to --to dcp (use --thread-count)");

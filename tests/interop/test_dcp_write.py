@@ -520,3 +520,230 @@ def test_megatron_source_keeps_dcp_content(run_cli, tmp_path, name):
     quiet_dcp_to_torch_save(out, tmp_path / "b" / "m.pt")
     assert (tmp_path / "a" / "m.pt").read_bytes() == (tmp_path / "b" / "m.pt").read_bytes()
     verify_deep(run_cli, out)
+
+
+# ----------------------------------------------------------------------------
+# --thread-count N: torch's bucketing (_split_by_size_and_type) for sharded
+# tensors, whose chunks weigh as the whole tensor
+# ----------------------------------------------------------------------------
+
+
+def torch_buckets(md, bins):
+    """torch 2.13's own _split_by_size_and_type over WriteItems built from md in
+    plan order (entries in .metadata order; a bytes entry one item, a tensor one
+    item per chunk), as FileSystemWriter(thread_count=bins) would bucket them."""
+    from torch.distributed.checkpoint.filesystem import _split_by_size_and_type
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
+    from torch.distributed.checkpoint.planner import TensorWriteData, WriteItem, WriteItemType
+
+    items = []
+    for fqn, sm in md.state_dict_metadata.items():
+        if isinstance(sm, BytesStorageMetadata):
+            items.append(WriteItem(index=MetadataIndex(fqn), type=WriteItemType.BYTE_IO))
+            continue
+        for i, c in enumerate(sm.chunks):
+            items.append(WriteItem(index=MetadataIndex(fqn, c.offsets, i), type=WriteItemType.SHARD,
+                                   tensor_data=TensorWriteData(chunk=c, properties=sm.properties, size=sm.size)))
+    buckets = _split_by_size_and_type(bins, items)
+    out = []
+    for b in buckets:
+        # _write_files_from_queue: bytes items first, then tensors, each in bucket order.
+        ordered = [w for w in b if w.type == WriteItemType.BYTE_IO] + [w for w in b if w.type != WriteItemType.BYTE_IO]
+        out.append([(w.index.fqn, tuple(w.index.offset) if w.index.offset is not None else None) for w in ordered])
+    return out
+
+
+def our_buckets(md, bins):
+    files = [[] for _ in range(bins)]
+    ends = {}
+    for k, v in md.storage_data.items():
+        n = int(v.relative_path[len("__0_"):-len(".distcp")])
+        assert v.relative_path == f"__0_{n}.distcp"
+        # Items are back to back in write order.
+        assert v.offset == ends.get(n, 0), (k, v)
+        ends[n] = v.offset + v.length
+        files[n].append((k.fqn, tuple(k.offset) if k.offset is not None else None))
+    return files
+
+
+@pytest.mark.parametrize("name", ["ws2_threads2", "ws3_uneven", "ws4_per_item"])
+def test_thread_count_3_buckets_as_torch_for_multi_chunk_sources(run_cli, tmp_path, name):
+    src = os.path.join(GOLDEN, name)
+    out = tmp_path / "out"
+    convert(run_cli, src, out, "--thread-count", 3)
+    md = metadata(out)
+    assert sorted(os.listdir(out)) == [".metadata", "__0_0.distcp", "__0_1.distcp", "__0_2.distcp"]
+    assert any(len(sm.chunks) > 1 for sm in md.state_dict_metadata.values() if hasattr(sm, "chunks"))
+    want = torch_buckets(md, 3)
+    assert our_buckets(md, 3) == want
+    for n in range(3):
+        assert (out / f"__0_{n}.distcp").stat().st_size == sum(
+            v.length for v in md.storage_data.values() if v.relative_path == f"__0_{n}.distcp")
+    verify_deep(run_cli, out)
+
+
+def test_thread_count_3_chunk_weight_rule_matters(run_cli, tmp_path):
+    """A live 2-rank DTensor source where weighing chunks by their own bytes
+    would bucket differently: the whole tensor's size decides, as in torch."""
+    src = tmp_path / "src"
+    fx.write_dcp(src, 2, fx.build_sharded, thread_count=1)
+    out = tmp_path / "out"
+    convert(run_cli, src, out, "--thread-count", 3)
+    md = metadata(out)
+    want = torch_buckets(md, 3)
+    assert our_buckets(md, 3) == want
+
+    # The rule that weighs chunks by their own size gives another assignment
+    # for this source (otherwise the test could not tell the two apart).
+    from torch.distributed.checkpoint import filesystem as fs
+
+    orig = fs._item_size
+
+    def chunk_size(item):
+        n = 1
+        for s in item.tensor_data.chunk.sizes:
+            n *= s
+        return n * torch._utils._element_size(item.tensor_data.properties.dtype)
+
+    fs._item_size = chunk_size
+    try:
+        by_chunk = torch_buckets(md, 3)
+    finally:
+        fs._item_size = orig
+    assert by_chunk != want
+
+    ref = fx.load_reference(src)
+    got = fx.load_reference(out)
+    for k, v in ref.items():
+        if isinstance(v, torch.Tensor):
+            assert bits_equal(got[k], v), k
+
+
+def test_parallel_writer_threads_are_deterministic(run_cli, tmp_path):
+    """--thread-count 4 writes its files concurrently; the bytes never depend on timing."""
+    src = tmp_path / "model.pt"
+    g = torch.Generator().manual_seed(3)
+    torch.save({f"w{i}": torch.randn(64 + 7 * i, 33, generator=g) for i in range(12)}, src)
+    convert(run_cli, src, tmp_path / "a", "--thread-count", 4)
+    for n in range(3):
+        convert(run_cli, src, tmp_path / f"b{n}", "--thread-count", 4)
+        for name in sorted(os.listdir(tmp_path / "a")):
+            assert (tmp_path / "a" / name).read_bytes() == (tmp_path / f"b{n}" / name).read_bytes(), name
+    ref = tmp_path / "ref"
+    torch_dcp_save(torch.load(src), ref, 4)
+    for name in sorted(os.listdir(ref)):
+        if name.endswith(".distcp"):
+            assert (tmp_path / "a" / name).read_bytes() == (ref / name).read_bytes(), name
+
+
+# ----------------------------------------------------------------------------
+# .metadata layouts for older torch (dcp::MetadataLayout): the golden outputs
+# of tests/unit/dcp/writer_test.cc (OutputMatchesTheGoldenFilesTorchLoads)
+# ----------------------------------------------------------------------------
+
+LAYOUTS = os.path.join(os.path.dirname(__file__), "..", "unit", "dcp", "testdata", "metadata_layouts")
+
+
+def _layout_copy(tmp_path, layout):
+    dst = tmp_path / layout
+    shutil.copytree(os.path.join(LAYOUTS, layout), dst)
+    return dst
+
+
+@pytest.mark.parametrize("layout", ["torch2.3", "torch2.0"])
+def test_older_metadata_layouts_load_in_torch_2_13(run_cli, tmp_path, layout):
+    new, old = _layout_copy(tmp_path, "torch2.13"), _layout_copy(tmp_path, layout)
+    a, b = metadata(new), metadata(old)
+    assert getattr(b, "storage_meta", None) is None and getattr(b, "version", None) is None
+    assert a.storage_meta is not None and a.version == "1.0.0"
+    assert list(b.state_dict_metadata) == list(a.state_dict_metadata)
+    for k, sa in a.state_dict_metadata.items():
+        sb = b.state_dict_metadata[k]
+        assert (sb.size, sb.chunks) == (sa.size, sa.chunks), k
+        pa, pb = sa.properties, sb.properties
+        assert (pb.dtype, pb.layout, pb.requires_grad, pb.memory_format, pb.pin_memory) == \
+            (pa.dtype, pa.layout, pa.requires_grad, pa.memory_format, pa.pin_memory), k
+        if layout == "torch2.0":
+            assert type(pb).__module__ == "torch.distributed._shard.sharded_tensor.metadata"
+    assert b.planner_data == a.planner_data
+    assert storage_list(b) == storage_list(a)
+
+    # FileSystemReader fills in a StorageMeta for a checkpoint without one.
+    from torch.distributed.checkpoint import FileSystemReader
+
+    rmd = FileSystemReader(os.fspath(old)).read_metadata()
+    assert rmd.storage_meta is not None and rmd.storage_meta.load_id
+
+    # dcp_to_torch_save and dcp.load give what the default layout gives.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    quiet_dcp_to_torch_save(new, tmp_path / "a" / "m.pt")
+    quiet_dcp_to_torch_save(old, tmp_path / "b" / "m.pt")
+    assert (tmp_path / "a" / "m.pt").read_bytes() == (tmp_path / "b" / "m.pt").read_bytes()
+    flat = fx.flatten(torch.load(tmp_path / "a" / "m.pt"))
+    assert len(flat) == 5
+    for k, v in load_preallocated(old, flat).items():
+        assert bits_equal(v, flat[k]), k
+    verify_deep(run_cli, old)
+
+
+_OLD_TORCH_SIM = r"""
+import pickle, sys
+import torch.distributed.checkpoint.metadata as m
+# What an older torch lacks (see dcp::MetadataLayout): StorageMeta (< 2.4);
+# DCP's own _MEM_FORMAT_ENCODING (< 2.3, where checkpoint.metadata only
+# re-exported ShardedTensor's TensorProperties).
+del m.StorageMeta
+if sys.argv[2] == "2.2":
+    del m._MEM_FORMAT_ENCODING
+with open(sys.argv[1], "rb") as f:
+    try:
+        pickle.load(f)
+    except AttributeError as e:
+        print("AttributeError:", e)
+        sys.exit(3)
+print("loaded")
+"""
+
+
+@pytest.mark.parametrize("torch_version,loads", [
+    ("2.3", {"torch2.13": False, "torch2.3": True, "torch2.0": True}),
+    ("2.2", {"torch2.13": False, "torch2.3": False, "torch2.0": True}),
+])
+def test_older_layouts_unpickle_without_the_classes_older_torch_lacks(tmp_path, torch_version, loads):
+    """A simulation: torch 2.13 with the classes removed that older torch does not have."""
+    import subprocess
+    import sys
+
+    for layout, ok in loads.items():
+        r = subprocess.run([sys.executable, "-c", _OLD_TORCH_SIM, os.path.join(LAYOUTS, layout, ".metadata"),
+                            torch_version], capture_output=True, text=True)
+        assert (r.returncode == 0) == ok, (layout, r.stdout, r.stderr)
+        if not ok:
+            assert r.returncode == 3 and "AttributeError" in r.stdout, (layout, r.stdout, r.stderr)
+
+
+@pytest.mark.parametrize("layout", ["torch2.3", "torch2.0"])
+def test_cli_dcp_metadata_layout_flag(run_cli, tmp_path, layout):
+    """`convert --dcp-metadata-layout` writes the older layout; torch 2.13 still loads it."""
+    sd = rich_state_dict(5)
+    src = tmp_path / "src.pt"
+    torch.save(sd, src)
+    convert(run_cli, src, tmp_path / "new")
+    convert(run_cli, src, tmp_path / "old", "--dcp-metadata-layout", layout)
+    a, b = metadata(tmp_path / "new"), metadata(tmp_path / "old")
+    assert getattr(b, "storage_meta", None) is None and getattr(b, "version", None) is None
+    assert a.storage_meta is not None
+    if layout == "torch2.0":
+        assert all(type(v.properties).__module__ == "torch.distributed._shard.sharded_tensor.metadata"
+                   for v in b.state_dict_metadata.values() if hasattr(v, "properties"))
+    for f in sorted(os.listdir(tmp_path / "new")):
+        if f.endswith(".distcp"):
+            assert (tmp_path / "new" / f).read_bytes() == (tmp_path / "old" / f).read_bytes(), f
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    quiet_dcp_to_torch_save(tmp_path / "new", tmp_path / "a" / "m.pt")
+    quiet_dcp_to_torch_save(tmp_path / "old", tmp_path / "b" / "m.pt")
+    assert (tmp_path / "a" / "m.pt").read_bytes() == (tmp_path / "b" / "m.pt").read_bytes()
+    r = run_cli("convert", src, tmp_path / "x.safetensors", "--to", "safetensors", "--dcp-metadata-layout", layout)
+    assert r.returncode == 2 and "--to dcp" in r.stderr, r

@@ -212,3 +212,35 @@ def test_details_is_plain_json_dict(tmp_path):
         assert isinstance(d, dict)
         import json
         assert '"v"' in json.dumps(d)
+
+
+def test_convert_to_dcp_and_torch_dist_from_python(tmp_path):
+    torch = pytest.importorskip("torch")
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+
+    sd = {"w": torch.arange(24, dtype=torch.float32).reshape(4, 6), "b": torch.ones(3, dtype=torch.bfloat16),
+          "step": 5}
+    src = str(tmp_path / "src.pt")
+    torch.save(sd, src)
+    out = ckptkit.convert(src, tmp_path / "dcp", to="dcp", thread_count=2)
+    assert [os.path.basename(f) for f in out["files"]] == ["__0_0.distcp", "__0_1.distcp", ".metadata"]
+    got = {"w": torch.zeros(4, 6), "b": torch.zeros(3, dtype=torch.bfloat16), "step": 0}
+    dcp.load(got, storage_reader=FileSystemReader(str(tmp_path / "dcp")), no_dist=True)
+    assert torch.equal(got["w"], sd["w"]) and torch.equal(got["b"], sd["b"]) and got["step"] == 5
+
+    out = ckptkit.convert(src, tmp_path / "root", to="torch_dist", megatron_version="0.16", iteration=7)
+    names = [os.path.relpath(f, tmp_path / "root") for f in out["files"]]
+    assert names[-1] == "latest_checkpointed_iteration.txt", names
+    assert names[-2] == os.path.join("iter_0000007", "metadata.json"), names
+    assert os.path.join("iter_0000007", "common.pt") in names
+    assert (tmp_path / "root" / "latest_checkpointed_iteration.txt").read_text() == "7"
+    common = torch.load(tmp_path / "root" / "iter_0000007" / "common.pt", weights_only=True)
+    assert common == {"step": 5}
+    with ckptkit.open(tmp_path / "root") as ck:
+        assert sorted(ck.keys()) == ["b", "w"]
+        assert torch.equal(ck.torch("w"), sd["w"])
+    with pytest.raises(ValueError, match="thread_count"):
+        ckptkit.convert(src, tmp_path / "x", to="dcp", thread_count=0)
+    with pytest.raises(ValueError, match="torch_dist"):
+        ckptkit.convert(src, tmp_path / "x", to="megatron")

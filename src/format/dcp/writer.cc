@@ -40,11 +40,13 @@ class ItemSink final : public ByteSink {
   uint64_t* digest_;
 };
 
-std::optional<uint64_t> ChunkBytes(const EntryToWrite& e, const ChunkToWrite& c) {
-  std::optional<int64_t> numel = CheckedNumel(c.sizes);
+std::optional<uint64_t> BoxBytes(DType dtype, const std::vector<int64_t>& sizes) {
+  std::optional<int64_t> numel = CheckedNumel(sizes);
   if (!numel) return std::nullopt;
-  return CheckedMul(static_cast<uint64_t>(*numel), static_cast<uint64_t>(DTypeSize(e.dtype)));
+  return CheckedMul(static_cast<uint64_t>(*numel), static_cast<uint64_t>(DTypeSize(dtype)));
 }
+
+std::optional<uint64_t> ChunkBytes(const EntryToWrite& e, const ChunkToWrite& c) { return BoxBytes(e.dtype, c.sizes); }
 
 bool Plannable(DType d) {
   // torch 2.13's planner fails on bits8/bits16; quantized tensors are not DCP items.
@@ -75,7 +77,7 @@ Status ValidateEntry(const EntryToWrite& e) {
   for (int64_t d : e.size) {
     if (d < 0) return InvalidArgumentError(StrCat(where, ": negative dimension in size ", OffsetsString(e.size)));
   }
-  if (!CheckedNumel(e.size)) return InvalidArgumentError(StrCat(where, ": size overflows"));
+  if (!BoxBytes(e.dtype, e.size)) return InvalidArgumentError(StrCat(where, ": size overflows"));
   if (e.chunks.empty()) return InvalidArgumentError(StrCat(where, ": tensor without chunks"));
   Entry probe;
   probe.key = e.key;
@@ -141,6 +143,7 @@ class MetadataBuilder {
 };
 
 constexpr char kMd[] = "torch.distributed.checkpoint.metadata";
+constexpr char kShardMd[] = "torch.distributed._shard.sharded_tensor.metadata";
 
 }  // namespace
 
@@ -150,6 +153,34 @@ uint64_t Fnv1a64(uint64_t h, std::string_view data) {
     h *= 0x100000001b3ull;
   }
   return h;
+}
+
+uint64_t CombineFileDigests(std::span<const uint64_t> file_digests) {
+  uint64_t h = kFnvOffset;
+  for (uint64_t d : file_digests) {
+    char le[8];
+    for (int i = 0; i < 8; ++i) le[i] = static_cast<char>((d >> (8 * i)) & 0xff);
+    h = Fnv1a64(h, std::string_view(le, sizeof(le)));
+  }
+  return h;
+}
+
+std::string_view MetadataLayoutName(MetadataLayout layout) {
+  static_assert(kNumMetadataLayouts == 3, "name every layout");
+  switch (layout) {
+    case MetadataLayout::kTorch2_13: return "torch2.13";
+    case MetadataLayout::kTorch2_3: return "torch2.3";
+    case MetadataLayout::kTorch2_0: return "torch2.0";
+  }
+  return "unknown";
+}
+
+Result<MetadataLayout> ParseMetadataLayout(std::string_view name) {
+  for (MetadataLayout l : {MetadataLayout::kTorch2_13, MetadataLayout::kTorch2_3, MetadataLayout::kTorch2_0}) {
+    if (name == MetadataLayoutName(l)) return l;
+  }
+  return InvalidArgumentError(
+      StrCat("unknown .metadata layout ", Quote(std::string(name)), " (expected torch2.13, torch2.3 or torch2.0)"));
 }
 
 Result<std::vector<PlannedFile>> PlanDcpWrite(std::span<const EntryToWrite> entries,
@@ -170,8 +201,11 @@ Result<std::vector<PlannedFile>> PlanDcpWrite(std::span<const EntryToWrite> entr
     if (e.type == EntryType::kBytes) {
       items.push_back({i, -1, 0});
     } else {
+      // filesystem.py _item_size: the WriteItem's tensor_data.size is the
+      // global size, so every chunk weighs as much as the whole tensor.
+      const uint64_t weight = *BoxBytes(e.dtype, e.size);
       for (size_t c = 0; c < e.chunks.size(); ++c) {
-        items.push_back({i, static_cast<int64_t>(c), *ChunkBytes(e, e.chunks[c])});
+        items.push_back({i, static_cast<int64_t>(c), *ChunkBytes(e, e.chunks[c]), weight});
       }
     }
   }
@@ -183,14 +217,17 @@ Result<std::vector<PlannedFile>> PlanDcpWrite(std::span<const EntryToWrite> entr
   } else {
     std::vector<PlannedItem> bytes_w, tensor_w;
     for (const PlannedItem& it : items) (is_bytes(it) ? bytes_w : tensor_w).push_back(it);
+    // _split_by_size_and_type: list.sort(key=_item_size, reverse=True) is
+    // stable; min(enumerate(bucket_sizes)) picks the first lightest bucket.
     std::stable_sort(tensor_w.begin(), tensor_w.end(),
-                     [](const PlannedItem& a, const PlannedItem& b) { return a.size > b.size; });
+                     [](const PlannedItem& a, const PlannedItem& b) { return a.weight > b.weight; });
     for (size_t i = 0; i < bytes_w.size(); ++i) buckets[i % bins].push_back(bytes_w[i]);
-    std::vector<uint64_t> load(bins, 0);
+    // Python ints do not overflow: 128-bit sums of 64-bit weights cannot either.
+    std::vector<unsigned __int128> load(bins, 0);
     for (const PlannedItem& it : tensor_w) {
       size_t idx = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
       buckets[idx].push_back(it);
-      load[idx] += it.size;
+      load[idx] += it.weight;
     }
   }
   std::vector<PlannedFile> files(bins);
@@ -255,11 +292,18 @@ Result<std::string> SerializeDcpMetadata(std::span<const EntryToWrite> entries,
     }
   }
 
+  const MetadataLayout layout = options.metadata_layout;
+  if (static_cast<int>(layout) < 0 || static_cast<int>(layout) >= kNumMetadataLayouts) {
+    return InvalidArgumentError(StrCat("dcp writer: unknown .metadata layout ", static_cast<int>(layout)));
+  }
+  // Before torch 2.3 DCP used ShardedTensor's TensorProperties and enum.
+  const bool shard_props = layout == MetadataLayout::kTorch2_0;
+  const char* props_module = shard_props ? kShardMd : kMd;
   MetadataBuilder b;
   Arena& a = b.arena();
   // The torch module's layout/memory-format constants, shared by all properties.
   Value* get_layout = b.Global("torch.serialization", "_get_layout");
-  Value* mem_format = b.Global(kMd, "_MEM_FORMAT_ENCODING");
+  Value* mem_format = b.Global(props_module, shard_props ? "MEM_FORMAT_ENCODING" : "_MEM_FORMAT_ENCODING");
 
   Value* sd_md = a.Dict();
   std::vector<Value*> key_str(entries.size());
@@ -281,7 +325,7 @@ Result<std::string> SerializeDcpMetadata(std::span<const EntryToWrite> entries,
       chunks->items.push_back(b.NewObj(kMd, "ChunkStorageMetadata", st));
     }
     Value* st = a.Dict();
-    MetadataBuilder::Set(st, b.Str("properties"), b.NewObj(kMd, "TensorProperties", props_state));
+    MetadataBuilder::Set(st, b.Str("properties"), b.NewObj(props_module, "TensorProperties", props_state));
     MetadataBuilder::Set(st, b.Str("size"), b.Size(e.size));
     MetadataBuilder::Set(st, b.Str("chunks"), chunks);
     MetadataBuilder::Set(sd_md, key_str[i], b.NewObj(kMd, "TensorStorageMetadata", st));
@@ -335,6 +379,11 @@ Result<std::string> SerializeDcpMetadata(std::span<const EntryToWrite> entries,
   MetadataBuilder::Set(md_state, b.Str("planner_data"), planner);
   MetadataBuilder::Set(md_state, b.Str("storage_data"), storage);
   Value* root = b.NewObj(kMd, "Metadata", md_state);
+  if (layout != MetadataLayout::kTorch2_13) {
+    // torch < 2.4 has no StorageMeta class (and writes no version).
+    CKPT_ASSIGN_OR_RETURN(std::string out, pickle::PickleToString(root), "dcp writer: .metadata");
+    return out;
+  }
 
   // save_id: a hash of everything but storage_meta, plus the data bytes.
   CKPT_ASSIGN_OR_RETURN(std::string core, pickle::PickleToString(root), "dcp writer: .metadata");

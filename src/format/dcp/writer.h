@@ -9,10 +9,13 @@
 //  - Plan: items in entry order (a bytes entry is one item, a tensor one item
 //    per chunk). With thread_count == 1 every item goes to `__<rank>_0.distcp`
 //    in that order; with N > 1, `_split_by_size_and_type`: bytes items
-//    round-robin over N buckets, then tensor items sorted by byte size,
+//    round-robin over N buckets, then tensor items sorted by `_item_size`,
 //    largest first (a stable sort), each into the currently lightest bucket
-//    (the first of equals). Bucket i is `__<rank>_<i>.distcp`; an empty bucket
-//    is still a (0-byte) file.
+//    (the first of equals), the bucket's weight growing by `_item_size`.
+//    `_item_size` is the WHOLE tensor's byte size (the WriteItem's
+//    tensor_data.size is the global size) times the element size, not the
+//    chunk's: every chunk of one tensor weighs the same. Bucket i is
+//    `__<rank>_<i>.distcp`; an empty bucket is still a (0-byte) file.
 //  - A file holds its bytes items first, then its tensor items, each in
 //    bucket order, back to back.
 //  - A tensor chunk is `torch.save(chunk)` of a fresh contiguous tensor
@@ -26,12 +29,16 @@
 //    with _get_layout('torch.strided') and _MEM_FORMAT_ENCODING(0), chunk
 //    MetadataIndex {fqn, index, offset}, bytes MetadataIndex {fqn, index:
 //    None}, storage_data in write order (file by file), planner_data fqn ->
-//    the entry's path tuple.
+//    the entry's path tuple. MetadataLayout selects what older torch can
+//    unpickle (see there).
 //
 // Deterministic: the same entries and options give the same bytes (save_id is
 // derived from the content, no clock or uuid).
 //
 // Thread-safety: stateless functions; callbacks run on the calling thread.
+// WriteDcpDataFile may run concurrently for different files of one plan (as
+// src/checkpoint/dcp_writer.h does): it only reads `entries`, so it is as
+// safe as the callbacks are.
 #ifndef CKPT_FORMAT_DCP_WRITER_H_
 #define CKPT_FORMAT_DCP_WRITER_H_
 
@@ -40,6 +47,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ckpt/byte_source.h"
@@ -72,11 +80,45 @@ struct EntryToWrite {
   std::vector<Metadata::PathElem> path;
 };
 
+// Which `.metadata` object graph to write: what a torch release can unpickle.
+// Every layout loads in torch 2.13 (tests/interop/test_dcp_write.py); the
+// data files are the same for all. Named by the oldest torch each serves.
+enum class MetadataLayout {
+  // torch >= 2.4 (what 2.13 writes): with `storage_meta` (a StorageMeta) and
+  // `version` "1.0.0".
+  kTorch2_13,
+  // torch >= 2.3: no `storage_meta` and no `version` attribute. StorageMeta
+  // was added in torch 2.4 (pytorch PR 124772), so unpickling the default
+  // layout in 2.3 fails (AttributeError on the missing class); `version` is
+  // harmless to 2.3 but omitted, as 2.3 itself writes neither. torch >= 2.4
+  // reads a checkpoint without them (FileSystemReader sets a fresh
+  // StorageMeta).
+  kTorch2_3,
+  // torch >= 2.0: as kTorch2_3, and TensorProperties and its memory-format
+  // enum under their pre-2.3 names
+  // `torch.distributed._shard.sharded_tensor.metadata.{TensorProperties,
+  // MEM_FORMAT_ENCODING}` (DCP got its own copies, `_MEM_FORMAT_ENCODING`,
+  // in pytorch PR 116248, first released in 2.3); same 5-tuple state.
+  kTorch2_0,
+};
+inline constexpr int kNumMetadataLayouts = 3;
+// "torch2.13", "torch2.3", "torch2.0" (for messages and the CLI).
+std::string_view MetadataLayoutName(MetadataLayout layout);
+// Inverse of MetadataLayoutName. Errors: InvalidArgument naming the choices.
+Result<MetadataLayout> ParseMetadataLayout(std::string_view name);
+
 struct DcpWriteOptions {
   int64_t rank = 0;          // file names __<rank>_<n>.distcp
   int64_t thread_count = 1;  // number of data files (>= 1)
-  // StorageMeta.checkpoint_id: nullopt pickles None.
+  // StorageMeta.checkpoint_id: nullopt pickles None. Not written by layouts
+  // without storage_meta.
   std::optional<std::string> checkpoint_id;
+  MetadataLayout metadata_layout = MetadataLayout::kTorch2_13;
+  // WriteDcpCheckpoint (src/checkpoint/dcp_writer.h) only: write the data
+  // files concurrently, up to thread_count at a time. The callbacks then run
+  // on several threads at once and must be thread-safe. The bytes written do
+  // not depend on it. The format functions here ignore it.
+  bool parallel = true;
 };
 
 // Largest thread_count accepted (files per rank).
@@ -85,7 +127,10 @@ inline constexpr int64_t kMaxThreadCount = 1024;
 struct PlannedItem {
   size_t entry = 0;
   int64_t chunk = -1;  // -1 for a bytes entry
-  uint64_t size = 0;   // tensor chunk bytes (torch's _item_size); 0 for bytes
+  uint64_t size = 0;   // the tensor chunk's bytes (what the callback streams); 0 for bytes
+  // torch's `_item_size`: the whole tensor's bytes (numel(size) * element
+  // size), the sort key and bucket weight; 0 for bytes.
+  uint64_t weight = 0;
 };
 
 struct PlannedFile {
@@ -96,9 +141,9 @@ struct PlannedFile {
 // Validates entries and assigns items to files.
 // Errors: InvalidArgument (empty or duplicate key, thread_count outside
 // [1, kMaxThreadCount], negative rank, a chunk whose rank differs from the
-// tensor's or that lies outside it, a negative size, a missing callback, a
-// quantized or bits dtype DCP cannot plan, chunks that do not tile the tensor
-// exactly once: each names the key).
+// tensor's or that lies outside it, a negative size, a tensor whose byte size
+// overflows 64 bits, a missing callback, a quantized or bits dtype DCP cannot
+// plan, chunks that do not tile the tensor exactly once: each names the key).
 Result<std::vector<PlannedFile>> PlanDcpWrite(std::span<const EntryToWrite> entries,
                                               const DcpWriteOptions& options);
 
@@ -113,7 +158,10 @@ struct WrittenItem {
 
 // Writes one planned file's items to sink (which must start at position 0 of
 // the file) and appends where each went to `written`. `digest` (if non-null)
-// is updated with a 64-bit hash of the bytes written, for save_id.
+// is updated with a 64-bit hash (Fnv1a64) of the bytes written; start it at
+// kFnvOffset for each file and combine the files' digests in plan order with
+// CombineFileDigests for SerializeDcpMetadata, so that files can be written in
+// any order or concurrently and give the same save_id.
 // Errors: InvalidArgument when a callback streams a different byte count
 // than its chunk holds (naming key and chunk offsets); callback and sink
 // errors, prefixed with the file, key and chunk.
@@ -121,9 +169,10 @@ Status WriteDcpDataFile(std::span<const EntryToWrite> entries, const PlannedFile
                         std::vector<WrittenItem>* written, uint64_t* digest = nullptr);
 
 // The .metadata pickle for entries whose items are all in `written`.
-// `save_id` nullopt: derived from the metadata and `content_digest`.
-// Errors: InvalidArgument when an item of an entry is missing from written;
-// pickler errors (Internal).
+// save_id (kTorch2_13 layout only) is derived from the metadata and
+// `content_digest` (CombineFileDigests of the data files).
+// Errors: InvalidArgument when an item of an entry is missing from written or
+// options.metadata_layout is not a MetadataLayout; pickler errors (Internal).
 Result<std::string> SerializeDcpMetadata(std::span<const EntryToWrite> entries,
                                          std::span<const WrittenItem> written,
                                          const DcpWriteOptions& options, uint64_t content_digest);
@@ -131,6 +180,10 @@ Result<std::string> SerializeDcpMetadata(std::span<const EntryToWrite> entries,
 // FNV-1a 64 over data, continuing from h (start with kFnvOffset).
 inline constexpr uint64_t kFnvOffset = 0xcbf29ce484222325ull;
 uint64_t Fnv1a64(uint64_t h, std::string_view data);
+
+// The content digest of a checkpoint: Fnv1a64 over each file's digest (8
+// bytes, little-endian), in plan order.
+uint64_t CombineFileDigests(std::span<const uint64_t> file_digests);
 
 }  // namespace ckpt::dcp
 

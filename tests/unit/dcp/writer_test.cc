@@ -8,6 +8,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -17,6 +20,7 @@
 #include "format/dcp/item.h"
 #include "format/dcp/metadata.h"
 #include "format/torch/torch_writer.h"
+#include "testing/testutil.h"
 
 namespace ckpt::dcp {
 namespace {
@@ -95,6 +99,54 @@ TEST(DcpWritePlan, SeveralThreadsSplitBySizeAndType) {
   EXPECT_THAT(Names((*plan)[2], e), ElementsAre("b2", "m16b#0", "e0#0"));
 }
 
+TEST(DcpWritePlan, ShardedTensorChunksWeighAsTheWholeTensor) {
+  // torch 2.13 filesystem.py _item_size: tensor_data.size (the GLOBAL size)
+  // times the element size, for both the sort and the bucket weights. Checked
+  // against torch's own _split_by_size_and_type on the same WriteItems:
+  //   [big@0, big@6] [big@2, mid] [big@4, small]
+  // Weighing chunks by their own bytes would give
+  //   [mid] [small, big@6] [big@0, big@2, big@4].
+  std::vector<EntryToWrite> e = {Tensor("small", {5}),
+                                 Tensor("big", {8}, {{{0}, {2}}, {{2}, {2}}, {{4}, {2}}, {{6}, {2}}}),
+                                 Tensor("mid", {6})};
+  DcpWriteOptions o;
+  o.thread_count = 3;
+  auto plan = PlanDcpWrite(e, o);
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  ASSERT_EQ(plan->size(), 3u);
+  EXPECT_THAT(Names((*plan)[0], e), ElementsAre("big#0", "big#3"));
+  EXPECT_THAT(Names((*plan)[1], e), ElementsAre("big#1", "mid#0"));
+  EXPECT_THAT(Names((*plan)[2], e), ElementsAre("big#2", "small#0"));
+  // size stays the chunk's bytes (what the callback streams); weight is the tensor's.
+  EXPECT_EQ((*plan)[0].items[0].size, 8u);
+  EXPECT_EQ((*plan)[0].items[0].weight, 32u);
+  EXPECT_EQ((*plan)[2].items[1].weight, 20u);
+}
+
+TEST(DcpWritePlan, WeightUsesTheElementSizeOfTheDtype) {
+  // 3 float64 (24 bytes) outweighs 5 float32 (20 bytes) though it has fewer elements.
+  std::vector<EntryToWrite> e = {Tensor("f32", {5}), Tensor("f64", {3}, {}, DType::kFloat64),
+                                 Tensor("i8", {16}, {}, DType::kInt8)};
+  DcpWriteOptions o;
+  o.thread_count = 2;
+  auto plan = PlanDcpWrite(e, o);
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  // f64 24 -> 0; f32 20 -> 1; i8 16 -> 1 (20 < 24).
+  EXPECT_THAT(Names((*plan)[0], e), ElementsAre("f64#0"));
+  EXPECT_THAT(Names((*plan)[1], e), ElementsAre("f32#0", "i8#0"));
+}
+
+TEST(DcpWritePlan, RejectsTensorWhoseByteSizeOverflows) {
+  EntryToWrite e = Tensor("huge", {0});
+  e.size = {int64_t{1} << 62};  // numel fits int64, times 4 bytes does not fit 64 bits
+  e.chunks[0].sizes = {int64_t{1} << 62};
+  auto plan = PlanDcpWrite(std::vector<EntryToWrite>{e}, {});
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.status().code(), Code::kInvalidArgument);
+  EXPECT_THAT(plan.status().message(), HasSubstr("'huge'"));
+  EXPECT_THAT(plan.status().message(), HasSubstr("overflows"));
+}
+
 TEST(DcpWritePlan, MoreThreadsThanItemsGivesEmptyFiles) {
   std::vector<EntryToWrite> e = {Tensor("a", {2})};
   DcpWriteOptions o;
@@ -142,14 +194,17 @@ Written WriteAll(const std::vector<EntryToWrite>& e, const DcpWriteOptions& o) {
   EXPECT_TRUE(plan.ok()) << plan.status().ToString();
   if (!plan.ok()) return w;
   std::vector<WrittenItem> items;
-  uint64_t digest = kFnvOffset;
+  std::vector<uint64_t> digests;
   for (const PlannedFile& f : *plan) {
     StringSink sink;
+    uint64_t digest = kFnvOffset;
     Status s = WriteDcpDataFile(e, f, &sink, &items, &digest);
     EXPECT_TRUE(s.ok()) << s.ToString();
+    EXPECT_EQ(digest, Fnv1a64(kFnvOffset, sink.str()));
+    digests.push_back(digest);
     w.files[f.name] = sink.Release();
   }
-  auto md = SerializeDcpMetadata(e, items, o, digest);
+  auto md = SerializeDcpMetadata(e, items, o, CombineFileDigests(digests));
   EXPECT_TRUE(md.ok()) << md.status().ToString();
   if (md.ok()) w.metadata = *md;
   return w;
@@ -282,6 +337,156 @@ TEST(DcpWrite, MetadataRefusesEntriesThatWereNotWritten) {
   auto md = SerializeDcpMetadata(e, items, {}, 0);
   ASSERT_FALSE(md.ok());
   EXPECT_THAT(md.status().message(), HasSubstr("entry 'b'"));
+}
+
+}  // namespace
+}  // namespace ckpt::dcp
+
+namespace ckpt::dcp {
+namespace {
+
+// The GLOBAL opcodes of a protocol-2 pickle: "module\nname\n" after 'c'.
+bool HasGlobal(const std::string& pkl, const std::string& module, const std::string& name) {
+  return pkl.find("c" + module + "\n" + name + "\n") != std::string::npos;
+}
+
+TEST(DcpMetadataLayout, NamesRoundTrip) {
+  for (MetadataLayout l : {MetadataLayout::kTorch2_13, MetadataLayout::kTorch2_3, MetadataLayout::kTorch2_0}) {
+    auto back = ParseMetadataLayout(MetadataLayoutName(l));
+    ASSERT_TRUE(back.ok());
+    EXPECT_EQ(*back, l);
+  }
+  auto bad = ParseMetadataLayout("torch1.9");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), Code::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("torch2.3"));
+}
+
+TEST(DcpMetadataLayout, DefaultHasStorageMetaAndVersion) {
+  Written w = WriteAll(Sample(), {});
+  EXPECT_TRUE(HasGlobal(w.metadata, "torch.distributed.checkpoint.metadata", "StorageMeta"));
+  EXPECT_TRUE(HasGlobal(w.metadata, "torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING"));
+  EXPECT_TRUE(HasGlobal(w.metadata, "torch.distributed.checkpoint.metadata", "TensorProperties"));
+  EXPECT_NE(w.metadata.find("storage_meta"), std::string::npos);
+  EXPECT_NE(w.metadata.find("1.0.0"), std::string::npos);
+}
+
+TEST(DcpMetadataLayout, Torch2_3OmitsStorageMetaAndVersionOnly) {
+  DcpWriteOptions o;
+  o.thread_count = 2;
+  o.checkpoint_id = "/ckpt";  // dropped with storage_meta
+  Written now = WriteAll(Sample(), o);
+  o.metadata_layout = MetadataLayout::kTorch2_3;
+  Written old = WriteAll(Sample(), o);
+  EXPECT_EQ(old.files, now.files);  // the data files do not depend on the layout
+  EXPECT_FALSE(HasGlobal(old.metadata, "torch.distributed.checkpoint.metadata", "StorageMeta"));
+  EXPECT_EQ(old.metadata.find("storage_meta"), std::string::npos);
+  EXPECT_EQ(old.metadata.find("version"), std::string::npos);
+  EXPECT_EQ(old.metadata.find("/ckpt"), std::string::npos);
+  EXPECT_TRUE(HasGlobal(old.metadata, "torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING"));
+  // Everything before storage_meta is the same object graph: the default's
+  // pickle starts with the old one minus its closing SETITEMS, BUILD, STOP
+  // (the default goes on with the storage_meta and version items).
+  ASSERT_GE(old.metadata.size(), 3u);
+  const size_t common = old.metadata.size() - 3;
+  EXPECT_EQ(old.metadata.substr(common), "ub.");
+  EXPECT_EQ(now.metadata.substr(0, common), old.metadata.substr(0, common));
+  EXPECT_EQ(now.metadata.substr(common, 17), std::string("X\x0c\0\0\0storage_meta", 17));
+
+  auto a = ParseMetadata(StringSource(now.metadata));
+  auto b = ParseMetadata(StringSource(old.metadata));
+  ASSERT_TRUE(a.ok() && b.ok()) << b.status().ToString();
+  EXPECT_FALSE(b->storage_meta.has_value());
+  EXPECT_FALSE(b->version.has_value());
+  EXPECT_THAT(b->opaque_globals, IsEmpty());
+  EXPECT_THAT(b->extra_attributes, IsEmpty());
+  ASSERT_EQ(b->entries.size(), a->entries.size());
+  ASSERT_EQ(b->items.size(), a->items.size());
+  for (size_t i = 0; i < a->items.size(); ++i) {
+    EXPECT_EQ(b->items[i].relative_path, a->items[i].relative_path);
+    EXPECT_EQ(b->items[i].offset_in_file, a->items[i].offset_in_file);
+    EXPECT_EQ(b->items[i].length, a->items[i].length);
+  }
+}
+
+TEST(DcpMetadataLayout, Torch2_0UsesShardedTensorPropertiesClasses) {
+  DcpWriteOptions o;
+  o.metadata_layout = MetadataLayout::kTorch2_0;
+  Written w = WriteAll(Sample(), o);
+  const std::string shard = "torch.distributed._shard.sharded_tensor.metadata";
+  EXPECT_TRUE(HasGlobal(w.metadata, shard, "TensorProperties"));
+  EXPECT_TRUE(HasGlobal(w.metadata, shard, "MEM_FORMAT_ENCODING"));
+  EXPECT_FALSE(HasGlobal(w.metadata, "torch.distributed.checkpoint.metadata", "TensorProperties"));
+  EXPECT_FALSE(HasGlobal(w.metadata, "torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING"));
+  EXPECT_FALSE(HasGlobal(w.metadata, "torch.distributed.checkpoint.metadata", "StorageMeta"));
+  EXPECT_EQ(w.metadata.find("version"), std::string::npos);
+  // The rest of the graph is unchanged.
+  EXPECT_TRUE(HasGlobal(w.metadata, "torch.distributed.checkpoint.metadata", "TensorStorageMetadata"));
+  EXPECT_TRUE(HasGlobal(w.metadata, "torch.distributed.checkpoint.filesystem", "_StorageInfo"));
+  EXPECT_TRUE(HasGlobal(w.metadata, "torch.serialization", "_get_layout"));
+
+  auto md = ParseMetadata(StringSource(w.metadata));
+  ASSERT_TRUE(md.ok()) << md.status().ToString();
+  EXPECT_THAT(md->opaque_globals, IsEmpty());
+  std::vector<EntryToWrite> e = Sample();
+  ASSERT_EQ(md->entries.size(), e.size());
+  EXPECT_EQ(md->entries[1].dtype, DType::kBFloat16);
+  EXPECT_EQ(md->entries[1].memory_format, 0);
+  EXPECT_FALSE(md->entries[1].requires_grad);
+}
+
+TEST(DcpMetadataLayout, UnknownLayoutValueIsRefused) {
+  DcpWriteOptions o;
+  o.metadata_layout = static_cast<MetadataLayout>(7);
+  std::vector<EntryToWrite> e = {Tensor("a", {2})};
+  std::vector<WrittenItem> items = {{0, 0, "__0_0.distcp", 0, 10}};
+  auto md = SerializeDcpMetadata(e, items, o, 0);
+  ASSERT_FALSE(md.ok());
+  EXPECT_EQ(md.status().code(), Code::kInvalidArgument);
+}
+
+TEST(DcpWrite, FileDigestsCombineInPlanOrder) {
+  const uint64_t d[] = {1, 2};
+  const uint64_t r[] = {2, 1};
+  EXPECT_NE(CombineFileDigests(d), CombineFileDigests(r));
+  EXPECT_EQ(CombineFileDigests({}), kFnvOffset);
+  // One file: FNV-1a over its digest's 8 little-endian bytes.
+  const uint64_t one[] = {0x0102030405060708ull};
+  EXPECT_EQ(CombineFileDigests(one), Fnv1a64(kFnvOffset, std::string("\x08\x07\x06\x05\x04\x03\x02\x01", 8)));
+}
+
+}  // namespace
+}  // namespace ckpt::dcp
+
+namespace ckpt::dcp {
+namespace {
+
+// Golden output of every MetadataLayout for a tensors-only sample (two files),
+// kept in tests/unit/dcp/testdata/metadata_layouts/<layout>/ so that
+// tests/interop/test_dcp_write.py can load the very same bytes with stock
+// torch. CKPT_UPDATE_GOLDEN=1 rewrites them.
+TEST(DcpMetadataLayout, OutputMatchesTheGoldenFilesTorchLoads) {
+  std::vector<EntryToWrite> sample;
+  for (EntryToWrite& e : Sample()) {
+    if (e.type == EntryType::kTensor) sample.push_back(std::move(e));
+  }
+  const bool update = std::getenv("CKPT_UPDATE_GOLDEN") != nullptr;
+  for (MetadataLayout l : {MetadataLayout::kTorch2_13, MetadataLayout::kTorch2_3, MetadataLayout::kTorch2_0}) {
+    SCOPED_TRACE(std::string(MetadataLayoutName(l)));
+    DcpWriteOptions o;
+    o.thread_count = 2;
+    o.metadata_layout = l;
+    Written w = WriteAll(sample, o);
+    w.files[".metadata"] = w.metadata;
+    const std::string dir = "tests/unit/dcp/testdata/metadata_layouts/" + std::string(MetadataLayoutName(l));
+    for (const auto& [name, data] : w.files) {
+      if (update) {
+        std::filesystem::create_directories(::ckpt::testing::SourcePath(dir));
+        std::ofstream(::ckpt::testing::SourcePath(dir + "/" + name), std::ios::binary) << data;
+      }
+      EXPECT_TRUE(::ckpt::testing::ReadRequiredSourceFile(dir + "/" + name) == data) << name;
+    }
+  }
 }
 
 }  // namespace

@@ -67,13 +67,23 @@ Status RunConvert(const ConvertCommandOptions& options, std::ostream& out, std::
     c.to = TargetFormat::kTorch;
   } else if (options.to == "dcp") {
     c.to = TargetFormat::kDcp;
+  } else if (options.to == "torch_dist") {
+    c.to = TargetFormat::kTorchDist;
   } else {
-    return InvalidArgumentError(fmt::format("--to {}: expected safetensors, torch or dcp", options.to));
+    return InvalidArgumentError(
+        fmt::format("--to {}: expected safetensors, torch, dcp or torch_dist", options.to));
   }
-  if (options.thread_count != 1 && c.to != TargetFormat::kDcp) {
-    return InvalidArgumentError("--thread-count applies to --to dcp only");
+  const bool dcp_like = c.to == TargetFormat::kDcp || c.to == TargetFormat::kTorchDist;
+  if (options.thread_count != 1 && !dcp_like) {
+    return InvalidArgumentError("--thread-count applies to --to dcp and --to torch_dist only");
+  }
+  if ((!options.megatron_version.empty() || options.iteration) && c.to != TargetFormat::kTorchDist) {
+    return InvalidArgumentError("--megatron-version and --iteration apply to --to torch_dist only");
   }
   c.thread_count = options.thread_count;
+  c.dcp_metadata_layout = options.dcp_metadata_layout;
+  c.megatron_version = options.megatron_version;
+  c.iteration = options.iteration;
   if (!options.max_shard_size.empty()) {
     CKPT_ASSIGN_OR_RETURN(c.max_shard_size, ParseSize(options.max_shard_size), "--max-shard-size");
   }

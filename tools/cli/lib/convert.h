@@ -3,6 +3,7 @@
 #define CKPT_TOOLS_CLI_LIB_CONVERT_H_
 
 #include <cstdint>
+#include <optional>
 #include <ostream>
 #include <string>
 
@@ -14,9 +15,12 @@ namespace ckpt::cli {
 struct ConvertCommandOptions {
   std::string src;
   std::string dst;
-  std::string to;              // "safetensors" | "torch" | "dcp"
+  std::string to;              // "safetensors" | "torch" | "dcp" | "torch_dist"
   std::string max_shard_size;  // "" or a size like "5GB", "500MiB", "1000"
-  int64_t thread_count = 1;    // --to dcp: number of data files
+  int64_t thread_count = 1;    // --to dcp / torch_dist: number of data files
+  std::string dcp_metadata_layout;  // --to dcp: "", torch2.13, torch2.3, torch2.0
+  std::string megatron_version;    // --to torch_dist: "0.16" | "0.19" | "" (newest)
+  std::optional<int64_t> iteration;  // --to torch_dist: write a Megatron-LM root
   bool allow_opaque = false;
   bool json = false;
   bool quiet = false;
