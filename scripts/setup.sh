@@ -46,6 +46,30 @@ then
   .venv/bin/pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
 fi
 
+# A second venv with megatron-core 0.19.x (the newest layout: common state
+# inside DCP). 0.19 declares Python >= 3.12 but runs on 3.11; numpy is pinned
+# to the last wheel for 3.11; megatron.core imports triton. Only the interop tests use it (scripts/test.sh);
+# CKPT_SKIP_MCORE019=1 skips it.
+if [ "${CKPT_SKIP_MCORE019:-0}" != 1 ]; then
+  if [ ! -x .venv-mcore019/bin/python ]; then
+    echo "setup: creating .venv-mcore019"
+    "$PY" -m venv .venv-mcore019
+  fi
+  if ! .venv-mcore019/bin/python - <<'PYEOF' 2>/dev/null
+import importlib.metadata as m
+need = {"torch": "2.13.0", "megatron-core": "0.19.2", "psutil": "7.2.2", "numpy": "2.4.6", "triton": "3.9.0"}
+for name, ver in need.items():
+    assert m.version(name).split("+")[0] == ver, name
+m.version("pytest")
+PYEOF
+  then
+    echo "setup: installing torch 2.13.0 + megatron-core 0.19.2 into .venv-mcore019"
+    .venv-mcore019/bin/pip install -q --disable-pip-version-check torch==2.13.0 numpy==2.4.6 psutil==7.2.2 pytest
+    .venv-mcore019/bin/pip install -q --disable-pip-version-check --ignore-requires-python \
+      megatron-core==0.19.2 numpy==2.4.6 triton==3.9.0
+  fi
+fi
+
 BUILD_TYPE=${CKPT_BUILD_TYPE:-RelWithDebInfo}
 if [ ! -f build/build.ninja ]; then
   cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE="$BUILD_TYPE" >/dev/null

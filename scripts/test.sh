@@ -12,10 +12,22 @@ echo "== C++ tests (ctest)"
 ctest --test-dir build --output-on-failure -j"$(nproc)"
 
 echo "== Python package (pip install .)"
-.venv/bin/pip install -q --disable-pip-version-check --no-build-isolation .
+# One wheel, installed into .venv and (when set up) .venv-mcore019.
+rm -rf build-wheel-out
+.venv/bin/pip wheel -q --disable-pip-version-check --no-build-isolation --no-deps -w build-wheel-out .
+.venv/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall build-wheel-out/ckptkit-*.whl
+MC019=""
+if [ -x .venv-mcore019/bin/python ]; then
+  .venv-mcore019/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall build-wheel-out/ckptkit-*.whl
+  MC019="$PWD/.venv-mcore019/bin/python"
+fi
 
-echo "== interop tests (pytest, real torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"
-CKPTKIT_CLI="$PWD/build/ckptkit" .venv/bin/python -m pytest tests/interop -q -p no:cacheprovider
+echo "== interop tests (pytest, real torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'), megatron-core 0.16.1${MC019:+ and 0.19.2})"
+CKPTKIT_CLI="$PWD/build/ckptkit" CKPTKIT_MCORE019_PYTHON="$MC019" .venv/bin/python -m pytest tests/interop -q -p no:cacheprovider
+if [ -n "$MC019" ]; then
+  echo "== Megatron-Core strategy tests under megatron-core 0.19.2"
+  CKPTKIT_CLI="$PWD/build/ckptkit" "$MC019" -m pytest tests/interop/test_megatron_strategy.py -q -p no:cacheprovider
+fi
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 echo "== sanitizer build (clang-14, ASan+UBSan, -Werror): ctest, then fuzzing ${FUZZ_SECONDS}s per target"
