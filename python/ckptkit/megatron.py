@@ -11,8 +11,8 @@
 What it is: subclasses of Megatron's TorchDistSaveShardedStrategy /
 TorchDistLoadShardedStrategy (backend 'torch_dist', version 1) that keep all of
 Megatron's logic (ShardedTensor -> torch ShardedTensor translation, ShardedObject
--> bytes, `keep_only_main_replica`, MCoreSavePlanner / MCoreLoadPlanner with
-their `mcore_data` and global-shape checks, the decentralized global plan, the
+-> bytes, `keep_only_main_replica`, MCoreSavePlanner / MCoreLoadPlanner (the
+global-shape checks, the decentralized global plan), the
 finalize protocol) and swap only the storage layer: FileSystemWriterAsync ->
 `_MegatronStorageWriter` (ckptkit.dcp.StorageWriter plus Megatron's async-writer
 protocol, data files written by the C++ core, one thread per file) and

@@ -14,16 +14,6 @@
 namespace ckpt::internal_checkpoint {
 namespace {
 
-Result<std::string> ReadSmallFile(Env* env, const std::string& path, uint64_t max) {
-  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> f, env->NewRandomAccessFile(path));
-  if (f->Size() > max) {
-    return ResourceExhaustedError(StrCat(path, ": ", f->Size(), " bytes, more than the ", max, " expected"));
-  }
-  std::string s(f->Size(), '\0');
-  CKPT_RETURN_IF_ERROR(f->ReadAt(0, s.size(), s.data()));
-  return s;
-}
-
 void AddProblem(DcpReader* r, std::string file, std::string message) {
   nlohmann::json& probs = r->extra_details()["megatron_problems"];
   if (!probs.is_array()) probs = nlohmann::json::array();
@@ -38,7 +28,7 @@ bool IsMegatronRoot(Env* env, const std::string& path) {
 
 Result<MegatronIteration> ResolveMegatronRoot(Env* env, const std::string& root) {
   const std::string tracker_path = JoinPath(root, megatron::kTrackerFileName);
-  CKPT_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(env, tracker_path, 4096));
+  CKPT_ASSIGN_OR_RETURN(std::string text, ReadSmall(env, tracker_path, 4096));
   CKPT_ASSIGN_OR_RETURN(megatron::Tracker t, megatron::ParseTracker(text, tracker_path));
   std::string dir = JoinPath(root, megatron::IterationDirName(t));
   if (!env->IsDirectory(dir)) {
@@ -55,7 +45,7 @@ Status AttachMegatron(DcpReader* r, Env* env, std::optional<int64_t> tracker_ite
   const std::string folder = r->folder();
   const std::string cfg_path = JoinPath(folder, megatron::kConfigFileName);
   nlohmann::json meg;
-  auto text = ReadSmallFile(env, cfg_path, megatron::kMaxConfigBytes);
+  auto text = ReadSmall(env, cfg_path, megatron::kMaxConfigBytes);
   if (!text.ok()) return text.status();
   auto cfg = megatron::ParseConfig(*text, cfg_path);
   if (!cfg.ok()) {

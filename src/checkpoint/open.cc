@@ -35,6 +35,16 @@ bool EndsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
 
+Result<std::string> ReadSmall(Env* env, const std::string& path, uint64_t max) {
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> f, env->NewRandomAccessFile(path));
+  if (f->Size() > max) {
+    return ResourceExhaustedError(StrCat(path, ": ", f->Size(), " bytes, more than the ", max, " expected"));
+  }
+  std::string s(f->Size(), '\0');
+  CKPT_RETURN_IF_ERROR(f->ReadAt(0, s.size(), s.data()));
+  return s;
+}
+
 namespace {
 
 // Files a folder may hold, in the order they are preferred.

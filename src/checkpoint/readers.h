@@ -6,6 +6,7 @@
 #include <string>
 
 #include "ckpt/checkpoint.h"
+#include "ckpt/env.h"
 
 namespace ckpt::internal_checkpoint {
 
@@ -26,6 +27,11 @@ Result<std::unique_ptr<CheckpointReader>> OpenFile(const std::string& path,
                                                    const OpenOptions& options);
 
 bool EndsWith(std::string_view s, std::string_view suffix);
+
+// The whole of a small file (metadata.json, the tracker).
+// Errors: ResourceExhausted naming the path when it holds more than `max`
+// bytes; the Env's open/read errors.
+Result<std::string> ReadSmall(Env* env, const std::string& path, uint64_t max);
 
 }  // namespace ckpt::internal_checkpoint
 

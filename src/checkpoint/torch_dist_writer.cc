@@ -22,16 +22,6 @@ namespace {
 using megatron::CommonSource;
 using megatron::CoreVersion;
 
-Result<std::string> ReadSmall(Env* env, const std::string& path, uint64_t max) {
-  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> f, env->NewRandomAccessFile(path));
-  if (f->Size() > max) {
-    return ResourceExhaustedError(StrCat(path, ": ", f->Size(), " bytes, more than the ", max, " expected"));
-  }
-  std::string s(f->Size(), '\0');
-  CKPT_RETURN_IF_ERROR(f->ReadAt(0, s.size(), s.data()));
-  return s;
-}
-
 std::string Normal(const std::string& p) {
   std::string n = std::filesystem::path(p).lexically_normal().string();
   while (n.size() > 1 && n.back() == '/') n.pop_back();
