@@ -59,6 +59,21 @@ def test_convert_peak_rss_is_bounded_by_a_tensor_not_the_file(big_pt, cli_path, 
     assert rss < 64 * MiB, f"peak RSS {rss / MiB:.1f} MiB"
 
 
+def _tree_bytes(path) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+@pytest.mark.parametrize("to", ["dcp", "torch_dist"])
+def test_convert_to_dcp_with_writer_threads_is_bounded_too(big_pt, cli_path, to):
+    # Four data files written at once: four tensors' streams in flight, each
+    # through its own copy buffer, still far below the file.
+    out = big_pt.parent / f"out_{to}"
+    rss = _peak_rss_of([cli_path, "convert", str(big_pt), str(out), "--to", to, "--thread-count", "4", "-q"])
+    assert _tree_bytes(out) >= TOTAL
+    print(f"ckptkit convert --to {to} --thread-count 4: peak RSS {rss / MiB:.1f} MiB for a {TOTAL / MiB:.0f} MiB file")
+    assert rss < 96 * MiB, f"peak RSS {rss / MiB:.1f} MiB"
+
+
 def test_control_torch_load_holds_the_whole_file(big_pt):
     rss = _peak_rss_of([sys.executable, "-c",
                         f"import torch; sd = torch.load({str(big_pt)!r}); print(len(sd))"])
