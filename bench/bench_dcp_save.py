@@ -47,6 +47,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+import bench_dcp  # noqa: E402  (_warm_dir: warm or evict a folder's files)
 from bench_formats import (  # noqa: E402  (shared harness pieces)
     CHUNK,
     _busy,
@@ -64,22 +65,6 @@ COLD = False
 
 def _distcp_files(d):
     return sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".distcp"))
-
-
-def _evict_or_warm(paths):
-    for p in paths:
-        if COLD:
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-        else:
-            with open(p, "rb", buffering=0) as f:
-                buf = bytearray(CHUNK)
-                while f.readinto(buf):
-                    pass
 
 
 # --- operations (sd: the state dict, or preallocated destination for loads) ---
@@ -221,8 +206,8 @@ def child_main(op, args):
             shutil.rmtree(target, ignore_errors=True)
             os.sync()
         elif op.startswith("load_") or op == "raw_read":
-            folder = paths["ckptkit" if op == "load_ckptkit" else "torch"]
-            _evict_or_warm(_distcp_files(folder) + [os.path.join(folder, ".metadata")])
+            bench_dcp.COLD = COLD
+            bench_dcp._warm_dir(paths["ckptkit" if op == "load_ckptkit" else "torch"])
             if op.startswith("load_"):
                 for v in sd.values():
                     v.zero_()
