@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "checkpoint/dcp_entries.h"
 #include "checkpoint/dcp_writer.h"
 #include "ckpt/checkpoint.h"
 #include "ckpt/convert.h"
@@ -158,18 +159,9 @@ TEST_F(DcpWriteFaultTest, SerialDiskFullInSecondDataFileNamesIt) {
   // parallel = false: files one after another, so the second one fails.
   auto src = OpenCheckpoint("/src", {mem_.get()});
   ASSERT_TRUE(src.ok());
-  const CheckpointReader& reader = **src;
-  std::vector<dcp::EntryToWrite> entries;
-  for (size_t i = 0; i < reader.tensors().size(); ++i) {
-    const TensorInfo& t = reader.tensors()[i];
-    dcp::EntryToWrite e;
-    e.key = t.key;
-    e.dtype = t.dtype;
-    e.size = t.shape;
-    e.chunks.push_back({std::vector<int64_t>(t.shape.size(), 0), t.shape,
-                        [&reader, i](ByteSink* s) { return reader.ReadTensor(i, s); }});
-    entries.push_back(std::move(e));
-  }
+  auto built = internal_checkpoint::FlatTensorEntries(**src, "/src", nullptr);
+  ASSERT_TRUE(built.ok()) << built.status().ToString();
+  const std::vector<dcp::EntryToWrite>& entries = *built;
   dcp::DcpWriteOptions o;
   o.thread_count = 2;
   o.parallel = false;
