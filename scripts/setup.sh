@@ -31,11 +31,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 # Pinned: plain `pip install torch` would pull a multi-GB CUDA build.
-PY_PACKAGES=(torch==2.13.0 numpy safetensors==0.8.0 zstandard==0.25.0 megatron-core==0.16.1 psutil==7.2.2 pytest nanobind==3.1.0 "scikit-build-core>=0.10")
+PY_PACKAGES=(torch==2.13.0 numpy safetensors==0.8.0 zstandard==0.25.0 megatron-core==0.16.1 psutil==7.2.2 pytest nanobind==3.1.0 "scikit-build-core>=0.10" transformers==5.23.0)
 if ! .venv/bin/python - <<'PYEOF' 2>/dev/null
 import importlib.metadata as m
 need = {"torch": "2.13.0", "safetensors": "0.8.0", "nanobind": "3.1.0", "zstandard": "0.25.0",
-        "megatron-core": "0.16.1", "psutil": "7.2.2"}
+        "megatron-core": "0.16.1", "psutil": "7.2.2", "transformers": "5.23.0"}
 for name, ver in need.items():
     assert m.version(name).split("+")[0] == ver, name
 for name in ("numpy", "pytest", "scikit_build_core"):

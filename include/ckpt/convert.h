@@ -56,6 +56,30 @@ struct ConvertOptions {
   // "torch2.0" (also the pre-2.3 TensorProperties class path); see
   // src/format/dcp/writer.h MetadataLayout.
   std::string dcp_metadata_layout;
+  // Model conversion (to = kHf, and kTorchDist from an HF model folder).
+  // kHf: an HF config.json to take the vocabulary size, token ids and the
+  // family from (cross-checked against the checkpoint's args); "" for none.
+  std::string hf_config;
+  // kHf: the HF family ("llama", "qwen2", ..., see model::FamilyName); ""
+  // guesses it from the args (or takes hf_config's).
+  std::string family;
+  // kHf: the unpadded vocabulary when neither args nor hf_config give it.
+  std::optional<int64_t> vocab_size;
+  // kHf: the output dtype, "bf16" / "fp16" / "fp32"; "" keeps the source's.
+  // kTorchDist from HF: the same, for the Megatron params.
+  std::string dtype;
+  // kHf: write pytorch_model*.bin (torch.save) instead of safetensors.
+  bool bin = false;
+  // kTorchDist from an HF model: the parallel layout the checkpoint is for
+  // (its args and vocabulary padding), and the Megatron layer spec whose
+  // names to write: "local" (separate norm modules) or "te" (Transformer
+  // Engine: norms fused into linear_qkv / linear_fc1).
+  int64_t tp = 1;
+  int64_t pp = 1;
+  int64_t ep = 1;
+  std::optional<int64_t> etp;  // default: tp
+  std::string megatron_layer_spec = "local";
+  int64_t make_vocab_size_divisible_by = 128;
   Env* env = nullptr;  // nullptr: Env::Default()
   // Called after each tensor with (bytes done, bytes total). May be empty.
   std::function<void(uint64_t, uint64_t)> progress;

@@ -52,6 +52,9 @@ class Env {
   // mkdir -p.
   virtual Status CreateDirs(const std::string& dir) = 0;
   virtual Status RemoveFile(const std::string& path) = 0;
+  // Removes an empty folder (rmdir). Errors: FailedPrecondition / I/O errors
+  // when it is not empty or cannot be removed.
+  virtual Status RemoveDir(const std::string& dir) = 0;
   // Atomic replace of `to` by `from` (POSIX rename).
   virtual Status RenameFile(const std::string& from, const std::string& to) = 0;
   // fsyncs a directory so renames in it are durable.
@@ -77,6 +80,7 @@ class EnvWrapper : public Env {
   }
   Status CreateDirs(const std::string& d) override { return target_->CreateDirs(d); }
   Status RemoveFile(const std::string& p) override { return target_->RemoveFile(p); }
+  Status RemoveDir(const std::string& d) override { return target_->RemoveDir(d); }
   Status RenameFile(const std::string& f, const std::string& t) override {
     return target_->RenameFile(f, t);
   }

@@ -202,6 +202,25 @@ class MemEnv final : public Env {
     return OkStatus();
   }
 
+  Status RemoveDir(const std::string& dir) override {
+    const std::string p = LexicallyNormal(dir);
+    std::lock_guard<std::mutex> l(mu_);
+    if (!dirs_.count(p)) return NotFoundError(StrCat("remove folder ", dir, ": No such file or directory"));
+    const std::string prefix = p + "/";
+    for (const auto& [name, _] : files_) {
+      if (name.compare(0, prefix.size(), prefix) == 0) {
+        return FailedPreconditionError(StrCat("remove folder ", dir, ": Directory not empty"));
+      }
+    }
+    for (const std::string& d : dirs_) {
+      if (d.compare(0, prefix.size(), prefix) == 0) {
+        return FailedPreconditionError(StrCat("remove folder ", dir, ": Directory not empty"));
+      }
+    }
+    dirs_.erase(p);
+    return OkStatus();
+  }
+
   Status RenameFile(const std::string& from, const std::string& to) override {
     const std::string f = LexicallyNormal(from);
     const std::string t = LexicallyNormal(to);

@@ -272,6 +272,11 @@ class PosixEnv final : public Env {
     return OkStatus();
   }
 
+  Status RemoveDir(const std::string& dir) override {
+    if (::rmdir(dir.c_str()) != 0) return PosixError(StrCat("remove folder ", dir), errno);
+    return OkStatus();
+  }
+
   Status RenameFile(const std::string& from, const std::string& to) override {
     if (::rename(from.c_str(), to.c_str()) != 0) {
       return PosixError(StrCat("rename ", from, " -> ", to), errno);

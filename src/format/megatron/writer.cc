@@ -363,6 +363,18 @@ Result<std::vector<size_t>> ExtractedTensors(const torch::TorchFile& file) {
   return out;
 }
 
+Status WriteCommonTree(CoreVersion v, torch::TorchTreeWriter* w, pickle::Value* dict, ByteSink* sink) {
+  torch::TorchWriteOptions wo;
+  if (CommonStateInDcp(v)) {
+    // _mcore_to_torch_sharded_object: torch.save([sh_obj.data], io.BytesIO()).
+    wo.archive_name = "archive";
+    return w->Write(w->arena().List({dict}), sink, wo);
+  }
+  // TorchCommonSaveStrategy.save_common: torch.save(common_state_dict, "<dir>/common.pt").
+  wo.archive_name = "common";
+  return w->Write(dict, sink, wo);
+}
+
 Status WriteCommonState(CoreVersion v, const torch::TorchFile* file, CommonSource source,
                         torch::TorchTreeWriter::Reopener reopen, ByteSink* sink) {
   torch::TorchTreeWriter w;
@@ -395,15 +407,7 @@ Status WriteCommonState(CoreVersion v, const torch::TorchFile* file, CommonSourc
       CKPT_RETURN_IF_ERROR(s.Strip(root, dict, 0).status(), file->name());
     }
   }
-  torch::TorchWriteOptions wo;
-  if (CommonStateInDcp(v)) {
-    // _mcore_to_torch_sharded_object: torch.save([sh_obj.data], io.BytesIO()).
-    wo.archive_name = "archive";
-    return w.Write(w.arena().List({dict}), sink, wo);
-  }
-  // TorchCommonSaveStrategy.save_common: torch.save(common_state_dict, "<dir>/common.pt").
-  wo.archive_name = "common";
-  return w.Write(dict, sink, wo);
+  return WriteCommonTree(v, &w, dict, sink);
 }
 
 }  // namespace ckpt::megatron

@@ -129,6 +129,11 @@ Result<std::vector<size_t>> ExtractedTensors(const torch::TorchFile& file);
 Status WriteCommonState(CoreVersion v, const torch::TorchFile* file, CommonSource source,
                         torch::TorchTreeWriter::Reopener reopen, ByteSink* sink);
 
+// Writes a common dict built in `w`'s arena (e.g. a fresh {"args": ...,
+// "iteration": ...}) in `v`'s form, as WriteCommonState does.
+// Errors: those of TorchTreeWriter::Write and of the sink.
+Status WriteCommonTree(CoreVersion v, torch::TorchTreeWriter* w, pickle::Value* dict, ByteSink* sink);
+
 }  // namespace ckpt::megatron
 
 #endif  // CKPT_FORMAT_MEGATRON_WRITER_H_

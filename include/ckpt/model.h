@@ -1,0 +1,297 @@
+// The model layer: what a Megatron-Core GPT checkpoint *means*.
+//
+// Format code (format/, checkpoint/) knows files: keys, chunks, dtypes. This
+// header knows models: how Megatron lays a GPT model out over TP/PP/VPP/EP
+// ranks (ParallelLayout), what the model is (ModelConfig, derived from the
+// `args` Namespace that Megatron-LM stores in the common state), and which
+// Megatron tensor is which HuggingFace tensor (FamilyTable: per-family data
+// tables plus a small set of named transforms). Convert code
+// (src/convert/) plans its reads and writes from here and never spells a
+// Megatron or HF parameter name itself.
+//
+// Everything here is pure: no I/O, no tensor data. The plans describe each
+// output tensor as rows gathered from source tensors (TensorPlan), which the
+// caller streams.
+//
+// Sources of truth: megatron-core 0.16.1/0.19.2 (GPTModel, TransformerLayer,
+// SelfAttention, MLP, experts.py sharded_state_dict, arguments.py) and
+// transformers 5.x modeling files; docs/format.md §9 has the rules with a
+// worked example, checked by tests/interop/test_hf_convert.py against the
+// real frameworks' forward passes.
+//
+// Thread-safety: all functions are pure; tables are immutable.
+#ifndef CKPT_MODEL_H_
+#define CKPT_MODEL_H_
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "ckpt/dtype.h"
+#include "ckpt/status.h"
+
+namespace ckpt::model {
+
+// ---------------------------------------------------------------------------
+// Parallel layout
+
+// Layers [begin, end) held by one (pipeline rank, virtual stage).
+struct LayerRange {
+  int64_t pp_rank = 0;
+  int64_t vp_stage = 0;
+  int64_t begin = 0;
+  int64_t end = 0;
+};
+
+// How a model is split over ranks. World = tp * cp * pp * dp; the expert
+// grid reuses the same ranks: ep * etp must divide tp * cp * dp (Megatron's
+// RankGenerator for experts), and etp defaults to tp.
+struct ParallelLayout {
+  int64_t tp = 1;
+  int64_t pp = 1;
+  int64_t vpp = 1;  // virtual stages per pipeline rank (1: no interleaving)
+  int64_t dp = 1;
+  int64_t cp = 1;
+  int64_t ep = 1;
+  int64_t etp = 1;
+  // Uneven pipelines (args.decoder_first/last_pipeline_num_layers); unset:
+  // an even split.
+  std::optional<int64_t> first_stage_layers;
+  std::optional<int64_t> last_stage_layers;
+
+  int64_t world_size() const { return tp * cp * pp * dp; }
+
+  // Checks every size is >= 1 and the expert grid fits the dense grid.
+  // Errors: InvalidArgument naming the size (e.g. "ep=3 * etp=1 does not
+  // divide tp*cp*dp=4").
+  Status Validate() const;
+
+  // Layers of every (pp rank, virtual stage), in Megatron's order
+  // (get_transformer_layer_offset: stage s of rank r holds the chunk
+  // s * pp + r of the model). Errors: InvalidArgument when num_layers does
+  // not split (naming num_layers, pp, vpp and the uneven sizes).
+  Result<std::vector<LayerRange>> Stages(int64_t num_layers) const;
+};
+
+// "TP=2 PP=2 DP=1 EP=2 ETP=1" (only sizes > 1 besides TP/PP/DP).
+std::string LayoutString(const ParallelLayout& l);
+
+// ---------------------------------------------------------------------------
+// Model configuration
+
+enum class Family {
+  kLlama,     // Llama 2/3 (and any GQA/MHA SwiGLU RMSNorm rope GPT)
+  kMistral,   // as Llama, with a sliding window where configured
+  kQwen2,     // Qwen2 / Qwen2.5: QKV bias
+  kQwen3,     // QK layernorm, head_dim independent of hidden/heads
+  kMixtral,   // MoE, per-expert w1/w2/w3
+  kQwen3Moe,  // MoE with QK layernorm
+  kGpt2,      // learned positions, LayerNorm, GeLU, biases, Conv1D weights
+};
+inline constexpr int kFamilyCount = 7;
+
+// "llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe", "gpt2" (the HF model_type).
+std::string_view FamilyName(Family f);
+// The HF architecture: "LlamaForCausalLM", ..., "GPT2LMHeadModel".
+std::string_view FamilyArchitecture(Family f);
+// Inverse of FamilyName; also accepts the HF architecture ("LlamaForCausalLM").
+// Errors: InvalidArgument listing the known families.
+Result<Family> ParseFamily(std::string_view name);
+
+enum class Norm { kRMSNorm, kLayerNorm };
+enum class Activation { kSwiGLU, kGelu, kGeluTanh, kReLU, kSquaredReLU };
+enum class Positions { kRope, kLearned, kNone };
+
+struct ModelConfig {
+  int64_t num_layers = 0;
+  int64_t hidden_size = 0;
+  int64_t ffn_hidden_size = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_query_groups = 0;  // = heads without GQA
+  int64_t kv_channels = 0;       // head dim; hidden / heads unless set
+  int64_t padded_vocab_size = 0;  // rows of the embedding as stored
+  std::optional<int64_t> vocab_size;  // the tokenizer's (HF) size, when known
+  int64_t make_vocab_size_divisible_by = 128;
+  int64_t max_position_embeddings = 0;
+  Norm norm = Norm::kRMSNorm;
+  double norm_epsilon = 1e-5;
+  bool apply_layernorm_1p = false;  // stored gamma is (w - 1)
+  Activation activation = Activation::kSwiGLU;
+  bool add_bias_linear = false;  // biases on every linear layer
+  bool add_qkv_bias = false;     // bias on linear_qkv only (Qwen2)
+  bool qk_layernorm = false;
+  Positions positions = Positions::kRope;
+  double rotary_base = 10000;
+  double rotary_percent = 1.0;
+  bool rotary_interleaved = false;
+  bool use_rope_scaling = false;  // Llama 3.1 scaling (low 1, high 4, original 8192)
+  double rope_scaling_factor = 8.0;
+  std::optional<double> seq_len_interpolation_factor;  // linear rope scaling
+  std::optional<int64_t> sliding_window;                // HF sliding_window (W)
+  bool tied_embeddings = true;  // !args.untie_embeddings_and_output_weights
+  // MoE (num_experts == 0: dense).
+  int64_t num_experts = 0;
+  int64_t moe_router_topk = 2;
+  int64_t moe_ffn_hidden_size = 0;
+  int64_t moe_shared_expert_intermediate_size = 0;
+  bool moe_router_pre_softmax = false;
+  bool moe_grouped_gemm = false;
+  std::string moe_router_dtype;  // "" (params dtype), "fp32", "fp64"
+  DType params_dtype = DType::kFloat32;
+
+  bool gated() const { return activation == Activation::kSwiGLU; }
+  bool moe() const { return num_experts > 0; }
+  // Rows of linear_qkv: (heads + 2 * groups) * kv_channels.
+  int64_t qkv_rows() const { return (num_attention_heads + 2 * num_query_groups) * kv_channels; }
+  // Megatron-LM's padding: ceil(vocab / (divisor * tp)) * divisor * tp.
+  int64_t PaddedVocab(int64_t vocab, int64_t tp) const;
+
+  // Checks internal consistency (positive sizes, heads divisible by groups,
+  // MoE fields, ...). Errors: InvalidArgument naming the field.
+  Status Validate() const;
+};
+
+// The family a config most likely is when nothing else says: MoE + QK norm
+// -> qwen3_moe, MoE -> mixtral, learned positions -> gpt2, QK norm -> qwen3,
+// QKV bias -> qwen2, a sliding window -> mistral, else llama.
+Family GuessFamily(const ModelConfig& c);
+
+// ---------------------------------------------------------------------------
+// Megatron-LM args
+
+// One argparse value as Megatron-LM stores it.
+struct ArgValue {
+  enum class Kind { kNone, kBool, kInt, kFloat, kString, kTorchDType };
+  Kind kind = Kind::kNone;
+  int64_t i = 0;  // kBool, kInt
+  double f = 0;   // kFloat
+  std::string s;  // kString; kTorchDType: "bfloat16", "float16", "float32"
+};
+
+// The `args` fields (megatron/training/arguments.py names) that describe `c`
+// trained at layout `l`, in a stable order: what a checkpoint written for
+// Megatron-LM needs for its checks (check_checkpoint_args) and what
+// ConfigFromArgs reads back.
+std::vector<std::pair<std::string, ArgValue>> MegatronArgs(const ModelConfig& c, const ParallelLayout& l);
+
+// ---------------------------------------------------------------------------
+// HF config.json
+
+// config.json for `c` as `family`, in transformers' field names (v4-style
+// rope_theta/rope_scaling, read by v4 and v5 alike). `dtype` is the weights'
+// dtype. Errors: InvalidArgument when the config cannot be expressed in the
+// family (e.g. Llama with LayerNorm, vocab_size unknown, an interleaved
+// rope) naming the field; the caller fills vocab_size first.
+Result<nlohmann::ordered_json> MakeHfConfig(const ModelConfig& c, Family family, DType dtype);
+
+// generation_config.json, when derivable (token ids from `reference`, a
+// user's config.json); nullopt when there is nothing to say.
+std::optional<nlohmann::ordered_json> MakeGenerationConfig(const nlohmann::json& reference);
+
+// Reads an HF config.json (v4 or v5 layout) into a ModelConfig and its family.
+// Errors: InvalidArgument naming the field that is missing or unsupported
+// (unknown architecture, rope_scaling other than llama3/linear, ...).
+struct HfModel {
+  Family family = Family::kLlama;
+  ModelConfig config;
+};
+Result<HfModel> ParseHfConfig(const nlohmann::json& cfg);
+
+// Cross-checks a user's --hf-config against the checkpoint's own config
+// (sizes, heads, groups, norm, ...): every disagreement, as text naming the
+// field and both values. Empty means consistent.
+std::vector<std::string> CompareConfigs(const ModelConfig& from_args, const ModelConfig& from_hf);
+
+// ---------------------------------------------------------------------------
+// Tensor plans
+
+// Rows [row_begin, row_end) of source tensor `source` (an index into the
+// plan's source list) taken at the leading indices `index` (layer, expert)
+// with every trailing dimension whole. `source < 0` stands for zero rows
+// (vocabulary padding).
+struct RowSlice {
+  int source = -1;
+  std::vector<int64_t> index;
+  int64_t row_begin = 0;
+  int64_t row_end = 0;
+};
+
+// One output tensor: the concatenation along dim 0 of `rows`, then the
+// transforms. `transpose_sources`: each source is a 2-D tensor read whole and
+// transposed before rows are taken (HF Conv1D -> Megatron); `transpose`: the
+// gathered 2-D result is transposed (Megatron -> HF Conv1D); `add`: added to
+// every element (apply_layernorm_1p: +1 on export, -1 on import).
+struct TensorPlan {
+  std::string name;
+  std::vector<int64_t> shape;  // the output's shape (of one indexed slice when out_index is set)
+  std::vector<RowSlice> rows;
+  bool transpose_sources = false;
+  bool transpose = false;
+  double add = 0;
+  // The leading index this plan fills of a stacked output (layer[, expert])
+  // and that output's whole shape; out_index empty: a whole tensor.
+  std::vector<int64_t> out_index;
+  std::vector<int64_t> full_shape;
+  std::string why;  // the transform's name, for messages ("qkv split q", "vocab trim", ...)
+};
+
+// A source tensor a plan reads, by the name the source format uses.
+struct SourceRef {
+  std::string name;
+  std::vector<int64_t> shape;  // expected shape of one indexed slice (trailing dims)
+};
+
+struct Plan {
+  std::vector<SourceRef> sources;
+  std::vector<TensorPlan> outputs;
+  // PlanImport: the ShardedObject unique keys ("<key>/shard_<offsets>_<shape>")
+  // a GPTModel requests on load whose saved value is None: the `_extra_state`
+  // of every linear layer (megatron-core's local spec; Transformer Engine
+  // keeps FP8 metadata there, None when unused).
+  std::vector<std::string> none_objects;
+};
+
+// How a Megatron model tensor is found in a torch_dist checkpoint. `name` is
+// the module name with global layer/expert numbers
+// ("decoder.layers.3.self_attention.linear_qkv.weight",
+// "decoder.layers.3.mlp.experts.experts.5.linear_fc1.weight");
+// LookupTorchDist answers which stored key holds it and at which leading
+// index: the stacked key "decoder.layers.self_attention.linear_qkv.weight"
+// at [3], the expert key "decoder.layers.mlp.experts.experts.linear_fc1.weight"
+// at [3, 5], or a per-layer key "decoder.layers.3.…" at []. `has` says
+// whether a stored key exists; the caller takes the first candidate found.
+struct StoredRef {
+  std::string key;
+  std::vector<int64_t> index;
+};
+std::vector<StoredRef> TorchDistCandidates(std::string_view module_name);
+
+// Megatron (torch_dist, global tensors) -> HF. `has_key(name)` tells which
+// module names exist in the checkpoint (after TorchDistCandidates), and
+// `sources` get the module names. `vocab_size` is the HF vocabulary (rows
+// kept of the padded embedding / output layer).
+// Errors: InvalidArgument (the config does not fit the family, vocab larger
+// than the padded rows); NotFound naming a Megatron tensor the family needs
+// that the checkpoint lacks (e.g. "decoder.layers.2.mlp.linear_fc1.weight").
+Result<Plan> PlanExport(const ModelConfig& c, Family family,
+                        const std::function<bool(std::string_view)>& has_module);
+
+// HF -> Megatron: plans the Megatron torch_dist tensors (stacked keys
+// "decoder.layers.<suffix>" with a leading layer axis, experts with
+// [layer, expert] axes) from the HF tensors named in `sources`. One output
+// per stored key and leading index (out_index). `layer_spec` "local" or
+// "te" picks the norm names (input_layernorm vs
+// linear_qkv.layer_norm_weight). `padded_vocab` rows for the embedding.
+// Errors: InvalidArgument (config/family), NotFound naming a missing HF tensor.
+Result<Plan> PlanImport(const ModelConfig& c, Family family, std::string_view layer_spec,
+                        int64_t padded_vocab,
+                        const std::function<bool(std::string_view)>& has_tensor);
+
+}  // namespace ckpt::model
+
+#endif  // CKPT_MODEL_H_
