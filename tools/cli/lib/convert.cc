@@ -6,7 +6,10 @@
 #include <string_view>
 #include <nlohmann/json.hpp>
 
+#include <chrono>
+
 #include "ckpt/convert.h"
+#include "convert/hf.h"
 #include "lib/inspect.h"
 
 namespace ckpt::cli {
@@ -69,9 +72,10 @@ Status RunConvert(const ConvertCommandOptions& options, std::ostream& out, std::
     c.to = TargetFormat::kDcp;
   } else if (options.to == "torch_dist") {
     c.to = TargetFormat::kTorchDist;
+  } else if (options.to == "hf") {
   } else {
     return InvalidArgumentError(
-        fmt::format("--to {}: expected safetensors, torch, dcp or torch_dist", options.to));
+        fmt::format("--to {}: expected safetensors, torch, dcp, torch_dist or hf", options.to));
   }
   const bool dcp_like = c.to == TargetFormat::kDcp || c.to == TargetFormat::kTorchDist;
   if (options.thread_count != 1 && !dcp_like) {
@@ -89,14 +93,41 @@ Status RunConvert(const ConvertCommandOptions& options, std::ostream& out, std::
   }
   c.allow_opaque = options.allow_opaque;
   c.env = options.env;
+  c.hf_config = options.hf_config;
+  c.family = options.family;
+  c.vocab_size = options.vocab_size;
+  c.dtype = options.dtype;
+  c.bin = options.bin;
+  c.tp = options.tp;
+  c.pp = options.pp;
+  c.ep = options.ep;
+  c.etp = options.etp;
+  c.megatron_layer_spec = options.megatron_layer_spec;
+  c.make_vocab_size_divisible_by = options.make_vocab_size_divisible_by;
+  const auto start = std::chrono::steady_clock::now();
   if (options.show_progress) {
-    c.progress = [&err](uint64_t done, uint64_t total) {
+    c.progress = [&err, start](uint64_t done, uint64_t total) {
       int pct = total ? static_cast<int>(100.0 * static_cast<double>(done) / static_cast<double>(total)) : 100;
-      err << fmt::format("\rconverting: {:3d}%  {} / {}", pct, HumanBytes(done), HumanBytes(total))
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      const double rate = secs > 0 ? static_cast<double>(done) / secs : 0;
+      std::string eta = rate > 0 && total >= done
+                            ? fmt::format("ETA {:.0f}s", static_cast<double>(total - done) / rate)
+                            : std::string("ETA -");
+      err << fmt::format("\rconverting: {:3d}%  {} / {}  {}/s  {}   ", pct, HumanBytes(done), HumanBytes(total),
+                         HumanBytes(static_cast<uint64_t>(rate)), eta)
           << std::flush;
     };
   }
-  CKPT_ASSIGN_OR_RETURN(ConvertReport report, Convert(options.src, options.dst, c));
+  Env* env = options.env ? options.env : Env::Default();
+  Result<ConvertReport> converted = InternalError("not run");
+  if (options.to == "hf") {
+    converted = internal_convert::ConvertToHf(options.src, options.dst, c, env);
+  } else if (c.to == TargetFormat::kTorchDist && internal_convert::IsHfModelFolder(env, options.src)) {
+    converted = internal_convert::ConvertHfToTorchDist(options.src, options.dst, c, env);
+  } else {
+    converted = Convert(options.src, options.dst, c);
+  }
+  CKPT_ASSIGN_OR_RETURN(ConvertReport report, std::move(converted));
   if (options.show_progress) err << "\n";
   if (!options.quiet) {
     for (const std::string& w : report.warnings) err << "ckptkit convert: warning: " << w << "\n";

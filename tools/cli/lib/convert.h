@@ -21,6 +21,16 @@ struct ConvertCommandOptions {
   std::string dcp_metadata_layout;  // --to dcp: "", torch2.13, torch2.3, torch2.0
   std::string megatron_version;    // --to torch_dist: "0.16" | "0.19" | "" (newest)
   std::optional<int64_t> iteration;  // --to torch_dist: write a Megatron-LM root
+  // Model conversion (--to hf; --to torch_dist from an HF model folder).
+  std::string hf_config;
+  std::string family;
+  std::optional<int64_t> vocab_size;
+  std::string dtype;
+  bool bin = false;
+  int64_t tp = 1, pp = 1, ep = 1;
+  std::optional<int64_t> etp;
+  std::string megatron_layer_spec = "local";
+  int64_t make_vocab_size_divisible_by = 128;
   bool allow_opaque = false;
   bool json = false;
   bool quiet = false;
