@@ -587,7 +587,12 @@ Result<HfModel> ParseHfConfig(const nlohmann::json& j) {
     c.moe_ffn_hidden_size = c.ffn_hidden_size;
     c.moe_router_pre_softmax = false;
   } else if (m.family == Family::kQwen3Moe) {
-    CKPT_ASSIGN_OR_RETURN(c.num_experts, req("num_experts"));
+    // Hub configs say num_experts; transformers 5.x saves it as num_local_experts (attribute_map).
+    if (auto n = geti("num_experts")) {
+      c.num_experts = *n;
+    } else {
+      CKPT_ASSIGN_OR_RETURN(c.num_experts, req("num_local_experts"));
+    }
     c.moe_router_topk = geti("num_experts_per_tok").value_or(8);
     CKPT_ASSIGN_OR_RETURN(c.moe_ffn_hidden_size, req("moe_intermediate_size"));
     c.moe_router_pre_softmax = !j.value("norm_topk_prob", false);
