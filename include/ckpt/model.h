@@ -103,6 +103,10 @@ std::string_view FamilyArchitecture(Family f);
 // Errors: InvalidArgument listing the known families.
 Result<Family> ParseFamily(std::string_view name);
 
+// Largest size (layers, hidden, heads, vocabulary, ...) a config may hold:
+// sizes come from files, and every product of two must fit in int64.
+inline constexpr int64_t kMaxModelSize = int64_t{1} << 31;
+
 enum class Norm { kRMSNorm, kLayerNorm };
 enum class Activation { kSwiGLU, kGelu, kGeluTanh, kReLU, kSquaredReLU };
 enum class Positions { kRope, kLearned, kNone };

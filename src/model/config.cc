@@ -16,6 +16,14 @@ using megatron::ArgBool;
 using megatron::ArgInt;
 using megatron::ArgString;
 
+// Raw sizes read from a file, checked before any arithmetic on them.
+Status InRange(std::string_view name, int64_t v) {
+  if (v < 0 || v > kMaxModelSize) {
+    return InvalidArgumentError(StrCat(name, " ", v, " is outside [0, ", kMaxModelSize, "]"));
+  }
+  return OkStatus();
+}
+
 Status Positive(std::string_view name, int64_t v) {
   if (v < 1) return InvalidArgumentError(StrCat(name, " must be >= 1, got ", v));
   return OkStatus();
@@ -128,6 +136,16 @@ int64_t ModelConfig::PaddedVocab(int64_t vocab, int64_t tp) const {
 }
 
 Status ModelConfig::Validate() const {
+  // Sizes come from files: bound them so every product below fits in int64.
+  for (auto [name, v] : {std::pair<const char*, int64_t>{"num_layers", num_layers}, {"hidden_size", hidden_size},
+                         {"ffn_hidden_size", ffn_hidden_size}, {"num_attention_heads", num_attention_heads},
+                         {"num_query_groups", num_query_groups}, {"kv_channels", kv_channels},
+                         {"padded_vocab_size", padded_vocab_size}, {"max_position_embeddings", max_position_embeddings},
+                         {"num_experts", num_experts}, {"moe_ffn_hidden_size", moe_ffn_hidden_size},
+                         {"moe_router_topk", moe_router_topk}}) {
+    if (v > kMaxModelSize) return InvalidArgumentError(StrCat(name, " ", v, " is larger than ", kMaxModelSize));
+    if (v < 0) return InvalidArgumentError(StrCat(name, " ", v, " is negative"));
+  }
   CKPT_RETURN_IF_ERROR(Positive("num_layers", num_layers));
   CKPT_RETURN_IF_ERROR(Positive("hidden_size", hidden_size));
   CKPT_RETURN_IF_ERROR(Positive("num_attention_heads", num_attention_heads));
@@ -201,6 +219,8 @@ Result<ModelConfig> ConfigFromArgs(const megatron::CommonState* common, const Sh
   CKPT_ASSIGN_OR_RETURN(c.num_layers, req("num_layers"));
   CKPT_ASSIGN_OR_RETURN(c.hidden_size, req("hidden_size"));
   CKPT_ASSIGN_OR_RETURN(c.num_attention_heads, req("num_attention_heads"));
+  CKPT_RETURN_IF_ERROR(InRange("args.hidden_size", c.hidden_size));
+  CKPT_RETURN_IF_ERROR(InRange("args.num_attention_heads", c.num_attention_heads));
   c.ffn_hidden_size = get_int("ffn_hidden_size").value_or(4 * c.hidden_size);
   c.num_query_groups = ArgBool(a, "group_query_attention").value_or(false)
                            ? get_int("num_query_groups").value_or(c.num_attention_heads)
@@ -275,9 +295,11 @@ Result<ModelConfig> ConfigFromArgs(const megatron::CommonState* common, const Sh
     c.params_dtype = DType::kFloat16;
   }
 
-  // Cross-check against the stored shapes; fill what args left out.
-  if (auto emb = shape("embedding.word_embeddings.weight"); emb && emb->size() == 2) {
-    if (c.padded_vocab_size == 0) c.padded_vocab_size = (*emb)[0];
+  // Fill what args left out from the stored shapes, validate, then cross-check.
+  auto emb = shape("embedding.word_embeddings.weight");
+  if (emb && emb->size() == 2 && c.padded_vocab_size == 0) c.padded_vocab_size = (*emb)[0];
+  CKPT_RETURN_IF_ERROR(c.Validate(), "args");
+  if (emb && emb->size() == 2) {
     if ((*emb)[0] != c.padded_vocab_size || (*emb)[1] != c.hidden_size) {
       return InvalidArgumentError(StrCat("args (padded_vocab_size ", c.padded_vocab_size, ", hidden_size ",
                                          c.hidden_size, ") contradict embedding.word_embeddings.weight of shape [",
@@ -314,7 +336,6 @@ Result<ModelConfig> ConfigFromArgs(const megatron::CommonState* common, const Sh
       }
     }
   }
-  CKPT_RETURN_IF_ERROR(c.Validate());
   return c;
 }
 
@@ -493,6 +514,15 @@ Result<HfModel> ParseHfConfig(const nlohmann::json& j) {
   };
   c.vocab_size = geti("vocab_size");
   if (!c.vocab_size) return InvalidArgumentError("HF config: vocab_size is missing");
+  for (const char* k : {"vocab_size", "n_layer", "n_embd", "n_head", "n_inner", "n_positions", "num_hidden_layers",
+                        "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
+                        "max_position_embeddings", "num_local_experts", "num_experts", "num_experts_per_tok",
+                        "moe_intermediate_size"}) {
+    if (auto v = geti(k)) CKPT_RETURN_IF_ERROR(InRange(StrCat("HF config: ", k), *v));
+  }
+  for (const char* k : {"num_attention_heads", "n_head"}) {
+    if (auto v = geti(k); v && *v == 0) return InvalidArgumentError(StrCat("HF config: ", k, " is 0"));
+  }
   c.padded_vocab_size = *c.vocab_size;
   if (m.family == Family::kGpt2) {
     CKPT_ASSIGN_OR_RETURN(c.num_layers, req("n_layer"));

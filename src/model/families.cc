@@ -64,9 +64,6 @@ struct FamilyTable {
   std::vector<Rule> rules;
 };
 
-constexpr char kLayer[] = "decoder.layers.{L}.";
-constexpr char kExpert[] = "decoder.layers.{L}.mlp.experts.experts.{E}.";
-
 // Rows shared by the Llama-like dense families (Llama, Mistral, Qwen2, Qwen3).
 std::vector<Rule> LlamaLikeRules(bool moe_mixtral, bool moe_qwen) {
   std::vector<Rule> r = {
