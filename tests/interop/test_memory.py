@@ -79,3 +79,71 @@ def test_control_torch_load_holds_the_whole_file(big_pt):
                         f"import torch; sd = torch.load({str(big_pt)!r}); print(len(sd))"])
     print(f"torch.load: peak RSS {rss / MiB:.1f} MiB")
     assert rss > TOTAL
+
+
+# ---------------------------------------------------------------------------------------------
+# Model conversion (HF <-> Megatron torch_dist): each output tensor is assembled from only the
+# source rows it needs, so peak RSS stays about one tensor whatever the model size.
+# ---------------------------------------------------------------------------------------------
+HF_LAYERS, HF_HIDDEN, HF_FFN, HF_VOCAB = 4, 1024, 4096, 16000
+HF_LARGEST = HF_VOCAB * HF_HIDDEN * 4  # the embedding / lm_head, fp32 (62.5 MiB)
+
+
+@pytest.fixture(scope="module")
+def big_hf(tmp_path_factory):
+    """A Llama-shaped HF folder of ~370 MiB (fp32, random)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    d = tmp_path_factory.mktemp("hfmem") / "hf"
+    d.mkdir()
+    g = torch.Generator().manual_seed(1)
+    heads, groups, hd = 16, 4, 64
+    sd = {"model.embed_tokens.weight": torch.randn(HF_VOCAB, HF_HIDDEN, generator=g),
+          "lm_head.weight": torch.randn(HF_VOCAB, HF_HIDDEN, generator=g),
+          "model.norm.weight": torch.randn(HF_HIDDEN, generator=g)}
+    for i in range(HF_LAYERS):
+        p = f"model.layers.{i}."
+        sd[p + "input_layernorm.weight"] = torch.randn(HF_HIDDEN, generator=g)
+        sd[p + "post_attention_layernorm.weight"] = torch.randn(HF_HIDDEN, generator=g)
+        sd[p + "self_attn.q_proj.weight"] = torch.randn(heads * hd, HF_HIDDEN, generator=g)
+        sd[p + "self_attn.k_proj.weight"] = torch.randn(groups * hd, HF_HIDDEN, generator=g)
+        sd[p + "self_attn.v_proj.weight"] = torch.randn(groups * hd, HF_HIDDEN, generator=g)
+        sd[p + "self_attn.o_proj.weight"] = torch.randn(HF_HIDDEN, heads * hd, generator=g)
+        sd[p + "mlp.gate_proj.weight"] = torch.randn(HF_FFN, HF_HIDDEN, generator=g)
+        sd[p + "mlp.up_proj.weight"] = torch.randn(HF_FFN, HF_HIDDEN, generator=g)
+        sd[p + "mlp.down_proj.weight"] = torch.randn(HF_HIDDEN, HF_FFN, generator=g)
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    total = sum(t.numel() * 4 for t in sd.values())
+    del sd
+    (d / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": HF_VOCAB,
+        "hidden_size": HF_HIDDEN, "intermediate_size": HF_FFN, "num_hidden_layers": HF_LAYERS,
+        "num_attention_heads": heads, "num_key_value_heads": groups, "head_dim": hd,
+        "hidden_act": "silu", "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "float32"}))
+    return d, total
+
+
+def test_hf_model_conversion_both_ways_is_bounded_by_a_tensor(big_hf, cli_path):
+    hf, total = big_hf
+    meg = hf.parent / "meg"
+    rss_in = _peak_rss_of([cli_path, "convert", str(hf), str(meg), "--to", "torch_dist", "--tp", "2",
+                           "--pp", "2", "-q"])
+    out = hf.parent / "hf_out"
+    rss_out = _peak_rss_of([cli_path, "convert", str(meg), str(out), "--to", "hf", "-q"])
+    assert (out / "model.safetensors").stat().st_size >= total
+    bound = 2 * HF_LARGEST + 64 * MiB
+    print(f"HF -> torch_dist: peak RSS {rss_in / MiB:.1f} MiB; torch_dist -> HF: {rss_out / MiB:.1f} MiB "
+          f"for {total / MiB:.0f} MiB of weights (largest tensor {HF_LARGEST / MiB:.1f} MiB, bound "
+          f"{bound / MiB:.0f} MiB)")
+    assert rss_in < bound, f"HF -> torch_dist peak RSS {rss_in / MiB:.1f} MiB"
+    assert rss_out < bound, f"torch_dist -> HF peak RSS {rss_out / MiB:.1f} MiB"
+    # The weights came back bit for bit (the round trip passes through Megatron's layout).
+    from safetensors import safe_open
+
+    with safe_open(str(hf / "model.safetensors"), "pt") as a, safe_open(str(out / "model.safetensors"), "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        for k in a.keys():
+            assert torch.equal(a.get_tensor(k), b.get_tensor(k)), k
