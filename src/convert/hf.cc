@@ -186,6 +186,24 @@ class Publisher {
   std::vector<std::string> files_;
 };
 
+// "model.safetensors", "model-00001-of-00003.safetensors", the index (and
+// the pytorch_model* forms for `bin`).
+bool IsWeightFileName(std::string_view name, bool bin) {
+  const std::string_view prefix = bin ? "pytorch_model" : "model";
+  const std::string_view ext = bin ? ".bin" : ".safetensors";
+  if (name.substr(0, prefix.size()) != prefix) return false;
+  std::string_view rest = name.substr(prefix.size());
+  if (rest == ext || rest == StrCat(ext, ".index.json")) return true;
+  // "-NNNNN-of-NNNNN<ext>"
+  if (rest.size() != 15 + ext.size() || rest.substr(15) != ext || rest[0] != '-' || rest.substr(6, 4) != "-of-") {
+    return false;
+  }
+  for (size_t i : {1, 2, 3, 4, 5, 10, 11, 12, 13, 14}) {
+    if (rest[i] < '0' || rest[i] > '9') return false;
+  }
+  return true;
+}
+
 // The torch_dist source: reader, its common state and the stored shapes.
 struct TorchDistSource {
   std::unique_ptr<CheckpointReader> reader;
@@ -433,6 +451,21 @@ Result<ConvertReport> ConvertToHf(const std::string& src, const std::string& dst
                            return WriteFileAtomically(env, path, [&](WritableFile* f) { return f->Append(*text); });
                          });
     if (!w.ok()) return fail(w);
+  }
+  // As save_pretrained does: weight files of an older save in the folder that
+  // this one did not write (other shard counts, the other single/sharded
+  // form) are removed, so no loader can pick them up.
+  {
+    std::set<std::string> ours;
+    for (const std::string& f : pub.files()) ours.insert(Basename(f));
+    auto children = env->GetChildren(dst);
+    if (children.ok()) {
+      for (const std::string& name : *children) {
+        if (ours.count(name) || !IsWeightFileName(name, options.bin)) continue;
+        env->RemoveFile(JoinPath(dst, name)).IgnoreError();
+        report.warnings.push_back(StrCat("removed ", name, " of an older save in ", dst));
+      }
+    }
   }
   if (gen) {
     std::string text = DumpJson(*gen);
