@@ -27,25 +27,32 @@ HF side
   / mismatched keys, returns fp32 logits.
 
 CPU shim for the forward pass (install_forward_shim), on top of megatron_fixtures'
-install_cpu_cuda_shim (current_device() -> 'cpu', synchronize() no-op). Each patch replaces
-CUDA *bookkeeping* only; no arithmetic of the model changes:
-  1. `device='cuda'` / `device=torch.device('cuda')` in torch factory functions (torch.ones,
-     zeros, empty, full, tensor, arange, ...) is mapped to CPU. Hit in 0.16.1 by
-     MoE/aux-loss tracker buffers (moe_utils.save_to_aux_losses_tracker: torch.zeros(...,
-     device='cuda')) and the default causal/sliding-window masks (transformer/utils.py
-     get_default_causal_mask); the values are identical on any device.
-  2. `Tensor.cuda()` returns the tensor itself: LanguageModule.setup_embeddings_and_output_layer
-     does `weight.data = weight.data.cuda()` before the embedding-group all_reduce that copies
-     the tied embedding to the last PP stage (PP > 1, tied). A device move, not a value change.
-  3. `megatron.core.transformer.moe.moe_utils.te_general_gemm = None`: without Transformer
-     Engine 0.16.1 never defines the name, but RouterGatingLinearFunction tests
-     `te_general_gemm is not None` and then falls back to torch.matmul. Setting it to None
-     selects exactly that documented fallback.
-  Not patched, configured instead: the MoE token dispatcher is 'allgather' ('alltoall' wants
-  CUDA streams); the RNG tracker is Megatron's inference tracker
-  (tensor_parallel.random.initialize_rng_tracker(inference_rng_tracker=True)), whose fork() is
-  a null context (dropout is 0 and the model is in eval mode anyway); masked-softmax / bias /
-  rope fusions are off (CUDA kernels).
+install_cpu_cuda_shim (torch.cuda.current_device() -> 'cpu': rotary embedding / collectives
+bookkeeping allocate on it; torch.cuda.synchronize() no-op). Each patch replaces CUDA
+*bookkeeping* only; no arithmetic of the model changes. Each was checked to be NEEDED (the save
+fails without it) and nothing else was patched:
+  1. `Tensor.cuda()` returns the tensor itself: LanguageModule.setup_embeddings_and_output_layer
+     (0.16.1) does `weight.data = weight.data.cuda()` before the embedding-group all_reduce that
+     copies the tied embedding to the last PP stage (tied, PP > 1). A device move, not a value
+     change. Without it: "Torch not compiled with CUDA enabled" (llama_tied).
+  2. `megatron.core.transformer.moe.moe_utils.te_general_gemm = None`: without Transformer
+     Engine 0.16.1 never defines the name, but router_gating_linear tests
+     `te_general_gemm is not None` before falling back to torch matmul. None selects exactly
+     that fallback. Without it: NameError (mixtral, qwen3_moe).
+  No `device='cuda'` factory mapping is needed: the only such call on our path,
+  transformer/utils.py get_default_causal_mask (torch.ones(..., device="cuda")), is skipped
+  because the forward passes Megatron-LM's explicit causal mask; MoE aux-loss trackers
+  (torch.zeros(..., device="cuda")) only run in training. Checked: every family saves and
+  reloads without it.
+  Configured, not patched: MoE token dispatcher 'allgather' ('alltoall' wants CUDA streams);
+  Megatron's own inference RNG tracker
+  (tensor_parallel.random.initialize_rng_tracker(inference_rng_tracker=True)), whose fork()
+  is a null context (dropout is 0, eval mode); masked-softmax / bias / rope fusions off (CUDA
+  kernels); torch._dynamo disabled in the ranks so megatron.core.jit.jit_fuser
+  (= torch.compile) runs openai_gelu eagerly instead of building an inductor C++ kernel per
+  rank (~35 s; same formula).
+  Speed only: use_in_process_results_queue (see there) and run_ranks with the 'fork' start
+  method (megatron-core imported once in the parent).
 Never use this outside fixtures.
 """
 
@@ -53,14 +60,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
-import json
 import math
 import os
 import sys
 import tempfile
+import time
 import zlib
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -167,18 +173,6 @@ FAMILIES: Dict[str, FamilySpec] = _families()
 # --------------------------------------------------------------------------------------------
 # Shim (forward pass on a CPU-only torch)
 # --------------------------------------------------------------------------------------------
-_FACTORIES = ("ones", "zeros", "empty", "full", "tensor", "arange", "rand", "randn",
-              "ones_like", "zeros_like", "empty_like", "full_like", "as_tensor")
-
-
-def _is_cuda_device(d) -> bool:
-    if isinstance(d, str):
-        return d.startswith("cuda")
-    if isinstance(d, torch.device):
-        return d.type == "cuda"
-    return False
-
-
 def preload_megatron() -> None:
     """Imports what the rank bodies use, in the parent, so that forked ranks inherit it."""
     import megatron.core.dist_checkpointing  # noqa: F401
@@ -239,29 +233,12 @@ def use_in_process_results_queue() -> None:
 def install_forward_shim() -> None:
     """See the module docstring: which CUDA bookkeeping each patch replaces and why."""
     mf.install_cpu_cuda_shim()
-    if torch.cuda.is_available() or getattr(torch, "_ckpt_forward_shim", False):
+    if torch.cuda.is_available():
         return
-    torch._ckpt_forward_shim = True  # type: ignore[attr-defined]
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        def inner(*a, **k):
-            if _is_cuda_device(k.get("device")):
-                k["device"] = "cpu"
-            k.pop("pin_memory", None) if k.get("pin_memory") else None
-            return fn(*a, **k)
-
-        return inner
-
-    skip = os.environ.get("MM_SHIM_SKIP", "")
-    if "factories" not in skip:
-        for name in _FACTORIES:
-            setattr(torch, name, wrap(getattr(torch, name)))
-    if "cuda" not in skip:
-        torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[assignment]
+    torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[assignment]
     from megatron.core.transformer.moe import moe_utils
 
-    if not hasattr(moe_utils, "te_general_gemm") and "te" not in skip:
+    if not hasattr(moe_utils, "te_general_gemm"):
         moe_utils.te_general_gemm = None
 
 
@@ -556,14 +533,13 @@ class _SaveJob:
     ep: int
 
 
+_T0 = time.time()
+
+
 def _tick(what: str) -> None:
+    """MM_TIMING=1: per-rank phase timestamps (seconds since this module was imported)."""
     if os.environ.get("MM_TIMING"):
-        import time
-
         print(f"[rank {dist.get_rank()}] {time.time() - _T0:7.2f}s {what}", flush=True)
-
-
-_T0 = __import__("time").time()
 
 
 def _save_rank(job: _SaveJob) -> None:
@@ -805,7 +781,9 @@ def hf_config(spec: FamilySpec, vocab_size: Optional[int] = None) -> Dict[str, A
                    output_router_logits=False)
     elif t == "qwen3_moe":
         cfg.update(num_experts=spec.num_experts, num_experts_per_tok=spec.topk,
-                   moe_intermediate_size=spec.moe_ffn, norm_topk_prob=not spec.moe_router_pre_softmax,
+                   moe_intermediate_size=spec.moe_ffn,
+                   # Megatron pre_softmax False (top-k logits, softmax over k) == renormalized
+                   norm_topk_prob=not spec.moe_router_pre_softmax,
                    decoder_sparse_step=1, mlp_only_layers=[], attention_bias=False,
                    use_sliding_window=False, sliding_window=None, router_aux_loss_coef=0.0,
                    output_router_logits=False)

@@ -240,7 +240,7 @@ def test_megatron_to_hf_logits(family, megatron_root, hf_expected, run_cli, tmp_
         assert torch.isfinite(t).all(), f"{k} has non-finite values"
     assert_config_matches(str(out), spec)
 
-    got, info = mm.hf_logits(str(out), ref["tokens"], return_info=True)
+    got = mm.hf_logits(str(out), ref["tokens"])  # asserts no missing/unexpected/mismatched
     V = spec.vocab
     assert ref["logits"].shape[-1] == spec.padded_vocab(2)
     assert_logits_close(got, ref["logits"][..., :V], f"{family} megatron->hf")
@@ -248,7 +248,8 @@ def test_megatron_to_hf_logits(family, megatron_root, hf_expected, run_cli, tmp_
 
 @pytest.mark.parametrize("family,layout", [("llama_tied", (1, 4, 1)), ("qwen3_moe", (1, 1, 4)),
                                            ("mixtral", (2, 1, 2))],
-                         ids=["llama_tied-tp1pp4", "qwen3_moe-tp1pp1ep4dp4", "mixtral-tp2pp1ep2dp2"])
+                         ids=["llama_tied-tp1pp4", "qwen3_moe-tp1pp1ep4dp4",
+                              "mixtral-tp2pp1ep2dp2"])
 def test_megatron_to_hf_other_layouts(family, layout, megatron_root, run_cli, tmp_path):
     """Other saving layouts: one layer per PP stage (tied embedding on stage 0 of 4), one expert
     per EP rank with DP replicas, PP1 with EP2 over DP2. Padded vocab follows the saving TP."""
@@ -423,6 +424,27 @@ def test_hf_config_vocab_disagrees_with_args(megatron_root, run_cli, tmp_path):
     out = tmp_path / "hf"
     r = run_cli("convert", megatron_root("llama"), out, "--to", "hf", "--hf-config", cfg)
     assert_failed_cleanly(r, out, "vocab")
+
+
+@pytest.mark.parametrize("field,value", [("rms_norm_eps", 1e-6), ("rope_parameters",
+                                         {"rope_type": "default", "rope_theta": 10000.0})])
+def test_hf_config_numeric_field_disagrees(field, value, megatron_root, run_cli, tmp_path):
+    """An --hf-config whose eps / rope_theta contradict args: refused, or the output is still
+    Megatron's model (the checkpoint's values win). Never a silently different model."""
+    spec = mm.FAMILIES["llama"]
+    root = megatron_root("llama")
+    cfg = mm.hf_config(spec)
+    cfg[field] = value
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    out = tmp_path / "hf"
+    r = run_cli("convert", root, out, "--to", "hf", "--hf-config", path)
+    if r.returncode != 0:
+        assert_failed_cleanly(r, out, "eps", "epsilon", "rope", "theta", "rotary")
+        return
+    ref = mm.load_reference(root)
+    got = mm.hf_logits(str(out), ref["tokens"])
+    assert_logits_close(got, ref["logits"][..., :spec.vocab], f"llama with config {field}")
 
 
 def _copy_root(src, dst):
