@@ -42,7 +42,9 @@ class DcpReader : public CheckpointReader {
   static Result<std::unique_ptr<DcpReader>> Open(const std::string& folder, const OpenOptions& options);
 
   SourceKind kind() const override { return kind_; }
-  std::string_view format() const override { return kind_ == SourceKind::kTorchDist ? "megatron-torch_dist" : "dcp"; }
+  std::string_view format() const override {
+    return kind_ == SourceKind::kTorchDist ? "megatron-torch_dist" : "dcp";
+  }
   const std::vector<TensorInfo>& tensors() const override { return tensors_; }
   const std::vector<ObjectInfo>& objects() const override { return objects_; }
   nlohmann::json Details() const override;
