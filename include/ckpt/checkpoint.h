@@ -7,6 +7,10 @@
 // contiguous, row-major, little-endian bytes. Reading metadata never reads
 // tensor data; reading one tensor touches only its bytes.
 //
+// Code that treats sources differently asks the reader what it is (kind())
+// and for the view it needs (dcp_view(), torch_file()), never casts it or
+// compares format() strings: format() is a display name.
+//
 // Thread-safety: a CheckpointReader is immutable after opening; ReadTensor may
 // be called concurrently.
 #ifndef CKPT_CHECKPOINT_H_
@@ -27,6 +31,28 @@
 #include "ckpt/status.h"
 
 namespace ckpt {
+
+// The typed views a reader may offer (see CheckpointReader::dcp_view and
+// torch_file). Their definitions are internal to the library
+// (src/checkpoint/dcp_reader.h, src/format/torch/torch_file.h): outside it
+// they are opaque.
+namespace internal_checkpoint {
+class DcpReader;
+}  // namespace internal_checkpoint
+namespace torch {
+class TorchFile;
+}  // namespace torch
+
+// What a reader reads: the key on which code that handles sources
+// differently dispatches (Convert keeps a DCP source's chunk layout and a
+// torch.save file's object tree).
+enum class SourceKind {
+  kTorchFile,    // one torch.save zip archive (format() "torch"); torch_file() is set
+  kSafetensors,  // one .safetensors file
+  kSharded,      // a *.index.json set of safetensors or torch.save shards
+  kDcp,          // a torch.distributed.checkpoint folder; dcp_view() is set
+  kTorchDist,    // a Megatron-Core torch_dist folder (DCP + metadata.json, common state); dcp_view() is set
+};
 
 // How the unpickler treats globals that are not on the allowlist.
 enum class PickleMode {
@@ -81,7 +107,10 @@ class CheckpointReader {
  public:
   virtual ~CheckpointReader() = default;
 
-  // "torch", "safetensors", "safetensors-sharded", "torch-sharded".
+  // What this reader reads; fixed for its lifetime.
+  virtual SourceKind kind() const = 0;
+  // A name to show: "torch", "safetensors", "safetensors-sharded",
+  // "torch-sharded", "dcp", "megatron-torch_dist". Dispatch on kind().
   virtual std::string_view format() const = 0;
   virtual const std::vector<TensorInfo>& tensors() const = 0;
   virtual const std::vector<ObjectInfo>& objects() const = 0;
@@ -103,6 +132,17 @@ class CheckpointReader {
 
   // Index of key in tensors(); NotFound otherwise.
   Result<size_t> Find(std::string_view key) const;
+
+  // Typed views, for code inside the library. Each is non-null exactly for
+  // the kinds named; it points into this reader (same lifetime, same
+  // thread-safety) and never transfers ownership.
+  //
+  // kDcp, kTorchDist: the DCP folder behind the reader (its .metadata
+  // entries and chunks, data files, bytes items), which is this reader.
+  virtual const internal_checkpoint::DcpReader* dcp_view() const { return nullptr; }
+  // kTorchFile: the torch.save archive with its whole object tree
+  // (non-tensor objects, opaque records, shared storages, views).
+  virtual const torch::TorchFile* torch_file() const { return nullptr; }
 };
 
 Result<std::unique_ptr<CheckpointReader>> OpenCheckpoint(const std::string& path,

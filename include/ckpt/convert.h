@@ -7,14 +7,24 @@
 // for sharded output the index file is published last. On failure no output
 // that looks complete is left behind.
 //
-// Thread-safety: Convert may run concurrently on different destinations.
+// Errors name the options as ConvertOptions spells them (`max_shard_size`,
+// `thread_count`, `to="dcp"`), since both the CLI and Python reach them; the
+// CLI's flags are those names with dashes (--max-shard-size). ParseSize and
+// ParseTargetFormat are the one reading of a size and of a target name, for
+// every front end.
+//
+// Thread-safety: Convert may run concurrently on different destinations; the
+// parsing functions are pure.
 #ifndef CKPT_CONVERT_H_
 #define CKPT_CONVERT_H_
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ckpt/env.h"
@@ -27,13 +37,43 @@ enum class TargetFormat {
   kTorch,        // one torch.save file, or a folder of shards + pytorch_model.bin.index.json
   kDcp,          // a torch.distributed.checkpoint folder (.metadata + __0_<n>.distcp)
   kTorchDist,    // a Megatron-Core torch_dist checkpoint (DCP + metadata.json + common state)
+  kHf,           // a Hugging Face transformers model folder (not built yet: Unimplemented)
 };
+
+// A new target goes last here, in kAllTargetFormats and in the name table
+// (src/convert/options.cc static_asserts the count).
+inline constexpr size_t kTargetFormatCount = 5;
+// Every target, in the order help texts and errors list them.
+inline constexpr std::array<TargetFormat, kTargetFormatCount> kAllTargetFormats = {
+    TargetFormat::kSafetensors, TargetFormat::kTorch, TargetFormat::kDcp, TargetFormat::kTorchDist,
+    TargetFormat::kHf};
+
+// The target's name as the CLI (--to) and Python (to=) spell it:
+// "safetensors", "torch", "dcp", "torch_dist", "hf".
+std::string_view TargetFormatName(TargetFormat to);
+
+// The inverse of TargetFormatName (exact, case-sensitive).
+// Errors: InvalidArgument naming the option `to`, the name given and every
+// valid name.
+Result<TargetFormat> ParseTargetFormat(std::string_view name);
+
+// Reads a max_shard_size as transformers' convert_file_size_to_int
+// (transformers/utils/hub.py) reads it: digits, then a unit, case-insensitive:
+// "KB", "MB", "GB" are powers of 1000 ("5GB" = 5*10^9), "KiB", "MiB", "GiB"
+// powers of 1024 ("5GiB" = 5*2^30); a decimal unit whose last letter is a
+// lowercase 'b' counts bits, floor-divided by 8 as transformers does ("5Gb" =
+// 625000000, "5gb" too). Digits alone are bytes (transformers takes an int).
+// Errors: InvalidArgument naming the option `max_shard_size` and the text for
+// anything else (a sign, a space, a decimal point, another unit such as "TB"
+// or "B", no digits), for zero, and for more than 2^64-1 bytes.
+Result<uint64_t> ParseSize(std::string_view text);
 
 struct ConvertOptions {
   TargetFormat to = TargetFormat::kSafetensors;
-  // 0: one file. Otherwise DST is a folder and tensors are split into shards
-  // of at most this many bytes (a larger tensor gets a shard of its own), named
-  // as transformers names them.
+  // kSafetensors, kTorch: 0 means one file. Otherwise DST is a folder and
+  // tensors are split into shards of at most this many bytes (a larger tensor
+  // gets a shard of its own), named as transformers names them. From text:
+  // ParseSize.
   uint64_t max_shard_size = 0;
   // Read pickles in inspect mode: objects whose globals are not on the
   // allowlist travel as opaque records where the target can hold them (torch)
@@ -96,11 +136,11 @@ struct ConvertReport {
 // max_shard_size) gives what torch.distributed.checkpoint.format_utils.
 // dcp_to_torch_save gives: the nested state dict rebuilt from planner_data,
 // bytes entries carried as their original objects, byte-identical to torch's
-// output in the cases tested (see src/checkpoint/dcp_to_torch.h); each tensor
+// output in the cases tested (see src/convert/dcp_to_torch.h); each tensor
 // is assembled from its chunks, so peak memory is about the largest tensor.
 // Other targets get flat keys, as for any source.
 //
-// --to dcp: dst is a folder written as torch's FileSystemWriter writes it for
+// to=dcp: dst is a folder written as torch's FileSystemWriter writes it for
 // one rank (see src/format/dcp/writer.h), `thread_count` data files. A DCP /
 // torch_dist source keeps its entries, chunk layout, bytes entries (their
 // stored torch.save archives) and planner_data (Megatron's metadata.json and
@@ -112,25 +152,31 @@ struct ConvertReport {
 // of a torch.save whose root is not a dict are dropped with a warning.
 // `.metadata` is published last. torch's dcp.load / dcp_to_torch_save load it.
 //
-// --to torch_dist: what megatron-core's dist_checkpointing.save writes for
-// the chosen version (src/checkpoint/torch_dist_writer.h): the DCP files as
-// --to dcp writes them (one rank: every source rank's items merged into
-// __0_<n>.distcp), metadata.json and the common state (common.pt or the
-// common_state entry), published data first, metadata.json last, then the
-// Megatron-LM tracker. A torch_dist source keeps its common dict and extra
-// metadata.json keys (0.19 only); a plain DCP source gets an empty common
-// dict; a torch.save state dict gives its tensors as entries (one chunk each,
-// flat keys) and everything else as the common dict, as Megatron's
-// extract_matching_values splits it; safetensors and sharded sources an empty
-// common dict.
+// to=torch_dist: what megatron-core's dist_checkpointing.save writes for
+// the chosen version (src/convert/torch_dist.h,
+// src/checkpoint/torch_dist_writer.h): the DCP files as to=dcp writes them
+// (one rank: every source rank's items merged into __0_<n>.distcp),
+// metadata.json and the common state (common.pt or the common_state entry),
+// published data first, metadata.json last, then the Megatron-LM tracker.
+// A torch_dist source keeps its common dict and extra metadata.json keys
+// (0.19 only); a plain DCP source gets an empty common dict; a torch.save
+// state dict gives its tensors as entries (one chunk each, flat keys) and
+// everything else as the common dict, as Megatron's extract_matching_values
+// splits it; safetensors and sharded sources an empty common dict.
+//
+// to=hf: not built yet (Unimplemented; src/convert/hf.h).
 //
 // Converts src into dst. If dst ends in ".safetensors" (or ".pt"/".bin"/".pth"
 // for torch) and max_shard_size is 0 it is one file; otherwise dst is a folder
 // (created if needed) holding "model.safetensors" / "pytorch_model.bin", or
 // shards plus an index when max_shard_size splits the tensors.
-// Errors: those of OpenCheckpoint; InvalidArgument for a bad destination;
-// Unimplemented for a dtype the target cannot hold or an opaque object in
-// strict mode; I/O errors naming the file.
+//
+// Errors: those of OpenCheckpoint; InvalidArgument for a bad destination or
+// an option that does not apply to the target (megatron_version and
+// iteration outside torch_dist, dcp_metadata_layout outside dcp,
+// max_shard_size with dcp or torch_dist), naming the option; Unimplemented
+// for a dtype the target cannot hold, an opaque object in strict mode, or
+// to=hf; I/O errors naming the file.
 Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
                               const ConvertOptions& options);
 

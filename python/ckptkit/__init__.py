@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional, Union
@@ -315,28 +314,6 @@ def open(path: PathLike, *, mode: str = "strict") -> Checkpoint:  # noqa: A001
     return Checkpoint(_core.open(path, mode), path)
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(I?B?)\s*$", re.IGNORECASE)
-
-
-def _parse_size(size: Union[int, str]) -> int:
-    """10_000 or "10MB" (powers of 1000) or "10MiB" (powers of 1024), as
-    transformers' max_shard_size accepts."""
-    if isinstance(size, bool):
-        raise TypeError("max_shard_size must be an int or a size string")
-    if isinstance(size, int):
-        value = size
-    else:
-        m = _SIZE_RE.match(str(size))
-        if not m:
-            raise ValueError(f"max_shard_size: cannot parse {size!r}")
-        n, unit, suffix = int(m.group(1)), m.group(2).upper(), m.group(3).upper()
-        base = 1024 if suffix.startswith("I") else 1000
-        value = n * base ** " KMGT".index(unit or " ")
-    if value <= 0:
-        raise ValueError(f"max_shard_size must be positive, got {size!r}")
-    return value
-
-
 def convert(
     src: PathLike,
     dst: PathLike,
@@ -349,11 +326,15 @@ def convert(
     iteration: Optional[int] = None,
 ) -> dict:
     """Converts a checkpoint to `to`: "safetensors", "torch", "dcp" (a
-    torch.distributed.checkpoint folder) or "torch_dist" (Megatron-Core).
+    torch.distributed.checkpoint folder), "torch_dist" (Megatron-Core) or
+    "hf" (not built yet: UnsupportedError). Target names are read by the same
+    code as the CLI's --to; an unknown one is a ValueError listing them.
 
-    max_shard_size (bytes, or "5GB"/"500MiB"; safetensors/torch) writes shards
-    plus an index json. thread_count (dcp/torch_dist) is the number of data
-    files, as torch's FileSystemWriter(thread_count=...). megatron_version
+    max_shard_size (safetensors/torch) writes shards plus an index json: an
+    int (bytes) or a string read as transformers' max_shard_size is ("5GB" is
+    5*10**9 bytes, "500MiB" 500*2**20, "5Gb" 5*10**9 bits), by the same code
+    as the CLI's --max-shard-size. thread_count (dcp/torch_dist) is the number
+    of data files, as torch's FileSystemWriter(thread_count=...). megatron_version
     ("0.16" or "0.19", default the newest) and iteration (a Megatron-LM root
     with iter_<N:07d>/ and the tracker) apply to torch_dist. allow_opaque=False
     refuses inputs holding pickle objects that cannot be represented in the
@@ -362,12 +343,15 @@ def convert(
     Returns {"files": [written paths, the commit file last], "warnings": [...],
     "tensors": count, "bytes": tensor bytes}.
     """
-    if to not in ("safetensors", "torch", "dcp", "torch_dist"):
-        raise ValueError(f"to must be 'safetensors', 'torch', 'dcp' or 'torch_dist', got {to!r}")
     if not isinstance(thread_count, int) or thread_count < 1:
         raise ValueError(f"thread_count must be a positive int, got {thread_count!r}")
-    limit = 0 if max_shard_size is None else _parse_size(max_shard_size)
-    return _core.convert(os.fspath(src), os.fspath(dst), to, limit, bool(allow_opaque), thread_count,
+    if max_shard_size is not None and (isinstance(max_shard_size, bool)
+                                       or not isinstance(max_shard_size, (int, str))):
+        raise TypeError(f"max_shard_size must be an int or a size string, got {max_shard_size!r}")
+    # `to` and max_shard_size are read in _core (ckpt::ParseTargetFormat, ckpt::ParseSize): an int size
+    # travels as its decimal text, so every value takes the one path the CLI takes.
+    size = None if max_shard_size is None else str(max_shard_size)
+    return _core.convert(os.fspath(src), os.fspath(dst), str(to), size, bool(allow_opaque), thread_count,
                          megatron_version or "", iteration)
 
 

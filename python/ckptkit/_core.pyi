@@ -25,12 +25,13 @@ def convert(
     src: str,
     dst: str,
     to: str,
-    max_shard_size: int = 0,
+    max_shard_size: Optional[str] = None,
     allow_opaque: bool = False,
     thread_count: int = 1,
     megatron_version: str = "",
     iteration: Optional[int] = None,
 ) -> dict[str, Any]: ...
+def parse_size(text: str) -> int: ...
 def save_file(
     path: str,
     format: str,

@@ -300,24 +300,21 @@ Reader Open(const std::string& path, const std::string& mode) {
 }
 
 // Returns {"files": [...], "warnings": [...], "tensors": n, "bytes": n}.
-nb::dict ConvertPy(const std::string& src, const std::string& dst, const std::string& to,
-                   uint64_t max_shard_size, bool allow_opaque, int64_t thread_count,
+// `to` and `max_shard_size` are read by ckpt::ParseTargetFormat and
+// ckpt::ParseSize, as the CLI reads --to and --max-shard-size (the Python
+// side passes an int size as its decimal text); None means one file.
+nb::dict ConvertPy(const std::string& src, const std::string& dst, std::string_view to,
+                   const std::optional<std::string>& max_shard_size, bool allow_opaque, int64_t thread_count,
                    const std::string& megatron_version, std::optional<int64_t> iteration) {
   ConvertOptions options;
-  if (to == "safetensors") {
-    options.to = TargetFormat::kSafetensors;
-  } else if (to == "torch") {
-    options.to = TargetFormat::kTorch;
-  } else if (to == "dcp") {
-    options.to = TargetFormat::kDcp;
-  } else if (to == "torch_dist") {
-    options.to = TargetFormat::kTorchDist;
-  } else {
-    PyErr_Format(PyExc_ValueError, "to must be 'safetensors', 'torch', 'dcp' or 'torch_dist', got '%s'",
-                 to.c_str());
-    throw nb::python_error();
+  Result<TargetFormat> target = ParseTargetFormat(to);
+  if (!target.ok()) RaiseStatus(target.status());
+  options.to = *target;
+  if (max_shard_size) {
+    Result<uint64_t> size = ParseSize(*max_shard_size);
+    if (!size.ok()) RaiseStatus(size.status());
+    options.max_shard_size = *size;
   }
-  options.max_shard_size = max_shard_size;
   options.allow_opaque = allow_opaque;
   options.thread_count = thread_count;
   options.megatron_version = megatron_version;
@@ -337,6 +334,13 @@ nb::dict ConvertPy(const std::string& src, const std::string& dst, const std::st
   d["tensors"] = report->tensors;
   d["bytes"] = report->bytes;
   return d;
+}
+
+// ckpt::ParseSize, for Python callers that want a size in bytes up front.
+uint64_t ParseSizePy(std::string_view text) {
+  Result<uint64_t> size = ParseSize(text);
+  if (!size.ok()) RaiseStatus(size.status());
+  return *size;
 }
 
 // Py_buffer views taken with the GIL held and released (in the destructor)
@@ -792,8 +796,9 @@ NB_MODULE(_core, m) {
 
   m.def("open", &Open, nb::arg("path"), nb::arg("mode") = "strict");
   m.def("convert", &ConvertPy, nb::arg("src"), nb::arg("dst"), nb::arg("to"),
-        nb::arg("max_shard_size") = 0, nb::arg("allow_opaque") = false, nb::arg("thread_count") = 1,
-        nb::arg("megatron_version") = "", nb::arg("iteration").none() = nb::none());
+        nb::arg("max_shard_size").none() = nb::none(), nb::arg("allow_opaque") = false,
+        nb::arg("thread_count") = 1, nb::arg("megatron_version") = "", nb::arg("iteration").none() = nb::none());
+  m.def("parse_size", &ParseSizePy, nb::arg("text"));
   m.def("save_file", &SaveFilePy, nb::arg("path"), nb::arg("format"), nb::arg("entries"),
         nb::arg("metadata").none() = nb::none());
   m.def("write_dcp_files", &WriteDcpFilesPy, nb::arg("dir"), nb::arg("prefix"), nb::arg("files"));

@@ -41,13 +41,17 @@ class DcpReader : public CheckpointReader {
   // without it: an unfinished save); as dcp::ParseMetadata; I/O errors.
   static Result<std::unique_ptr<DcpReader>> Open(const std::string& folder, const OpenOptions& options);
 
-  std::string_view format() const override { return format_; }
+  SourceKind kind() const override { return kind_; }
+  std::string_view format() const override {
+    return kind_ == SourceKind::kTorchDist ? "megatron-torch_dist" : "dcp";
+  }
   const std::vector<TensorInfo>& tensors() const override { return tensors_; }
   const std::vector<ObjectInfo>& objects() const override { return objects_; }
   nlohmann::json Details() const override;
   Status ReadTensor(size_t i, ByteSink* out) const override;
   Status ReadTensorRegion(size_t i, std::span<const int64_t> start, std::span<const int64_t> count,
                           ByteSink* out) const override;
+  const DcpReader* dcp_view() const override { return this; }
 
   const std::string& folder() const { return folder_; }
   const dcp::Metadata& metadata() const { return md_; }
@@ -64,8 +68,9 @@ class DcpReader : public CheckpointReader {
   // Opens chunk c of tensor entry e (checks dtype and shape of the archive).
   Result<dcp::ChunkArchive> OpenChunk(const dcp::Entry& e, const dcp::Chunk& c) const;
 
-  // Extra details merged into Details() (the Megatron layer's summary).
-  void set_format(std::string f) { format_ = std::move(f); }
+  // The Megatron layer (AttachMegatron) marks the reader kTorchDist and adds
+  // extra details merged into Details() (its summary).
+  void set_kind(SourceKind k) { kind_ = k; }
   nlohmann::json& extra_details() { return extra_; }
   std::vector<ObjectInfo>& mutable_objects() { return objects_; }
 
@@ -76,7 +81,7 @@ class DcpReader : public CheckpointReader {
   std::string Unreadable(const dcp::Entry& e) const;
 
   Env* env_ = nullptr;
-  std::string format_ = "dcp";
+  SourceKind kind_ = SourceKind::kDcp;
   std::string folder_;
   dcp::Metadata md_;
   std::map<std::string, uint64_t> files_;

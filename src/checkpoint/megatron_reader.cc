@@ -54,7 +54,7 @@ Status AttachMegatron(DcpReader* r, Env* env, std::optional<int64_t> tracker_ite
   } else {
     meg["config"] = cfg->raw;
   }
-  r->set_format("megatron-torch_dist");
+  r->set_kind(SourceKind::kTorchDist);
 
   // Common state: common.pt (<= 0.18) or the common_state DCP object (>= 0.19).
   std::unique_ptr<torch::TorchFile> common_file;

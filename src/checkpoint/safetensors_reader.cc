@@ -14,6 +14,7 @@ class SafetensorsReader final : public CheckpointReader {
                     std::vector<TensorInfo> tensors)
       : file_(std::move(file)), header_(std::move(header)), tensors_(std::move(tensors)) {}
 
+  SourceKind kind() const override { return SourceKind::kSafetensors; }
   std::string_view format() const override { return "safetensors"; }
   const std::vector<TensorInfo>& tensors() const override { return tensors_; }
   const std::vector<ObjectInfo>& objects() const override { return objects_; }

@@ -12,6 +12,7 @@ namespace {
 
 class ShardedReader final : public CheckpointReader {
  public:
+  SourceKind kind() const override { return SourceKind::kSharded; }
   std::string_view format() const override { return format_; }
   const std::vector<TensorInfo>& tensors() const override { return tensors_; }
   const std::vector<ObjectInfo>& objects() const override { return objects_; }
@@ -72,7 +73,7 @@ Result<std::unique_ptr<CheckpointReader>> OpenSharded(const std::string& index_p
   size_t found = 0;
   for (size_t s = 0; s < reader->shards_.size(); ++s) {
     const CheckpointReader& shard = *reader->shards_[s];
-    if (shard.format() != "safetensors") torch_shards = true;
+    if (shard.kind() != SourceKind::kSafetensors) torch_shards = true;
     for (size_t j = 0; j < shard.tensors().size(); ++j) {
       TensorInfo t = shard.tensors()[j];
       auto it = indexed.find(t.key);

@@ -1,5 +1,6 @@
-// Publishing a Megatron-Core torch_dist checkpoint through an Env, and
-// `convert --to torch_dist` (internal to the checkpoint layer).
+// Publishing a Megatron-Core torch_dist checkpoint through an Env (internal
+// to the checkpoint layer; `convert` with to=torch_dist, in
+// src/convert/torch_dist.h, builds what it writes).
 //
 // What is written (format/megatron/writer.h has the bytes of each piece):
 //   <ckpt>/__0_<n>.distcp, .metadata   WriteDcpCheckpoint (one offline rank 0)
@@ -35,8 +36,9 @@
 // Thread-safety: reentrant for different destinations. The entries'
 // callbacks (and write_common, for the 0.19 layout, where it is a bytes
 // entry) may run concurrently on WriteDcpCheckpoint's writer threads (see
-// dcp_writer.h): they must be safe to call concurrently; ConvertToTorchDist's
-// are (thread-safe reader reads, a mutex around progress).
+// dcp_writer.h): they must be safe to call concurrently;
+// internal_convert::ConvertToTorchDist's are (thread-safe reader reads, a
+// mutex around progress).
 #ifndef CKPT_CHECKPOINT_TORCH_DIST_WRITER_H_
 #define CKPT_CHECKPOINT_TORCH_DIST_WRITER_H_
 
@@ -47,7 +49,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "ckpt/convert.h"
 #include "ckpt/env.h"
 #include "ckpt/status.h"
 #include "format/dcp/writer.h"
@@ -84,15 +85,6 @@ Result<TorchDistWriteReport> WriteTorchDistCheckpoint(Env* env, const std::strin
                                                       std::vector<dcp::EntryToWrite> entries,
                                                       std::function<Status(ByteSink*)> write_common,
                                                       const TorchDistWriteOptions& options);
-
-// Convert with options.to == kTorchDist (see ckpt/convert.h).
-// Errors: InvalidArgument (bad megatron_version, negative iteration, dst
-// names a file, max_shard_size set); those of OpenCheckpoint, of reading the
-// source's common state (Unimplemented for a non-allowlisted global without
-// allow_opaque, when the common state must be re-serialized) and of
-// WriteTorchDistCheckpoint.
-Result<ConvertReport> ConvertToTorchDist(const std::string& src, const std::string& dst,
-                                         const ConvertOptions& options, Env* env);
 
 }  // namespace ckpt::internal_checkpoint
 

@@ -33,9 +33,9 @@ class TorchReader final : public CheckpointReader {
     }
   }
 
-  const torch::TorchFile& file() const { return *file_; }
-
+  SourceKind kind() const override { return SourceKind::kTorchFile; }
   std::string_view format() const override { return "torch"; }
+  const torch::TorchFile* torch_file() const override { return file_.get(); }
   const std::vector<TensorInfo>& tensors() const override { return tensors_; }
   const std::vector<ObjectInfo>& objects() const override { return objects_; }
 
@@ -94,22 +94,15 @@ std::string TorchArchiveName(const std::string& path) {
   return archive;
 }
 
-const torch::TorchFile* TorchFileOf(const CheckpointReader& reader) {
-  const auto* tr = dynamic_cast<const TorchReader*>(&reader);
-  return tr == nullptr ? nullptr : &tr->file();
-}
-
 Status RewriteTorchFile(const CheckpointReader& reader, const std::string& path, Env* env) {
-  const auto* tr = dynamic_cast<const TorchReader*>(&reader);
-  if (tr == nullptr) {
+  const torch::TorchFile* file = reader.torch_file();
+  if (file == nullptr) {
     return FailedPreconditionError(StrCat("cannot rewrite a ", reader.format(), " reader as torch.save"));
   }
   torch::TorchWriteOptions options;
   options.archive_name = TorchArchiveName(path);
-  options.byteorder = tr->file().big_endian() ? "big" : "little";
-  return WriteFileAtomically(env, path, [&](WritableFile* f) {
-    return torch::RewriteTorchFile(tr->file(), f, options);
-  });
+  options.byteorder = file->big_endian() ? "big" : "little";
+  return WriteFileAtomically(env, path, [&](WritableFile* f) { return torch::RewriteTorchFile(*file, f, options); });
 }
 
 }  // namespace ckpt::internal_checkpoint

@@ -10,16 +10,13 @@
 
 namespace ckpt::internal_checkpoint {
 
-// If reader is a torch.save reader, writes its tree (non-tensor objects,
-// opaque records, shared storages and views kept) to path atomically, with
-// the archive folder named after path's stem as torch.save does.
+// If reader is a torch.save reader (reader.torch_file() set), writes its
+// tree (non-tensor objects, opaque records, shared storages and views kept)
+// to path atomically, with the archive folder named after path's stem as
+// torch.save does.
 // Errors: FailedPrecondition if reader is not a torch.save reader; those of
 // torch::RewriteTorchFile and the Env.
 Status RewriteTorchFile(const CheckpointReader& reader, const std::string& path, Env* env);
-
-// The archive behind a torch.save reader, or nullptr for other readers.
-// Lifetime: the reader's.
-const torch::TorchFile* TorchFileOf(const CheckpointReader& reader);
 
 // The archive folder torch.save uses for a file: its basename without the
 // last extension ("dir/model.pt" -> "model").

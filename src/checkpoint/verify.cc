@@ -153,7 +153,7 @@ Result<VerifyReport> Verify(const std::string& path, const VerifyOptions& option
     return rep;
   }
   rep.format = std::string((*reader)->format());
-  if (const auto* dcp = dynamic_cast<const DcpReader*>(reader->get())) {
+  if (const DcpReader* dcp = (*reader)->dcp_view()) {
     VerifyDcp(*dcp, options, &rep);
   } else {
     VerifyGeneric(**reader, options, &rep);

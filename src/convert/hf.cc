@@ -11,7 +11,6 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "checkpoint/dcp_entries.h"
 #include "checkpoint/dcp_reader.h"
 #include "checkpoint/readers.h"
 #include "checkpoint/torch_dist_writer.h"
@@ -19,6 +18,7 @@
 #include "ckpt/model.h"
 #include "ckpt/writer.h"
 #include "convert/cast.h"
+#include "convert/dcp_entries.h"
 #include "format/megatron/megatron.h"
 #include "format/megatron/writer.h"
 #include "format/safetensors/safetensors.h"
@@ -219,8 +219,8 @@ Result<TorchDistSource> OpenTorchDist(const std::string& src, Env* env) {
   open.env = env;
   open.pickle_mode = PickleMode::kInspect;  // args may hold Megatron enums; nothing runs
   CKPT_ASSIGN_OR_RETURN(s.reader, OpenCheckpoint(src, open), StrCat("reading ", src));
-  s.dcp = dynamic_cast<const DcpReader*>(s.reader.get());  // TODO(merge): the reader's typed capability
-  if (s.dcp == nullptr || s.reader->format() != "megatron-torch_dist") {
+  s.dcp = s.reader->dcp_view();
+  if (s.dcp == nullptr || s.reader->kind() != SourceKind::kTorchDist) {
     return InvalidArgumentError(StrCat(src, " is a ", s.reader->format(),
                                        " checkpoint; to=\"hf\" converts a Megatron-Core torch_dist checkpoint "
                                        "(a root with latest_checkpointed_iteration.txt or an iter_XXXXXXX folder)"));
@@ -576,7 +576,7 @@ Result<ConvertReport> ConvertHfToTorchDist(const std::string& src, const std::st
   std::vector<dcp::EntryToWrite> entries;
   std::map<std::string, size_t> entry_of;
   uint64_t total = 0;
-  internal_checkpoint::ChunkProgress progress(options.progress);
+  internal_convert::ChunkProgress progress(options.progress);
   for (size_t i = 0; i < plan.outputs.size(); ++i) {
     const TensorPlan& p = plan.outputs[i];
     auto [it, inserted] = entry_of.emplace(p.name, entries.size());

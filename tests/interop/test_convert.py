@@ -163,10 +163,50 @@ def test_hostile_input_refused_unless_allow_opaque(gen, tmp_path):
     assert not marker.exists()
 
 
+# (text, bytes as transformers' convert_file_size_to_int reads it: a final lowercase "b" on a decimal unit
+# counts bits; digits alone are bytes, as an int is to transformers).
+_SIZES = [("3KB", 3000), ("3kB", 3000), ("24Kb", 3000), ("24kb", 3000), ("3KiB", 3072), ("3kib", 3072),
+          ("3000", 3000)]
+
+
+@pytest.mark.parametrize("text,nbytes", _SIZES)
+def test_shard_size_means_the_same_to_cli_python_and_transformers(text, nbytes, run_cli, gen, tmp_path):
+    """One parser (ckpt::ParseSize) behind --max-shard-size and max_shard_size=, str or int."""
+    from ckptkit import _core
+
+    assert _core.parse_size(text) == nbytes
+    try:
+        from transformers.utils.hub import convert_file_size_to_int
+    except ImportError:
+        convert_file_size_to_int = None
+    if convert_file_size_to_int is not None and not text.isdigit():
+        assert convert_file_size_to_int(text) == nbytes
+    tensors = {f"layers.{i}.weight": random_tensor("float32", (16, 16), gen) for i in range(6)}  # 1 KiB each
+    src = tmp_path / "src.pt"
+    torch.save(tensors, src)
+    r = run_cli("convert", src, tmp_path / "cli", "--to", "safetensors", "--max-shard-size", text, "--json")
+    assert r.returncode == 0, r
+    layouts_seen = [json.loads((tmp_path / "cli" / "model.safetensors.index.json").read_text())["weight_map"]]
+    for i, size in enumerate([text, nbytes]):
+        ckptkit.convert(src, tmp_path / f"py{i}", to="safetensors", max_shard_size=size)
+        index = tmp_path / f"py{i}" / "model.safetensors.index.json"
+        layouts_seen.append(json.loads(index.read_text())["weight_map"])
+    assert layouts_seen[0] == layouts_seen[1] == layouts_seen[2]
+    # 1 KiB tensors: two per shard under 3000 bytes, three under 3072 (transformers' rule: a shard is full
+    # when the next tensor would take it past the limit).
+    assert len(set(layouts_seen[0].values())) == (3 if nbytes < 3072 else 2)
+
+
 def test_python_convert_rejects_bad_arguments(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="safetensors, torch, dcp, torch_dist, hf"):
         ckptkit.convert(tmp_path / "a.pt", tmp_path / "b", to="onnx")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_shard_size 'lots'"):
         ckptkit.convert(tmp_path / "a.pt", tmp_path / "b", max_shard_size="lots")
+    for bad in (0, -5, "0GB", "5TB", "5 GB"):
+        with pytest.raises(ValueError, match="max_shard_size"):
+            ckptkit.convert(tmp_path / "a.pt", tmp_path / "b", max_shard_size=bad)
+    for bad in (True, 5.0, b"5GB"):
+        with pytest.raises(TypeError, match="max_shard_size"):
+            ckptkit.convert(tmp_path / "a.pt", tmp_path / "b", max_shard_size=bad)
     with pytest.raises(FileNotFoundError):
         ckptkit.convert(tmp_path / "absent.pt", tmp_path / "b.safetensors")

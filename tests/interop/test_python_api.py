@@ -244,3 +244,12 @@ def test_convert_to_dcp_and_torch_dist_from_python(tmp_path):
         ckptkit.convert(src, tmp_path / "x", to="dcp", thread_count=0)
     with pytest.raises(ValueError, match="torch_dist"):
         ckptkit.convert(src, tmp_path / "x", to="megatron")
+    # Library errors name the options as Python spells them, not the CLI's flags.
+    with pytest.raises(ValueError, match='megatron_version and iteration apply only with to="torch_dist"') as e:
+        ckptkit.convert(src, tmp_path / "x", to="dcp", megatron_version="0.16")
+    assert "--" not in str(e.value)
+    with pytest.raises(ValueError, match=r'max_shard_size does not apply with to="dcp" \(use thread_count\)'):
+        ckptkit.convert(src, tmp_path / "x", to="dcp", max_shard_size="5GB")
+    with pytest.raises(ckptkit.UnsupportedError, match='to="hf" is not built yet'):
+        ckptkit.convert(src, tmp_path / "x", to="hf")
+    assert not (tmp_path / "x").exists()

@@ -2,6 +2,8 @@
 
 #include <cstdio>
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include "ckpt/convert.h"
 #include "commands.h"
@@ -11,19 +13,20 @@ namespace ckpt::cli {
 
 void RegisterConvert(CLI::App& app, int* exit_code) {
   auto opts = std::make_shared<ConvertCommandOptions>();
+  std::vector<std::string> targets;
+  for (TargetFormat t : kAllTargetFormats) targets.emplace_back(TargetFormatName(t));
   CLI::App* cmd = app.add_subcommand(
       "convert",
       "Convert a checkpoint to safetensors, torch.save, a DCP folder or a Megatron-Core torch_dist\n"
-      "checkpoint, streaming tensor by tensor; --to hf turns a Megatron-Core torch_dist GPT checkpoint\n"
-      "into a HuggingFace model folder, and an HF model folder --to torch_dist into Megatron-Core\n"
+      "checkpoint, streaming tensor by tensor\n"
       "(peak memory about one copy buffer, not the checkpoint).");
   cmd->add_option("SRC", opts->src, "source checkpoint path")->required();
   cmd->add_option("DST", opts->dst,
                   "destination file (.safetensors / .pt / .bin) or folder (sharded or DCP output)")
       ->required();
-  cmd->add_option("--to", opts->to, "target format")
+  cmd->add_option("--to", opts->to, "target format (hf: a HuggingFace model folder from a Megatron-Core torch_dist GPT checkpoint)")
       ->required()
-      ->check(CLI::IsMember({"safetensors", "torch", "dcp", "torch_dist", "hf"}));
+      ->check(CLI::IsMember(targets));
   cmd->add_option("--thread-count", opts->thread_count,
                   "--to dcp / torch_dist: number of .distcp files, as torch's FileSystemWriter(thread_count=N)")
       ->check(CLI::Range(1, 1024));
@@ -42,7 +45,8 @@ void RegisterConvert(CLI::App& app, int* exit_code) {
                   "DST/latest_checkpointed_iteration.txt (the default for a Megatron-LM root source)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-shard-size", opts->max_shard_size,
-                  "split into shards of at most this size (e.g. 5GB, 500MiB, 1000000); DST is a folder");
+                  "split into shards of at most this size, read as transformers reads max_shard_size\n"
+                  "(5GB = 5*10^9, 500MiB = 500*2^20, 5Gb = 5*10^9/8 bits, 1000000 bytes); DST is a folder");
   cmd->add_option("--hf-config", opts->hf_config,
                   "--to hf: an HF config.json giving what Megatron's args lack (the unpadded vocab_size,\n"
                   "token ids) and the family; checked against the checkpoint's args");

@@ -123,6 +123,9 @@ TEST(OpenCheckpointSniff, FolderWithTorchIndexOpensTorchSharded) {
   auto r = OpenCheckpoint("/m", {env.get()});
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ((*r)->format(), "torch-sharded");
+  // Still kSharded, with no torch_file(): the object trees are per shard.
+  EXPECT_EQ((*r)->kind(), SourceKind::kSharded);
+  EXPECT_EQ((*r)->torch_file(), nullptr);
   // Only indexed tensors are exposed; the rest are listed as unindexed.
   ASSERT_EQ((*r)->tensors().size(), 2u);
   EXPECT_EQ((*r)->tensors()[0].key, "p");
@@ -257,6 +260,35 @@ TEST(CheckpointReaderReadTensor, IndexPastEndIsOutOfRange) {
     Status s = (*r)->ReadTensor((*r)->tensors().size(), &sink);
     EXPECT_EQ(s.code(), Code::kOutOfRange) << s.ToString();
     EXPECT_EQ(sink.Position(), 0u);
+  }
+}
+
+// ------------------------------------------------------------ SourceKind
+
+// Each reader says what it reads, and offers exactly the views of its kind:
+// callers dispatch on these, not on format() strings or casts.
+TEST(OpenCheckpointKind, EveryReaderStatesItsKindAndOnlyItsViews) {
+  struct Case {
+    const char* path;
+    SourceKind kind;
+    const char* format;
+  };
+  for (const Case& c : {Case{"tests/golden/torch/state_dict.pt", SourceKind::kTorchFile, "torch"},
+                        Case{"tests/golden/safetensors/no_metadata.safetensors", SourceKind::kSafetensors,
+                             "safetensors"},
+                        Case{"tests/golden/safetensors/sharded", SourceKind::kSharded, "safetensors-sharded"},
+                        Case{"tests/golden/dcp/ws1_plain", SourceKind::kDcp, "dcp"},
+                        Case{"tests/golden/megatron/mc016_handbuilt", SourceKind::kTorchDist,
+                             "megatron-torch_dist"}}) {
+    SCOPED_TRACE(c.path);
+    auto r = OpenCheckpoint(SourcePath(c.path), {nullptr, PickleMode::kInspect});
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    const CheckpointReader& reader = **r;
+    EXPECT_EQ(reader.kind(), c.kind);
+    EXPECT_EQ(reader.format(), c.format);
+    const bool dcp = c.kind == SourceKind::kDcp || c.kind == SourceKind::kTorchDist;
+    EXPECT_EQ(reader.dcp_view() != nullptr, dcp);
+    EXPECT_EQ(reader.torch_file() != nullptr, c.kind == SourceKind::kTorchFile);
   }
 }
 

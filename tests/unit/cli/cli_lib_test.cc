@@ -1,4 +1,5 @@
-// The CLI library: size parsing, exit codes, inspect and convert reports.
+// The CLI library: exit codes, inspect and convert reports (sizes and target
+// names: tests/unit/convert/options_test.cc).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -20,85 +21,6 @@ using ::ckpt::testing::SourcePath;
 using ::ckpt::testing_ckpt::CopyIntoEnv;
 using ::testing::HasSubstr;
 using ::testing::Not;
-
-// ---------------------------------------------------------------- ParseSize
-
-uint64_t SizeOk(const std::string& text) {
-  auto r = ParseSize(text);
-  EXPECT_TRUE(r.ok()) << text << ": " << r.status().ToString();
-  return r.ok() ? *r : 0;
-}
-
-Status SizeError(const std::string& text) {
-  auto r = ParseSize(text);
-  EXPECT_FALSE(r.ok()) << text << " parsed as " << (r.ok() ? *r : 0);
-  return r.status();
-}
-
-TEST(ParseSize, DecimalUnitsArePowersOf1000) {
-  EXPECT_EQ(SizeOk("5GB"), 5'000'000'000u);
-  EXPECT_EQ(SizeOk("10KB"), 10'000u);
-  EXPECT_EQ(SizeOk("3MB"), 3'000'000u);
-  EXPECT_EQ(SizeOk("2TB"), 2'000'000'000'000u);
-  EXPECT_EQ(SizeOk("7B"), 7u);
-}
-
-TEST(ParseSize, BinaryUnitsArePowersOf1024) {
-  EXPECT_EQ(SizeOk("500MiB"), 500u << 20);
-  EXPECT_EQ(SizeOk("1KiB"), 1024u);
-  EXPECT_EQ(SizeOk("2GiB"), uint64_t{2} << 30);
-  EXPECT_EQ(SizeOk("1TiB"), uint64_t{1} << 40);
-  // transformers upper-cases the binary suffixes: "2gib" is 2 GiB there too.
-  EXPECT_EQ(SizeOk("2gib"), uint64_t{2} << 30);
-}
-
-TEST(ParseSize, BareNumberIsBytes) {
-  EXPECT_EQ(SizeOk("1000"), 1000u);
-  EXPECT_EQ(SizeOk("18446744073709551615"), UINT64_MAX);
-}
-
-TEST(ParseSize, UnknownUnitsAreInvalidArgument) {
-  for (const char* bad : {"5XB", "5G", "5 GB", "5GB ", "GB", "", "-5", "+5", "5.5GB", "0x10",
-                          "5GBB", "1e9"}) {
-    SCOPED_TRACE(bad);
-    Status s = SizeError(bad);
-    EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
-    EXPECT_THAT(s.message(), HasSubstr(std::string("'") + bad + "'"));
-  }
-}
-
-// transformers' convert_file_size_to_int reads a lowercase final 'b' on a
-// decimal unit as bits ("5Gb" is 625000000 bytes); refuse rather than
-// silently disagree with it by a factor of 8.
-TEST(ParseSize, LowercaseBitSuffixIsRefused) {
-  for (const char* bad : {"5Gb", "5gb", "100Mb", "10kb"}) {
-    SCOPED_TRACE(bad);
-    Status s = SizeError(bad);
-    EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
-    EXPECT_THAT(s.message(), HasSubstr("bits"));
-  }
-  EXPECT_THAT(SizeError("5Gb").message(), HasSubstr("write '5GB'"));
-  EXPECT_THAT(SizeError("7b").message(), HasSubstr("write '7B'"));
-}
-
-TEST(ParseSize, OverflowIsInvalidArgument) {
-  for (const char* big : {"18446744073709551616", "99999999999999999999999", "20000000TB",
-                          "17179869184GiB"}) {
-    SCOPED_TRACE(big);
-    Status s = SizeError(big);
-    EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
-    EXPECT_THAT(s.message(), HasSubstr("too large"));
-  }
-}
-
-TEST(ParseSize, ZeroIsInvalidArgument) {
-  for (const char* zero : {"0", "0GB", "0MiB", "000"}) {
-    SCOPED_TRACE(zero);
-    Status s = SizeError(zero);
-    EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
-    EXPECT_THAT(s.message(), HasSubstr("positive"));
-  }
-}
 
 // ---------------------------------------------------------------- ExitCodeFor
 
@@ -364,13 +286,43 @@ TEST_F(RunConvertTest, BadTargetIsInvalidArgument) {
   EXPECT_FALSE(env_->FileExists("/out"));
 }
 
-TEST_F(RunConvertTest, BadShardSizeIsInvalidArgumentNamingTheFlag) {
+TEST_F(RunConvertTest, BadShardSizeIsInvalidArgumentNamingTheOption) {
   opts_.max_shard_size = "5XB";
   Status s = RunConvert(opts_, out_, err_);
   EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
-  EXPECT_THAT(s.message(), HasSubstr("--max-shard-size"));
+  EXPECT_THAT(s.message(), HasSubstr("max_shard_size"));
   EXPECT_THAT(s.message(), HasSubstr("5XB"));
   EXPECT_FALSE(env_->FileExists("/out"));
+}
+
+// The flag goes through ckpt::ParseSize, as Python's max_shard_size does:
+// "320Kb" is 320000 bits, the same 40000-byte limit as "40KB".
+TEST_F(RunConvertTest, ShardSizeInBitsIsReadAsTransformersReadsIt) {
+  opts_.json = true;
+  opts_.max_shard_size = "40KB";
+  ASSERT_TRUE(RunConvert(opts_, out_, err_).ok());
+  nlohmann::json bytes = nlohmann::json::parse(out_.str());
+  std::ostringstream out2, err2;
+  opts_.dst = "/out2";
+  opts_.max_shard_size = "320Kb";
+  Status s = RunConvert(opts_, out2, err2);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  nlohmann::json bits = nlohmann::json::parse(out2.str());
+  ASSERT_EQ(bits["files"].size(), bytes["files"].size());
+  for (size_t i = 0; i < bits["files"].size(); ++i) {
+    std::string a = bytes["files"][i], b = bits["files"][i];
+    EXPECT_EQ(Basename(a), Basename(b));
+  }
+}
+
+TEST_F(RunConvertTest, TargetNamesComeFromTheLibrary) {
+  opts_.to = "hf";
+  Status s = RunConvert(opts_, out_, err_);
+  EXPECT_EQ(s.code(), Code::kUnimplemented) << s.ToString();
+  opts_.to = "torch-dist";
+  s = RunConvert(opts_, out_, err_);
+  EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
+  EXPECT_THAT(s.message(), HasSubstr("safetensors, torch, dcp, torch_dist, hf"));
 }
 
 TEST_F(RunConvertTest, ProgressReachesOneHundredPercent) {

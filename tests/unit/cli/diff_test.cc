@@ -365,6 +365,7 @@ class FakeReader final : public CheckpointReader {
   }
   std::string fail_key;
 
+  SourceKind kind() const override { return SourceKind::kSafetensors; }  // flat tensors, no views
   std::string_view format() const override { return "fake"; }
   const std::vector<TensorInfo>& tensors() const override { return tensors_; }
   const std::vector<ObjectInfo>& objects() const override { return objects_; }

@@ -15,8 +15,8 @@ namespace ckpt::cli {
 struct ConvertCommandOptions {
   std::string src;
   std::string dst;
-  std::string to;              // "safetensors" | "torch" | "dcp" | "torch_dist"
-  std::string max_shard_size;  // "" or a size like "5GB", "500MiB", "1000"
+  std::string to;              // a target name (ckpt::ParseTargetFormat)
+  std::string max_shard_size;  // "" or a size like "5GB", "500MiB", "1000" (ckpt::ParseSize)
   int64_t thread_count = 1;    // --to dcp / torch_dist: number of data files
   std::string dcp_metadata_layout;  // --to dcp: "", torch2.13, torch2.3, torch2.0
   std::string megatron_version;    // --to torch_dist: "0.16" | "0.19" | "" (newest)
@@ -38,15 +38,10 @@ struct ConvertCommandOptions {
   Env* env = nullptr;
 };
 
-// Parses "123", "10KB", "5GB" (powers of 1000, as transformers reads them) and
-// "500KiB", "2GiB" (powers of 1024); units are case-insensitive except that a
-// decimal unit ending in a lowercase 'b' ("5Gb", "5gb") is refused, since
-// transformers reads it as bits. Errors: InvalidArgument for a missing number,
-// an unknown unit, a value over 2^64-1 bytes, or zero.
-Result<uint64_t> ParseSize(const std::string& text);
-
 // Runs the conversion; the summary (or JSON report) goes to out, warnings and
-// progress to err. Errors: those of ckpt::Convert, InvalidArgument for flags.
+// progress to err. Errors: those of ckpt::ParseTargetFormat, ckpt::ParseSize
+// and ckpt::Convert (which name the options); InvalidArgument naming the flag
+// for flags given with a target that does not read them.
 Status RunConvert(const ConvertCommandOptions& options, std::ostream& out, std::ostream& err);
 
 }  // namespace ckpt::cli

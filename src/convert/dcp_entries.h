@@ -1,12 +1,12 @@
 // DCP entries to write, built from a source checkpoint (internal to the
-// checkpoint layer; Convert --to dcp and --to torch_dist share them).
+// convert layer; Convert with to=dcp and to=torch_dist share them).
 //
 // Each chunk callback streams its box from the source reader and then calls
 // `on_chunk` with the bytes it streamed. WriteDcpCheckpoint runs callbacks of
 // different files on different threads: `on_chunk` must be thread-safe
 // (ChunkProgress is). The reader must outlive the entries.
-#ifndef CKPT_CHECKPOINT_DCP_ENTRIES_H_
-#define CKPT_CHECKPOINT_DCP_ENTRIES_H_
+#ifndef CKPT_CONVERT_DCP_ENTRIES_H_
+#define CKPT_CONVERT_DCP_ENTRIES_H_
 
 #include <cstdint>
 #include <functional>
@@ -15,12 +15,12 @@
 #include <string_view>
 #include <vector>
 
-#include "checkpoint/dcp_from_torch.h"
 #include "checkpoint/dcp_reader.h"
 #include "ckpt/checkpoint.h"
+#include "convert/dcp_from_torch.h"
 #include "format/dcp/writer.h"
 
-namespace ckpt::internal_checkpoint {
+namespace ckpt::internal_convert {
 
 // Bytes done out of a total, reported to a ConvertOptions-style callback;
 // Add may be called from several threads (calls are serialized).
@@ -50,7 +50,7 @@ class ChunkProgress {
 // `skip_key` (if non-empty) is left out.
 // Errors: DataLoss naming `src` and the key when a bytes entry has no storage
 // item or a tensor entry is not readable.
-Result<std::vector<dcp::EntryToWrite>> DcpSourceEntries(const DcpReader& d, const std::string& src,
+Result<std::vector<dcp::EntryToWrite>> DcpSourceEntries(const internal_checkpoint::DcpReader& d, const std::string& src,
                                                         const ChunkDone& on_chunk, std::string_view skip_key = {});
 
 // One entry per tensor of `reader` (those in `subset`, in its order, or all),
@@ -60,6 +60,6 @@ Result<std::vector<dcp::EntryToWrite>> FlatTensorEntries(const CheckpointReader&
                                                          const ChunkDone& on_chunk,
                                                          const std::vector<size_t>* subset = nullptr);
 
-}  // namespace ckpt::internal_checkpoint
+}  // namespace ckpt::internal_convert
 
-#endif  // CKPT_CHECKPOINT_DCP_ENTRIES_H_
+#endif  // CKPT_CONVERT_DCP_ENTRIES_H_

@@ -1,6 +1,6 @@
 // A torch.save state dict as DCP entries, flattened as torch.distributed.
-// checkpoint's flatten_state_dict does (internal to the checkpoint layer;
-// Convert --to dcp uses it for torch sources).
+// checkpoint's flatten_state_dict does (internal to the convert layer;
+// Convert with to=dcp uses it for torch sources).
 //
 // torch 2.13 (_traverse.traverse_state_dict, _nested_dict.flatten_state_dict,
 // default_planner): from the root dict, mappings (dict, OrderedDict) are
@@ -17,8 +17,8 @@
 //
 // Thread-safety: the callbacks read `file` and `reader` (thread-safe reads);
 // both must outlive the entries.
-#ifndef CKPT_CHECKPOINT_DCP_FROM_TORCH_H_
-#define CKPT_CHECKPOINT_DCP_FROM_TORCH_H_
+#ifndef CKPT_CONVERT_DCP_FROM_TORCH_H_
+#define CKPT_CONVERT_DCP_FROM_TORCH_H_
 
 #include <functional>
 #include <string>
@@ -28,7 +28,7 @@
 #include "format/dcp/writer.h"
 #include "format/torch/torch_file.h"
 
-namespace ckpt::internal_checkpoint {
+namespace ckpt::internal_convert {
 
 // Called after each tensor chunk is streamed with its byte count.
 using ChunkDone = std::function<void(uint64_t)>;
@@ -44,6 +44,6 @@ Result<std::vector<dcp::EntryToWrite>> TorchStateDictToDcpEntries(const torch::T
                                                                   const CheckpointReader& reader,
                                                                   ChunkDone on_chunk);
 
-}  // namespace ckpt::internal_checkpoint
+}  // namespace ckpt::internal_convert
 
-#endif  // CKPT_CHECKPOINT_DCP_FROM_TORCH_H_
+#endif  // CKPT_CONVERT_DCP_FROM_TORCH_H_

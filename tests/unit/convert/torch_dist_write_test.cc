@@ -1,4 +1,4 @@
-// Convert --to torch_dist (checkpoint/torch_dist_writer.h): golden torch_dist
+// Convert with to=torch_dist (convert/torch_dist.h, checkpoint/torch_dist_writer.h): golden torch_dist
 // checkpoints written by real megatron-core 0.16.1 / 0.19.2 re-written in
 // either layout read back with the same tensors, objects and common dict
 // (common.pt and the common_state item byte-identical to the source's where
@@ -14,7 +14,6 @@
 #include <string>
 
 #include "checkpoint/dcp_reader.h"
-#include "checkpoint/torch_dist_writer.h"
 #include "ckpt/checkpoint.h"
 #include "ckpt/convert.h"
 #include "ckpt/fault_env.h"
@@ -281,7 +280,13 @@ TEST_F(TorchDistWriteTest, RefusesBadOptionsBeforeWritingAnything) {
   dcp.to = TargetFormat::kDcp;
   dcp.env = mem_.get();
   dcp.megatron_version = "0.16";
-  bad(dcp, "/out", "--to torch_dist only");
+  bad(dcp, "/out", "megatron_version and iteration apply only with to=\"torch_dist\"");
+  o = TorchDist(mem_.get(), "0.19");
+  o.max_shard_size = 1000;
+  bad(o, "/out", "max_shard_size does not apply with to=\"torch_dist\" (use thread_count)");
+  o = TorchDist(mem_.get(), "0.19");
+  o.dcp_metadata_layout = "torch2.3";
+  bad(o, "/out", "dcp_metadata_layout applies only with to=\"dcp\"");
 }
 
 // ---------------------------------------------------------------------------

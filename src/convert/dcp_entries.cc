@@ -1,5 +1,5 @@
 // Source checkpoints as DCP entries to write.
-#include "checkpoint/dcp_entries.h"
+#include "convert/dcp_entries.h"
 
 #include <map>
 #include <memory>
@@ -8,9 +8,10 @@
 #include "format/dcp/item.h"
 #include "util/strings.h"
 
-namespace ckpt::internal_checkpoint {
+namespace ckpt::internal_convert {
 
-Result<std::vector<dcp::EntryToWrite>> DcpSourceEntries(const DcpReader& d, const std::string& src,
+Result<std::vector<dcp::EntryToWrite>> DcpSourceEntries(const internal_checkpoint::DcpReader& d,
+                                                        const std::string& src,
                                                         const ChunkDone& on_chunk, std::string_view skip_key) {
   const dcp::Metadata& md = d.metadata();
   const std::vector<TensorInfo>& tensors = d.tensors();
@@ -91,4 +92,4 @@ Result<std::vector<dcp::EntryToWrite>> FlatTensorEntries(const CheckpointReader&
   return entries;
 }
 
-}  // namespace ckpt::internal_checkpoint
+}  // namespace ckpt::internal_convert

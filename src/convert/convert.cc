@@ -1,5 +1,7 @@
 // Convert: stream a checkpoint from any readable format into safetensors or
-// torch.save files, one tensor at a time.
+// torch.save files, one tensor at a time, or hand it to the DCP, torch_dist
+// and hf converters. Sources are told apart by CheckpointReader::kind() and
+// its typed views.
 #include "ckpt/convert.h"
 
 #include <fmt/format.h>
@@ -9,16 +11,17 @@
 #include <optional>
 #include <set>
 
-#include "checkpoint/dcp_entries.h"
 #include "checkpoint/dcp_reader.h"
-#include "checkpoint/dcp_to_torch.h"
-#include "checkpoint/dcp_from_torch.h"
 #include "checkpoint/dcp_writer.h"
 #include "checkpoint/readers.h"
-#include "checkpoint/torch_dist_writer.h"
 #include "checkpoint/torch_rewrite.h"
 #include "ckpt/checkpoint.h"
 #include "ckpt/writer.h"
+#include "convert/dcp_entries.h"
+#include "convert/dcp_from_torch.h"
+#include "convert/dcp_to_torch.h"
+#include "convert/hf.h"
+#include "convert/torch_dist.h"
 #include "format/safetensors/safetensors.h"
 #include "util/strings.h"
 
@@ -35,7 +38,7 @@ bool IsTorchFileName(std::string_view s) {
 // file with string metadata, else {"format": "pt"} as transformers writes.
 std::map<std::string, std::string> OutputMetadata(const CheckpointReader& reader) {
   std::map<std::string, std::string> md;
-  if (reader.format() == "safetensors") {
+  if (reader.kind() == SourceKind::kSafetensors) {
     nlohmann::json d = reader.Details();
     if (d.contains("metadata") && d["metadata"].is_object()) {
       for (auto it = d["metadata"].begin(); it != d["metadata"].end(); ++it) {
@@ -48,7 +51,7 @@ std::map<std::string, std::string> OutputMetadata(const CheckpointReader& reader
   return md;
 }
 
-// --to dcp: one DCP entry per source tensor (one chunk), or for a DCP source
+// to=dcp: one DCP entry per source tensor (one chunk), or for a DCP source
 // its own entries, chunks, bytes items and planner paths.
 Result<ConvertReport> ConvertToDcp(const CheckpointReader& reader, const std::string& src,
                                    const std::string& dst, const ConvertOptions& options, Env* env) {
@@ -59,31 +62,31 @@ Result<ConvertReport> ConvertToDcp(const CheckpointReader& reader, const std::st
   const std::vector<TensorInfo>& tensors = reader.tensors();
   uint64_t total = 0;
   for (const TensorInfo& t : tensors) total += t.nbytes;
-  internal_checkpoint::ChunkProgress progress(options.progress);
+  internal_convert::ChunkProgress progress(options.progress);
   progress.set_total(total);
-  const internal_checkpoint::ChunkDone on_chunk = progress.AsCallback();
+  const internal_convert::ChunkDone on_chunk = progress.AsCallback();
   ConvertReport report;
   std::vector<dcp::EntryToWrite> entries;
 
-  if (const auto* d = dynamic_cast<const internal_checkpoint::DcpReader*>(&reader)) {
-    if (reader.format() != "dcp") {
+  if (const internal_checkpoint::DcpReader* d = reader.dcp_view()) {
+    if (reader.kind() == SourceKind::kTorchDist) {
       report.warnings.push_back(StrCat(
           "the output is a plain DCP folder: the ", reader.format(),
           " files around .metadata (metadata.json, common.pt, the iteration tracker) and .metadata's extra "
-          "attributes are not written (--to torch_dist writes them)"));
+          "attributes are not written (to=\"torch_dist\" writes them)"));
     }
-    CKPT_ASSIGN_OR_RETURN(entries, internal_checkpoint::DcpSourceEntries(*d, src, on_chunk));
-  } else if (const torch::TorchFile* tf = internal_checkpoint::TorchFileOf(reader);
+    CKPT_ASSIGN_OR_RETURN(entries, internal_convert::DcpSourceEntries(*d, src, on_chunk));
+  } else if (const torch::TorchFile* tf = reader.torch_file();
              tf != nullptr && tf->root() != nullptr && tf->root()->kind == pickle::Kind::kDict) {
     // torch.save of a state dict: nesting and non-tensor values kept, as dcp.save flattens them.
-    auto r = internal_checkpoint::TorchStateDictToDcpEntries(*tf, reader, on_chunk);
+    auto r = internal_convert::TorchStateDictToDcpEntries(*tf, reader, on_chunk);
     if (!r.ok()) return r.status().WithContext(StrCat("reading ", src));
     entries = std::move(*r);
   } else {
-    CKPT_ASSIGN_OR_RETURN(entries, internal_checkpoint::FlatTensorEntries(reader, src, on_chunk));
+    CKPT_ASSIGN_OR_RETURN(entries, internal_convert::FlatTensorEntries(reader, src, on_chunk));
     for (const ObjectInfo& o : reader.objects()) {
       report.warnings.push_back(StrCat("dropped non-tensor object ", Quote(o.key), " (", o.type,
-                                       "): --to dcp writes tensors only from a ", reader.format(), " source"));
+                                       "): to=\"dcp\" writes tensors only from a ", reader.format(), " source"));
     }
   }
 
@@ -91,7 +94,7 @@ Result<ConvertReport> ConvertToDcp(const CheckpointReader& reader, const std::st
   wo.thread_count = options.thread_count;
   if (!options.dcp_metadata_layout.empty()) {
     CKPT_ASSIGN_OR_RETURN(wo.metadata_layout, dcp::ParseMetadataLayout(options.dcp_metadata_layout),
-                          "--dcp-metadata-layout");
+                          "dcp_metadata_layout");
   }
   CKPT_ASSIGN_OR_RETURN(internal_checkpoint::DcpWriteReport r,
                         internal_checkpoint::WriteDcpCheckpoint(env, dst, entries, wo));
@@ -101,24 +104,71 @@ Result<ConvertReport> ConvertToDcp(const CheckpointReader& reader, const std::st
   return report;
 }
 
+// Options that only some targets read, refused (naming the option) for the
+// others rather than ignored.
+Status CheckOptionsApply(const ConvertOptions& options) {
+  const TargetFormat to = options.to;
+  if ((!options.megatron_version.empty() || options.iteration) && to != TargetFormat::kTorchDist) {
+    return InvalidArgumentError(StrCat("megatron_version and iteration apply only with to=\"torch_dist\" (not to=\"",
+                                       TargetFormatName(to), "\")"));
+  }
+  if (!options.dcp_metadata_layout.empty() && to != TargetFormat::kDcp) {
+    return InvalidArgumentError(
+        StrCat("dcp_metadata_layout applies only with to=\"dcp\" (not to=\"", TargetFormatName(to), "\")"));
+  }
+  if (options.max_shard_size > 0 && (to == TargetFormat::kDcp || to == TargetFormat::kTorchDist)) {
+    return InvalidArgumentError(
+        StrCat("max_shard_size does not apply with to=\"", TargetFormatName(to), "\" (use thread_count)"));
+  }
+  if (to != TargetFormat::kHf &&
+      (!options.hf_config.empty() || !options.family.empty() || options.vocab_size || options.bin)) {
+    return InvalidArgumentError(StrCat("hf_config, family, vocab_size and bin apply only with to=\"hf\" (not to=\"",
+                                       TargetFormatName(to), "\")"));
+  }
+  if (to != TargetFormat::kTorchDist && (options.tp != 1 || options.pp != 1 || options.ep != 1 || options.etp ||
+                                         options.megatron_layer_spec != "local" ||
+                                         options.make_vocab_size_divisible_by != 128)) {
+    return InvalidArgumentError(StrCat(
+        "tp, pp, ep, etp, megatron_layer_spec and make_vocab_size_divisible_by apply only with to=\"torch_dist\" "
+        "from an HF model folder (not to=\"", TargetFormatName(to), "\")"));
+  }
+  if (!options.dtype.empty() && to != TargetFormat::kHf && to != TargetFormat::kTorchDist) {
+    return InvalidArgumentError(StrCat("dtype applies only with to=\"hf\" or an HF model to=\"torch_dist\""));
+  }
+  return OkStatus();
+}
+
 }  // namespace
 
 Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
                               const ConvertOptions& options) {
   Env* env = options.env ? options.env : Env::Default();
-  if (options.to == TargetFormat::kTorchDist) {
-    return internal_checkpoint::ConvertToTorchDist(src, dst, options, env);
+  if (static_cast<size_t>(options.to) >= kTargetFormatCount) {
+    return InvalidArgumentError(StrCat("to: unknown target ", static_cast<int>(options.to)));
   }
-  if (!options.megatron_version.empty() || options.iteration) {
-    return InvalidArgumentError("--megatron-version and --iteration apply to --to torch_dist only");
-  }
-  if (!options.dcp_metadata_layout.empty() && options.to != TargetFormat::kDcp) {
-    return InvalidArgumentError("--dcp-metadata-layout applies to --to dcp only");
+  CKPT_RETURN_IF_ERROR(CheckOptionsApply(options));
+  switch (options.to) {
+    case TargetFormat::kTorchDist:
+      // An HF model folder (config.json naming a supported architecture) is a
+      // model conversion; anything else keeps its tensors' own names.
+      if (internal_convert::IsHfModelFolder(env, src)) {
+        return internal_convert::ConvertHfToTorchDist(src, dst, options, env);
+      }
+      if (options.tp != 1 || options.pp != 1 || options.ep != 1 || options.etp || !options.dtype.empty() ||
+          options.megatron_layer_spec != "local" || options.make_vocab_size_divisible_by != 128) {
+        return InvalidArgumentError(StrCat(
+            src, " is not an HF model folder (config.json naming a supported architecture): tp, pp, ep, etp, dtype, "
+                 "megatron_layer_spec and make_vocab_size_divisible_by apply to HF models only"));
+      }
+      return internal_convert::ConvertToTorchDist(src, dst, options, env);
+    case TargetFormat::kHf:
+      return internal_convert::ConvertToHf(src, dst, options, env);
+    case TargetFormat::kDcp:
+    case TargetFormat::kSafetensors:
+    case TargetFormat::kTorch:
+      break;  // below
   }
   if (options.to == TargetFormat::kDcp) {
-    if (options.max_shard_size > 0) {
-      return InvalidArgumentError("--max-shard-size does not apply to --to dcp (use --thread-count)");
-    }
     OpenOptions open;
     open.env = env;
     open.pickle_mode = options.allow_opaque ? PickleMode::kInspect : PickleMode::kStrict;
@@ -129,9 +179,9 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
   const bool to_st = options.to == TargetFormat::kSafetensors;
   // A destination named like the other format is a mistake, not a folder name.
   if (to_st ? IsTorchFileName(dst) : EndsWith(dst, ".safetensors")) {
-    return InvalidArgumentError(StrCat("destination ", dst, " names a ",
-                                       to_st ? "torch.save" : "safetensors", " file, but the target is ",
-                                       to_st ? "safetensors" : "torch", " (change --to or the name)"));
+    return InvalidArgumentError(StrCat("destination ", dst, " names a ", to_st ? "torch.save" : "safetensors",
+                                       " file, but the target is to=\"", TargetFormatName(options.to),
+                                       "\" (change the target or the name)"));
   }
   OpenOptions open;
   open.env = env;
@@ -145,7 +195,7 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
   const bool single_name = to_st ? EndsWith(dst, ".safetensors") : IsTorchFileName(dst);
   if (options.max_shard_size > 0 && single_name) {
     return InvalidArgumentError(StrCat(
-        "destination ", dst, ": with --max-shard-size the destination is a folder, not a file"));
+        "destination ", dst, ": with max_shard_size the destination is a folder, not a file"));
   }
   std::string dir = single_name ? Dirname(dst) : dst;
   if (!single_name) {
@@ -163,7 +213,7 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
 
   // torch -> torch into one file keeps the whole object tree (objects,
   // shared storages, views) instead of flattening it.
-  if (!to_st && options.max_shard_size == 0 && reader->format() == "torch") {
+  if (!to_st && options.max_shard_size == 0 && reader->kind() == SourceKind::kTorchFile) {
     std::string path = single_name ? dst : JoinPath(dst, "pytorch_model.bin");
     const bool existed = env->FileExists(path);
     Status s = internal_checkpoint::RewriteTorchFile(*reader, path, env);
@@ -182,14 +232,14 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
   // DCP (and Megatron torch_dist) -> torch into one file: the nested state
   // dict with its non-tensor objects, as dcp_to_torch_save writes it.
   if (!to_st && options.max_shard_size == 0) {
-    if (const auto* dcp = dynamic_cast<const internal_checkpoint::DcpReader*>(reader.get())) {
+    if (const internal_checkpoint::DcpReader* dcp = reader->dcp_view()) {
       std::string path = single_name ? dst : JoinPath(dst, "pytorch_model.bin");
       const bool existed = env->FileExists(path);
-      internal_checkpoint::DcpToTorchOptions o;
+      internal_convert::DcpToTorchOptions o;
       o.env = env;
       o.mode = options.allow_opaque ? pickle::Mode::kInspect : pickle::Mode::kStrict;
       o.progress = options.progress;
-      auto r = internal_checkpoint::WriteDcpAsTorchSave(*dcp, path, o);
+      auto r = internal_convert::WriteDcpAsTorchSave(*dcp, path, o);
       if (!r.ok()) {
         if (!existed) env->RemoveFile(path).IgnoreError();
         return r.status();

@@ -1,4 +1,4 @@
-// Convert --to dcp (WriteDcpCheckpoint) under disk faults and simulated
+// Convert with to=dcp (WriteDcpCheckpoint) under disk faults and simulated
 // crashes (FaultEnv over MemEnv): `.metadata`, the commit point, exists only
 // when every data file it names is whole; a failed write leaves no
 // `.metadata` and removes the data files it published.
@@ -7,9 +7,9 @@
 
 #include <string>
 
-#include "checkpoint/dcp_entries.h"
 #include "checkpoint/dcp_writer.h"
 #include "ckpt/checkpoint.h"
+#include "convert/dcp_entries.h"
 #include "ckpt/convert.h"
 #include "ckpt/fault_env.h"
 #include "unit/checkpoint/checkpoint_testutil.h"
@@ -159,7 +159,7 @@ TEST_F(DcpWriteFaultTest, SerialDiskFullInSecondDataFileNamesIt) {
   // parallel = false: files one after another, so the second one fails.
   auto src = OpenCheckpoint("/src", {mem_.get()});
   ASSERT_TRUE(src.ok());
-  auto built = internal_checkpoint::FlatTensorEntries(**src, "/src", nullptr);
+  auto built = internal_convert::FlatTensorEntries(**src, "/src", nullptr);
   ASSERT_TRUE(built.ok()) << built.status().ToString();
   const std::vector<dcp::EntryToWrite>& entries = *built;
   dcp::DcpWriteOptions o;

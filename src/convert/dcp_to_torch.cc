@@ -1,4 +1,4 @@
-#include "checkpoint/dcp_to_torch.h"
+#include "convert/dcp_to_torch.h"
 
 #include <unordered_map>
 
@@ -7,7 +7,7 @@
 #include "format/torch/tree_writer.h"
 #include "util/strings.h"
 
-namespace ckpt::internal_checkpoint {
+namespace ckpt::internal_convert {
 namespace {
 
 using pickle::Kind;
@@ -141,7 +141,7 @@ class NestedBuilder {
 
 }  // namespace
 
-Result<DcpToTorchReport> WriteDcpAsTorchSave(const DcpReader& reader, const std::string& path,
+Result<DcpToTorchReport> WriteDcpAsTorchSave(const internal_checkpoint::DcpReader& reader, const std::string& path,
                                              const DcpToTorchOptions& options) {
   Env* env = options.env ? options.env : Env::Default();
   const dcp::Metadata& md = reader.metadata();
@@ -234,9 +234,9 @@ Result<DcpToTorchReport> WriteDcpAsTorchSave(const DcpReader& reader, const std:
   report.storages = w.storage_count();
 
   torch::TorchWriteOptions wo;
-  wo.archive_name = TorchArchiveName(path);
+  wo.archive_name = internal_checkpoint::TorchArchiveName(path);
   CKPT_RETURN_IF_ERROR(WriteFileAtomically(env, path, [&](WritableFile* f) { return w.Write(nb.root(), f, wo); }));
   return report;
 }
 
-}  // namespace ckpt::internal_checkpoint
+}  // namespace ckpt::internal_convert

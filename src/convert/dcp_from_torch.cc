@@ -1,5 +1,5 @@
 // torch.save tree -> DCP entries (flatten_state_dict + default planner rules).
-#include "checkpoint/dcp_from_torch.h"
+#include "convert/dcp_from_torch.h"
 
 #include <map>
 #include <set>
@@ -10,7 +10,7 @@
 #include "format/torch/torch_writer.h"
 #include "util/strings.h"
 
-namespace ckpt::internal_checkpoint {
+namespace ckpt::internal_convert {
 namespace {
 
 using pickle::Kind;
@@ -184,4 +184,4 @@ Result<std::vector<dcp::EntryToWrite>> TorchStateDictToDcpEntries(const torch::T
   return f.Take();
 }
 
-}  // namespace ckpt::internal_checkpoint
+}  // namespace ckpt::internal_convert

@@ -1,7 +1,7 @@
 // DCP folder -> one torch.save file, as
 // torch.distributed.checkpoint.format_utils.dcp_to_torch_save writes it
-// (internal to the checkpoint layer; Convert routes DCP and Megatron
-// torch_dist sources with --to torch here).
+// (internal to the convert layer; Convert routes DCP and Megatron
+// torch_dist sources with to=torch here).
 //
 // What torch does (torch 2.13, format_utils.py + default_planner.py
 // _EmptyStateDictLoadPlanner + _traverse.set_element): for each key of
@@ -29,8 +29,8 @@
 // if that fails the output loses only that memo sharing.
 //
 // Thread-safety: reentrant (reader reads are thread-safe).
-#ifndef CKPT_CHECKPOINT_DCP_TO_TORCH_H_
-#define CKPT_CHECKPOINT_DCP_TO_TORCH_H_
+#ifndef CKPT_CONVERT_DCP_TO_TORCH_H_
+#define CKPT_CONVERT_DCP_TO_TORCH_H_
 
 #include <cstdint>
 #include <functional>
@@ -41,7 +41,7 @@
 #include "ckpt/env.h"
 #include "ckpt/status.h"
 
-namespace ckpt::internal_checkpoint {
+namespace ckpt::internal_convert {
 
 struct DcpToTorchOptions {
   Env* env = nullptr;  // nullptr: Env::Default()
@@ -70,9 +70,9 @@ inline constexpr int64_t kMaxDcpListIndex = int64_t{1} << 24;
 // str index into a list, a negative index or one >= kMaxDcpListIndex), for
 // unreadable tensors or bytes items (naming the key); Unimplemented as above
 // and for a big-endian embedded archive; I/O errors naming the file.
-Result<DcpToTorchReport> WriteDcpAsTorchSave(const DcpReader& reader, const std::string& path,
+Result<DcpToTorchReport> WriteDcpAsTorchSave(const internal_checkpoint::DcpReader& reader, const std::string& path,
                                              const DcpToTorchOptions& options);
 
-}  // namespace ckpt::internal_checkpoint
+}  // namespace ckpt::internal_convert
 
-#endif  // CKPT_CHECKPOINT_DCP_TO_TORCH_H_
+#endif  // CKPT_CONVERT_DCP_TO_TORCH_H_
