@@ -7,7 +7,11 @@
 // Megatron tensor is which HuggingFace tensor (FamilyTable: per-family data
 // tables plus a small set of named transforms). Convert code
 // (src/convert/) plans its reads and writes from here and never spells a
-// Megatron or HF parameter name itself.
+// Megatron or HF parameter name itself. What `inspect` says about a
+// torch_dist checkpoint's model (sizes from args and shapes, where they
+// disagree, a family guess) is made in this layer too, by the internal
+// src/model/summary.h; format/megatron reports only the parallel layout, the
+// optimizer and the keys.
 //
 // Everything here is pure: no I/O, no tensor data. The plans describe each
 // output tensor as rows gathered from source tensors (TensorPlan), which the

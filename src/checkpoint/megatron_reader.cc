@@ -1,14 +1,16 @@
 // Megatron-Core torch_dist on top of the DCP reader: the Megatron-LM root
 // (tracker file -> iteration folder), metadata.json, the common state
 // (common.pt up to core 0.18, the `common_state` DCP object from 0.19) and the
-// layout / model / optimizer summary. Everything is read through the safe
-// unpickler in inspect mode: args are shown, nothing runs.
+// summary: layout and optimizer from format/megatron, the model from
+// src/model, merged here. Everything is read through the safe unpickler in
+// inspect mode: args are shown, nothing runs.
 #include <nlohmann/json.hpp>
 
 #include "checkpoint/dcp_reader.h"
 #include "checkpoint/readers.h"
 #include "format/megatron/megatron.h"
 #include "format/torch/torch_file.h"
+#include "model/summary.h"
 #include "util/strings.h"
 
 namespace ckpt::internal_checkpoint {
@@ -105,13 +107,24 @@ Status AttachMegatron(DcpReader* r, Env* env, std::optional<int64_t> tracker_ite
     }
   }
   meg["common_state_source"] = common_source.empty() ? nlohmann::json(nullptr) : nlohmann::json(common_source);
-  megatron::Summary summary = megatron::Summarize(common ? &*common : nullptr, r->metadata());
-  meg["summary"] = megatron::ToJson(summary);
+  const megatron::CommonState* cs = common ? &*common : nullptr;
+  megatron::Summary summary = megatron::Summarize(cs, r->metadata());
+  model::ModelSummary model_summary = model::SummarizeModel(cs, r->metadata());
+  // One list of disagreements with the chunk grid: the layout's, then the model's.
+  summary.mismatches.insert(summary.mismatches.end(), model_summary.mismatches.begin(),
+                            model_summary.mismatches.end());
+  summary.layout_mismatch = !summary.mismatches.empty();
+  nlohmann::json summary_json = megatron::ToJson(summary);
+  summary_json["layout_from_chunks"].update(model::ToJson(model_summary.from_shapes));
+  summary_json["model"] = model::ToJson(model_summary);
+  meg["summary"] = std::move(summary_json);
   std::optional<int64_t> iteration = tracker_iteration;
   if (!iteration && common && common->iteration) iteration = common->iteration;
   nlohmann::json& extra = r->extra_details();
   if (iteration) extra["iteration"] = *iteration;
-  std::vector<std::string> lines = megatron::ToText(summary);
+  std::vector<std::string> lines = megatron::LayoutText(summary);
+  for (std::string& l : model::ToText(model_summary)) lines.push_back(std::move(l));
+  for (std::string& l : megatron::ContentsText(summary)) lines.push_back(std::move(l));
   extra["summary_text"] = lines;
   nlohmann::json desc = nlohmann::json::object();
   for (const megatron::FileContents& fc : megatron::DescribeFiles(r->metadata())) {

@@ -1,4 +1,4 @@
-// String helpers: StrCat over fmt, and quoting for messages.
+// String helpers: StrCat over fmt, quoting for messages, UTF-8 repair for JSON.
 #ifndef CKPT_UTIL_STRINGS_H_
 #define CKPT_UTIL_STRINGS_H_
 
@@ -20,6 +20,11 @@ std::string StrCat(const Args&... args) {
 // Quotes s for an error message: printable ASCII kept, the rest \xNN, capped
 // at max_len bytes with "..." appended.
 std::string Quote(std::string_view s, size_t max_len = 80);
+
+// s with every byte that does not begin a valid UTF-8 sequence (overlong
+// forms and surrogates included) replaced by U+FFFD. Strings from a checkpoint
+// go through it before nlohmann::json, whose dump() throws on invalid UTF-8.
+std::string ValidUtf8(std::string_view s);
 
 }  // namespace ckpt
 

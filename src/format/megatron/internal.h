@@ -19,9 +19,6 @@ bool EndsWith(std::string_view s, std::string_view p);
 std::optional<int64_t> ParseDecimal(std::string_view s);
 // Drops a leading "chained_<n>." (ChainedOptimizer prefix).
 std::string_view StripChainedPrefix(std::string_view key);
-// "decoder.layers.12.mlp.x" with prefix "decoder.layers." -> 12, rest "mlp.x".
-std::optional<int64_t> PerLayerIndex(std::string_view key, std::string_view prefix,
-                                     std::string_view* rest);
 // "optimizer.state.exp_avg.decoder.layers.x" -> "decoder.layers.x"; "" otherwise.
 std::string_view ModelKeyOfOptimizerKey(std::string_view key);
 // "3.2 MiB".

@@ -51,17 +51,6 @@ std::string_view StripChainedPrefix(std::string_view key) {
   return key.substr(i + 1);
 }
 
-std::optional<int64_t> PerLayerIndex(std::string_view key, std::string_view prefix,
-                                     std::string_view* rest) {
-  if (!StartsWith(key, prefix)) return std::nullopt;
-  std::string_view tail = key.substr(prefix.size());
-  size_t i = 0;
-  while (i < tail.size() && tail[i] >= '0' && tail[i] <= '9') ++i;
-  if (i == 0 || i > 18 || i >= tail.size() || tail[i] != '.') return std::nullopt;
-  if (rest != nullptr) *rest = tail.substr(i + 1);
-  return ParseDecimal(tail.substr(0, i));
-}
-
 std::string_view ModelKeyOfOptimizerKey(std::string_view key) {
   key = StripChainedPrefix(key);
   constexpr std::string_view kState = "optimizer.state.";
@@ -75,6 +64,17 @@ std::string_view ModelKeyOfOptimizerKey(std::string_view key) {
 }  // namespace internal_megatron
 
 using namespace internal_megatron;  // NOLINT
+
+std::optional<int64_t> PerLayerIndex(std::string_view key, std::string_view prefix,
+                                     std::string_view* rest) {
+  if (!StartsWith(key, prefix)) return std::nullopt;
+  std::string_view tail = key.substr(prefix.size());
+  size_t i = 0;
+  while (i < tail.size() && tail[i] >= '0' && tail[i] <= '9') ++i;
+  if (i == 0 || i > 18 || i >= tail.size() || tail[i] != '.') return std::nullopt;
+  if (rest != nullptr) *rest = tail.substr(i + 1);
+  return ParseDecimal(tail.substr(0, i));
+}
 
 std::optional<ShardedObjectKey> ParseShardedObjectKey(std::string_view unique_key) {
   // ShardedObject.empty_from_unique_key: key, shard_key = unique_key.split("/");

@@ -10,8 +10,10 @@
 // (`decoder.layers.mlp.linear_fc1.weight`, stacked along a leading layer axis),
 // ShardedObject unique keys `<key>/shard_<offsets>_<shape>` (§2.2), optimizer
 // keys `optimizer.…` (§4). This header turns those into facts for `inspect`:
-// which parallel layout wrote the checkpoint, what model it is, what each data
-// file holds.
+// which parallel layout wrote the checkpoint, what optimizer state it holds,
+// what each data file holds. It knows files, not models: what model the args
+// and shapes describe is the model layer's (src/model/summary.h), which reads
+// them through CommonState, the Arg* helpers and FindTensor / FindLayerTensor.
 //
 // Pure format code: no file I/O. Callers pass text, parsed pickle values and a
 // parsed dcp::Metadata. Nothing read from a file can abort; everything that is
@@ -142,7 +144,7 @@ Result<CommonState> ExtractCommonState(const pickle::Value* root, std::string_vi
 
 // Looks up args field `name`: returns the int (kInt/kBool), nullopt when
 // absent, None or another type. (Helpers used by Summarize, exposed for the
-// checkpoint layer.)
+// model and checkpoint layers.)
 std::optional<int64_t> ArgInt(const CommonState& c, std::string_view name);
 std::optional<bool> ArgBool(const CommonState& c, std::string_view name);
 // kString as is; kGlobal as "module.name" (torch.bfloat16 -> "torch.bfloat16").
@@ -188,6 +190,22 @@ std::string_view KeyKindName(KeyKind k);
 // is looked through. Never fails.
 KeyKind Classify(std::string_view key, bool is_bytes);
 
+// "decoder.layers.12.mlp.x" with prefix "decoder.layers." -> 12, rest "mlp.x".
+// nullopt unless prefix, 1 to 18 digits and a '.' follow each other.
+std::optional<int64_t> PerLayerIndex(std::string_view key, std::string_view prefix,
+                                     std::string_view* rest);
+
+// The tensor entry `key` of `md`; nullptr when absent or a bytes entry.
+// (Scans when md.entry_index lacks the key, for hand-built metadata.)
+const dcp::Entry* FindTensor(const dcp::Metadata& md, std::string_view key);
+
+// A model tensor under its stacked name ("decoder.layers.<suffix>", with the
+// layer axis) or, failing that, the per-layer name of the lowest layer in
+// `layer_ids` ("decoder.layers.<i>.<suffix>"); nullptr when neither exists.
+// `stacked` tells which one was found.
+const dcp::Entry* FindLayerTensor(const dcp::Metadata& md, std::string_view suffix,
+                                  const std::vector<int64_t>& layer_ids, bool* stacked);
+
 // ---------------------------------------------------------------------------
 // What each data file holds
 
@@ -217,7 +235,7 @@ std::vector<FileContents> DescribeFiles(const dcp::Metadata& md);
 std::string RangesString(const std::vector<int64_t>& sorted_unique);
 
 // ---------------------------------------------------------------------------
-// Layout and model summary
+// Layout and optimizer summary (the model's is model::SummarizeModel)
 
 // A fact and where it came from.
 struct ParallelLayout {
@@ -225,7 +243,8 @@ struct ParallelLayout {
   std::optional<bool> sequence_parallel;
 };
 
-// What the chunk grid of `.metadata` (and the ShardedObject shapes) show.
+// What the chunk grid of `.metadata` (and the ShardedObject shapes) show
+// about the parallel layout; model sizes from shapes are model::ShapeFacts.
 struct GridFacts {
   std::optional<int64_t> tp;          // chunks along the TP axis of a TP-split tensor
   std::string tp_key;                 // the tensor that told
@@ -233,17 +252,8 @@ struct GridFacts {
   std::optional<int64_t> rng_tp;      // rng_state shape[1]
   std::optional<int64_t> world_size;  // rerun_state_machine_state shape[0]
   std::optional<int64_t> etp;         // chunks along the ETP axis of expert fc2
-  std::optional<int64_t> num_layers;  // stacked leading axis, or max per-layer index + 1
   bool stacked_layers = false;        // `decoder.layers.<name>` keys with a layer axis
   bool per_layer_keys = false;        // `decoder.layers.<i>.` keys
-  std::optional<int64_t> num_experts;
-  std::optional<int64_t> hidden_size;        // embedding / final norm
-  std::optional<int64_t> padded_vocab_size;  // embedding rows
-  std::optional<int64_t> ffn_hidden_size;    // dense fc2 last axis
-  std::optional<bool> swiglu;                // fc1 rows == 2 * fc2 columns
-  std::optional<bool> layernorm_bias;        // a layer-norm bias exists (LayerNorm, not RMSNorm)
-  std::optional<bool> learned_position_embeddings;
-  std::optional<bool> untied_output_layer;   // output_layer.weight present
 };
 
 struct Summary {
@@ -256,19 +266,10 @@ struct Summary {
   ParallelLayout from_args;  // empty when there are no args
   GridFacts from_chunks;
   // Each disagreement, e.g. "TP: args 2, chunk grid 4 (decoder.layers.self_attention.linear_qkv.weight)".
+  // The checkpoint layer appends the model's (model::ModelSummary::mismatches)
+  // and sets layout_mismatch again, so that inspect lists them in one place.
   std::vector<std::string> mismatches;
   bool layout_mismatch = false;  // !mismatches.empty()
-
-  struct Model {
-    std::optional<int64_t> num_layers, hidden_size, ffn_hidden_size, num_attention_heads,
-        num_query_groups, kv_channels, padded_vocab_size, vocab_size, max_position_embeddings,
-        seq_length, num_experts, moe_router_topk, moe_ffn_hidden_size;
-    std::optional<bool> group_query_attention, swiglu, untie_embeddings_and_output_weights;
-    std::optional<std::string> normalization, position_embedding_type, params_dtype;
-    std::string vocab_source;  // "args.padded_vocab_size" / "embedding shape" / ""
-    std::string family;        // "Llama-like", "Mixtral-like (MoE)", "GPT", ... or "unknown"
-    std::string family_reason;  // "swiglu + RMSNorm + rope"
-  } model;
 
   struct Optimizer {
     bool present = false;  // optimizer keys in .metadata or "optimizer" in common
@@ -286,16 +287,21 @@ struct Summary {
   std::optional<bool> singleton_local_shards;
 };
 
-// Summarizes a checkpoint. `common` may be null (no common.pt / no
-// common_state). Never fails; what cannot be told stays unset.
+// Summarizes a checkpoint's layout and optimizer. `common` may be null (no
+// common.pt / no common_state). Never fails; what cannot be told stays unset.
 Summary Summarize(const CommonState* common, const dcp::Metadata& md);
 
-// Machine-readable form (unset facts are omitted).
+// Machine-readable form (unset facts are omitted). The checkpoint layer adds
+// "model" and the model facts of "layout_from_chunks" (model::ToJson).
 nlohmann::json ToJson(const Summary& s);
 
-// Human lines, e.g.
-// "parallel layout: TP=2 PP=2 DP=2 (world 8) — from args; chunk grid agrees".
-std::vector<std::string> ToText(const Summary& s);
+// Human lines in two parts, between which the checkpoint layer puts the
+// model's (model::ToText). LayoutText: the iteration, the layout, e.g.
+// "parallel layout: TP=2 PP=2 DP=2 (world 8) — from args; chunk grid agrees",
+// and one "  mismatch: ..." line each. ContentsText: the optimizer and the
+// key classes ("optimizer: adam, distributed, ...", "keys: model 12, ...").
+std::vector<std::string> LayoutText(const Summary& s);
+std::vector<std::string> ContentsText(const Summary& s);
 
 }  // namespace ckpt::megatron
 

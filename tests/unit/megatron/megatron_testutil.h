@@ -1,4 +1,5 @@
-// Hand-built inputs for the megatron tests: dcp::Metadata and pickle values.
+// Hand-built inputs for the megatron and model tests: dcp::Metadata and pickle
+// values.
 #ifndef CKPT_TESTS_UNIT_MEGATRON_MEGATRON_TESTUTIL_H_
 #define CKPT_TESTS_UNIT_MEGATRON_MEGATRON_TESTUTIL_H_
 
@@ -221,6 +222,78 @@ inline pickle::Value* Namespace(pickle::Arena& a, pickle::Value* fields) {
   o->newobj = true;
   o->state = fields;
   return o;
+}
+
+// The args (and common dict fields) MakeCommon writes.
+struct CommonArgs {
+  int64_t tp = 2, pp = 2, world = 8, layers = 4, hidden = 8, ffn = 16, vocab = 128;
+  int64_t experts = -1;  // -1: field absent
+  bool swiglu = true;
+  std::string norm = "RMSNorm", pos = "rope";
+  bool distributed = true;
+  bool with_content_metadata = true;
+};
+
+// A Megatron-LM common dict for `s`: {args, checkpoint_version, iteration, ...}
+// (args of a TP=2 PP=2 DP=2 Llama-like GPT by default).
+inline pickle::Value* MakeCommon(pickle::Arena& a, const CommonArgs& s) {
+  pickle::Value* f = a.Dict();
+  Set(a, f, "tensor_model_parallel_size", a.Int(s.tp));
+  Set(a, f, "pipeline_model_parallel_size", a.Int(s.pp));
+  Set(a, f, "context_parallel_size", a.Int(1));
+  Set(a, f, "expert_model_parallel_size", a.Int(1));
+  Set(a, f, "expert_tensor_parallel_size", a.None());
+  Set(a, f, "world_size", a.Int(s.world));
+  Set(a, f, "sequence_parallel", a.Bool(true));
+  Set(a, f, "virtual_pipeline_model_parallel_size", a.None());
+  Set(a, f, "num_layers", a.Int(s.layers));
+  Set(a, f, "hidden_size", a.Int(s.hidden));
+  Set(a, f, "ffn_hidden_size", a.Int(s.ffn));
+  Set(a, f, "num_attention_heads", a.Int(4));
+  Set(a, f, "group_query_attention", a.Bool(true));
+  Set(a, f, "num_query_groups", a.Int(2));
+  Set(a, f, "kv_channels", a.Int(2));
+  Set(a, f, "padded_vocab_size", a.Int(s.vocab));
+  Set(a, f, "max_position_embeddings", a.Int(4096));
+  Set(a, f, "seq_length", a.Int(2048));
+  if (s.experts >= 0) Set(a, f, "num_experts", s.experts == 0 ? a.None() : a.Int(s.experts));
+  Set(a, f, "moe_router_topk", a.Int(2));
+  Set(a, f, "normalization", a.String(s.norm));
+  Set(a, f, "swiglu", a.Bool(s.swiglu));
+  Set(a, f, "untie_embeddings_and_output_weights", a.Bool(true));
+  Set(a, f, "position_embedding_type", a.String(s.pos));
+  Set(a, f, "params_dtype", a.Global("torch", "bfloat16"));
+  Set(a, f, "bf16", a.Bool(true));
+  Set(a, f, "optimizer", a.String("adam"));
+  Set(a, f, "use_distributed_optimizer", a.Bool(s.distributed));
+  Set(a, f, "ckpt_fully_parallel_save", a.Bool(true));
+
+  pickle::Value* root = a.Dict();
+  Set(a, root, "args", Namespace(a, f));
+  Set(a, root, "checkpoint_version", a.Float(3.0));
+  Set(a, root, "iteration", a.Int(100));
+  pickle::Value* opt = a.Dict();
+  pickle::Value* inner = a.Dict();
+  Set(a, inner, "param_groups", a.List({}));
+  Set(a, opt, "optimizer", inner);
+  Set(a, opt, "param_state_sharding_type", a.String("dp_reshardable"));
+  Set(a, root, "optimizer", opt);
+  pickle::Value* sched = a.Dict();
+  Set(a, sched, "max_lr", a.Float(3e-4));
+  Set(a, sched, "num_steps", a.Int(800));
+  Set(a, root, "opt_param_scheduler", sched);
+  Set(a, root, "num_floating_point_operations_so_far", a.Int(123456));
+  if (s.with_content_metadata) {
+    pickle::Value* cm = a.Dict();
+    Set(a, cm, "distrib_optim_sharding_type", a.String("dp_reshardable"));
+    Set(a, cm, "singleton_local_shards", a.Bool(false));
+    Set(a, cm, "chained_optim_avoid_prefix", a.Bool(true));
+    Set(a, root, "content_metadata", cm);
+  }
+  pickle::Value* rerun = a.Dict();
+  Set(a, rerun, "mode", a.String("disabled"));
+  Set(a, root, "rerun_state_machine", rerun);
+  return root;
 }
 
 }  // namespace ckpt::megatron::testing
