@@ -205,12 +205,22 @@ TEST_F(ConvertOptionErrors, BadValuesNameTheirOption) {
   EXPECT_THAT(r.status().message(), Not(HasSubstr("--")));
 }
 
-TEST_F(ConvertOptionErrors, HfIsDispatchedAndNotBuiltYet) {
+TEST_F(ConvertOptionErrors, HfNeedsATorchDistSourceAndWritesNothingOtherwise) {
   auto r = Convert("/src/sample.pt", "/out", To(TargetFormat::kHf));
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), Code::kUnimplemented) << r.status().ToString();
-  EXPECT_THAT(r.status().message(), HasSubstr("to=\"hf\" is not built yet"));
+  EXPECT_EQ(r.status().code(), Code::kInvalidArgument) << r.status().ToString();
+  EXPECT_THAT(r.status().message(), HasSubstr("to=\"hf\" converts a Megatron-Core torch_dist checkpoint"));
   EXPECT_FALSE(env_->FileExists("/out"));
+  ConvertOptions o = To(TargetFormat::kSafetensors);
+  o.hf_config = "/cfg.json";
+  auto r2 = Convert("/src/sample.pt", "/out", o);
+  ASSERT_FALSE(r2.ok());
+  EXPECT_THAT(r2.status().message(), HasSubstr("hf_config"));
+  ConvertOptions o3 = To(TargetFormat::kTorchDist);
+  o3.tp = 2;
+  auto r3 = Convert("/src/sample.pt", "/out", o3);
+  ASSERT_FALSE(r3.ok());
+  EXPECT_THAT(r3.status().message(), HasSubstr("not an HF model folder"));
 }
 
 TEST_F(ConvertOptionErrors, OutOfRangeTargetIsInvalidArgument) {
