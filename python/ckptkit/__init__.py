@@ -324,6 +324,17 @@ def convert(
     thread_count: int = 1,
     megatron_version: Optional[str] = None,
     iteration: Optional[int] = None,
+    hf_config: Optional[PathLike] = None,
+    family: Optional[str] = None,
+    vocab_size: Optional[int] = None,
+    dtype: Optional[str] = None,
+    bin: bool = False,
+    tp: int = 1,
+    pp: int = 1,
+    ep: int = 1,
+    etp: Optional[int] = None,
+    megatron_layer_spec: str = "local",
+    make_vocab_size_divisible_by: int = 128,
 ) -> dict:
     """Converts a checkpoint to `to`: "safetensors", "torch", "dcp" (a
     torch.distributed.checkpoint folder), "torch_dist" (Megatron-Core) or
@@ -340,6 +351,13 @@ def convert(
     refuses inputs holding pickle objects that cannot be represented in the
     target format. Same behaviour as `ckptkit convert` (README).
 
+    to="hf" turns a Megatron-Core torch_dist GPT checkpoint into a HuggingFace
+    model folder (hf_config: a config.json for what args lack; family,
+    vocab_size, dtype "bf16"/"fp16"/"fp32", bin for .bin files). An HF model
+    folder with to="torch_dist" becomes a Megatron-LM root for GPTModel at
+    tp/pp/ep/etp (megatron_layer_spec "local" or "te",
+    make_vocab_size_divisible_by). The options are ckpt::ConvertOptions'.
+
     Returns {"files": [written paths, the commit file last], "warnings": [...],
     "tensors": count, "bytes": tensor bytes}.
     """
@@ -352,7 +370,11 @@ def convert(
     # travels as its decimal text, so every value takes the one path the CLI takes.
     size = None if max_shard_size is None else str(max_shard_size)
     return _core.convert(os.fspath(src), os.fspath(dst), str(to), size, bool(allow_opaque), thread_count,
-                         megatron_version or "", iteration)
+                         megatron_version or "", iteration,
+                         hf_config=os.fspath(hf_config) if hf_config is not None else "", family=family or "",
+                         vocab_size=vocab_size, dtype=dtype or "", bin=bool(bin), tp=tp, pp=pp, ep=ep, etp=etp,
+                         megatron_layer_spec=megatron_layer_spec,
+                         make_vocab_size_divisible_by=make_vocab_size_divisible_by)
 
 
 # numpy (kind, itemsize) -> torch dtype name, for save_file.

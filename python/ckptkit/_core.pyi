@@ -30,6 +30,17 @@ def convert(
     thread_count: int = 1,
     megatron_version: str = "",
     iteration: Optional[int] = None,
+    hf_config: str = "",
+    family: str = "",
+    vocab_size: Optional[int] = None,
+    dtype: str = "",
+    bin: bool = False,
+    tp: int = 1,
+    pp: int = 1,
+    ep: int = 1,
+    etp: Optional[int] = None,
+    megatron_layer_spec: str = "local",
+    make_vocab_size_divisible_by: int = 128,
 ) -> dict[str, Any]: ...
 def parse_size(text: str) -> int: ...
 def save_file(

@@ -305,8 +305,22 @@ Reader Open(const std::string& path, const std::string& mode) {
 // side passes an int size as its decimal text); None means one file.
 nb::dict ConvertPy(const std::string& src, const std::string& dst, std::string_view to,
                    const std::optional<std::string>& max_shard_size, bool allow_opaque, int64_t thread_count,
-                   const std::string& megatron_version, std::optional<int64_t> iteration) {
+                   const std::string& megatron_version, std::optional<int64_t> iteration,
+                   const std::string& hf_config, const std::string& family, std::optional<int64_t> vocab_size,
+                   const std::string& dtype, bool bin, int64_t tp, int64_t pp, int64_t ep, std::optional<int64_t> etp,
+                   const std::string& megatron_layer_spec, int64_t make_vocab_size_divisible_by) {
   ConvertOptions options;
+  options.hf_config = hf_config;
+  options.family = family;
+  options.vocab_size = vocab_size;
+  options.dtype = dtype;
+  options.bin = bin;
+  options.tp = tp;
+  options.pp = pp;
+  options.ep = ep;
+  options.etp = etp;
+  options.megatron_layer_spec = megatron_layer_spec;
+  options.make_vocab_size_divisible_by = make_vocab_size_divisible_by;
   Result<TargetFormat> target = ParseTargetFormat(to);
   if (!target.ok()) RaiseStatus(target.status());
   options.to = *target;
@@ -797,7 +811,11 @@ NB_MODULE(_core, m) {
   m.def("open", &Open, nb::arg("path"), nb::arg("mode") = "strict");
   m.def("convert", &ConvertPy, nb::arg("src"), nb::arg("dst"), nb::arg("to"),
         nb::arg("max_shard_size").none() = nb::none(), nb::arg("allow_opaque") = false,
-        nb::arg("thread_count") = 1, nb::arg("megatron_version") = "", nb::arg("iteration").none() = nb::none());
+        nb::arg("thread_count") = 1, nb::arg("megatron_version") = "", nb::arg("iteration").none() = nb::none(),
+        nb::arg("hf_config") = "", nb::arg("family") = "", nb::arg("vocab_size").none() = nb::none(),
+        nb::arg("dtype") = "", nb::arg("bin") = false, nb::arg("tp") = 1, nb::arg("pp") = 1, nb::arg("ep") = 1,
+        nb::arg("etp").none() = nb::none(), nb::arg("megatron_layer_spec") = "local",
+        nb::arg("make_vocab_size_divisible_by") = 128);
   m.def("parse_size", &ParseSizePy, nb::arg("text"));
   m.def("save_file", &SaveFilePy, nb::arg("path"), nb::arg("format"), nb::arg("entries"),
         nb::arg("metadata").none() = nb::none());
