@@ -338,7 +338,8 @@ def convert(
 ) -> dict:
     """Converts a checkpoint to `to`: "safetensors", "torch", "dcp" (a
     torch.distributed.checkpoint folder), "torch_dist" (Megatron-Core) or
-    "hf" (not built yet: UnsupportedError). Target names are read by the same
+    "hf" (a HuggingFace model folder from a Megatron-Core torch_dist GPT
+    checkpoint; see below). Target names are read by the same
     code as the CLI's --to; an unknown one is a ValueError listing them.
 
     max_shard_size (safetensors/torch) writes shards plus an index json: an

@@ -250,6 +250,6 @@ def test_convert_to_dcp_and_torch_dist_from_python(tmp_path):
     assert "--" not in str(e.value)
     with pytest.raises(ValueError, match=r'max_shard_size does not apply with to="dcp" \(use thread_count\)'):
         ckptkit.convert(src, tmp_path / "x", to="dcp", max_shard_size="5GB")
-    with pytest.raises(ckptkit.UnsupportedError, match='to="hf" is not built yet'):
+    with pytest.raises(ValueError, match='to="hf" converts a Megatron-Core torch_dist checkpoint'):
         ckptkit.convert(src, tmp_path / "x", to="hf")
     assert not (tmp_path / "x").exists()
