@@ -484,15 +484,43 @@ std::optional<nlohmann::ordered_json> MakeGenerationConfig(const nlohmann::json&
   return g;
 }
 
+namespace {
+
+// Typed fields of an untrusted JSON object (an HF config or its rope
+// block): absent or null gives the default, any other type is an error naming
+// the field. nlohmann's value() would throw on a wrong type.
+Result<std::string> StrField(const nlohmann::json& o, const char* where, const char* key, std::string def) {
+  if (!o.contains(key) || o[key].is_null()) return def;
+  if (!o[key].is_string()) return InvalidArgumentError(StrCat(where, key, " is not a string"));
+  return o[key].get<std::string>();
+}
+
+Result<bool> BoolField(const nlohmann::json& o, const char* where, const char* key, bool def) {
+  if (!o.contains(key) || o[key].is_null()) return def;
+  if (!o[key].is_boolean()) return InvalidArgumentError(StrCat(where, key, " is not true or false"));
+  return o[key].get<bool>();
+}
+
+Result<double> NumField(const nlohmann::json& o, const char* where, const char* key, double def) {
+  if (!o.contains(key) || o[key].is_null()) return def;
+  if (!o[key].is_number()) return InvalidArgumentError(StrCat(where, key, " is not a number"));
+  const double v = o[key].get<double>();
+  if (!std::isfinite(v)) return InvalidArgumentError(StrCat(where, key, " is not finite"));
+  return v;
+}
+
+}  // namespace
+
 Result<HfModel> ParseHfConfig(const nlohmann::json& j) {
   if (!j.is_object()) return InvalidArgumentError("an HF config must be a JSON object");
+  constexpr const char* kWhere = "HF config: ";
   HfModel m;
   std::string arch;
   if (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty() &&
       j["architectures"][0].is_string()) {
     arch = j["architectures"][0].get<std::string>();
   }
-  std::string type = j.value("model_type", std::string());
+  CKPT_ASSIGN_OR_RETURN(std::string type, StrField(j, kWhere, "model_type", ""));
   auto fam = ParseFamily(!type.empty() ? type : arch);
   if (!fam.ok()) {
     return InvalidArgumentError(StrCat("HF config: model_type ", Quote(type), " / architecture ", Quote(arch),
@@ -534,7 +562,7 @@ Result<HfModel> ParseHfConfig(const nlohmann::json& j) {
     c.max_position_embeddings = geti("n_positions").value_or(1024);
     c.norm = Norm::kLayerNorm;
     c.norm_epsilon = getd("layer_norm_epsilon").value_or(1e-5);
-    const std::string act = j.value("activation_function", std::string("gelu_new"));
+    CKPT_ASSIGN_OR_RETURN(const std::string act, StrField(j, kWhere, "activation_function", "gelu_new"));
     if (act == "gelu_new" || act == "gelu_pytorch_tanh" || act == "gelu_fast") {
       c.activation = Activation::kGeluTanh;
     } else if (act == "gelu") {
@@ -544,8 +572,10 @@ Result<HfModel> ParseHfConfig(const nlohmann::json& j) {
     }
     c.add_bias_linear = true;
     c.positions = Positions::kLearned;
-    c.tied_embeddings = j.value("tie_word_embeddings", true);
-    if (j.value("scale_attn_by_inverse_layer_idx", false) || j.value("reorder_and_upcast_attn", false)) {
+    CKPT_ASSIGN_OR_RETURN(c.tied_embeddings, BoolField(j, kWhere, "tie_word_embeddings", true));
+    CKPT_ASSIGN_OR_RETURN(const bool scale_by_layer, BoolField(j, kWhere, "scale_attn_by_inverse_layer_idx", false));
+    CKPT_ASSIGN_OR_RETURN(const bool upcast, BoolField(j, kWhere, "reorder_and_upcast_attn", false));
+    if (scale_by_layer || upcast) {
       return InvalidArgumentError("HF config: scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn have no Megatron equivalent");
     }
     return m;
@@ -559,30 +589,33 @@ Result<HfModel> ParseHfConfig(const nlohmann::json& j) {
   c.max_position_embeddings = geti("max_position_embeddings").value_or(0);
   c.norm = Norm::kRMSNorm;
   c.norm_epsilon = getd("rms_norm_eps").value_or(1e-6);
-  const std::string act = j.value("hidden_act", std::string("silu"));
+  CKPT_ASSIGN_OR_RETURN(const std::string act, StrField(j, kWhere, "hidden_act", "silu"));
   if (act != "silu") return InvalidArgumentError(StrCat("HF config: hidden_act ", Quote(act), " is not silu"));
   c.activation = Activation::kSwiGLU;
   c.positions = Positions::kRope;
-  c.tied_embeddings = j.value("tie_word_embeddings", false);
+  CKPT_ASSIGN_OR_RETURN(c.tied_embeddings, BoolField(j, kWhere, "tie_word_embeddings", false));
   // rope: v4 top-level rope_theta / rope_scaling, or v5 rope_parameters.
   nlohmann::json rope = j.contains("rope_parameters") && j["rope_parameters"].is_object() ? j["rope_parameters"]
                         : j.contains("rope_scaling") && j["rope_scaling"].is_object() ? j["rope_scaling"]
                                                                                      : nlohmann::json::object();
-  c.rotary_base = getd("rope_theta").value_or(rope.contains("rope_theta") && rope["rope_theta"].is_number()
-                                                  ? rope["rope_theta"].get<double>()
-                                                  : 10000.0);
-  std::string rope_type = rope.value("rope_type", rope.value("type", std::string("default")));
+  constexpr const char* kRope = "HF config: rope_parameters / rope_scaling ";
+  CKPT_ASSIGN_OR_RETURN(const double nested_theta, NumField(rope, kRope, "rope_theta", 10000.0));
+  CKPT_ASSIGN_OR_RETURN(c.rotary_base, NumField(j, kWhere, "rope_theta", nested_theta));
+  CKPT_ASSIGN_OR_RETURN(const std::string legacy_type, StrField(rope, kRope, "type", "default"));
+  CKPT_ASSIGN_OR_RETURN(const std::string rope_type, StrField(rope, kRope, "rope_type", legacy_type));
   if (rope_type == "llama3") {
-    if (rope.value("low_freq_factor", 1.0) != 1.0 || rope.value("high_freq_factor", 4.0) != 4.0 ||
-        rope.value("original_max_position_embeddings", 8192) != 8192) {
+    CKPT_ASSIGN_OR_RETURN(const double low, NumField(rope, kRope, "low_freq_factor", 1.0));
+    CKPT_ASSIGN_OR_RETURN(const double high, NumField(rope, kRope, "high_freq_factor", 4.0));
+    CKPT_ASSIGN_OR_RETURN(const double original, NumField(rope, kRope, "original_max_position_embeddings", 8192));
+    if (low != 1.0 || high != 4.0 || original != 8192) {
       return InvalidArgumentError(
           "HF config: llama3 rope_scaling with low_freq_factor/high_freq_factor/original_max_position_embeddings "
           "other than 1/4/8192 (megatron-core hard-codes those)");
     }
     c.use_rope_scaling = true;
-    c.rope_scaling_factor = rope.value("factor", 8.0);
+    CKPT_ASSIGN_OR_RETURN(c.rope_scaling_factor, NumField(rope, kRope, "factor", 8.0));
   } else if (rope_type == "linear") {
-    c.seq_len_interpolation_factor = rope.value("factor", 1.0);
+    CKPT_ASSIGN_OR_RETURN(c.seq_len_interpolation_factor, NumField(rope, kRope, "factor", 1.0));
   } else if (rope_type != "default") {
     return InvalidArgumentError(StrCat("HF config: rope type ", Quote(rope_type), " is not supported"));
   }
@@ -591,20 +624,24 @@ Result<HfModel> ParseHfConfig(const nlohmann::json& j) {
     return InvalidArgumentError("HF config: partial_rotary_factor != 1 is not supported");
   }
   switch (m.family) {
-    case Family::kLlama:
-      c.add_bias_linear = j.value("attention_bias", false);
-      if (j.value("mlp_bias", false) != c.add_bias_linear) {
+    case Family::kLlama: {
+      CKPT_ASSIGN_OR_RETURN(c.add_bias_linear, BoolField(j, kWhere, "attention_bias", false));
+      CKPT_ASSIGN_OR_RETURN(const bool mlp_bias, BoolField(j, kWhere, "mlp_bias", false));
+      if (mlp_bias != c.add_bias_linear) {
         return InvalidArgumentError("HF config: attention_bias != mlp_bias has no Megatron equivalent (add_bias_linear)");
       }
       break;
+    }
     case Family::kQwen2:
       c.add_qkv_bias = true;
       break;
     case Family::kQwen3:
-    case Family::kQwen3Moe:
+    case Family::kQwen3Moe: {
       c.qk_layernorm = true;
-      if (j.value("attention_bias", false)) return InvalidArgumentError("HF config: attention_bias=true is not supported for qwen3");
+      CKPT_ASSIGN_OR_RETURN(const bool attention_bias, BoolField(j, kWhere, "attention_bias", false));
+      if (attention_bias) return InvalidArgumentError("HF config: attention_bias=true is not supported for qwen3");
       break;
+    }
     default:
       break;
   }
@@ -625,7 +662,8 @@ Result<HfModel> ParseHfConfig(const nlohmann::json& j) {
     }
     c.moe_router_topk = geti("num_experts_per_tok").value_or(8);
     CKPT_ASSIGN_OR_RETURN(c.moe_ffn_hidden_size, req("moe_intermediate_size"));
-    c.moe_router_pre_softmax = !j.value("norm_topk_prob", false);
+    CKPT_ASSIGN_OR_RETURN(const bool norm_topk, BoolField(j, kWhere, "norm_topk_prob", false));
+    c.moe_router_pre_softmax = !norm_topk;
     if (geti("decoder_sparse_step").value_or(1) != 1 ||
         (j.contains("mlp_only_layers") && j["mlp_only_layers"].is_array() && !j["mlp_only_layers"].empty())) {
       return InvalidArgumentError("HF config: mixed dense and MoE layers (decoder_sparse_step, mlp_only_layers) are not supported");

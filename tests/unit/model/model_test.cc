@@ -284,5 +284,49 @@ TEST(Config, HfConfigRoundTrip) {
   EXPECT_NE(diff[0].find("num_key_value_heads"), std::string::npos);
 }
 
+// A config.json is untrusted: a field of the wrong type is an error naming
+// it, never an exception (the fuzzer found model_type as a number).
+TEST(Config, HfConfigFieldsOfTheWrongTypeAreNamed) {
+  ModelConfig c = Llama(8, 2, 16);
+  auto good = MakeHfConfig(c, Family::kLlama, DType::kBFloat16);
+  ASSERT_TRUE(good.ok()) << good.status().ToString();
+  const nlohmann::json base = nlohmann::json::parse(good->dump());
+  ASSERT_TRUE(ParseHfConfig(base).ok());
+  struct Case {
+    const char* key;
+    nlohmann::json value;
+  };
+  const std::vector<Case> cases = {
+      {"model_type", 5},         {"hidden_act", nlohmann::json::array()}, {"tie_word_embeddings", "yes"},
+      {"attention_bias", 1},     {"mlp_bias", "false"},                   {"rope_theta", "1e4"},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.key);
+    nlohmann::json j = base;
+    j[k.key] = k.value;
+    auto r = ParseHfConfig(j);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find(k.key), std::string::npos) << r.status().ToString();
+  }
+  // Inside the rope block too, in both spellings of it.
+  for (const char* block : {"rope_scaling", "rope_parameters"}) {
+    SCOPED_TRACE(block);
+    nlohmann::json j = base;
+    j.erase("rope_theta");
+    j[block] = {{"rope_type", "llama3"}, {"factor", "8"}};
+    auto r = ParseHfConfig(j);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("factor"), std::string::npos) << r.status().ToString();
+    j[block] = {{"rope_type", 3}};
+    EXPECT_FALSE(ParseHfConfig(j).ok());
+  }
+  // null is "absent": the default applies.
+  nlohmann::json j = base;
+  j["tie_word_embeddings"] = nullptr;
+  auto r = ParseHfConfig(j);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_FALSE(r->config.tied_embeddings);
+}
+
 }  // namespace
 }  // namespace ckpt::model
