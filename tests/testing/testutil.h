@@ -25,6 +25,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "ckpt/byte_source.h"
 #include "ckpt/env.h"
@@ -191,6 +192,33 @@ inline void ExpectEveryCorruptFileListed(std::string_view area,
     if (name == "expected.json" || name == generator_script) continue;
     EXPECT_TRUE(expected.contains(name)) << name;
   }
+}
+
+// ------------------------------------------------------- crash-point budget
+
+// The op counts after which a crash-at-every-step test crashes a run of
+// `steps` mutating ops: every point 0..steps when that is at most `budget`
+// points (or CKPT_FAULT_EXHAUSTIVE=1 is set), else every point of the first
+// `head` and the last `tail` ops (where files are opened and where the commit
+// renames, syncs and tracker happen) and an even stride over the data writes
+// between them, `budget` points in all. Ascending, no duplicates.
+inline std::vector<uint64_t> CrashPoints(uint64_t steps, uint64_t budget = 200, uint64_t head = 16,
+                                         uint64_t tail = 64) {
+  std::vector<uint64_t> out;
+  const char* all = ::getenv("CKPT_FAULT_EXHAUSTIVE");
+  if (steps + 1 <= budget || (all != nullptr && std::string_view(all) == "1")) {
+    for (uint64_t n = 0; n <= steps; ++n) out.push_back(n);
+    return out;
+  }
+  head = std::min(head, steps + 1);
+  tail = std::min(tail, steps + 1 - head);
+  const uint64_t middle_begin = head, middle_end = steps + 1 - tail;  // [begin, end)
+  const uint64_t middle_budget = budget > head + tail ? budget - head - tail : 1;
+  const uint64_t stride = std::max<uint64_t>(1, (middle_end - middle_begin + middle_budget - 1) / middle_budget);
+  for (uint64_t n = 0; n < head; ++n) out.push_back(n);
+  for (uint64_t n = middle_begin; n < middle_end; n += stride) out.push_back(n);
+  for (uint64_t n = middle_end; n <= steps; ++n) out.push_back(n);
+  return out;
 }
 
 }  // namespace ckpt::testing
