@@ -19,6 +19,7 @@
 #include "ckpt/writer.h"
 #include "convert/cast.h"
 #include "convert/dcp_entries.h"
+#include "convert/read_ahead.h"
 #include "format/megatron/megatron.h"
 #include "format/megatron/writer.h"
 #include "format/safetensors/safetensors.h"
@@ -419,6 +420,7 @@ Result<ConvertReport> ConvertToHf(const std::string& src, const std::string& dst
   Publisher pub(env, dst);
   CKPT_RETURN_IF_ERROR(pub.Begin());
   uint64_t done = 0;
+  ReadAhead read_ahead;
   auto fail = [&](Status st_) {
     pub.Rollback();
     return st_;
@@ -431,8 +433,10 @@ Result<ConvertReport> ConvertToHf(const std::string& src, const std::string& dst
       const DType d = out_dtype[i];
       items.push_back({p.name, d, p.shape, [&, i, d](ByteSink* sink) -> Status {
                          const TensorPlan& pp = plan.outputs[i];
-                         CKPT_RETURN_IF_ERROR(WritePlanned(reader, bound, pp, d, sink),
-                                              StrCat("writing ", Quote(pp.name), " (", pp.why, ")"));
+                         CKPT_RETURN_IF_ERROR(
+                             read_ahead.Run([&](ByteSink* ahead) { return WritePlanned(reader, bound, pp, d, ahead); },
+                                            sink),
+                             StrCat("writing ", Quote(pp.name), " (", pp.why, ")"));
                          done += NumBytes(pp.shape, d);
                          if (options.progress) options.progress(done, total);
                          return OkStatus();
