@@ -16,7 +16,7 @@ Made by the REAL megatron-core (0.16.x from PyPI) on CPU with 8 gloo ranks:
     (reproduced by hand: megatron/training is not part of megatron-core).
 Deterministic seeds (torch.manual_seed(1234) before model construction).
 
-Run: /work/main/.venv/bin/python examples/make_torch_dist_sample.py [OUT_DIR]
+Run from the repository root: .venv/bin/python examples/make_torch_dist_sample.py [OUT_DIR]
 (needs: pip install megatron-core==0.16.1 psutil==7.2.2; about 2 minutes on 2 cores)
 """
 

@@ -5,9 +5,14 @@
 # out of a stacked tensor, converts it to torch.save and safetensors, re-writes
 # it as torch_dist (every rank's files merged, megatron-core 0.19 layout), and
 # checks the results against torch's own DCP loader.
+# It sets up only what it uses, each part just before it is needed: first the CLI
+# (scripts/setup.sh --only cli: the ckptkit target, no tests), then, for the
+# comparison with torch, a .venv with torch (--only venv). The sample is bundled:
+# making it needs no Python. scripts/test.sh builds and installs the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CKPT_SKIP_MCORE019=1 bash scripts/setup.sh >/dev/null  # the demo needs no megatron-core 0.19 venv
+[ -x build/ckptkit ] || echo "(first run: installing the Debian packages the CLI builds with and building build/ckptkit; a few minutes)" >&2
+bash scripts/setup.sh --only cli >/dev/null
 CK=build/ckptkit
 SAMPLE=examples/torch_dist
 OUT=${OUT:-$(mktemp -d /tmp/ckptkit-demo.XXXXXX)}
@@ -28,6 +33,8 @@ echo "\$ ckptkit convert $SAMPLE $OUT/model.safetensors --to safetensors"
 $CK convert "$SAMPLE" "$OUT/model.safetensors" --to safetensors -q
 echo
 mkdir -p "$OUT/torch"
+[ -x .venv/bin/python ] || echo "(first run: installing torch into .venv for the comparison below)" >&2
+bash scripts/setup.sh --only venv >/dev/null
 echo "(torch's own converter, for comparison: dcp_to_torch_save, which loads everything into memory)"
 .venv/bin/python -W ignore -c 'import sys; from torch.distributed.checkpoint.format_utils import dcp_to_torch_save as f; f(sys.argv[1], sys.argv[2])' \
   "$SAMPLE/iter_0000010" "$OUT/torch/model.pt"

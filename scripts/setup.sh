@@ -2,16 +2,41 @@
 # Installs everything ckptkit needs on a fresh Debian 12 machine, idempotently:
 # Debian -dev packages (apt-get), a .venv with torch==2.13.0 (CPU) and the
 # Python test dependencies, then configures and builds the C++ tree in build/.
-# Usage: bash scripts/setup.sh            (build type RelWithDebInfo)
+# Usage: bash scripts/setup.sh              everything (what scripts/test.sh needs)
+#        bash scripts/setup.sh --only cli   only build/ckptkit: the Debian packages its build
+#                                           configures with (no clang, no benchmark library),
+#                                           then the ckptkit target alone
+#        bash scripts/setup.sh --only venv  only a .venv with torch, numpy and safetensors
+#                                           (what scripts/demo.sh compares against)
+# Build type RelWithDebInfo (CKPT_BUILD_TYPE overrides it). Each part is idempotent, and a
+# later full run completes what a partial one left out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+PART=all
+case "${1:-}" in
+  "") ;;
+  --only)
+    case "${2:-}" in
+      cli | venv) PART=$2 ;;
+      *) echo "setup: --only takes cli or venv, got '${2:-}'" >&2; exit 2 ;;
+    esac ;;
+  *) echo "usage: bash scripts/setup.sh [--only {cli,venv}]" >&2; exit 2 ;;
+esac
+
+# What configuring build/ needs (the unit tests' gtest/gmock included, so that a
+# build/ configured by `--only cli` is the same one the full setup builds).
 APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libfmt-dev nlohmann-json3-dev libcli11-dev zlib1g-dev libzstd-dev libdeflate-dev libssl-dev libxxhash-dev libtbb-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
-  clang-14 libclang-rt-14-dev
+  libgtest-dev libgmock-dev
 )
+if [ "$PART" = all ]; then
+  # The sanitizer and fuzzing build (scripts/fuzz.sh), and google benchmark.
+  APT_PACKAGES+=(libbenchmark-dev clang-14 libclang-rt-14-dev)
+elif [ "$PART" = venv ]; then
+  APT_PACKAGES=()
+fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -26,10 +51,26 @@ if ((${#missing[@]})); then
 fi
 
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
+if [ "$PART" != cli ] && [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
 fi
+if [ "$PART" = venv ]; then
+  if ! .venv/bin/python - <<'PYEOF' 2>/dev/null
+import importlib.metadata as m
+for name, ver in {"torch": "2.13.0", "safetensors": "0.8.0"}.items():
+    assert m.version(name).split("+")[0] == ver, name
+m.version("numpy")
+PYEOF
+  then
+    echo "setup: installing torch, numpy and safetensors into .venv"
+    .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 numpy safetensors==0.8.0
+  fi
+  echo "setup: done (.venv with torch)"
+  exit 0
+fi
+# The test venvs, up to the matching `fi  # PART = all` (left unindented: heredocs).
+if [ "$PART" = all ]; then
 # Pinned: plain `pip install torch` would pull a multi-GB CUDA build.
 PY_PACKAGES=(torch==2.13.0 numpy safetensors==0.8.0 zstandard==0.25.0 megatron-core==0.16.1 psutil==7.2.2 pytest nanobind==3.1.0 "scikit-build-core>=0.10" transformers==5.23.0)
 if ! .venv/bin/python - <<'PYEOF' 2>/dev/null
@@ -70,9 +111,15 @@ PYEOF
   fi
 fi
 
+fi  # PART = all
+
 BUILD_TYPE=${CKPT_BUILD_TYPE:-RelWithDebInfo}
 if [ ! -f build/build.ninja ]; then
   cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE="$BUILD_TYPE" >/dev/null
 fi
-ninja -C build -j"$(nproc)"
+if [ "$PART" = cli ]; then
+  ninja -C build -j"$(nproc)" ckptkit
+else
+  ninja -C build -j"$(nproc)"
+fi
 echo "setup: done (CLI at build/ckptkit)"

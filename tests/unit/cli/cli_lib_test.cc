@@ -1,11 +1,13 @@
 // The CLI library: exit codes, inspect and convert reports (sizes and target
 // names: tests/unit/convert/options_test.cc).
+#include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "ckpt/checkpoint.h"
 #include "ckpt/writer.h"
@@ -221,6 +223,205 @@ TEST(Inspect, ControlBytesInNamesAreEscaped) {
   EXPECT_THAT(out.str(), Not(HasSubstr("\x1b"))) << out.str();
   EXPECT_THAT(out.str(), Not(HasSubstr("\r"))) << out.str();
   EXPECT_THAT(out.str(), HasSubstr("'w\\x1b[2J\\x0dx'"));
+}
+
+// ---------------------------------------------------------------- FoldObjects
+
+ObjectInfo Obj(std::string key, std::string type, std::string repr, bool opaque = false) {
+  return {std::move(key), std::move(type), std::move(repr), opaque};
+}
+
+TEST(FoldObjects, EqualValuesUnderOneVaryingNumberFoldToASetWithACount) {
+  std::vector<ObjectInfo> objects;
+  for (int i = 0; i < 16; ++i) {
+    objects.push_back(Obj(fmt::format("decoder.layers.{}.self_attention.linear_proj._extra_state", i), "NoneType",
+                          "None"));
+  }
+  objects.push_back(Obj("iteration", "int", "10"));
+  std::vector<ObjectLine> lines = FoldObjects(objects);
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0].key, "decoder.layers.{0..15}.self_attention.linear_proj._extra_state");
+  EXPECT_EQ(lines[0].type, "NoneType");
+  EXPECT_EQ(lines[0].repr, "None");
+  EXPECT_EQ(lines[0].count, 16u);
+  EXPECT_EQ(lines[1].key, "iteration");
+  EXPECT_EQ(lines[1].repr, "10");
+  EXPECT_EQ(lines[1].count, 1u);
+}
+
+TEST(FoldObjects, ValuesThatCountAlongWithTheKeyFoldToARange) {
+  // An optimizer's param_groups.N.params: the indices of the parameters in each group.
+  std::vector<ObjectInfo> objects;
+  for (int i = 0; i < 8; ++i) {
+    objects.push_back(Obj(fmt::format("optimizer.param_groups.0.params.{}", i), "int", std::to_string(i)));
+  }
+  for (int i = 0; i < 4; ++i) {
+    objects.push_back(Obj(fmt::format("optimizer.param_groups.1.params.{}", i), "int", std::to_string(8 + i)));
+  }
+  std::vector<ObjectLine> lines = FoldObjects(objects);
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0].key, "optimizer.param_groups.0.params.{0..7}");
+  EXPECT_EQ(lines[0].repr, "{0..7}");
+  EXPECT_EQ(lines[0].count, 8u);
+  EXPECT_EQ(lines[1].key, "optimizer.param_groups.1.params.{0..3}");
+  EXPECT_EQ(lines[1].repr, "{8..11}");
+  EXPECT_EQ(lines[1].count, 4u);
+}
+
+TEST(FoldObjects, NumbersPrintAsAscendingSetsWithRunsOfThreeOrMore) {
+  // Readers list keys in string order: layers.0, 1, 10, 11, 2, ...
+  std::vector<ObjectInfo> objects;
+  for (int i : {0, 1, 10, 11, 12, 2, 20, 3, 8, 9}) objects.push_back(Obj(fmt::format("l.{}.x", i), "NoneType", "None"));
+  std::vector<ObjectLine> lines = FoldObjects(objects);
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0].key, "l.{0..3,8..12,20}.x");
+  EXPECT_EQ(lines[0].count, 10u);
+
+  lines = FoldObjects({Obj("a.0", "int", "7"), Obj("a.2", "int", "7"), Obj("a.4", "int", "7")});
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0].key, "a.{0,2,4}");
+  EXPECT_EQ(lines[0].repr, "7");
+
+  // Megatron ShardedObject keys: the number between separators in shard_<i>_<n>.
+  lines = FoldObjects({Obj("m._extra_state/shard_0_2", "NoneType", "None"),
+                       Obj("m._extra_state/shard_1_2", "NoneType", "None")});
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0].key, "m._extra_state/shard_{0,1}_2");
+  EXPECT_EQ(lines[0].count, 2u);
+}
+
+TEST(FoldObjects, SequencesThatAreNotOneNumberApartStayUnfolded) {
+  const std::vector<std::vector<ObjectInfo>> cases = {
+      // Keys that differ in text.
+      {Obj("a.weight", "NoneType", "None"), Obj("a.bias", "NoneType", "None")},
+      // Digits inside a name are not a number: fc1 / fc2.
+      {Obj("mlp.linear_fc1._extra_state", "NoneType", "None"),
+       Obj("mlp.linear_fc2._extra_state", "NoneType", "None")},
+      // Zero-padded numbers are names.
+      {Obj("iter_0000010.x", "int", "1"), Obj("iter_0000020.x", "int", "1")},
+      // Two numbers differ.
+      {Obj("a.0.b.0", "int", "1"), Obj("a.1.b.1", "int", "1")},
+      // The values differ, and not along with the key.
+      {Obj("lr.0", "float", "0.5"), Obj("lr.1", "float", "0.25")},
+      {Obj("p.0", "int", "3"), Obj("p.1", "int", "2")},
+      // Type or opaqueness differ.
+      {Obj("a.0", "int", "1"), Obj("a.1", "str", "1")},
+      {Obj("a.0", "opaque os.system", "x"), Obj("a.1", "opaque os.system", "x", true)},
+      // The same key twice.
+      {Obj("a.0", "int", "1"), Obj("a.0", "int", "1")},
+  };
+  for (const std::vector<ObjectInfo>& objects : cases) {
+    SCOPED_TRACE(objects[0].key + " / " + objects[1].key);
+    std::vector<ObjectLine> lines = FoldObjects(objects);
+    ASSERT_EQ(lines.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) {
+      EXPECT_EQ(lines[i].key, objects[i].key);
+      EXPECT_EQ(lines[i].repr, objects[i].repr);
+      EXPECT_EQ(lines[i].count, 1u);
+    }
+  }
+}
+
+TEST(FoldObjects, ALineVariesOneNumberOnly) {
+  // a.0.b.{0,1} and a.1.b.{0,1}: two lines; the third key is one number from the
+  // first, but not the number that line varies.
+  std::vector<ObjectLine> lines = FoldObjects({Obj("a.0.b.0", "int", "1"), Obj("a.0.b.1", "int", "1"),
+                                               Obj("a.1.b.0", "int", "1"), Obj("a.1.b.1", "int", "1")});
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0].key, "a.0.b.{0,1}");
+  EXPECT_EQ(lines[1].key, "a.1.b.{0,1}");
+  EXPECT_EQ(lines[0].count + lines[1].count, 4u);
+}
+
+TEST(FoldObjects, InterleavedRunsFoldAtTheirFirstObject) {
+  // Megatron's metadata lists a layer's four modules, then the next layer's.
+  const std::vector<std::string> modules = {"self_attention.linear_proj", "mlp.linear_fc1"};
+  std::vector<ObjectInfo> objects = {Obj("iteration", "int", "10")};
+  for (int layer = 0; layer < 4; ++layer) {
+    for (const std::string& m : modules) {
+      objects.push_back(Obj(fmt::format("decoder.layers.{}._extra_state/shard_{}_4", m, layer), "NoneType", "None"));
+    }
+  }
+  objects.push_back(Obj("args", "argparse.Namespace", "argparse.Namespace(x=1)"));
+  std::vector<ObjectLine> lines = FoldObjects(objects);
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_EQ(lines[0].key, "iteration");
+  EXPECT_EQ(lines[1].key, "decoder.layers.self_attention.linear_proj._extra_state/shard_{0..3}_4");
+  EXPECT_EQ(lines[1].count, 4u);
+  EXPECT_EQ(lines[2].key, "decoder.layers.mlp.linear_fc1._extra_state/shard_{0..3}_4");
+  EXPECT_EQ(lines[2].count, 4u);
+  EXPECT_EQ(lines[3].key, "args");
+}
+
+TEST(FoldObjects, CutOrUnreadValuesNeverFold) {
+  // Equal text of a cut repr proves nothing about the values.
+  for (const std::string repr : {"[{'random_rng_state': (3, (2147483648, 681931688...", "<12 bytes in __0_0.distcp>"}) {
+    SCOPED_TRACE(repr);
+    std::vector<ObjectLine> lines = FoldObjects({Obj("rng_state/shard_0.0_2.2", "list", repr),
+                                                 Obj("rng_state/shard_0.1_2.2", "list", repr)});
+    ASSERT_EQ(lines.size(), 2u);
+    EXPECT_EQ(lines[0].key, "rng_state/shard_0.0_2.2");
+    EXPECT_EQ(lines[1].key, "rng_state/shard_0.1_2.2");
+  }
+}
+
+TEST(Inspect, TorchDistSampleFoldsObjectsAndJsonDoesNot) {
+  const std::string path = SourcePath("examples/torch_dist");
+  std::string text = InspectText(path);
+  EXPECT_THAT(text, HasSubstr("\n  decoder.layers.self_attention.linear_proj._extra_state/shard_{0..3}_4 (NoneType): "
+                              "None  (x4)\n"));
+  EXPECT_THAT(text,
+              HasSubstr("\n  decoder.layers.mlp.linear_fc2._extra_state/shard_{0..3}_4 (NoneType): None  (x4)\n"));
+  EXPECT_THAT(text,
+              HasSubstr("\n  common.pt:optimizer.optimizer.param_groups.0.params.{0..12} (int): {0..12}  (x13)\n"));
+  EXPECT_THAT(text, Not(HasSubstr("_extra_state/shard_2_4")));
+  // The RNG states are cut ("..."): one line each.
+  EXPECT_THAT(text, HasSubstr("\n  rng_state/shard_0.0_2.2 (list): "));
+  EXPECT_THAT(text, HasSubstr("\n  rng_state/shard_1.1_2.2 (list): "));
+  // Not folded: betas differ; fc1 / fc2 are names.
+  EXPECT_THAT(text, HasSubstr("\n  common.pt:optimizer.optimizer.param_groups.0.betas.0 (float): 0.9\n"));
+  EXPECT_THAT(text, HasSubstr("\n  common.pt:optimizer.optimizer.param_groups.0.betas.1 (float): 0.95\n"));
+
+  InspectOptions o;
+  o.path = path;
+  o.json = true;
+  std::ostringstream out;
+  ASSERT_TRUE(Inspect(o, out).ok());
+  nlohmann::json j = nlohmann::json::parse(out.str(), nullptr, false);
+  ASSERT_FALSE(j.is_discarded());
+  auto r = OpenCheckpoint(path, {nullptr, PickleMode::kInspect});
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(j["objects"].size(), (*r)->objects().size());
+  size_t extra_states = 0;
+  for (const auto& obj : j["objects"]) {
+    const std::string key = obj["key"].get<std::string>();
+    EXPECT_EQ(key.find('{'), std::string::npos) << key;
+    if (key.find("._extra_state/shard_") != std::string::npos) ++extra_states;
+  }
+  EXPECT_EQ(extra_states, 16u);
+}
+
+TEST(Inspect, MaxRowsBoundsTheObjectLines) {
+  const std::string path = SourcePath("examples/torch_dist");
+  auto r = OpenCheckpoint(path, {nullptr, PickleMode::kInspect});
+  ASSERT_TRUE(r.ok());
+  const size_t n = (*r)->objects().size();
+  std::string text = InspectText(path, 3);
+  const size_t at = text.find("Other objects");
+  ASSERT_NE(at, std::string::npos) << text;
+  std::istringstream objects(text.substr(at));
+  std::string line;
+  std::getline(objects, line);
+  std::vector<std::string> rows;
+  while (std::getline(objects, line) && !line.empty()) rows.push_back(line);
+  // Three lines (the first three modules' extra states, 4 objects each), then the rest counted.
+  ASSERT_EQ(rows.size(), 4u) << text;
+  EXPECT_THAT(rows[0], HasSubstr("linear_proj._extra_state/shard_{0..3}_4"));
+  EXPECT_THAT(rows[2], HasSubstr("linear_fc1._extra_state/shard_{0..3}_4"));
+  EXPECT_EQ(rows[3], "  ... " + std::to_string(n - 12) + " more objects (use --json for all)");
+  EXPECT_THAT(text, Not(HasSubstr("common.pt:iteration")));
+  // Without --max-rows every line is there.
+  EXPECT_THAT(InspectText(path), HasSubstr("common.pt:iteration (int): 10\n"));
 }
 
 // ---------------------------------------------------------------- RunConvert

@@ -3,7 +3,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <set>
+#include <unordered_map>
+#include <utility>
 
 #include "util/strings.h"
 
@@ -20,7 +23,193 @@ std::string Safe(std::string_view s) {
   return std::string(s);
 }
 
+// A piece of a key or repr: text, or a number FoldObjects may fold over.
+struct Token {
+  std::string text;
+  bool number = false;
+  uint64_t value = 0;
+};
+
+bool IsSeparator(char c) { return !std::isalnum(static_cast<unsigned char>(c)); }
+bool IsDigit(char c) { return c >= '0' && c <= '9'; }
+
+// Splits s into text and numbers: a number is a run of digits with a separator
+// (or an end) on each side, no leading zero, at most 18 digits (fits int64).
+std::vector<Token> Tokenize(std::string_view s) {
+  std::vector<Token> out;
+  std::string text;
+  for (size_t i = 0; i < s.size();) {
+    if (!IsDigit(s[i]) || (i > 0 && !IsSeparator(s[i - 1]))) {
+      text.push_back(s[i++]);
+      continue;
+    }
+    size_t j = i;
+    while (j < s.size() && IsDigit(s[j])) ++j;
+    const size_t len = j - i;
+    if ((j < s.size() && !IsSeparator(s[j])) || len > 18 || (len > 1 && s[i] == '0')) {
+      text.append(s.substr(i, len));
+    } else {
+      if (!text.empty()) out.push_back({std::move(text), false, 0});
+      text.clear();
+      out.push_back({std::string(s.substr(i, len)), true, std::stoull(std::string(s.substr(i, len)))});
+    }
+    i = j;
+  }
+  if (!text.empty()) out.push_back({std::move(text), false, 0});
+  return out;
+}
+
+constexpr size_t kNoPos = static_cast<size_t>(-1);
+
+// The index of the one number token in which a and b differ; kNoPos when they
+// are equal, differ in more than one token, or in text.
+size_t OneNumberApart(const std::vector<Token>& a, const std::vector<Token>& b) {
+  if (a.size() != b.size()) return kNoPos;
+  size_t pos = kNoPos;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].number != b[i].number) return kNoPos;
+    if (a[i].text == b[i].text) continue;
+    if (!a[i].number || pos != kNoPos) return kNoPos;
+    pos = i;
+  }
+  return pos;
+}
+
+// {0..15}, {0,2,4}, {0..3,8..11}: the numbers ascending, runs of three or more as a..b.
+std::string NumberSet(std::vector<uint64_t> v) {
+  std::sort(v.begin(), v.end());
+  std::vector<std::string> parts;
+  for (size_t i = 0; i < v.size();) {
+    size_t j = i;
+    while (j + 1 < v.size() && v[j + 1] == v[j] + 1) ++j;
+    if (j - i >= 2) {
+      parts.push_back(fmt::format("{}..{}", v[i], v[j]));
+    } else {
+      for (size_t k = i; k <= j; ++k) parts.push_back(std::to_string(v[k]));
+    }
+    i = j + 1;
+  }
+  return fmt::format("{{{}}}", fmt::join(parts, ","));
+}
+
+// The tokens' text with the token at pos replaced.
+std::string Join(const std::vector<Token>& tokens, size_t pos, std::string_view replacement) {
+  std::string out;
+  for (size_t i = 0; i < tokens.size(); ++i) out += i == pos ? replacement : std::string_view(tokens[i].text);
+  return out;
+}
+
+// A repr that is cut ("...": a long string, deep nesting, many items) or stands
+// for a value not read ("<12 bytes in __0_0.distcp>", "<unreadable: ...>") may
+// be equal for different values: such objects are never folded.
+bool ReprIsComplete(std::string_view repr) {
+  return repr.find("...") == std::string_view::npos && (repr.empty() || repr.front() != '<');
+}
+
+// A line being folded: its first object, and the number of its key that varies.
+struct Fold {
+  size_t first = 0;                  // index into objects
+  std::vector<Token> key;            // the first object's key, tokenized
+  size_t key_pos = kNoPos;           // the varying number; kNoPos while the line holds one object
+  bool counts = false;               // the repr is an integer: key number + delta
+  std::vector<uint64_t> numbers;     // the varying number of each object folded
+  std::set<uint64_t> seen;
+};
+
 }  // namespace
+
+std::vector<ObjectLine> FoldObjects(const std::vector<ObjectInfo>& objects) {
+  std::vector<Fold> folds;
+  // Where an object may join: its type, opaqueness and key with one number left
+  // out (the hole's index in the key too), then "=" and its repr, or "+" and its
+  // integer repr minus that number. The latest line registered under it.
+  std::unordered_map<std::string, size_t> open;
+  auto signature = [](const ObjectInfo& o, const std::vector<Token>& key, size_t pos, const std::string& value) {
+    return fmt::format("{}\x1f{}\x1f{}\x1f{}\x1f{}", o.type, o.opaque ? 1 : 0, pos, Join(key, pos, "#"), value);
+  };
+  for (size_t i = 0; i < objects.size(); ++i) {
+    const ObjectInfo& o = objects[i];
+    std::vector<Token> key = Tokenize(o.key);
+    std::vector<std::pair<std::string, bool>> sigs;  // (signature, counts)
+    if (ReprIsComplete(o.repr)) {
+      const std::vector<Token> repr = Tokenize(o.repr);
+      const bool integer = repr.size() == 1 && repr[0].number;
+      for (size_t p = 0; p < key.size(); ++p) {
+        if (!key[p].number) continue;
+        sigs.emplace_back(signature(o, key, p, "=" + o.repr), false);
+        if (integer) {
+          const int64_t delta = static_cast<int64_t>(repr[0].value) - static_cast<int64_t>(key[p].value);
+          sigs.emplace_back(signature(o, key, p, fmt::format("+{}", delta)), true);
+        }
+      }
+    }
+    // Join the earliest line that takes it: one whose number varies where this
+    // key's does (or that holds one object yet), in the same way, without this number.
+    size_t best = kNoPos, best_pos = kNoPos;
+    bool best_counts = false;
+    for (const auto& [sig, counts] : sigs) {
+      auto it = open.find(sig);
+      if (it == open.end() || (best != kNoPos && it->second >= best)) continue;
+      // The signature finds a line; this decides (a signature is no proof).
+      const Fold& f = folds[it->second];
+      const ObjectInfo& first = objects[f.first];
+      const size_t pos = OneNumberApart(f.key, key);
+      if (pos == kNoPos || first.type != o.type || first.opaque != o.opaque ||
+          (f.key_pos != kNoPos && (f.key_pos != pos || f.counts != counts)) || f.seen.count(key[pos].value)) {
+        continue;
+      }
+      if (!counts && first.repr != o.repr) continue;
+      if (counts) {
+        const std::vector<Token> a = Tokenize(first.repr), b = Tokenize(o.repr);
+        if (a.size() != 1 || !a[0].number || b.size() != 1 || !b[0].number ||
+            static_cast<int64_t>(b[0].value) - static_cast<int64_t>(key[pos].value) !=
+                static_cast<int64_t>(a[0].value) - static_cast<int64_t>(f.key[pos].value)) {
+          continue;
+        }
+      }
+      best = it->second;
+      best_pos = pos;
+      best_counts = counts;
+    }
+    if (best != kNoPos) {
+      Fold& f = folds[best];
+      if (f.key_pos == kNoPos) {
+        f.key_pos = best_pos;
+        f.counts = best_counts;
+        f.numbers.push_back(f.key[best_pos].value);
+        f.seen.insert(f.key[best_pos].value);
+      }
+      f.numbers.push_back(key[best_pos].value);
+      f.seen.insert(key[best_pos].value);
+      continue;
+    }
+    for (const auto& [sig, counts] : sigs) open[sig] = folds.size();
+    Fold f;
+    f.first = i;
+    f.key = std::move(key);
+    folds.push_back(std::move(f));
+  }
+
+  std::vector<ObjectLine> lines;
+  lines.reserve(folds.size());
+  for (const Fold& f : folds) {
+    const ObjectInfo& o = objects[f.first];
+    ObjectLine line{o.key, o.type, o.repr, o.opaque, 1};
+    if (f.key_pos != kNoPos) {
+      line.count = f.numbers.size();
+      line.key = Join(f.key, f.key_pos, NumberSet(f.numbers));
+      if (f.counts) {
+        const int64_t delta = static_cast<int64_t>(Tokenize(o.repr)[0].value) -
+                              static_cast<int64_t>(f.key[f.key_pos].value);
+        std::vector<uint64_t> values;
+        for (uint64_t n : f.numbers) values.push_back(static_cast<uint64_t>(static_cast<int64_t>(n) + delta));
+        line.repr = NumberSet(std::move(values));
+      }
+    }
+    lines.push_back(std::move(line));
+  }
+  return lines;
+}
 
 std::string HumanBytes(uint64_t n) {
   static const char* const kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
@@ -229,10 +418,20 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
     }
   }
   if (!reader->objects().empty()) {
+    // Folded (FoldObjects): one line per run of objects whose keys differ in one number.
     out << "\nOther objects (shown, never executed):\n";
-    for (const ObjectInfo& o : reader->objects()) {
-      out << fmt::format("  {} ({}{}): {}\n", Safe(o.key), Safe(o.type),
-                         o.opaque ? ", not on the allowlist" : "", Safe(o.repr));
+    const std::vector<ObjectLine> lines = FoldObjects(reader->objects());
+    size_t shown = 0;
+    for (const ObjectLine& l : lines) {
+      if (options.max_rows && shown == options.max_rows) {
+        size_t left = 0;
+        for (size_t i = shown; i < lines.size(); ++i) left += lines[i].count;
+        out << fmt::format("  ... {} more object{} (use --json for all)\n", left, left == 1 ? "" : "s");
+        break;
+      }
+      out << fmt::format("  {} ({}{}): {}{}\n", Safe(l.key), Safe(l.type), l.opaque ? ", not on the allowlist" : "",
+                         Safe(l.repr), l.count > 1 ? fmt::format("  (x{})", l.count) : "");
+      ++shown;
     }
   }
   return ProblemsStatus(details);

@@ -4,6 +4,7 @@
 
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -15,9 +16,35 @@ namespace ckpt::cli {
 struct InspectOptions {
   std::string path;
   bool json = false;
-  size_t max_rows = 0;  // 0: all tensors
+  // The text report shows at most this many rows of each list (tensors, objects
+  // after folding, data files), then "... N more"; 0: all. --json is never cut.
+  size_t max_rows = 0;
   Env* env = nullptr;
 };
+
+// One line of the text report's object list: objects folded into one. Objects
+// fold when their type and opaqueness are equal, their keys differ in one number
+// only (a run of decimal digits between separators, as the 3 in `layers.3.` or
+// the 5 in `shard_5_32`; not the 1 in `fc1`, nor a zero-padded `0000010`),
+// always the same one, and their values are equal or are integers that count
+// along with that number (`params.7: 7`, `params.8: 8`). Values shown cut
+// ("...") or not read ("<12 bytes in __0_0.distcp>") never fold: equal text
+// proves nothing there. Each object joins the earliest line that takes it, so
+// runs interleaved by the reader's order (a Megatron layer's four modules'
+// `_extra_state/shard_<layer>_<layers>`) fold too; lines keep the order of their
+// first objects. The varying number prints as the set it takes, ascending:
+// `{0..15}` (runs of three or more), `{0,2,4}`, `{0..3,8..11}`; in the value too
+// when it counts along.
+struct ObjectLine {
+  std::string key;   // the key, or the folded key: "decoder.layers.{0..3}.x"
+  std::string type;
+  std::string repr;  // the repr, or the folded repr
+  bool opaque = false;
+  size_t count = 1;  // how many objects this line stands for
+};
+
+// objects folded as above; the counts add up to objects.size().
+std::vector<ObjectLine> FoldObjects(const std::vector<ObjectInfo>& objects);
 
 // The JSON document `inspect --json` prints:
 // {"path", "format", "tensors": [{"key","dtype","shape","nbytes", ...}],
