@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <optional>
 #include <set>
 #include <unordered_map>
 #include <utility>
@@ -112,6 +113,7 @@ struct Fold {
   std::vector<Token> key;            // the first object's key, tokenized
   size_t key_pos = kNoPos;           // the varying number; kNoPos while the line holds one object
   bool counts = false;               // the repr is an integer: key number + delta
+  std::optional<uint64_t> integer;   // the first object's repr, when it is an integer
   std::vector<uint64_t> numbers;     // the varying number of each object folded
   std::set<uint64_t> seen;
 };
@@ -131,14 +133,15 @@ std::vector<ObjectLine> FoldObjects(const std::vector<ObjectInfo>& objects) {
     const ObjectInfo& o = objects[i];
     std::vector<Token> key = Tokenize(o.key);
     std::vector<std::pair<std::string, bool>> sigs;  // (signature, counts)
+    std::optional<uint64_t> integer;                 // the repr, when it is an integer
     if (ReprIsComplete(o.repr)) {
       const std::vector<Token> repr = Tokenize(o.repr);
-      const bool integer = repr.size() == 1 && repr[0].number;
+      if (repr.size() == 1 && repr[0].number) integer = repr[0].value;
       for (size_t p = 0; p < key.size(); ++p) {
         if (!key[p].number) continue;
         sigs.emplace_back(signature(o, key, p, "=" + o.repr), false);
         if (integer) {
-          const int64_t delta = static_cast<int64_t>(repr[0].value) - static_cast<int64_t>(key[p].value);
+          const int64_t delta = static_cast<int64_t>(*integer) - static_cast<int64_t>(key[p].value);
           sigs.emplace_back(signature(o, key, p, fmt::format("+{}", delta)), true);
         }
       }
@@ -159,13 +162,10 @@ std::vector<ObjectLine> FoldObjects(const std::vector<ObjectInfo>& objects) {
         continue;
       }
       if (!counts && first.repr != o.repr) continue;
-      if (counts) {
-        const std::vector<Token> a = Tokenize(first.repr), b = Tokenize(o.repr);
-        if (a.size() != 1 || !a[0].number || b.size() != 1 || !b[0].number ||
-            static_cast<int64_t>(b[0].value) - static_cast<int64_t>(key[pos].value) !=
-                static_cast<int64_t>(a[0].value) - static_cast<int64_t>(f.key[pos].value)) {
-          continue;
-        }
+      if (counts && (!f.integer || !integer ||
+                     static_cast<int64_t>(*integer) - static_cast<int64_t>(key[pos].value) !=
+                         static_cast<int64_t>(*f.integer) - static_cast<int64_t>(f.key[pos].value))) {
+        continue;
       }
       best = it->second;
       best_pos = pos;
@@ -187,6 +187,7 @@ std::vector<ObjectLine> FoldObjects(const std::vector<ObjectInfo>& objects) {
     Fold f;
     f.first = i;
     f.key = std::move(key);
+    f.integer = integer;
     folds.push_back(std::move(f));
   }
 
@@ -199,8 +200,7 @@ std::vector<ObjectLine> FoldObjects(const std::vector<ObjectInfo>& objects) {
       line.count = f.numbers.size();
       line.key = Join(f.key, f.key_pos, NumberSet(f.numbers));
       if (f.counts) {
-        const int64_t delta = static_cast<int64_t>(Tokenize(o.repr)[0].value) -
-                              static_cast<int64_t>(f.key[f.key_pos].value);
+        const int64_t delta = static_cast<int64_t>(*f.integer) - static_cast<int64_t>(f.key[f.key_pos].value);
         std::vector<uint64_t> values;
         for (uint64_t n : f.numbers) values.push_back(static_cast<uint64_t>(static_cast<int64_t>(n) + delta));
         line.repr = NumberSet(std::move(values));
