@@ -532,22 +532,24 @@ Result<HfModel> ParseHfConfig(const nlohmann::json& j) {
     if (j.contains(k) && j[k].is_number_integer()) return j[k].get<int64_t>();
     return std::nullopt;
   };
-  auto getd = [&](const char* k) -> std::optional<double> {
-    if (j.contains(k) && j[k].is_number()) return j[k].get<double>();
-    return std::nullopt;
-  };
   auto req = [&](const char* k) -> Result<int64_t> {
     if (auto v = geti(k)) return *v;
     return InvalidArgumentError(StrCat("HF config: ", k, " is missing or not an integer"));
   };
-  c.vocab_size = geti("vocab_size");
-  if (!c.vocab_size) return InvalidArgumentError("HF config: vocab_size is missing");
+  // Every integer field read below: another type is an error here (geti would
+  // take it as absent and a default would stand in silently), and a size is
+  // checked before any arithmetic on it.
   for (const char* k : {"vocab_size", "n_layer", "n_embd", "n_head", "n_inner", "n_positions", "num_hidden_layers",
                         "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
                         "max_position_embeddings", "num_local_experts", "num_experts", "num_experts_per_tok",
-                        "moe_intermediate_size"}) {
-    if (auto v = geti(k)) CKPT_RETURN_IF_ERROR(InRange(StrCat("HF config: ", k), *v));
+                        "moe_intermediate_size", "sliding_window", "decoder_sparse_step"}) {
+    if (j.contains(k) && !j[k].is_null() && !j[k].is_number_integer()) {
+      return InvalidArgumentError(StrCat(kWhere, k, " is not an integer"));
+    }
+    if (auto v = geti(k)) CKPT_RETURN_IF_ERROR(InRange(StrCat(kWhere, k), *v));
   }
+  c.vocab_size = geti("vocab_size");
+  if (!c.vocab_size) return InvalidArgumentError("HF config: vocab_size is missing");
   for (const char* k : {"num_attention_heads", "n_head"}) {
     if (auto v = geti(k); v && *v == 0) return InvalidArgumentError(StrCat("HF config: ", k, " is 0"));
   }
@@ -561,7 +563,7 @@ Result<HfModel> ParseHfConfig(const nlohmann::json& j) {
     c.ffn_hidden_size = geti("n_inner").value_or(4 * c.hidden_size);
     c.max_position_embeddings = geti("n_positions").value_or(1024);
     c.norm = Norm::kLayerNorm;
-    c.norm_epsilon = getd("layer_norm_epsilon").value_or(1e-5);
+    CKPT_ASSIGN_OR_RETURN(c.norm_epsilon, NumField(j, kWhere, "layer_norm_epsilon", 1e-5));
     CKPT_ASSIGN_OR_RETURN(const std::string act, StrField(j, kWhere, "activation_function", "gelu_new"));
     if (act == "gelu_new" || act == "gelu_pytorch_tanh" || act == "gelu_fast") {
       c.activation = Activation::kGeluTanh;
@@ -588,7 +590,7 @@ Result<HfModel> ParseHfConfig(const nlohmann::json& j) {
   c.ffn_hidden_size = geti("intermediate_size").value_or(0);
   c.max_position_embeddings = geti("max_position_embeddings").value_or(0);
   c.norm = Norm::kRMSNorm;
-  c.norm_epsilon = getd("rms_norm_eps").value_or(1e-6);
+  CKPT_ASSIGN_OR_RETURN(c.norm_epsilon, NumField(j, kWhere, "rms_norm_eps", 1e-6));
   CKPT_ASSIGN_OR_RETURN(const std::string act, StrField(j, kWhere, "hidden_act", "silu"));
   if (act != "silu") return InvalidArgumentError(StrCat("HF config: hidden_act ", Quote(act), " is not silu"));
   c.activation = Activation::kSwiGLU;
@@ -619,8 +621,8 @@ Result<HfModel> ParseHfConfig(const nlohmann::json& j) {
   } else if (rope_type != "default") {
     return InvalidArgumentError(StrCat("HF config: rope type ", Quote(rope_type), " is not supported"));
   }
-  if (j.contains("partial_rotary_factor") && j["partial_rotary_factor"].is_number() &&
-      j["partial_rotary_factor"].get<double>() != 1.0) {
+  CKPT_ASSIGN_OR_RETURN(const double partial_rotary, NumField(j, kWhere, "partial_rotary_factor", 1.0));
+  if (partial_rotary != 1.0) {
     return InvalidArgumentError("HF config: partial_rotary_factor != 1 is not supported");
   }
   switch (m.family) {

@@ -299,6 +299,8 @@ TEST(Config, HfConfigFieldsOfTheWrongTypeAreNamed) {
   const std::vector<Case> cases = {
       {"model_type", 5},         {"hidden_act", nlohmann::json::array()}, {"tie_word_embeddings", "yes"},
       {"attention_bias", 1},     {"mlp_bias", "false"},                   {"rope_theta", "1e4"},
+      {"num_key_value_heads", "2"}, {"intermediate_size", 48.5},          {"rms_norm_eps", "1e-6"},
+      {"vocab_size", "100"},
   };
   for (const Case& k : cases) {
     SCOPED_TRACE(k.key);
