@@ -300,6 +300,146 @@ Result<Plan> PlanImport(const ModelConfig& c, Family family, std::string_view la
                         int64_t padded_vocab,
                         const std::function<bool(std::string_view)>& has_tensor);
 
+
+// ---------------------------------------------------------------------------
+// Parameters of a model chunk, and the distributed optimizer's buffers
+//
+// megatron-core's DistributedDataParallel copies every parameter of a model
+// chunk into contiguous buffers (one per (param dtype, grad dtype); expert
+// parameters, when EP > 1, into separate ones) and cuts each buffer into
+// buckets; the DistributedOptimizer shards each bucket evenly over the
+// data-parallel ranks. Legacy `distrib_optim.pt` files and torch_dist
+// `dp_reshardable` / `dp_zero_gather_scatter` optimizer state are these
+// buffers, so reading them means recomputing where each parameter lies.
+// This section does that, exactly as megatron-core 0.16.1 / 0.19.2 do
+// (distributed_data_parallel.py, param_and_grad_buffer.py
+// _ParamAndGradBuffer.__init__, distrib_optimizer.py); docs/format.md §10
+// has the rules and a worked example; tests/golden/legacy/*/layout.json,
+// dumped from the real DDP, check them.
+
+// Which module classes build a transformer layer: megatron-core's local spec
+// (get_gpt_layer_local_spec: separate norm modules) or the Transformer Engine
+// spec (norms fused into TE's LayerNormLinear, `linear_qkv.layer_norm_weight`).
+enum class LayerSpec { kLocal, kTransformerEngine };
+// "local" / "te"; ParseLayerSpec also accepts "transformer_engine".
+std::string_view LayerSpecName(LayerSpec s);
+Result<LayerSpec> ParseLayerSpec(std::string_view name);
+
+// How tensor-parallel ranks split a parameter (the merge of the TP shards is
+// the global tensor, as torch_dist stores it).
+enum class TpSplit {
+  kNone,       // replicated: every TP rank holds the whole tensor
+  kRows,       // dim 0 (ColumnParallelLinear, VocabParallelEmbedding)
+  kCols,       // dim 1 (RowParallelLinear)
+  kGatedRows,  // SwiGLU fc1: each shard is [gate_r; up_r]; global [gate_0..gate_n; up_0..up_n]
+};
+
+// Where one chunk of a model sits: pipeline rank, virtual stage, tensor and
+// expert ranks.
+struct ChunkCoords {
+  int64_t pp_rank = 0;
+  int64_t vp_stage = 0;
+  int64_t tp_rank = 0;   // the dense TP rank
+  int64_t ep_rank = 0;   // the expert-parallel rank (experts held: E/ep from ep_rank*E/ep)
+  int64_t etp_rank = 0;  // the expert-tensor-parallel rank
+};
+
+// One parameter of a model chunk, in registration order (named_parameters()).
+struct ChunkParam {
+  std::string module_name;  // the chunk's named_parameters() name: local layer / expert numbers
+  std::string global_name;  // torch_dist naming with global numbers (see TorchDistCandidates):
+                            // "decoder.layers.3.self_attention.linear_qkv.layer_norm_weight",
+                            // "decoder.layers.3.mlp.experts.experts.5.linear_fc1.weight"
+  std::vector<int64_t> shape;         // this rank's shard
+  std::vector<int64_t> global_shape;  // all TP shards merged
+  TpSplit split = TpSplit::kNone;
+  int64_t tp_size = 1;  // ranks the split is over (tp, or etp for experts)
+  int64_t tp_rank = 0;
+  bool expert = false;            // allreduce == False: in the expert-parallel buffers (EP > 1)
+  bool shared_embedding = false;  // a tied embedding / output weight with PP > 1 (its own bucket)
+  int64_t numel() const;
+};
+
+// The parameters of chunk `at` of a GPTModel built from `c` at layout `l` with
+// `spec`, in megatron-core's registration order (GPTModel: embedding, decoder
+// layers, final norm, output layer; inside a layer: norms, linear_proj before
+// linear_qkv, q/k norms, MLP or router + experts + shared experts).
+// Errors: InvalidArgument when the config or layout is invalid, the coords
+// are out of range, or a size does not divide by its TP size (naming it).
+Result<std::vector<ChunkParam>> ChunkParameters(const ModelConfig& c, const ParallelLayout& l, LayerSpec spec,
+                                                const ChunkCoords& at);
+
+// The slice of global tensor `p.global_shape` that rank p.tp_rank holds, as
+// row (dim 0) or column ranges: for kGatedRows two row ranges (gate, up).
+struct ShardRange {
+  int dim = 0;
+  int64_t begin = 0;
+  int64_t end = 0;
+};
+std::vector<ShardRange> ShardRanges(const ChunkParam& p);
+
+// How DistributedDataParallel was configured for a chunk.
+struct BufferOptions {
+  int64_t dp = 1;         // ranks of the buffer's data-parallel group (dense: DP x CP; expert: expert DP)
+  // DDP bucket size of this chunk (elements); nullopt: one bucket per buffer
+  // (no --overlap-grad-reduce, PP rank > 0, VPP stage > 0). See
+  // DefaultBucketSize.
+  std::optional<int64_t> bucket_size;
+  bool grad_reduce_in_fp32 = true;  // accumulate_allreduce_grads_in_fp32
+  bool pad_buckets_for_high_nccl_busbw = false;
+};
+
+// The bucket size Megatron-LM's DDP config gives a chunk:
+// max(40e6, 1e6 * dp) with overlap_grad_reduce (or `ddp_bucket_size` when
+// set), none without, and none for PP rank > 0 or VPP stage > 0.
+std::optional<int64_t> DefaultBucketSize(bool overlap_grad_reduce, std::optional<int64_t> ddp_bucket_size,
+                                         int64_t dp, const ChunkCoords& at);
+
+struct BufferBucket {
+  int64_t offset = 0;          // first element in the buffer
+  int64_t numel = 0;           // padded size (a multiple of lcm(dp, 128))
+  int64_t numel_unpadded = 0;  // up to the end of its last parameter
+};
+
+// One parameter's place: [start, end) in the buffer, in bucket `bucket`.
+struct BufferParam {
+  size_t param = 0;  // index into the chunk's ChunkParameters
+  int64_t start = 0;
+  int64_t end = 0;
+  int64_t bucket = 0;
+};
+
+// One _ParamAndGradBuffer.
+struct ParamBuffer {
+  int64_t chunk = 0;  // model chunk (VPP stage) index on this PP rank
+  bool expert = false;
+  DType param_dtype = DType::kFloat32;
+  DType grad_dtype = DType::kFloat32;
+  int64_t dp = 1;
+  std::vector<BufferParam> params;  // layout order: reverse registration order
+  std::vector<BufferBucket> buckets;
+  int64_t numel = 0;           // padded total
+  int64_t numel_unpadded = 0;  // sum of the buckets' numel_unpadded
+
+  // Offset of `p` in the buffer's "world" tensor as distrib_optim.pt (format
+  // with buckets_coalesced) stores it: each bucket's end padding stripped,
+  // the 64-element alignment gaps between parameters kept.
+  int64_t WorldOffset(const BufferParam& p) const;
+  // The [begin, end) of the buffer that DP rank r owns in bucket b.
+  std::pair<int64_t, int64_t> RankRange(int64_t bucket, int64_t r) const;
+};
+
+// The buffers of one chunk's parameters, dense (expert == false) or expert,
+// in the order DDP creates them (first appearance of each dtype pair).
+// `params` is ChunkParameters' result; `param_dtype` the model's.
+// Errors: InvalidArgument (dp < 1, a bucket size < 1).
+Result<std::vector<ParamBuffer>> BuildBuffers(const std::vector<ChunkParam>& params, int64_t chunk, bool expert,
+                                              DType param_dtype, const BufferOptions& options);
+
+// "(torch.bfloat16, torch.float32)": the dtype-pair key megatron-core uses
+// in distrib_optim.pt and in dp_reshardable key names.
+std::string DTypePairName(DType param_dtype, DType grad_dtype);
+
 }  // namespace ckpt::model
 
 #endif  // CKPT_MODEL_H_
