@@ -440,6 +440,41 @@ Result<std::vector<ParamBuffer>> BuildBuffers(const std::vector<ChunkParam>& par
 // in distrib_optim.pt and in dp_reshardable key names.
 std::string DTypePairName(DType param_dtype, DType grad_dtype);
 
+
+// How DistributedDataParallel and the distributed optimizer were set up
+// (Megatron-LM args: overlap_grad_reduce, ddp_bucket_size,
+// accumulate_allreduce_grads_in_fp32, ddp_pad_buckets_for_high_nccl_busbw,
+// num_distributed_optimizer_instances; see DistOptFromArgs in
+// src/model/args.h).
+struct DistOptSettings {
+  LayerSpec spec = LayerSpec::kLocal;
+  DType params_dtype = DType::kFloat32;
+  bool overlap_grad_reduce = false;
+  std::optional<int64_t> ddp_bucket_size;  // args.ddp_bucket_size; nullopt: DefaultBucketSize's rule
+  bool grad_reduce_in_fp32 = true;
+  bool pad_buckets_for_high_nccl_busbw = false;
+  int64_t num_instances = 1;  // num_distributed_optimizer_instances
+};
+
+// The distributed optimizer of one model-parallel rank (tp, pp, ep, etp),
+// which is one legacy rank folder: the parameters of each of its model
+// chunks (VPP stages) and the buffers of its sub-optimizers in gbuf_idx
+// order: the dense optimizer's (chunk 0's buffers, then chunk 1's, ...)
+// and, with EP > 1, the expert optimizer's, built the same way.
+struct RankOptimizer {
+  ChunkCoords at;  // vp_stage unused
+  std::vector<std::vector<ChunkParam>> chunks;
+  std::vector<ParamBuffer> dense;
+  std::vector<ParamBuffer> expert;
+  int64_t dense_dp = 1;   // DP x CP / instances
+  int64_t expert_dp = 1;  // TP x CP x DP / (EP x ETP) / instances
+};
+
+// Errors: as ChunkParameters; InvalidArgument when the expert grid does not
+// divide or the instances do not divide the DP size.
+Result<RankOptimizer> BuildRankOptimizer(const ModelConfig& c, const ParallelLayout& l, const DistOptSettings& s,
+                                         const ChunkCoords& at);
+
 }  // namespace ckpt::model
 
 #endif  // CKPT_MODEL_H_

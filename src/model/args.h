@@ -34,6 +34,15 @@ Result<ModelConfig> ConfigFromArgs(const megatron::CommonState* common, const Sh
 // Errors: as ParallelLayout::Validate.
 Result<ParallelLayout> LayoutFromArgs(const megatron::CommonState& common);
 
+// How DDP and the distributed optimizer were configured, from args
+// (overlap_grad_reduce, ddp_bucket_size, accumulate_allreduce_grads_in_fp32 /
+// grad_reduce_in_bf16, ddp_pad_buckets_for_high_nccl_busbw,
+// num_distributed_optimizer_instances, bf16 / fp16 for the params dtype,
+// transformer_impl for the layer spec). Absent fields take Megatron-LM's
+// defaults; `spec` overrides transformer_impl when the caller knows better
+// (a legacy file's own parameter names).
+DistOptSettings DistOptFromArgs(const megatron::CommonState& common, std::optional<LayerSpec> spec);
+
 // A float arg (kFloat, or an int); nullopt when absent or None.
 std::optional<double> ArgDouble(const megatron::CommonState& c, std::string_view name);
 

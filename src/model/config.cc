@@ -358,6 +358,34 @@ Result<ParallelLayout> LayoutFromArgs(const megatron::CommonState& a) {
   return l;
 }
 
+
+DistOptSettings DistOptFromArgs(const megatron::CommonState& a, std::optional<LayerSpec> spec) {
+  DistOptSettings s;
+  if (spec) {
+    s.spec = *spec;
+  } else {
+    const std::optional<std::string> impl = ArgString(a, "transformer_impl");
+    s.spec = impl && *impl == "local" ? LayerSpec::kLocal : LayerSpec::kTransformerEngine;
+  }
+  if (ArgBool(a, "bf16").value_or(false)) {
+    s.params_dtype = DType::kBFloat16;
+  } else if (ArgBool(a, "fp16").value_or(false)) {
+    s.params_dtype = DType::kFloat16;
+  }
+  s.overlap_grad_reduce = ArgBool(a, "overlap_grad_reduce").value_or(false);
+  s.ddp_bucket_size = ArgInt(a, "ddp_bucket_size");
+  // arguments.py: bf16 forces accumulate_allreduce_grads_in_fp32 unless
+  // --grad-reduce-in-bf16; the stored value is the final one.
+  if (auto fp32 = ArgBool(a, "accumulate_allreduce_grads_in_fp32")) {
+    s.grad_reduce_in_fp32 = *fp32;
+  } else {
+    s.grad_reduce_in_fp32 = s.params_dtype == DType::kBFloat16 && !ArgBool(a, "grad_reduce_in_bf16").value_or(false);
+  }
+  s.pad_buckets_for_high_nccl_busbw = ArgBool(a, "ddp_pad_buckets_for_high_nccl_busbw").value_or(false);
+  s.num_instances = ArgInt(a, "num_distributed_optimizer_instances").value_or(1);
+  return s;
+}
+
 // ---------------------------------------------------------------------------
 // HF config.json
 

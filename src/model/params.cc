@@ -370,6 +370,44 @@ std::pair<int64_t, int64_t> ParamBuffer::RankRange(int64_t bucket, int64_t r) co
   return {k.offset + r * share, k.offset + (r + 1) * share};
 }
 
+Result<RankOptimizer> BuildRankOptimizer(const ModelConfig& c, const ParallelLayout& l, const DistOptSettings& s,
+                                         const ChunkCoords& at) {
+  CKPT_RETURN_IF_ERROR(l.Validate());
+  RankOptimizer r;
+  r.at = at;
+  r.at.vp_stage = 0;
+  const int64_t dense_group = l.dp * l.cp;
+  const int64_t expert_grid = l.ep * l.etp;
+  if ((l.tp * l.cp * l.dp) % expert_grid != 0) {
+    return InvalidArgumentError(StrCat("ep=", l.ep, " * etp=", l.etp, " does not divide tp*cp*dp=", l.tp * l.cp * l.dp));
+  }
+  const int64_t expert_group = l.tp * l.cp * l.dp / expert_grid;
+  if (s.num_instances < 1 || dense_group % s.num_instances != 0 || expert_group % s.num_instances != 0) {
+    return InvalidArgumentError(StrCat("num_distributed_optimizer_instances=", s.num_instances,
+                                       " does not divide the data-parallel size ", dense_group));
+  }
+  r.dense_dp = dense_group / s.num_instances;
+  r.expert_dp = expert_group / s.num_instances;
+  for (int64_t v = 0; v < l.vpp; ++v) {
+    ChunkCoords cc = at;
+    cc.vp_stage = v;
+    CKPT_ASSIGN_OR_RETURN(std::vector<ChunkParam> params, ChunkParameters(c, l, s.spec, cc));
+    for (bool expert : {false, true}) {
+      BufferOptions o;
+      o.dp = expert ? r.expert_dp : r.dense_dp;
+      // DDP reads the bucket size from the dense DP group for both kinds.
+      o.bucket_size = DefaultBucketSize(s.overlap_grad_reduce, s.ddp_bucket_size, l.dp, cc);
+      o.grad_reduce_in_fp32 = s.grad_reduce_in_fp32;
+      o.pad_buckets_for_high_nccl_busbw = s.pad_buckets_for_high_nccl_busbw;
+      CKPT_ASSIGN_OR_RETURN(std::vector<ParamBuffer> b, BuildBuffers(params, v, expert, s.params_dtype, o));
+      std::vector<ParamBuffer>& dst = expert ? r.expert : r.dense;
+      for (ParamBuffer& x : b) dst.push_back(std::move(x));
+    }
+    r.chunks.push_back(std::move(params));
+  }
+  return r;
+}
+
 std::string DTypePairName(DType param_dtype, DType grad_dtype) {
   return StrCat("(torch.", DTypeName(param_dtype), ", torch.", DTypeName(grad_dtype), ")");
 }
