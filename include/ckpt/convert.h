@@ -27,6 +27,7 @@
 #include <string_view>
 #include <vector>
 
+#include "ckpt/checkpoint.h"
 #include "ckpt/env.h"
 #include "ckpt/status.h"
 
@@ -179,6 +180,24 @@ struct ConvertReport {
 // to=hf; I/O errors naming the file.
 Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
                               const ConvertOptions& options);
+
+// Opens a Megatron checkpoint in model space: every tensor the checkpoint
+// stores, plus `optimizer.state.<state>.<key>` for each model key and each
+// optimizer state ("param" = fp32 main parameters, "exp_avg", "exp_avg_sq")
+// shaped like the model tensor, also where the distributed optimizer stored
+// them as flat buckets (dp_reshardable), reassembled with the buffer layout
+// that the model layer recomputes from args (and checks against every
+// stored bucket size). Any other checkpoint opens as OpenCheckpoint does.
+// Errors: those of OpenCheckpoint; InvalidArgument (args missing or
+// contradicting the shapes); DataLoss (buckets that do not match the
+// recomputed layout, naming the key and both sizes); Unimplemented
+// (dp_zero_gather_scatter, expert-parallel buckets).
+Result<std::unique_ptr<CheckpointReader>> OpenModelSpace(const std::string& path, const OpenOptions& options = {});
+
+// The model-space key of optimizer state `state` of model tensor `key`:
+// "optimizer.state.<state>.<key>" (`state` "param" also answers "fp32_param"
+// and "main_param" ... as written: no aliasing here).
+std::string OptimizerStateKey(std::string_view state, std::string_view key);
 
 }  // namespace ckpt
 

@@ -19,6 +19,7 @@
 #include "ckpt/writer.h"
 #include "convert/cast.h"
 #include "convert/dcp_entries.h"
+#include "convert/megatron_view.h"
 #include "convert/read_ahead.h"
 #include "format/megatron/megatron.h"
 #include "format/megatron/writer.h"
@@ -205,62 +206,6 @@ bool IsWeightFileName(std::string_view name, bool bin) {
   return true;
 }
 
-// The torch_dist source: reader, its common state and the stored shapes.
-struct TorchDistSource {
-  std::unique_ptr<CheckpointReader> reader;
-  const DcpReader* dcp = nullptr;
-  std::unique_ptr<torch::TorchFile> common_file;
-  std::optional<megatron::CommonState> common;
-  std::map<std::string, size_t, std::less<>> by_key;
-};
-
-Result<TorchDistSource> OpenTorchDist(const std::string& src, Env* env) {
-  TorchDistSource s;
-  OpenOptions open;
-  open.env = env;
-  open.pickle_mode = PickleMode::kInspect;  // args may hold Megatron enums; nothing runs
-  CKPT_ASSIGN_OR_RETURN(s.reader, OpenCheckpoint(src, open), StrCat("reading ", src));
-  s.dcp = s.reader->dcp_view();
-  if (s.dcp == nullptr || s.reader->kind() != SourceKind::kTorchDist) {
-    return InvalidArgumentError(StrCat(src, " is a ", s.reader->format(),
-                                       " checkpoint; to=\"hf\" converts a Megatron-Core torch_dist checkpoint "
-                                       "(a root with latest_checkpointed_iteration.txt or an iter_XXXXXXX folder)"));
-  }
-  const std::string common_pt = JoinPath(s.dcp->folder(), megatron::kCommonFileName);
-  std::string common_name;
-  if (env->FileExists(common_pt)) {
-    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> f, env->NewRandomAccessFile(common_pt));
-    std::shared_ptr<const ByteSource> bs(std::move(f));
-    CKPT_ASSIGN_OR_RETURN(s.common_file, torch::TorchFile::Open(bs, pickle::Mode::kInspect), common_pt);
-    common_name = common_pt;
-  } else if (int64_t ei = s.dcp->metadata().FindEntry(megatron::kCommonStateKey); ei >= 0) {
-    CKPT_ASSIGN_OR_RETURN(s.common_file, s.dcp->OpenBytes(s.dcp->metadata().entries[ei], pickle::Mode::kInspect),
-                          StrCat(src, ": ", megatron::kCommonStateKey));
-    common_name = megatron::kCommonStateKey;
-  }
-  if (s.common_file) {
-    CKPT_ASSIGN_OR_RETURN(megatron::CommonState cs, megatron::ExtractCommonState(s.common_file->root(), common_name));
-    s.common = std::move(cs);
-  }
-  const std::vector<TensorInfo>& ts = s.reader->tensors();
-  for (size_t i = 0; i < ts.size(); ++i) s.by_key.emplace(ts[i].key, i);
-  return s;
-}
-
-// The first stored key holding a module tensor.
-std::optional<model::StoredRef> FindStored(const TorchDistSource& s, std::string_view module_name) {
-  for (model::StoredRef& r : model::TorchDistCandidates(module_name)) {
-    auto it = s.by_key.find(r.key);
-    if (it == s.by_key.end()) continue;
-    const TensorInfo& t = s.reader->tensors()[it->second];
-    if (t.shape.size() < r.index.size()) continue;
-    bool inside = true;
-    for (size_t d = 0; d < r.index.size(); ++d) inside = inside && r.index[d] < t.shape[d];
-    if (inside) return r;
-  }
-  return std::nullopt;
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -272,7 +217,7 @@ Result<ConvertReport> ConvertToHf(const std::string& src, const std::string& dst
   if (EndsWith(dst, ".safetensors") || EndsWith(dst, ".json") || EndsWith(dst, ".bin")) {
     return InvalidArgumentError(StrCat("destination ", dst, " names a file, but an HF model is a folder"));
   }
-  CKPT_ASSIGN_OR_RETURN(TorchDistSource s, OpenTorchDist(src, env));
+  CKPT_ASSIGN_OR_RETURN(TorchDistSource s, OpenTorchDist(src, env, "to=\"hf\" converts"));
   const CheckpointReader& reader = *s.reader;
 
   // The model: args, cross-checked with the stored shapes, then the user's HF config.

@@ -24,6 +24,10 @@ void RegisterGet(CLI::App& app, int* exit_code) {
                   "safetensors, pt or npy (default: from the output's extension: .safetensors,\n"
                   ".pt/.pth/.bin, .npy). .npy refuses dtypes numpy lacks (bfloat16, float8_*)")
       ->check(CLI::IsMember({"safetensors", "pt", "torch", "npy"}));
+  cmd->add_option("--optimizer", opts->optimizer,
+                  "write the optimizer state of KEY instead of KEY itself: param (fp32 main\n"
+                  "parameters), exp_avg or exp_avg_sq, shaped like KEY whatever the distributed\n"
+                  "optimizer's layout (a Megatron checkpoint)");
   cmd->add_flag("--json", opts->json,
                 "print {key, dtype, shape, slice, nbytes, output, format} (shape of the output)");
   cmd->callback([opts, cmd, exit_code] {

@@ -7,6 +7,7 @@
 #include <charconv>
 #include <nlohmann/json.hpp>
 
+#include "ckpt/convert.h"
 #include "ckpt/writer.h"
 #include "lib/inspect.h"
 #include "util/strings.h"
@@ -317,10 +318,18 @@ Status RunGet(const GetOptions& options, std::ostream& out) {
   Env* env = options.env ? options.env : Env::Default();
   OpenOptions open;
   open.env = env;
+  const std::string key =
+      options.optimizer.empty() ? options.key : OptimizerStateKey(options.optimizer, options.key);
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader,
                         OpenCheckpoint(options.path, open));
-  Result<size_t> found = reader->Find(options.key);
-  if (!found.ok()) return NotFoundWithSuggestions(*reader, options.key);
+  Result<size_t> found = reader->Find(key);
+  if (!found.ok() && key.rfind("optimizer.state.", 0) == 0 && reader->kind() == SourceKind::kTorchDist) {
+    // Not stored model-space: assemble it from the optimizer's buffers.
+    reader.reset();
+    CKPT_ASSIGN_OR_RETURN(reader, OpenModelSpace(options.path, open));
+    found = reader->Find(key);
+  }
+  if (!found.ok()) return NotFoundWithSuggestions(*reader, key);
   const size_t index = *found;
   const TensorInfo& info = reader->tensors()[index];
 

@@ -78,6 +78,11 @@ struct GetOptions {
   std::string output;  // -o
   std::string format;  // "", "safetensors", "pt" (or "torch"), "npy"; "" = from output's extension
   bool json = false;
+  // --optimizer: the optimizer state ("param", "exp_avg", "exp_avg_sq") of
+  // model tensor `key`, read from the Megatron checkpoint in model space
+  // (OpenModelSpace): the key "optimizer.state.<optimizer>.<key>", shaped like
+  // the model tensor whatever the optimizer's sharding type.
+  std::string optimizer;
   Env* env = nullptr;  // nullptr: Env::Default()
 };
 
@@ -90,6 +95,8 @@ Result<std::string> ResolveGetFormat(const GetOptions& options);
 // (or, with json, {"key","dtype","shape","slice","nbytes","output","format"})
 // to out. The output is written atomically: on error, nothing is left at
 // options.output but what was there before.
+// A key "optimizer.state.<state>.<key>" that the checkpoint does not store
+// as such is also looked up in model space.
 // Errors: NotFound "no tensor named 'K'" (with up to 5 close keys) for an
 // unknown key; InvalidArgument for a bad slice, an unknown format or a dtype
 // the output format cannot hold (e.g. bfloat16 in .npy); those of

@@ -1,0 +1,399 @@
+// MegatronView: a Megatron checkpoint's state in model space (see megatron_view.h).
+#include "convert/megatron_view.h"
+
+#include "ckpt/convert.h"
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+#include "checkpoint/readers.h"
+#include "io/path_util.h"
+#include "model/args.h"
+#include "util/box.h"
+#include "util/strings.h"
+
+namespace ckpt::internal_convert {
+
+using internal_checkpoint::DcpReader;
+
+Result<TorchDistSource> OpenTorchDist(const std::string& src, Env* env, std::string_view purpose) {
+  TorchDistSource s;
+  OpenOptions open;
+  open.env = env;
+  open.pickle_mode = PickleMode::kInspect;  // args may hold Megatron enums; nothing runs
+  CKPT_ASSIGN_OR_RETURN(s.reader, OpenCheckpoint(src, open), StrCat("reading ", src));
+  s.dcp = s.reader->dcp_view();
+  if (s.dcp == nullptr || s.reader->kind() != SourceKind::kTorchDist) {
+    return InvalidArgumentError(StrCat(src, " is a ", s.reader->format(), " checkpoint; ", purpose,
+                                       " a Megatron-Core torch_dist checkpoint "
+                                       "(a root with latest_checkpointed_iteration.txt or an iter_XXXXXXX folder)"));
+  }
+  const std::string common_pt = JoinPath(s.dcp->folder(), megatron::kCommonFileName);
+  std::string common_name;
+  if (env->FileExists(common_pt)) {
+    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> f, env->NewRandomAccessFile(common_pt));
+    std::shared_ptr<const ByteSource> bs(std::move(f));
+    CKPT_ASSIGN_OR_RETURN(s.common_file, torch::TorchFile::Open(bs, pickle::Mode::kInspect), common_pt);
+    common_name = common_pt;
+  } else if (int64_t ei = s.dcp->metadata().FindEntry(megatron::kCommonStateKey); ei >= 0) {
+    CKPT_ASSIGN_OR_RETURN(s.common_file, s.dcp->OpenBytes(s.dcp->metadata().entries[ei], pickle::Mode::kInspect),
+                          StrCat(src, ": ", megatron::kCommonStateKey));
+    common_name = megatron::kCommonStateKey;
+  }
+  if (s.common_file) {
+    CKPT_ASSIGN_OR_RETURN(megatron::CommonState cs, megatron::ExtractCommonState(s.common_file->root(), common_name));
+    s.common = std::move(cs);
+  }
+  const std::vector<TensorInfo>& ts = s.reader->tensors();
+  for (size_t i = 0; i < ts.size(); ++i) s.by_key.emplace(ts[i].key, i);
+  return s;
+}
+
+std::optional<model::StoredRef> FindStored(const TorchDistSource& s, std::string_view module_name) {
+  for (model::StoredRef& r : model::TorchDistCandidates(module_name)) {
+    auto it = s.by_key.find(r.key);
+    if (it == s.by_key.end()) continue;
+    const TensorInfo& t = s.reader->tensors()[it->second];
+    if (t.shape.size() < r.index.size()) continue;
+    bool inside = true;
+    for (size_t d = 0; d < r.index.size(); ++d) inside = inside && r.index[d] < t.shape[d];
+    if (inside) return r;
+  }
+  return std::nullopt;
+}
+
+constexpr std::string_view kOptimizerState = "optimizer.state.";
+constexpr std::string_view kDistributed = "optimizer.distributed.dp_group_idx_";
+
+namespace {
+
+// The torch_dist optimizer's bucket tensors (dp_reshardable): one flat fp32
+// tensor per (model-parallel rank, buffer, bucket, state).
+class DpReshardableShards final : public ShardReader {
+ public:
+  DpReshardableShards(const TorchDistSource* s, std::string prefix) : s_(s), prefix_(std::move(prefix)) {}
+
+  static std::string Key(std::string_view prefix, const model::RankOptimizer& r, int64_t tp, int64_t gbuf,
+                         const model::ParamBuffer& b, int64_t bucket, std::string_view state) {
+    return StrCat(prefix, kDistributed, r.at.pp_rank * tp + r.at.tp_rank, ".gbuf_idx_", gbuf, ".dtype_",
+                  model::DTypePairName(b.param_dtype, b.grad_dtype), ".bucket_idx_", bucket, ".", state);
+  }
+
+  Status ReadShard(const model::RankOptimizer& rank, const model::ChunkParam& param, const model::ParamBuffer* buffer,
+                   int64_t gbuf_idx, const model::BufferParam* where, std::string_view state,
+                   ByteSink* out) const override {
+    if (buffer == nullptr || where == nullptr) {
+      return InternalError(StrCat(param.global_name, " is in no optimizer buffer"));
+    }
+    const std::string key = Key(prefix_, rank, tp_, gbuf_idx, *buffer, where->bucket, state);
+    auto it = s_->by_key.find(key);
+    if (it == s_->by_key.end()) return DataLossError(StrCat("optimizer state ", Quote(key), " is missing"));
+    const int64_t start = where->start - buffer->buckets[where->bucket].offset;
+    const int64_t count = where->end - where->start;
+    const std::vector<int64_t> st{start}, ct{count};
+    return s_->reader->ReadTensorRegion(it->second, st, ct, out)
+        .WithContext(StrCat(param.global_name, " (", param.module_name, " of pp rank ", rank.at.pp_rank,
+                            ", tp rank ", rank.at.tp_rank, ")"));
+  }
+
+  void set_tp(int64_t tp) { tp_ = tp; }
+
+ private:
+  const TorchDistSource* s_;
+  std::string prefix_;
+  int64_t tp_ = 1;
+};
+
+// A box over the trailing dims of `shape` with dim `dim` restricted to
+// [begin, end), after the fixed leading index.
+Box PlaceBox(const std::vector<int64_t>& index, const std::vector<int64_t>& shape, int dim, int64_t begin,
+             int64_t end) {
+  Box b;
+  for (int64_t i : index) {
+    b.start.push_back(i);
+    b.count.push_back(1);
+  }
+  for (size_t d = 0; d < shape.size(); ++d) {
+    const bool cut = static_cast<int>(d) == dim;
+    b.start.push_back(cut ? begin : 0);
+    b.count.push_back(cut ? end - begin : shape[d]);
+  }
+  return b;
+}
+
+}  // namespace
+
+Status MegatronView::BuildRanks() {
+  if (layout_.ep > 1) {
+    return UnimplementedError(StrCat("optimizer buffers of an expert-parallel layout (", model::LayoutString(layout_),
+                                     ") are not read yet; fully_reshardable checkpoints are"));
+  }
+  for (int64_t pp = 0; pp < layout_.pp; ++pp) {
+    for (int64_t tp = 0; tp < layout_.tp; ++tp) {
+      model::ChunkCoords at;
+      at.pp_rank = pp;
+      at.tp_rank = tp;
+      CKPT_ASSIGN_OR_RETURN(model::RankOptimizer r, model::BuildRankOptimizer(config_, layout_, settings_, at),
+                            StrCat("the distributed optimizer's layout of pp rank ", pp, ", tp rank ", tp));
+      ranks_.push_back(std::move(r));
+    }
+  }
+  return OkStatus();
+}
+
+void MegatronView::AddAssembled(const std::string& state, DType dtype) {
+  std::map<std::string, size_t> index;
+  for (size_t ri = 0; ri < ranks_.size(); ++ri) {
+    const model::RankOptimizer& r = ranks_[ri];
+    // Where each parameter of each chunk is in the dense buffers.
+    std::map<std::pair<int64_t, size_t>, std::pair<int64_t, size_t>> placed;
+    for (size_t g = 0; g < r.dense.size(); ++g) {
+      for (size_t w = 0; w < r.dense[g].params.size(); ++w) {
+        placed[{r.dense[g].chunk, r.dense[g].params[w].param}] = {static_cast<int64_t>(g), w};
+      }
+    }
+    for (size_t ch = 0; ch < r.chunks.size(); ++ch) {
+      for (size_t pi = 0; pi < r.chunks[ch].size(); ++pi) {
+        const model::ChunkParam& p = r.chunks[ch][pi];
+        if (p.split == model::TpSplit::kNone && r.at.tp_rank != 0) continue;  // replicated: rank 0's
+        std::optional<model::StoredRef> stored = FindStored(torch_dist_, p.global_name);
+        if (!stored) continue;  // the model check reports missing tensors
+        const TensorInfo& model_t = base_->tensors()[torch_dist_.by_key.at(stored->key)];
+        const std::string key = StrCat(kOptimizerState, state, ".", stored->key);
+        auto [it, fresh] = index.emplace(key, virtual_.size());
+        if (fresh) {
+          TensorInfo t;
+          t.key = key;
+          t.dtype = dtype;
+          t.shape = model_t.shape;
+          uint64_t n = DTypeSize(dtype);
+          for (int64_t d : t.shape) n *= static_cast<uint64_t>(d);
+          t.nbytes = n;
+          tensors_.push_back(std::move(t));
+          Virtual v;
+          v.state = state;
+          virtual_.push_back(std::move(v));
+        }
+        Piece piece;
+        piece.rank = ri;
+        piece.chunk = static_cast<int64_t>(ch);
+        piece.param = pi;
+        if (auto pl = placed.find({static_cast<int64_t>(ch), pi}); pl != placed.end()) {
+          piece.gbuf = pl->second.first;
+          piece.where = pl->second.second;
+        }
+        const std::vector<model::ShardRange> ranges = model::ShardRanges(p);
+        int64_t local_row = 0;
+        for (const model::ShardRange& sr : ranges) {
+          piece.dest.push_back(PlaceBox(stored->index, p.global_shape, sr.dim, sr.begin, sr.end));
+          if (p.split == model::TpSplit::kNone) {
+            piece.local.push_back(Box::Whole(p.shape));
+          } else {
+            Box l = Box::Whole(p.shape);
+            l.start[sr.dim] = sr.dim == 0 ? local_row : 0;
+            l.count[sr.dim] = sr.end - sr.begin;
+            if (sr.dim == 0) local_row += sr.end - sr.begin;
+            piece.local.push_back(std::move(l));
+          }
+        }
+        virtual_[it->second].pieces.push_back(std::move(piece));
+      }
+    }
+  }
+}
+
+Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSource source) {
+  std::unique_ptr<MegatronView> v(new MegatronView());
+  v->torch_dist_ = std::move(source);
+  TorchDistSource& s = v->torch_dist_;
+  v->base_ = s.reader.get();
+  v->common_ = s.common ? &*s.common : nullptr;
+  v->tensors_ = v->base_->tensors();
+  v->virtual_.resize(v->tensors_.size());
+  for (size_t i = 0; i < v->virtual_.size(); ++i) v->virtual_[i].base = static_cast<int64_t>(i);
+
+  // Which optimizer layout the checkpoint holds.
+  bool model_space = false;
+  std::string bucket_prefix;
+  bool buckets = false;
+  bool gather_scatter = false;
+  std::set<std::string> states;
+  for (const TensorInfo& t : v->tensors_) {
+    std::string_view k = t.key;
+    if (k.rfind(kOptimizerState, 0) == 0) {
+      model_space = true;
+      continue;
+    }
+    size_t at = k.find(kDistributed);
+    if (at == std::string_view::npos) continue;
+    if (k.find(".bucket_idx_") != std::string_view::npos) {
+      buckets = true;
+      bucket_prefix = std::string(k.substr(0, at));
+      states.insert(std::string(k.substr(k.rfind('.') + 1)));
+    }
+  }
+  for (const ObjectInfo& o : v->base_->objects()) {
+    if (o.key.find(kDistributed) != std::string::npos && o.key.find(".param_state/") != std::string::npos) {
+      gather_scatter = true;
+    }
+  }
+  if (model_space || (!buckets && !gather_scatter)) {
+    v->optimizer_layout_ = model_space ? "fully_reshardable" : "";
+    return v;  // already model space (or no optimizer state): straight through
+  }
+  if (gather_scatter && !buckets) {
+    return UnimplementedError(
+        "the optimizer state is stored as dp_zero_gather_scatter (one distrib_optim dict per model-parallel rank); "
+        "it is not read yet");
+  }
+  v->optimizer_layout_ = "dp_reshardable";
+
+  // The model and the layout that placed the buckets.
+  model::ShapeOf shape_of = [&](std::string_view key) -> std::optional<std::vector<int64_t>> {
+    auto it = s.by_key.find(key);
+    if (it == s.by_key.end()) return std::nullopt;
+    return v->base_->tensors()[it->second].shape;
+  };
+  CKPT_ASSIGN_OR_RETURN(v->config_, model::ConfigFromArgs(v->common_, shape_of));
+  if (v->common_ == nullptr) return InvalidArgumentError("the checkpoint has no common state (args)");
+  CKPT_ASSIGN_OR_RETURN(v->layout_, model::LayoutFromArgs(*v->common_));
+  v->settings_ = model::DistOptFromArgs(*v->common_, std::nullopt);
+  // The stored parameter dtype decides the buffer's key (params_dtype in
+  // args may be absent).
+  if (auto emb = s.by_key.find("embedding.word_embeddings.weight"); emb != s.by_key.end()) {
+    v->settings_.params_dtype = v->base_->tensors()[emb->second].dtype;
+  }
+  CKPT_RETURN_IF_ERROR(v->BuildRanks());
+
+  // Every bucket the layout predicts must be stored with its predicted size.
+  for (const model::RankOptimizer& r : v->ranks_) {
+    for (size_t g = 0; g < r.dense.size(); ++g) {
+      const model::ParamBuffer& b = r.dense[g];
+      for (size_t k = 0; k < b.buckets.size(); ++k) {
+        for (const std::string& st : states) {
+          const std::string key = DpReshardableShards::Key(bucket_prefix, r, v->layout_.tp, static_cast<int64_t>(g), b,
+                                                           static_cast<int64_t>(k), st);
+          auto it = s.by_key.find(key);
+          if (it == s.by_key.end()) {
+            return DataLossError(StrCat("optimizer bucket ", Quote(key), " is missing: the layout recomputed from args (",
+                                        model::LayoutString(v->layout_), ", ", model::LayerSpecName(v->settings_.spec),
+                                        " layer spec) predicts it"));
+          }
+          const TensorInfo& t = v->base_->tensors()[it->second];
+          if (t.shape.size() != 1 || t.shape[0] != b.buckets[k].numel_unpadded) {
+            return DataLossError(StrCat("optimizer bucket ", Quote(key), " holds ",
+                                        t.shape.empty() ? 0 : t.shape[0], " elements; the layout recomputed from args (",
+                                        model::LayoutString(v->layout_), ", ", model::LayerSpecName(v->settings_.spec),
+                                        " layer spec) gives ", b.buckets[k].numel_unpadded));
+          }
+        }
+      }
+    }
+  }
+  auto shards = std::make_unique<DpReshardableShards>(&v->torch_dist_, bucket_prefix);
+  shards->set_tp(v->layout_.tp);
+  v->shards_ = std::move(shards);
+  for (const std::string& st : states) {
+    v->states_.push_back(st);
+    v->AddAssembled(st, DType::kFloat32);
+  }
+  // Coverage: the pieces of every assembled tensor tile it exactly.
+  for (size_t i = 0; i < v->virtual_.size(); ++i) {
+    if (v->virtual_[i].base >= 0) continue;
+    uint64_t covered = 0;
+    for (const Piece& p : v->virtual_[i].pieces) {
+      for (const Box& d : p.dest) covered += d.numel();
+    }
+    uint64_t total = 1;
+    for (int64_t d : v->tensors_[i].shape) total *= static_cast<uint64_t>(d);
+    if (covered != total) {
+      return DataLossError(StrCat(Quote(v->tensors_[i].key), ": the optimizer buckets cover ", covered, " of its ",
+                                  total, " elements"));
+    }
+  }
+  return v;
+}
+
+}  // namespace ckpt::internal_convert
+
+namespace ckpt {
+
+Result<std::unique_ptr<CheckpointReader>> OpenModelSpace(const std::string& path, const OpenOptions& options) {
+  OpenOptions open = options;
+  Env* env = open.env ? open.env : Env::Default();
+  open.env = env;
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader, OpenCheckpoint(path, open));
+  if (reader->kind() != SourceKind::kTorchDist) return reader;
+  reader.reset();
+  CKPT_ASSIGN_OR_RETURN(internal_convert::TorchDistSource s,
+                        internal_convert::OpenTorchDist(path, env, "the model-space view reads"));
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<internal_convert::MegatronView> v,
+                        internal_convert::MegatronView::OverTorchDist(std::move(s)), path);
+  return std::unique_ptr<CheckpointReader>(std::move(v));
+}
+
+std::string OptimizerStateKey(std::string_view state, std::string_view key) {
+  return StrCat(internal_convert::kOptimizerState, state, ".", key);
+}
+
+}  // namespace ckpt
+
+namespace ckpt::internal_convert {
+
+nlohmann::json MegatronView::Details() const {
+  nlohmann::json d = base_->Details();
+  d["model_space_view"] = {{"optimizer_layout", optimizer_layout_}, {"assembled_states", states_},
+                           {"ranks", ranks_.size()}};
+  return d;
+}
+
+Status MegatronView::ReadTensor(size_t i, ByteSink* out) const {
+  const Box whole = Box::Whole(tensors_.at(i).shape);
+  return ReadTensorRegion(i, whole.start, whole.count, out);
+}
+
+Status MegatronView::ReadTensorRegion(size_t i, std::span<const int64_t> start, std::span<const int64_t> count,
+                                      ByteSink* out) const {
+  const Virtual& v = virtual_.at(i);
+  if (v.base >= 0) return base_->ReadTensorRegion(static_cast<size_t>(v.base), start, count, out);
+  const TensorInfo& t = tensors_[i];
+  Box region{{start.begin(), start.end()}, {count.begin(), count.end()}};
+  CKPT_RETURN_IF_ERROR(CheckBoxInside(region, t.shape, StrCat("region of ", Quote(t.key))));
+  return ReadPieces(v, t, region, out).WithContext(StrCat("tensor ", Quote(t.key)));
+}
+
+Status MegatronView::ReadPieces(const Virtual& v, const TensorInfo& t, const Box& region, ByteSink* out) const {
+  const uint64_t esize = DTypeSize(t.dtype);
+  std::string buf(region.numel() * esize, '\0');
+  for (const Piece& p : v.pieces) {
+    bool meets = false;
+    for (const Box& d : p.dest) meets = meets || Overlaps(d, region);
+    if (!meets) continue;
+    const model::RankOptimizer& r = ranks_[p.rank];
+    const model::ChunkParam& param = r.chunks[p.chunk][p.param];
+    const model::ParamBuffer* buffer = p.gbuf >= 0 ? &r.dense[p.gbuf] : nullptr;
+    const model::BufferParam* where = buffer ? &buffer->params[p.where] : nullptr;
+    StringSink shard;
+    CKPT_RETURN_IF_ERROR(shards_->ReadShard(r, param, buffer, p.gbuf, where, v.state, &shard));
+    if (shard.str().size() != static_cast<uint64_t>(param.numel()) * esize) {
+      return DataLossError(StrCat(param.global_name, ": read ", shard.str().size(), " bytes, expected ",
+                                  static_cast<uint64_t>(param.numel()) * esize));
+    }
+    const Box whole_local = Box::Whole(param.shape);
+    for (size_t k = 0; k < p.dest.size(); ++k) {
+      if (!Overlaps(p.dest[k], region)) continue;
+      // The local box's bytes, contiguous, then into the region.
+      std::string part(p.local[k].numel() * esize, '\0');
+      for (BoxScatter sc(whole_local, p.local[k], esize); sc.has_runs(); sc.Next()) {
+        std::memcpy(part.data() + sc.run().dst, shard.str().data() + sc.run().src, sc.run().len);
+      }
+      for (BoxScatter sc(p.dest[k], region, esize); sc.has_runs(); sc.Next()) {
+        std::memcpy(buf.data() + sc.run().dst, part.data() + sc.run().src, sc.run().len);
+      }
+    }
+  }
+  return out->Append(buf);
+}
+
+}  // namespace ckpt::internal_convert

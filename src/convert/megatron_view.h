@@ -1,0 +1,146 @@
+// A Megatron checkpoint's training state in model space (internal to the
+// convert layer).
+//
+// Megatron keeps optimizer state in several layouts: per parameter and
+// global ("fully_reshardable" torch_dist: `optimizer.state.exp_avg.<key>`),
+// or as the distributed optimizer's flat buffers, cut into buckets and
+// padded ("dp_reshardable" torch_dist, legacy `distrib_optim.pt`), and the
+// legacy format keeps even the model as TP-local shards per rank folder.
+// MegatronView shows any of them as one CheckpointReader whose tensors are
+// what a fully_reshardable torch_dist checkpoint of the same model holds:
+// the model keys as torch_dist stores them (stacked `decoder.layers.<suffix>`
+// with a leading layer axis, experts [layer, expert, ...]) and
+// `optimizer.state.<state>.<key>` of the same shape for every optimizer
+// state ("param" = the fp32 main parameters, "exp_avg", "exp_avg_sq").
+// Tensors the source stores that way are read straight through; the others
+// are assembled from per-rank shards that a ShardReader streams, placed by
+// the model layer's layout (model::BuildRankOptimizer: which parameter lies
+// where in which bucket of which buffer of which rank).
+//
+// Thread-safety: after Open, all const methods may be called concurrently
+// if the ShardReader's may (both implementations here: yes).
+#ifndef CKPT_CONVERT_MEGATRON_VIEW_H_
+#define CKPT_CONVERT_MEGATRON_VIEW_H_
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "checkpoint/dcp_reader.h"
+#include "ckpt/checkpoint.h"
+#include "ckpt/model.h"
+#include "format/megatron/megatron.h"
+#include "format/torch/torch_file.h"
+#include "util/box.h"
+
+namespace ckpt::internal_convert {
+
+// A torch_dist checkpoint opened for model conversions: the reader, its
+// common state (args, iteration, optimizer groups, ...) and the stored keys.
+struct TorchDistSource {
+  std::unique_ptr<CheckpointReader> reader;
+  const internal_checkpoint::DcpReader* dcp = nullptr;
+  std::unique_ptr<torch::TorchFile> common_file;
+  std::optional<megatron::CommonState> common;
+  std::map<std::string, size_t, std::less<>> by_key;
+};
+
+// Opens `src` (root or iteration folder). `purpose` completes the error for
+// a source of another kind ("to=\"hf\" converts").
+// Errors: InvalidArgument when src is not torch_dist; those of OpenCheckpoint
+// and of reading the common state.
+Result<TorchDistSource> OpenTorchDist(const std::string& src, Env* env, std::string_view purpose);
+
+// The first stored key holding a module tensor (model::TorchDistCandidates).
+std::optional<model::StoredRef> FindStored(const TorchDistSource& s, std::string_view module_name);
+
+// Streams TP-local shards of one rank's parameters: the model weights
+// (state "") or one optimizer state, as the parameter's local shape,
+// row-major, in `dtype`.
+class ShardReader {
+ public:
+  virtual ~ShardReader() = default;
+  // `buffer` and `where` locate the parameter in the rank's optimizer
+  // buffers (null for the model weights of a parameter the optimizer does
+  // not hold). Errors name the rank, the parameter and the stored key.
+  virtual Status ReadShard(const model::RankOptimizer& rank, const model::ChunkParam& param,
+                           const model::ParamBuffer* buffer, int64_t gbuf_idx, const model::BufferParam* where,
+                           std::string_view state, ByteSink* out) const = 0;
+};
+
+class MegatronView final : public CheckpointReader {
+ public:
+  // Wraps a torch_dist source: model tensors straight through; optimizer
+  // state straight through when stored model-space (fully_reshardable),
+  // assembled from its buckets when dp_reshardable.
+  // Errors: InvalidArgument (args missing or contradicting the shapes, a
+  // layout the model layer cannot build), DataLoss (bucket sizes that do
+  // not match the recomputed layout, naming the key and both sizes),
+  // Unimplemented (a sharding type not read yet, EP > 1 buckets).
+  static Result<std::unique_ptr<MegatronView>> OverTorchDist(TorchDistSource source);
+
+  SourceKind kind() const override { return base_->kind(); }
+  std::string_view format() const override { return base_->format(); }
+  const std::vector<TensorInfo>& tensors() const override { return tensors_; }
+  const std::vector<ObjectInfo>& objects() const override { return base_->objects(); }
+  nlohmann::json Details() const override;
+  Status ReadTensor(size_t i, ByteSink* out) const override;
+  Status ReadTensorRegion(size_t i, std::span<const int64_t> start, std::span<const int64_t> count,
+                          ByteSink* out) const override;
+
+  const model::ModelConfig& config() const { return config_; }
+  const model::ParallelLayout& layout() const { return layout_; }
+  const model::DistOptSettings& settings() const { return settings_; }
+  const std::vector<model::RankOptimizer>& ranks() const { return ranks_; }
+  // "fully_reshardable", "dp_reshardable", "legacy distrib_optim.pt", "" (no optimizer state).
+  const std::string& optimizer_layout() const { return optimizer_layout_; }
+  const std::vector<std::string>& optimizer_states() const { return states_; }
+  const megatron::CommonState* common() const { return common_; }
+
+ private:
+  // One TP shard placed in a virtual tensor: the rank's parameter, and the
+  // boxes (global coordinates) its local rows fill: one box, or two for a
+  // gated fc1 shard ([gate_r; up_r]).
+  struct Piece {
+    size_t rank = 0;
+    int64_t chunk = 0;
+    size_t param = 0;
+    int64_t gbuf = -1;  // the optimizer buffer holding it (dense list index), -1: none
+    size_t where = 0;   // its BufferParam in that buffer
+    std::vector<Box> dest;   // in the virtual tensor
+    std::vector<Box> local;  // the matching boxes of the local shard
+  };
+  struct Virtual {
+    int64_t base = -1;  // >= 0: read straight from base_'s tensor
+    std::string state;  // "" model; else the optimizer state
+    std::vector<Piece> pieces;
+  };
+
+  MegatronView() = default;
+  Status BuildRanks();
+  // Adds the virtual tensors of `state` ("" = model) assembled from shards.
+  void AddAssembled(const std::string& state, DType dtype);
+  Status ReadPieces(const Virtual& v, const TensorInfo& t, const Box& region, ByteSink* out) const;
+
+  TorchDistSource torch_dist_;
+  const CheckpointReader* base_ = nullptr;
+  const megatron::CommonState* common_ = nullptr;
+  std::unique_ptr<ShardReader> shards_;
+  model::ModelConfig config_;
+  model::ParallelLayout layout_;
+  model::DistOptSettings settings_;
+  std::vector<model::RankOptimizer> ranks_;
+  std::string optimizer_layout_;
+  std::vector<std::string> states_;
+  std::vector<TensorInfo> tensors_;
+  std::vector<Virtual> virtual_;
+};
+
+}  // namespace ckpt::internal_convert
+
+#endif  // CKPT_CONVERT_MEGATRON_VIEW_H_
