@@ -829,10 +829,16 @@ def _rank_main(job: _Job) -> None:
     else:
         gpts, ddps, opt = build_chunks(spec)
         (root,) = job.roots.values()
-        if job.action == "load_legacy":
-            _load_legacy(spec, root, gpts, opt)
-        else:
-            _load_torch_dist(spec, root, gpts, opt)
+        # no_grad: with fp32 params the DistributedOptimizer's main param shards are views of
+        # the (requires_grad) model params (distrib_optimizer.py l.421, no detach), and
+        # load_parameter_state_from_dp_zero (not @torch.no_grad, unlike the fully_reshardable
+        # loader) copies into them in place -> "a view of a leaf Variable that requires grad is
+        # being used in an in-place operation" (observed, legacy load of an fp32 run).
+        with torch.no_grad():
+            if job.action == "load_legacy":
+                _load_legacy(spec, root, gpts, opt)
+            else:
+                _load_torch_dist(spec, root, gpts, opt)
     if job.out:
         st = _gather_canonical(gpts, opt)
         if dist.get_rank() == 0:
