@@ -38,19 +38,20 @@ enum class TargetFormat {
   kTorch,        // one torch.save file, or a folder of shards + pytorch_model.bin.index.json
   kDcp,          // a torch.distributed.checkpoint folder (.metadata + __0_<n>.distcp)
   kTorchDist,    // a Megatron-Core torch_dist checkpoint (DCP + metadata.json + common state)
-  kHf,           // a Hugging Face transformers model folder (not built yet: Unimplemented)
+  kHf,           // a Hugging Face transformers model folder
+  kLegacy,       // Megatron-LM's legacy layout: iter_N/mp_rank_XX[_YYY][_EEE]/model_optim_rng.pt + distrib_optim.pt
 };
 
 // A new target goes last here, in kAllTargetFormats and in the name table
 // (src/convert/options.cc static_asserts the count).
-inline constexpr size_t kTargetFormatCount = 5;
+inline constexpr size_t kTargetFormatCount = 6;
 // Every target, in the order help texts and errors list them.
 inline constexpr std::array<TargetFormat, kTargetFormatCount> kAllTargetFormats = {
     TargetFormat::kSafetensors, TargetFormat::kTorch, TargetFormat::kDcp, TargetFormat::kTorchDist,
-    TargetFormat::kHf};
+    TargetFormat::kHf, TargetFormat::kLegacy};
 
 // The target's name as the CLI (--to) and Python (to=) spell it:
-// "safetensors", "torch", "dcp", "torch_dist", "hf".
+// "safetensors", "torch", "dcp", "torch_dist", "hf", "legacy".
 std::string_view TargetFormatName(TargetFormat to);
 
 // The inverse of TargetFormatName (exact, case-sensitive).
@@ -121,6 +122,9 @@ struct ConvertOptions {
   std::optional<int64_t> etp;  // default: tp
   std::string megatron_layer_spec = "local";
   int64_t make_vocab_size_divisible_by = 128;
+  // kLegacy: leave the optimizer state out (model_optim_rng.pt without
+  // `optimizer`, no distrib_optim.pt), as Megatron-LM's --no-save-optim.
+  bool no_optimizer = false;
   Env* env = nullptr;  // nullptr: Env::Default()
   // Called after each tensor with (bytes done, bytes total). May be empty.
   std::function<void(uint64_t, uint64_t)> progress;
@@ -165,7 +169,13 @@ struct ConvertReport {
 // everything else as the common dict, as Megatron's extract_matching_values
 // splits it; safetensors and sharded sources an empty common dict.
 //
-// to=hf: not built yet (Unimplemented; src/convert/hf.h).
+// to=hf: a Megatron torch_dist checkpoint as a transformers model folder
+// (src/convert/hf.h).
+//
+// to=legacy: a Megatron torch_dist checkpoint (any optimizer sharding type
+// ckptkit reads) as Megatron-LM's legacy layout at the same parallel layout:
+// dst/iter_<N:07d>/mp_rank_*/model_optim_rng.pt and distrib_optim.pt, then
+// dst/latest_checkpointed_iteration.txt (src/convert/legacy.h).
 //
 // Converts src into dst. If dst ends in ".safetensors" (or ".pt"/".bin"/".pth"
 // for torch) and max_shard_size is 0 it is one file; otherwise dst is a folder

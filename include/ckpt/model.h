@@ -475,6 +475,19 @@ struct RankOptimizer {
 Result<RankOptimizer> BuildRankOptimizer(const ModelConfig& c, const ParallelLayout& l, const DistOptSettings& s,
                                          const ChunkCoords& at);
 
+
+// One entry of a chunk's state_dict_for_save_checkpoint() (a legacy
+// `model` / `model<i>` dict), in order: a parameter (index into the chunk's
+// ChunkParameters) or `<module>._extra_state` (param < 0), which every
+// linear layer (megatron-core's Column/RowParallelLinear, TE linears) has
+// after its parameters, None unless FP8 metadata is kept; the output layer
+// has one even when a tied embedding leaves it no weight.
+struct StateEntry {
+  std::string name;
+  int64_t param = -1;
+};
+std::vector<StateEntry> ChunkStateDict(const std::vector<ChunkParam>& params);
+
 }  // namespace ckpt::model
 
 #endif  // CKPT_MODEL_H_

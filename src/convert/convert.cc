@@ -21,6 +21,7 @@
 #include "convert/dcp_from_torch.h"
 #include "convert/dcp_to_torch.h"
 #include "convert/hf.h"
+#include "convert/legacy.h"
 #include "convert/torch_dist.h"
 #include "format/safetensors/safetensors.h"
 #include "util/strings.h"
@@ -108,8 +109,12 @@ Result<ConvertReport> ConvertToDcp(const CheckpointReader& reader, const std::st
 // others rather than ignored.
 Status CheckOptionsApply(const ConvertOptions& options) {
   const TargetFormat to = options.to;
-  if ((!options.megatron_version.empty() || options.iteration) && to != TargetFormat::kTorchDist) {
-    return InvalidArgumentError(StrCat("megatron_version and iteration apply only with to=\"torch_dist\" (not to=\"",
+  if (!options.megatron_version.empty() && to != TargetFormat::kTorchDist) {
+    return InvalidArgumentError(StrCat("megatron_version applies only with to=\"torch_dist\" (not to=\"",
+                                       TargetFormatName(to), "\")"));
+  }
+  if (options.iteration && to != TargetFormat::kTorchDist && to != TargetFormat::kLegacy) {
+    return InvalidArgumentError(StrCat("iteration applies only with to=\"torch_dist\" or to=\"legacy\" (not to=\"",
                                        TargetFormatName(to), "\")"));
   }
   if (!options.dcp_metadata_layout.empty() && to != TargetFormat::kDcp) {
@@ -131,6 +136,10 @@ Status CheckOptionsApply(const ConvertOptions& options) {
     return InvalidArgumentError(StrCat(
         "tp, pp, ep, etp, megatron_layer_spec and make_vocab_size_divisible_by apply only with to=\"torch_dist\" "
         "from an HF model folder (not to=\"", TargetFormatName(to), "\")"));
+  }
+  if (options.no_optimizer && to != TargetFormat::kLegacy) {
+    return InvalidArgumentError(StrCat("no_optimizer applies only with to=\"legacy\" (not to=\"", TargetFormatName(to),
+                                       "\")"));
   }
   if (!options.dtype.empty() && to != TargetFormat::kHf && to != TargetFormat::kTorchDist) {
     return InvalidArgumentError(StrCat("dtype applies only with to=\"hf\" or an HF model to=\"torch_dist\""));
@@ -163,6 +172,8 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
       return internal_convert::ConvertToTorchDist(src, dst, options, env);
     case TargetFormat::kHf:
       return internal_convert::ConvertToHf(src, dst, options, env);
+    case TargetFormat::kLegacy:
+      return internal_convert::ConvertToLegacy(src, dst, options, env);
     case TargetFormat::kDcp:
     case TargetFormat::kSafetensors:
     case TargetFormat::kTorch:

@@ -124,6 +124,25 @@ Box PlaceBox(const std::vector<int64_t>& index, const std::vector<int64_t>& shap
 
 }  // namespace
 
+Status MegatronView::BuildModel() {
+  TorchDistSource& s = torch_dist_;
+  if (common_ == nullptr) return InvalidArgumentError("the checkpoint has no common state (args)");
+  model::ShapeOf shape_of = [&](std::string_view key) -> std::optional<std::vector<int64_t>> {
+    auto it = s.by_key.find(key);
+    if (it == s.by_key.end()) return std::nullopt;
+    return base_->tensors()[it->second].shape;
+  };
+  CKPT_ASSIGN_OR_RETURN(config_, model::ConfigFromArgs(common_, shape_of));
+  CKPT_ASSIGN_OR_RETURN(layout_, model::LayoutFromArgs(*common_));
+  settings_ = model::DistOptFromArgs(*common_, std::nullopt);
+  // The stored parameter dtype decides the buffers' dtype (params_dtype in
+  // args may be absent).
+  if (auto emb = s.by_key.find("embedding.word_embeddings.weight"); emb != s.by_key.end()) {
+    settings_.params_dtype = base_->tensors()[emb->second].dtype;
+  }
+  return BuildRanks();
+}
+
 Status MegatronView::BuildRanks() {
   if (layout_.ep > 1) {
     return UnimplementedError(StrCat("optimizer buffers of an expert-parallel layout (", model::LayoutString(layout_),
@@ -238,6 +257,10 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
       gather_scatter = true;
     }
   }
+  // The model and the layout that placed the buckets. A checkpoint whose
+  // args do not describe a model the layer knows still opens straight
+  // through (model_status() says why there is no layout).
+  v->model_status_ = v->BuildModel();
   if (model_space || (!buckets && !gather_scatter)) {
     v->optimizer_layout_ = model_space ? "fully_reshardable" : "";
     return v;  // already model space (or no optimizer state): straight through
@@ -248,23 +271,8 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
         "it is not read yet");
   }
   v->optimizer_layout_ = "dp_reshardable";
+  CKPT_RETURN_IF_ERROR(v->model_status_);
 
-  // The model and the layout that placed the buckets.
-  model::ShapeOf shape_of = [&](std::string_view key) -> std::optional<std::vector<int64_t>> {
-    auto it = s.by_key.find(key);
-    if (it == s.by_key.end()) return std::nullopt;
-    return v->base_->tensors()[it->second].shape;
-  };
-  CKPT_ASSIGN_OR_RETURN(v->config_, model::ConfigFromArgs(v->common_, shape_of));
-  if (v->common_ == nullptr) return InvalidArgumentError("the checkpoint has no common state (args)");
-  CKPT_ASSIGN_OR_RETURN(v->layout_, model::LayoutFromArgs(*v->common_));
-  v->settings_ = model::DistOptFromArgs(*v->common_, std::nullopt);
-  // The stored parameter dtype decides the buffer's key (params_dtype in
-  // args may be absent).
-  if (auto emb = s.by_key.find("embedding.word_embeddings.weight"); emb != s.by_key.end()) {
-    v->settings_.params_dtype = v->base_->tensors()[emb->second].dtype;
-  }
-  CKPT_RETURN_IF_ERROR(v->BuildRanks());
 
   // Every bucket the layout predicts must be stored with its predicted size.
   for (const model::RankOptimizer& r : v->ranks_) {
@@ -340,6 +348,30 @@ std::string OptimizerStateKey(std::string_view state, std::string_view key) {
 }  // namespace ckpt
 
 namespace ckpt::internal_convert {
+
+Status MegatronView::ReadLocal(size_t rank, int64_t chunk, size_t param, std::string_view state, ByteSink* out) const {
+  const model::RankOptimizer& r = ranks_.at(rank);
+  const model::ChunkParam& p = r.chunks.at(chunk).at(param);
+  std::optional<model::StoredRef> stored = FindStored(torch_dist_, p.global_name);
+  if (!stored) return NotFoundError(StrCat("the checkpoint has no tensor for ", p.global_name));
+  const std::string key = state.empty() ? stored->key : StrCat(kOptimizerState, state, ".", stored->key);
+  size_t index = 0;
+  auto it = torch_dist_.by_key.find(key);
+  if (it != torch_dist_.by_key.end()) {
+    index = it->second;
+  } else {
+    // An assembled tensor (dp_reshardable).
+    auto found = std::find_if(tensors_.begin(), tensors_.end(), [&](const TensorInfo& t) { return t.key == key; });
+    if (found == tensors_.end()) return NotFoundError(StrCat("the checkpoint has no tensor ", Quote(key)));
+    index = static_cast<size_t>(found - tensors_.begin());
+  }
+  for (const model::ShardRange& sr : model::ShardRanges(p)) {
+    Box b = PlaceBox(stored->index, p.global_shape, sr.dim, sr.begin, sr.end);
+    CKPT_RETURN_IF_ERROR(ReadTensorRegion(index, b.start, b.count, out),
+                         StrCat(p.module_name, " of pp rank ", r.at.pp_rank, ", tp rank ", r.at.tp_rank));
+  }
+  return OkStatus();
+}
 
 nlohmann::json MegatronView::Details() const {
   nlohmann::json d = base_->Details();

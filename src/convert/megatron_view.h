@@ -101,6 +101,17 @@ class MegatronView final : public CheckpointReader {
   const std::string& optimizer_layout() const { return optimizer_layout_; }
   const std::vector<std::string>& optimizer_states() const { return states_; }
   const megatron::CommonState* common() const { return common_; }
+  // OK when config(), layout() and ranks() describe the checkpoint; else why
+  // not (args missing, a model the layer does not know, EP > 1 ...).
+  const Status& model_status() const { return model_status_; }
+  // The torch_dist source (its DCP reader, common state and keys).
+  const TorchDistSource& torch_dist() const { return torch_dist_; }
+
+  // Streams the TP-local shard of parameter `param` of chunk `chunk` of
+  // ranks()[rank] as that rank holds it (its local shape, row-major): the
+  // model weights (state "") or optimizer state `state`.
+  // Errors: NotFound when the checkpoint has no such tensor; read errors.
+  Status ReadLocal(size_t rank, int64_t chunk, size_t param, std::string_view state, ByteSink* out) const;
 
  private:
   // One TP shard placed in a virtual tensor: the rank's parameter, and the
@@ -122,6 +133,7 @@ class MegatronView final : public CheckpointReader {
   };
 
   MegatronView() = default;
+  Status BuildModel();
   Status BuildRanks();
   // Adds the virtual tensors of `state` ("" = model) assembled from shards.
   void AddAssembled(const std::string& state, DType dtype);
@@ -135,6 +147,7 @@ class MegatronView final : public CheckpointReader {
   model::ParallelLayout layout_;
   model::DistOptSettings settings_;
   std::vector<model::RankOptimizer> ranks_;
+  Status model_status_;
   std::string optimizer_layout_;
   std::vector<std::string> states_;
   std::vector<TensorInfo> tensors_;

@@ -8,9 +8,9 @@
 namespace ckpt {
 namespace {
 
-constexpr std::string_view kTargetNames[] = {"safetensors", "torch", "dcp", "torch_dist", "hf"};
+constexpr std::string_view kTargetNames[] = {"safetensors", "torch", "dcp", "torch_dist", "hf", "legacy"};
 static_assert(std::size(kTargetNames) == kTargetFormatCount, "name every TargetFormat");
-static_assert(static_cast<size_t>(TargetFormat::kHf) + 1 == kTargetFormatCount,
+static_assert(static_cast<size_t>(TargetFormat::kLegacy) + 1 == kTargetFormatCount,
               "a new TargetFormat goes last, in kAllTargetFormats and kTargetNames");
 
 char Upper(char c) { return c >= 'a' && c <= 'z' ? static_cast<char>(c - 'a' + 'A') : c; }

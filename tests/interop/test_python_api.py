@@ -245,7 +245,7 @@ def test_convert_to_dcp_and_torch_dist_from_python(tmp_path):
     with pytest.raises(ValueError, match="torch_dist"):
         ckptkit.convert(src, tmp_path / "x", to="megatron")
     # Library errors name the options as Python spells them, not the CLI's flags.
-    with pytest.raises(ValueError, match='megatron_version and iteration apply only with to="torch_dist"') as e:
+    with pytest.raises(ValueError, match='megatron_version applies only with to="torch_dist"') as e:
         ckptkit.convert(src, tmp_path / "x", to="dcp", megatron_version="0.16")
     assert "--" not in str(e.value)
     with pytest.raises(ValueError, match=r'max_shard_size does not apply with to="dcp" \(use thread_count\)'):

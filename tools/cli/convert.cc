@@ -24,7 +24,8 @@ void RegisterConvert(CLI::App& app, int* exit_code) {
   cmd->add_option("DST", opts->dst,
                   "destination file (.safetensors / .pt / .bin) or folder (sharded or DCP output)")
       ->required();
-  cmd->add_option("--to", opts->to, "target format (hf: a HuggingFace model folder from a Megatron-Core torch_dist GPT checkpoint)")
+  cmd->add_option("--to", opts->to, "target format (hf: a HuggingFace model folder from a Megatron-Core torch_dist GPT checkpoint;\n"
+                  "legacy: Megatron-LM's mp_rank_XX/model_optim_rng.pt + distrib_optim.pt layout)")
       ->required()
       ->check(CLI::IsMember(targets));
   cmd->add_option("--thread-count", opts->thread_count,
@@ -41,8 +42,9 @@ void RegisterConvert(CLI::App& app, int* exit_code) {
       ->check(CLI::IsMember({"0.16", "0.19"}));
   auto iteration = std::make_shared<int64_t>(0);
   CLI::Option* iteration_opt = cmd->add_option("--iteration", *iteration,
-                  "--to torch_dist: write a Megatron-LM root: DST/iter_<N:07d>/ and\n"
-                  "DST/latest_checkpointed_iteration.txt (the default for a Megatron-LM root source)")
+                  "--to torch_dist / legacy: write a Megatron-LM root: DST/iter_<N:07d>/ and\n"
+                  "DST/latest_checkpointed_iteration.txt (the default for a Megatron-LM root source;\n"
+                  "--to legacy: the source's iteration unless given)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-shard-size", opts->max_shard_size,
                   "split into shards of at most this size, read as transformers reads max_shard_size\n"
@@ -57,6 +59,8 @@ void RegisterConvert(CLI::App& app, int* exit_code) {
                                ->check(CLI::PositiveNumber);
   cmd->add_option("--dtype", opts->dtype, "--to hf (and HF -> torch_dist): cast the weights")
       ->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
+  cmd->add_flag("--no-optimizer", opts->no_optimizer,
+                "--to legacy: leave the optimizer state out (no distrib_optim.pt)");
   cmd->add_flag("--bin", opts->bin, "--to hf: write pytorch_model*.bin instead of safetensors");
   cmd->add_option("--tp", opts->tp, "HF -> torch_dist: tensor-parallel size the checkpoint is for")
       ->check(CLI::PositiveNumber);

@@ -159,7 +159,7 @@ TEST_F(ConvertOptionErrors, MegatronOptionsOutsideTorchDist) {
   for (TargetFormat t : {TargetFormat::kSafetensors, TargetFormat::kTorch, TargetFormat::kDcp, TargetFormat::kHf}) {
     ConvertOptions o = To(t);
     o.megatron_version = "0.16";
-    ExpectRefused(o, "megatron_version and iteration apply only with to=\"torch_dist\"");
+    ExpectRefused(o, "megatron_version applies only with to=\"torch_dist\"");
     o = To(t);
     o.iteration = 3;
     ExpectRefused(o, StrCat("(not to=\"", TargetFormatName(t), "\")"));

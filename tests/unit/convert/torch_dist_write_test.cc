@@ -280,7 +280,7 @@ TEST_F(TorchDistWriteTest, RefusesBadOptionsBeforeWritingAnything) {
   dcp.to = TargetFormat::kDcp;
   dcp.env = mem_.get();
   dcp.megatron_version = "0.16";
-  bad(dcp, "/out", "megatron_version and iteration apply only with to=\"torch_dist\"");
+  bad(dcp, "/out", "megatron_version applies only with to=\"torch_dist\"");
   o = TorchDist(mem_.get(), "0.19");
   o.max_shard_size = 1000;
   bad(o, "/out", "max_shard_size does not apply with to=\"torch_dist\" (use thread_count)");

@@ -17,8 +17,14 @@ Status RunConvert(const ConvertCommandOptions& options, std::ostream& out, std::
   if (options.thread_count != 1 && !dcp_like) {
     return InvalidArgumentError("--thread-count applies to --to dcp and --to torch_dist only");
   }
-  if ((!options.megatron_version.empty() || options.iteration) && c.to != TargetFormat::kTorchDist) {
-    return InvalidArgumentError("--megatron-version and --iteration apply to --to torch_dist only");
+  if (!options.megatron_version.empty() && c.to != TargetFormat::kTorchDist) {
+    return InvalidArgumentError("--megatron-version applies to --to torch_dist only");
+  }
+  if (options.iteration && c.to != TargetFormat::kTorchDist && c.to != TargetFormat::kLegacy) {
+    return InvalidArgumentError("--iteration applies to --to torch_dist and --to legacy only");
+  }
+  if (options.no_optimizer && c.to != TargetFormat::kLegacy) {
+    return InvalidArgumentError("--no-optimizer applies to --to legacy only");
   }
   c.thread_count = options.thread_count;
   c.dcp_metadata_layout = options.dcp_metadata_layout;
@@ -34,6 +40,7 @@ Status RunConvert(const ConvertCommandOptions& options, std::ostream& out, std::
   c.vocab_size = options.vocab_size;
   c.dtype = options.dtype;
   c.bin = options.bin;
+  c.no_optimizer = options.no_optimizer;
   c.tp = options.tp;
   c.pp = options.pp;
   c.ep = options.ep;

@@ -27,6 +27,7 @@ struct ConvertCommandOptions {
   std::optional<int64_t> vocab_size;
   std::string dtype;
   bool bin = false;
+  bool no_optimizer = false;  // --to legacy: no optimizer state
   int64_t tp = 1, pp = 1, ep = 1;
   std::optional<int64_t> etp;
   std::string megatron_layer_spec = "local";

@@ -1,0 +1,340 @@
+// torch_dist -> legacy Megatron-LM layout (see legacy.h).
+#include "convert/legacy.h"
+
+#include <fmt/format.h>
+
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "checkpoint/dcp_reader.h"
+#include "checkpoint/readers.h"
+#include "ckpt/model.h"
+#include "convert/megatron_view.h"
+#include "format/megatron/megatron.h"
+#include "format/pickle/value.h"
+#include "format/torch/tree_writer.h"
+#include "util/strings.h"
+
+namespace ckpt::internal_convert {
+namespace {
+
+using pickle::Value;
+
+// A sink that writes `n` zero bytes in bounded pieces.
+Status AppendZeros(ByteSink* out, uint64_t n) {
+  static const std::string kZeros(1 << 16, '\0');
+  while (n > 0) {
+    const uint64_t k = std::min<uint64_t>(n, kZeros.size());
+    CKPT_RETURN_IF_ERROR(out->Append(std::string_view(kZeros.data(), k)));
+    n -= k;
+  }
+  return OkStatus();
+}
+
+// The value of string key `key` in a kDict, or nullptr.
+Value* DictGet(Value* dict, std::string_view key) {
+  if (dict == nullptr || dict->kind != pickle::Kind::kDict) return nullptr;
+  for (auto& [k, v] : dict->dict) {
+    if (k->kind == pickle::Kind::kString && k->str == key) return v;
+  }
+  return nullptr;
+}
+
+// A TorchFile that stays alive elsewhere, as the Reopener TorchTreeWriter wants.
+torch::TorchTreeWriter::Reopener Borrow(const torch::TorchFile* f) {
+  return [f]() -> Result<std::shared_ptr<const torch::TorchFile>> {
+    return std::shared_ptr<const torch::TorchFile>(std::shared_ptr<void>(), f);
+  };
+}
+
+std::string RankFolder(const model::ParallelLayout& l, const model::ChunkCoords& at) {
+  std::string name = fmt::format("mp_rank_{:02d}", at.tp_rank);
+  if (l.pp > 1) name += fmt::format("_{:03d}", at.pp_rank);
+  if (l.ep > 1) name += fmt::format("_{:03d}", at.ep_rank);
+  return name;
+}
+
+// What one legacy rank file takes from the torch_dist source.
+class LegacyWriter {
+ public:
+  LegacyWriter(const MegatronView& view, const ConvertOptions& options) : view_(view), options_(options) {}
+
+  Status Init() {
+    const TorchDistSource& s = view_.torch_dist();
+    if (!s.common_file) return InvalidArgumentError("the checkpoint has no common state (args, iteration)");
+    // Optimizer states, in the order save_parameter_state writes them.
+    if (!options_.no_optimizer && !view_.optimizer_layout().empty()) {
+      std::vector<std::string> found;
+      for (const char* st : {"param", "exp_avg", "exp_avg_sq"}) {
+        for (const TensorInfo& t : view_.tensors()) {
+          if (t.key.rfind(StrCat("optimizer.state.", st, "."), 0) == 0) {
+            found.push_back(st);
+            break;
+          }
+        }
+      }
+      if (found.empty() || found.front() != "param") {
+        return DataLossError(StrCat("the ", view_.optimizer_layout(),
+                                    " optimizer state has no fp32 main parameters (optimizer.state.param.*)"));
+      }
+      states_ = found;
+    }
+    return OkStatus();
+  }
+
+  bool with_optimizer() const { return !states_.empty(); }
+
+  // model_optim_rng.pt of ranks()[rank].
+  Status WriteModelFile(size_t rank, ByteSink* out) const {
+    const TorchDistSource& s = view_.torch_dist();
+    const model::RankOptimizer& r = view_.ranks()[rank];
+    torch::TorchTreeWriter w;
+    pickle::Arena& a = w.arena();
+    CKPT_ASSIGN_OR_RETURN(Value * common, w.Import(*s.common_file, Borrow(s.common_file.get())), "common state");
+    Value* root = a.Dict();
+    auto put = [&](std::string_view key, Value* v) { root->dict.push_back({w.Str(key), v}); };
+    for (const char* k : {"args", "checkpoint_version", "iteration"}) {
+      if (Value* v = DictGet(common, k)) put(k, v);
+    }
+    for (size_t ch = 0; ch < r.chunks.size(); ++ch) {
+      Value* model = a.Dict();
+      model->ordered = true;
+      for (const model::StateEntry& e : model::ChunkStateDict(r.chunks[ch])) {
+        Value* v = nullptr;
+        if (e.param < 0) {
+          v = a.None();
+        } else {
+          const model::ChunkParam& p = r.chunks[ch][e.param];
+          torch::TensorToSave t;
+          t.dtype = view_.settings().params_dtype;
+          t.shape = p.shape;
+          t.nbytes = static_cast<uint64_t>(p.numel()) * DTypeSize(t.dtype);
+          const size_t pi = static_cast<size_t>(e.param);
+          t.write = [this, rank, ch, pi](ByteSink* sink) {
+            return view_.ReadLocal(rank, static_cast<int64_t>(ch), pi, "", sink);
+          };
+          CKPT_ASSIGN_OR_RETURN(v, w.NewTensor(t), e.name);
+        }
+        model->dict.push_back({w.Str(e.name), v});
+      }
+      put(r.chunks.size() > 1 ? StrCat("model", ch) : std::string("model"), model);
+    }
+    std::vector<std::unique_ptr<torch::TorchFile>> payloads;  // alive until Write returns
+    if (with_optimizer()) {
+      CKPT_ASSIGN_OR_RETURN(Value * opt, OptimizerEntry(rank, &w, common, &payloads));
+      put("optimizer", opt);
+    }
+    if (Value* v = DictGet(common, "opt_param_scheduler")) put("opt_param_scheduler", v);
+    CKPT_ASSIGN_OR_RETURN(Value * rng, RngState(r, &w, &payloads));
+    if (rng) put("rng_state", rng);
+    if (Value* v = DictGet(common, "num_floating_point_operations_so_far")) {
+      put("num_floating_point_operations_so_far", v);
+    }
+    torch::TorchWriteOptions wo;
+    wo.archive_name = "model_optim_rng";
+    return w.Write(root, out, wo);
+  }
+
+  // distrib_optim.pt of ranks()[rank].
+  Status WriteOptimizerFile(size_t rank, ByteSink* out) const {
+    const model::RankOptimizer& r = view_.ranks()[rank];
+    torch::TorchTreeWriter w;
+    pickle::Arena& a = w.arena();
+    Value* root = a.Dict();
+    root->dict.push_back({w.Str("buckets_coalesced"), a.Bool(true)});
+    for (size_t g = 0; g < r.dense.size(); ++g) {
+      const model::ParamBuffer& b = r.dense[g];
+      Value* per_dtype = a.Dict();
+      Value* key = a.Tuple({a.Global("torch", std::string(DTypeName(b.param_dtype))),
+                            a.Global("torch", std::string(DTypeName(b.grad_dtype)))});
+      Value* states = a.Dict();
+      for (const std::string& st : states_) {
+        torch::TensorToSave t;
+        t.dtype = DType::kFloat32;
+        t.shape = {b.numel_unpadded};
+        t.nbytes = static_cast<uint64_t>(b.numel_unpadded) * 4;
+        t.write = [this, rank, g, st](ByteSink* sink) { return WriteWorld(rank, g, st, sink); };
+        CKPT_ASSIGN_OR_RETURN(Value * tensor, w.NewTensor(t), StrCat("buffer ", g, " ", st));
+        states->dict.push_back({w.Str(st), tensor});
+      }
+      states->dict.push_back({w.Str("numel_unpadded"), a.Int(b.numel_unpadded)});
+      per_dtype->dict.push_back({key, states});
+      root->dict.push_back({a.Int(static_cast<int64_t>(g)), per_dtype});
+    }
+    torch::TorchWriteOptions wo;
+    wo.archive_name = "distrib_optim";
+    return w.Write(root, out, wo);
+  }
+
+ private:
+  // One buffer's world tensor: each bucket's first numel_unpadded elements,
+  // the parameters' local shards at their offsets, zeros between.
+  Status WriteWorld(size_t rank, size_t g, const std::string& state, ByteSink* out) const {
+    const model::RankOptimizer& r = view_.ranks()[rank];
+    const model::ParamBuffer& b = r.dense[g];
+    int64_t cursor = 0;
+    // Parameters sorted by offset (the layout order is by offset already).
+    for (const model::BufferParam& p : b.params) {
+      const int64_t at = b.WorldOffset(p);
+      if (at < cursor) return InternalError(StrCat("buffer ", g, ": parameters overlap at ", at));
+      CKPT_RETURN_IF_ERROR(AppendZeros(out, static_cast<uint64_t>(at - cursor) * 4));
+      CKPT_RETURN_IF_ERROR(view_.ReadLocal(rank, b.chunk, p.param, state, out));
+      cursor = at + (p.end - p.start);
+    }
+    if (cursor > b.numel_unpadded) return InternalError(StrCat("buffer ", g, " overflows numel_unpadded"));
+    return AppendZeros(out, static_cast<uint64_t>(b.numel_unpadded - cursor) * 4);
+  }
+
+  // {"optimizer": {"param_groups": [...]}, ["grad_scaler": ...]}, as
+  // DistributedOptimizer.state_dict() returns it.
+  Result<Value*> OptimizerEntry(size_t rank, torch::TorchTreeWriter* w, Value* common,
+                                std::vector<std::unique_ptr<torch::TorchFile>>* payloads) const {
+    pickle::Arena& a = w->arena();
+    Value* out = a.Dict();
+    if (view_.optimizer_layout() == "fully_reshardable") {
+      Value* opt = DictGet(common, "optimizer");
+      if (opt == nullptr || opt->kind != pickle::Kind::kDict) {
+        return DataLossError("the common state has no optimizer dict (param groups)");
+      }
+      for (auto& [k, v] : opt->dict) {
+        if (k->kind == pickle::Kind::kString && k->str == "param_state_sharding_type") continue;
+        out->dict.push_back({k, v});
+      }
+      return out;
+    }
+    // dp_reshardable: per model-parallel rank ShardedObjects.
+    const model::RankOptimizer& r = view_.ranks()[rank];
+    const int64_t group = r.at.pp_rank * view_.layout().tp + r.at.tp_rank;
+    for (const char* part : {"optimizer", "grad_scaler"}) {
+      CKPT_ASSIGN_OR_RETURN(
+          Value * v, ObjectPayload(StrCat("optimizer.distributed.dp_group_idx_", group, ".", part, "/shard_0_1"), w,
+                                   payloads));
+      if (v != nullptr) out->dict.push_back({w->Str(part), v});
+    }
+    if (DictGet(out, "optimizer") == nullptr) {
+      return DataLossError(StrCat("optimizer.distributed.dp_group_idx_", group,
+                                  ".optimizer (the param groups of pp rank ", r.at.pp_rank, ", tp rank ", r.at.tp_rank,
+                                  ") is missing"));
+    }
+    return out;
+  }
+
+  // The rank's RNG state: the ShardedObject rng_state at (pp rank, tp rank[, dp rank 0]).
+  Result<Value*> RngState(const model::RankOptimizer& r, torch::TorchTreeWriter* w,
+                          std::vector<std::unique_ptr<torch::TorchFile>>* payloads) const {
+    const internal_checkpoint::DcpReader* dcp = view_.torch_dist().dcp;
+    for (const dcp::Entry& e : dcp->metadata().entries) {
+      std::optional<megatron::ShardedObjectKey> k = megatron::ParseShardedObjectKey(e.key);
+      if (!k || k->key != "rng_state" || k->offset.size() < 2) continue;
+      if (k->offset[0] != r.at.pp_rank || k->offset[1] != r.at.tp_rank) continue;
+      if (k->offset.size() > 2 && k->offset[2] != 0) continue;
+      return ObjectPayload(e.key, w, payloads);
+    }
+    return static_cast<Value*>(nullptr);
+  }
+
+  // The data of ShardedObject `key` (its payload's one element), imported
+  // into `w`; nullptr when absent.
+  Result<Value*> ObjectPayload(const std::string& key, torch::TorchTreeWriter* w,
+                               std::vector<std::unique_ptr<torch::TorchFile>>* payloads) const {
+    const internal_checkpoint::DcpReader* dcp = view_.torch_dist().dcp;
+    const int64_t ei = dcp->metadata().FindEntry(key);
+    if (ei < 0) return static_cast<Value*>(nullptr);
+    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<torch::TorchFile> f,
+                          dcp->OpenBytes(dcp->metadata().entries[ei], pickle::Mode::kInspect), key);
+    const torch::TorchFile* raw = f.get();
+    payloads->push_back(std::move(f));
+    CKPT_ASSIGN_OR_RETURN(Value * v, w->Import(*raw, Borrow(raw)), key);
+    // dist_checkpointing saves a ShardedObject as torch.save([data]).
+    if (v->kind != pickle::Kind::kList || v->items.size() != 1) {
+      return DataLossError(StrCat(key, ": a ShardedObject payload is a one-element list, found ", pickle::TypeName(v)));
+    }
+    return v->items[0];
+  }
+
+  const MegatronView& view_;
+  const ConvertOptions& options_;
+  std::vector<std::string> states_;
+};
+
+}  // namespace
+
+Result<ConvertReport> ConvertToLegacy(const std::string& src, const std::string& dst, const ConvertOptions& options,
+                                      Env* env) {
+  CKPT_ASSIGN_OR_RETURN(TorchDistSource s, OpenTorchDist(src, env, "to=\"legacy\" converts"));
+  std::optional<int64_t> iteration = options.iteration;
+  if (!iteration && s.common) iteration = s.common->iteration;
+  if (!iteration) {
+    return InvalidArgumentError(StrCat(src, ": the checkpoint records no iteration; give one (iteration)"));
+  }
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<MegatronView> view, MegatronView::OverTorchDist(std::move(s)), src);
+  CKPT_RETURN_IF_ERROR(view->model_status(), StrCat(src, ": the model and its parallel layout"));
+  LegacyWriter writer(*view, options);
+  CKPT_RETURN_IF_ERROR(writer.Init(), src);
+
+  megatron::Tracker tracker;
+  tracker.iteration = *iteration;
+  const std::string iter_dir = JoinPath(dst, megatron::IterationDirName(tracker));
+  if (env->FileExists(dst) && !env->IsDirectory(dst)) {
+    return InvalidArgumentError(StrCat("destination ", dst, " exists and is not a folder"));
+  }
+  if (env->IsDirectory(iter_dir)) {
+    CKPT_ASSIGN_OR_RETURN(std::vector<std::string> children, env->GetChildren(iter_dir));
+    if (!children.empty()) {
+      return InvalidArgumentError(StrCat("destination ", iter_dir,
+                                         " already holds files; a checkpoint there is left intact: remove it or "
+                                         "choose another destination or iteration"));
+    }
+  }
+
+  ConvertReport report;
+  std::vector<std::string> created_dirs;
+  auto fail = [&](Status st) -> Status {
+    for (auto it = report.files.rbegin(); it != report.files.rend(); ++it) env->RemoveFile(*it).IgnoreError();
+    for (auto it = created_dirs.rbegin(); it != created_dirs.rend(); ++it) env->RemoveDir(*it).IgnoreError();
+    return st;
+  };
+  for (const std::string& d : {dst, iter_dir}) {
+    if (!env->IsDirectory(d)) {
+      if (Status st = env->CreateDirs(d); !st.ok()) return fail(st);
+      created_dirs.push_back(d);
+    }
+  }
+  uint64_t total = 0;
+  for (size_t ri = 0; ri < view->ranks().size(); ++ri) {
+    const model::RankOptimizer& r = view->ranks()[ri];
+    const std::string folder = JoinPath(iter_dir, RankFolder(view->layout(), r.at));
+    if (!env->IsDirectory(folder)) {
+      if (Status st = env->CreateDirs(folder); !st.ok()) return fail(st);
+      created_dirs.push_back(folder);
+    }
+    const std::string model_path = JoinPath(folder, "model_optim_rng.pt");
+    Status st = WriteFileAtomically(env, model_path, [&](WritableFile* f) { return writer.WriteModelFile(ri, f); });
+    if (!st.ok()) return fail(st.WithContext(model_path));
+    report.files.push_back(model_path);
+    if (writer.with_optimizer()) {
+      const std::string optim_path = JoinPath(folder, "distrib_optim.pt");
+      st = WriteFileAtomically(env, optim_path, [&](WritableFile* f) { return writer.WriteOptimizerFile(ri, f); });
+      if (!st.ok()) return fail(st.WithContext(optim_path));
+      report.files.push_back(optim_path);
+    }
+    if (options.progress) options.progress(ri + 1, view->ranks().size());
+  }
+  for (const std::string& f : report.files) {
+    if (auto size = env->GetFileSize(f); size.ok()) total += *size;
+  }
+  const std::string tracker_path = JoinPath(dst, megatron::kTrackerFileName);
+  Status st = WriteFileAtomically(env, tracker_path,
+                                  [&](WritableFile* f) { return f->Append(std::to_string(*iteration)); });
+  if (!st.ok()) return fail(st.WithContext(tracker_path));
+  report.files.push_back(tracker_path);
+  report.bytes = total;
+  report.tensors = view->ranks().size();
+  if (options.no_optimizer && !view->optimizer_layout().empty()) {
+    report.warnings.push_back("optimizer state left out (no_optimizer)");
+  }
+  return report;
+}
+
+}  // namespace ckpt::internal_convert
