@@ -92,6 +92,8 @@ class LegacyWriter {
     torch::TorchTreeWriter w;
     pickle::Arena& a = w.arena();
     CKPT_ASSIGN_OR_RETURN(Value * common, w.Import(*s.common_file, Borrow(s.common_file.get())), "common state");
+    // core >= 0.19 keeps the common dict as the ShardedObject `common_state`: [dict].
+    if (common->kind == pickle::Kind::kList && common->items.size() == 1) common = common->items[0];
     Value* root = a.Dict();
     auto put = [&](std::string_view key, Value* v) { root->dict.push_back({w.Str(key), v}); };
     for (const char* k : {"args", "checkpoint_version", "iteration"}) {
