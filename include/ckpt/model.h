@@ -296,6 +296,11 @@ Result<Plan> PlanExport(const ModelConfig& c, Family family,
 // "te" picks the norm names (input_layernorm vs
 // linear_qkv.layer_norm_weight). `padded_vocab` rows for the embedding.
 // Errors: InvalidArgument (config/family), NotFound naming a missing HF tensor.
+// The ShardedObject unique keys of the linear layers' `_extra_state` that a
+// GPTModel (local spec) requests on load, one per layer (and expert):
+// "decoder.layers.self_attention.linear_qkv._extra_state/shard_3_4", ...
+std::vector<std::string> ExtraStateObjects(const ModelConfig& c);
+
 Result<Plan> PlanImport(const ModelConfig& c, Family family, std::string_view layer_spec,
                         int64_t padded_vocab,
                         const std::function<bool(std::string_view)>& has_tensor);

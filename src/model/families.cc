@@ -670,7 +670,12 @@ Result<Plan> PlanImport(const ModelConfig& c, Family family, std::string_view la
       }
     }
   }
-  // _extra_state of the linear layers, one ShardedObject per layer (and expert).
+  plan.none_objects = ExtraStateObjects(c);
+  return plan;
+}
+
+std::vector<std::string> ExtraStateObjects(const ModelConfig& c) {
+  std::vector<std::string> out;
   const int64_t L = c.num_layers, E = c.num_experts;
   std::vector<std::string> dense = {"self_attention.linear_qkv", "self_attention.linear_proj"};
   if (!c.moe()) {
@@ -678,19 +683,19 @@ Result<Plan> PlanImport(const ModelConfig& c, Family family, std::string_view la
     dense.push_back("mlp.linear_fc2");
   }
   for (const std::string& m : dense) {
-    for (int64_t l = 0; l < L; ++l) plan.none_objects.push_back(StrCat("decoder.layers.", m, "._extra_state/shard_", l, "_", L));
+    for (int64_t l = 0; l < L; ++l) out.push_back(StrCat("decoder.layers.", m, "._extra_state/shard_", l, "_", L));
   }
   if (c.moe()) {
     for (const char* m : {"linear_fc1", "linear_fc2"}) {
       for (int64_t l = 0; l < L; ++l) {
         for (int64_t e = 0; e < E; ++e) {
-          plan.none_objects.push_back(
+          out.push_back(
               StrCat("decoder.layers.mlp.experts.experts.", m, "._extra_state/shard_", l, ".", e, "_", L, ".", E));
         }
       }
     }
   }
-  return plan;
+  return out;
 }
 
 }  // namespace ckpt::model
