@@ -473,6 +473,15 @@ struct RankOptimizer {
   std::vector<ParamBuffer> expert;
   int64_t dense_dp = 1;   // DP x CP / instances
   int64_t expert_dp = 1;  // TP x CP x DP / (EP x ETP) / instances
+  // The sub-optimizers' data_parallel_group_idx (get_megatron_optimizer:
+  // this rank's rank in the model-parallel group 'tp-pp' for the dense
+  // optimizer, in the expert tensor-model-pipeline group 'tp-ep-pp' for the
+  // expert one); torch_dist dp_reshardable keys are
+  // "optimizer.distributed.dp_group_idx_<idx>.gbuf_idx_<g>...", per sub-optimizer.
+  // Both groups list their ranks tp (etp) fastest, then ep, then pp; checked
+  // against the real ChainedOptimizer in tests/golden/legacy/*/layout.json.
+  int64_t dense_dp_group_idx = 0;   // tp_rank + tp * pp_rank
+  int64_t expert_dp_group_idx = 0;  // etp_rank + etp * (ep_rank + ep * pp_rank)
 };
 
 // Errors: as ChunkParameters; InvalidArgument when the expert grid does not
@@ -492,6 +501,75 @@ struct StateEntry {
   int64_t param = -1;
 };
 std::vector<StateEntry> ChunkStateDict(const std::vector<ChunkParam>& params);
+// Where a global rank sits in megatron-core's two rank grids (parallel_state
+// RankGenerator, the default order "tp-cp-ep-dp-pp"; not
+// --use-tp-pp-dp-mapping): the dense grid is tp (fastest), cp, dp, pp; the
+// expert grid reuses the same ranks as etp (fastest), ep, expert dp, pp. With
+// i = rank mod (tp * cp * dp), the rank inside its pipeline stage:
+//   tp_rank = i % tp, cp_rank = (i / tp) % cp, dp_rank = i / (tp * cp),
+//   etp_rank = i % etp, ep_rank = (i / etp) % ep, expert_dp_rank = i / (etp * ep),
+//   pp_rank = rank / (tp * cp * dp).
+// So a rank's dense TP rank and its expert TP rank differ in general (TP2
+// ETP1 EP2: rank 1 is tp_rank 1, etp_rank 0, ep_rank 1).
+struct RankCoordinates {
+  int64_t rank = 0;
+  int64_t tp_rank = 0;
+  int64_t cp_rank = 0;
+  int64_t dp_rank = 0;
+  int64_t pp_rank = 0;
+  int64_t ep_rank = 0;
+  int64_t etp_rank = 0;
+  int64_t expert_dp_rank = 0;
+};
+// Errors: InvalidArgument (an invalid layout, rank outside [0, world_size)).
+Result<RankCoordinates> GlobalRankCoordinates(const ParallelLayout& l, int64_t rank);
+
+// One folder of a legacy (--ckpt-format torch) checkpoint,
+// iter_NNNNNNN/<folder>/{model_optim_rng.pt, distrib_optim.pt}, the
+// model-parallel coordinates of the rank that writes it, and what it writes.
+struct LegacyRankFolder {
+  std::string folder;  // "mp_rank_TT[_PPP][_EEE]"
+  ChunkCoords at;      // tp_rank (dense), pp_rank, ep_rank, etp_rank of the writer; vp_stage 0
+  int64_t rank = 0;    // the writer's global rank
+  bool model_file = false;        // writes model_optim_rng.pt (expert DP rank 0)
+  bool dense_optimizer = false;   // distrib_optim.pt holds the dense optimizer's state (dense DP and CP rank 0)
+  bool expert_optimizer = false;  // ... and the expert optimizer's (EP > 1, expert DP rank 0)
+};
+
+// The folders a legacy checkpoint of layout `l` holds, in global rank order,
+// as Megatron-LM (core_v0.16.1) checkpointing.py writes them:
+//  * model_optim_rng.pt is written by every rank whose expert_data_parallel_rank
+//    is 0 (save_checkpoint: "mpu.get_expert_data_parallel_rank() == 0"), i.e.
+//    the ranks with i < etp * ep inside each pipeline stage (see
+//    GlobalRankCoordinates); without MoE (etp = tp, ep = 1) these are DP
+//    rank 0, CP rank 0.
+//  * the folder is named by get_checkpoint_name from the writer's DENSE TP
+//    rank, its PP rank and its EP rank: "mp_rank_{tp:02d}", then
+//    "_{pp:03d}" only when PP > 1, then "_{ep:03d}" only when EP > 1. With
+//    PP = 1 and EP > 1 the second field is the EP rank ("mp_rank_00_001" is
+//    tp 0, ep 1), with both it is "mp_rank_TT_PPP_EEE".
+//  * the folder holds the writer's dense parameters (dense tp_rank) and its
+//    experts: global expert ids ep_rank * E/ep + j for local expert j, sharded
+//    over etp at the writer's etp_rank.
+//  * distrib_optim.pt: every rank calls save_parameter_state into its own
+//    folder; a sub-optimizer's state is kept by its DP rank 0
+//    (ChainedOptimizer.save_parameter_state): one sub-optimizer: that
+//    DistributedOptimizer's dict, written by dense DP/CP rank 0 (i < tp);
+//    dense + expert: a list [dense, expert] with None where the rank is not
+//    that sub-optimizer's DP rank 0, written when it is DP rank 0 of either.
+//    So the dense state of (tp_rank, pp) is in the folder of rank i = tp_rank
+//    (ep_rank (tp_rank / etp) % ep), not in every EP folder: MoE TP1 EP2 DP2
+//    writes [dense, expert] to mp_rank_00_000 and [None, expert] to
+//    mp_rank_00_001.
+// Consequences: folders are not the full tp x ep product (TP2 ETP1 EP2 DP1
+// writes mp_rank_00_000 and mp_rank_01_001 only), and with etp * ep < tp some
+// dense TP ranks write no model_optim_rng.pt at all (megatron's legacy format
+// then lacks their dense weights; their folders hold distrib_optim.pt only,
+// model_file false).
+// Errors: InvalidArgument (an invalid layout; two writers mapping to one
+// folder, which happens when etp > tp, e.g. TP1 ETP2: the legacy format
+// cannot hold that layout).
+Result<std::vector<LegacyRankFolder>> LegacyRanks(const ParallelLayout& l);
 
 }  // namespace ckpt::model
 

@@ -388,6 +388,8 @@ Result<RankOptimizer> BuildRankOptimizer(const ModelConfig& c, const ParallelLay
   }
   r.dense_dp = dense_group / s.num_instances;
   r.expert_dp = expert_group / s.num_instances;
+  r.dense_dp_group_idx = at.tp_rank + l.tp * at.pp_rank;
+  r.expert_dp_group_idx = at.etp_rank + l.etp * (at.ep_rank + l.ep * at.pp_rank);
   for (int64_t v = 0; v < l.vpp; ++v) {
     ChunkCoords cc = at;
     cc.vp_stage = v;
@@ -406,6 +408,57 @@ Result<RankOptimizer> BuildRankOptimizer(const ModelConfig& c, const ParallelLay
     r.chunks.push_back(std::move(params));
   }
   return r;
+}
+
+Result<RankCoordinates> GlobalRankCoordinates(const ParallelLayout& l, int64_t rank) {
+  CKPT_RETURN_IF_ERROR(l.Validate());
+  if (rank < 0 || rank >= l.world_size()) {
+    return InvalidArgumentError(StrCat("rank ", rank, " is outside the layout ", LayoutString(l), " (world size ",
+                                       l.world_size(), ")"));
+  }
+  const int64_t stage = l.tp * l.cp * l.dp;
+  const int64_t i = rank % stage;
+  RankCoordinates c;
+  c.rank = rank;
+  c.pp_rank = rank / stage;
+  c.tp_rank = i % l.tp;
+  c.cp_rank = (i / l.tp) % l.cp;
+  c.dp_rank = i / (l.tp * l.cp);
+  c.etp_rank = i % l.etp;
+  c.ep_rank = (i / l.etp) % l.ep;
+  c.expert_dp_rank = i / (l.etp * l.ep);
+  return c;
+}
+
+Result<std::vector<LegacyRankFolder>> LegacyRanks(const ParallelLayout& l) {
+  CKPT_RETURN_IF_ERROR(l.Validate());
+  std::vector<LegacyRankFolder> out;
+  for (int64_t rank = 0; rank < l.world_size(); ++rank) {
+    CKPT_ASSIGN_OR_RETURN(RankCoordinates c, GlobalRankCoordinates(l, rank));
+    LegacyRankFolder f;
+    f.model_file = c.expert_dp_rank == 0;
+    f.dense_optimizer = c.dp_rank == 0 && c.cp_rank == 0;
+    f.expert_optimizer = l.ep > 1 && c.expert_dp_rank == 0;
+    if (!f.model_file && !f.dense_optimizer && !f.expert_optimizer) continue;
+    f.rank = rank;
+    f.at.tp_rank = c.tp_rank;
+    f.at.pp_rank = c.pp_rank;
+    f.at.ep_rank = c.ep_rank;
+    f.at.etp_rank = c.etp_rank;
+    f.folder = fmt::format("mp_rank_{:02d}", c.tp_rank);
+    if (l.pp > 1) f.folder += fmt::format("_{:03d}", c.pp_rank);
+    if (l.ep > 1) f.folder += fmt::format("_{:03d}", c.ep_rank);
+    for (const LegacyRankFolder& g : out) {
+      if (g.folder == f.folder) {
+        return InvalidArgumentError(StrCat("ranks ", g.rank, " and ", rank, " of ", LayoutString(l),
+                                           " would both write the legacy folder ", f.folder,
+                                           " (expert TP ranks ", g.at.etp_rank, " and ", f.at.etp_rank,
+                                           "): the legacy format cannot hold this layout"));
+      }
+    }
+    out.push_back(std::move(f));
+  }
+  return out;
 }
 
 std::string DTypePairName(DType param_dtype, DType grad_dtype) {

@@ -3,16 +3,29 @@
 // ddp_layouts.json is DistributedDataParallel's own param_index_map and
 // buckets for tiny GPTModels of every family (make_ddp_layouts.py). The
 // multi-rank layouts (DP, TP, PP, VPP, EP) are checked against
-// tests/golden/legacy/ by the legacy reader's tests.
+// tests/golden/legacy/ by the legacy reader's tests and, layout by layout,
+// against every tests/golden/legacy/*/layout.json (the real multi-rank DDP +
+// DistributedOptimizer, dumped by tests/interop/megatron_optim.py) here.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <deque>
+#include <filesystem>
 #include <map>
 #include <numeric>
+#include <optional>
+#include <set>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "ckpt/model.h"
+#include "format/megatron/megatron.h"
+#include "format/pickle/value.h"
+#include "model/args.h"
 #include "testing/testutil.h"
 #include "util/strings.h"
 
@@ -260,5 +273,496 @@ TEST(ChunkParameters, ErrorsNameTheSize) {
   EXPECT_EQ(*ParseLayerSpec("transformer_engine"), LayerSpec::kTransformerEngine);
 }
 
+
+// ---------------------------------------------------------------------------
+// The real multi-rank goldens: tests/golden/legacy/<name>/layout.json is
+// megatron_optim.dump_layout of one training run (megatron-core 0.16.1 or
+// 0.19.2, CPU/gloo): per global rank its coordinates, its legacy folder, per
+// model chunk named_parameters() and every DDP buffer (param_index_map,
+// buckets), and per sub-optimizer of the ChainedOptimizer its
+// data_parallel_group_idx, DP group, gbuf order and this DP rank's ranges.
+// Everything expected below comes from those dumps; the inputs are the spec
+// they record.
+
+struct GoldenSetup {
+  ModelConfig config;
+  ParallelLayout layout;
+  DistOptSettings settings;
+};
+
+int64_t IntOr(const json& j, int64_t dflt) { return j.is_null() ? dflt : j.get<int64_t>(); }
+
+// megatron_optim.OptimSpec.describe() -> what the model layer takes. The
+// fixed parts of megatron_optim.build_chunks / _ddp_config: the local layer
+// spec (get_gpt_layer_local_spec), grad_reduce_in_fp32=True, no padding for
+// NCCL bus bandwidth, one optimizer instance; the fixture's MoE runs pass
+// expert_tensor_parallel_size = spec["etp"] (1), dense ones None (= tp).
+GoldenSetup SetupFromSpec(const json& spec) {
+  const json& f = spec.at("family_spec");
+  GoldenSetup g;
+  ModelConfig& c = g.config;
+  c.num_layers = f.at("num_layers");
+  c.hidden_size = f.at("hidden");
+  c.ffn_hidden_size = f.at("ffn");
+  c.num_attention_heads = f.at("heads");
+  c.num_query_groups = f.at("groups");
+  c.kv_channels = IntOr(f.at("kv_channels"), c.hidden_size / c.num_attention_heads);
+  c.make_vocab_size_divisible_by = f.at("divisor");
+  c.vocab_size = f.at("vocab").get<int64_t>();
+  c.padded_vocab_size = c.PaddedVocab(*c.vocab_size, spec.at("tp").get<int64_t>());
+  c.max_position_embeddings = f.at("max_positions");
+  c.norm = f.at("normalization") == "LayerNorm" ? Norm::kLayerNorm : Norm::kRMSNorm;
+  c.norm_epsilon = f.at("norm_epsilon");
+  c.activation = f.at("swiglu").get<bool>()       ? Activation::kSwiGLU
+                 : f.at("openai_gelu").get<bool>() ? Activation::kGeluTanh
+                                                   : Activation::kGelu;
+  c.add_bias_linear = f.at("add_bias_linear");
+  c.add_qkv_bias = f.at("add_qkv_bias");
+  c.qk_layernorm = f.at("qk_layernorm");
+  c.positions = f.at("position_embedding_type") == "learned_absolute" ? Positions::kLearned : Positions::kRope;
+  c.rotary_base = f.at("rotary_base");
+  c.tied_embeddings = f.at("tied");
+  c.num_experts = IntOr(f.at("num_experts"), 0);
+  c.moe_router_topk = f.at("topk");
+  c.moe_ffn_hidden_size = IntOr(f.at("moe_ffn"), 0);
+  c.moe_router_pre_softmax = f.at("moe_router_pre_softmax");
+  c.params_dtype = spec.at("bf16").get<bool>() ? DType::kBFloat16 : DType::kFloat32;
+  ParallelLayout& l = g.layout;
+  l.tp = spec.at("tp");
+  l.pp = spec.at("pp");
+  l.vpp = IntOr(spec.at("vpp"), 1);
+  l.dp = spec.at("dp");
+  l.ep = c.moe() ? spec.at("ep").get<int64_t>() : 1;
+  l.etp = spec.at("etp");
+  DistOptSettings& s = g.settings;
+  s.spec = LayerSpec::kLocal;
+  s.params_dtype = c.params_dtype;
+  s.overlap_grad_reduce = spec.at("overlap_grad_reduce");
+  if (!spec.at("bucket_size").is_null()) s.ddp_bucket_size = spec.at("bucket_size").get<int64_t>();
+  s.grad_reduce_in_fp32 = true;
+  return g;
+}
+
+std::vector<std::string> GoldenLayoutNames() {
+  std::vector<std::string> out;
+  const std::filesystem::path root = testing::SourcePath("tests/golden/legacy");
+  for (const auto& e : std::filesystem::directory_iterator(root)) {
+    if (e.is_directory() && std::filesystem::exists(e.path() / "layout.json")) out.push_back(e.path().filename());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::optional<int64_t> JsonOptInt(const json& j) {
+  if (j.is_null()) return std::nullopt;
+  return j.get<int64_t>();
+}
+
+// The torch_dist key of a parameter (the stacked key of TorchDistCandidates).
+std::string StoredKey(const ChunkParam& p) { return TorchDistCandidates(p.global_name).front().key; }
+
+// The global offset a ShardedTensor of `p` has: the stacked key's leading
+// index (layer[, expert]), then this TP rank's offset in the split dim.
+std::vector<int64_t> GlobalOffset(const ChunkParam& p) {
+  std::vector<int64_t> off = TorchDistCandidates(p.global_name).front().index;
+  const ShardRange r = ShardRanges(p).front();
+  for (size_t d = 0; d < p.global_shape.size(); ++d) {
+    off.push_back(p.split != TpSplit::kNone && static_cast<int>(d) == r.dim ? r.begin : 0);
+  }
+  return off;
+}
+
+void CheckChunkParams(const std::vector<ChunkParam>& mine, const json& real, DType dtype) {
+  ASSERT_EQ(mine.size(), real.size());
+  for (size_t i = 0; i < real.size(); ++i) {
+    const json& r = real[i];
+    const ChunkParam& p = mine[i];
+    const std::string name = r.at("name");
+    EXPECT_EQ(p.module_name, name) << "named_parameters()[" << i << "]";
+    EXPECT_EQ(r.at("ddp_name").get<std::string>(), (dtype == DType::kBFloat16 ? "module." : "") + name)
+        << "Float16Module wraps bf16 chunks only";
+    EXPECT_EQ(p.shape, r.at("shape").get<std::vector<int64_t>>()) << name;
+    EXPECT_EQ(p.numel(), r.at("numel").get<int64_t>()) << name;
+    EXPECT_EQ(DTypeName(dtype), r.at("dtype").get<std::string>()) << name;
+    EXPECT_EQ(!p.expert, r.at("allreduce").get<bool>()) << name;
+    EXPECT_EQ(p.shared_embedding, r.at("shared_embedding").get<bool>()) << name;
+    EXPECT_EQ(StoredKey(p), r.at("key").get<std::string>()) << name << " (" << p.global_name << ")";
+  }
+}
+
+void CheckBuffer(const ParamBuffer& b, const std::vector<ChunkParam>& params, const json& real,
+                 std::optional<int64_t> bucket_size) {
+  EXPECT_EQ(DTypeName(b.param_dtype), real.at("param_dtype").get<std::string>());
+  EXPECT_EQ(DTypeName(b.grad_dtype), real.at("grad_dtype").get<std::string>());
+  EXPECT_EQ(b.dp, real.at("dp_size").get<int64_t>());
+  EXPECT_EQ(bucket_size, JsonOptInt(real.at("bucket_size")));
+  EXPECT_EQ(b.numel, real.at("numel").get<int64_t>());
+  EXPECT_EQ(b.numel_unpadded, real.at("numel_unpadded").get<int64_t>());
+  const json& bks = real.at("buckets");
+  ASSERT_EQ(b.buckets.size(), bks.size());
+  for (size_t k = 0; k < bks.size(); ++k) {
+    const BufferBucket& m = b.buckets[k];
+    EXPECT_EQ(m.offset, bks[k].at("offset").get<int64_t>()) << "bucket " << k;
+    EXPECT_EQ(m.numel, bks[k].at("numel").get<int64_t>()) << "bucket " << k;
+    EXPECT_EQ(m.numel_unpadded, bks[k].at("numel_unpadded").get<int64_t>()) << "bucket " << k;
+    EXPECT_EQ((std::vector<int64_t>{m.offset, m.offset + m.numel}),
+              bks[k].at("bucket_indices").get<std::vector<int64_t>>())
+        << "bucket " << k;
+  }
+  // param_index_map in insertion order (the layout order).
+  const json& pi = real.at("params_in_index_order");
+  ASSERT_EQ(b.params.size(), pi.size());
+  for (size_t k = 0; k < pi.size(); ++k) {
+    const BufferParam& q = b.params[k];
+    const ChunkParam& p = params[q.param];
+    const json& r = pi[k];
+    const std::string name = r.at("name");
+    EXPECT_EQ(p.module_name, name) << "param_index_map entry " << k;
+    EXPECT_EQ((std::vector<int64_t>{q.start, q.end, q.bucket}),
+              (std::vector<int64_t>{r.at("start"), r.at("end"), r.at("bucket_id")}))
+        << name;
+    EXPECT_EQ(p.numel(), r.at("numel").get<int64_t>()) << name;
+    EXPECT_EQ(p.shape, r.at("shape").get<std::vector<int64_t>>()) << name;
+    EXPECT_EQ(StoredKey(p), r.at("key").get<std::string>()) << name;
+    // SwiGLU fc1 is a ShardedTensorFactory (no single global offset).
+    EXPECT_EQ(p.split == TpSplit::kGatedRows, r.at("swiglu_factory").get<bool>()) << name;
+    if (p.split != TpSplit::kGatedRows) {
+      EXPECT_EQ(GlobalOffset(p), r.at("global_offset").get<std::vector<int64_t>>()) << name << " " << p.global_name;
+    } else {
+      EXPECT_TRUE(r.at("global_offset").is_null()) << name;
+    }
+  }
+}
+
+// This DP rank's param ranges (DistributedOptimizer._build_model_gbuf_range):
+// for each bucket, the rank's even share RankRange intersected with each
+// parameter, as (name -> bucket, chunk, gbuf_world, gbuf_world_in_bucket,
+// gbuf_local, param).
+using RangeMap = std::map<std::string, std::vector<int64_t>>;
+
+RangeMap ExpectedRanges(const ParamBuffer& b, const std::vector<ChunkParam>& params, int64_t dp_rank) {
+  RangeMap out;
+  for (const BufferParam& q : b.params) {
+    const auto [lo, hi] = b.RankRange(q.bucket, dp_rank);
+    const int64_t s = std::max(q.start, lo);
+    const int64_t e = std::min(q.end, hi);
+    if (e <= s) continue;
+    const int64_t off = b.buckets[q.bucket].offset;
+    out[params[q.param].module_name] = {q.bucket, b.chunk, s,         e,         s - off,
+                                        e - off,  s - lo,  e - lo,    s - q.start, e - q.start};
+  }
+  return out;
+}
+
+RangeMap RealRanges(const json& ranges) {
+  RangeMap out;
+  for (const json& r : ranges) {
+    std::vector<int64_t> v{r.at("bucket"), r.at("chunk")};
+    for (const char* k : {"gbuf_world", "gbuf_world_in_bucket", "gbuf_local", "param"}) {
+      const auto x = r.at(k).get<std::vector<int64_t>>();
+      v.insert(v.end(), x.begin(), x.end());
+    }
+    EXPECT_TRUE(out.emplace(r.at("name").get<std::string>(), v).second) << r.at("name");
+  }
+  return out;
+}
+
+std::string FolderName(const ParallelLayout& l, int64_t tp_rank, int64_t pp_rank, int64_t ep_rank) {
+  std::string s = fmt::format("mp_rank_{:02d}", tp_rank);
+  if (l.pp > 1) s += fmt::format("_{:03d}", pp_rank);
+  if (l.ep > 1) s += fmt::format("_{:03d}", ep_rank);
+  return s;
+}
+
+TEST(BuildRankOptimizer, MatchesRealMultiRankLayouts) {
+  const std::vector<std::string> names = GoldenLayoutNames();
+  ASSERT_GE(names.size(), 6u);
+  bool saw_expert = false;
+  for (const std::string& name : names) {
+    SCOPED_TRACE(name);
+    const json golden = json::parse(testing::ReadRequiredSourceFile(StrCat("tests/golden/legacy/", name, "/layout.json")));
+    const GoldenSetup g = SetupFromSpec(golden.at("spec"));
+    const ParallelLayout& l = g.layout;
+    ASSERT_EQ(l.world_size(), golden.at("spec").at("world").get<int64_t>());
+    ASSERT_EQ(golden.at("ranks").size(), static_cast<size_t>(l.world_size()));
+    for (const json& jr : golden.at("ranks")) {
+      const int64_t rank = jr.at("rank");
+      SCOPED_TRACE(StrCat("rank ", rank));
+      // The rank grids.
+      Result<RankCoordinates> rc = GlobalRankCoordinates(l, rank);
+      ASSERT_TRUE(rc.ok()) << rc.status().ToString();
+      EXPECT_EQ(rc->tp_rank, jr.at("tp_rank").get<int64_t>());
+      EXPECT_EQ(rc->pp_rank, jr.at("pp_rank").get<int64_t>());
+      EXPECT_EQ(rc->dp_rank, jr.at("dp_rank").get<int64_t>());
+      EXPECT_EQ(rc->ep_rank, jr.at("ep_rank").get<int64_t>());
+      EXPECT_EQ(rc->etp_rank, jr.at("expert_tp_rank").get<int64_t>());
+      EXPECT_EQ(rc->expert_dp_rank, jr.at("expert_dp_rank").get<int64_t>());
+      EXPECT_EQ(FolderName(l, jr.at("tp_rank"), jr.at("pp_rank"), jr.at("ep_rank")),
+                jr.at("ckpt_dir").get<std::string>());
+
+      ChunkCoords at;
+      at.tp_rank = jr.at("tp_rank");
+      at.pp_rank = jr.at("pp_rank");
+      at.ep_rank = jr.at("ep_rank");
+      at.etp_rank = jr.at("expert_tp_rank");
+      Result<RankOptimizer> r = BuildRankOptimizer(g.config, l, g.settings, at);
+      ASSERT_TRUE(r.ok()) << r.status().ToString();
+
+      // Model chunks: named_parameters() and DDP's bucket size.
+      const json& chunks = jr.at("chunks");
+      ASSERT_EQ(r->chunks.size(), chunks.size());
+      std::vector<std::optional<int64_t>> bucket_size(chunks.size());
+      size_t chunk_buffers = 0;
+      for (size_t ci = 0; ci < chunks.size(); ++ci) {
+        SCOPED_TRACE(StrCat("chunk ", ci));
+        const json& jc = chunks[ci];
+        ASSERT_EQ(jc.at("chunk").get<size_t>(), ci);
+        EXPECT_EQ(JsonOptInt(jc.at("vp_stage")), l.vpp > 1 ? std::optional<int64_t>(ci) : std::nullopt);
+        EXPECT_EQ(jc.at("pre_process").get<bool>(), at.pp_rank == 0 && ci == 0);
+        EXPECT_EQ(jc.at("post_process").get<bool>(),
+                  at.pp_rank == l.pp - 1 && static_cast<int64_t>(ci) == l.vpp - 1);
+        ChunkCoords cc = at;
+        cc.vp_stage = static_cast<int64_t>(ci);
+        bucket_size[ci] = DefaultBucketSize(g.settings.overlap_grad_reduce, g.settings.ddp_bucket_size, l.dp, cc);
+        EXPECT_EQ(bucket_size[ci], JsonOptInt(jc.at("ddp_bucket_size")));
+        CheckChunkParams(r->chunks[ci], jc.at("named_parameters"), g.config.params_dtype);
+        chunk_buffers += jc.at("buffers").size();
+      }
+
+      // Sub-optimizers: dense, then expert (EP > 1 with experts).
+      const json& opts = jr.at("optimizers");
+      const size_t n_opt = 1 + (r->expert.empty() ? 0 : 1);
+      ASSERT_EQ(opts.size(), n_opt);
+      EXPECT_EQ(jr.at("chained_optimizer_len").get<size_t>(), n_opt);
+      size_t gbufs_seen = 0;
+      for (const json& jo : opts) {
+        const bool expert = jo.at("kind") == "expert";
+        SCOPED_TRACE(expert ? "expert optimizer" : "dense optimizer");
+        saw_expert = saw_expert || expert;
+        EXPECT_EQ(jo.at("index").get<size_t>(), expert ? 1u : 0u);
+        EXPECT_EQ(jo.at("class").get<std::string>(), "DistributedOptimizer");
+        const std::vector<ParamBuffer>& mine = expert ? r->expert : r->dense;
+        const int64_t dp_rank = expert ? jr.at("expert_dp_rank").get<int64_t>() : jr.at("dp_rank").get<int64_t>();
+        EXPECT_EQ(jo.at("dp_size").get<int64_t>(), expert ? r->expert_dp : r->dense_dp);
+        EXPECT_EQ(jo.at("dp_rank").get<int64_t>(), dp_rank);
+        EXPECT_EQ(jo.at("data_parallel_group_idx").get<int64_t>(),
+                  expert ? r->expert_dp_group_idx : r->dense_dp_group_idx);
+        const json& gbufs = jo.at("gbufs");
+        ASSERT_EQ(mine.size(), gbufs.size());
+        ASSERT_EQ(jo.at("per_bucket_numel").size(), gbufs.size());
+        ASSERT_EQ(jo.at("per_bucket_numel_unpadded").size(), gbufs.size());
+        gbufs_seen += gbufs.size();
+        for (size_t gi = 0; gi < gbufs.size(); ++gi) {
+          SCOPED_TRACE(StrCat("gbuf_idx ", gi));
+          const json& jg = gbufs[gi];
+          const ParamBuffer& b = mine[gi];
+          EXPECT_EQ(jg.at("gbuf_idx").get<size_t>(), gi);
+          ASSERT_EQ(jg.at("chunk").get<int64_t>(), b.chunk);
+          EXPECT_EQ(b.expert, expert);
+          EXPECT_EQ(jg.at("ddp_attr").get<std::string>(), expert ? "expert_parallel_buffers" : "buffers");
+          const std::string dtk = DTypePairName(b.param_dtype, b.grad_dtype);
+          EXPECT_EQ(jg.at("dtype_key").get<std::string>(), dtk);
+          std::vector<int64_t> numel, unpadded;
+          for (const BufferBucket& k : b.buckets) {
+            numel.push_back(k.numel);
+            unpadded.push_back(k.numel_unpadded);
+          }
+          EXPECT_EQ((json{{dtk, numel}}), jo.at("per_bucket_numel")[gi]);
+          EXPECT_EQ((json{{dtk, unpadded}}), jo.at("per_bucket_numel_unpadded")[gi]);
+          // The DDP buffer this gbuf is.
+          const json* jb = nullptr;
+          for (const json& x : chunks[b.chunk].at("buffers")) {
+            if (x.at("kind") == jg.at("ddp_attr") && x.at("index") == jg.at("index_in_chunk")) jb = &x;
+          }
+          ASSERT_NE(jb, nullptr);
+          CheckBuffer(b, r->chunks[b.chunk], *jb, bucket_size[b.chunk]);
+          // This DP rank's ranges.
+          EXPECT_EQ(ExpectedRanges(b, r->chunks[b.chunk], dp_rank), RealRanges(jg.at("this_dp_rank_param_ranges")));
+        }
+      }
+      EXPECT_EQ(gbufs_seen, chunk_buffers) << "every DDP buffer is one gbuf of one sub-optimizer";
+    }
+  }
+  EXPECT_TRUE(saw_expert) << "no golden has an expert optimizer";
+}
+
+
+// The same settings read back from the `args` Megatron-LM stored in the
+// goldens' legacy model_optim_rng.pt (expected.json records each field's
+// str()): DistOptFromArgs and LayoutFromArgs give what the layouts above
+// were checked with.
+TEST(DistOptFromArgs, MatchesTheGoldensArgs) {
+  for (const std::string& name : GoldenLayoutNames()) {
+    SCOPED_TRACE(name);
+    const std::string base = StrCat("tests/golden/legacy/", name, "/");
+    const GoldenSetup g =
+        SetupFromSpec(json::parse(testing::ReadRequiredSourceFile(base + "layout.json")).at("spec"));
+    const json expected = json::parse(testing::ReadRequiredSourceFile(base + "expected.json"));
+    const json* args = nullptr;
+    for (const auto& [file, ent] : expected.at("describe").at("legacy").at("files").items()) {
+      if (file.size() > 18 && file.substr(file.size() - 18) == "model_optim_rng.pt") {
+        args = &ent.at("args");
+        break;
+      }
+    }
+    ASSERT_NE(args, nullptr);
+    // str() of each field back to a pickle value: True/False, None, ints,
+    // floats, else a string.
+    std::deque<pickle::Value> values;
+    megatron::CommonState common;
+    for (const auto& [k, v] : args->items()) {
+      const std::string text = v.get<std::string>();
+      pickle::Value& pv = values.emplace_back();
+      size_t used = 0;
+      if (text == "True" || text == "False") {
+        pv.kind = pickle::Kind::kBool;
+        pv.i = text == "True";
+      } else if (text == "None") {
+        pv.kind = pickle::Kind::kNone;
+      } else if (!text.empty() && text.find_first_not_of("-0123456789") == std::string::npos) {
+        pv.kind = pickle::Kind::kInt;
+        pv.i = std::stoll(text);
+      } else if (!text.empty() && text.find_first_not_of("-0123456789.e+") == std::string::npos &&
+                 (std::stod(text, &used), used == text.size())) {
+        pv.kind = pickle::Kind::kFloat;
+        pv.f = std::stod(text);
+      } else {
+        pv.kind = pickle::Kind::kString;
+        pv.str = text;
+      }
+      common.args_fields.emplace(k, &pv);
+    }
+    const DistOptSettings s = DistOptFromArgs(common, std::nullopt);
+    EXPECT_EQ(s.spec, g.settings.spec);
+    EXPECT_EQ(s.params_dtype, g.settings.params_dtype);
+    EXPECT_EQ(s.overlap_grad_reduce, g.settings.overlap_grad_reduce);
+    EXPECT_EQ(s.ddp_bucket_size, g.settings.ddp_bucket_size);
+    EXPECT_EQ(s.grad_reduce_in_fp32, g.settings.grad_reduce_in_fp32);
+    EXPECT_EQ(s.pad_buckets_for_high_nccl_busbw, g.settings.pad_buckets_for_high_nccl_busbw);
+    EXPECT_EQ(s.num_instances, g.settings.num_instances);
+    Result<ParallelLayout> l = LayoutFromArgs(common);
+    ASSERT_TRUE(l.ok()) << l.status().ToString();
+    EXPECT_EQ(LayoutString(*l), LayoutString(g.layout));
+    EXPECT_EQ((std::vector<int64_t>{l->tp, l->pp, l->vpp, l->dp, l->cp, l->ep, l->etp}),
+              (std::vector<int64_t>{g.layout.tp, g.layout.pp, g.layout.vpp, g.layout.dp, g.layout.cp, g.layout.ep,
+                                    g.layout.etp}));
+  }
+}
+
+TEST(LegacyRanks, MatchRealLegacyFolders) {
+  for (const std::string& name : GoldenLayoutNames()) {
+    SCOPED_TRACE(name);
+    const std::string base = StrCat("tests/golden/legacy/", name, "/");
+    const json golden = json::parse(testing::ReadRequiredSourceFile(base + "layout.json"));
+    const GoldenSetup g = SetupFromSpec(golden.at("spec"));
+    Result<std::vector<LegacyRankFolder>> folders = LegacyRanks(g.layout);
+    ASSERT_TRUE(folders.ok()) << folders.status().ToString();
+    // The folders on disk and their files; distrib_optim.pt's structure
+    // (expected.json): a dict (one sub-optimizer) or [dense | None, expert | None].
+    const json expected = json::parse(testing::ReadRequiredSourceFile(base + "expected.json"));
+    const json& files = expected.at("describe").at("legacy").at("files");
+    const std::string iter = testing::ReadSourceFile(base + "legacy/latest_checkpointed_iteration.txt");
+    ASSERT_FALSE(iter.empty());
+    const std::string iter_dir = fmt::format("iter_{:07d}", std::stoll(iter));
+    std::set<std::string> on_disk;
+    for (const auto& e : std::filesystem::directory_iterator(testing::SourcePath(base + "legacy/" + iter_dir))) {
+      on_disk.insert(e.path().filename());
+    }
+    std::set<std::string> mine;
+    for (const LegacyRankFolder& f : *folders) {
+      SCOPED_TRACE(f.folder);
+      EXPECT_TRUE(mine.insert(f.folder).second);
+      // The writer is the recorded rank with this ckpt_dir.
+      const json& jr = golden.at("ranks").at(f.rank);
+      EXPECT_EQ(jr.at("ckpt_dir").get<std::string>(), f.folder);
+      EXPECT_EQ(f.at.tp_rank, jr.at("tp_rank").get<int64_t>());
+      EXPECT_EQ(f.at.pp_rank, jr.at("pp_rank").get<int64_t>());
+      EXPECT_EQ(f.at.ep_rank, jr.at("ep_rank").get<int64_t>());
+      EXPECT_EQ(f.at.etp_rank, jr.at("expert_tp_rank").get<int64_t>());
+      const std::string dir = testing::SourcePath(base + "legacy/" + iter_dir + "/" + f.folder);
+      EXPECT_EQ(f.model_file, std::filesystem::exists(dir + "/model_optim_rng.pt"));
+      EXPECT_EQ(f.model_file, jr.at("expert_dp_rank").get<int64_t>() == 0);
+      ASSERT_TRUE(files.contains(iter_dir + "/" + f.folder + "/distrib_optim.pt"));
+      const json& st = files.at(iter_dir + "/" + f.folder + "/distrib_optim.pt").at("structure");
+      size_t n_opt = 0;
+      for (const json& o : jr.at("optimizers")) {
+        const bool dp0 = o.at("dp_rank").get<int64_t>() == 0;
+        EXPECT_EQ(dp0, o.at("kind") == "expert" ? f.expert_optimizer : f.dense_optimizer) << o.at("kind");
+        if (st.is_array()) {
+          EXPECT_EQ(dp0, !st.at(n_opt).is_null()) << o.at("kind");
+        } else {
+          EXPECT_TRUE(dp0 && st.is_object()) << o.at("kind");
+        }
+        ++n_opt;
+      }
+      EXPECT_EQ(st.is_array() ? st.size() : 1u, n_opt);
+    }
+    EXPECT_EQ(mine, on_disk);
+    // Every recorded rank's folder is one of them (its model-parallel state is in it).
+    for (const json& jr : golden.at("ranks")) {
+      EXPECT_TRUE(mine.count(jr.at("ckpt_dir").get<std::string>())) << jr.at("ckpt_dir");
+    }
+  }
+}
+
+TEST(LegacyRanks, FoldersFollowTheExpertGrid) {
+  // TP2 ETP1 EP2 DP1: rank 1 is tp 1 / ep 1; no folder for (tp 0, ep 1) or (tp 1, ep 0).
+  ParallelLayout l;
+  l.tp = 2;
+  l.ep = 2;
+  l.etp = 1;
+  Result<std::vector<LegacyRankFolder>> f = LegacyRanks(l);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  ASSERT_EQ(f->size(), 2u);
+  EXPECT_TRUE((*f)[1].model_file && (*f)[1].dense_optimizer && (*f)[1].expert_optimizer);
+  EXPECT_EQ((*f)[0].folder, "mp_rank_00_000");
+  EXPECT_EQ((*f)[1].folder, "mp_rank_01_001");
+  EXPECT_EQ((*f)[1].at.tp_rank, 1);
+  EXPECT_EQ((*f)[1].at.ep_rank, 1);
+  EXPECT_EQ((*f)[1].at.etp_rank, 0);
+  // PP2 EP2: mp_rank_TT_PPP_EEE; the second stage's writers start at rank tp*dp.
+  l.tp = 1;
+  l.dp = 2;
+  l.pp = 2;
+  f = LegacyRanks(l);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  ASSERT_EQ(f->size(), 4u);
+  EXPECT_EQ((*f)[3].folder, "mp_rank_00_001_001");
+  EXPECT_EQ((*f)[3].rank, 3);
+  EXPECT_FALSE((*f)[3].dense_optimizer);  // dense DP rank 1: [None, expert]
+  EXPECT_TRUE((*f)[3].expert_optimizer);
+  // TP4 ETP1 EP2 DP1: dense TP ranks 2 and 3 (expert DP rank 1) write no
+  // model_optim_rng.pt, only their dense optimizer state.
+  l = ParallelLayout{};
+  l.tp = 4;
+  l.ep = 2;
+  l.etp = 1;
+  f = LegacyRanks(l);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  ASSERT_EQ(f->size(), 4u);
+  EXPECT_EQ((*f)[2].folder, "mp_rank_02_000");
+  EXPECT_FALSE((*f)[2].model_file);
+  EXPECT_TRUE((*f)[2].dense_optimizer);
+  EXPECT_FALSE((*f)[2].expert_optimizer);
+  EXPECT_EQ((*f)[3].folder, "mp_rank_03_001");
+  // TP1 ETP2: two expert TP ranks would write one folder.
+  l = ParallelLayout{};
+  l.dp = 2;
+  l.etp = 2;
+  f = LegacyRanks(l);
+  ASSERT_FALSE(f.ok());
+  EXPECT_NE(f.status().message().find("would both write"), std::string::npos) << f.status().ToString();
+  // Without MoE the writers are DP rank 0: one folder per (tp, pp).
+  l = ParallelLayout{};
+  l.tp = 2;
+  l.etp = 2;
+  l.dp = 4;
+  l.pp = 2;
+  f = LegacyRanks(l);
+  ASSERT_TRUE(f.ok());
+  ASSERT_EQ(f->size(), 4u);
+  EXPECT_EQ((*f)[2].folder, "mp_rank_00_001");
+  EXPECT_EQ((*f)[2].rank, 8);
+}
 }  // namespace
 }  // namespace ckpt::model
