@@ -335,11 +335,14 @@ def convert(
     etp: Optional[int] = None,
     megatron_layer_spec: str = "local",
     make_vocab_size_divisible_by: int = 128,
+    no_optimizer: bool = False,
 ) -> dict:
     """Converts a checkpoint to `to`: "safetensors", "torch", "dcp" (a
-    torch.distributed.checkpoint folder), "torch_dist" (Megatron-Core) or
+    torch.distributed.checkpoint folder), "torch_dist" (Megatron-Core),
     "hf" (a HuggingFace model folder from a Megatron-Core torch_dist GPT
-    checkpoint; see below). Target names are read by the same
+    checkpoint; see below) or "legacy" (Megatron-LM's
+    iter_N/mp_rank_XX/model_optim_rng.pt + distrib_optim.pt; no_optimizer
+    leaves the optimizer state out). Target names are read by the same
     code as the CLI's --to; an unknown one is a ValueError listing them.
 
     max_shard_size (safetensors/torch) writes shards plus an index json: an
@@ -375,7 +378,8 @@ def convert(
                          hf_config=os.fspath(hf_config) if hf_config is not None else "", family=family or "",
                          vocab_size=vocab_size, dtype=dtype or "", bin=bool(bin), tp=tp, pp=pp, ep=ep, etp=etp,
                          megatron_layer_spec=megatron_layer_spec,
-                         make_vocab_size_divisible_by=make_vocab_size_divisible_by)
+                         make_vocab_size_divisible_by=make_vocab_size_divisible_by,
+                         no_optimizer=bool(no_optimizer))
 
 
 # numpy (kind, itemsize) -> torch dtype name, for save_file.

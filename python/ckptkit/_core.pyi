@@ -41,6 +41,7 @@ def convert(
     etp: Optional[int] = None,
     megatron_layer_spec: str = "local",
     make_vocab_size_divisible_by: int = 128,
+    no_optimizer: bool = False,
 ) -> dict[str, Any]: ...
 def parse_size(text: str) -> int: ...
 def save_file(

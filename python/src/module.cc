@@ -308,8 +308,10 @@ nb::dict ConvertPy(const std::string& src, const std::string& dst, std::string_v
                    const std::string& megatron_version, std::optional<int64_t> iteration,
                    const std::string& hf_config, const std::string& family, std::optional<int64_t> vocab_size,
                    const std::string& dtype, bool bin, int64_t tp, int64_t pp, int64_t ep, std::optional<int64_t> etp,
-                   const std::string& megatron_layer_spec, int64_t make_vocab_size_divisible_by) {
+                   const std::string& megatron_layer_spec, int64_t make_vocab_size_divisible_by,
+                   bool no_optimizer) {
   ConvertOptions options;
+  options.no_optimizer = no_optimizer;
   options.hf_config = hf_config;
   options.family = family;
   options.vocab_size = vocab_size;
@@ -815,7 +817,7 @@ NB_MODULE(_core, m) {
         nb::arg("hf_config") = "", nb::arg("family") = "", nb::arg("vocab_size").none() = nb::none(),
         nb::arg("dtype") = "", nb::arg("bin") = false, nb::arg("tp") = 1, nb::arg("pp") = 1, nb::arg("ep") = 1,
         nb::arg("etp").none() = nb::none(), nb::arg("megatron_layer_spec") = "local",
-        nb::arg("make_vocab_size_divisible_by") = 128);
+        nb::arg("make_vocab_size_divisible_by") = 128, nb::arg("no_optimizer") = false);
   m.def("parse_size", &ParseSizePy, nb::arg("text"));
   m.def("save_file", &SaveFilePy, nb::arg("path"), nb::arg("format"), nb::arg("entries"),
         nb::arg("metadata").none() = nb::none());

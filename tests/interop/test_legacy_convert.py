@@ -180,3 +180,18 @@ def test_legacy_bad_destinations_and_sources(tmp_path):
     # --no-optimizer is a --to legacy flag only.
     r = _ckptkit("convert", src, str(tmp_path / "y"), "--to", "torch", "--no-optimizer", check=False)
     assert r.returncode == 2 and "--no-optimizer" in r.stderr
+
+
+def test_python_convert_to_legacy(tmp_path):
+    import ckptkit
+
+    src = os.path.join(GOLDEN, "mc016_llama_dp2", "dp_reshardable")
+    rep = ckptkit.convert(src, tmp_path / "out", to="legacy")
+    assert rep["files"][-1].endswith("latest_checkpointed_iteration.txt")
+    ref = os.path.join(GOLDEN, "mc016_llama_dp2", "legacy", "iter_0000002", "mp_rank_00", "distrib_optim.pt")
+    with open(ref, "rb") as f:
+        assert (tmp_path / "out" / "iter_0000002" / "mp_rank_00" / "distrib_optim.pt").read_bytes() == f.read()
+    rep = ckptkit.convert(src, tmp_path / "bare", to="legacy", no_optimizer=True)
+    assert not any(p.endswith("distrib_optim.pt") for p in rep["files"])
+    with pytest.raises(ValueError, match='no_optimizer applies only with to="legacy"'):
+        ckptkit.convert(src, tmp_path / "x", to="torch", no_optimizer=True)
