@@ -48,12 +48,6 @@ torch::TorchTreeWriter::Reopener Borrow(const torch::TorchFile* f) {
   };
 }
 
-std::string RankFolder(const model::ParallelLayout& l, const model::ChunkCoords& at) {
-  std::string name = fmt::format("mp_rank_{:02d}", at.tp_rank);
-  if (l.pp > 1) name += fmt::format("_{:03d}", at.pp_rank);
-  if (l.ep > 1) name += fmt::format("_{:03d}", at.ep_rank);
-  return name;
-}
 
 // What one legacy rank file takes from the torch_dist source.
 class LegacyWriter {
@@ -84,6 +78,7 @@ class LegacyWriter {
   }
 
   bool with_optimizer() const { return !states_.empty(); }
+  size_t states() const { return states_.size(); }
 
   // model_optim_rng.pt of ranks()[rank].
   Status WriteModelFile(size_t rank, ByteSink* out) const {
@@ -128,7 +123,7 @@ class LegacyWriter {
       put("optimizer", opt);
     }
     if (Value* v = DictGet(common, "opt_param_scheduler")) put("opt_param_scheduler", v);
-    CKPT_ASSIGN_OR_RETURN(Value * rng, RngState(r, &w, &payloads));
+    CKPT_ASSIGN_OR_RETURN(Value * rng, RngState(rank, &w, &payloads));
     if (rng) put("rng_state", rng);
     if (Value* v = DictGet(common, "num_floating_point_operations_so_far")) {
       put("num_floating_point_operations_so_far", v);
@@ -138,15 +133,51 @@ class LegacyWriter {
     return w.Write(root, out, wo);
   }
 
-  // distrib_optim.pt of ranks()[rank].
+  // Whether ranks()[rank]'s folder gets a distrib_optim.pt.
+  bool HasOptimizerFile(size_t rank) const {
+    const model::LegacyRankFolder& f = view_.folders()[rank];
+    return with_optimizer() && (f.dense_optimizer || f.expert_optimizer);
+  }
+
+  // distrib_optim.pt of ranks()[rank]: one DistributedOptimizer's dict, or
+  // for dense + expert (ChainedOptimizer.save_parameter_state) the list
+  // [dense or None, expert or None], None where this rank is not that
+  // sub-optimizer's DP rank 0.
   Status WriteOptimizerFile(size_t rank, ByteSink* out) const {
     const model::RankOptimizer& r = view_.ranks()[rank];
+    const model::LegacyRankFolder& f = view_.folders()[rank];
     torch::TorchTreeWriter w;
+    pickle::Arena& a = w.arena();
+    Value* root = nullptr;
+    if (r.expert.empty()) {
+      CKPT_ASSIGN_OR_RETURN(root, BufferState(rank, false, &w));
+    } else {
+      Value* dense = a.None();
+      Value* expert = a.None();
+      if (f.dense_optimizer) {
+        CKPT_ASSIGN_OR_RETURN(dense, BufferState(rank, false, &w));
+      }
+      if (f.expert_optimizer) {
+        CKPT_ASSIGN_OR_RETURN(expert, BufferState(rank, true, &w));
+      }
+      root = a.List({dense, expert});
+    }
+    torch::TorchWriteOptions wo;
+    wo.archive_name = "distrib_optim";
+    return w.Write(root, out, wo);
+  }
+
+ private:
+  // get_parameter_state_dp_zero's dict for the dense or expert buffers.
+  Result<Value*> BufferState(size_t rank, bool expert, torch::TorchTreeWriter* wp) const {
+    torch::TorchTreeWriter& w = *wp;
+    const model::RankOptimizer& r = view_.ranks()[rank];
+    const std::vector<model::ParamBuffer>& buffers = expert ? r.expert : r.dense;
     pickle::Arena& a = w.arena();
     Value* root = a.Dict();
     root->dict.push_back({w.Str("buckets_coalesced"), a.Bool(true)});
-    for (size_t g = 0; g < r.dense.size(); ++g) {
-      const model::ParamBuffer& b = r.dense[g];
+    for (size_t g = 0; g < buffers.size(); ++g) {
+      const model::ParamBuffer& b = buffers[g];
       Value* per_dtype = a.Dict();
       Value* key = a.Tuple({a.Global("torch", std::string(DTypeName(b.param_dtype))),
                             a.Global("torch", std::string(DTypeName(b.grad_dtype)))});
@@ -156,25 +187,22 @@ class LegacyWriter {
         t.dtype = DType::kFloat32;
         t.shape = {b.numel_unpadded};
         t.nbytes = static_cast<uint64_t>(b.numel_unpadded) * 4;
-        t.write = [this, rank, g, st](ByteSink* sink) { return WriteWorld(rank, g, st, sink); };
-        CKPT_ASSIGN_OR_RETURN(Value * tensor, w.NewTensor(t), StrCat("buffer ", g, " ", st));
+        t.write = [this, rank, expert, g, st](ByteSink* sink) { return WriteWorld(rank, expert, g, st, sink); };
+        CKPT_ASSIGN_OR_RETURN(Value * tensor, w.NewTensor(t), StrCat(expert ? "expert " : "", "buffer ", g, " ", st));
         states->dict.push_back({w.Str(st), tensor});
       }
       states->dict.push_back({w.Str("numel_unpadded"), a.Int(b.numel_unpadded)});
       per_dtype->dict.push_back({key, states});
       root->dict.push_back({a.Int(static_cast<int64_t>(g)), per_dtype});
     }
-    torch::TorchWriteOptions wo;
-    wo.archive_name = "distrib_optim";
-    return w.Write(root, out, wo);
+    return root;
   }
 
- private:
   // One buffer's world tensor: each bucket's first numel_unpadded elements,
   // the parameters' local shards at their offsets, zeros between.
-  Status WriteWorld(size_t rank, size_t g, const std::string& state, ByteSink* out) const {
+  Status WriteWorld(size_t rank, bool expert, size_t g, const std::string& state, ByteSink* out) const {
     const model::RankOptimizer& r = view_.ranks()[rank];
-    const model::ParamBuffer& b = r.dense[g];
+    const model::ParamBuffer& b = expert ? r.expert[g] : r.dense[g];
     int64_t cursor = 0;
     // Parameters sorted by offset (the layout order is by offset already).
     for (const model::BufferParam& p : b.params) {
@@ -199,15 +227,30 @@ class LegacyWriter {
       if (opt == nullptr || opt->kind != pickle::Kind::kDict) {
         return DataLossError("the common state has no optimizer dict (param groups)");
       }
-      for (auto& [k, v] : opt->dict) {
-        if (k->kind == pickle::Kind::kString && k->str == "param_state_sharding_type") continue;
-        out->dict.push_back({k, v});
+      // One DistributedOptimizer's state_dict() without the sharding type.
+      auto strip = [&](Value* sub) {
+        Value* d = a.Dict();
+        for (auto& [k, v] : sub->dict) {
+          if (k->kind == pickle::Kind::kString && k->str == "param_state_sharding_type") continue;
+          d->dict.push_back({k, v});
+        }
+        return d;
+      };
+      // A ChainedOptimizer (dense + expert) keeps {0: state, 1: state}; its
+      // legacy state_dict() is the list of them.
+      if (!opt->dict.empty() && opt->dict.front().first->kind == pickle::Kind::kInt) {
+        Value* list = a.List({});
+        for (auto& [k, v] : opt->dict) {
+          if (v->kind != pickle::Kind::kDict) return DataLossError("a chained optimizer entry is not a dict");
+          list->items.push_back(strip(v));
+        }
+        return list;
       }
-      return out;
+      return strip(opt);
     }
     // dp_reshardable: per model-parallel rank ShardedObjects.
     const model::RankOptimizer& r = view_.ranks()[rank];
-    const int64_t group = r.at.pp_rank * view_.layout().tp + r.at.tp_rank;
+    const int64_t group = r.dense_dp_group_idx;
     for (const char* part : {"optimizer", "grad_scaler"}) {
       CKPT_ASSIGN_OR_RETURN(
           Value * v, ObjectPayload(StrCat("optimizer.distributed.dp_group_idx_", group, ".", part, "/shard_0_1"), w,
@@ -223,14 +266,18 @@ class LegacyWriter {
   }
 
   // The rank's RNG state: the ShardedObject rng_state at (pp rank, tp rank[, dp rank 0]).
-  Result<Value*> RngState(const model::RankOptimizer& r, torch::TorchTreeWriter* w,
+  Result<Value*> RngState(size_t rank, torch::TorchTreeWriter* w,
                           std::vector<std::unique_ptr<torch::TorchFile>>* payloads) const {
+    const model::RankOptimizer& r = view_.ranks()[rank];
+    CKPT_ASSIGN_OR_RETURN(model::RankCoordinates writer,
+                          model::GlobalRankCoordinates(view_.layout(), view_.folders()[rank].rank));
     const internal_checkpoint::DcpReader* dcp = view_.torch_dist().dcp;
     for (const dcp::Entry& e : dcp->metadata().entries) {
       std::optional<megatron::ShardedObjectKey> k = megatron::ParseShardedObjectKey(e.key);
       if (!k || k->key != "rng_state" || k->offset.size() < 2) continue;
       if (k->offset[0] != r.at.pp_rank || k->offset[1] != r.at.tp_rank) continue;
-      if (k->offset.size() > 2 && k->offset[2] != 0) continue;
+      // (PP, TP, DP) with --data-parallel-random-init or expert parallelism.
+      if (k->offset.size() > 2 && k->offset[2] != writer.dp_rank) continue;
       return ObjectPayload(e.key, w, payloads);
     }
     return static_cast<Value*>(nullptr);
@@ -306,18 +353,22 @@ Result<ConvertReport> ConvertToLegacy(const std::string& src, const std::string&
   uint64_t total = 0;
   for (size_t ri = 0; ri < view->ranks().size(); ++ri) {
     const model::RankOptimizer& r = view->ranks()[ri];
-    const std::string folder = JoinPath(iter_dir, RankFolder(view->layout(), r.at));
+    const model::LegacyRankFolder& rf = view->folders()[ri];
+    const std::string folder = JoinPath(iter_dir, rf.folder);
     if (!env->IsDirectory(folder)) {
       if (Status st = env->CreateDirs(folder); !st.ok()) return fail(st);
       created_dirs.push_back(folder);
     }
-    const std::string model_path = JoinPath(folder, "model_optim_rng.pt");
-    Status st = WriteFileAtomically(env, model_path, [&](WritableFile* f) { return writer.WriteModelFile(ri, f); });
-    if (!st.ok()) return fail(st.WithContext(model_path));
-    report.files.push_back(model_path);
-    if (writer.with_optimizer()) {
+    if (rf.model_file) {
+      const std::string model_path = JoinPath(folder, "model_optim_rng.pt");
+      Status st = WriteFileAtomically(env, model_path, [&](WritableFile* f) { return writer.WriteModelFile(ri, f); });
+      if (!st.ok()) return fail(st.WithContext(model_path));
+      report.files.push_back(model_path);
+    }
+    if (writer.HasOptimizerFile(ri)) {
       const std::string optim_path = JoinPath(folder, "distrib_optim.pt");
-      st = WriteFileAtomically(env, optim_path, [&](WritableFile* f) { return writer.WriteOptimizerFile(ri, f); });
+      Status st =
+          WriteFileAtomically(env, optim_path, [&](WritableFile* f) { return writer.WriteOptimizerFile(ri, f); });
       if (!st.ok()) return fail(st.WithContext(optim_path));
       report.files.push_back(optim_path);
     }
@@ -332,7 +383,14 @@ Result<ConvertReport> ConvertToLegacy(const std::string& src, const std::string&
   if (!st.ok()) return fail(st.WithContext(tracker_path));
   report.files.push_back(tracker_path);
   report.bytes = total;
-  report.tensors = view->ranks().size();
+  report.tensors = 0;
+  for (size_t ri = 0; ri < view->ranks().size(); ++ri) {
+    const model::RankOptimizer& r = view->ranks()[ri];
+    if (view->folders()[ri].model_file) {
+      for (const auto& chunk : r.chunks) report.tensors += chunk.size();
+    }
+    if (writer.HasOptimizerFile(ri)) report.tensors += writer.states() * (r.dense.size() + r.expert.size());
+  }
   if (options.no_optimizer && !view->optimizer_layout().empty()) {
     report.warnings.push_back("optimizer state left out (no_optimizer)");
   }

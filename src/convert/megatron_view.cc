@@ -76,7 +76,8 @@ class DpReshardableShards final : public ShardReader {
 
   static std::string Key(std::string_view prefix, const model::RankOptimizer& r, int64_t tp, int64_t gbuf,
                          const model::ParamBuffer& b, int64_t bucket, std::string_view state) {
-    return StrCat(prefix, kDistributed, r.at.pp_rank * tp + r.at.tp_rank, ".gbuf_idx_", gbuf, ".dtype_",
+    (void)tp;
+    return StrCat(prefix, kDistributed, r.dense_dp_group_idx, ".gbuf_idx_", gbuf, ".dtype_",
                   model::DTypePairName(b.param_dtype, b.grad_dtype), ".bucket_idx_", bucket, ".", state);
   }
 
@@ -144,19 +145,13 @@ Status MegatronView::BuildModel() {
 }
 
 Status MegatronView::BuildRanks() {
-  if (layout_.ep > 1) {
-    return UnimplementedError(StrCat("optimizer buffers of an expert-parallel layout (", model::LayoutString(layout_),
-                                     ") are not read yet; fully_reshardable checkpoints are"));
-  }
-  for (int64_t pp = 0; pp < layout_.pp; ++pp) {
-    for (int64_t tp = 0; tp < layout_.tp; ++tp) {
-      model::ChunkCoords at;
-      at.pp_rank = pp;
-      at.tp_rank = tp;
-      CKPT_ASSIGN_OR_RETURN(model::RankOptimizer r, model::BuildRankOptimizer(config_, layout_, settings_, at),
-                            StrCat("the distributed optimizer's layout of pp rank ", pp, ", tp rank ", tp));
-      ranks_.push_back(std::move(r));
-    }
+  // One optimizer per legacy rank folder: the model-parallel ranks that
+  // Megatron-LM's legacy save writes (for EP 1: every (tp, pp)).
+  CKPT_ASSIGN_OR_RETURN(folders_, model::LegacyRanks(layout_));
+  for (const model::LegacyRankFolder& f : folders_) {
+    CKPT_ASSIGN_OR_RETURN(model::RankOptimizer r, model::BuildRankOptimizer(config_, layout_, settings_, f.at),
+                          StrCat("the distributed optimizer's layout of ", f.folder));
+    ranks_.push_back(std::move(r));
   }
   return OkStatus();
 }
@@ -175,7 +170,13 @@ void MegatronView::AddAssembled(const std::string& state, DType dtype) {
     for (size_t ch = 0; ch < r.chunks.size(); ++ch) {
       for (size_t pi = 0; pi < r.chunks[ch].size(); ++pi) {
         const model::ChunkParam& p = r.chunks[ch][pi];
-        if (p.split == model::TpSplit::kNone && r.at.tp_rank != 0) continue;  // replicated: rank 0's
+        // Each shard once: dense parameters from the folder that holds the
+        // dense optimizer (one per (tp, pp)), replicated ones from tp rank 0;
+        // experts from the folder that holds the expert optimizer.
+        const model::LegacyRankFolder& f = folders_[ri];
+        if (p.expert ? !f.expert_optimizer : (!f.dense_optimizer || (p.split == model::TpSplit::kNone && r.at.tp_rank != 0))) {
+          continue;
+        }
         std::optional<model::StoredRef> stored = FindStored(torch_dist_, p.global_name);
         if (!stored) continue;  // the model check reports missing tensors
         const TensorInfo& model_t = base_->tensors()[torch_dist_.by_key.at(stored->key)];
@@ -272,6 +273,11 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
   }
   v->optimizer_layout_ = "dp_reshardable";
   CKPT_RETURN_IF_ERROR(v->model_status_);
+  if (v->layout_.ep > 1) {
+    return UnimplementedError(StrCat("dp_reshardable optimizer buckets of an expert-parallel layout (",
+                                     model::LayoutString(v->layout_),
+                                     ") are not read yet; fully_reshardable and EP 1 checkpoints are"));
+  }
 
 
   // Every bucket the layout predicts must be stored with its predicted size.

@@ -96,7 +96,9 @@ class MegatronView final : public CheckpointReader {
   const model::ModelConfig& config() const { return config_; }
   const model::ParallelLayout& layout() const { return layout_; }
   const model::DistOptSettings& settings() const { return settings_; }
+  // One per legacy rank folder (model::LegacyRanks), in the same order.
   const std::vector<model::RankOptimizer>& ranks() const { return ranks_; }
+  const std::vector<model::LegacyRankFolder>& folders() const { return folders_; }
   // "fully_reshardable", "dp_reshardable", "legacy distrib_optim.pt", "" (no optimizer state).
   const std::string& optimizer_layout() const { return optimizer_layout_; }
   const std::vector<std::string>& optimizer_states() const { return states_; }
@@ -147,6 +149,7 @@ class MegatronView final : public CheckpointReader {
   model::ParallelLayout layout_;
   model::DistOptSettings settings_;
   std::vector<model::RankOptimizer> ranks_;
+  std::vector<model::LegacyRankFolder> folders_;
   Status model_status_;
   std::string optimizer_layout_;
   std::vector<std::string> states_;
