@@ -30,6 +30,7 @@
 #include "ckpt/checkpoint.h"
 #include "ckpt/env.h"
 #include "ckpt/status.h"
+#include "ckpt/verify.h"
 
 namespace ckpt {
 
@@ -203,6 +204,19 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
 // recomputed layout, naming the key and both sizes); Unimplemented
 // (dp_zero_gather_scatter, expert-parallel buckets).
 Result<std::unique_ptr<CheckpointReader>> OpenModelSpace(const std::string& path, const OpenOptions& options = {});
+
+// Checks a Megatron checkpoint's optimizer state against its model, in model
+// space (a reader from OpenModelSpace): for every model tensor K with fp32
+// main parameters `optimizer.state.param.K`, the main parameters rounded to
+// K's dtype (round to nearest even, as torch's copy_) must equal K bit for
+// bit, since the distributed optimizer copies them into the model after every
+// step; `exp_avg_sq` must hold no negative value. A problem names the key, the
+// count and the first index of the disagreement. Megatron-Core <= 0.19.2's own
+// fully_reshardable save shifts the state of parameters past a buffer's first
+// bucket (NVIDIA/Megatron-LM PR #5077): such checkpoints fail this check.
+// Reads every optimizer tensor once (region by region along the leading axis).
+// Errors: read errors; an empty list when there is no optimizer state.
+Result<std::vector<VerifyProblem>> CheckOptimizerState(const CheckpointReader& model_space);
 
 // The model-space key of optimizer state `state` of model tensor `key`:
 // "optimizer.state.<state>.<key>" (`state` "param" also answers "fp32_param"

@@ -1,7 +1,10 @@
 // MegatronView: a Megatron checkpoint's state in model space (see megatron_view.h).
 #include "convert/megatron_view.h"
 
+#include <functional>
+
 #include "ckpt/convert.h"
+#include "convert/cast.h"
 
 #include <algorithm>
 #include <cstring>
@@ -345,6 +348,111 @@ Result<std::unique_ptr<CheckpointReader>> OpenModelSpace(const std::string& path
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<internal_convert::MegatronView> v,
                         internal_convert::MegatronView::OverTorchDist(std::move(s)), path);
   return std::unique_ptr<CheckpointReader>(std::move(v));
+}
+
+namespace {
+
+// Reads tensor i slab by slab along its leading axis (or whole when 0-D/1-D),
+// calling fn(first element index, bytes).
+Status ForEachSlab(const CheckpointReader& r, size_t i,
+                   const std::function<Status(uint64_t, std::string_view)>& fn) {
+  const TensorInfo& t = r.tensors()[i];
+  if (t.shape.size() < 2) {
+    StringSink all;
+    CKPT_RETURN_IF_ERROR(r.ReadTensor(i, &all));
+    return fn(0, all.str());
+  }
+  uint64_t per = 1;
+  for (size_t d = 1; d < t.shape.size(); ++d) per *= static_cast<uint64_t>(t.shape[d]);
+  std::vector<int64_t> start(t.shape.size(), 0), count = t.shape;
+  count[0] = 1;
+  for (int64_t k = 0; k < t.shape[0]; ++k) {
+    start[0] = k;
+    StringSink slab;
+    CKPT_RETURN_IF_ERROR(r.ReadTensorRegion(i, start, count, &slab));
+    CKPT_RETURN_IF_ERROR(fn(static_cast<uint64_t>(k) * per, slab.str()));
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+Result<std::vector<VerifyProblem>> CheckOptimizerState(const CheckpointReader& r) {
+  std::vector<VerifyProblem> problems;
+  std::map<std::string, size_t, std::less<>> by_key;
+  for (size_t i = 0; i < r.tensors().size(); ++i) by_key.emplace(r.tensors()[i].key, i);
+  const std::string param_prefix = StrCat(internal_convert::kOptimizerState, "param.");
+  const std::string sq_prefix = StrCat(internal_convert::kOptimizerState, "exp_avg_sq.");
+  for (const auto& [key, i] : by_key) {
+    const TensorInfo& t = r.tensors()[i];
+    if (key.rfind(param_prefix, 0) == 0) {
+      auto m = by_key.find(std::string_view(key).substr(param_prefix.size()));
+      if (m == by_key.end()) continue;
+      const TensorInfo& model = r.tensors()[m->second];
+      if (t.dtype != DType::kFloat32 || model.shape != t.shape ||
+          (model.dtype != DType::kBFloat16 && model.dtype != DType::kFloat16 && model.dtype != DType::kFloat32)) {
+        continue;
+      }
+      // The model tensor, slab by slab, beside the main params.
+      std::vector<std::string> slabs;
+      CKPT_RETURN_IF_ERROR(ForEachSlab(r, m->second, [&](uint64_t, std::string_view b) {
+        slabs.emplace_back(b);
+        return OkStatus();
+      }));
+      uint64_t bad = 0, first = 0;
+      size_t slab = 0;
+      CKPT_RETURN_IF_ERROR(ForEachSlab(r, i, [&](uint64_t base, std::string_view main) {
+        const std::string& mw = slabs.at(slab++);
+        const uint64_t n = main.size() / 4;
+        for (uint64_t e = 0; e < n; ++e) {
+          float f;
+          std::memcpy(&f, main.data() + 4 * e, 4);
+          bool same;
+          if (model.dtype == DType::kFloat32) {
+            same = std::memcmp(main.data() + 4 * e, mw.data() + 4 * e, 4) == 0;
+          } else {
+            uint16_t want;
+            std::memcpy(&want, mw.data() + 2 * e, 2);
+            const uint16_t got = model.dtype == DType::kBFloat16 ? internal_convert::FloatToBf16(f)
+                                                                 : internal_convert::FloatToHalf(f);
+            same = got == want;
+          }
+          if (!same) {
+            if (bad == 0) first = base + e;
+            ++bad;
+          }
+        }
+        return OkStatus();
+      }));
+      if (bad > 0) {
+        problems.push_back({"", false, 0, key,
+                            StrCat(bad, " of the fp32 main parameters, from element ", first,
+                                   ", do not round to the model weights of ", Quote(model.key), " (", DTypeName(model.dtype),
+                                   "): the optimizer state is not this model's (misaligned or stale); megatron-core "
+                                   "<= 0.19.2's fully_reshardable save shifts parameters past a buffer's first bucket "
+                                   "(NVIDIA/Megatron-LM PR #5077)")});
+      }
+    } else if (key.rfind(sq_prefix, 0) == 0 && t.dtype == DType::kFloat32) {
+      uint64_t neg = 0, first = 0;
+      CKPT_RETURN_IF_ERROR(ForEachSlab(r, i, [&](uint64_t base, std::string_view b) {
+        for (uint64_t e = 0; e < b.size() / 4; ++e) {
+          float f;
+          std::memcpy(&f, b.data() + 4 * e, 4);
+          if (f < 0) {
+            if (neg == 0) first = base + e;
+            ++neg;
+          }
+        }
+        return OkStatus();
+      }));
+      if (neg > 0) {
+        problems.push_back({"", false, 0, key,
+                            StrCat(neg, " negative second moments, from element ", first,
+                                   ": exp_avg_sq cannot be negative (corrupt or misplaced optimizer state)")});
+      }
+    }
+  }
+  return problems;
 }
 
 std::string OptimizerStateKey(std::string_view state, std::string_view key) {

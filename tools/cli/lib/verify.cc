@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ckpt/convert.h"
 #include "ckpt/verify.h"
 #include "lib/exit_code.h"
 #include "lib/inspect.h"
@@ -22,6 +23,23 @@ Status RunVerify(const VerifyCommandOptions& options, std::ostream& out, std::os
   }
   CKPT_ASSIGN_OR_RETURN(VerifyReport rep, Verify(options.path, v));
   if (options.show_progress) err << "\r\033[K" << std::flush;
+  // --deep on a sound Megatron checkpoint: its optimizer state against its model.
+  bool optimizer_checked = false;
+  if (options.deep && rep.ok()) {
+    OpenOptions open;
+    open.env = options.env;
+    open.pickle_mode = PickleMode::kInspect;
+    Result<std::unique_ptr<CheckpointReader>> ms = OpenModelSpace(options.path, open);
+    if (ms.ok()) {
+      CKPT_ASSIGN_OR_RETURN(std::vector<VerifyProblem> more, CheckOptimizerState(**ms));
+      for (const TensorInfo& t : (*ms)->tensors()) {
+        optimizer_checked = optimizer_checked || t.key.rfind("optimizer.state.param.", 0) == 0;
+      }
+      for (VerifyProblem& p : more) rep.problems.push_back(std::move(p));
+    } else if (!options.json) {
+      err << "note: the optimizer state was not checked against the model: " << ms.status().message() << "\n";
+    }
+  }
   *exit_code = rep.ok() ? kExitOk : kExitDataProblem;
   if (options.json) {
     nlohmann::json j;
@@ -34,6 +52,7 @@ Status RunVerify(const VerifyCommandOptions& options, std::ostream& out, std::os
     j["objects"] = rep.objects;
     j["files"] = rep.files;
     j["bytes_read"] = rep.bytes_read;
+    j["optimizer_checked"] = optimizer_checked;
     nlohmann::json probs = nlohmann::json::array();
     for (const VerifyProblem& p : rep.problems) {
       nlohmann::json pj = {{"message", p.message}};
@@ -51,6 +70,7 @@ Status RunVerify(const VerifyCommandOptions& options, std::ostream& out, std::os
                                  rep.files ? fmt::format(" in {} data files", rep.files) : "");
   std::string depth = rep.deep ? fmt::format("; deep: {} read and decoded", HumanBytes(rep.bytes_read))
                                : "; metadata and archive structure (use --deep to read every byte)";
+  if (optimizer_checked && rep.ok()) depth += "; fp32 main params round to the model weights";
   if (rep.ok()) {
     out << fmt::format("OK {} ({}): {}{}\n", options.path, rep.format, what, depth);
     return OkStatus();
