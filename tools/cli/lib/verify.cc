@@ -43,6 +43,7 @@ Status RunVerify(const VerifyCommandOptions& options, std::ostream& out, std::os
       probs.push_back(std::move(pj));
     }
     j["problems"] = std::move(probs);
+    if (!rep.layout.empty()) j["layout"] = rep.layout;
     out << j.dump(2) << "\n";
     return OkStatus();
   }
@@ -51,6 +52,7 @@ Status RunVerify(const VerifyCommandOptions& options, std::ostream& out, std::os
                                  rep.files ? fmt::format(" in {} data files", rep.files) : "");
   std::string depth = rep.deep ? fmt::format("; deep: {} read and decoded", HumanBytes(rep.bytes_read))
                                : "; metadata and archive structure (use --deep to read every byte)";
+  for (const std::string& line : rep.layout) out << "  " << SafeText(line) << "\n";
   if (rep.ok()) {
     out << fmt::format("OK {} ({}): {}{}\n", options.path, rep.format, what, depth);
     return OkStatus();
