@@ -30,7 +30,9 @@ for t in "${targets[@]}"; do
   fmt=${area%%_*}
   extra=()
   [ "$fmt" != "$area" ] && extra=(tests/golden/$fmt tests/corrupt/$fmt)
-  for d in tests/golden/$area tests/corrupt/$area tests/unit/$area/testdata tests/fuzz/seeds/$area "${extra[@]}"; do
+  # Hand-made inputs beside a format's real goldens: tests/golden/<area>_synthetic (legacy_synthetic).
+  for d in tests/golden/$area tests/golden/${area}_synthetic tests/corrupt/$area tests/unit/$area/testdata \
+    tests/fuzz/seeds/$area "${extra[@]}"; do
     [ -d "$d" ] && seeds+=("$d")
   done
   echo "fuzz: $t for ${SECS}s (seeds: ${seeds[*]:-none})"

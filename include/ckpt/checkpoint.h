@@ -2,13 +2,15 @@
 //
 // OpenCheckpoint sniffs the path (a torch.save zip `.pt`/`.bin`, a
 // `.safetensors` file, a sharded `*.safetensors.index.json` or
-// `pytorch_model.bin.index.json`, or a folder holding one of those) and returns
+// `pytorch_model.bin.index.json`, a folder holding one of those, a DCP /
+// torch_dist folder, or a Megatron-LM legacy iteration folder of mp_rank_*
+// folders; a Megatron root is followed through its tracker file) and returns
 // a CheckpointReader that lists the tensors and streams each one as
 // contiguous, row-major, little-endian bytes. Reading metadata never reads
 // tensor data; reading one tensor touches only its bytes.
 //
 // Code that treats sources differently asks the reader what it is (kind())
-// and for the view it needs (dcp_view(), torch_file()), never casts it or
+// and for the view it needs (dcp_view(), torch_file(), legacy_view()), never casts it or
 // compares format() strings: format() is a display name.
 //
 // Thread-safety: a CheckpointReader is immutable after opening; ReadTensor may
@@ -33,11 +35,13 @@
 namespace ckpt {
 
 // The typed views a reader may offer (see CheckpointReader::dcp_view and
-// torch_file). Their definitions are internal to the library
-// (src/checkpoint/dcp_reader.h, src/format/torch/torch_file.h): outside it
+// torch_file, legacy_view). Their definitions are internal to the library
+// (src/checkpoint/dcp_reader.h, src/format/torch/torch_file.h,
+// src/checkpoint/legacy_reader.h): outside it
 // they are opaque.
 namespace internal_checkpoint {
 class DcpReader;
+class LegacyReader;
 }  // namespace internal_checkpoint
 namespace torch {
 class TorchFile;
@@ -52,6 +56,8 @@ enum class SourceKind {
   kSharded,      // a *.index.json set of safetensors or torch.save shards
   kDcp,          // a torch.distributed.checkpoint folder; dcp_view() is set
   kTorchDist,    // a Megatron-Core torch_dist folder (DCP + metadata.json, common state); dcp_view() is set
+  kLegacy,       // a Megatron-LM legacy (--ckpt-format torch) iteration folder of mp_rank_* folders
+                 // (format() "megatron-legacy"); legacy_view() is set
 };
 
 // How the unpickler treats globals that are not on the allowlist.
@@ -110,7 +116,7 @@ class CheckpointReader {
   // What this reader reads; fixed for its lifetime.
   virtual SourceKind kind() const = 0;
   // A name to show: "torch", "safetensors", "safetensors-sharded",
-  // "torch-sharded", "dcp", "megatron-torch_dist". Dispatch on kind().
+  // "torch-sharded", "dcp", "megatron-torch_dist", "megatron-legacy". Dispatch on kind().
   virtual std::string_view format() const = 0;
   virtual const std::vector<TensorInfo>& tensors() const = 0;
   virtual const std::vector<ObjectInfo>& objects() const = 0;
@@ -143,6 +149,9 @@ class CheckpointReader {
   // kTorchFile: the torch.save archive with its whole object tree
   // (non-tensor objects, opaque records, shared storages, views).
   virtual const torch::TorchFile* torch_file() const { return nullptr; }
+  // kLegacy: the rank grid, per-rank torch.save files (opened on demand),
+  // parsed distrib_optim.pt buffers and rank 0's common state.
+  virtual const internal_checkpoint::LegacyReader* legacy_view() const { return nullptr; }
 };
 
 Result<std::unique_ptr<CheckpointReader>> OpenCheckpoint(const std::string& path,

@@ -318,7 +318,7 @@ Result<Plan> PlanImport(const ModelConfig& c, Family family, std::string_view la
 // buffers, so reading them means recomputing where each parameter lies.
 // This section does that, exactly as megatron-core 0.16.1 / 0.19.2 do
 // (distributed_data_parallel.py, param_and_grad_buffer.py
-// _ParamAndGradBuffer.__init__, distrib_optimizer.py); docs/format.md §10
+// _ParamAndGradBuffer.__init__, distrib_optimizer.py); docs/format.md §11
 // has the rules and a worked example; tests/golden/legacy/*/layout.json,
 // dumped from the real DDP, check them.
 

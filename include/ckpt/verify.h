@@ -8,6 +8,11 @@
 //   archive parses and holds a tensor of the chunk's dtype and shape, every
 //   bytes entry parses; Megatron: metadata.json, the common state and, in
 //   deep mode, integrity.json's SHA-256 digests;
+//   Megatron legacy (--ckpt-format torch): every (tp, pp, ep) rank folder of
+//   the grid present and none extra, model_optim_rng.pt in each,
+//   distrib_optim.pt in each when args.use_distributed_optimizer, every rank
+//   file parses, distrib_optim.pt buffer sizes agree (numel_unpadded, per-bucket
+//   sizes), one iteration for all;
 //   torch / safetensors: the file opens (headers, pickle, records).
 // With `deep`, every byte of every tensor is read and decoded (CRC-32 of zip
 // records checked where the format stores one).
@@ -54,6 +59,9 @@ struct VerifyReport {
   uint64_t files = 0;      // data files
   uint64_t bytes_read = 0;  // tensor bytes read and decoded (deep)
   std::vector<VerifyProblem> problems;
+  // What was checked, for people (Megatron legacy: the rank grid, one line per
+  // rank folder); empty for other formats.
+  std::vector<std::string> layout;
   bool ok() const { return problems.empty(); }
 };
 

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "checkpoint/dcp_reader.h"
+#include "checkpoint/legacy_reader.h"
 #include "checkpoint/readers.h"
 #include "util/box.h"
 #include "util/strings.h"
@@ -103,7 +104,14 @@ Result<std::unique_ptr<CheckpointReader>> OpenCheckpoint(const std::string& path
       dir = std::move(it.dir);
       tracker_iteration = it.iteration;
     }
-    if (env->FileExists(JoinPath(dir, ".metadata")) || env->FileExists(JoinPath(dir, "metadata.json"))) {
+    const bool dcp_files = env->FileExists(JoinPath(dir, ".metadata")) || env->FileExists(JoinPath(dir, "metadata.json"));
+    // A Megatron-LM legacy (--ckpt-format torch) iteration folder: mp_rank_* folders, no DCP files.
+    if (!dcp_files && internal_checkpoint::IsLegacyIterationDir(env, dir)) {
+      CKPT_ASSIGN_OR_RETURN(std::unique_ptr<internal_checkpoint::LegacyReader> r,
+                            internal_checkpoint::LegacyReader::Open(dir, tracker_iteration, options));
+      return std::unique_ptr<CheckpointReader>(std::move(r));
+    }
+    if (dcp_files) {
       CKPT_ASSIGN_OR_RETURN(std::unique_ptr<internal_checkpoint::DcpReader> r,
                             internal_checkpoint::DcpReader::Open(dir, options));
       if (env->FileExists(JoinPath(dir, "metadata.json"))) {

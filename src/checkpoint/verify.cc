@@ -4,6 +4,7 @@
 #include <set>
 
 #include "checkpoint/dcp_reader.h"
+#include "checkpoint/legacy_reader.h"
 #include "ckpt/checkpoint.h"
 #include "util/strings.h"
 
@@ -107,6 +108,53 @@ void VerifyDcp(const DcpReader& r, const VerifyOptions& o, VerifyReport* rep) {
   }
 }
 
+// Legacy (--ckpt-format torch): the problems found at open (grid, missing
+// files, distrib_optim sizes), then, deep, every storage of every rank file
+// read (CRC-32 checked) and every tensor decoded.
+void VerifyLegacy(const internal_checkpoint::LegacyReader& r, const VerifyOptions& o, VerifyReport* rep) {
+  using FileKind = internal_checkpoint::LegacyReader::FileKind;
+  for (const auto& p : r.problems()) rep->problems.push_back(VerifyProblem{p.file, false, 0, "", p.message});
+  rep->objects = r.objects().size();
+  rep->tensors = rep->chunks = r.tensors().size();
+  rep->layout = r.SummaryText();
+  uint64_t total = 0, done = 0;
+  for (const auto& rank : r.ranks()) {
+    for (const auto* f : {&rank.model, &rank.distrib_optim}) {
+      if (f->present) ++rep->files;
+      if (f->opened) total += f->tensor_count;
+    }
+  }
+  if (!o.deep) return;
+  for (const auto& rank : r.ranks()) {
+    for (FileKind kind : {FileKind::kModel, FileKind::kDistribOptim}) {
+      const auto& f = kind == FileKind::kModel ? rank.model : rank.distrib_optim;
+      if (!f.opened) continue;  // absent or reported at open
+      const std::string rel = internal_checkpoint::LegacyReader::RelativePath(rank, kind);
+      auto tf = r.OpenRankFile(rank.coord, kind);
+      if (!tf.ok()) {
+        rep->problems.push_back(VerifyProblem{rel, false, 0, "", tf.status().message()});
+        continue;
+      }
+      for (const torch::StorageRecord& s : (*tf)->storages()) {
+        CountingSink sink;
+        Status st = (*tf)->ReadStorage(s, &sink);
+        if (!st.ok()) {
+          rep->problems.push_back(VerifyProblem{rel, s.entry != nullptr, s.entry ? s.entry->data_offset : 0,
+                                                s.entry_name, st.message()});
+        }
+      }
+      for (size_t i = f.first_tensor; i < f.first_tensor + f.tensor_count; ++i) {
+        const TensorInfo& t = r.tensors()[i];
+        CountingSink sink;
+        Status st = r.ReadTensor(i, &sink);
+        rep->bytes_read += sink.Position();
+        if (!st.ok()) rep->problems.push_back(VerifyProblem{rel, true, t.data_offset, t.key, st.message()});
+        if (o.progress) o.progress(++done, total);
+      }
+    }
+  }
+}
+
 void VerifyGeneric(const CheckpointReader& r, const VerifyOptions& o, VerifyReport* rep) {
   const auto& ts = r.tensors();
   rep->objects = r.objects().size();
@@ -155,6 +203,8 @@ Result<VerifyReport> Verify(const std::string& path, const VerifyOptions& option
   rep.format = std::string((*reader)->format());
   if (const DcpReader* dcp = (*reader)->dcp_view()) {
     VerifyDcp(*dcp, options, &rep);
+  } else if (const internal_checkpoint::LegacyReader* legacy = (*reader)->legacy_view()) {
+    VerifyLegacy(*legacy, options, &rep);
   } else {
     VerifyGeneric(**reader, options, &rep);
   }

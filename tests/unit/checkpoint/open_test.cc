@@ -279,7 +279,9 @@ TEST(OpenCheckpointKind, EveryReaderStatesItsKindAndOnlyItsViews) {
                         Case{"tests/golden/safetensors/sharded", SourceKind::kSharded, "safetensors-sharded"},
                         Case{"tests/golden/dcp/ws1_plain", SourceKind::kDcp, "dcp"},
                         Case{"tests/golden/megatron/mc016_handbuilt", SourceKind::kTorchDist,
-                             "megatron-torch_dist"}}) {
+                             "megatron-torch_dist"},
+                        Case{"tests/golden/legacy_synthetic/tp2pp2_distopt", SourceKind::kLegacy,
+                             "megatron-legacy"}}) {
     SCOPED_TRACE(c.path);
     auto r = OpenCheckpoint(SourcePath(c.path), {nullptr, PickleMode::kInspect});
     ASSERT_TRUE(r.ok()) << r.status().ToString();
@@ -289,6 +291,7 @@ TEST(OpenCheckpointKind, EveryReaderStatesItsKindAndOnlyItsViews) {
     const bool dcp = c.kind == SourceKind::kDcp || c.kind == SourceKind::kTorchDist;
     EXPECT_EQ(reader.dcp_view() != nullptr, dcp);
     EXPECT_EQ(reader.torch_file() != nullptr, c.kind == SourceKind::kTorchFile);
+    EXPECT_EQ(reader.legacy_view() != nullptr, c.kind == SourceKind::kLegacy);
   }
 }
 

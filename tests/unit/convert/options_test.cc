@@ -116,7 +116,7 @@ TEST(ParseTargetFormat, EveryTargetRoundTripsThroughItsName) {
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     EXPECT_EQ(*r, t);
   }
-  EXPECT_EQ(names, (std::set<std::string_view>{"safetensors", "torch", "dcp", "torch_dist", "hf"}));
+  EXPECT_EQ(names, (std::set<std::string_view>{"safetensors", "torch", "dcp", "torch_dist", "hf", "legacy"}));
   EXPECT_EQ(TargetFormatName(TargetFormat::kTorchDist), "torch_dist");
   EXPECT_EQ(TargetFormatName(TargetFormat::kHf), "hf");
 }

@@ -211,6 +211,8 @@ std::vector<ObjectLine> FoldObjects(const std::vector<ObjectInfo>& objects) {
   return lines;
 }
 
+std::string SafeText(std::string_view s) { return Safe(s); }
+
 std::string HumanBytes(uint64_t n) {
   static const char* const kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
   if (n < 1024) return fmt::format("{} B", n);

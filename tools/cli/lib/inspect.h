@@ -58,6 +58,9 @@ Status Inspect(const InspectOptions& options, std::ostream& out);
 
 // "1.50 MiB" style.
 std::string HumanBytes(uint64_t n);
+// Text from a file, safe for a terminal: as is, or quoted and escaped when it
+// holds control bytes.
+std::string SafeText(std::string_view s);
 // "[2, 3]".
 std::string ShapeString(const std::vector<int64_t>& shape);
 

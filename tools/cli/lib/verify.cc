@@ -62,6 +62,7 @@ Status RunVerify(const VerifyCommandOptions& options, std::ostream& out, std::os
       probs.push_back(std::move(pj));
     }
     j["problems"] = std::move(probs);
+    if (!rep.layout.empty()) j["layout"] = rep.layout;
     out << j.dump(2) << "\n";
     return OkStatus();
   }
@@ -71,6 +72,7 @@ Status RunVerify(const VerifyCommandOptions& options, std::ostream& out, std::os
   std::string depth = rep.deep ? fmt::format("; deep: {} read and decoded", HumanBytes(rep.bytes_read))
                                : "; metadata and archive structure (use --deep to read every byte)";
   if (optimizer_checked && rep.ok()) depth += "; fp32 main params round to the model weights";
+  for (const std::string& line : rep.layout) out << "  " << SafeText(line) << "\n";
   if (rep.ok()) {
     out << fmt::format("OK {} ({}): {}{}\n", options.path, rep.format, what, depth);
     return OkStatus();
