@@ -6,6 +6,9 @@
 #include "ckpt/convert.h"
 #include "convert/cast.h"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <cstring>
 #include <set>
@@ -84,9 +87,9 @@ class DpReshardableShards final : public ShardReader {
                   model::DTypePairName(b.param_dtype, b.grad_dtype), ".bucket_idx_", bucket, ".", state);
   }
 
-  Status ReadShard(const model::RankOptimizer& rank, const model::ChunkParam& param, const model::ParamBuffer* buffer,
-                   int64_t gbuf_idx, const model::BufferParam* where, std::string_view state,
-                   ByteSink* out) const override {
+  Status ReadShard(const model::RankOptimizer& rank, size_t, int64_t, const model::ChunkParam& param,
+                   const model::ParamBuffer* buffer, bool, int64_t gbuf_idx, const model::BufferParam* where,
+                   std::string_view state, ByteSink* out) const override {
     if (buffer == nullptr || where == nullptr) {
       return InternalError(StrCat(param.global_name, " is in no optimizer buffer"));
     }
@@ -107,6 +110,67 @@ class DpReshardableShards final : public ShardReader {
   const TorchDistSource* s_;
   std::string prefix_;
   int64_t tp_ = 1;
+};
+
+// A legacy checkpoint's rank files: model shards from model_optim_rng.pt,
+// optimizer state from distrib_optim.pt's world tensors (format C).
+class LegacyShards final : public ShardReader {
+ public:
+  LegacyShards(const internal_checkpoint::LegacyReader* legacy, const std::vector<model::LegacyRankFolder>* folders)
+      : legacy_(legacy), folders_(folders) {
+    for (size_t i = 0; i < legacy->tensors().size(); ++i) by_key_.emplace(legacy->tensors()[i].key, i);
+    for (const auto& r : legacy->ranks()) {
+      if (r.distrib) chained_[r.folder] = r.distrib->chained;
+    }
+  }
+
+  Status ReadShard(const model::RankOptimizer& rank, size_t folder, int64_t chunk, const model::ChunkParam& param,
+                   const model::ParamBuffer* buffer, bool expert, int64_t gbuf_idx, const model::BufferParam* where,
+                   std::string_view state, ByteSink* out) const override {
+    const std::string& dir = (*folders_)[folder].folder;
+    if (state.empty()) {
+      const std::string key = StrCat(dir, "/", rank.chunks.size() > 1 ? StrCat("model", chunk) : std::string("model"),
+                                     ".", param.module_name);
+      CKPT_ASSIGN_OR_RETURN(size_t i, Find(key, "model_optim_rng.pt"));
+      const TensorInfo& t = legacy_->tensors()[i];
+      if (t.shape != param.shape) {
+        return DataLossError(StrCat(Quote(key), " has shape [", fmt::format("{}", fmt::join(t.shape, ", ")),
+                                    "]; the layout from args gives this rank [",
+                                    fmt::format("{}", fmt::join(param.shape, ", ")), "]"));
+      }
+      return legacy_->ReadTensor(i, out);
+    }
+    if (buffer == nullptr || where == nullptr) {
+      return InternalError(StrCat(param.global_name, " is in no optimizer buffer"));
+    }
+    auto ch = chained_.find(dir);
+    const bool chained = ch != chained_.end() && ch->second;
+    const std::string key =
+        StrCat(dir, "/distrib_optim.", chained ? StrCat(expert ? 1 : 0, ".") : std::string(), gbuf_idx, ".",
+               model::DTypePairName(buffer->param_dtype, buffer->grad_dtype), ".", state);
+    CKPT_ASSIGN_OR_RETURN(size_t i, Find(key, "distrib_optim.pt"));
+    const TensorInfo& t = legacy_->tensors()[i];
+    if (t.shape.size() != 1 || t.shape[0] != buffer->numel_unpadded) {
+      return DataLossError(StrCat(Quote(key), " holds ", t.shape.empty() ? 0 : t.shape[0],
+                                  " elements; the buffer layout recomputed from args gives ", buffer->numel_unpadded));
+    }
+    const std::vector<int64_t> st{buffer->WorldOffset(*where)}, ct{where->end - where->start};
+    return legacy_->ReadTensorRegion(i, st, ct, out).WithContext(StrCat(param.global_name, " (", dir, ")"));
+  }
+
+ private:
+  Result<size_t> Find(const std::string& key, std::string_view file) const {
+    auto it = by_key_.find(key);
+    if (it == by_key_.end()) {
+      return DataLossError(StrCat(Quote(key), " is missing: the layout recomputed from args needs it in ", file));
+    }
+    return it->second;
+  }
+
+  const internal_checkpoint::LegacyReader* legacy_;
+  const std::vector<model::LegacyRankFolder>* folders_;
+  std::map<std::string, size_t, std::less<>> by_key_;
+  std::map<std::string, bool, std::less<>> chained_;
 };
 
 // A box over the trailing dims of `shape` with dim `dim` restricted to
@@ -163,11 +227,14 @@ void MegatronView::AddAssembled(const std::string& state, DType dtype) {
   std::map<std::string, size_t> index;
   for (size_t ri = 0; ri < ranks_.size(); ++ri) {
     const model::RankOptimizer& r = ranks_[ri];
-    // Where each parameter of each chunk is in the dense buffers.
-    std::map<std::pair<int64_t, size_t>, std::pair<int64_t, size_t>> placed;
-    for (size_t g = 0; g < r.dense.size(); ++g) {
-      for (size_t w = 0; w < r.dense[g].params.size(); ++w) {
-        placed[{r.dense[g].chunk, r.dense[g].params[w].param}] = {static_cast<int64_t>(g), w};
+    // Where each parameter of each chunk is in the rank's buffers.
+    std::map<std::pair<int64_t, size_t>, std::tuple<bool, int64_t, size_t>> placed;
+    for (bool expert : {false, true}) {
+      const std::vector<model::ParamBuffer>& bufs = expert ? r.expert : r.dense;
+      for (size_t g = 0; g < bufs.size(); ++g) {
+        for (size_t w = 0; w < bufs[g].params.size(); ++w) {
+          placed[{bufs[g].chunk, bufs[g].params[w].param}] = {expert, static_cast<int64_t>(g), w};
+        }
       }
     }
     for (size_t ch = 0; ch < r.chunks.size(); ++ch) {
@@ -177,19 +244,31 @@ void MegatronView::AddAssembled(const std::string& state, DType dtype) {
         // dense optimizer (one per (tp, pp)), replicated ones from tp rank 0;
         // experts from the folder that holds the expert optimizer.
         const model::LegacyRankFolder& f = folders_[ri];
-        if (p.expert ? !f.expert_optimizer : (!f.dense_optimizer || (p.split == model::TpSplit::kNone && r.at.tp_rank != 0))) {
+        if (p.expert ? !f.expert_optimizer
+                     : (!f.dense_optimizer || (p.split == model::TpSplit::kNone && r.at.tp_rank != 0))) {
           continue;
         }
-        std::optional<model::StoredRef> stored = FindStored(torch_dist_, p.global_name);
-        if (!stored) continue;  // the model check reports missing tensors
-        const TensorInfo& model_t = base_->tensors()[torch_dist_.by_key.at(stored->key)];
-        const std::string key = StrCat(kOptimizerState, state, ".", stored->key);
+        // The model tensor as torch_dist names and shapes it.
+        model::StoredRef stored;
+        std::vector<int64_t> shape;
+        if (legacy_ == nullptr) {
+          std::optional<model::StoredRef> found = FindStored(torch_dist_, p.global_name);
+          if (!found) continue;  // the model check reports missing tensors
+          stored = *found;
+          shape = base_->tensors()[torch_dist_.by_key.at(stored.key)].shape;
+        } else {
+          stored = model::TorchDistCandidates(p.global_name).front();
+          if (stored.index.size() >= 1) shape.push_back(config_.num_layers);
+          if (stored.index.size() >= 2) shape.push_back(config_.num_experts);
+          shape.insert(shape.end(), p.global_shape.begin(), p.global_shape.end());
+        }
+        const std::string key = state.empty() ? stored.key : StrCat(kOptimizerState, state, ".", stored.key);
         auto [it, fresh] = index.emplace(key, virtual_.size());
         if (fresh) {
           TensorInfo t;
           t.key = key;
           t.dtype = dtype;
-          t.shape = model_t.shape;
+          t.shape = shape;
           uint64_t n = DTypeSize(dtype);
           for (int64_t d : t.shape) n *= static_cast<uint64_t>(d);
           t.nbytes = n;
@@ -203,13 +282,14 @@ void MegatronView::AddAssembled(const std::string& state, DType dtype) {
         piece.chunk = static_cast<int64_t>(ch);
         piece.param = pi;
         if (auto pl = placed.find({static_cast<int64_t>(ch), pi}); pl != placed.end()) {
-          piece.gbuf = pl->second.first;
-          piece.where = pl->second.second;
+          piece.expert = std::get<0>(pl->second);
+          piece.gbuf = std::get<1>(pl->second);
+          piece.where = std::get<2>(pl->second);
         }
         const std::vector<model::ShardRange> ranges = model::ShardRanges(p);
         int64_t local_row = 0;
         for (const model::ShardRange& sr : ranges) {
-          piece.dest.push_back(PlaceBox(stored->index, p.global_shape, sr.dim, sr.begin, sr.end));
+          piece.dest.push_back(PlaceBox(stored.index, p.global_shape, sr.dim, sr.begin, sr.end));
           if (p.split == model::TpSplit::kNone) {
             piece.local.push_back(Box::Whole(p.shape));
           } else {
@@ -267,6 +347,13 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
   v->model_status_ = v->BuildModel();
   if (model_space || (!buckets && !gather_scatter)) {
     v->optimizer_layout_ = model_space ? "fully_reshardable" : "";
+    for (const TensorInfo& t : v->tensors_) {
+      if (t.key.rfind(kOptimizerState, 0) != 0) continue;
+      const std::string st = t.key.substr(kOptimizerState.size(), t.key.find('.', kOptimizerState.size()) -
+                                                                      kOptimizerState.size());
+      if (std::find(v->states_.begin(), v->states_.end(), st) == v->states_.end()) v->states_.push_back(st);
+    }
+    for (size_t i = 0; i < v->tensors_.size(); ++i) v->by_key_.emplace(v->tensors_[i].key, i);
     return v;  // already model space (or no optimizer state): straight through
   }
   if (gather_scatter && !buckets) {
@@ -315,21 +402,27 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
     v->states_.push_back(st);
     v->AddAssembled(st, DType::kFloat32);
   }
+  CKPT_RETURN_IF_ERROR(v->Finish());
+  return v;
+}
+
+Status MegatronView::Finish() {
   // Coverage: the pieces of every assembled tensor tile it exactly.
-  for (size_t i = 0; i < v->virtual_.size(); ++i) {
-    if (v->virtual_[i].base >= 0) continue;
+  for (size_t i = 0; i < virtual_.size(); ++i) {
+    if (virtual_[i].base >= 0) continue;
     uint64_t covered = 0;
-    for (const Piece& p : v->virtual_[i].pieces) {
+    for (const Piece& p : virtual_[i].pieces) {
       for (const Box& d : p.dest) covered += d.numel();
     }
     uint64_t total = 1;
-    for (int64_t d : v->tensors_[i].shape) total *= static_cast<uint64_t>(d);
+    for (int64_t d : tensors_[i].shape) total *= static_cast<uint64_t>(d);
     if (covered != total) {
-      return DataLossError(StrCat(Quote(v->tensors_[i].key), ": the optimizer buckets cover ", covered, " of its ",
-                                  total, " elements"));
+      return DataLossError(StrCat(Quote(tensors_[i].key), ": the rank shards cover ", covered, " of its ", total,
+                                  " elements (", model::LayoutString(layout_), ")"));
     }
   }
-  return v;
+  for (size_t i = 0; i < tensors_.size(); ++i) by_key_.emplace(tensors_[i].key, i);
+  return OkStatus();
 }
 
 }  // namespace ckpt::internal_convert
@@ -341,6 +434,11 @@ Result<std::unique_ptr<CheckpointReader>> OpenModelSpace(const std::string& path
   Env* env = open.env ? open.env : Env::Default();
   open.env = env;
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader, OpenCheckpoint(path, open));
+  if (reader->kind() == SourceKind::kLegacy) {
+    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<internal_convert::MegatronView> v,
+                          internal_convert::MegatronView::OverLegacy(std::move(reader)), path);
+    return std::unique_ptr<CheckpointReader>(std::move(v));
+  }
   if (reader->kind() != SourceKind::kTorchDist) return reader;
   reader.reset();
   CKPT_ASSIGN_OR_RETURN(internal_convert::TorchDistSource s,
@@ -466,25 +564,85 @@ namespace ckpt::internal_convert {
 Status MegatronView::ReadLocal(size_t rank, int64_t chunk, size_t param, std::string_view state, ByteSink* out) const {
   const model::RankOptimizer& r = ranks_.at(rank);
   const model::ChunkParam& p = r.chunks.at(chunk).at(param);
-  std::optional<model::StoredRef> stored = FindStored(torch_dist_, p.global_name);
+  std::optional<model::StoredRef> stored;
+  if (legacy_ != nullptr) {
+    stored = model::TorchDistCandidates(p.global_name).front();
+  } else {
+    stored = FindStored(torch_dist_, p.global_name);
+  }
   if (!stored) return NotFoundError(StrCat("the checkpoint has no tensor for ", p.global_name));
   const std::string key = state.empty() ? stored->key : StrCat(kOptimizerState, state, ".", stored->key);
-  size_t index = 0;
-  auto it = torch_dist_.by_key.find(key);
-  if (it != torch_dist_.by_key.end()) {
-    index = it->second;
-  } else {
-    // An assembled tensor (dp_reshardable).
-    auto found = std::find_if(tensors_.begin(), tensors_.end(), [&](const TensorInfo& t) { return t.key == key; });
-    if (found == tensors_.end()) return NotFoundError(StrCat("the checkpoint has no tensor ", Quote(key)));
-    index = static_cast<size_t>(found - tensors_.begin());
-  }
+  auto it = by_key_.find(key);
+  if (it == by_key_.end()) return NotFoundError(StrCat("the checkpoint has no tensor ", Quote(key)));
   for (const model::ShardRange& sr : model::ShardRanges(p)) {
     Box b = PlaceBox(stored->index, p.global_shape, sr.dim, sr.begin, sr.end);
-    CKPT_RETURN_IF_ERROR(ReadTensorRegion(index, b.start, b.count, out),
-                         StrCat(p.module_name, " of pp rank ", r.at.pp_rank, ", tp rank ", r.at.tp_rank));
+    CKPT_RETURN_IF_ERROR(ReadTensorRegion(it->second, b.start, b.count, out),
+                         StrCat(p.module_name, " of ", folders_.at(rank).folder));
   }
   return OkStatus();
+}
+
+Result<std::unique_ptr<MegatronView>> MegatronView::OverLegacy(std::unique_ptr<CheckpointReader> reader) {
+  std::unique_ptr<MegatronView> v(new MegatronView());
+  v->legacy_ = reader->legacy_view();
+  if (v->legacy_ == nullptr) return InvalidArgumentError("not a legacy Megatron checkpoint");
+  v->owned_ = std::move(reader);
+  v->base_ = v->owned_.get();
+  v->common_ = v->legacy_->common();
+  if (v->common_ == nullptr) {
+    return InvalidArgumentError(StrCat("no readable model_optim_rng.pt with args (rank 0's, ",
+                                       v->legacy_->rank0_folder().empty() ? "none found" : v->legacy_->rank0_folder(),
+                                       "): the model and its layout are unknown"));
+  }
+  // The layer spec from rank 0's own parameter names.
+  model::LayerSpec spec = model::LayerSpec::kTransformerEngine;
+  for (const TensorInfo& t : v->legacy_->tensors()) {
+    if (t.key.find(".input_layernorm.") != std::string::npos) spec = model::LayerSpec::kLocal;
+  }
+  model::ShapeOf none = [](std::string_view) -> std::optional<std::vector<int64_t>> { return std::nullopt; };
+  CKPT_ASSIGN_OR_RETURN(v->config_, model::ConfigFromArgs(v->common_, none));
+  CKPT_ASSIGN_OR_RETURN(v->layout_, model::LayoutFromArgs(*v->common_));
+  v->settings_ = model::DistOptFromArgs(*v->common_, spec);
+  CKPT_RETURN_IF_ERROR(v->BuildRanks());
+  v->model_status_ = OkStatus();
+  // The stored dtype of the model (args may not say it).
+  for (const TensorInfo& t : v->legacy_->tensors()) {
+    if (t.key.find("/model") != std::string::npos) {
+      v->settings_.params_dtype = t.dtype;
+      break;
+    }
+  }
+  v->shards_ = std::make_unique<LegacyShards>(v->legacy_, &v->folders_);
+  v->AddAssembled("", v->settings_.params_dtype);
+  // Optimizer states held by every distrib_optim buffer (format C).
+  std::vector<std::string> states;
+  bool distrib = false;
+  for (const auto& r : v->legacy_->ranks()) {
+    if (!r.distrib) continue;
+    distrib = true;
+    for (const auto& o : r.distrib->optimizers) {
+      if (!o) continue;
+      if (o->format != megatron::legacy::DistribOptimFormat::kCoalesced) {
+        return UnimplementedError(StrCat(r.folder, "/distrib_optim.pt is in the per-bucket layout of megatron-core "
+                                         "<= 0.6 (format ", megatron::legacy::DistribOptimFormatName(o->format),
+                                         "); only the buckets_coalesced layout (core >= 0.7) is read"));
+      }
+      for (const auto& b : o->buffers) {
+        for (const auto& st : b.states) {
+          if (std::find(states.begin(), states.end(), st.name) == states.end()) states.push_back(st.name);
+        }
+      }
+    }
+  }
+  if (distrib) {
+    v->optimizer_layout_ = "legacy distrib_optim.pt";
+    for (const std::string& st : states) {
+      v->states_.push_back(st);
+      v->AddAssembled(st, DType::kFloat32);
+    }
+  }
+  CKPT_RETURN_IF_ERROR(v->Finish());
+  return v;
 }
 
 nlohmann::json MegatronView::Details() const {
@@ -518,10 +676,11 @@ Status MegatronView::ReadPieces(const Virtual& v, const TensorInfo& t, const Box
     if (!meets) continue;
     const model::RankOptimizer& r = ranks_[p.rank];
     const model::ChunkParam& param = r.chunks[p.chunk][p.param];
-    const model::ParamBuffer* buffer = p.gbuf >= 0 ? &r.dense[p.gbuf] : nullptr;
+    const model::ParamBuffer* buffer = p.gbuf >= 0 ? &(p.expert ? r.expert : r.dense)[p.gbuf] : nullptr;
     const model::BufferParam* where = buffer ? &buffer->params[p.where] : nullptr;
     StringSink shard;
-    CKPT_RETURN_IF_ERROR(shards_->ReadShard(r, param, buffer, p.gbuf, where, v.state, &shard));
+    CKPT_RETURN_IF_ERROR(
+        shards_->ReadShard(r, p.rank, p.chunk, param, buffer, p.expert, p.gbuf, where, v.state, &shard));
     if (shard.str().size() != static_cast<uint64_t>(param.numel()) * esize) {
       return DataLossError(StrCat(param.global_name, ": read ", shard.str().size(), " bytes, expected ",
                                   static_cast<uint64_t>(param.numel()) * esize));

@@ -32,6 +32,7 @@
 #include <nlohmann/json.hpp>
 
 #include "checkpoint/dcp_reader.h"
+#include "checkpoint/legacy_reader.h"
 #include "ckpt/checkpoint.h"
 #include "ckpt/model.h"
 #include "format/megatron/megatron.h"
@@ -65,12 +66,14 @@ std::optional<model::StoredRef> FindStored(const TorchDistSource& s, std::string
 class ShardReader {
  public:
   virtual ~ShardReader() = default;
-  // `buffer` and `where` locate the parameter in the rank's optimizer
-  // buffers (null for the model weights of a parameter the optimizer does
-  // not hold). Errors name the rank, the parameter and the stored key.
-  virtual Status ReadShard(const model::RankOptimizer& rank, const model::ChunkParam& param,
-                           const model::ParamBuffer* buffer, int64_t gbuf_idx, const model::BufferParam* where,
-                           std::string_view state, ByteSink* out) const = 0;
+  // `rank` is MegatronView::ranks()[folder] and `param` its chunk `chunk`'s
+  // parameter; `buffer` and `where` locate it in the rank's dense or
+  // `expert` buffers (gbuf_idx in that list; null when the optimizer does not
+  // hold it). Errors name the rank, the parameter and the stored key.
+  virtual Status ReadShard(const model::RankOptimizer& rank, size_t folder, int64_t chunk,
+                           const model::ChunkParam& param, const model::ParamBuffer* buffer, bool expert,
+                           int64_t gbuf_idx, const model::BufferParam* where, std::string_view state,
+                           ByteSink* out) const = 0;
 };
 
 class MegatronView final : public CheckpointReader {
@@ -84,10 +87,21 @@ class MegatronView final : public CheckpointReader {
   // Unimplemented (a sharding type not read yet, EP > 1 buckets).
   static Result<std::unique_ptr<MegatronView>> OverTorchDist(TorchDistSource source);
 
+  // Wraps a legacy checkpoint (a reader whose legacy_view() is set): every
+  // tensor is assembled from the rank files, the model from
+  // model_optim_rng.pt's TP-local shards at their layer / expert offsets,
+  // the optimizer state from distrib_optim.pt's buffers (format C). Only the
+  // model-space tensors are listed; objects() is empty (common() has args).
+  // Errors: InvalidArgument (no args in rank 0's file, a layout the model
+  // layer cannot build); DataLoss (a rank file or tensor the layout needs is
+  // missing or has another shape, naming it); Unimplemented (distrib_optim
+  // formats A/B of core <= 0.6).
+  static Result<std::unique_ptr<MegatronView>> OverLegacy(std::unique_ptr<CheckpointReader> legacy);
+
   SourceKind kind() const override { return base_->kind(); }
   std::string_view format() const override { return base_->format(); }
   const std::vector<TensorInfo>& tensors() const override { return tensors_; }
-  const std::vector<ObjectInfo>& objects() const override { return base_->objects(); }
+  const std::vector<ObjectInfo>& objects() const override { return legacy_ ? objects_ : base_->objects(); }
   nlohmann::json Details() const override;
   Status ReadTensor(size_t i, ByteSink* out) const override;
   Status ReadTensorRegion(size_t i, std::span<const int64_t> start, std::span<const int64_t> count,
@@ -123,7 +137,8 @@ class MegatronView final : public CheckpointReader {
     size_t rank = 0;
     int64_t chunk = 0;
     size_t param = 0;
-    int64_t gbuf = -1;  // the optimizer buffer holding it (dense list index), -1: none
+    bool expert = false;  // in the expert buffers
+    int64_t gbuf = -1;    // the optimizer buffer holding it (index in the dense or expert list), -1: none
     size_t where = 0;   // its BufferParam in that buffer
     std::vector<Box> dest;   // in the virtual tensor
     std::vector<Box> local;  // the matching boxes of the local shard
@@ -136,12 +151,17 @@ class MegatronView final : public CheckpointReader {
 
   MegatronView() = default;
   Status BuildModel();
+  // Checks that the assembled tensors are covered exactly; indexes keys.
+  Status Finish();
   Status BuildRanks();
   // Adds the virtual tensors of `state` ("" = model) assembled from shards.
   void AddAssembled(const std::string& state, DType dtype);
   Status ReadPieces(const Virtual& v, const TensorInfo& t, const Box& region, ByteSink* out) const;
 
   TorchDistSource torch_dist_;
+  std::unique_ptr<CheckpointReader> owned_;  // the legacy reader
+  const internal_checkpoint::LegacyReader* legacy_ = nullptr;
+  std::vector<ObjectInfo> objects_;
   const CheckpointReader* base_ = nullptr;
   const megatron::CommonState* common_ = nullptr;
   std::unique_ptr<ShardReader> shards_;
@@ -155,6 +175,7 @@ class MegatronView final : public CheckpointReader {
   std::vector<std::string> states_;
   std::vector<TensorInfo> tensors_;
   std::vector<Virtual> virtual_;
+  std::map<std::string, size_t, std::less<>> by_key_;
 };
 
 }  // namespace ckpt::internal_convert

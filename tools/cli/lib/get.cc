@@ -323,8 +323,9 @@ Status RunGet(const GetOptions& options, std::ostream& out) {
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader,
                         OpenCheckpoint(options.path, open));
   Result<size_t> found = reader->Find(key);
-  if (!found.ok() && key.rfind("optimizer.state.", 0) == 0 && reader->kind() == SourceKind::kTorchDist) {
-    // Not stored model-space: assemble it from the optimizer's buffers.
+  if (!found.ok() && (reader->kind() == SourceKind::kLegacy ||
+                      (key.rfind("optimizer.state.", 0) == 0 && reader->kind() == SourceKind::kTorchDist))) {
+    // Not stored model-space: assemble it from the rank files / the optimizer's buffers.
     reader.reset();
     CKPT_ASSIGN_OR_RETURN(reader, OpenModelSpace(options.path, open));
     found = reader->Find(key);
