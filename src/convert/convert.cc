@@ -199,6 +199,13 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
   open.pickle_mode = options.allow_opaque ? PickleMode::kInspect : PickleMode::kStrict;
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader, OpenCheckpoint(src, open),
                         StrCat("reading ", src));
+  // A legacy Megatron checkpoint converts in model space: the global tensors
+  // (and optimizer states) a torch_dist checkpoint of it would hold, not its
+  // per-rank shards.
+  if (reader->kind() == SourceKind::kLegacy) {
+    reader.reset();
+    CKPT_ASSIGN_OR_RETURN(reader, OpenModelSpace(src, open), StrCat("reading ", src));
+  }
   const std::vector<TensorInfo>& tensors = reader->tensors();
 
   ConvertReport report;

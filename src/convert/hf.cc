@@ -217,7 +217,7 @@ Result<ConvertReport> ConvertToHf(const std::string& src, const std::string& dst
   if (EndsWith(dst, ".safetensors") || EndsWith(dst, ".json") || EndsWith(dst, ".bin")) {
     return InvalidArgumentError(StrCat("destination ", dst, " names a file, but an HF model is a folder"));
   }
-  CKPT_ASSIGN_OR_RETURN(TorchDistSource s, OpenTorchDist(src, env, "to=\"hf\" converts"));
+  CKPT_ASSIGN_OR_RETURN(TorchDistSource s, OpenMegatronSource(src, env, "to=\"hf\" converts"));
   const CheckpointReader& reader = *s.reader;
 
   // The model: args, cross-checked with the stored shapes, then the user's HF config.

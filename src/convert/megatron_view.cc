@@ -56,6 +56,24 @@ Result<TorchDistSource> OpenTorchDist(const std::string& src, Env* env, std::str
   return s;
 }
 
+Result<TorchDistSource> OpenMegatronSource(const std::string& src, Env* env, std::string_view purpose) {
+  OpenOptions open;
+  open.env = env;
+  open.pickle_mode = PickleMode::kInspect;
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader, OpenCheckpoint(src, open), StrCat("reading ", src));
+  if (reader->kind() != SourceKind::kLegacy) {
+    reader.reset();
+    return OpenTorchDist(src, env, purpose);
+  }
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<MegatronView> view, MegatronView::OverLegacy(std::move(reader)), src);
+  TorchDistSource s;
+  if (view->common() != nullptr) s.common = *view->common();
+  const std::vector<TensorInfo>& ts = view->tensors();
+  for (size_t i = 0; i < ts.size(); ++i) s.by_key.emplace(ts[i].key, i);
+  s.reader = std::move(view);
+  return s;
+}
+
 std::optional<model::StoredRef> FindStored(const TorchDistSource& s, std::string_view module_name) {
   for (model::StoredRef& r : model::TorchDistCandidates(module_name)) {
     auto it = s.by_key.find(r.key);
@@ -398,6 +416,19 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
   auto shards = std::make_unique<DpReshardableShards>(&v->torch_dist_, bucket_prefix);
   shards->set_tp(v->layout_.tp);
   v->shards_ = std::move(shards);
+  // The bucket tensors are shown as what they hold: per-parameter state.
+  {
+    std::vector<TensorInfo> kept;
+    std::vector<Virtual> kept_v;
+    for (size_t i = 0; i < v->tensors_.size(); ++i) {
+      const std::string& k = v->tensors_[i].key;
+      if (k.find(kDistributed) != std::string::npos && k.find(".bucket_idx_") != std::string::npos) continue;
+      kept.push_back(v->tensors_[i]);
+      kept_v.push_back(v->virtual_[i]);
+    }
+    v->tensors_ = std::move(kept);
+    v->virtual_ = std::move(kept_v);
+  }
   for (const std::string& st : states) {
     v->states_.push_back(st);
     v->AddAssembled(st, DType::kFloat32);

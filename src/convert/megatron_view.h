@@ -57,6 +57,13 @@ struct TorchDistSource {
 // and of reading the common state.
 Result<TorchDistSource> OpenTorchDist(const std::string& src, Env* env, std::string_view purpose);
 
+// A Megatron checkpoint of either format for model conversions: torch_dist
+// as OpenTorchDist opens it; a legacy folder as a MegatronView in model
+// space (reader, with `common` copied from rank 0's file; `dcp` null).
+// Errors: InvalidArgument for another kind of checkpoint (naming `purpose`);
+// those of OpenTorchDist and MegatronView::OverLegacy.
+Result<TorchDistSource> OpenMegatronSource(const std::string& src, Env* env, std::string_view purpose);
+
 // The first stored key holding a module tensor (model::TorchDistCandidates).
 std::optional<model::StoredRef> FindStored(const TorchDistSource& s, std::string_view module_name);
 

@@ -221,6 +221,43 @@ def test_moe_expert_parallel_to_legacy_loads_as_the_source(tmp_path):
     assert not mo.compare_states(theirs, mine, "legacy")
 
 
+@pytest.mark.parametrize("name", ["mc016_llama_tp2pp2dp2", "mc016_llama_pp2vpp2dp2", "mc016_mixtral_ep2"])
+def test_legacy_to_hf_is_the_torch_dist_conversion(name, tmp_path):
+    """--to hf from the mp_rank_* folders gives byte for byte the model.safetensors and config.json
+    of --to hf from the torch_dist save of the same run (whose HF logits test_hf_convert checks
+    against Megatron's forward)."""
+    g = os.path.join(GOLDEN, name)
+    _ckptkit("convert", os.path.join(g, "legacy"), str(tmp_path / "a"), "--to", "hf", "-q")
+    _ckptkit("convert", os.path.join(g, "fully_reshardable"), str(tmp_path / "b"), "--to", "hf", "-q")
+    for f in ("model.safetensors", "config.json"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
+def test_legacy_to_safetensors_and_diff_in_model_space(tmp_path):
+    """--to safetensors / torch from legacy writes the global tensors and optimizer states; diff
+    compares a legacy folder with a torch_dist one in model space."""
+    from safetensors.torch import load_file
+
+    g = os.path.join(GOLDEN, "mc016_llama_pp2vpp2dp2")
+    _ckptkit("convert", os.path.join(g, "legacy"), str(tmp_path / "a.safetensors"), "--to", "safetensors", "-q")
+    _ckptkit("convert", os.path.join(g, "fully_reshardable"), str(tmp_path / "b.safetensors"), "--to",
+             "safetensors", "-q")
+    a, b = load_file(tmp_path / "a.safetensors"), load_file(tmp_path / "b.safetensors")
+    assert sorted(a) == sorted(b) and len(a) == 36
+    assert "optimizer.state.exp_avg_sq.decoder.layers.mlp.linear_fc1.weight" in a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    _ckptkit("convert", os.path.join(g, "legacy"), str(tmp_path / "c.pt"), "--to", "torch", "-q")
+    c = _torch_load(tmp_path / "c.pt")
+    assert sorted(c) == sorted(a) and torch.equal(c["output_layer.weight"], a["output_layer.weight"])
+    r = _ckptkit("diff", "--tensors-only", os.path.join(g, "legacy"), os.path.join(g, "fully_reshardable"))
+    assert "identical: 36 tensors compared, 0 differ" in r.stdout
+    # dp_reshardable buckets vs the legacy buffers of the same run
+    d = os.path.join(GOLDEN, "mc016_llama_dp2")
+    r = _ckptkit("diff", "--tensors-only", os.path.join(d, "legacy"), os.path.join(d, "dp_reshardable"))
+    assert "0 differ; 0 only in A, 0 only in B" in r.stdout
+
+
 def test_legacy_bad_destinations_and_sources(tmp_path):
     src = os.path.join(GOLDEN, "mc016_llama_dp2", "dp_reshardable")
     out = tmp_path / "busy"

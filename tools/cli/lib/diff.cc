@@ -15,6 +15,7 @@
 #include <mutex>
 #include <thread>
 
+#include "ckpt/convert.h"
 #include "lib/inspect.h"
 #include "util/strings.h"
 
@@ -704,6 +705,17 @@ Result<bool> RunDiff(const DiffOptions& options, std::ostream& out, std::ostream
                         StrCat("A ", Quote(options.a)));
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> b, OpenCheckpoint(options.b, open),
                         StrCat("B ", Quote(options.b)));
+  // A legacy Megatron checkpoint compares in model space (global tensors and
+  // per-parameter optimizer state), and so does a torch_dist one beside it.
+  const bool legacy = a->kind() == SourceKind::kLegacy || b->kind() == SourceKind::kLegacy;
+  auto model_space = [&](std::unique_ptr<CheckpointReader>* r, const std::string& path, const char* which) -> Status {
+    if (!legacy || ((*r)->kind() != SourceKind::kLegacy && (*r)->kind() != SourceKind::kTorchDist)) return OkStatus();
+    r->reset();
+    CKPT_ASSIGN_OR_RETURN(*r, OpenModelSpace(path, open), StrCat(which, " ", Quote(path)));
+    return OkStatus();
+  };
+  CKPT_RETURN_IF_ERROR(model_space(&a, options.a, "A"));
+  CKPT_RETURN_IF_ERROR(model_space(&b, options.b, "B"));
   ProgressLine line(err);
   std::function<void(uint64_t, uint64_t)> progress;
   if (options.show_progress) progress = [&](uint64_t d, uint64_t t) { line.Update(d, t); };
