@@ -700,6 +700,21 @@ Status MegatronView::ReadTensorRegion(size_t i, std::span<const int64_t> start, 
 
 Status MegatronView::ReadPieces(const Virtual& v, const TensorInfo& t, const Box& region, ByteSink* out) const {
   const uint64_t esize = DTypeSize(t.dtype);
+  // One shard box that is exactly the region (a rank's shard, as ReadLocal
+  // and the legacy writer ask for): stream it through, no buffers.
+  for (const Piece& p : v.pieces) {
+    for (size_t k = 0; k < p.dest.size(); ++k) {
+      if (p.dest[k].start != region.start || p.dest[k].count != region.count) continue;
+      const model::RankOptimizer& r = ranks_[p.rank];
+      const model::ChunkParam& param = r.chunks[p.chunk][p.param];
+      const model::ParamBuffer* buffer = p.gbuf >= 0 ? &(p.expert ? r.expert : r.dense)[p.gbuf] : nullptr;
+      const model::BufferParam* where = buffer ? &buffer->params[p.where] : nullptr;
+      RegionSink sink(Box::Whole(param.shape), p.local[k], esize, out);
+      CKPT_RETURN_IF_ERROR(
+          shards_->ReadShard(r, p.rank, p.chunk, param, buffer, p.expert, p.gbuf, where, v.state, &sink));
+      return sink.Finish().WithContext(param.global_name);
+    }
+  }
   std::string buf(region.numel() * esize, '\0');
   for (const Piece& p : v.pieces) {
     bool meets = false;
