@@ -107,6 +107,15 @@ Result<ConvertReport> ConvertToDcp(const CheckpointReader& reader, const std::st
 
 // Options that only some targets read, refused (naming the option) for the
 // others rather than ignored.
+// Whether src opens as a legacy Megatron-LM checkpoint (mp_rank_* folders).
+bool IsLegacySource(Env* env, const std::string& src) {
+  OpenOptions o;
+  o.env = env;
+  o.pickle_mode = PickleMode::kInspect;
+  Result<std::unique_ptr<CheckpointReader>> r = OpenCheckpoint(src, o);
+  return r.ok() && (*r)->kind() == SourceKind::kLegacy;
+}
+
 Status CheckOptionsApply(const ConvertOptions& options) {
   const TargetFormat to = options.to;
   if (!options.megatron_version.empty() && to != TargetFormat::kTorchDist) {
@@ -169,6 +178,7 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
             src, " is not an HF model folder (config.json naming a supported architecture): tp, pp, ep, etp, dtype, "
                  "megatron_layer_spec and make_vocab_size_divisible_by apply to HF models only"));
       }
+      if (IsLegacySource(env, src)) return internal_convert::ConvertLegacyToTorchDist(src, dst, options, env);
       return internal_convert::ConvertToTorchDist(src, dst, options, env);
     case TargetFormat::kHf:
       return internal_convert::ConvertToHf(src, dst, options, env);

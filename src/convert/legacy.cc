@@ -4,13 +4,18 @@
 #include <fmt/format.h>
 
 #include <map>
+#include <set>
 #include <memory>
 #include <vector>
 
 #include "checkpoint/dcp_reader.h"
 #include "checkpoint/readers.h"
 #include "ckpt/model.h"
+#include "checkpoint/legacy_reader.h"
+#include "checkpoint/torch_dist_writer.h"
+#include "convert/dcp_entries.h"
 #include "convert/megatron_view.h"
+#include "format/megatron/writer.h"
 #include "format/megatron/megatron.h"
 #include "format/pickle/value.h"
 #include "format/torch/tree_writer.h"
@@ -149,16 +154,19 @@ class LegacyWriter {
     torch::TorchTreeWriter w;
     pickle::Arena& a = w.arena();
     Value* root = nullptr;
+    // The dict keys are string literals in megatron's code: one object each
+    // in the whole file (the pickle memo shares them across sub-optimizers).
+    std::map<std::string, Value*, std::less<>> interned;
     if (r.expert.empty()) {
-      CKPT_ASSIGN_OR_RETURN(root, BufferState(rank, false, &w));
+      CKPT_ASSIGN_OR_RETURN(root, BufferState(rank, false, &w, &interned));
     } else {
       Value* dense = a.None();
       Value* expert = a.None();
       if (f.dense_optimizer) {
-        CKPT_ASSIGN_OR_RETURN(dense, BufferState(rank, false, &w));
+        CKPT_ASSIGN_OR_RETURN(dense, BufferState(rank, false, &w, &interned));
       }
       if (f.expert_optimizer) {
-        CKPT_ASSIGN_OR_RETURN(expert, BufferState(rank, true, &w));
+        CKPT_ASSIGN_OR_RETURN(expert, BufferState(rank, true, &w, &interned));
       }
       root = a.List({dense, expert});
     }
@@ -169,13 +177,19 @@ class LegacyWriter {
 
  private:
   // get_parameter_state_dp_zero's dict for the dense or expert buffers.
-  Result<Value*> BufferState(size_t rank, bool expert, torch::TorchTreeWriter* wp) const {
+  Result<Value*> BufferState(size_t rank, bool expert, torch::TorchTreeWriter* wp,
+                             std::map<std::string, Value*, std::less<>>* interned) const {
     torch::TorchTreeWriter& w = *wp;
+    auto str = [&](std::string_view k) {
+      auto it = interned->find(k);
+      if (it == interned->end()) it = interned->emplace(std::string(k), w.Str(k)).first;
+      return it->second;
+    };
     const model::RankOptimizer& r = view_.ranks()[rank];
     const std::vector<model::ParamBuffer>& buffers = expert ? r.expert : r.dense;
     pickle::Arena& a = w.arena();
     Value* root = a.Dict();
-    root->dict.push_back({w.Str("buckets_coalesced"), a.Bool(true)});
+    root->dict.push_back({str("buckets_coalesced"), a.Bool(true)});
     for (size_t g = 0; g < buffers.size(); ++g) {
       const model::ParamBuffer& b = buffers[g];
       Value* per_dtype = a.Dict();
@@ -189,9 +203,9 @@ class LegacyWriter {
         t.nbytes = static_cast<uint64_t>(b.numel_unpadded) * 4;
         t.write = [this, rank, expert, g, st](ByteSink* sink) { return WriteWorld(rank, expert, g, st, sink); };
         CKPT_ASSIGN_OR_RETURN(Value * tensor, w.NewTensor(t), StrCat(expert ? "expert " : "", "buffer ", g, " ", st));
-        states->dict.push_back({w.Str(st), tensor});
+        states->dict.push_back({str(st), tensor});
       }
-      states->dict.push_back({w.Str("numel_unpadded"), a.Int(b.numel_unpadded)});
+      states->dict.push_back({str("numel_unpadded"), a.Int(b.numel_unpadded)});
       per_dtype->dict.push_back({key, states});
       root->dict.push_back({a.Int(static_cast<int64_t>(g)), per_dtype});
     }
@@ -394,6 +408,182 @@ Result<ConvertReport> ConvertToLegacy(const std::string& src, const std::string&
   if (options.no_optimizer && !view->optimizer_layout().empty()) {
     report.warnings.push_back("optimizer state left out (no_optimizer)");
   }
+  return report;
+}
+
+namespace {
+
+// The value of `key` in the root dict of a legacy rank file, imported into `w`.
+Result<Value*> RankFileValue(const internal_checkpoint::LegacyReader& legacy, const std::string& folder,
+                             std::string_view key, torch::TorchTreeWriter* w,
+                             std::vector<std::shared_ptr<const torch::TorchFile>>* keep) {
+  for (const auto& r : legacy.ranks()) {
+    if (r.folder != folder) continue;
+    CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const torch::TorchFile> f,
+                          legacy.OpenRankFile(r.coord, internal_checkpoint::LegacyReader::FileKind::kModel));
+    keep->push_back(f);
+    const torch::TorchFile* raw = f.get();
+    CKPT_ASSIGN_OR_RETURN(Value * root, w->Import(*raw, Borrow(raw)), StrCat(folder, "/model_optim_rng.pt"));
+    return DictGet(root, key);
+  }
+  return NotFoundError(StrCat("rank folder ", folder, " is missing"));
+}
+
+}  // namespace
+
+Result<ConvertReport> ConvertLegacyToTorchDist(const std::string& src, const std::string& dst,
+                                               const ConvertOptions& options, Env* env) {
+  OpenOptions open;
+  open.env = env;
+  open.pickle_mode = PickleMode::kInspect;
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader, OpenCheckpoint(src, open), StrCat("reading ", src));
+  const internal_checkpoint::LegacyReader* legacy = reader->legacy_view();
+  if (legacy == nullptr) return InternalError("not a legacy checkpoint");
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<MegatronView> view, MegatronView::OverLegacy(std::move(reader)), src);
+  std::vector<std::string> warnings;
+  for (const auto& p : legacy->problems()) {
+    return DataLossError(StrCat(src, ": ", p.file.empty() ? "" : StrCat(p.file, ": "), p.message));
+  }
+  const std::string rank0 = legacy->rank0_folder();
+  std::optional<int64_t> iteration = options.iteration ? options.iteration : legacy->iteration();
+  if (!iteration) return InvalidArgumentError(StrCat(src, ": no iteration recorded; give one (iteration)"));
+
+  // Entries: every model-space tensor, one chunk per rank shard.
+  std::vector<dcp::EntryToWrite> entries;
+  auto progress = std::make_shared<ChunkProgress>(options.progress);
+  uint64_t total = 0;
+  const MegatronView* v = view.get();
+  for (size_t i = 0; i < v->tensors().size(); ++i) {
+    const TensorInfo& t = v->tensors()[i];
+    dcp::EntryToWrite e;
+    e.key = t.key;
+    e.type = dcp::EntryType::kTensor;
+    e.dtype = t.dtype;
+    e.size = t.shape;
+    for (const Box& b : v->ShardBoxes(i)) {
+      dcp::ChunkToWrite c;
+      c.offsets = b.start;
+      c.sizes = b.count;
+      const uint64_t nbytes = b.numel() * DTypeSize(t.dtype);
+      total += nbytes;
+      c.write = [v, i, b, progress, nbytes](ByteSink* sink) -> Status {
+        CKPT_RETURN_IF_ERROR(v->ReadTensorRegion(i, b.start, b.count, sink));
+        progress->Add(nbytes);
+        return OkStatus();
+      };
+      e.chunks.push_back(std::move(c));
+    }
+    entries.push_back(std::move(e));
+  }
+  progress->set_total(total);
+  // The linear layers' _extra_state: None (the local spec keeps no FP8 metadata).
+  for (const std::string& key : model::ExtraStateObjects(v->config())) {
+    dcp::EntryToWrite e;
+    e.key = key;
+    e.type = dcp::EntryType::kBytes;
+    e.write_bytes = [](ByteSink* sink) -> Status {
+      torch::TorchTreeWriter w;
+      torch::TorchWriteOptions o;
+      o.archive_name = "archive";
+      return w.Write(w.arena().List({w.arena().None()}), sink, o);
+    };
+    entries.push_back(std::move(e));
+  }
+  // Each writer's RNG state (Megatron-LM get_rng_state: a ShardedObject over
+  // (PP, TP), or with expert parallelism over (PP, TP, DP), one per DP rank;
+  // a legacy checkpoint holds only the writers' DP ranks).
+  {
+    const model::ParallelLayout& l = v->layout();
+    const int64_t dp = l.dp * l.cp;
+    std::set<std::pair<int64_t, int64_t>> covered;
+    for (const model::LegacyRankFolder& f : v->folders()) {
+      if (!f.model_file) continue;
+      CKPT_ASSIGN_OR_RETURN(model::RankCoordinates c, model::GlobalRankCoordinates(l, f.rank));
+      dcp::EntryToWrite e;
+      e.key = l.ep > 1 ? StrCat("rng_state/shard_", f.at.pp_rank, ".", f.at.tp_rank, ".", c.dp_rank, "_", l.pp, ".",
+                                l.tp, ".", dp)
+                       : StrCat("rng_state/shard_", f.at.pp_rank, ".", f.at.tp_rank, "_", l.pp, ".", l.tp);
+      covered.insert({f.at.pp_rank * l.tp + f.at.tp_rank, c.dp_rank});
+      e.type = dcp::EntryType::kBytes;
+      const std::string folder = f.folder;
+      e.write_bytes = [legacy, folder](ByteSink* sink) -> Status {
+        torch::TorchTreeWriter w;
+        std::vector<std::shared_ptr<const torch::TorchFile>> keep;
+        CKPT_ASSIGN_OR_RETURN(Value * rng, RankFileValue(*legacy, folder, "rng_state", &w, &keep));
+        if (rng == nullptr) return DataLossError(StrCat(folder, "/model_optim_rng.pt has no rng_state"));
+        torch::TorchWriteOptions o;
+        o.archive_name = "archive";
+        return w.Write(w.arena().List({rng}), sink, o);
+      };
+      entries.push_back(std::move(e));
+    }
+    if (l.ep > 1 && static_cast<int64_t>(covered.size()) < l.pp * l.tp * dp) {
+      warnings.push_back(StrCat("RNG state of ", l.pp * l.tp * dp - static_cast<int64_t>(covered.size()),
+                                " of ", l.pp * l.tp * dp, " (pp, tp, dp) ranks not in the legacy files (only the "
+                                "writers' are): load with --no-load-rng"));
+    }
+  }
+
+  internal_checkpoint::TorchDistWriteOptions wo;
+  if (!options.megatron_version.empty()) {
+    CKPT_ASSIGN_OR_RETURN(wo.version, megatron::ParseCoreVersion(options.megatron_version), "megatron_version");
+  }
+  wo.thread_count = options.thread_count;
+  wo.tracker = megatron::Tracker{false, *iteration};
+
+  // The common dict, from rank 0's model_optim_rng.pt.
+  const bool with_optimizer = !v->optimizer_layout().empty();
+  auto write_common = [legacy, rank0, with_optimizer, version = wo.version](ByteSink* sink) -> Status {
+    torch::TorchTreeWriter w;
+    pickle::Arena& a = w.arena();
+    std::vector<std::shared_ptr<const torch::TorchFile>> keep;
+    Value* root = a.Dict();
+    auto carry = [&](std::string_view key) -> Status {
+      CKPT_ASSIGN_OR_RETURN(Value * val, RankFileValue(*legacy, rank0, key, &w, &keep));
+      if (val != nullptr) root->dict.push_back({w.Str(key), val});
+      return OkStatus();
+    };
+    for (const char* k : {"args", "checkpoint_version", "iteration"}) CKPT_RETURN_IF_ERROR(carry(k));
+    if (with_optimizer) {
+      CKPT_ASSIGN_OR_RETURN(Value * opt, RankFileValue(*legacy, rank0, "optimizer", &w, &keep));
+      if (opt == nullptr) return DataLossError(StrCat(rank0, "/model_optim_rng.pt has no optimizer entry"));
+      auto with_type = [&](Value* sub) -> Result<Value*> {
+        if (sub->kind != pickle::Kind::kDict) return DataLossError("an optimizer entry is not a dict");
+        Value* d = a.Dict();
+        d->dict = sub->dict;
+        d->dict.push_back({w.Str("param_state_sharding_type"), w.Str("fully_reshardable")});
+        return d;
+      };
+      Value* out = nullptr;
+      if (opt->kind == pickle::Kind::kList) {  // ChainedOptimizer: {0: ..., 1: ...}
+        out = a.Dict();
+        for (size_t k = 0; k < opt->items.size(); ++k) {
+          CKPT_ASSIGN_OR_RETURN(Value * sub, with_type(opt->items[k]));
+          out->dict.push_back({a.Int(static_cast<int64_t>(k)), sub});
+        }
+      } else {
+        CKPT_ASSIGN_OR_RETURN(out, with_type(opt));
+      }
+      root->dict.push_back({w.Str("optimizer"), out});
+    }
+    for (const char* k : {"opt_param_scheduler", "num_floating_point_operations_so_far"}) {
+      CKPT_RETURN_IF_ERROR(carry(k));
+    }
+    Value* cm = a.Dict();
+    cm->dict.push_back({w.Str("distrib_optim_sharding_type"), w.Str("fully_reshardable")});
+    cm->dict.push_back({w.Str("distrib_optim_fully_reshardable_mem_efficient"), a.Bool(false)});
+    cm->dict.push_back({w.Str("singleton_local_shards"), a.Bool(false)});
+    cm->dict.push_back({w.Str("chained_optim_avoid_prefix"), a.Bool(true)});
+    root->dict.push_back({w.Str("content_metadata"), cm});
+    return megatron::WriteCommonTree(version, &w, root, sink);
+  };
+  CKPT_ASSIGN_OR_RETURN(internal_checkpoint::TorchDistWriteReport r,
+                        internal_checkpoint::WriteTorchDistCheckpoint(env, dst, std::move(entries), write_common, wo));
+  ConvertReport report;
+  report.files = std::move(r.files);
+  report.tensors = v->tensors().size();
+  report.bytes = total;
+  report.warnings = std::move(warnings);
   return report;
 }
 

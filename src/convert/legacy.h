@@ -43,6 +43,19 @@ namespace ckpt::internal_convert {
 Result<ConvertReport> ConvertToLegacy(const std::string& src, const std::string& dst, const ConvertOptions& options,
                                       Env* env);
 
+// Legacy Megatron-LM layout -> torch_dist, optimizer state model-space
+// (`fully_reshardable`, so Megatron can load it at another layout): every
+// model tensor and `optimizer.state.{param,exp_avg,exp_avg_sq}.<key>` as
+// entries with one chunk per rank shard (as megatron-core writes them),
+// the linear layers' `_extra_state` (None), each writer's RNG state, and
+// the common dict {args, checkpoint_version, iteration, optimizer (param
+// groups, sharding type), opt_param_scheduler,
+// num_floating_point_operations_so_far, content_metadata}, published by the
+// torch_dist writer (data first, metadata.json, then the tracker).
+// Errors: as ConvertToLegacy; those of the torch_dist writer.
+Result<ConvertReport> ConvertLegacyToTorchDist(const std::string& src, const std::string& dst,
+                                               const ConvertOptions& options, Env* env);
+
 }  // namespace ckpt::internal_convert
 
 #endif  // CKPT_CONVERT_LEGACY_H_

@@ -676,6 +676,20 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverLegacy(std::unique_ptr<C
   return v;
 }
 
+std::vector<Box> MegatronView::ShardBoxes(size_t i) const {
+  std::vector<Box> out;
+  const Virtual& v = virtual_.at(i);
+  if (v.base >= 0) {
+    for (const ChunkInfo& c : tensors_[i].chunks) out.push_back(Box{c.offsets, c.sizes});
+    if (out.empty()) out.push_back(Box::Whole(tensors_[i].shape));
+    return out;
+  }
+  for (const Piece& p : v.pieces) {
+    for (const Box& b : p.dest) out.push_back(b);
+  }
+  return out;
+}
+
 nlohmann::json MegatronView::Details() const {
   nlohmann::json d = base_->Details();
   d["model_space_view"] = {{"optimizer_layout", optimizer_layout_}, {"assembled_states", states_},

@@ -130,6 +130,11 @@ class MegatronView final : public CheckpointReader {
   // The torch_dist source (its DCP reader, common state and keys).
   const TorchDistSource& torch_dist() const { return torch_dist_; }
 
+  // The boxes tensors()[i] is stored in, one per rank shard (two for a gated
+  // fc1 shard) for an assembled tensor, the stored chunks of a tensor read
+  // straight through (the whole tensor when it has none).
+  std::vector<Box> ShardBoxes(size_t i) const;
+
   // Streams the TP-local shard of parameter `param` of chunk `chunk` of
   // ranks()[rank] as that rank holds it (its local shape, row-major): the
   // model weights (state "") or optimizer state `state`.
