@@ -218,6 +218,15 @@ Result<std::unique_ptr<CheckpointReader>> OpenModelSpace(const std::string& path
 // Errors: read errors; an empty list when there is no optimizer state.
 Result<std::vector<VerifyProblem>> CheckOptimizerState(const CheckpointReader& model_space);
 
+// What each rank folder of a legacy Megatron checkpoint holds by the model
+// layer's recomputation from args: one line per folder (coordinates, global
+// layers and virtual stages, experts, the dense / expert optimizer buffers),
+// after checking every distrib_optim.pt buffer against that layout.
+// Errors: DataLoss naming the file and buffer when the stored sizes are not
+// the model's (or a folder / file the layout needs is missing); those of
+// OpenModelSpace.
+Result<std::vector<std::string>> DescribeLegacyLayout(const std::string& path, const OpenOptions& options = {});
+
 // The model-space key of optimizer state `state` of model tensor `key`:
 // "optimizer.state.<state>.<key>" (`state` "param" also answers "fp32_param"
 // and "main_param" ... as written: no aliasing here).

@@ -388,6 +388,50 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
   }
 
 
+  // The padded bucket sizes megatron recorded (per_bucket_numel: one
+  // {dtype pair: [padded numel per bucket]} per buffer) depend on the DP
+  // size: they must be the layout's, each divisible by the DP size.
+  for (const model::RankOptimizer& r : v->ranks_) {
+    const std::string key =
+        StrCat(bucket_prefix, kDistributed, r.dense_dp_group_idx, ".per_bucket_numel/shard_0_1");
+    const int64_t ei = s.dcp->metadata().FindEntry(key);
+    if (ei < 0) continue;
+    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<torch::TorchFile> f,
+                          s.dcp->OpenBytes(s.dcp->metadata().entries[ei], pickle::Mode::kInspect), key);
+    const pickle::Value* root = f->root();
+    if (root && root->kind == pickle::Kind::kList && root->items.size() == 1) root = root->items[0];
+    if (root == nullptr || root->kind != pickle::Kind::kList || root->items.size() != r.dense.size()) {
+      return DataLossError(StrCat(key, ": expected a list of ", r.dense.size(), " buffers' bucket sizes, found ",
+                                  root ? pickle::Repr(root, 80) : std::string("nothing")));
+    }
+    for (size_t g = 0; g < r.dense.size(); ++g) {
+      const pickle::Value* d = root->items[g];
+      const pickle::Value* sizes = (d && d->kind == pickle::Kind::kDict && d->dict.size() == 1) ? d->dict[0].second
+                                                                                               : nullptr;
+      if (sizes == nullptr || sizes->kind != pickle::Kind::kList) {
+        return DataLossError(StrCat(key, ": buffer ", g, " is not {dtype: [bucket sizes]}"));
+      }
+      const model::ParamBuffer& b = r.dense[g];
+      for (size_t k = 0; k < sizes->items.size(); ++k) {
+        const pickle::Value* n = sizes->items[k];
+        if (n->kind != pickle::Kind::kInt) return DataLossError(StrCat(key, ": bucket ", k, " size is not an int"));
+        if (n->i % b.dp != 0) {
+          return DataLossError(StrCat(key, ": buffer ", g, " bucket ", k, " is padded to ", n->i,
+                                      " elements, which the data-parallel size ", b.dp,
+                                      " from args does not divide: args do not describe the run that saved it"));
+        }
+        if (k >= b.buckets.size() || n->i != b.buckets[k].numel) {
+          return DataLossError(StrCat(key, ": buffer ", g, " bucket ", k, " is padded to ", n->i,
+                                      " elements; the layout from args (", model::LayoutString(v->layout_),
+                                      ") gives ", k < b.buckets.size() ? b.buckets[k].numel : 0));
+        }
+      }
+      if (sizes->items.size() != b.buckets.size()) {
+        return DataLossError(StrCat(key, ": buffer ", g, " has ", sizes->items.size(), " buckets; the layout gives ",
+                                    b.buckets.size()));
+      }
+    }
+  }
   // Every bucket the layout predicts must be stored with its predicted size.
   for (const model::RankOptimizer& r : v->ranks_) {
     for (size_t g = 0; g < r.dense.size(); ++g) {
@@ -584,6 +628,15 @@ Result<std::vector<VerifyProblem>> CheckOptimizerState(const CheckpointReader& r
   return problems;
 }
 
+Result<std::vector<std::string>> DescribeLegacyLayout(const std::string& path, const OpenOptions& options) {
+  OpenOptions open = options;
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader, OpenCheckpoint(path, open));
+  if (reader->kind() != SourceKind::kLegacy) return InvalidArgumentError(StrCat(path, " is not a legacy checkpoint"));
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<internal_convert::MegatronView> v,
+                        internal_convert::MegatronView::OverLegacy(std::move(reader)));
+  return v->FolderSummary();
+}
+
 std::string OptimizerStateKey(std::string_view state, std::string_view key) {
   return StrCat(internal_convert::kOptimizerState, state, ".", key);
 }
@@ -643,6 +696,7 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverLegacy(std::unique_ptr<C
       break;
     }
   }
+  CKPT_RETURN_IF_ERROR(v->CheckLegacyBuffers());
   v->shards_ = std::make_unique<LegacyShards>(v->legacy_, &v->folders_);
   v->AddAssembled("", v->settings_.params_dtype);
   // Optimizer states held by every distrib_optim buffer (format C).
@@ -674,6 +728,101 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverLegacy(std::unique_ptr<C
   }
   CKPT_RETURN_IF_ERROR(v->Finish());
   return v;
+}
+
+Status MegatronView::CheckLegacyBuffers() const {
+  std::map<std::string, const internal_checkpoint::LegacyReader::Rank*, std::less<>> by_folder;
+  for (const auto& r : legacy_->ranks()) by_folder[r.folder] = &r;
+  for (size_t ri = 0; ri < folders_.size(); ++ri) {
+    const model::LegacyRankFolder& f = folders_[ri];
+    auto it = by_folder.find(f.folder);
+    if (it == by_folder.end() || !it->second->present) {
+      return DataLossError(StrCat("rank folder ", f.folder, " is missing: the layout from args (",
+                                  model::LayoutString(layout_), ") writes it"));
+    }
+    const auto& rank = *it->second;
+    if (f.model_file && !rank.model.opened) {
+      return DataLossError(StrCat(f.folder, "/model_optim_rng.pt is ", rank.model.present ? "unreadable" : "missing"));
+    }
+    if (!rank.distrib) continue;  // no optimizer state in this folder (or none at all)
+    const model::RankOptimizer& r = ranks_[ri];
+    const bool chained = rank.distrib->chained;
+    for (int kind = 0; kind < 2; ++kind) {
+      const bool expert = kind == 1;
+      const bool held = expert ? f.expert_optimizer : f.dense_optimizer;
+      const std::vector<model::ParamBuffer>& want = expert ? r.expert : r.dense;
+      if (!held || want.empty()) continue;
+      const size_t sub = chained ? static_cast<size_t>(kind) : 0;
+      if (!chained && expert) continue;
+      if (sub >= rank.distrib->optimizers.size() || !rank.distrib->optimizers[sub]) {
+        return DataLossError(StrCat(f.folder, "/distrib_optim.pt: the ", expert ? "expert" : "dense",
+                                    " optimizer's state is missing (this folder's rank is its DP rank 0)"));
+      }
+      const auto& got = rank.distrib->optimizers[sub]->buffers;
+      if (got.size() != want.size()) {
+        return DataLossError(StrCat(f.folder, "/distrib_optim.pt: ", got.size(), " ", expert ? "expert " : "",
+                                    "buffers; the model (", model::LayoutString(layout_), ", ",
+                                    model::LayerSpecName(settings_.spec), " layer spec) gives ", want.size()));
+      }
+      for (size_t g = 0; g < want.size(); ++g) {
+        const std::string dt = model::DTypePairName(want[g].param_dtype, want[g].grad_dtype);
+        if (got[g].dtype_key != dt || got[g].numel() != want[g].numel_unpadded) {
+          return DataLossError(StrCat(f.folder, "/distrib_optim.pt: ", chained ? StrCat("optimizer ", sub, " ") : "",
+                                      "buffer ", g, " ", got[g].dtype_key, " holds ", got[g].numel(),
+                                      " elements; the model's buffer layout (", model::LayoutString(layout_), ", ",
+                                      model::LayerSpecName(settings_.spec), " layer spec, DP ",
+                                      expert ? r.expert_dp : r.dense_dp, ") gives ", dt, " with ",
+                                      want[g].numel_unpadded));
+        }
+      }
+    }
+  }
+  return OkStatus();
+}
+
+std::vector<std::string> MegatronView::FolderSummary() const {
+  std::vector<std::string> out;
+  for (size_t ri = 0; ri < folders_.size() && ri < ranks_.size(); ++ri) {
+    const model::LegacyRankFolder& f = folders_[ri];
+    const model::RankOptimizer& r = ranks_[ri];
+    std::string layers;
+    std::vector<int64_t> ids;
+    std::set<int64_t> experts;
+    for (const auto& chunk : r.chunks) {
+      for (const model::ChunkParam& p : chunk) {
+        std::string_view rest;
+        if (auto l = megatron::PerLayerIndex(p.global_name, "decoder.layers.", &rest)) {
+          if (ids.empty() || ids.back() != *l) ids.push_back(*l);
+          if (p.expert || rest.rfind("mlp.experts.experts.", 0) == 0) {
+            std::string_view er = rest.substr(std::string_view("mlp.experts.experts.").size());
+            experts.insert(std::stoll(std::string(er.substr(0, er.find('.')))));
+          }
+        }
+      }
+    }
+    std::vector<int64_t> sorted(ids);
+    std::sort(sorted.begin(), sorted.end());
+    sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+    std::string line = StrCat(f.folder, ": tp ", f.at.tp_rank, " pp ", f.at.pp_rank);
+    if (layout_.ep > 1) line += StrCat(" ep ", f.at.ep_rank);
+    line += StrCat(", layers ", sorted.empty() ? std::string("none") : megatron::RangesString(sorted));
+    if (r.chunks.size() > 1) line += StrCat(" in ", r.chunks.size(), " virtual stages");
+    if (!experts.empty()) {
+      line += StrCat(", experts ", megatron::RangesString(std::vector<int64_t>(experts.begin(), experts.end())));
+    }
+    auto buffers = [](const std::vector<model::ParamBuffer>& bs) {
+      int64_t n = 0, buckets = 0;
+      for (const auto& b : bs) {
+        n += b.numel_unpadded;
+        buckets += static_cast<int64_t>(b.buckets.size());
+      }
+      return StrCat(bs.size(), " buffers, ", buckets, " buckets, ", n, " elements");
+    };
+    if (f.dense_optimizer && !r.dense.empty()) line += StrCat("; dense optimizer ", buffers(r.dense));
+    if (f.expert_optimizer && !r.expert.empty()) line += StrCat("; expert optimizer ", buffers(r.expert));
+    out.push_back(std::move(line));
+  }
+  return out;
 }
 
 std::vector<Box> MegatronView::ShardBoxes(size_t i) const {

@@ -130,6 +130,12 @@ class MegatronView final : public CheckpointReader {
   // The torch_dist source (its DCP reader, common state and keys).
   const TorchDistSource& torch_dist() const { return torch_dist_; }
 
+  // One line per legacy rank folder: its coordinates, global layers (and
+  // virtual stages), experts, and the optimizer buffers the model's layout
+  // gives it: "mp_rank_00_001: tp 0 pp 1, layers 2-3; dense optimizer 1
+  // buffers, 1 buckets, 2816 elements".
+  std::vector<std::string> FolderSummary() const;
+
   // The boxes tensors()[i] is stored in, one per rank shard (two for a gated
   // fc1 shard) for an assembled tensor, the stored chunks of a tensor read
   // straight through (the whole tensor when it has none).
@@ -165,6 +171,8 @@ class MegatronView final : public CheckpointReader {
   Status BuildModel();
   // Checks that the assembled tensors are covered exactly; indexes keys.
   Status Finish();
+  // Every distrib_optim.pt buffer against the recomputed layout (legacy).
+  Status CheckLegacyBuffers() const;
   Status BuildRanks();
   // Adds the virtual tensors of `state` ("" = model) assembled from shards.
   void AddAssembled(const std::string& state, DType dtype);

@@ -338,3 +338,64 @@ def test_python_convert_to_legacy(tmp_path):
     assert not any(p.endswith("distrib_optim.pt") for p in rep["files"])
     with pytest.raises(ValueError, match='no_optimizer applies only with to="legacy"'):
         ckptkit.convert(src, tmp_path / "x", to="torch", no_optimizer=True)
+
+
+def _copy_legacy(name, tmp_path):
+    import shutil
+
+    dst = tmp_path / "src"
+    shutil.copytree(os.path.join(GOLDEN, name, "legacy"), dst)
+    return dst
+
+
+def test_legacy_damaged_inputs_are_named_and_publish_nothing(tmp_path):
+    """A missing rank folder, a distrib_optim.pt whose buffers do not match the model, and args whose
+    DP size puts the buckets elsewhere: inspect exits 1 naming file and buffer; conversions fail with
+    the same words and leave nothing at the destination."""
+    # 1. a missing rank folder
+    src = _copy_legacy("mc016_llama_tp2pp2dp2", tmp_path / "a")
+    import shutil
+
+    shutil.rmtree(src / "iter_0000002" / "mp_rank_01_001")
+    r = _ckptkit("inspect", str(src), check=False)
+    assert r.returncode == 1 and "mp_rank_01_001" in r.stdout
+    for to in ("torch_dist", "hf", "safetensors"):
+        out = tmp_path / "a" / f"out_{to}"
+        r = _ckptkit("convert", str(src), str(out), "--to", to, check=False)
+        assert r.returncode in (1, 2) and "mp_rank_01_001" in r.stderr, (to, r.stderr)
+        assert not out.exists(), to
+    # 2. a distrib_optim.pt whose buffer is 64 elements short (numel_unpadded consistent with itself)
+    src = _copy_legacy("mc016_llama_dp2", tmp_path / "b")
+    f = src / "iter_0000002" / "mp_rank_00" / "distrib_optim.pt"
+    d = _torch_load(f)
+    (dt,) = d[0].keys()
+    for k in ("param", "exp_avg", "exp_avg_sq"):
+        d[0][dt][k] = d[0][dt][k][:-64].clone()
+    d[0][dt]["numel_unpadded"] -= 64
+    torch.save(d, f)
+    r = _ckptkit("inspect", str(src), check=False)
+    assert r.returncode == 1
+    assert "mp_rank_00/distrib_optim.pt: buffer 0 (torch.bfloat16, torch.float32) holds 1920 elements" in r.stdout
+    r = _ckptkit("verify", str(src), check=False)
+    assert r.returncode == 1 and "gives (torch.bfloat16, torch.float32) with 1984" in r.stdout
+    out = tmp_path / "b" / "out"
+    r = _ckptkit("convert", str(src), str(out), "--to", "torch_dist", check=False)
+    assert r.returncode == 1 and "distrib_optim.pt: buffer 0" in r.stderr
+    assert not out.exists()
+    # 3. a dp_reshardable checkpoint whose args say DP 3: megatron's recorded padded bucket sizes
+    #    (per_bucket_numel) are not divisible by 3 -- args that do not describe the run.
+    import shutil
+
+    src = tmp_path / "c"
+    shutil.copytree(os.path.join(GOLDEN, "mc016_llama_dp2", "dp_reshardable"), src)
+    f = src / "iter_0000002" / "common.pt"
+    d = _torch_load(f)
+    d["args"].data_parallel_size = 3
+    d["args"].world_size = 3
+    torch.save(d, f)
+    r = _ckptkit("verify", str(src), check=False)
+    assert r.returncode == 1 and "per_bucket_numel" in r.stdout
+    assert "which the data-parallel size 3 from args does not divide" in r.stdout, r.stdout
+    out = tmp_path / "c_out"
+    r = _ckptkit("convert", str(src), str(out), "--to", "legacy", check=False)
+    assert r.returncode == 1 and "data-parallel size 3" in r.stderr and not out.exists()

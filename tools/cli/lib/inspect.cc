@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "ckpt/convert.h"
 #include "util/strings.h"
 
 namespace ckpt::cli {
@@ -291,8 +292,32 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
   open.pickle_mode = PickleMode::kInspect;
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader,
                         OpenCheckpoint(options.path, open));
+  // A legacy checkpoint: what each rank folder holds by the model layer's
+  // recomputation from args, its buffers checked against that layout.
+  nlohmann::json layout_lines = nlohmann::json::array();
+  std::string layout_problem;
+  if (reader->kind() == SourceKind::kLegacy) {
+    Result<std::vector<std::string>> lines = DescribeLegacyLayout(options.path, open);
+    if (lines.ok()) {
+      for (const std::string& l : *lines) layout_lines.push_back(l);
+    } else if (lines.status().code() == Code::kDataLoss) {
+      layout_problem = lines.status().message();
+    } else {
+      layout_lines.push_back(StrCat("(not derived: ", lines.status().message(), ")"));
+    }
+  }
+  auto add_layout = [&](nlohmann::json* details) {
+    if (!layout_lines.empty()) (*details)["model_layout"] = layout_lines;
+    if (!layout_problem.empty()) {
+      if (!details->contains("problems") || !(*details)["problems"].is_array()) {
+        (*details)["problems"] = nlohmann::json::array();
+      }
+      (*details)["problems"].push_back({{"file", ""}, {"message", layout_problem}});
+    }
+  };
   if (options.json) {
     nlohmann::json doc = InspectJson(options.path, *reader);
+    add_layout(&doc["details"]);
     out << doc.dump(2) << "\n";
     return ProblemsStatus(doc["details"]);
   }
@@ -311,6 +336,7 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
   out << fmt::format("{} tensors, {} of tensor data; {} other objects\n", tensors.size(),
                      HumanBytes(total), reader->objects().size());
   nlohmann::json details = reader->Details();
+  add_layout(&details);
   for (auto it = details.begin(); it != details.end(); ++it) {
     if (it.value().is_primitive()) {
       out << fmt::format("  {}: {}\n", it.key(),
@@ -324,6 +350,10 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
     for (const auto& line : details["summary_text"]) {
       if (line.is_string()) out << "  " << Safe(line.get<std::string>()) << "\n";
     }
+  }
+  if (!layout_lines.empty()) {
+    out << "  model layout (the model layer's recomputation of megatron's ranks and optimizer buffers):\n";
+    for (const auto& line : layout_lines) out << "    " << Safe(line.get<std::string>()) << "\n";
   }
   if (details.contains("files") && details["files"].is_array()) {
     const auto& files = details["files"];

@@ -23,21 +23,25 @@ Status RunVerify(const VerifyCommandOptions& options, std::ostream& out, std::os
   }
   CKPT_ASSIGN_OR_RETURN(VerifyReport rep, Verify(options.path, v));
   if (options.show_progress) err << "\r\033[K" << std::flush;
-  // --deep on a sound Megatron checkpoint: its optimizer state against its model.
+  // A sound Megatron checkpoint, in model space: its optimizer buffers
+  // against the layout recomputed from args; with --deep its optimizer state
+  // against its model.
   bool optimizer_checked = false;
-  if (options.deep && rep.ok()) {
+  if (rep.ok()) {
     OpenOptions open;
     open.env = options.env;
     open.pickle_mode = PickleMode::kInspect;
     Result<std::unique_ptr<CheckpointReader>> ms = OpenModelSpace(options.path, open);
-    if (ms.ok()) {
+    if (ms.ok() && options.deep) {
       CKPT_ASSIGN_OR_RETURN(std::vector<VerifyProblem> more, CheckOptimizerState(**ms));
       for (const TensorInfo& t : (*ms)->tensors()) {
         optimizer_checked = optimizer_checked || t.key.rfind("optimizer.state.param.", 0) == 0;
       }
       for (VerifyProblem& p : more) rep.problems.push_back(std::move(p));
-    } else if (!options.json) {
-      err << "note: the optimizer state was not checked against the model: " << ms.status().message() << "\n";
+    } else if (!ms.ok() && ms.status().code() == Code::kDataLoss) {
+      rep.problems.push_back({"", false, 0, "", ms.status().message()});
+    } else if (!ms.ok() && !options.json) {
+      err << "note: not checked in model space: " << ms.status().message() << "\n";
     }
   }
   *exit_code = rep.ok() ? kExitOk : kExitDataProblem;
