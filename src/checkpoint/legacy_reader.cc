@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <set>
 
+#include "util/box.h"
 #include "util/strings.h"
 
 namespace ckpt::internal_checkpoint {
@@ -293,6 +294,32 @@ Status LegacyReader::ReadTensor(size_t i, ByteSink* out) const {
   }
   return tf->ReadTensor(tf->tensors()[loc.index], out)
       .WithContext(StrCat(RelativePath(r, loc.file), ": tensor ", Quote(tensors_[i].key)));
+}
+
+Status LegacyReader::ReadTensorRegion(size_t i, std::span<const int64_t> start, std::span<const int64_t> count,
+                                      ByteSink* out) const {
+  if (i >= tensors_.size()) return OutOfRangeError(StrCat("tensor index ", i, " out of range"));
+  const TensorInfo& t = tensors_[i];
+  Box region{{start.begin(), start.end()}, {count.begin(), count.end()}};
+  CKPT_RETURN_IF_ERROR(CheckBoxInside(region, t.shape, StrCat("region of ", Quote(t.key))));
+  // Contiguous when every axis after the first is whole.
+  bool slab = !t.shape.empty();
+  uint64_t inner = 1;
+  for (size_t d = 1; d < t.shape.size(); ++d) {
+    slab = slab && start[d] == 0 && count[d] == t.shape[d];
+    inner *= static_cast<uint64_t>(t.shape[d]);
+  }
+  if (!slab) return CheckpointReader::ReadTensorRegion(i, start, count, out);
+  const TensorLocation& loc = locations_[i];
+  const Rank& r = ranks_[loc.rank];
+  CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const torch::TorchFile> tf, OpenPath(RelativePath(r, loc.file)));
+  if (loc.index >= tf->tensors().size()) {
+    return DataLossError(StrCat(RelativePath(r, loc.file), ": tensor ", Quote(t.key),
+                                ": the file changed since it was opened"));
+  }
+  return tf->ReadTensorElements(tf->tensors()[loc.index], static_cast<uint64_t>(start[0]) * inner,
+                                static_cast<uint64_t>(count[0]) * inner, out)
+      .WithContext(RelativePath(r, loc.file));
 }
 
 std::vector<std::string> LegacyReader::SummaryText() const {

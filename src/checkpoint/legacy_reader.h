@@ -108,6 +108,11 @@ class LegacyReader : public CheckpointReader {
   // Opens (or reuses) the rank file and streams the tensor. Errors name the
   // file and key (as TorchFile::ReadTensor; the file's open errors).
   Status ReadTensor(size_t i, ByteSink* out) const override;
+  // A region that is contiguous in the tensor (1-D ranges, slabs of leading
+  // rows) is read as that byte range of its record only; others as the base
+  // class does.
+  Status ReadTensorRegion(size_t i, std::span<const int64_t> start, std::span<const int64_t> count,
+                          ByteSink* out) const override;
   const LegacyReader* legacy_view() const override { return this; }
 
   // ---- The view for the model layer ----

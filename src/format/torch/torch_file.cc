@@ -9,6 +9,7 @@
 #include <new>
 #include <unordered_set>
 
+#include "util/box.h"
 #include "util/checked_math.h"
 #include "util/strings.h"
 
@@ -520,6 +521,37 @@ const StorageRecord* TorchFile::FindStorage(std::string_view key) const {
 Status TorchFile::ReadStorage(const StorageRecord& s, ByteSink* sink) const {
   if (s.entry == nullptr) return InternalError("torch: storage without a record");
   return zip_.CopyEntry(*s.entry, sink);
+}
+
+Status TorchFile::ReadTensorElements(const TensorRecord& t, uint64_t first, uint64_t count, ByteSink* sink) const {
+  const uint64_t numel = static_cast<uint64_t>(t.numel);
+  if (first > numel || count > numel - first) {
+    return InvalidArgumentError(StrCat(name(), ": tensor ", Quote(t.key), ": elements [", first, ", ", first + count,
+                                       ") outside its ", numel));
+  }
+  if (t.storage >= storages_.size()) return InternalError("torch: tensor without a storage");
+  const StorageRecord& s = storages_[t.storage];
+  const uint64_t es = static_cast<uint64_t>(DTypeSize(t.dtype));
+  if (!t.contiguous || s.entry == nullptr || s.entry->method != 0 || big_endian_) {
+    const std::vector<int64_t> whole{t.numel};
+    Box all = Box::Whole(whole);
+    Box part{{static_cast<int64_t>(first)}, {static_cast<int64_t>(count)}};
+    RegionSink region(all, part, es, sink);
+    CKPT_RETURN_IF_ERROR(ReadTensor(t, &region));
+    return region.Finish();
+  }
+  const uint64_t base = static_cast<uint64_t>(t.storage_offset) * es + first * es;
+  const uint64_t total = count * es;
+  const size_t piece = static_cast<size_t>(std::min<uint64_t>(kReadChunkBytes, std::max<uint64_t>(total, 1)));
+  std::unique_ptr<char[]> buf(new char[piece]);
+  for (uint64_t off = 0; off < total;) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(piece, total - off));
+    CKPT_RETURN_IF_ERROR(zip_.ReadRange(*s.entry, base + off, n, buf.get()),
+                         StrCat(name(), ": tensor ", Quote(t.key)));
+    CKPT_RETURN_IF_ERROR(sink->Append(std::string_view(buf.get(), n)));
+    off += n;
+  }
+  return OkStatus();
 }
 
 Status TorchFile::ReadTensor(const TensorRecord& t, ByteSink* sink, size_t chunk_bytes) const {

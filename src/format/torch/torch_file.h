@@ -158,6 +158,14 @@ class TorchFile {
   Status ReadTensor(const TensorRecord& t, ByteSink* sink,
                     size_t chunk_bytes = kReadChunkBytes) const;
 
+  // Streams elements [first, first + count) of `t` in row-major order:
+  // for a contiguous tensor in a stored (uncompressed) little-endian record,
+  // ranged reads of just those bytes (the record's CRC-32 is not checked: it
+  // covers the whole record, which ReadTensor / ReadStorage verify);
+  // otherwise ReadTensor's stream, filtered. REQUIRES: t is one of tensors().
+  // Errors: InvalidArgument when the range is outside the tensor; as ReadTensor.
+  Status ReadTensorElements(const TensorRecord& t, uint64_t first, uint64_t count, ByteSink* sink) const;
+
   // Streams a storage record's raw bytes as stored (file byte order) in the
   // zip layer's bounded pieces, verifying its CRC-32 at the end.
   // Errors: DataLoss on a CRC mismatch (naming the record); as ReadTensor.

@@ -181,3 +181,36 @@ TEST(TorchFile, ReadTensorPiecesAreBounded) {
 
 }  // namespace
 }  // namespace ckpt::torch
+
+namespace ckpt::torch {
+namespace {
+
+// ReadTensorElements gives exactly the bytes of the element range that
+// ReadTensor streams, for contiguous tensors (ranged reads), strided views
+// and byte-swapped files (filtered streams) alike; ranges outside fail.
+TEST(TorchFile, ReadTensorElementsIsTheRangeOfReadTensor) {
+  for (const char* name : {"dtypes", "bigendian", "megatron_legacy"}) {
+    SCOPED_TRACE(name);
+    auto f = TorchFile::Open(Golden(name), pickle::Mode::kInspect);
+    ASSERT_TRUE(f.ok()) << f.status().ToString();
+    int checked = 0;
+    for (const TensorRecord& t : (*f)->tensors()) {
+      if (t.numel == 0) continue;
+      StringSink whole;
+      ASSERT_TRUE((*f)->ReadTensor(t, &whole).ok());
+      const uint64_t es = DTypeSize(t.dtype);
+      const uint64_t n = static_cast<uint64_t>(t.numel);
+      for (auto [first, count] : std::vector<std::pair<uint64_t, uint64_t>>{{0, n}, {n / 3, n - n / 3}, {n - 1, 1}}) {
+        StringSink part;
+        ASSERT_TRUE((*f)->ReadTensorElements(t, first, count, &part).ok()) << t.key;
+        EXPECT_EQ(part.str(), whole.str().substr(first * es, count * es)) << t.key << " " << first;
+      }
+      EXPECT_FALSE((*f)->ReadTensorElements(t, n, 1, nullptr).ok());
+      ++checked;
+    }
+    EXPECT_GT(checked, 0);
+  }
+}
+
+}  // namespace
+}  // namespace ckpt::torch
