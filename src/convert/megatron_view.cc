@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 #include <set>
 
 #include "checkpoint/readers.h"
@@ -128,6 +129,61 @@ class DpReshardableShards final : public ShardReader {
   const TorchDistSource* s_;
   std::string prefix_;
   int64_t tp_ = 1;
+};
+
+// The torch_dist optimizer sharding type dp_zero_gather_scatter: one
+// ShardedObject per model-parallel rank holding the whole distrib_optim.pt
+// dict (format C) of that rank.
+class DpZeroShards final : public ShardReader {
+ public:
+  explicit DpZeroShards(const TorchDistSource* s) : s_(s) {}
+
+  static std::string Key(int64_t group) {
+    return StrCat(kDistributed, group, ".param_state/shard_0_1");
+  }
+
+  Status ReadShard(const model::RankOptimizer& rank, size_t, int64_t, const model::ChunkParam& param,
+                   const model::ParamBuffer* buffer, bool expert, int64_t gbuf_idx, const model::BufferParam* where,
+                   std::string_view state, ByteSink* out) const override {
+    if (buffer == nullptr || where == nullptr || expert) {
+      return InternalError(StrCat(param.global_name, " is in no dense optimizer buffer"));
+    }
+    CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const torch::TorchFile> f, Open(rank.dense_dp_group_idx));
+    // The payload is torch.save([state]): list index 0, then gbuf, dtype pair, state key.
+    const std::string key = StrCat("0.", gbuf_idx, ".", model::DTypePairName(buffer->param_dtype, buffer->grad_dtype),
+                                   ".", state);
+    const torch::TensorRecord* t = f->FindTensor(key);
+    if (t == nullptr) {
+      return DataLossError(StrCat(Key(rank.dense_dp_group_idx), ": no ", Quote(key), " (the layout from args needs it)"));
+    }
+    if (t->shape.size() != 1 || t->shape[0] != buffer->numel_unpadded) {
+      return DataLossError(StrCat(Key(rank.dense_dp_group_idx), ": ", Quote(key), " holds ",
+                                  t->shape.empty() ? 0 : t->shape[0], " elements; the layout from args gives ",
+                                  buffer->numel_unpadded));
+    }
+    return f->ReadTensorElements(*t, static_cast<uint64_t>(buffer->WorldOffset(*where)),
+                                 static_cast<uint64_t>(where->end - where->start), out)
+        .WithContext(StrCat(param.global_name, " (", Key(rank.dense_dp_group_idx), ")"));
+  }
+
+  Result<std::shared_ptr<const torch::TorchFile>> Open(int64_t group) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = files_.find(group);
+    if (it != files_.end()) return it->second;
+    const std::string key = Key(group);
+    const int64_t ei = s_->dcp->metadata().FindEntry(key);
+    if (ei < 0) return DataLossError(StrCat("optimizer state ", Quote(key), " is missing"));
+    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<torch::TorchFile> f,
+                          s_->dcp->OpenBytes(s_->dcp->metadata().entries[ei], pickle::Mode::kInspect), key);
+    std::shared_ptr<const torch::TorchFile> shared(std::move(f));
+    files_.emplace(group, shared);
+    return shared;
+  }
+
+ private:
+  const TorchDistSource* s_;
+  mutable std::mutex mu_;
+  mutable std::map<int64_t, std::shared_ptr<const torch::TorchFile>> files_;
 };
 
 // A legacy checkpoint's rank files: model shards from model_optim_rng.pt,
@@ -375,9 +431,46 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
     return v;  // already model space (or no optimizer state): straight through
   }
   if (gather_scatter && !buckets) {
-    return UnimplementedError(
-        "the optimizer state is stored as dp_zero_gather_scatter (one distrib_optim dict per model-parallel rank); "
-        "it is not read yet");
+    v->optimizer_layout_ = "dp_zero_gather_scatter";
+    CKPT_RETURN_IF_ERROR(v->model_status_);
+    if (v->layout_.ep > 1) {
+      return UnimplementedError(StrCat("dp_zero_gather_scatter optimizer state of an expert-parallel layout (",
+                                       model::LayoutString(v->layout_), ") is not read yet"));
+    }
+    auto shards = std::make_unique<DpZeroShards>(&v->torch_dist_);
+    // Every rank's dict must hold each buffer at its recomputed size.
+    std::vector<std::string> states;
+    for (const model::RankOptimizer& r : v->ranks_) {
+      CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const torch::TorchFile> f, shards->Open(r.dense_dp_group_idx));
+      for (size_t g = 0; g < r.dense.size(); ++g) {
+        const std::string prefix =
+            StrCat("0.", g, ".", model::DTypePairName(r.dense[g].param_dtype, r.dense[g].grad_dtype), ".");
+        bool found = false;
+        for (const torch::TensorRecord& t : f->tensors()) {
+          if (t.key.rfind(prefix, 0) != 0) continue;
+          found = true;
+          const std::string st = t.key.substr(prefix.size());
+          if (t.shape.size() != 1 || t.shape[0] != r.dense[g].numel_unpadded) {
+            return DataLossError(StrCat(DpZeroShards::Key(r.dense_dp_group_idx), ": ", Quote(t.key), " holds ",
+                                        t.shape.empty() ? 0 : t.shape[0], " elements; the layout recomputed from args (",
+                                        model::LayoutString(v->layout_), ") gives ", r.dense[g].numel_unpadded));
+          }
+          if (std::find(states.begin(), states.end(), st) == states.end()) states.push_back(st);
+        }
+        if (!found) {
+          return DataLossError(StrCat(DpZeroShards::Key(r.dense_dp_group_idx), ": buffer ", g, " ",
+                                      model::DTypePairName(r.dense[g].param_dtype, r.dense[g].grad_dtype),
+                                      " is missing (the layout from args has it)"));
+        }
+      }
+    }
+    v->shards_ = std::move(shards);
+    for (const std::string& st : states) {
+      v->states_.push_back(st);
+      v->AddAssembled(st, DType::kFloat32);
+    }
+    CKPT_RETURN_IF_ERROR(v->Finish());
+    return v;
   }
   v->optimizer_layout_ = "dp_reshardable";
   CKPT_RETURN_IF_ERROR(v->model_status_);

@@ -6,7 +6,7 @@ saved by megatron itself as legacy files and as torch_dist with each optimizer s
 expected.json records the trained state (sha256 of every global tensor: the model, the fp32 main
 params, exp_avg, exp_avg_sq) as megatron's own per-parameter ranges give it.
 
-* `ckptkit get --optimizer STATE` on a dp_reshardable checkpoint reassembles every parameter's
+* `ckptkit get --optimizer STATE` on a dp_reshardable (or dp_zero_gather_scatter) checkpoint reassembles every parameter's
   state from the flat buckets with ckptkit's own layout code: each equals the trained state.
 * `ckptkit convert --to legacy` of a dp_reshardable checkpoint writes a distrib_optim.pt
   byte-identical to megatron's save_parameter_state and a model_optim_rng.pt equal to megatron's
@@ -65,12 +65,13 @@ def _mcore_minor():
     return ".".join(mc.__version__.split(".")[:2])
 
 
-@pytest.mark.parametrize("name", ["mc016_llama_dp2", "mc019_llama_dp2"])
-def test_get_optimizer_state_from_dp_reshardable_buckets(name, tmp_path):
+@pytest.mark.parametrize("name,layout", [("mc016_llama_dp2", "dp_reshardable"), ("mc019_llama_dp2", "dp_reshardable"),
+                                         ("mc016_llama_dp2", "dp_zero_gather_scatter")])
+def test_get_optimizer_state_from_dp_reshardable_buckets(name, layout, tmp_path):
     from safetensors.torch import load_file
 
     exp = _expected(name)
-    src = os.path.join(GOLDEN, name, "dp_reshardable")
+    src = os.path.join(GOLDEN, name, layout)
     checked = 0
     for key, kinds in exp["trained_state_sha256"].items():
         for state in ("param", "exp_avg", "exp_avg_sq"):
@@ -147,9 +148,10 @@ def _assert_same(a, b, path=""):
         assert a == b or (a != a and b != b), (path, a, b)
 
 
-@pytest.mark.parametrize("name", ["mc016_llama_dp2", "mc019_llama_dp2"])
-def test_dp_reshardable_to_legacy_is_megatrons_own(name, tmp_path):
-    src = os.path.join(GOLDEN, name, "dp_reshardable")
+@pytest.mark.parametrize("name,layout", [("mc016_llama_dp2", "dp_reshardable"), ("mc019_llama_dp2", "dp_reshardable"),
+                                         ("mc016_llama_dp2", "dp_zero_gather_scatter")])
+def test_dp_reshardable_to_legacy_is_megatrons_own(name, layout, tmp_path):
+    src = os.path.join(GOLDEN, name, layout)
     ref = os.path.join(GOLDEN, name, "legacy", "iter_0000002")
     out = tmp_path / "legacy"
     _ckptkit("convert", src, str(out), "--to", "legacy", "-q")
