@@ -6,6 +6,7 @@
 #include <set>
 
 #include "format/dcp/item.h"
+#include "format/torch/tree_writer.h"
 #include "util/strings.h"
 
 namespace ckpt::internal_convert {
@@ -90,6 +91,19 @@ Result<std::vector<dcp::EntryToWrite>> FlatTensorEntries(const CheckpointReader&
     entries.push_back(std::move(w));
   }
   return entries;
+}
+
+dcp::EntryToWrite NoneObjectEntry(const std::string& key) {
+  dcp::EntryToWrite e;
+  e.key = key;
+  e.type = dcp::EntryType::kBytes;
+  e.write_bytes = [](ByteSink* sink) -> Status {
+    torch::TorchTreeWriter w;
+    torch::TorchWriteOptions o;
+    o.archive_name = "archive";
+    return w.Write(w.arena().List({w.arena().None()}), sink, o);
+  };
+  return e;
 }
 
 }  // namespace ckpt::internal_convert

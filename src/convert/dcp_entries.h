@@ -60,6 +60,11 @@ Result<std::vector<dcp::EntryToWrite>> FlatTensorEntries(const CheckpointReader&
                                                          const ChunkDone& on_chunk,
                                                          const std::vector<size_t>* subset = nullptr);
 
+// A bytes entry holding a Megatron ShardedObject whose data is None, as
+// dist_checkpointing saves one: torch.save([None]) (the linear layers'
+// `_extra_state` without FP8 metadata).
+dcp::EntryToWrite NoneObjectEntry(const std::string& key);
+
 }  // namespace ckpt::internal_convert
 
 #endif  // CKPT_CONVERT_DCP_ENTRIES_H_

@@ -558,18 +558,7 @@ Result<ConvertReport> ConvertHfToTorchDist(const std::string& src, const std::st
   progress.set_total(total);
   // The ShardedObjects the model requests (linear layers' _extra_state = None):
   // each stored as Megatron stores a ShardedObject, torch.save([data]).
-  for (const std::string& key : plan.none_objects) {
-    dcp::EntryToWrite e;
-    e.key = key;
-    e.type = dcp::EntryType::kBytes;
-    e.write_bytes = [](ByteSink* sink) -> Status {
-      torch::TorchTreeWriter w;
-      torch::TorchWriteOptions o;
-      o.archive_name = "archive";
-      return w.Write(w.arena().List({w.arena().None()}), sink, o);
-    };
-    entries.push_back(std::move(e));
-  }
+  for (const std::string& key : plan.none_objects) entries.push_back(NoneObjectEntry(key));
 
   internal_checkpoint::TorchDistWriteOptions wo;
   if (!options.megatron_version.empty()) {

@@ -477,18 +477,7 @@ Result<ConvertReport> ConvertLegacyToTorchDist(const std::string& src, const std
   }
   progress->set_total(total);
   // The linear layers' _extra_state: None (the local spec keeps no FP8 metadata).
-  for (const std::string& key : model::ExtraStateObjects(v->config())) {
-    dcp::EntryToWrite e;
-    e.key = key;
-    e.type = dcp::EntryType::kBytes;
-    e.write_bytes = [](ByteSink* sink) -> Status {
-      torch::TorchTreeWriter w;
-      torch::TorchWriteOptions o;
-      o.archive_name = "archive";
-      return w.Write(w.arena().List({w.arena().None()}), sink, o);
-    };
-    entries.push_back(std::move(e));
-  }
+  for (const std::string& key : model::ExtraStateObjects(v->config())) entries.push_back(NoneObjectEntry(key));
   // Each writer's RNG state (Megatron-LM get_rng_state: a ShardedObject over
   // (PP, TP), or with expert parallelism over (PP, TP, DP), one per DP rank;
   // a legacy checkpoint holds only the writers' DP ranks).
