@@ -366,7 +366,6 @@ Result<ConvertReport> ConvertToLegacy(const std::string& src, const std::string&
   }
   uint64_t total = 0;
   for (size_t ri = 0; ri < view->ranks().size(); ++ri) {
-    const model::RankOptimizer& r = view->ranks()[ri];
     const model::LegacyRankFolder& rf = view->folders()[ri];
     const std::string folder = JoinPath(iter_dir, rf.folder);
     if (!env->IsDirectory(folder)) {
