@@ -90,16 +90,21 @@ def layer_params(prefix, cfg, tp, dtype, g, experts_local=0, dense_mlp=True):
     h, f = cfg["hidden"], cfg["ffn"]
     qkv_rows = (cfg["heads"] + 2 * cfg["groups"]) * cfg["kv"] // tp
     p = {}
-    p[f"{prefix}.self_attention.linear_qkv.layer_norm_weight"] = rand([h], dtype, g)
-    p[f"{prefix}.self_attention.linear_qkv.weight"] = rand([qkv_rows, h], dtype, g)
+    # Values drawn in a fixed order; keys inserted in megatron-core's registration order
+    # (SelfAttention: linear_proj is built by Attention.__init__, before linear_qkv), which is the
+    # order DistributedDataParallel lays the buffers out in (checked on real files, tests/golden/legacy).
+    qkv_ln = rand([h], dtype, g)
+    qkv_w = rand([qkv_rows, h], dtype, g)
     p[f"{prefix}.self_attention.linear_proj.weight"] = rand([h, cfg["heads"] * cfg["kv"] // tp], dtype, g)
+    p[f"{prefix}.self_attention.linear_qkv.layer_norm_weight"] = qkv_ln
+    p[f"{prefix}.self_attention.linear_qkv.weight"] = qkv_w
     if dense_mlp:
         p[f"{prefix}.mlp.linear_fc1.layer_norm_weight"] = rand([h], dtype, g)
         p[f"{prefix}.mlp.linear_fc1.weight"] = rand([2 * f // tp, h], dtype, g)
         p[f"{prefix}.mlp.linear_fc2.weight"] = rand([h, f // tp], dtype, g)
     else:
         p[f"{prefix}.pre_mlp_layernorm.weight"] = rand([h], dtype, g)
-        p[f"{prefix}.mlp.router.weight"] = rand([cfg["experts"], h], torch.float32, g)
+        p[f"{prefix}.mlp.router.weight"] = rand([cfg["experts"], h], dtype, g)  # params dtype, as megatron-core builds it
         for j in range(experts_local):
             e = f"{prefix}.mlp.experts.local_experts.{j}"
             p[f"{e}.linear_fc1.weight"] = rand([2 * f, h], dtype, g)
@@ -250,7 +255,7 @@ def make_ep2_chained(out):
     root = os.path.join(out, "ep2_chained")
     it = os.path.join(root, "iter_0000020")
     tracker(root, "20")
-    args = args_ns(expert_model_parallel_size=2, data_parallel_size=2, world_size=2, num_experts=4,
+    args = args_ns(num_layers=1, expert_model_parallel_size=2, data_parallel_size=2, world_size=2, num_experts=4,
                    use_distributed_optimizer=True, iteration=20)
     for ep in range(2):
         g = gen(200 + ep)

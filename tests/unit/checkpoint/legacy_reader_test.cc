@@ -72,7 +72,7 @@ TEST(LegacyReader, OpensRootThroughTrackerWithTypedView) {
   EXPECT_TRUE(r11->model.opened);
   EXPECT_TRUE(r11->distrib_optim.opened);
   ASSERT_TRUE(r11->distrib);
-  EXPECT_EQ(r11->distrib->optimizers[0]->buffers[0].numel(), 648);
+  EXPECT_EQ(r11->distrib->optimizers[0]->buffers[0].numel(), 672);
   EXPECT_EQ(r11->chunks[0].local_keys.back(), "output_layer.weight");
   ASSERT_NE(lv->common(), nullptr);
   EXPECT_EQ(megatron::ArgBool(*lv->common(), "use_distributed_optimizer"), true);
@@ -82,7 +82,7 @@ TEST(LegacyReader, OpensRootThroughTrackerWithTypedView) {
   EXPECT_TRUE(r->Find("mp_rank_01_001/model.decoder.layers.0.self_attention.linear_qkv.weight").ok());
   auto opt = r->Find("mp_rank_01_001/distrib_optim.0.(torch.bfloat16, torch.float32).exp_avg");
   ASSERT_TRUE(opt.ok());
-  EXPECT_EQ(r->tensors()[*opt].shape, (std::vector<int64_t>{648}));
+  EXPECT_EQ(r->tensors()[*opt].shape, (std::vector<int64_t>{672}));
   EXPECT_EQ(r->tensors()[*opt].file, "mp_rank_01_001/distrib_optim.pt");
   EXPECT_EQ(lv->location(*opt).file, LegacyReader::FileKind::kDistribOptim);
 
@@ -91,7 +91,7 @@ TEST(LegacyReader, OpensRootThroughTrackerWithTypedView) {
   EXPECT_EQ(d["problems"].size(), 0u);
   EXPECT_EQ(d["legacy"]["ranks"].size(), 4u);
   EXPECT_EQ(d["legacy"]["ranks"][3]["folder"], "mp_rank_01_001");
-  EXPECT_EQ(d["legacy"]["ranks"][3]["distrib_optim"]["optimizers"][0]["buffers"][0]["numel_unpadded"], 648);
+  EXPECT_EQ(d["legacy"]["ranks"][3]["distrib_optim"]["optimizers"][0]["buffers"][0]["numel_unpadded"], 672);
   std::string text = d["summary_text"].dump();
   EXPECT_THAT(text, HasSubstr("rank grid: TP=2 x PP=2 x EP=1 (sizes from args of mp_rank_00_000); 4 of 4"));
 }

@@ -30,7 +30,7 @@ TEST(LegacyInspect, PrintsTheRankGrid) {
   EXPECT_THAT(text, HasSubstr(": megatron-legacy"));
   EXPECT_THAT(text, HasSubstr("rank grid: TP=2 x PP=2 x EP=1 (sizes from args of mp_rank_00_000); 4 of 4"));
   EXPECT_THAT(text, HasSubstr("mp_rank_01_001  tp 1 pp 1 ep 0: model_optim_rng.pt"));
-  EXPECT_THAT(text, HasSubstr("format C (buckets coalesced), buffer 0 (torch.bfloat16, torch.float32) 648 elements"));
+  EXPECT_THAT(text, HasSubstr("format C (buckets coalesced), buffer 0 (torch.bfloat16, torch.float32) 672 elements"));
   EXPECT_THAT(text, HasSubstr("mp_rank_00_000/model.decoder.layers.0.self_attention.linear_qkv.weight"));
 }
 

@@ -275,8 +275,8 @@ TEST(LegacyModelOptimRng, PlainChunkAndDistributedOptimizer) {
   EXPECT_EQ(c.name, "model");
   EXPECT_FALSE(c.vpp_rank);
   ASSERT_EQ(c.tensors.size(), 9u);  // 6 layer params, extra_state, final norm, output layer
-  EXPECT_EQ(c.local_keys[0], "decoder.layers.0.self_attention.linear_qkv.layer_norm_weight");
-  EXPECT_EQ(c.tensors[0].key, "model.decoder.layers.0.self_attention.linear_qkv.layer_norm_weight");
+  EXPECT_EQ(c.local_keys[0], "decoder.layers.0.self_attention.linear_proj.weight");
+  EXPECT_EQ(c.tensors[0].key, "model.decoder.layers.0.self_attention.linear_proj.weight");
   EXPECT_EQ(c.local_keys.back(), "output_layer.weight");
   EXPECT_EQ(c.tensors.back().shape, (std::vector<int64_t>{16, 8}));  // TP-local vocab rows
   EXPECT_TRUE(m->has_optimizer);
