@@ -4,8 +4,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
 #include <set>
 
+#include "model/args.h"
 #include "util/box.h"
 #include "util/strings.h"
 
@@ -179,7 +181,19 @@ Status LegacyReader::Init(const std::string& dir, std::optional<int64_t> tracker
   }
   if (!grid.ok()) return grid.status();
   grid_ = std::move(*grid);
+  // Which folders megatron writes for the layout in args (with expert
+  // parallelism not the whole tp x pp x ep product, and some without a
+  // model file: model::LegacyRanks); empty when args do not say.
+  std::map<std::string, model::LegacyRankFolder> written;
+  if (common_) {
+    if (auto layout = model::LayoutFromArgs(*common_); layout.ok()) {
+      if (auto folders = model::LegacyRanks(*layout); folders.ok()) {
+        for (model::LegacyRankFolder& f : *folders) written.emplace(f.folder, std::move(f));
+      }
+    }
+  }
   for (const lg::RankEntry& e : grid_.ranks) {
+    if (!written.empty() && !written.count(e.folder)) continue;  // megatron does not write it
     if (!e.present) AddProblem(e.folder, StrCat("rank folder (tp ", e.coord.tp, ", pp ", e.coord.pp, ", ep ",
                                                 e.coord.ep, ") is missing"));
   }
@@ -220,8 +234,11 @@ Status LegacyReader::Init(const std::string& dir, std::optional<int64_t> tracker
       }
     }
     const std::string prefix = r.folder + "/";
+    const auto w = written.find(r.folder);
     if (!r.model.present) {
-      AddProblem(RelativePath(r, FileKind::kModel), "missing (every rank folder holds model_optim_rng.pt)");
+      if (w == written.end() || w->second.model_file) {
+        AddProblem(RelativePath(r, FileKind::kModel), "missing (this rank folder's writer saves model_optim_rng.pt)");
+      }
     } else {
       const std::string rel = RelativePath(r, FileKind::kModel);
       auto tf = OpenPath(rel);
@@ -246,7 +263,7 @@ Status LegacyReader::Init(const std::string& dir, std::optional<int64_t> tracker
       }
     }
     if (!r.distrib_optim.present) {
-      if (want_distrib) {
+      if (want_distrib && (w == written.end() || w->second.dense_optimizer || w->second.expert_optimizer)) {
         AddProblem(RelativePath(r, FileKind::kDistribOptim),
                    "missing: args.use_distributed_optimizer is set, so the optimizer's tensor state is in this file");
       }

@@ -280,7 +280,7 @@ TEST_F(LegacyDamaged, MissingRankFolderAndModelFile) {
   auto r = OpenOk("/ck", env_.get());
   ASSERT_TRUE(r);
   std::vector<std::string> p = ProblemTexts(*r->legacy_view());
-  EXPECT_THAT(p, ::testing::Contains("mp_rank_00_001/model_optim_rng.pt: missing (every rank folder holds "
+  EXPECT_THAT(p, ::testing::Contains("mp_rank_00_001/model_optim_rng.pt: missing (this rank folder's writer saves "
                                      "model_optim_rng.pt)"));
   if (!env_->IsDirectory(File("mp_rank_01_001"))) {
     EXPECT_THAT(p, ::testing::Contains("mp_rank_01_001: rank folder (tp 1, pp 1, ep 0) is missing"));
