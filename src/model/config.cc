@@ -56,6 +56,15 @@ Status ParallelLayout::Validate() const {
   CKPT_RETURN_IF_ERROR(Positive("cp (context_parallel_size)", cp));
   CKPT_RETURN_IF_ERROR(Positive("ep (expert_model_parallel_size)", ep));
   CKPT_RETURN_IF_ERROR(Positive("etp (expert_tensor_parallel_size)", etp));
+  // Sizes come from files: bound them so that products cannot overflow and
+  // per-rank loops stay finite (2^20 ranks per axis, 2^24 in all).
+  for (const auto& [name, v] : {std::pair<const char*, int64_t>{"tp", tp}, {"pp", pp}, {"vpp", vpp}, {"dp", dp},
+                                {"cp", cp}, {"ep", ep}, {"etp", etp}}) {
+    if (v > (int64_t{1} << 20)) return InvalidArgumentError(StrCat(name, "=", v, " is larger than 2^20"));
+  }
+  if (tp * cp * dp > (int64_t{1} << 24) || tp * cp * dp * pp > (int64_t{1} << 24)) {
+    return InvalidArgumentError(StrCat("world size tp*cp*dp*pp=", tp * cp * dp * pp, " is larger than 2^24"));
+  }
   const int64_t dense = tp * cp * dp;
   if (dense % (ep * etp) != 0) {
     return InvalidArgumentError(StrCat("ep=", ep, " * etp=", etp, " does not divide tp*cp*dp=", dense,

@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <numeric>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "ckpt/model.h"
@@ -433,6 +434,7 @@ Result<RankCoordinates> GlobalRankCoordinates(const ParallelLayout& l, int64_t r
 Result<std::vector<LegacyRankFolder>> LegacyRanks(const ParallelLayout& l) {
   CKPT_RETURN_IF_ERROR(l.Validate());
   std::vector<LegacyRankFolder> out;
+  std::unordered_map<std::string, size_t> seen;
   for (int64_t rank = 0; rank < l.world_size(); ++rank) {
     CKPT_ASSIGN_OR_RETURN(RankCoordinates c, GlobalRankCoordinates(l, rank));
     LegacyRankFolder f;
@@ -448,13 +450,12 @@ Result<std::vector<LegacyRankFolder>> LegacyRanks(const ParallelLayout& l) {
     f.folder = fmt::format("mp_rank_{:02d}", c.tp_rank);
     if (l.pp > 1) f.folder += fmt::format("_{:03d}", c.pp_rank);
     if (l.ep > 1) f.folder += fmt::format("_{:03d}", c.ep_rank);
-    for (const LegacyRankFolder& g : out) {
-      if (g.folder == f.folder) {
-        return InvalidArgumentError(StrCat("ranks ", g.rank, " and ", rank, " of ", LayoutString(l),
-                                           " would both write the legacy folder ", f.folder,
-                                           " (expert TP ranks ", g.at.etp_rank, " and ", f.at.etp_rank,
-                                           "): the legacy format cannot hold this layout"));
-      }
+    if (auto [it, fresh] = seen.emplace(f.folder, out.size()); !fresh) {
+      const LegacyRankFolder& g = out[it->second];
+      return InvalidArgumentError(StrCat("ranks ", g.rank, " and ", rank, " of ", LayoutString(l),
+                                         " would both write the legacy folder ", f.folder, " (expert TP ranks ",
+                                         g.at.etp_rank, " and ", f.at.etp_rank,
+                                         "): the legacy format cannot hold this layout"));
     }
     out.push_back(std::move(f));
   }

@@ -270,6 +270,14 @@ TEST(ChunkParameters, ErrorsNameTheSize) {
   ASSERT_FALSE(p.ok());
   EXPECT_NE(p.status().message().find("outside the layout"), std::string::npos) << p.status().ToString();
   EXPECT_FALSE(ParseLayerSpec("fancy").ok());
+  // Sizes from hostile args are bounded before any per-rank loop.
+  ParallelLayout huge;
+  huge.tp = int64_t{1} << 21;
+  EXPECT_FALSE(huge.Validate().ok());
+  huge.tp = int64_t{1} << 20;
+  huge.dp = int64_t{1} << 20;
+  EXPECT_NE(huge.Validate().message().find("larger than 2^24"), std::string::npos);
+  EXPECT_FALSE(LegacyRanks(huge).ok());
   EXPECT_EQ(*ParseLayerSpec("transformer_engine"), LayerSpec::kTransformerEngine);
 }
 
