@@ -99,9 +99,10 @@ class DpReshardableShards final : public ShardReader {
  public:
   DpReshardableShards(const TorchDistSource* s, std::string prefix) : s_(s), prefix_(std::move(prefix)) {}
 
-  static std::string Key(std::string_view prefix, const model::RankOptimizer& r, int64_t tp, int64_t gbuf,
+  // optimizer.distributed.dp_group_idx_<I>.gbuf_idx_<g>.dtype_<pair>.bucket_idx_<b>.<state>, I the
+  // rank's index in its model-parallel group (BuildRankOptimizer).
+  static std::string Key(std::string_view prefix, const model::RankOptimizer& r, int64_t gbuf,
                          const model::ParamBuffer& b, int64_t bucket, std::string_view state) {
-    (void)tp;
     return StrCat(prefix, kDistributed, r.dense_dp_group_idx, ".gbuf_idx_", gbuf, ".dtype_",
                   model::DTypePairName(b.param_dtype, b.grad_dtype), ".bucket_idx_", bucket, ".", state);
   }
@@ -112,7 +113,7 @@ class DpReshardableShards final : public ShardReader {
     if (buffer == nullptr || where == nullptr) {
       return InternalError(StrCat(param.global_name, " is in no optimizer buffer"));
     }
-    const std::string key = Key(prefix_, rank, tp_, gbuf_idx, *buffer, where->bucket, state);
+    const std::string key = Key(prefix_, rank, gbuf_idx, *buffer, where->bucket, state);
     auto it = s_->by_key.find(key);
     if (it == s_->by_key.end()) return DataLossError(StrCat("optimizer state ", Quote(key), " is missing"));
     const int64_t start = where->start - buffer->buckets[where->bucket].offset;
@@ -123,12 +124,10 @@ class DpReshardableShards final : public ShardReader {
                             ", tp rank ", rank.at.tp_rank, ")"));
   }
 
-  void set_tp(int64_t tp) { tp_ = tp; }
 
  private:
   const TorchDistSource* s_;
   std::string prefix_;
-  int64_t tp_ = 1;
 };
 
 // The torch_dist optimizer sharding type dp_zero_gather_scatter: one
@@ -531,7 +530,7 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
       const model::ParamBuffer& b = r.dense[g];
       for (size_t k = 0; k < b.buckets.size(); ++k) {
         for (const std::string& st : states) {
-          const std::string key = DpReshardableShards::Key(bucket_prefix, r, v->layout_.tp, static_cast<int64_t>(g), b,
+          const std::string key = DpReshardableShards::Key(bucket_prefix, r, static_cast<int64_t>(g), b,
                                                            static_cast<int64_t>(k), st);
           auto it = s.by_key.find(key);
           if (it == s.by_key.end()) {
@@ -551,7 +550,6 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
     }
   }
   auto shards = std::make_unique<DpReshardableShards>(&v->torch_dist_, bucket_prefix);
-  shards->set_tp(v->layout_.tp);
   v->shards_ = std::move(shards);
   // The bucket tensors are shown as what they hold: per-parameter state.
   {
