@@ -235,7 +235,6 @@ class LegacyWriter {
   Result<Value*> OptimizerEntry(size_t rank, torch::TorchTreeWriter* w, Value* common,
                                 std::vector<std::unique_ptr<torch::TorchFile>>* payloads) const {
     pickle::Arena& a = w->arena();
-    Value* out = a.Dict();
     if (view_.optimizer_layout() == "fully_reshardable") {
       Value* opt = DictGet(common, "optimizer");
       if (opt == nullptr || opt->kind != pickle::Kind::kDict) {
@@ -262,21 +261,30 @@ class LegacyWriter {
       }
       return strip(opt);
     }
-    // dp_reshardable: per model-parallel rank ShardedObjects.
+    // dp_reshardable / dp_zero_gather_scatter: per model-parallel rank
+    // ShardedObjects; a ChainedOptimizer's keys carry "chained_<k>." and its
+    // legacy state_dict() is the list of the sub-optimizers'.
     const model::RankOptimizer& r = view_.ranks()[rank];
-    const int64_t group = r.dense_dp_group_idx;
-    for (const char* part : {"optimizer", "grad_scaler"}) {
-      CKPT_ASSIGN_OR_RETURN(
-          Value * v, ObjectPayload(StrCat("optimizer.distributed.dp_group_idx_", group, ".", part, "/shard_0_1"), w,
-                                   payloads));
-      if (v != nullptr) out->dict.push_back({w->Str(part), v});
-    }
-    if (DictGet(out, "optimizer") == nullptr) {
-      return DataLossError(StrCat("optimizer.distributed.dp_group_idx_", group,
-                                  ".optimizer (the param groups of pp rank ", r.at.pp_rank, ", tp rank ", r.at.tp_rank,
-                                  ") is missing"));
-    }
-    return out;
+    const bool chained = !r.expert.empty();
+    auto one = [&](std::string_view prefix, int64_t group) -> Result<Value*> {
+      Value* d = a.Dict();
+      for (const char* part : {"optimizer", "grad_scaler"}) {
+        CKPT_ASSIGN_OR_RETURN(
+            Value * v, ObjectPayload(StrCat(prefix, "optimizer.distributed.dp_group_idx_", group, ".", part, "/shard_0_1"),
+                                     w, payloads));
+        if (v != nullptr) d->dict.push_back({w->Str(part), v});
+      }
+      if (DictGet(d, "optimizer") == nullptr) {
+        return DataLossError(StrCat(prefix, "optimizer.distributed.dp_group_idx_", group,
+                                    ".optimizer (the param groups of pp rank ", r.at.pp_rank, ", tp rank ",
+                                    r.at.tp_rank, ") is missing"));
+      }
+      return d;
+    };
+    if (!chained) return one("", r.dense_dp_group_idx);
+    CKPT_ASSIGN_OR_RETURN(Value * dense, one("chained_0.", r.dense_dp_group_idx));
+    CKPT_ASSIGN_OR_RETURN(Value * expert, one("chained_1.", r.expert_dp_group_idx));
+    return a.List({dense, expert});
   }
 
   // The rank's RNG state: the ShardedObject rng_state at (pp rank, tp rank[, dp rank 0]).

@@ -97,23 +97,26 @@ namespace {
 // tensor per (model-parallel rank, buffer, bucket, state).
 class DpReshardableShards final : public ShardReader {
  public:
-  DpReshardableShards(const TorchDistSource* s, std::string prefix) : s_(s), prefix_(std::move(prefix)) {}
+  DpReshardableShards(const TorchDistSource* s, std::string dense_prefix, std::string expert_prefix)
+      : s_(s), dense_prefix_(std::move(dense_prefix)), expert_prefix_(std::move(expert_prefix)) {}
 
   // optimizer.distributed.dp_group_idx_<I>.gbuf_idx_<g>.dtype_<pair>.bucket_idx_<b>.<state>, I the
   // rank's index in its model-parallel group (BuildRankOptimizer).
-  static std::string Key(std::string_view prefix, const model::RankOptimizer& r, int64_t gbuf,
-                         const model::ParamBuffer& b, int64_t bucket, std::string_view state) {
-    return StrCat(prefix, kDistributed, r.dense_dp_group_idx, ".gbuf_idx_", gbuf, ".dtype_",
+  static std::string Key(std::string_view prefix, int64_t group, int64_t gbuf, const model::ParamBuffer& b,
+                         int64_t bucket, std::string_view state) {
+    return StrCat(prefix, kDistributed, group, ".gbuf_idx_", gbuf, ".dtype_",
                   model::DTypePairName(b.param_dtype, b.grad_dtype), ".bucket_idx_", bucket, ".", state);
   }
 
   Status ReadShard(const model::RankOptimizer& rank, size_t, int64_t, const model::ChunkParam& param,
-                   const model::ParamBuffer* buffer, bool, int64_t gbuf_idx, const model::BufferParam* where,
+                   const model::ParamBuffer* buffer, bool expert, int64_t gbuf_idx, const model::BufferParam* where,
                    std::string_view state, ByteSink* out) const override {
     if (buffer == nullptr || where == nullptr) {
       return InternalError(StrCat(param.global_name, " is in no optimizer buffer"));
     }
-    const std::string key = Key(prefix_, rank, gbuf_idx, *buffer, where->bucket, state);
+    const std::string key = Key(expert ? expert_prefix_ : dense_prefix_,
+                                expert ? rank.expert_dp_group_idx : rank.dense_dp_group_idx, gbuf_idx, *buffer,
+                                where->bucket, state);
     auto it = s_->by_key.find(key);
     if (it == s_->by_key.end()) return DataLossError(StrCat("optimizer state ", Quote(key), " is missing"));
     const int64_t start = where->start - buffer->buckets[where->bucket].offset;
@@ -127,7 +130,8 @@ class DpReshardableShards final : public ShardReader {
 
  private:
   const TorchDistSource* s_;
-  std::string prefix_;
+  std::string dense_prefix_;
+  std::string expert_prefix_;
 };
 
 // The torch_dist optimizer sharding type dp_zero_gather_scatter: one
@@ -473,83 +477,101 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
   }
   v->optimizer_layout_ = "dp_reshardable";
   CKPT_RETURN_IF_ERROR(v->model_status_);
-  if (v->layout_.ep > 1) {
-    return UnimplementedError(StrCat("dp_reshardable optimizer buckets of an expert-parallel layout (",
-                                     model::LayoutString(v->layout_),
-                                     ") are not read yet; fully_reshardable and EP 1 checkpoints are"));
-  }
+  // A ChainedOptimizer (dense + expert) prefixes its sub-optimizers' keys
+  // "chained_0." / "chained_1." (seen in megatron-core 0.16.1's EP saves);
+  // a single optimizer has none.
+  const bool chained = bucket_prefix.rfind("chained_", 0) == 0;
+  const std::string dense_prefix = chained ? "chained_0." : bucket_prefix;
+  const std::string expert_prefix = "chained_1.";
+  auto prefix_of = [&](bool expert) { return expert ? expert_prefix : dense_prefix; };
+  auto group_of = [](const model::RankOptimizer& r, bool expert) {
+    return expert ? r.expert_dp_group_idx : r.dense_dp_group_idx;
+  };
 
 
   // The padded bucket sizes megatron recorded (per_bucket_numel: one
   // {dtype pair: [padded numel per bucket]} per buffer) depend on the DP
   // size: they must be the layout's, each divisible by the DP size.
-  for (const model::RankOptimizer& r : v->ranks_) {
-    const std::string key =
-        StrCat(bucket_prefix, kDistributed, r.dense_dp_group_idx, ".per_bucket_numel/shard_0_1");
-    const int64_t ei = s.dcp->metadata().FindEntry(key);
-    if (ei < 0) continue;
-    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<torch::TorchFile> f,
-                          s.dcp->OpenBytes(s.dcp->metadata().entries[ei], pickle::Mode::kInspect), key);
-    const pickle::Value* root = f->root();
-    if (root && root->kind == pickle::Kind::kList && root->items.size() == 1) root = root->items[0];
-    if (root == nullptr || root->kind != pickle::Kind::kList || root->items.size() != r.dense.size()) {
-      return DataLossError(StrCat(key, ": expected a list of ", r.dense.size(), " buffers' bucket sizes, found ",
-                                  root ? pickle::Repr(root, 80) : std::string("nothing")));
-    }
-    for (size_t g = 0; g < r.dense.size(); ++g) {
-      const pickle::Value* d = root->items[g];
-      const pickle::Value* sizes = (d && d->kind == pickle::Kind::kDict && d->dict.size() == 1) ? d->dict[0].second
-                                                                                               : nullptr;
-      if (sizes == nullptr || sizes->kind != pickle::Kind::kList) {
-        return DataLossError(StrCat(key, ": buffer ", g, " is not {dtype: [bucket sizes]}"));
+  for (size_t ri = 0; ri < v->ranks_.size(); ++ri) {
+    for (bool expert : {false, true}) {
+      const model::RankOptimizer& r = v->ranks_[ri];
+      const model::LegacyRankFolder& fold = v->folders_[ri];
+      if (expert ? !fold.expert_optimizer : !fold.dense_optimizer) continue;
+      const std::vector<model::ParamBuffer>& bufs = expert ? r.expert : r.dense;
+      if (bufs.empty()) continue;
+      const std::string key =
+          StrCat(prefix_of(expert), kDistributed, group_of(r, expert), ".per_bucket_numel/shard_0_1");
+      const int64_t ei = s.dcp->metadata().FindEntry(key);
+      if (ei < 0) continue;
+      CKPT_ASSIGN_OR_RETURN(std::unique_ptr<torch::TorchFile> f,
+                            s.dcp->OpenBytes(s.dcp->metadata().entries[ei], pickle::Mode::kInspect), key);
+      const pickle::Value* root = f->root();
+      if (root && root->kind == pickle::Kind::kList && root->items.size() == 1) root = root->items[0];
+      if (root == nullptr || root->kind != pickle::Kind::kList || root->items.size() != bufs.size()) {
+        return DataLossError(StrCat(key, ": expected a list of ", bufs.size(), " buffers' bucket sizes, found ",
+                                    root ? pickle::Repr(root, 80) : std::string("nothing")));
       }
-      const model::ParamBuffer& b = r.dense[g];
-      for (size_t k = 0; k < sizes->items.size(); ++k) {
-        const pickle::Value* n = sizes->items[k];
-        if (n->kind != pickle::Kind::kInt) return DataLossError(StrCat(key, ": bucket ", k, " size is not an int"));
-        if (n->i % b.dp != 0) {
-          return DataLossError(StrCat(key, ": buffer ", g, " bucket ", k, " is padded to ", n->i,
-                                      " elements, which the data-parallel size ", b.dp,
-                                      " from args does not divide: args do not describe the run that saved it"));
+      for (size_t g = 0; g < bufs.size(); ++g) {
+        const pickle::Value* d = root->items[g];
+        const pickle::Value* sizes = (d && d->kind == pickle::Kind::kDict && d->dict.size() == 1) ? d->dict[0].second
+                                                                                                 : nullptr;
+        if (sizes == nullptr || sizes->kind != pickle::Kind::kList) {
+          return DataLossError(StrCat(key, ": buffer ", g, " is not {dtype: [bucket sizes]}"));
         }
-        if (k >= b.buckets.size() || n->i != b.buckets[k].numel) {
-          return DataLossError(StrCat(key, ": buffer ", g, " bucket ", k, " is padded to ", n->i,
-                                      " elements; the layout from args (", model::LayoutString(v->layout_),
-                                      ") gives ", k < b.buckets.size() ? b.buckets[k].numel : 0));
+        const model::ParamBuffer& b = bufs[g];
+        for (size_t k = 0; k < sizes->items.size(); ++k) {
+          const pickle::Value* n = sizes->items[k];
+          if (n->kind != pickle::Kind::kInt) return DataLossError(StrCat(key, ": bucket ", k, " size is not an int"));
+          if (n->i % b.dp != 0) {
+            return DataLossError(StrCat(key, ": buffer ", g, " bucket ", k, " is padded to ", n->i,
+                                        " elements, which the data-parallel size ", b.dp,
+                                        " from args does not divide: args do not describe the run that saved it"));
+          }
+          if (k >= b.buckets.size() || n->i != b.buckets[k].numel) {
+            return DataLossError(StrCat(key, ": buffer ", g, " bucket ", k, " is padded to ", n->i,
+                                        " elements; the layout from args (", model::LayoutString(v->layout_),
+                                        ") gives ", k < b.buckets.size() ? b.buckets[k].numel : 0));
+          }
         }
-      }
-      if (sizes->items.size() != b.buckets.size()) {
-        return DataLossError(StrCat(key, ": buffer ", g, " has ", sizes->items.size(), " buckets; the layout gives ",
-                                    b.buckets.size()));
+        if (sizes->items.size() != b.buckets.size()) {
+          return DataLossError(StrCat(key, ": buffer ", g, " has ", sizes->items.size(), " buckets; the layout gives ",
+                                      b.buckets.size()));
+        }
       }
     }
   }
   // Every bucket the layout predicts must be stored with its predicted size.
-  for (const model::RankOptimizer& r : v->ranks_) {
-    for (size_t g = 0; g < r.dense.size(); ++g) {
-      const model::ParamBuffer& b = r.dense[g];
-      for (size_t k = 0; k < b.buckets.size(); ++k) {
-        for (const std::string& st : states) {
-          const std::string key = DpReshardableShards::Key(bucket_prefix, r, static_cast<int64_t>(g), b,
-                                                           static_cast<int64_t>(k), st);
-          auto it = s.by_key.find(key);
-          if (it == s.by_key.end()) {
-            return DataLossError(StrCat("optimizer bucket ", Quote(key), " is missing: the layout recomputed from args (",
-                                        model::LayoutString(v->layout_), ", ", model::LayerSpecName(v->settings_.spec),
-                                        " layer spec) predicts it"));
-          }
-          const TensorInfo& t = v->base_->tensors()[it->second];
-          if (t.shape.size() != 1 || t.shape[0] != b.buckets[k].numel_unpadded) {
-            return DataLossError(StrCat("optimizer bucket ", Quote(key), " holds ",
-                                        t.shape.empty() ? 0 : t.shape[0], " elements; the layout recomputed from args (",
-                                        model::LayoutString(v->layout_), ", ", model::LayerSpecName(v->settings_.spec),
-                                        " layer spec) gives ", b.buckets[k].numel_unpadded));
+  for (size_t ri = 0; ri < v->ranks_.size(); ++ri) {
+    for (bool expert : {false, true}) {
+      const model::RankOptimizer& r = v->ranks_[ri];
+      const model::LegacyRankFolder& fold = v->folders_[ri];
+      if (expert ? !fold.expert_optimizer : !fold.dense_optimizer) continue;
+      const std::vector<model::ParamBuffer>& bufs = expert ? r.expert : r.dense;
+      for (size_t g = 0; g < bufs.size(); ++g) {
+        const model::ParamBuffer& b = bufs[g];
+        for (size_t k = 0; k < b.buckets.size(); ++k) {
+          for (const std::string& st : states) {
+            const std::string key = DpReshardableShards::Key(prefix_of(expert), group_of(r, expert),
+                                                             static_cast<int64_t>(g), b, static_cast<int64_t>(k), st);
+            auto it = s.by_key.find(key);
+            if (it == s.by_key.end()) {
+              return DataLossError(StrCat("optimizer bucket ", Quote(key), " is missing: the layout recomputed from args (",
+                                          model::LayoutString(v->layout_), ", ", model::LayerSpecName(v->settings_.spec),
+                                          " layer spec) predicts it"));
+            }
+            const TensorInfo& t = v->base_->tensors()[it->second];
+            if (t.shape.size() != 1 || t.shape[0] != b.buckets[k].numel_unpadded) {
+              return DataLossError(StrCat("optimizer bucket ", Quote(key), " holds ",
+                                          t.shape.empty() ? 0 : t.shape[0], " elements; the layout recomputed from args (",
+                                          model::LayoutString(v->layout_), ", ", model::LayerSpecName(v->settings_.spec),
+                                          " layer spec) gives ", b.buckets[k].numel_unpadded));
+            }
           }
         }
       }
     }
   }
-  auto shards = std::make_unique<DpReshardableShards>(&v->torch_dist_, bucket_prefix);
+  auto shards = std::make_unique<DpReshardableShards>(&v->torch_dist_, dense_prefix, expert_prefix);
   v->shards_ = std::move(shards);
   // The bucket tensors are shown as what they hold: per-parameter state.
   {

@@ -66,7 +66,8 @@ def _mcore_minor():
 
 
 @pytest.mark.parametrize("name,layout", [("mc016_llama_dp2", "dp_reshardable"), ("mc019_llama_dp2", "dp_reshardable"),
-                                         ("mc016_llama_dp2", "dp_zero_gather_scatter")])
+                                         ("mc016_llama_dp2", "dp_zero_gather_scatter"),
+                                         ("mc016_mixtral_ep2", "dp_reshardable")])
 def test_get_optimizer_state_from_dp_reshardable_buckets(name, layout, tmp_path):
     from safetensors.torch import load_file
 
@@ -149,7 +150,8 @@ def _assert_same(a, b, path=""):
 
 
 @pytest.mark.parametrize("name,layout", [("mc016_llama_dp2", "dp_reshardable"), ("mc019_llama_dp2", "dp_reshardable"),
-                                         ("mc016_llama_dp2", "dp_zero_gather_scatter")])
+                                         ("mc016_llama_dp2", "dp_zero_gather_scatter"),
+                                         ("mc016_mixtral_ep2", "dp_reshardable")])
 def test_dp_reshardable_to_legacy_is_megatrons_own(name, layout, tmp_path):
     src = os.path.join(GOLDEN, name, layout)
     ref = os.path.join(GOLDEN, name, "legacy", "iter_0000002")

@@ -70,7 +70,7 @@ GOLDENS = {
     # MoE 4 experts, EP2 (ETP1) DP2 (world 2, expert-DP 1): ChainedOptimizer [dense, expert].
     "mc016_mixtral_ep2": ("0.16", dict(family="mixtral", tp=1, pp=1, ep=2, dp=2,
                                        bucket_size=300, model_overrides=TINY_MOE),
-                          ("legacy", "fully_reshardable")),
+                          ("legacy", "fully_reshardable", "dp_reshardable")),
     "mc019_llama_dp2": ("0.19", dict(family="llama", tp=1, pp=1, dp=2, bucket_size=300,
                                      model_overrides=TINY), ("legacy", "dp_reshardable")),
 }
