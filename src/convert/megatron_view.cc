@@ -25,11 +25,17 @@ namespace ckpt::internal_convert {
 using internal_checkpoint::DcpReader;
 
 Result<TorchDistSource> OpenTorchDist(const std::string& src, Env* env, std::string_view purpose) {
-  TorchDistSource s;
   OpenOptions open;
   open.env = env;
   open.pickle_mode = PickleMode::kInspect;  // args may hold Megatron enums; nothing runs
-  CKPT_ASSIGN_OR_RETURN(s.reader, OpenCheckpoint(src, open), StrCat("reading ", src));
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader, OpenCheckpoint(src, open), StrCat("reading ", src));
+  return TorchDistFromReader(std::move(reader), src, env, purpose);
+}
+
+Result<TorchDistSource> TorchDistFromReader(std::unique_ptr<CheckpointReader> reader, const std::string& src, Env* env,
+                                            std::string_view purpose) {
+  TorchDistSource s;
+  s.reader = std::move(reader);
   s.dcp = s.reader->dcp_view();
   if (s.dcp == nullptr || s.reader->kind() != SourceKind::kTorchDist) {
     return InvalidArgumentError(StrCat(src, " is a ", s.reader->format(), " checkpoint; ", purpose,
@@ -62,10 +68,7 @@ Result<TorchDistSource> OpenMegatronSource(const std::string& src, Env* env, std
   open.env = env;
   open.pickle_mode = PickleMode::kInspect;
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader, OpenCheckpoint(src, open), StrCat("reading ", src));
-  if (reader->kind() != SourceKind::kLegacy) {
-    reader.reset();
-    return OpenTorchDist(src, env, purpose);
-  }
+  if (reader->kind() != SourceKind::kLegacy) return TorchDistFromReader(std::move(reader), src, env, purpose);
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<MegatronView> view, MegatronView::OverLegacy(std::move(reader)), src);
   TorchDistSource s;
   if (view->common() != nullptr) s.common = *view->common();
@@ -628,9 +631,16 @@ Result<std::unique_ptr<CheckpointReader>> OpenModelSpace(const std::string& path
     return std::unique_ptr<CheckpointReader>(std::move(v));
   }
   if (reader->kind() != SourceKind::kTorchDist) return reader;
-  reader.reset();
+  // The view reads args in inspect mode (they may hold Megatron enums): a
+  // reader opened strictly is opened again that way.
+  if (open.pickle_mode != PickleMode::kInspect) {
+    reader.reset();
+    open.pickle_mode = PickleMode::kInspect;
+    CKPT_ASSIGN_OR_RETURN(reader, OpenCheckpoint(path, open));
+  }
   CKPT_ASSIGN_OR_RETURN(internal_convert::TorchDistSource s,
-                        internal_convert::OpenTorchDist(path, env, "the model-space view reads"));
+                        internal_convert::TorchDistFromReader(std::move(reader), path, env,
+                                                              "the model-space view reads"));
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<internal_convert::MegatronView> v,
                         internal_convert::MegatronView::OverTorchDist(std::move(s)), path);
   return std::unique_ptr<CheckpointReader>(std::move(v));
@@ -679,16 +689,22 @@ Result<std::vector<VerifyProblem>> CheckOptimizerState(const CheckpointReader& r
           (model.dtype != DType::kBFloat16 && model.dtype != DType::kFloat16 && model.dtype != DType::kFloat32)) {
         continue;
       }
-      // The model tensor, slab by slab, beside the main params.
-      std::vector<std::string> slabs;
-      CKPT_RETURN_IF_ERROR(ForEachSlab(r, m->second, [&](uint64_t, std::string_view b) {
-        slabs.emplace_back(b);
-        return OkStatus();
-      }));
+      // The model tensor's slab beside each slab of the main params (one
+      // leading index at a time: memory stays at two slabs).
+      const std::vector<int64_t> whole = model.shape;
       uint64_t bad = 0, first = 0;
-      size_t slab = 0;
       CKPT_RETURN_IF_ERROR(ForEachSlab(r, i, [&](uint64_t base, std::string_view main) {
-        const std::string& mw = slabs.at(slab++);
+        if (main.empty()) return OkStatus();
+        StringSink mw_sink;
+        if (whole.size() < 2) {
+          CKPT_RETURN_IF_ERROR(r.ReadTensor(m->second, &mw_sink));
+        } else {
+          std::vector<int64_t> start(whole.size(), 0), count = whole;
+          start[0] = static_cast<int64_t>(base / (main.size() / 4));
+          count[0] = 1;
+          CKPT_RETURN_IF_ERROR(r.ReadTensorRegion(m->second, start, count, &mw_sink));
+        }
+        const std::string& mw = mw_sink.str();
         const uint64_t n = main.size() / 4;
         for (uint64_t e = 0; e < n; ++e) {
           float f;

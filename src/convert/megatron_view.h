@@ -57,6 +57,10 @@ struct TorchDistSource {
 // and of reading the common state.
 Result<TorchDistSource> OpenTorchDist(const std::string& src, Env* env, std::string_view purpose);
 
+// The same over a reader already open (in inspect mode) on `src`.
+Result<TorchDistSource> TorchDistFromReader(std::unique_ptr<CheckpointReader> reader, const std::string& src, Env* env,
+                                            std::string_view purpose);
+
 // A Megatron checkpoint of either format for model conversions: torch_dist
 // as OpenTorchDist opens it; a legacy folder as a MegatronView in model
 // space (reader, with `common` copied from rank 0's file; `dcp` null).
