@@ -2,13 +2,16 @@
 # Builds everything with clang-14, ASan+UBSan and -Werror in build-san/, runs the
 # C++ unit tests there (CKPT_SAN_CTEST=0 skips them), then runs each libFuzzer
 # target for a bounded time, seeded from the golden and corrupt files.
-# Usage: bash scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 60; 0 = build and ctest only)
+# Usage: bash scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 30; 0 = build and ctest only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=${1:-60}
+SECS=${1:-30}
 # One clang build serves both the sanitizer run of the unit tests (scripts/test.sh)
 # and the fuzzers: ASan+UBSan, coverage instrumentation, -Werror.
+# -O1 and line tables only (what the ASan docs recommend): a third less compile time
+# than -O2 -g, and reports still name file and line.
 cmake -S . -B build-san -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only -DNDEBUG" \
   -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
   -DCKPT_BUILD_FUZZ=ON -DCKPT_SANITIZE=ON -DCKPT_WERROR=ON \
   -DCKPT_BUILD_TESTS=ON -DCKPT_BUILD_CLI=ON >/dev/null

@@ -3,7 +3,7 @@
 # corrupt-corpus tests (ctest), the Python package's interop tests against real
 # torch 2.13 / safetensors (pytest), the C++ tests again under ASan+UBSan
 # (clang, -Werror), and each fuzz target for a bounded time.
-# Usage: bash scripts/test.sh          FUZZ_SECONDS=60 by default; 0 skips fuzzing
+# Usage: bash scripts/test.sh          FUZZ_SECONDS=30 by default; 0 skips fuzzing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -29,7 +29,7 @@ if [ -n "$MC019" ]; then
   CKPTKIT_CLI="$PWD/build/ckptkit" "$MC019" -m pytest tests/interop/test_megatron_strategy.py -q -p no:cacheprovider
 fi
 
-FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 echo "== sanitizer build (clang-14, ASan+UBSan, -Werror): ctest, then fuzzing ${FUZZ_SECONDS}s per target"
 bash scripts/fuzz.sh "$FUZZ_SECONDS"
 echo "== all tests passed"
