@@ -63,7 +63,7 @@ class LegacyWriter {
     const TorchDistSource& s = view_.torch_dist();
     if (!s.common_file) return InvalidArgumentError("the checkpoint has no common state (args, iteration)");
     // Optimizer states, in the order save_parameter_state writes them.
-    if (!options_.no_optimizer && !view_.optimizer_layout().empty()) {
+    if (!options_.no_optimizer && view_.has_optimizer()) {
       std::vector<std::string> found;
       for (const char* st : {"param", "exp_avg", "exp_avg_sq"}) {
         for (const TensorInfo& t : view_.tensors()) {
@@ -74,7 +74,7 @@ class LegacyWriter {
         }
       }
       if (found.empty() || found.front() != "param") {
-        return DataLossError(StrCat("the ", view_.optimizer_layout(),
+        return DataLossError(StrCat("the ", OptimizerLayoutName(view_.optimizer_layout()),
                                     " optimizer state has no fp32 main parameters (optimizer.state.param.*)"));
       }
       states_ = found;
@@ -235,16 +235,23 @@ class LegacyWriter {
   Result<Value*> OptimizerEntry(size_t rank, torch::TorchTreeWriter* w, Value* common,
                                 std::vector<std::unique_ptr<torch::TorchFile>>* payloads) const {
     pickle::Arena& a = w->arena();
-    if (view_.optimizer_layout() == "fully_reshardable") {
+    if (view_.optimizer_layout() == OptimizerLayout::kFullyReshardable ||
+        view_.optimizer_layout() == OptimizerLayout::kFullyShardedModelSpace) {
       Value* opt = DictGet(common, "optimizer");
       if (opt == nullptr || opt->kind != pickle::Kind::kDict) {
         return DataLossError("the common state has no optimizer dict (param groups)");
       }
-      // One DistributedOptimizer's state_dict() without the sharding type.
+      // One DistributedOptimizer's state_dict() without the sharding type
+      // and, fully_sharded_model_space, the per-parameter steps the common
+      // state keeps ({idx: {"step": tensor}}; legacy keeps them in the
+      // param groups).
       auto strip = [&](Value* sub) {
         Value* d = a.Dict();
         for (auto& [k, v] : sub->dict) {
-          if (k->kind == pickle::Kind::kString && k->str == "param_state_sharding_type") continue;
+          if (k->kind == pickle::Kind::kString &&
+              (k->str == "param_state_sharding_type" || k->str == "param_state")) {
+            continue;
+          }
           d->dict.push_back({k, v});
         }
         return d;
@@ -412,7 +419,7 @@ Result<ConvertReport> ConvertToLegacy(const std::string& src, const std::string&
     }
     if (writer.HasOptimizerFile(ri)) report.tensors += writer.states() * (r.dense.size() + r.expert.size());
   }
-  if (options.no_optimizer && !view->optimizer_layout().empty()) {
+  if (options.no_optimizer && view->has_optimizer()) {
     report.warnings.push_back("optimizer state left out (no_optimizer)");
   }
   return report;
@@ -528,7 +535,7 @@ Result<ConvertReport> ConvertLegacyToTorchDist(const std::string& src, const std
   wo.tracker = megatron::Tracker{false, *iteration};
 
   // The common dict, from rank 0's model_optim_rng.pt.
-  const bool with_optimizer = !v->optimizer_layout().empty();
+  const bool with_optimizer = v->has_optimizer();
   auto write_common = [legacy, rank0, with_optimizer, version = wo.version](ByteSink* sink) -> Status {
     torch::TorchTreeWriter w;
     pickle::Arena& a = w.arena();

@@ -93,6 +93,28 @@ std::optional<model::StoredRef> FindStored(const TorchDistSource& s, std::string
 
 constexpr std::string_view kOptimizerState = "optimizer.state.";
 constexpr std::string_view kDistributed = "optimizer.distributed.dp_group_idx_";
+// fully_sharded_model_space names the fp32 main parameters fp32_param (the
+// view, like fully_reshardable, says param).
+constexpr std::string_view kFlattenedMainParams = "optimizer.state.fp32_param.";
+constexpr std::string_view kMainParams = "optimizer.state.param.";
+
+std::string_view OptimizerLayoutName(OptimizerLayout layout) {
+  switch (layout) {
+    case OptimizerLayout::kNone:
+      return "";
+    case OptimizerLayout::kFullyReshardable:
+      return "fully_reshardable";
+    case OptimizerLayout::kFullyShardedModelSpace:
+      return "fully_sharded_model_space";
+    case OptimizerLayout::kDpReshardable:
+      return "dp_reshardable";
+    case OptimizerLayout::kDpZeroGatherScatter:
+      return "dp_zero_gather_scatter";
+    case OptimizerLayout::kLegacyDistribOptim:
+      return "legacy distrib_optim.pt";
+  }
+  return "?";
+}
 
 namespace {
 
@@ -398,6 +420,7 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
 
   // Which optimizer layout the checkpoint holds.
   bool model_space = false;
+  bool flattened = false;  // fully_sharded_model_space: fp32_param, not param
   std::string bucket_prefix;
   bool buckets = false;
   bool gather_scatter = false;
@@ -406,6 +429,7 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
     std::string_view k = t.key;
     if (k.rfind(kOptimizerState, 0) == 0) {
       model_space = true;
+      flattened = flattened || k.rfind(kFlattenedMainParams, 0) == 0;
       continue;
     }
     size_t at = k.find(kDistributed);
@@ -426,7 +450,11 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
   // through (model_status() says why there is no layout).
   v->model_status_ = v->BuildModel();
   if (model_space || (!buckets && !gather_scatter)) {
-    v->optimizer_layout_ = model_space ? "fully_reshardable" : "";
+    v->optimizer_layout_ = model_space ? OptimizerLayout::kFullyReshardable : OptimizerLayout::kNone;
+    if (flattened) {
+      v->optimizer_layout_ = OptimizerLayout::kFullyShardedModelSpace;
+      CKPT_RETURN_IF_ERROR(v->MapFlattenedModelSpace());
+    }
     for (const TensorInfo& t : v->tensors_) {
       if (t.key.rfind(kOptimizerState, 0) != 0) continue;
       const std::string st = t.key.substr(kOptimizerState.size(), t.key.find('.', kOptimizerState.size()) -
@@ -437,7 +465,7 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
     return v;  // already model space (or no optimizer state): straight through
   }
   if (gather_scatter && !buckets) {
-    v->optimizer_layout_ = "dp_zero_gather_scatter";
+    v->optimizer_layout_ = OptimizerLayout::kDpZeroGatherScatter;
     CKPT_RETURN_IF_ERROR(v->model_status_);
     if (v->layout_.ep > 1) {
       return UnimplementedError(StrCat("dp_zero_gather_scatter optimizer state of an expert-parallel layout (",
@@ -478,7 +506,7 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
     CKPT_RETURN_IF_ERROR(v->Finish());
     return v;
   }
-  v->optimizer_layout_ = "dp_reshardable";
+  v->optimizer_layout_ = OptimizerLayout::kDpReshardable;
   CKPT_RETURN_IF_ERROR(v->model_status_);
   // A ChainedOptimizer (dense + expert) prefixes its sub-optimizers' keys
   // "chained_0." / "chained_1." (seen in megatron-core 0.16.1's EP saves);
@@ -595,6 +623,110 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
   }
   CKPT_RETURN_IF_ERROR(v->Finish());
   return v;
+}
+
+Status MegatronView::MapFlattenedModelSpace() {
+  const dcp::Metadata* md = torch_dist_.dcp ? &torch_dist_.dcp->metadata() : nullptr;
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    TensorInfo& t = tensors_[i];
+    if (t.key.rfind(kOptimizerState, 0) != 0) continue;
+    const std::string stored = t.key;
+    if (t.key.rfind(kFlattenedMainParams, 0) == 0) {
+      t.key = StrCat(kMainParams, std::string_view(t.key).substr(kFlattenedMainParams.size()));
+    }
+    // Megatron records the original shape of every tensor it reformulated
+    // (MCoreMetadata.mcore_data); a 1-D one is stored as is.
+    if (md == nullptr) continue;
+    auto orig = md->nd_reformulated_shapes.find(stored);
+    if (orig == md->nd_reformulated_shapes.end()) continue;
+    const std::vector<int64_t>& shape = orig->second;
+    const std::vector<int64_t> grid = t.shape;  // grid + [numel(local)]
+    auto bad = [&](std::string_view why) {
+      return DataLossError(StrCat(Quote(stored), ": stored N-D flattened as [", fmt::format("{}", fmt::join(grid, ", ")),
+                                  "] for the original shape [", fmt::format("{}", fmt::join(shape, ", ")), "]: ", why));
+    };
+    if (grid.size() != shape.size() + 1) return bad("not one axis more than the original");
+    std::vector<int64_t> local(shape.size());
+    int64_t numel = 1;
+    for (size_t d = 0; d < shape.size(); ++d) {
+      if (grid[d] <= 0 || shape[d] < 0 || shape[d] % grid[d] != 0) return bad("the grid does not divide the shape");
+      local[d] = shape[d] / grid[d];
+      if (local[d] != 0 && numel > INT64_MAX / local[d]) return bad("too many elements");
+      numel *= local[d];
+    }
+    if (numel != grid.back()) return bad(StrCat("a cell holds ", grid.back(), " elements, the local shape ", numel));
+    // Model space: the original shape, one chunk per cell (a TP shard, or a
+    // gated fc1's gate or up half of one).
+    t.shape = shape;
+    t.chunks.clear();
+    const int64_t cells = numel == 0 ? 0 : static_cast<int64_t>(t.nbytes / DTypeSize(t.dtype)) / numel;
+    for (int64_t c = 0; c < cells; ++c) {
+      ChunkInfo ch;
+      ch.offsets.resize(shape.size());
+      ch.sizes = local;
+      for (int64_t d = static_cast<int64_t>(shape.size()) - 1, rest = c; d >= 0; --d) {
+        ch.offsets[d] = (rest % grid[d]) * local[d];
+        rest /= grid[d];
+      }
+      t.chunks.push_back(std::move(ch));
+    }
+    virtual_[i].local = std::move(local);
+  }
+  return OkStatus();
+}
+
+Status MegatronView::ReadReformulated(const Virtual& v, const TensorInfo& t, const Box& region, ByteSink* out) const {
+  const uint64_t esize = DTypeSize(t.dtype);
+  const size_t rank = v.local.size();
+  int64_t numel = 1;
+  for (int64_t l : v.local) numel *= l;
+  // The cells the region meets, per axis [first, last].
+  std::vector<int64_t> first(rank), last(rank), cell(rank);
+  for (size_t d = 0; d < rank; ++d) {
+    if (region.count[d] == 0) return OkStatus();
+    first[d] = region.start[d] / v.local[d];
+    last[d] = (region.start[d] + region.count[d] - 1) / v.local[d];
+  }
+  auto stored_cell = [&](const std::vector<int64_t>& c, ByteSink* sink) {
+    std::vector<int64_t> start(c), count(rank, 1);
+    start.push_back(0);
+    count.push_back(numel);
+    return base_->ReadTensorRegion(static_cast<size_t>(v.base), start, count, sink);
+  };
+  auto cell_box = [&](const std::vector<int64_t>& c) {
+    Box b;
+    for (size_t d = 0; d < rank; ++d) {
+      b.start.push_back(c[d] * v.local[d]);
+      b.count.push_back(v.local[d]);
+    }
+    return b;
+  };
+  // Exactly one cell (a rank's shard, as the legacy writer asks): stream it.
+  if (first == last) {
+    const Box b = cell_box(first);
+    if (b.start == region.start && b.count == region.count) return stored_cell(first, out);
+  }
+  std::string buf(region.numel() * esize, '\0');
+  cell = first;
+  while (true) {
+    StringSink data;
+    CKPT_RETURN_IF_ERROR(stored_cell(cell, &data));
+    if (data.str().size() != static_cast<uint64_t>(numel) * esize) {
+      return DataLossError(StrCat("a cell read ", data.str().size(), " bytes, expected ",
+                                  static_cast<uint64_t>(numel) * esize));
+    }
+    for (BoxScatter sc(cell_box(cell), region, esize); sc.has_runs(); sc.Next()) {
+      std::memcpy(buf.data() + sc.run().dst, data.str().data() + sc.run().src, sc.run().len);
+    }
+    size_t d = rank;
+    while (d > 0 && cell[d - 1] == last[d - 1]) {
+      cell[d - 1] = first[d - 1];
+      --d;
+    }
+    if (d == 0) break;
+    ++cell[d - 1];
+  }
+  return out->Append(buf);
 }
 
 Status MegatronView::Finish() {
@@ -849,7 +981,7 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverLegacy(std::unique_ptr<C
     }
   }
   if (distrib) {
-    v->optimizer_layout_ = "legacy distrib_optim.pt";
+    v->optimizer_layout_ = OptimizerLayout::kLegacyDistribOptim;
     for (const std::string& st : states) {
       v->states_.push_back(st);
       v->AddAssembled(st, DType::kFloat32);
@@ -970,7 +1102,7 @@ std::vector<Box> MegatronView::ShardBoxes(size_t i) const {
 
 nlohmann::json MegatronView::Details() const {
   nlohmann::json d = base_->Details();
-  d["model_space_view"] = {{"optimizer_layout", optimizer_layout_}, {"assembled_states", states_},
+  d["model_space_view"] = {{"optimizer_layout", OptimizerLayoutName(optimizer_layout_)}, {"assembled_states", states_},
                            {"ranks", ranks_.size()}};
   return d;
 }
@@ -983,10 +1115,11 @@ Status MegatronView::ReadTensor(size_t i, ByteSink* out) const {
 Status MegatronView::ReadTensorRegion(size_t i, std::span<const int64_t> start, std::span<const int64_t> count,
                                       ByteSink* out) const {
   const Virtual& v = virtual_.at(i);
-  if (v.base >= 0) return base_->ReadTensorRegion(static_cast<size_t>(v.base), start, count, out);
+  if (v.base >= 0 && v.local.empty()) return base_->ReadTensorRegion(static_cast<size_t>(v.base), start, count, out);
   const TensorInfo& t = tensors_[i];
   Box region{{start.begin(), start.end()}, {count.begin(), count.end()}};
   CKPT_RETURN_IF_ERROR(CheckBoxInside(region, t.shape, StrCat("region of ", Quote(t.key))));
+  if (v.base >= 0) return ReadReformulated(v, t, region, out).WithContext(StrCat("tensor ", Quote(t.key)));
   return ReadPieces(v, t, region, out).WithContext(StrCat("tensor ", Quote(t.key)));
 }
 

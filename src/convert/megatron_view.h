@@ -87,11 +87,26 @@ class ShardReader {
                            ByteSink* out) const = 0;
 };
 
+// How a checkpoint keeps its distributed-optimizer state (docs/format.md §11.3).
+enum class OptimizerLayout {
+  kNone,                    // no optimizer state
+  kFullyReshardable,        // torch_dist, model space: optimizer.state.<state>.<key>
+  kFullyShardedModelSpace,  // torch_dist (core 0.8-0.15): per-parameter flattened pieces
+  kDpReshardable,           // torch_dist: per-bucket flat buffers per dp_group_idx
+  kDpZeroGatherScatter,     // torch_dist: whole buffers gathered on DP rank 0, one object each
+  kLegacyDistribOptim,      // legacy distrib_optim.pt buffers
+};
+// "fully_reshardable", "fully_sharded_model_space", "dp_reshardable",
+// "dp_zero_gather_scatter", "legacy distrib_optim.pt", "" (kNone).
+std::string_view OptimizerLayoutName(OptimizerLayout layout);
+
 class MegatronView final : public CheckpointReader {
  public:
   // Wraps a torch_dist source: model tensors straight through; optimizer
   // state straight through when stored model-space (fully_reshardable),
-  // assembled from its buckets when dp_reshardable.
+  // re-indexed from its reformulated N-D flattened tensors and renamed
+  // (fp32_param -> param) when fully_sharded_model_space, assembled from its
+  // buckets when dp_reshardable or dp_zero_gather_scatter.
   // Errors: InvalidArgument (args missing or contradicting the shapes, a
   // layout the model layer cannot build), DataLoss (bucket sizes that do
   // not match the recomputed layout, naming the key and both sizes),
@@ -124,8 +139,8 @@ class MegatronView final : public CheckpointReader {
   // One per legacy rank folder (model::LegacyRanks), in the same order.
   const std::vector<model::RankOptimizer>& ranks() const { return ranks_; }
   const std::vector<model::LegacyRankFolder>& folders() const { return folders_; }
-  // "fully_reshardable", "dp_reshardable", "legacy distrib_optim.pt", "" (no optimizer state).
-  const std::string& optimizer_layout() const { return optimizer_layout_; }
+  OptimizerLayout optimizer_layout() const { return optimizer_layout_; }
+  bool has_optimizer() const { return optimizer_layout_ != OptimizerLayout::kNone; }
   const std::vector<std::string>& optimizer_states() const { return states_; }
   const megatron::CommonState* common() const { return common_; }
   // OK when config(), layout() and ranks() describe the checkpoint; else why
@@ -167,6 +182,10 @@ class MegatronView final : public CheckpointReader {
   };
   struct Virtual {
     int64_t base = -1;  // >= 0: read straight from base_'s tensor
+    // With `base`: the tensor is stored N-D flattened (core 0.8-0.15): base_'s
+    // tensor has shape grid + [numel(local)], cell c holding the row-major
+    // local box at c * local (docs/format.md §11.3). Empty: stored as is.
+    std::vector<int64_t> local;
     std::string state;  // "" model; else the optimizer state
     std::vector<Piece> pieces;
   };
@@ -181,6 +200,12 @@ class MegatronView final : public CheckpointReader {
   // Adds the virtual tensors of `state` ("" = model) assembled from shards.
   void AddAssembled(const std::string& state, DType dtype);
   Status ReadPieces(const Virtual& v, const TensorInfo& t, const Box& region, ByteSink* out) const;
+  // Reads `region` of a tensor stored N-D flattened (Virtual::local).
+  Status ReadReformulated(const Virtual& v, const TensorInfo& t, const Box& region, ByteSink* out) const;
+  // fully_sharded_model_space: renames the optimizer tensors and re-indexes
+  // the reformulated ones (their DCP shapes checked against the original
+  // shapes Megatron recorded).
+  Status MapFlattenedModelSpace();
 
   TorchDistSource torch_dist_;
   std::unique_ptr<CheckpointReader> owned_;  // the legacy reader
@@ -195,7 +220,7 @@ class MegatronView final : public CheckpointReader {
   std::vector<model::RankOptimizer> ranks_;
   std::vector<model::LegacyRankFolder> folders_;
   Status model_status_;
-  std::string optimizer_layout_;
+  OptimizerLayout optimizer_layout_ = OptimizerLayout::kNone;
   std::vector<std::string> states_;
   std::vector<TensorInfo> tensors_;
   std::vector<Virtual> virtual_;

@@ -13,6 +13,7 @@
 #include "checkpoint/torch_dist_writer.h"
 #include "ckpt/checkpoint.h"
 #include "convert/dcp_entries.h"
+#include "convert/megatron_view.h"
 #include "format/torch/torch_file.h"
 #include "util/strings.h"
 
@@ -160,6 +161,106 @@ Status FromTorchStateDict(const CheckpointReader& reader, const torch::TorchFile
   return OkStatus();
 }
 
+// A fully_sharded_model_space source (megatron-core 0.8-0.15): its optimizer
+// tensors are N-D flattened pieces that core >= 0.16 refuses to load
+// (flattened_range), so they cannot be carried as stored. They are written in
+// model space, fully_reshardable, as MegatronView re-indexes them (same
+// values, fp32_param renamed param, one chunk per TP shard), and the common
+// state says so: the optimizer's param_state_sharding_type and the content
+// metadata become fully_reshardable, the per-parameter steps
+// (optimizer.param_state) go (fully_reshardable keeps them in the param groups).
+Status OptimizerToModelSpace(const MegatronView& view, const std::string& src, Env* env,
+                             std::vector<dcp::EntryToWrite>* entries, CommonPlan* common, CoreVersion v) {
+  constexpr std::string_view kState = "optimizer.state.";
+  std::vector<dcp::EntryToWrite> kept;
+  for (dcp::EntryToWrite& e : *entries) {
+    if (e.key.rfind(kState, 0) != 0) kept.push_back(std::move(e));
+  }
+  const MegatronView* vw = &view;
+  for (size_t i = 0; i < view.tensors().size(); ++i) {
+    const TensorInfo& t = view.tensors()[i];
+    if (t.key.rfind(kState, 0) != 0) continue;
+    dcp::EntryToWrite e;
+    e.key = t.key;
+    e.type = dcp::EntryType::kTensor;
+    e.dtype = t.dtype;
+    e.size = t.shape;
+    for (const Box& b : view.ShardBoxes(i)) {
+      dcp::ChunkToWrite c;
+      c.offsets = b.start;
+      c.sizes = b.count;
+      c.write = [vw, i, b](ByteSink* sink) { return vw->ReadTensorRegion(i, b.start, b.count, sink); };
+      e.chunks.push_back(std::move(c));
+    }
+    kept.push_back(std::move(e));
+  }
+  *entries = std::move(kept);
+
+  const DcpReader* d = view.torch_dist().dcp;
+  if (d == nullptr) return InternalError("a torch_dist view without its DCP reader");
+  const std::string common_pt = JoinPath(d->folder(), megatron::kCommonFileName);
+  if (!env->FileExists(common_pt)) {
+    return DataLossError(StrCat(src, ": a fully_sharded_model_space checkpoint without ", megatron::kCommonFileName,
+                                " (megatron-core <= 0.15 keeps its common state there)"));
+  }
+  // Args may hold Megatron enums: read as the model-space view does.
+  torch::TorchTreeWriter::Reopener reopen = ReopenFile(env, common_pt, pickle::Mode::kInspect);
+  CKPT_RETURN_IF_ERROR(reopen().status(), StrCat("reading ", common_pt));
+  common->write = [reopen, common_pt, v](ByteSink* sink) -> Status {
+    using pickle::Kind;
+    using pickle::Value;
+    CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const torch::TorchFile> f, reopen(), StrCat("reading ", common_pt));
+    torch::TorchTreeWriter w;
+    pickle::Arena& a = w.arena();
+    CKPT_ASSIGN_OR_RETURN(Value * src_root, w.Import(*f, reopen), StrCat("reading ", common_pt));
+    if (src_root == nullptr || src_root->kind != Kind::kDict) {
+      return DataLossError(StrCat(common_pt, ": the common state is not a dict"));
+    }
+    auto is = [](const Value* k, std::string_view name) { return k->kind == Kind::kString && k->str == name; };
+    // One DistributedOptimizer's state dict, fully_reshardable.
+    auto optimizer = [&](Value* sub) -> Result<Value*> {
+      if (sub->kind != Kind::kDict) return DataLossError(StrCat(common_pt, ": an optimizer entry is not a dict"));
+      Value* out = a.Dict();
+      for (auto& [k, val] : sub->dict) {
+        if (is(k, "param_state")) continue;
+        out->dict.push_back({k, is(k, "param_state_sharding_type") ? w.Str("fully_reshardable") : val});
+      }
+      return out;
+    };
+    Value* root = a.Dict();
+    for (auto& [k, val] : src_root->dict) {
+      if (is(k, "optimizer") && val->kind == Kind::kDict) {
+        Value* out = nullptr;
+        // A ChainedOptimizer keeps {0: state, 1: state}.
+        if (!val->dict.empty() && val->dict.front().first->kind == Kind::kInt) {
+          out = a.Dict();
+          for (auto& [ck, cv] : val->dict) {
+            CKPT_ASSIGN_OR_RETURN(Value * sub, optimizer(cv));
+            out->dict.push_back({ck, sub});
+          }
+        } else {
+          CKPT_ASSIGN_OR_RETURN(out, optimizer(val));
+        }
+        root->dict.push_back({k, out});
+      } else if (is(k, "content_metadata") && val->kind == Kind::kDict) {
+        Value* cm = a.Dict();
+        for (auto& [ck, cv] : val->dict) {
+          if (is(ck, "distrib_optim_fully_reshardable_mem_efficient")) continue;
+          cm->dict.push_back({ck, is(ck, "distrib_optim_sharding_type") ? w.Str("fully_reshardable") : cv});
+          if (is(ck, "distrib_optim_sharding_type")) {
+            cm->dict.push_back({w.Str("distrib_optim_fully_reshardable_mem_efficient"), a.Bool(false)});
+          }
+        }
+        root->dict.push_back({k, cm});
+      } else {
+        root->dict.push_back({k, val});
+      }
+    }
+    return megatron::WriteCommonTree(v, &w, root, sink);
+  };
+  return OkStatus();
+}
+
 }  // namespace
 
 Result<ConvertReport> ConvertToTorchDist(const std::string& src, const std::string& dst,
@@ -204,9 +305,24 @@ Result<ConvertReport> ConvertToTorchDist(const std::string& src, const std::stri
   ChunkProgress progress(options.progress);
   std::vector<dcp::EntryToWrite> entries;
   CommonPlan common;
+  std::unique_ptr<MegatronView> view;  // outlives the write: its entries read through it
   if (const DcpReader* d = reader->dcp_view()) {
     CKPT_RETURN_IF_ERROR(FromDcp(*d, src, wo.version, options, env, &progress, &entries, &common,
                                  &wo.carried_config, &report));
+    if (!d->metadata().nd_reformulated_shapes.empty() && reader->kind() == SourceKind::kTorchDist) {
+      // Megatron's N-D flattened optimizer tensors: re-indexed in model space.
+      CKPT_ASSIGN_OR_RETURN(TorchDistSource ts,
+                            TorchDistFromReader(std::move(reader), src, env, "to=\"torch_dist\" converts"));
+      CKPT_ASSIGN_OR_RETURN(view, MegatronView::OverTorchDist(std::move(ts)), StrCat("reading ", src));
+      if (view->optimizer_layout() != OptimizerLayout::kFullyShardedModelSpace) {
+        return UnimplementedError(StrCat(src, ": N-D flattened tensors (megatron-core <= 0.15) outside a "
+                                         "fully_sharded_model_space optimizer state are not converted"));
+      }
+      CKPT_RETURN_IF_ERROR(OptimizerToModelSpace(*view, src, env, &entries, &common, wo.version));
+      report.warnings.push_back(
+          "optimizer state fully_sharded_model_space (N-D flattened, megatron-core <= 0.15) written as "
+          "fully_reshardable: megatron-core >= 0.16 cannot load flattened tensors");
+    }
   } else if (const torch::TorchFile* tf = reader->torch_file();
              tf != nullptr && tf->root() != nullptr && tf->root()->kind == pickle::Kind::kDict) {
     CKPT_RETURN_IF_ERROR(FromTorchStateDict(*reader, *tf, src, wo.version, &progress, &entries, &common));

@@ -92,7 +92,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import megatron_fixtures as mf  # noqa: E402
 import megatron_models as mm  # noqa: E402
 
-SHARDING_TYPES = ("fully_reshardable", "dp_reshardable", "dp_zero_gather_scatter")
+SHARDING_TYPES = ("fully_reshardable", "dp_reshardable", "dp_zero_gather_scatter",
+                  "fully_sharded_model_space")
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,7 +515,11 @@ def _content_metadata(sharding_type: str) -> dict:
 
 def _write_torch_dist(spec, root, gpts, opt, sched, sharding_type: str) -> None:
     from megatron.core import parallel_state as ps
-    from megatron.core.dist_checkpointing.utils import _clean_metadata_for_serialization
+    try:
+        from megatron.core.dist_checkpointing.utils import _clean_metadata_for_serialization
+    except ImportError:  # megatron-core <= 0.15: no dp_cp_group in the metadata to drop
+        def _clean_metadata_for_serialization(m):
+            return {k: v for k, v in m.items() if k != "dp_cp_group"}
 
     args = lm_args(spec)
     args.ckpt_format = "torch_dist"

@@ -7,7 +7,9 @@ expected.json records the trained state (sha256 of every global tensor: the mode
 params, exp_avg, exp_avg_sq) as megatron's own per-parameter ranges give it.
 
 * `ckptkit get --optimizer STATE` on a dp_reshardable (or dp_zero_gather_scatter) checkpoint reassembles every parameter's
-  state from the flat buckets with ckptkit's own layout code: each equals the trained state.
+  state from the flat buckets with ckptkit's own layout code: each equals the trained state. A
+  fully_sharded_model_space one (megatron-core 0.15: N-D flattened pieces under reformulated shapes) is
+  re-indexed into the parameters' shapes: the same.
 * `ckptkit convert --to legacy` of a dp_reshardable checkpoint writes a distrib_optim.pt
   byte-identical to megatron's save_parameter_state and a model_optim_rng.pt equal to megatron's
   (every key, tensor and object), which megatron's own loader (load_state_dict +
@@ -67,7 +69,8 @@ def _mcore_minor():
 
 @pytest.mark.parametrize("name,layout", [("mc016_llama_dp2", "dp_reshardable"), ("mc019_llama_dp2", "dp_reshardable"),
                                          ("mc016_llama_dp2", "dp_zero_gather_scatter"),
-                                         ("mc016_mixtral_ep2", "dp_reshardable")])
+                                         ("mc016_mixtral_ep2", "dp_reshardable"),
+                                         ("mc015_llama_tp2dp2", "fully_sharded_model_space")])
 def test_get_optimizer_state_from_dp_reshardable_buckets(name, layout, tmp_path):
     from safetensors.torch import load_file
 
@@ -92,7 +95,7 @@ def test_get_optimizer_state_from_dp_reshardable_buckets(name, layout, tmp_path)
 
 
 LEGACY_GOLDENS = ["mc016_llama_dp2", "mc016_llama_tp2pp2dp2", "mc016_llama_pp2vpp2dp2", "mc016_mixtral_ep2",
-                  "mc016_llama_fp32_dp2", "mc019_llama_dp2"]
+                  "mc016_llama_fp32_dp2", "mc019_llama_dp2", "mc015_llama_tp2dp2"]
 
 
 @pytest.mark.parametrize("name", LEGACY_GOLDENS)
@@ -151,7 +154,8 @@ def _assert_same(a, b, path=""):
 
 @pytest.mark.parametrize("name,layout", [("mc016_llama_dp2", "dp_reshardable"), ("mc019_llama_dp2", "dp_reshardable"),
                                          ("mc016_llama_dp2", "dp_zero_gather_scatter"),
-                                         ("mc016_mixtral_ep2", "dp_reshardable")])
+                                         ("mc016_mixtral_ep2", "dp_reshardable"),
+                                         ("mc015_llama_tp2dp2", "fully_sharded_model_space")])
 def test_dp_reshardable_to_legacy_is_megatrons_own(name, layout, tmp_path):
     src = os.path.join(GOLDEN, name, layout)
     ref = os.path.join(GOLDEN, name, "legacy", "iter_0000002")
@@ -282,6 +286,32 @@ def test_legacy_to_torch_dist_loads_in_megatron(name, tmp_path):
              "--megatron-version", "0.16", "-q")
     r = _ckptkit("verify", "--deep", str(out))
     assert "fp32 main params round to the model weights" in r.stdout
+    st = mo.load_torch_dist_into_optimizer(spec, str(out))
+    want = _expected(name)["trained_state_sha256"]
+    got = {k: {kind: mf.tensor_sha256(t) for kind, t in d.items()} for k, d in st["tensors"].items()}
+    assert got == {k: {kind: v["sha256"] for kind, v in d.items()} for k, d in want.items()}
+
+
+def test_fully_sharded_model_space_to_torch_dist_loads_in_megatron_016(tmp_path):
+    """megatron-core 0.15's fully_sharded_model_space save (N-D flattened optimizer pieces under
+    reformulated shapes, which 0.16+ refuses to load) -> torch_dist: the optimizer state written
+    model-space, fully_reshardable; megatron-core 0.16.1's dist_checkpointing.load into a fresh
+    TP2 x DP2 DDP + DistributedOptimizer gives the state the 0.15 run trained, bit for bit."""
+    if _mcore_minor() != "0.16":
+        pytest.skip("the load runs under megatron-core 0.16")
+    import make_golden
+    import megatron_fixtures as mf
+    import megatron_optim as mo
+
+    name = "mc015_llama_tp2dp2"
+    _, kw, _ = make_golden.GOLDENS[name]
+    spec = mo.OptimSpec(**kw)
+    out = tmp_path / "td"
+    r = _ckptkit("convert", os.path.join(GOLDEN, name, "fully_sharded_model_space"), str(out), "--to", "torch_dist",
+                 "--megatron-version", "0.16")
+    assert "written as fully_reshardable" in r.stderr
+    r = _ckptkit("inspect", str(out))
+    assert "sharding fully_reshardable" in r.stdout and "fp32_param" not in r.stdout
     st = mo.load_torch_dist_into_optimizer(spec, str(out))
     want = _expected(name)["trained_state_sha256"]
     got = {k: {kind: mf.tensor_sha256(t) for kind, t in d.items()} for k, d in st["tensors"].items()}

@@ -10,6 +10,7 @@ Each golden NAME/ holds ONE training run saved in several formats:
     NAME/fully_reshardable/     torch_dist, content metadata distrib_optim_sharding_type
     NAME/dp_reshardable/        torch_dist
     NAME/dp_zero_gather_scatter/ torch_dist (only where listed: deprecated, still saved by 0.16)
+    NAME/fully_sharded_model_space/ torch_dist (megatron-core <= 0.15 only)
     NAME/layout.json            megatron_optim.dump_layout: per rank, per chunk, per buffer:
                                 dtypes, buckets (offset, numel, numel_unpadded), every param's
                                 (start, end, bucket_id) from param_index_map, named_parameters
@@ -23,8 +24,10 @@ Each golden NAME/ holds ONE training run saved in several formats:
 
 Usage:
   /work/main/.venv/bin/python tests/golden/legacy/make_golden.py [--only NAME ...]
-  goldens needing megatron-core 0.19 run under MC019_PYTHON
-  (default /work/main/.venv-mcore019/bin/python).
+  goldens needing megatron-core 0.19 run under MC019_PYTHON (default .venv-mcore019/bin/python),
+  0.15 ones under MC015_PYTHON (default .venv-mcore015/bin/python: a venv with megatron-core==0.15.0
+  --no-deps whose site-packages has a .pth line naming .venv's site-packages for torch and the rest;
+  not part of scripts/setup.sh: the goldens are committed).
 """
 
 from __future__ import annotations
@@ -71,6 +74,12 @@ GOLDENS = {
     "mc016_mixtral_ep2": ("0.16", dict(family="mixtral", tp=1, pp=1, ep=2, dp=2,
                                        bucket_size=300, model_overrides=TINY_MOE),
                           ("legacy", "fully_reshardable", "dp_reshardable")),
+    # megatron-core 0.15 (the last that writes flattened_range): fully_sharded_model_space, the
+    # 0.8-0.15 default with fully parallel save; TP2 x DP2 with several buckets so that DP
+    # slices cut 2-D TP shards mid-row (N-D flattened reformulation, docs/format.md).
+    "mc015_llama_tp2dp2": ("0.15", dict(family="llama", tp=2, pp=1, dp=2, bucket_size=200,
+                                        model_overrides=TINY),
+                           ("legacy", "fully_sharded_model_space")),
     "mc019_llama_dp2": ("0.19", dict(family="llama", tp=1, pp=1, dp=2, bucket_size=300,
                                      model_overrides=TINY), ("legacy", "dp_reshardable")),
 }
@@ -179,6 +188,13 @@ def generate(name: str) -> None:
     have = ".".join(megatron.core.__version__.split(".")[:2])
     if have != need:
         raise SystemExit(f"{name} needs megatron-core {need}.x, this interpreter has {have}")
+    if need == "0.15":
+        import numpy as np
+
+        # megatron-core 0.15's dist_checkpointing calls np.product, removed in numpy 2 (the
+        # shared .venv's numpy); np.prod is the same function. The ranks are forked: they see it.
+        if not hasattr(np, "product"):
+            np.product = np.prod
     spec = mo.OptimSpec(**kw)
     base = os.path.join(HERE, name)
     shutil.rmtree(base, ignore_errors=True)
@@ -242,8 +258,9 @@ def main() -> None:
         if need == have:
             generate(n)
             continue
-        py = (os.environ.get("MC019_PYTHON", "/work/main/.venv-mcore019/bin/python")
-              if need == "0.19" else None)
+        py = {"0.19": os.environ.get("MC019_PYTHON", os.path.join(REPO, ".venv-mcore019/bin/python")),
+              "0.15": os.environ.get("MC015_PYTHON", os.path.join(REPO, ".venv-mcore015/bin/python")),
+              }.get(need)
         if py is None or not os.path.exists(py):
             print(f"skip {n}: needs megatron-core {need}.x (this interpreter has {have})")
             continue

@@ -323,9 +323,11 @@ Status RunGet(const GetOptions& options, std::ostream& out) {
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader,
                         OpenCheckpoint(options.path, open));
   Result<size_t> found = reader->Find(key);
-  if (!found.ok() && (reader->kind() == SourceKind::kLegacy ||
-                      (key.rfind("optimizer.state.", 0) == 0 && reader->kind() == SourceKind::kTorchDist))) {
-    // Not stored model-space: assemble it from the rank files / the optimizer's buffers.
+  if ((!found.ok() && reader->kind() == SourceKind::kLegacy) ||
+      (key.rfind("optimizer.state.", 0) == 0 && reader->kind() == SourceKind::kTorchDist)) {
+    // Optimizer state in model space, whatever the sharding type stored
+    // (fully_sharded_model_space keeps a key of this name under another
+    // shape), and what a legacy checkpoint keeps per rank: assembled.
     reader.reset();
     CKPT_ASSIGN_OR_RETURN(reader, OpenModelSpace(options.path, open));
     found = reader->Find(key);

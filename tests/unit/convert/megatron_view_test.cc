@@ -1,0 +1,108 @@
+// The model-space view (OpenModelSpace) over the real megatron-core goldens of
+// tests/golden/legacy: one training run saved by megatron itself in several
+// formats reads back as the same tensors, byte for byte, whichever format it
+// came from (the legacy rank files, dp_reshardable / dp_zero_gather_scatter
+// buckets, core 0.15's N-D flattened fully_sharded_model_space pieces).
+#include <gtest/gtest.h>
+
+#include <string>
+#include <tuple>
+
+#include "ckpt/checkpoint.h"
+#include "ckpt/convert.h"
+#include "unit/checkpoint/checkpoint_testutil.h"
+
+namespace ckpt {
+namespace {
+
+using ::ckpt::testing::SourcePath;
+
+std::string Golden(const std::string& name, const std::string& format) {
+  return SourcePath("tests/golden/legacy/" + name + "/" + format);
+}
+
+std::unique_ptr<CheckpointReader> Open(const std::string& path) {
+  OpenOptions o;
+  o.pickle_mode = PickleMode::kInspect;
+  Result<std::unique_ptr<CheckpointReader>> r = OpenModelSpace(path, o);
+  EXPECT_TRUE(r.ok()) << path << ": " << r.status().ToString();
+  return r.ok() ? std::move(*r) : nullptr;
+}
+
+std::string Bytes(const CheckpointReader& r, size_t i) {
+  StringSink s;
+  Status st = r.ReadTensor(i, &s);
+  EXPECT_TRUE(st.ok()) << r.tensors()[i].key << ": " << st.ToString();
+  return s.str();
+}
+
+class SameTrainingState : public ::testing::TestWithParam<std::tuple<const char*, const char*>> {};
+
+// Every model-space tensor of the legacy save (model and optimizer states)
+// is in the other format under the same key, shape and dtype, with the same
+// bytes; a region read (one row block, crossing TP shards and DP slices)
+// matches the whole tensor's bytes too.
+TEST_P(SameTrainingState, AsTheLegacySave) {
+  const auto [name, format] = GetParam();
+  std::unique_ptr<CheckpointReader> legacy = Open(Golden(name, "legacy"));
+  std::unique_ptr<CheckpointReader> other = Open(Golden(name, format));
+  ASSERT_TRUE(legacy && other);
+  size_t optimizer = 0;
+  for (size_t i = 0; i < legacy->tensors().size(); ++i) {
+    const TensorInfo& t = legacy->tensors()[i];
+    Result<size_t> j = other->Find(t.key);
+    ASSERT_TRUE(j.ok()) << format << " lacks " << t.key;
+    const TensorInfo& u = other->tensors()[*j];
+    ASSERT_EQ(u.shape, t.shape) << t.key;
+    ASSERT_EQ(u.dtype, t.dtype) << t.key;
+    const std::string whole = Bytes(*legacy, i);
+    ASSERT_EQ(Bytes(*other, *j), whole) << t.key;
+    if (t.key.rfind("optimizer.state.", 0) == 0) ++optimizer;
+    // Rows [1, n-1) of the first axis, every other axis whole.
+    if (t.shape.empty() || t.shape[0] < 3) continue;
+    std::vector<int64_t> start(t.shape.size(), 0), count(t.shape);
+    start[0] = 1;
+    count[0] = t.shape[0] - 2;
+    StringSink part;
+    ASSERT_TRUE(other->ReadTensorRegion(*j, start, count, &part).ok()) << t.key;
+    const size_t row = whole.size() / static_cast<size_t>(t.shape[0]);
+    EXPECT_EQ(part.str(), whole.substr(row, row * static_cast<size_t>(count[0]))) << t.key;
+  }
+  // Three states (param, exp_avg, exp_avg_sq) of every parameter.
+  EXPECT_GE(optimizer, 3u * 9u);
+  EXPECT_EQ(optimizer % 3, 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    RealMegatron, SameTrainingState,
+    ::testing::Values(std::make_tuple("mc015_llama_tp2dp2", "fully_sharded_model_space"),
+                      std::make_tuple("mc016_llama_dp2", "dp_reshardable"),
+                      std::make_tuple("mc016_llama_dp2", "dp_zero_gather_scatter"),
+                      std::make_tuple("mc016_mixtral_ep2", "dp_reshardable")),
+    [](const auto& info) {
+      return std::string(std::get<0>(info.param)) + "_" + std::string(std::get<1>(info.param));
+    });
+
+// fully_sharded_model_space names the main params fp32_param and stores N-D
+// tensors as grid + [local numel]: the view shows param, in the parameter's
+// shape, one chunk per TP shard (gate and up halves of a gated fc1 apart).
+TEST(FlattenedModelSpace, RenamedAndReshaped) {
+  std::unique_ptr<CheckpointReader> r = Open(Golden("mc015_llama_tp2dp2", "fully_sharded_model_space"));
+  ASSERT_TRUE(r);
+  EXPECT_FALSE(r->Find("optimizer.state.fp32_param.output_layer.weight").ok());
+  Result<size_t> out = r->Find("optimizer.state.param.output_layer.weight");
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(r->tensors()[*out].shape, (std::vector<int64_t>{32, 8}));
+  ASSERT_EQ(r->tensors()[*out].chunks.size(), 2u);  // vocab split over TP2
+  EXPECT_EQ(r->tensors()[*out].chunks[1].offsets, (std::vector<int64_t>{16, 0}));
+  Result<size_t> fc1 = r->Find("optimizer.state.exp_avg.decoder.layers.mlp.linear_fc1.weight");
+  ASSERT_TRUE(fc1.ok());
+  EXPECT_EQ(r->tensors()[*fc1].shape, (std::vector<int64_t>{2, 32, 8}));
+  EXPECT_EQ(r->tensors()[*fc1].chunks.size(), 2u * 4u);  // 2 layers x (gate, up) x TP2
+  Result<size_t> norm = r->Find("optimizer.state.exp_avg_sq.decoder.final_layernorm.weight");
+  ASSERT_TRUE(norm.ok());
+  EXPECT_EQ(r->tensors()[*norm].shape, (std::vector<int64_t>{8}));
+}
+
+}  // namespace
+}  // namespace ckpt
