@@ -161,57 +161,60 @@ class DpReshardableShards final : public ShardReader {
 
 // The torch_dist optimizer sharding type dp_zero_gather_scatter: one
 // ShardedObject per model-parallel rank holding the whole distrib_optim.pt
-// dict (format C) of that rank.
+// dict (format C) of that rank; with a ChainedOptimizer (MoE, EP > 1) one per
+// sub-optimizer, keys prefixed chained_0. (dense) / chained_1. (expert) and
+// the expert one per expert-model-parallel rank.
 class DpZeroShards final : public ShardReader {
  public:
-  explicit DpZeroShards(const TorchDistSource* s) : s_(s) {}
+  DpZeroShards(const TorchDistSource* s, std::string dense_prefix, std::string expert_prefix)
+      : s_(s), dense_prefix_(std::move(dense_prefix)), expert_prefix_(std::move(expert_prefix)) {}
 
-  static std::string Key(int64_t group) {
-    return StrCat(kDistributed, group, ".param_state/shard_0_1");
+  std::string Key(const model::RankOptimizer& rank, bool expert) const {
+    return StrCat(expert ? expert_prefix_ : dense_prefix_, kDistributed,
+                  expert ? rank.expert_dp_group_idx : rank.dense_dp_group_idx, ".param_state/shard_0_1");
   }
 
   Status ReadShard(const model::RankOptimizer& rank, size_t, int64_t, const model::ChunkParam& param,
                    const model::ParamBuffer* buffer, bool expert, int64_t gbuf_idx, const model::BufferParam* where,
                    std::string_view state, ByteSink* out) const override {
-    if (buffer == nullptr || where == nullptr || expert) {
-      return InternalError(StrCat(param.global_name, " is in no dense optimizer buffer"));
+    if (buffer == nullptr || where == nullptr) {
+      return InternalError(StrCat(param.global_name, " is in no optimizer buffer"));
     }
-    CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const torch::TorchFile> f, Open(rank.dense_dp_group_idx));
+    const std::string object = Key(rank, expert);
+    CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const torch::TorchFile> f, Open(object));
     // The payload is torch.save([state]): list index 0, then gbuf, dtype pair, state key.
     const std::string key = StrCat("0.", gbuf_idx, ".", model::DTypePairName(buffer->param_dtype, buffer->grad_dtype),
                                    ".", state);
     const torch::TensorRecord* t = f->FindTensor(key);
-    if (t == nullptr) {
-      return DataLossError(StrCat(Key(rank.dense_dp_group_idx), ": no ", Quote(key), " (the layout from args needs it)"));
-    }
+    if (t == nullptr) return DataLossError(StrCat(object, ": no ", Quote(key), " (the layout from args needs it)"));
     if (t->shape.size() != 1 || t->shape[0] != buffer->numel_unpadded) {
-      return DataLossError(StrCat(Key(rank.dense_dp_group_idx), ": ", Quote(key), " holds ",
-                                  t->shape.empty() ? 0 : t->shape[0], " elements; the layout from args gives ",
-                                  buffer->numel_unpadded));
+      return DataLossError(StrCat(object, ": ", Quote(key), " holds ", t->shape.empty() ? 0 : t->shape[0],
+                                  " elements; the layout from args gives ", buffer->numel_unpadded));
     }
     return f->ReadTensorElements(*t, static_cast<uint64_t>(buffer->WorldOffset(*where)),
                                  static_cast<uint64_t>(where->end - where->start), out)
-        .WithContext(StrCat(param.global_name, " (", Key(rank.dense_dp_group_idx), ")"));
+        .WithContext(StrCat(param.global_name, " (", object, ")"));
   }
 
-  Result<std::shared_ptr<const torch::TorchFile>> Open(int64_t group) const {
+  Result<std::shared_ptr<const torch::TorchFile>> Open(const std::string& key) const {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = files_.find(group);
+    auto it = files_.find(key);
     if (it != files_.end()) return it->second;
-    const std::string key = Key(group);
     const int64_t ei = s_->dcp->metadata().FindEntry(key);
     if (ei < 0) return DataLossError(StrCat("optimizer state ", Quote(key), " is missing"));
     CKPT_ASSIGN_OR_RETURN(std::unique_ptr<torch::TorchFile> f,
                           s_->dcp->OpenBytes(s_->dcp->metadata().entries[ei], pickle::Mode::kInspect), key);
     std::shared_ptr<const torch::TorchFile> shared(std::move(f));
-    files_.emplace(group, shared);
+    files_.emplace(key, shared);
     return shared;
   }
 
  private:
   const TorchDistSource* s_;
+  std::string dense_prefix_;
+  std::string expert_prefix_;
   mutable std::mutex mu_;
-  mutable std::map<int64_t, std::shared_ptr<const torch::TorchFile>> files_;
+  mutable std::map<std::string, std::shared_ptr<const torch::TorchFile>, std::less<>> files_;
 };
 
 // A legacy checkpoint's rank files: model shards from model_optim_rng.pt,
@@ -440,9 +443,12 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
       states.insert(std::string(k.substr(k.rfind('.') + 1)));
     }
   }
+  std::string gather_prefix;
   for (const ObjectInfo& o : v->base_->objects()) {
-    if (o.key.find(kDistributed) != std::string::npos && o.key.find(".param_state/") != std::string::npos) {
+    const size_t at = o.key.find(kDistributed);
+    if (at != std::string::npos && o.key.find(".param_state/") != std::string::npos) {
       gather_scatter = true;
+      gather_prefix = o.key.substr(0, at);
     }
   }
   // The model and the layout that placed the buckets. A checkpoint whose
@@ -467,34 +473,37 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
   if (gather_scatter && !buckets) {
     v->optimizer_layout_ = OptimizerLayout::kDpZeroGatherScatter;
     CKPT_RETURN_IF_ERROR(v->model_status_);
-    if (v->layout_.ep > 1) {
-      return UnimplementedError(StrCat("dp_zero_gather_scatter optimizer state of an expert-parallel layout (",
-                                       model::LayoutString(v->layout_), ") is not read yet"));
-    }
-    auto shards = std::make_unique<DpZeroShards>(&v->torch_dist_);
-    // Every rank's dict must hold each buffer at its recomputed size.
+    // A ChainedOptimizer (EP > 1) keeps chained_0. (dense) / chained_1. (expert) objects.
+    const bool chained = gather_prefix.rfind("chained_", 0) == 0;
+    auto shards = std::make_unique<DpZeroShards>(&v->torch_dist_, chained ? "chained_0." : gather_prefix,
+                                                 "chained_1.");
+    // Every rank's dicts must hold each buffer at its recomputed size.
     std::vector<std::string> states;
     for (const model::RankOptimizer& r : v->ranks_) {
-      CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const torch::TorchFile> f, shards->Open(r.dense_dp_group_idx));
-      for (size_t g = 0; g < r.dense.size(); ++g) {
-        const std::string prefix =
-            StrCat("0.", g, ".", model::DTypePairName(r.dense[g].param_dtype, r.dense[g].grad_dtype), ".");
-        bool found = false;
-        for (const torch::TensorRecord& t : f->tensors()) {
-          if (t.key.rfind(prefix, 0) != 0) continue;
-          found = true;
-          const std::string st = t.key.substr(prefix.size());
-          if (t.shape.size() != 1 || t.shape[0] != r.dense[g].numel_unpadded) {
-            return DataLossError(StrCat(DpZeroShards::Key(r.dense_dp_group_idx), ": ", Quote(t.key), " holds ",
-                                        t.shape.empty() ? 0 : t.shape[0], " elements; the layout recomputed from args (",
-                                        model::LayoutString(v->layout_), ") gives ", r.dense[g].numel_unpadded));
+      for (bool expert : {false, true}) {
+        const std::vector<model::ParamBuffer>& buffers = expert ? r.expert : r.dense;
+        if (buffers.empty()) continue;
+        const std::string object = shards->Key(r, expert);
+        CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const torch::TorchFile> f, shards->Open(object));
+        for (size_t g = 0; g < buffers.size(); ++g) {
+          const std::string pair = model::DTypePairName(buffers[g].param_dtype, buffers[g].grad_dtype);
+          const std::string prefix = StrCat("0.", g, ".", pair, ".");
+          bool found = false;
+          for (const torch::TensorRecord& t : f->tensors()) {
+            if (t.key.rfind(prefix, 0) != 0) continue;
+            found = true;
+            const std::string st = t.key.substr(prefix.size());
+            if (t.shape.size() != 1 || t.shape[0] != buffers[g].numel_unpadded) {
+              return DataLossError(StrCat(object, ": ", Quote(t.key), " holds ", t.shape.empty() ? 0 : t.shape[0],
+                                          " elements; the layout recomputed from args (",
+                                          model::LayoutString(v->layout_), ") gives ", buffers[g].numel_unpadded));
+            }
+            if (std::find(states.begin(), states.end(), st) == states.end()) states.push_back(st);
           }
-          if (std::find(states.begin(), states.end(), st) == states.end()) states.push_back(st);
-        }
-        if (!found) {
-          return DataLossError(StrCat(DpZeroShards::Key(r.dense_dp_group_idx), ": buffer ", g, " ",
-                                      model::DTypePairName(r.dense[g].param_dtype, r.dense[g].grad_dtype),
-                                      " is missing (the layout from args has it)"));
+          if (!found) {
+            return DataLossError(
+                StrCat(object, ": buffer ", g, " ", pair, " is missing (the layout from args has it)"));
+          }
         }
       }
     }

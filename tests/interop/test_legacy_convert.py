@@ -70,6 +70,7 @@ def _mcore_minor():
 @pytest.mark.parametrize("name,layout", [("mc016_llama_dp2", "dp_reshardable"), ("mc019_llama_dp2", "dp_reshardable"),
                                          ("mc016_llama_dp2", "dp_zero_gather_scatter"),
                                          ("mc016_mixtral_ep2", "dp_reshardable"),
+                                         ("mc016_mixtral_ep2", "dp_zero_gather_scatter"),
                                          ("mc015_llama_tp2dp2", "fully_sharded_model_space")])
 def test_get_optimizer_state_from_dp_reshardable_buckets(name, layout, tmp_path):
     from safetensors.torch import load_file
@@ -155,6 +156,7 @@ def _assert_same(a, b, path=""):
 @pytest.mark.parametrize("name,layout", [("mc016_llama_dp2", "dp_reshardable"), ("mc019_llama_dp2", "dp_reshardable"),
                                          ("mc016_llama_dp2", "dp_zero_gather_scatter"),
                                          ("mc016_mixtral_ep2", "dp_reshardable"),
+                                         ("mc016_mixtral_ep2", "dp_zero_gather_scatter"),
                                          ("mc015_llama_tp2dp2", "fully_sharded_model_space")])
 def test_dp_reshardable_to_legacy_is_megatrons_own(name, layout, tmp_path):
     src = os.path.join(GOLDEN, name, layout)

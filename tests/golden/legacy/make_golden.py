@@ -73,7 +73,7 @@ GOLDENS = {
     # MoE 4 experts, EP2 (ETP1) DP2 (world 2, expert-DP 1): ChainedOptimizer [dense, expert].
     "mc016_mixtral_ep2": ("0.16", dict(family="mixtral", tp=1, pp=1, ep=2, dp=2,
                                        bucket_size=300, model_overrides=TINY_MOE),
-                          ("legacy", "fully_reshardable", "dp_reshardable")),
+                          ("legacy", "fully_reshardable", "dp_reshardable", "dp_zero_gather_scatter")),
     # megatron-core 0.15 (the last that writes flattened_range): fully_sharded_model_space, the
     # 0.8-0.15 default with fully parallel save; TP2 x DP2 with several buckets so that DP
     # slices cut 2-D TP shards mid-row (N-D flattened reformulation, docs/format.md).

@@ -78,7 +78,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(std::make_tuple("mc015_llama_tp2dp2", "fully_sharded_model_space"),
                       std::make_tuple("mc016_llama_dp2", "dp_reshardable"),
                       std::make_tuple("mc016_llama_dp2", "dp_zero_gather_scatter"),
-                      std::make_tuple("mc016_mixtral_ep2", "dp_reshardable")),
+                      std::make_tuple("mc016_mixtral_ep2", "dp_reshardable"),
+                      std::make_tuple("mc016_mixtral_ep2", "dp_zero_gather_scatter")),
     [](const auto& info) {
       return std::string(std::get<0>(info.param)) + "_" + std::string(std::get<1>(info.param));
     });
