@@ -383,6 +383,18 @@ struct ShardRange {
 };
 std::vector<ShardRange> ShardRanges(const ChunkParam& p);
 
+// How _ParamAndGradBuffer packs parameters and pads buckets, which changed
+// across megatron-core versions.
+enum class BufferPacking {
+  // core >= 0.8 (checked on 0.15, 0.16, 0.19): every parameter starts at a
+  // multiple of 64 elements; buckets are padded to a multiple of lcm(DP, 128).
+  kAligned,
+  // core <= 0.6 (checked on 0.6.0; distrib_optim.pt formats A/B):
+  // parameters packed back to back; buckets padded to a multiple of DP.
+  // Core 0.7 is not known to be either.
+  kPacked,
+};
+
 // How DistributedDataParallel was configured for a chunk.
 struct BufferOptions {
   int64_t dp = 1;         // ranks of the buffer's data-parallel group (dense: DP x CP; expert: expert DP)
@@ -391,7 +403,8 @@ struct BufferOptions {
   // DefaultBucketSize.
   std::optional<int64_t> bucket_size;
   bool grad_reduce_in_fp32 = true;  // accumulate_allreduce_grads_in_fp32
-  bool pad_buckets_for_high_nccl_busbw = false;
+  bool pad_buckets_for_high_nccl_busbw = false;  // kAligned only
+  BufferPacking packing = BufferPacking::kAligned;
 };
 
 // The bucket size Megatron-LM's DDP config gives a chunk:
@@ -402,7 +415,7 @@ std::optional<int64_t> DefaultBucketSize(bool overlap_grad_reduce, std::optional
 
 struct BufferBucket {
   int64_t offset = 0;          // first element in the buffer
-  int64_t numel = 0;           // padded size (a multiple of lcm(dp, 128))
+  int64_t numel = 0;           // padded size (kAligned: a multiple of lcm(dp, 128); kPacked: of dp)
   int64_t numel_unpadded = 0;  // up to the end of its last parameter
 };
 
@@ -459,6 +472,9 @@ struct DistOptSettings {
   bool grad_reduce_in_fp32 = true;
   bool pad_buckets_for_high_nccl_busbw = false;
   int64_t num_instances = 1;  // num_distributed_optimizer_instances
+  // Not in args: what wrote the checkpoint (a legacy distrib_optim.pt in
+  // format A/B is kPacked). kPacked's default bucket size is DDP's 40e6.
+  BufferPacking packing = BufferPacking::kAligned;
 };
 
 // The distributed optimizer of one model-parallel rank (tp, pp, ep, etp),

@@ -225,7 +225,10 @@ class LegacyShards final : public ShardReader {
       : legacy_(legacy), folders_(folders) {
     for (size_t i = 0; i < legacy->tensors().size(); ++i) by_key_.emplace(legacy->tensors()[i].key, i);
     for (const auto& r : legacy->ranks()) {
-      if (r.distrib) chained_[r.folder] = r.distrib->chained;
+      if (r.distrib) {
+        chained_[r.folder] = r.distrib->chained;
+        distrib_[r.folder] = &*r.distrib;
+      }
     }
   }
 
@@ -250,6 +253,24 @@ class LegacyShards final : public ShardReader {
     }
     auto ch = chained_.find(dir);
     const bool chained = ch != chained_.end() && ch->second;
+    const megatron::legacy::DistribOptimState* parsed = Parsed(dir, chained && expert ? 1 : 0);
+    if (parsed != nullptr && parsed->format != megatron::legacy::DistribOptimFormat::kCoalesced) {
+      // A/B: one tensor per bucket, the bucket's padded elements from its start.
+      if (static_cast<size_t>(gbuf_idx) >= parsed->buffers.size()) {
+        return DataLossError(StrCat(dir, "/distrib_optim.pt has no buffer ", gbuf_idx));
+      }
+      const std::string key = StrCat(dir, "/distrib_optim.", chained ? StrCat(expert ? 1 : 0, ".") : std::string(),
+                                     gbuf_idx, ".", parsed->buffers[gbuf_idx].dtype_key, ".", state, ".", where->bucket);
+      CKPT_ASSIGN_OR_RETURN(size_t i, Find(key, "distrib_optim.pt"));
+      const model::BufferBucket& k = buffer->buckets[where->bucket];
+      const TensorInfo& t = legacy_->tensors()[i];
+      if (t.shape.size() != 1 || t.shape[0] != k.numel) {
+        return DataLossError(StrCat(Quote(key), " holds ", t.shape.empty() ? 0 : t.shape[0],
+                                    " elements; the bucket recomputed from args has ", k.numel));
+      }
+      const std::vector<int64_t> st{where->start - k.offset}, ct{where->end - where->start};
+      return legacy_->ReadTensorRegion(i, st, ct, out).WithContext(StrCat(param.global_name, " (", dir, ")"));
+    }
     const std::string key =
         StrCat(dir, "/distrib_optim.", chained ? StrCat(expert ? 1 : 0, ".") : std::string(), gbuf_idx, ".",
                model::DTypePairName(buffer->param_dtype, buffer->grad_dtype), ".", state);
@@ -272,10 +293,18 @@ class LegacyShards final : public ShardReader {
     return it->second;
   }
 
+  // The parsed distrib_optim.pt state of sub-optimizer `sub` in `dir`, or null.
+  const megatron::legacy::DistribOptimState* Parsed(const std::string& dir, size_t sub) const {
+    auto it = distrib_.find(dir);
+    if (it == distrib_.end() || sub >= it->second->optimizers.size() || !it->second->optimizers[sub]) return nullptr;
+    return &*it->second->optimizers[sub];
+  }
+
   const internal_checkpoint::LegacyReader* legacy_;
   const std::vector<model::LegacyRankFolder>* folders_;
   std::map<std::string, size_t, std::less<>> by_key_;
   std::map<std::string, bool, std::less<>> chained_;
+  std::map<std::string, const megatron::legacy::DistribOptim*, std::less<>> distrib_;
 };
 
 // A box over the trailing dims of `shape` with dim `dim` restricted to
@@ -957,6 +986,23 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverLegacy(std::unique_ptr<C
   CKPT_ASSIGN_OR_RETURN(v->config_, model::ConfigFromArgs(v->common_, none));
   CKPT_ASSIGN_OR_RETURN(v->layout_, model::LayoutFromArgs(*v->common_));
   v->settings_ = model::DistOptFromArgs(*v->common_, spec);
+  // distrib_optim.pt formats A/B (core <= 0.6) come from buffers packed the old way.
+  std::optional<megatron::legacy::DistribOptimFormat> format;
+  for (const auto& r : v->legacy_->ranks()) {
+    if (!r.distrib) continue;
+    for (const auto& o : r.distrib->optimizers) {
+      if (!o) continue;
+      if (format && *format != o->format) {
+        return DataLossError(StrCat(r.folder, "/distrib_optim.pt is in format ",
+                                    megatron::legacy::DistribOptimFormatName(o->format), ", another rank's in ",
+                                    megatron::legacy::DistribOptimFormatName(*format)));
+      }
+      format = o->format;
+    }
+  }
+  if (format && *format != megatron::legacy::DistribOptimFormat::kCoalesced) {
+    v->settings_.packing = model::BufferPacking::kPacked;
+  }
   CKPT_RETURN_IF_ERROR(v->BuildRanks());
   v->model_status_ = OkStatus();
   // The stored dtype of the model (args may not say it).
@@ -977,11 +1023,6 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverLegacy(std::unique_ptr<C
     distrib = true;
     for (const auto& o : r.distrib->optimizers) {
       if (!o) continue;
-      if (o->format != megatron::legacy::DistribOptimFormat::kCoalesced) {
-        return UnimplementedError(StrCat(r.folder, "/distrib_optim.pt is in the per-bucket layout of megatron-core "
-                                         "<= 0.6 (format ", megatron::legacy::DistribOptimFormatName(o->format),
-                                         "); only the buckets_coalesced layout (core >= 0.7) is read"));
-      }
       for (const auto& b : o->buffers) {
         for (const auto& st : b.states) {
           if (std::find(states.begin(), states.end(), st.name) == states.end()) states.push_back(st.name);
@@ -1034,8 +1075,37 @@ Status MegatronView::CheckLegacyBuffers() const {
                                     "buffers; the model (", model::LayoutString(layout_), ", ",
                                     model::LayerSpecName(settings_.spec), " layer spec) gives ", want.size()));
       }
+      const bool per_bucket = rank.distrib->optimizers[sub]->format != megatron::legacy::DistribOptimFormat::kCoalesced;
       for (size_t g = 0; g < want.size(); ++g) {
         const std::string dt = model::DTypePairName(want[g].param_dtype, want[g].grad_dtype);
+        if (per_bucket) {
+          // A/B: a tensor per bucket of its padded size (and, B, the sizes listed).
+          const std::string where = StrCat(f.folder, "/distrib_optim.pt: ", chained ? StrCat("optimizer ", sub, " ") : "",
+                                           "buffer ", g, " ", got[g].dtype_key);
+          const auto& buckets = want[g].buckets;
+          auto listed = [&](std::string_view what, const std::vector<int64_t>& have, auto field) -> Status {
+            if (have.empty()) return OkStatus();
+            std::vector<int64_t> expect;
+            for (const model::BufferBucket& k : buckets) expect.push_back(field(k));
+            if (have == expect) return OkStatus();
+            return DataLossError(StrCat(where, ": ", what, " [", fmt::format("{}", fmt::join(have, ", ")),
+                                        "]; the model's buffer layout (", model::LayoutString(layout_), ", ",
+                                        model::LayerSpecName(settings_.spec), " layer spec, DP ",
+                                        expert ? r.expert_dp : r.dense_dp, ", megatron-core <= 0.6 packing) gives [",
+                                        fmt::format("{}", fmt::join(expect, ", ")), "]"));
+          };
+          CKPT_RETURN_IF_ERROR(listed("per_bucket_numel", got[g].bucket_numel,
+                                      [](const model::BufferBucket& k) { return k.numel; }));
+          CKPT_RETURN_IF_ERROR(listed("per_bucket_numel_unpadded", got[g].bucket_numel_unpadded,
+                                      [](const model::BufferBucket& k) { return k.numel_unpadded; }));
+          for (const auto& st : got[g].states) {
+            std::vector<int64_t> lengths;
+            for (const auto& t : st.tensors) lengths.push_back(t.numel);
+            CKPT_RETURN_IF_ERROR(listed(StrCat(st.name, " bucket tensors of"), lengths,
+                                        [](const model::BufferBucket& k) { return k.numel; }));
+          }
+          continue;
+        }
         if (got[g].dtype_key != dt || got[g].numel() != want[g].numel_unpadded) {
           return DataLossError(StrCat(f.folder, "/distrib_optim.pt: ", chained ? StrCat("optimizer ", sub, " ") : "",
                                       "buffer ", g, " ", got[g].dtype_key, " holds ", got[g].numel(),

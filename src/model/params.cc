@@ -316,8 +316,10 @@ Result<std::vector<ParamBuffer>> BuildBuffers(const std::vector<ChunkParam>& par
   b.param_dtype = param_dtype;
   b.grad_dtype = grad_dtype;
   b.dp = options.dp;
-  int64_t divisor = std::lcm<int64_t>(options.dp, 128);
-  if (options.pad_buckets_for_high_nccl_busbw) divisor = std::lcm<int64_t>(divisor, int64_t{1} << 16);
+  const bool aligned = options.packing == BufferPacking::kAligned;
+  int64_t divisor = aligned ? std::lcm<int64_t>(options.dp, 128) : options.dp;
+  if (aligned && options.pad_buckets_for_high_nccl_busbw) divisor = std::lcm<int64_t>(divisor, int64_t{1} << 16);
+  const int64_t alignment = aligned ? 64 : 1;
 
   int64_t param_start = 0;
   int64_t bucket_start = 0;
@@ -338,7 +340,7 @@ Result<std::vector<ParamBuffer>> BuildBuffers(const std::vector<ChunkParam>& par
   };
   for (auto it = members.rbegin(); it != members.rend(); ++it) {
     const ChunkParam& p = params[*it];
-    param_start = RoundUp(param_start, 64);
+    param_start = RoundUp(param_start, alignment);
     if (p.shared_embedding && open_params > 0) param_start = close_bucket(param_start);
     param_end = param_start + p.numel();
     b.params.push_back({*it, param_start, param_end, bucket_id});
@@ -400,8 +402,11 @@ Result<RankOptimizer> BuildRankOptimizer(const ModelConfig& c, const ParallelLay
       o.dp = expert ? r.expert_dp : r.dense_dp;
       // DDP reads the bucket size from the dense DP group for both kinds.
       o.bucket_size = DefaultBucketSize(s.overlap_grad_reduce, s.ddp_bucket_size, l.dp, cc);
+      // Core <= 0.6's DDP took a fixed 40e6 (no --ddp-bucket-size, no DP rule).
+      if (s.packing == BufferPacking::kPacked && o.bucket_size && !s.ddp_bucket_size) o.bucket_size = 40000000;
       o.grad_reduce_in_fp32 = s.grad_reduce_in_fp32;
       o.pad_buckets_for_high_nccl_busbw = s.pad_buckets_for_high_nccl_busbw;
+      o.packing = s.packing;
       CKPT_ASSIGN_OR_RETURN(std::vector<ParamBuffer> b, BuildBuffers(params, v, expert, s.params_dtype, o));
       std::vector<ParamBuffer>& dst = expert ? r.expert : r.dense;
       for (ParamBuffer& x : b) dst.push_back(std::move(x));

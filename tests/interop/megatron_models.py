@@ -174,15 +174,18 @@ FAMILIES: Dict[str, FamilySpec] = _families()
 # Shim (forward pass on a CPU-only torch)
 # --------------------------------------------------------------------------------------------
 def preload_megatron() -> None:
-    """Imports what the rank bodies use, in the parent, so that forked ranks inherit it."""
-    import megatron.core.dist_checkpointing  # noqa: F401
-    import megatron.core.dist_checkpointing.strategies.fully_parallel  # noqa: F401
-    import megatron.core.dist_checkpointing.strategies.torch  # noqa: F401
-    import megatron.core.models.gpt  # noqa: F401
-    import megatron.core.models.gpt.gpt_layer_specs  # noqa: F401
-    import megatron.core.parallel_state  # noqa: F401
-    import megatron.core.transformer.moe.moe_utils  # noqa: F401
-    import megatron.core.transformer.transformer_config  # noqa: F401
+    """Imports what the rank bodies use, in the parent, so that forked ranks inherit it (a module
+    an older megatron-core lacks is skipped: preloading only saves time)."""
+    import importlib
+
+    for name in ("megatron.core.dist_checkpointing", "megatron.core.dist_checkpointing.strategies.fully_parallel",
+                 "megatron.core.dist_checkpointing.strategies.torch", "megatron.core.models.gpt",
+                 "megatron.core.models.gpt.gpt_layer_specs", "megatron.core.parallel_state",
+                 "megatron.core.transformer.moe.moe_utils", "megatron.core.transformer.transformer_config"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
 
 
 def run_ranks(world_size: int, fn, job) -> None:

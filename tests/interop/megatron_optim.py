@@ -176,7 +176,9 @@ def fix_step_keyerror() -> None:
     """See the module docstring, shim 2."""
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
-    orig = DistributedOptimizer._set_main_param_and_optimizer_states
+    orig = getattr(DistributedOptimizer, "_set_main_param_and_optimizer_states", None)
+    if orig is None:  # core <= 0.6: its loaders copy param / exp_avg / exp_avg_sq by name
+        return
     if getattr(orig, "_ckptkit_step_fix", False):
         return
 
@@ -853,7 +855,12 @@ def _rank_main(job: _Job) -> None:
 def _mcore_version() -> str:
     import megatron.core
 
-    return megatron.core.__version__
+    v = getattr(megatron.core, "__version__", None)
+    if v is None:  # core <= 0.6 keeps it in package_info only
+        from megatron.core import package_info
+
+        v = package_info.__version__
+    return v
 
 
 def _run(job: _Job) -> Optional[dict]:

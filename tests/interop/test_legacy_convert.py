@@ -96,7 +96,7 @@ def test_get_optimizer_state_from_dp_reshardable_buckets(name, layout, tmp_path)
 
 
 LEGACY_GOLDENS = ["mc016_llama_dp2", "mc016_llama_tp2pp2dp2", "mc016_llama_pp2vpp2dp2", "mc016_mixtral_ep2",
-                  "mc016_llama_fp32_dp2", "mc019_llama_dp2", "mc015_llama_tp2dp2"]
+                  "mc016_llama_fp32_dp2", "mc019_llama_dp2", "mc015_llama_tp2dp2", "mc006_llama_dp2"]
 
 
 @pytest.mark.parametrize("name", LEGACY_GOLDENS)
@@ -294,6 +294,28 @@ def test_legacy_to_torch_dist_loads_in_megatron(name, tmp_path):
     assert got == {k: {kind: v["sha256"] for kind, v in d.items()} for k, d in want.items()}
 
 
+def test_core06_legacy_to_torch_dist_loads_in_megatron_016(tmp_path):
+    """megatron-core 0.6's legacy save (distrib_optim.pt format B: a tensor per bucket, buckets
+    padded to a multiple of DP, parameters packed without alignment; make_golden_mc006.py) ->
+    torch_dist: megatron-core 0.16.1 loads it into a fresh DDP + DistributedOptimizer (its own,
+    differently packed buffers) to the state the 0.6 run trained, bit for bit."""
+    if _mcore_minor() != "0.16":
+        pytest.skip("the load runs under megatron-core 0.16")
+    import make_golden
+    import megatron_fixtures as mf
+    import megatron_optim as mo
+
+    name = "mc006_llama_dp2"
+    _, kw, _ = make_golden.GOLDENS[name]
+    out = tmp_path / "td"
+    _ckptkit("convert", os.path.join(GOLDEN, name, "legacy"), str(out), "--to", "torch_dist",
+             "--megatron-version", "0.16", "-q")
+    st = mo.load_torch_dist_into_optimizer(mo.OptimSpec(**kw), str(out))
+    want = _expected(name)["trained_state_sha256"]
+    got = {k: {kind: mf.tensor_sha256(t) for kind, t in d.items()} for k, d in st["tensors"].items()}
+    assert got == {k: {kind: v["sha256"] for kind, v in d.items()} for k, d in want.items()}
+
+
 def test_fully_sharded_model_space_to_torch_dist_loads_in_megatron_016(tmp_path):
     """megatron-core 0.15's fully_sharded_model_space save (N-D flattened optimizer pieces under
     reformulated shapes, which 0.16+ refuses to load) -> torch_dist: the optimizer state written
@@ -435,3 +457,26 @@ def test_legacy_damaged_inputs_are_named_and_publish_nothing(tmp_path):
     out = tmp_path / "c_out"
     r = _ckptkit("convert", str(src), str(out), "--to", "legacy", check=False)
     assert r.returncode == 1 and "data-parallel size 3" in r.stderr and not out.exists()
+
+
+def test_core06_bucket_sizes_that_do_not_match_the_model_are_named(tmp_path):
+    """A format B distrib_optim.pt (core 0.6) whose per-bucket sizes are not what the model's
+    buffers give: the view refuses it naming the file, buffer and both size lists; a converted
+    checkpoint is not published."""
+    src = _copy_legacy("mc006_llama_dp2", tmp_path)
+    path = src / "iter_0000002" / "mp_rank_00" / "distrib_optim.pt"
+    d = torch.load(path, weights_only=False)
+    (dt,) = d[0].keys()
+    for key in ("per_bucket_numel", "per_bucket_numel_unpadded"):
+        d[key][0][dt][1] -= 2
+    for ts in d[0][dt].values():
+        ts[1] = ts[1][:-2].clone()
+    torch.save(d, path)
+    r = _ckptkit("get", str(src), "output_layer.weight", "--optimizer", "exp_avg", "-o", str(tmp_path / "x.npy"),
+                 check=False)
+    assert r.returncode != 0
+    assert "mp_rank_00/distrib_optim.pt: buffer 0" in r.stderr and "per_bucket_numel [392, 390" in r.stderr, r.stderr
+    assert "[392, 392, 456, 464]" in r.stderr
+    out = tmp_path / "td"
+    r = _ckptkit("convert", str(src), str(out), "--to", "torch_dist", "-q", check=False)
+    assert r.returncode != 0 and not (out / "latest_checkpointed_iteration.txt").exists()

@@ -482,6 +482,46 @@ std::string FolderName(const ParallelLayout& l, int64_t tp_rank, int64_t pp_rank
   return s;
 }
 
+// megatron-core 0.6.0's own DDP buffers (tests/golden/legacy/mc006_llama_dp2, made by
+// make_golden_mc006.py): parameters packed without alignment, buckets padded to a multiple of
+// DP, and its fixed bucket size rule; the same tiny llama as mc016_llama_dp2.
+TEST(BuildRankOptimizer, MatchesCore06PackedBuffers) {
+  const json expected =
+      json::parse(testing::ReadRequiredSourceFile("tests/golden/legacy/mc006_llama_dp2/expected.json"));
+  const json spec = json::parse(testing::ReadRequiredSourceFile("tests/golden/legacy/mc016_llama_dp2/layout.json"))
+                        .at("spec");
+  GoldenSetup g = SetupFromSpec(spec);
+  g.settings.packing = BufferPacking::kPacked;
+  g.settings.ddp_bucket_size = expected.at("bucket_size").get<int64_t>();
+  ASSERT_EQ(g.layout.dp, expected.at("dp").get<int64_t>());
+  Result<RankOptimizer> r = BuildRankOptimizer(g.config, g.layout, g.settings, ChunkCoords{});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const json& buffers = expected.at("ddp_buffers");
+  ASSERT_EQ(r->dense.size(), buffers.size());
+  const ParamBuffer& b = r->dense[0];
+  EXPECT_EQ(b.numel, buffers[0].at("numel").get<int64_t>());
+  ASSERT_EQ(b.buckets.size(), buffers[0].at("buckets").size());
+  for (size_t k = 0; k < b.buckets.size(); ++k) {
+    EXPECT_EQ(b.buckets[k].offset, buffers[0]["buckets"][k][0].get<int64_t>()) << k;
+    EXPECT_EQ(b.buckets[k].offset + b.buckets[k].numel, buffers[0]["buckets"][k][1].get<int64_t>()) << k;
+    EXPECT_EQ(b.buckets[k].numel_unpadded, buffers[0]["buckets_numel_unpadded"][k].get<int64_t>()) << k;
+  }
+  const json& where = buffers[0].at("params");
+  ASSERT_EQ(b.params.size(), where.size());
+  for (const BufferParam& p : b.params) {
+    const std::string& name = r->chunks[0][p.param].module_name;
+    ASSERT_TRUE(where.contains(name)) << name;
+    EXPECT_EQ(p.start, where[name][0].get<int64_t>()) << name;
+    EXPECT_EQ(p.end, where[name][1].get<int64_t>()) << name;
+    EXPECT_EQ(p.bucket, where[name][2].get<int64_t>()) << name;
+  }
+  // The same model at core >= 0.8's packing is laid out otherwise (64-aligned, lcm(DP, 128)).
+  g.settings.packing = BufferPacking::kAligned;
+  Result<RankOptimizer> aligned = BuildRankOptimizer(g.config, g.layout, g.settings, ChunkCoords{});
+  ASSERT_TRUE(aligned.ok());
+  EXPECT_NE(aligned->dense[0].numel, b.numel);
+}
+
 TEST(BuildRankOptimizer, MatchesRealMultiRankLayouts) {
   const std::vector<std::string> names = GoldenLayoutNames();
   ASSERT_GE(names.size(), 6u);
