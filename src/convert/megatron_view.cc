@@ -1082,6 +1082,10 @@ Status MegatronView::CheckLegacyBuffers() const {
           // A/B: a tensor per bucket of its padded size (and, B, the sizes listed).
           const std::string where = StrCat(f.folder, "/distrib_optim.pt: ", chained ? StrCat("optimizer ", sub, " ") : "",
                                            "buffer ", g, " ", got[g].dtype_key);
+          if (rank.distrib->optimizers[sub]->format == megatron::legacy::DistribOptimFormat::kPerBucket &&
+              got[g].dtype_key != dt) {
+            return DataLossError(StrCat(where, ": the model's buffer ", g, " is ", dt));
+          }
           const auto& buckets = want[g].buckets;
           auto listed = [&](std::string_view what, const std::vector<int64_t>& have, auto field) -> Status {
             if (have.empty()) return OkStatus();
