@@ -148,6 +148,8 @@ class MegatronView final : public CheckpointReader {
   const Status& model_status() const { return model_status_; }
   // The torch_dist source (its DCP reader, common state and keys).
   const TorchDistSource& torch_dist() const { return torch_dist_; }
+  // The legacy reader (OverLegacy), else null.
+  const internal_checkpoint::LegacyReader* legacy() const { return legacy_; }
 
   // One line per legacy rank folder: its coordinates, global layers (and
   // virtual stages), experts, and the optimizer buffers the model's layout

@@ -15,6 +15,7 @@ void RegisterConvert(CLI::App& app, int* exit_code);
 void RegisterGet(CLI::App& app, int* exit_code);
 void RegisterDiff(CLI::App& app, int* exit_code);
 void RegisterVerify(CLI::App& app, int* exit_code);
+void RegisterReshard(CLI::App& app, int* exit_code);
 
 // Prints "ckptkit <command>: <status>" to stderr and returns the exit code for it.
 int ReportError(const char* command, const ckpt::Status& status);

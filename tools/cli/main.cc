@@ -15,7 +15,7 @@ int ReportError(const char* command, const Status& status) {
 
 int main(int argc, char** argv) {
   CLI::App app{
-      "ckptkit: look inside, verify and convert PyTorch / Megatron / safetensors checkpoints.\n"
+      "ckptkit: look inside, verify, convert and reshard PyTorch / Megatron / safetensors checkpoints.\n"
       "Exit codes: 0 ok, 1 a problem found in the data, 2 usage error or unreadable input."};
   app.set_version_flag("--version", "ckptkit 0.1.0");
   app.require_subcommand(1);
@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   ckpt::cli::RegisterGet(app, &exit_code);
   ckpt::cli::RegisterDiff(app, &exit_code);
   ckpt::cli::RegisterVerify(app, &exit_code);
+  ckpt::cli::RegisterReshard(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,79 @@
+// Resharding a Megatron checkpoint to another parallel layout, offline.
+//
+// Reshard reads a Megatron checkpoint (torch_dist with any optimizer sharding
+// type, or legacy mp_rank_* folders) in model space (the global tensors and
+// per-parameter optimizer states, src/convert/megatron_view.h) and writes a
+// torch_dist checkpoint for the target layout: tensors chunked as the
+// target's ranks hold them (TP shards, gated fc1 halves apart), the
+// embedding / output layer re-padded to the target's padded vocabulary, the
+// optimizer state model-space (`fully_reshardable`, which megatron-core loads
+// at any layout), `args` describing the target layout and the content
+// metadata saying fully_reshardable, so Megatron loads it without extra flags.
+// Peak memory is a few parameters' state (each chunk is read and written on
+// its own). The target layout is checked against the model (heads, query
+// groups, FFN, layers per stage, experts, vocabulary) before anything is
+// written; the output is published as WriteTorchDistCheckpoint publishes
+// (nothing that looks complete on failure).
+//
+// Errors name the options as ReshardOptions spells them (`tp`, `pp`, ...).
+// Thread-safety: Reshard may run concurrently on different destinations.
+#ifndef CKPT_RESHARD_H_
+#define CKPT_RESHARD_H_
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ckpt/env.h"
+#include "ckpt/status.h"
+
+namespace ckpt {
+
+struct ReshardOptions {
+  // Target sizes; 0 keeps the source's (etp: the target tp when the source's
+  // etp equals its tp, else the source's etp).
+  int64_t tp = 0;
+  int64_t pp = 0;
+  int64_t vpp = 0;
+  int64_t dp = 0;
+  int64_t ep = 0;
+  int64_t etp = 0;
+  // The tokenizer's vocabulary size, when args do not record it and the
+  // target's padded vocabulary would otherwise be ambiguous.
+  std::optional<int64_t> vocab_size;
+  bool no_optimizer = false;       // leave the optimizer state out
+  std::string megatron_version;    // "0.16" / "0.19" form of the output ("" = newest)
+  std::optional<int64_t> iteration;  // the output's iteration (default: the source's)
+  int thread_count = 0;            // writer threads (0: the writer's default)
+  // Only check and describe (the preflight): nothing is written.
+  bool check_only = false;
+  std::function<void(uint64_t done, uint64_t total)> progress;
+  Env* env = nullptr;
+};
+
+struct ReshardReport {
+  std::string source_layout;  // "TP=1 PP=4 DP=2 (world 8)"
+  std::string target_layout;
+  std::string optimizer;      // the source's optimizer sharding type ("" when none)
+  int64_t source_padded_vocab = 0;
+  int64_t target_padded_vocab = 0;
+  std::vector<std::string> files;
+  std::vector<std::string> warnings;
+  uint64_t tensors = 0;
+  uint64_t bytes = 0;
+};
+
+// Reshards `src` (a Megatron-LM root or iteration folder, torch_dist or
+// legacy) into `dst` (a root: iter_N/ and latest_checkpointed_iteration.txt).
+// Errors: InvalidArgument (a target size that does not fit the model, naming
+// it and the size it must divide; a source that is not a Megatron checkpoint;
+// dst == src); DataLoss (a source whose stored sizes contradict its args);
+// Unimplemented (an expert-parallel change that turns one optimizer into two
+// or back); those of reading and writing.
+Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, const ReshardOptions& options);
+
+}  // namespace ckpt
+
+#endif  // CKPT_RESHARD_H_

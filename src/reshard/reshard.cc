@@ -1,0 +1,446 @@
+// Reshard: a Megatron checkpoint in model space (MegatronView) written as a
+// torch_dist checkpoint of another parallel layout (include/ckpt/reshard.h).
+#include "ckpt/reshard.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <set>
+
+#include "checkpoint/legacy_reader.h"
+#include "checkpoint/readers.h"
+#include "checkpoint/torch_dist_writer.h"
+#include "ckpt/checkpoint.h"
+#include "ckpt/model.h"
+#include "convert/dcp_entries.h"
+#include "convert/megatron_view.h"
+#include "format/megatron/writer.h"
+#include "format/torch/tree_writer.h"
+#include "io/path_util.h"
+#include "util/box.h"
+#include "util/strings.h"
+
+namespace ckpt {
+namespace {
+
+using internal_convert::MegatronView;
+using internal_convert::OptimizerLayout;
+using pickle::Kind;
+using pickle::Value;
+
+constexpr std::string_view kOptimizerState = "optimizer.state.";
+
+Result<std::unique_ptr<MegatronView>> OpenView(const std::string& src, Env* env) {
+  OpenOptions open;
+  open.env = env;
+  open.pickle_mode = PickleMode::kInspect;
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader, OpenCheckpoint(src, open), StrCat("reading ", src));
+  std::unique_ptr<MegatronView> view;
+  if (reader->kind() == SourceKind::kLegacy) {
+    CKPT_ASSIGN_OR_RETURN(view, MegatronView::OverLegacy(std::move(reader)), src);
+  } else {
+    CKPT_ASSIGN_OR_RETURN(internal_convert::TorchDistSource s,
+                          internal_convert::TorchDistFromReader(std::move(reader), src, env, "reshard reads"));
+    CKPT_ASSIGN_OR_RETURN(view, MegatronView::OverTorchDist(std::move(s)), src);
+  }
+  CKPT_RETURN_IF_ERROR(view->model_status(), StrCat(src, ": the model and its layout"));
+  return view;
+}
+
+// Megatron-LM's padded vocabulary for the target TP: from the tokenizer's
+// size when known; else every size the source's padding allows must give
+// the same target padding.
+Result<int64_t> TargetPaddedVocab(const model::ModelConfig& c, int64_t source_tp, int64_t target_tp,
+                                  std::optional<int64_t> vocab_size) {
+  if (!vocab_size) vocab_size = c.vocab_size;
+  if (vocab_size) {
+    if (*vocab_size < 1 || *vocab_size > c.padded_vocab_size) {
+      return InvalidArgumentError(StrCat("vocab_size ", *vocab_size, " does not fit the source's ",
+                                         c.padded_vocab_size, " embedding rows"));
+    }
+    return c.PaddedVocab(*vocab_size, target_tp);
+  }
+  const int64_t step = std::max<int64_t>(1, c.make_vocab_size_divisible_by) * std::max<int64_t>(1, source_tp);
+  const int64_t low = std::max<int64_t>(1, c.padded_vocab_size - step + 1);
+  const int64_t a = c.PaddedVocab(low, target_tp);
+  const int64_t b = c.PaddedVocab(c.padded_vocab_size, target_tp);
+  if (a != b) {
+    return InvalidArgumentError(StrCat("the target's padded vocabulary is ", a, " or ", b,
+                                       " depending on the tokenizer's size (args record only the padded ",
+                                       c.padded_vocab_size, "): give vocab_size"));
+  }
+  return a;
+}
+
+// The sizes Megatron requires of a layout, beyond what ChunkParameters checks.
+Status CheckFits(const model::ModelConfig& c, const model::ParallelLayout& l) {
+  auto divides = [](std::string_view what, int64_t n, std::string_view by, int64_t d) -> Status {
+    if (d > 0 && n % d == 0) return OkStatus();
+    return InvalidArgumentError(StrCat(what, " ", n, " is not divisible by ", by, "=", d));
+  };
+  CKPT_RETURN_IF_ERROR(divides("num_attention_heads", c.num_attention_heads, "tp", l.tp));
+  CKPT_RETURN_IF_ERROR(divides("num_query_groups", c.num_query_groups, "tp", l.tp));
+  if (!c.moe() || c.ffn_hidden_size > 0) CKPT_RETURN_IF_ERROR(divides("ffn_hidden_size", c.ffn_hidden_size, "tp", l.tp));
+  if (c.moe()) {
+    CKPT_RETURN_IF_ERROR(divides("num_experts", c.num_experts, "ep", l.ep));
+    CKPT_RETURN_IF_ERROR(divides("moe_ffn_hidden_size", c.moe_ffn_hidden_size, "etp", l.etp));
+  }
+  CKPT_RETURN_IF_ERROR(divides("padded vocabulary", c.padded_vocab_size, "tp", l.tp));
+  return l.Stages(c.num_layers).status();
+}
+
+// The key a model tensor or optimizer state has, without the optimizer prefix.
+std::string_view ModelKey(std::string_view key) {
+  if (key.rfind(kOptimizerState, 0) != 0) return key;
+  std::string_view rest = key.substr(kOptimizerState.size());
+  const size_t dot = rest.find('.');
+  return dot == std::string_view::npos ? rest : rest.substr(dot + 1);
+}
+
+bool VocabRows(std::string_view model_key) {
+  return model_key == "embedding.word_embeddings.weight" || model_key == "output_layer.weight";
+}
+
+// The boxes each stored key is held in by the target's ranks (one per TP
+// shard; two for a gated fc1 shard), over all model-parallel ranks.
+Result<std::map<std::string, std::set<std::pair<std::vector<int64_t>, std::vector<int64_t>>>>> TargetBoxes(
+    const model::ModelConfig& c, const model::ParallelLayout& l, const model::DistOptSettings& s,
+    const std::vector<model::LegacyRankFolder>& folders) {
+  std::map<std::string, std::set<std::pair<std::vector<int64_t>, std::vector<int64_t>>>> out;
+  for (const model::LegacyRankFolder& f : folders) {
+    CKPT_ASSIGN_OR_RETURN(model::RankOptimizer r, model::BuildRankOptimizer(c, l, s, f.at),
+                          StrCat("the target layout ", model::LayoutString(l), " at ", f.folder));
+    for (const auto& chunk : r.chunks) {
+      for (const model::ChunkParam& p : chunk) {
+        const model::StoredRef stored = model::TorchDistCandidates(p.global_name).front();
+        for (const model::ShardRange& sr : model::ShardRanges(p)) {
+          std::vector<int64_t> start(stored.index), count(stored.index.size(), 1);
+          for (size_t d = 0; d < p.global_shape.size(); ++d) {
+            const bool cut = static_cast<int>(d) == sr.dim && p.split != model::TpSplit::kNone;
+            start.push_back(cut ? sr.begin : 0);
+            count.push_back(cut ? sr.end - sr.begin : p.global_shape[d]);
+          }
+          out[stored.key].insert({std::move(start), std::move(count)});
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// A copy of argparse.Namespace `ns` with `set` replacing (or adding) fields.
+Result<Value*> EditArgs(torch::TorchTreeWriter* w, const Value* ns,
+                        const std::vector<std::pair<std::string, Value*>>& set) {
+  if (ns == nullptr || ns->kind != Kind::kObject || ns->state == nullptr || ns->state->kind != Kind::kDict) {
+    return DataLossError("args is not an argparse.Namespace with a field dict");
+  }
+  pickle::Arena& a = w->arena();
+  Value* fields = a.Dict();
+  std::set<std::string> done;
+  for (const auto& [k, v] : ns->state->dict) {
+    Value* val = v;
+    if (k->kind == Kind::kString) {
+      for (const auto& [name, nv] : set) {
+        if (k->str == name) {
+          val = nv;
+          done.insert(name);
+        }
+      }
+    }
+    fields->dict.push_back({k, val});
+  }
+  for (const auto& [name, nv] : set) {
+    if (!done.count(name)) fields->dict.push_back({w->Str(name), nv});
+  }
+  Value* out = a.New(Kind::kObject);
+  *out = *ns;
+  out->state = fields;
+  return out;
+}
+
+Value* DictGet(Value* dict, std::string_view key) {
+  if (dict == nullptr || dict->kind != Kind::kDict) return nullptr;
+  for (auto& [k, v] : dict->dict) {
+    if (k->kind == Kind::kString && k->str == key) return v;
+  }
+  return nullptr;
+}
+
+// One DistributedOptimizer's state_dict() as fully_reshardable keeps it in
+// the common state: its param groups (and grad scaler), the sharding type.
+Result<Value*> FullyReshardableOptimizer(torch::TorchTreeWriter* w, Value* sub) {
+  if (sub == nullptr || sub->kind != Kind::kDict) return DataLossError("an optimizer state dict is not a dict");
+  Value* d = w->arena().Dict();
+  for (auto& [k, v] : sub->dict) {
+    if (k->kind == Kind::kString && (k->str == "param_state" || k->str == "param_state_sharding_type")) continue;
+    d->dict.push_back({k, v});
+  }
+  d->dict.push_back({w->Str("param_state_sharding_type"), w->Str("fully_reshardable")});
+  return d;
+}
+
+// The source's optimizer state dicts (param groups ...), one per
+// sub-optimizer, imported into `w`: from the common state (model-space
+// types), the dp_group_idx_0 objects (dp_reshardable, dp_zero_gather_scatter)
+// or rank 0's model_optim_rng.pt (legacy).
+Result<std::vector<Value*>> SourceOptimizers(const MegatronView& v, torch::TorchTreeWriter* w, Value* common_root,
+                                             std::vector<std::shared_ptr<const torch::TorchFile>>* keep) {
+  std::vector<Value*> out;
+  auto split = [&](Value* opt) -> Status {
+    if (opt == nullptr) return DataLossError("the optimizer's state dict (param groups) is missing");
+    if (opt->kind == Kind::kList) {  // legacy ChainedOptimizer
+      for (Value* x : opt->items) out.push_back(x);
+    } else if (opt->kind == Kind::kDict && !opt->dict.empty() && opt->dict.front().first->kind == Kind::kInt) {
+      for (auto& [k, x] : opt->dict) out.push_back(x);  // torch_dist ChainedOptimizer {0: .., 1: ..}
+    } else {
+      out.push_back(opt);
+    }
+    return OkStatus();
+  };
+  switch (v.optimizer_layout()) {
+    case OptimizerLayout::kNone:
+      return out;
+    case OptimizerLayout::kFullyReshardable:
+    case OptimizerLayout::kFullyShardedModelSpace:
+    case OptimizerLayout::kLegacyDistribOptim:
+      CKPT_RETURN_IF_ERROR(split(DictGet(common_root, "optimizer")));
+      return out;
+    case OptimizerLayout::kDpReshardable:
+    case OptimizerLayout::kDpZeroGatherScatter:
+      break;
+  }
+  const internal_checkpoint::DcpReader* d = v.torch_dist().dcp;
+  if (d == nullptr) return InternalError("a torch_dist view without its DCP reader");
+  // DistributedOptimizer.sharded_state_dict keeps each entry k of its
+  // state_dict() (optimizer = the param groups, grad_scaler) as an object
+  // optimizer.distributed.dp_group_idx_<I>.<k>; dp_group_idx_0's are rank 0's.
+  for (const std::string prefix : {"", "chained_0.", "chained_1."}) {
+    Value* sub = nullptr;
+    for (const char* k : {"optimizer", "grad_scaler"}) {
+      const std::string key = StrCat(prefix, "optimizer.distributed.dp_group_idx_0.", k, "/shard_0_1");
+      const int64_t ei = d->metadata().FindEntry(key);
+      if (ei < 0) continue;
+      CKPT_ASSIGN_OR_RETURN(std::unique_ptr<torch::TorchFile> f,
+                            d->OpenBytes(d->metadata().entries[static_cast<size_t>(ei)], pickle::Mode::kInspect), key);
+      std::shared_ptr<const torch::TorchFile> shared(std::move(f));
+      keep->push_back(shared);
+      CKPT_ASSIGN_OR_RETURN(Value * root,
+                            w->Import(*shared, [shared]() -> Result<std::shared_ptr<const torch::TorchFile>> {
+                              return shared;
+                            }),
+                            key);
+      // A ShardedObject payload is torch.save([data]).
+      if (root->kind == Kind::kList && root->items.size() == 1) root = root->items[0];
+      if (sub == nullptr) sub = w->arena().Dict();
+      sub->dict.push_back({w->Str(k), root});
+    }
+    if (sub != nullptr) out.push_back(sub);
+  }
+  if (out.empty()) return DataLossError("no optimizer.distributed.dp_group_idx_0.optimizer object (param groups)");
+  return out;
+}
+
+}  // namespace
+
+Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, const ReshardOptions& options) {
+  Env* env = options.env ? options.env : Env::Default();
+  for (auto [name, v] : {std::pair<const char*, int64_t>{"tp", options.tp}, {"pp", options.pp}, {"vpp", options.vpp},
+                         {"dp", options.dp}, {"ep", options.ep}, {"etp", options.etp}}) {
+    if (v < 0) return InvalidArgumentError(StrCat(name, " ", v, " is negative"));
+  }
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<MegatronView> view, OpenView(src, env));
+  const MegatronView* v = view.get();
+  const model::ParallelLayout& sl = v->layout();
+  model::ParallelLayout tl = sl;
+  if (options.tp) tl.tp = options.tp;
+  if (options.pp) tl.pp = options.pp;
+  if (options.vpp) tl.vpp = options.vpp;
+  if (options.dp) tl.dp = options.dp;
+  if (options.ep) tl.ep = options.ep;
+  tl.etp = options.etp ? options.etp : (sl.etp == sl.tp ? tl.tp : sl.etp);
+  if (tl.pp != sl.pp || tl.vpp != sl.vpp) {
+    tl.first_stage_layers.reset();
+    tl.last_stage_layers.reset();
+  }
+  CKPT_RETURN_IF_ERROR(tl.Validate(), "target layout");
+  if (tl.vpp > 1 && tl.pp == 1) return InvalidArgumentError("vpp > 1 needs pp > 1 (interleaved pipeline)");
+  if (v->config().moe() && (sl.ep > 1) != (tl.ep > 1) && v->has_optimizer() && !options.no_optimizer) {
+    return UnimplementedError(StrCat("ep ", sl.ep, " -> ", tl.ep, " turns one distributed optimizer into a dense and "
+                                     "an expert one (or back): not resharded yet (no_optimizer drops the state)"));
+  }
+
+  ReshardReport report;
+  report.source_layout = model::LayoutString(sl);
+  report.target_layout = model::LayoutString(tl);
+  report.optimizer = std::string(internal_convert::OptimizerLayoutName(v->optimizer_layout()));
+  model::ModelConfig tc = v->config();
+  report.source_padded_vocab = tc.padded_vocab_size;
+  CKPT_ASSIGN_OR_RETURN(tc.padded_vocab_size, TargetPaddedVocab(v->config(), sl.tp, tl.tp, options.vocab_size));
+  report.target_padded_vocab = tc.padded_vocab_size;
+  CKPT_RETURN_IF_ERROR(CheckFits(tc, tl), StrCat("target layout ", report.target_layout));
+  model::DistOptSettings ts = v->settings();
+  ts.packing = model::BufferPacking::kAligned;
+  CKPT_ASSIGN_OR_RETURN(std::vector<model::LegacyRankFolder> folders, model::LegacyRanks(tl));
+  CKPT_ASSIGN_OR_RETURN(auto boxes, TargetBoxes(tc, tl, ts, folders));
+  const bool with_optimizer = v->has_optimizer() && !options.no_optimizer;
+
+  // Entries: every model-space tensor (optimizer states unless dropped),
+  // chunked by the target's shards, vocabulary rows re-padded.
+  std::vector<dcp::EntryToWrite> entries;
+  auto progress = std::make_shared<internal_convert::ChunkProgress>(options.progress);
+  uint64_t total = 0;
+  for (size_t i = 0; i < v->tensors().size(); ++i) {
+    const TensorInfo& t = v->tensors()[i];
+    const bool state = t.key.rfind(kOptimizerState, 0) == 0;
+    if (state && !with_optimizer) continue;
+    const std::string_view mk = ModelKey(t.key);
+    dcp::EntryToWrite e;
+    e.key = t.key;
+    e.type = dcp::EntryType::kTensor;
+    e.dtype = t.dtype;
+    e.size = t.shape;
+    const bool vocab = VocabRows(mk) && !t.shape.empty();
+    const int64_t rows = vocab ? t.shape[0] : 0;  // the source's
+    if (vocab) e.size[0] = tc.padded_vocab_size;
+    std::vector<Box> chunks;
+    if (auto it = boxes.find(std::string(mk)); it != boxes.end()) {
+      for (const auto& [start, count] : it->second) chunks.push_back(Box{start, count});
+    } else {
+      chunks.push_back(Box::Whole(e.size));  // a tensor the model layer does not place: whole
+    }
+    const uint64_t esize = DTypeSize(t.dtype);
+    for (const Box& b : chunks) {
+      if (b.start.size() != e.size.size()) {
+        return DataLossError(StrCat(Quote(t.key), ": stored with ", t.shape.size(),
+                                    " dimensions; the model layer places it with ", b.start.size()));
+      }
+      dcp::ChunkToWrite c;
+      c.offsets = b.start;
+      c.sizes = b.count;
+      const uint64_t nbytes = b.numel() * esize;
+      total += nbytes;
+      c.write = [v, i, b, rows, vocab, esize, progress, nbytes](ByteSink* sink) -> Status {
+        if (!vocab || b.start[0] + b.count[0] <= rows) {
+          CKPT_RETURN_IF_ERROR(v->ReadTensorRegion(i, b.start, b.count, sink));
+        } else {
+          // Rows past the source's padded vocabulary are new padding: zeros.
+          Box in = b;
+          in.count[0] = std::max<int64_t>(0, rows - b.start[0]);
+          if (in.count[0] > 0) CKPT_RETURN_IF_ERROR(v->ReadTensorRegion(i, in.start, in.count, sink));
+          Box pad = b;
+          pad.count[0] = b.count[0] - in.count[0];
+          CKPT_RETURN_IF_ERROR(sink->Append(std::string(pad.numel() * esize, '\0')));
+        }
+        progress->Add(nbytes);
+        return OkStatus();
+      };
+      e.chunks.push_back(std::move(c));
+    }
+    entries.push_back(std::move(e));
+    ++report.tensors;
+  }
+  progress->set_total(total);
+  report.bytes = total;
+  for (const std::string& key : model::ExtraStateObjects(tc)) entries.push_back(internal_convert::NoneObjectEntry(key));
+  report.warnings.push_back(
+      "RNG state not carried (it is per rank of the source layout): load with --no-load-rng, as Megatron-LM itself "
+      "ignores it when the parallel layout changes");
+  if (options.check_only) return report;
+
+  internal_checkpoint::TorchDistWriteOptions wo;
+  if (!options.megatron_version.empty()) {
+    CKPT_ASSIGN_OR_RETURN(wo.version, megatron::ParseCoreVersion(options.megatron_version), "megatron_version");
+  }
+  if (options.thread_count > 0) wo.thread_count = options.thread_count;
+  std::optional<int64_t> iteration = options.iteration;
+  if (!iteration && v->common() != nullptr) iteration = v->common()->iteration;
+  if (!iteration) return InvalidArgumentError(StrCat(src, ": no iteration recorded; give one (iteration)"));
+  wo.tracker = megatron::Tracker{false, *iteration};
+
+  // The common state: the source's, args for the target, the optimizer's
+  // param groups in fully_reshardable form.
+  const internal_checkpoint::LegacyReader* legacy = v->legacy();
+  std::shared_ptr<const torch::TorchFile> common_file;
+  if (legacy != nullptr) {
+    for (const auto& r : legacy->ranks()) {
+      if (r.folder != legacy->rank0_folder()) continue;
+      CKPT_ASSIGN_OR_RETURN(common_file,
+                            legacy->OpenRankFile(r.coord, internal_checkpoint::LegacyReader::FileKind::kModel));
+    }
+  } else if (v->torch_dist().common_file) {
+    const torch::TorchFile* raw = v->torch_dist().common_file.get();
+    common_file = std::shared_ptr<const torch::TorchFile>(raw, [](const torch::TorchFile*) {});
+  }
+  if (!common_file) return DataLossError(StrCat(src, ": no common state (args, iteration)"));
+  const int64_t world = tl.world_size();
+  const int64_t it_out = *iteration;
+  auto write_common = [v, common_file, tl, tc, world, it_out, with_optimizer,
+                       version = wo.version](ByteSink* sink) -> Status {
+    torch::TorchTreeWriter w;
+    pickle::Arena& a = w.arena();
+    std::vector<std::shared_ptr<const torch::TorchFile>> keep;
+    CKPT_ASSIGN_OR_RETURN(Value * src_root,
+                          w.Import(*common_file, [common_file]() -> Result<std::shared_ptr<const torch::TorchFile>> {
+                            return common_file;
+                          }));
+    if (src_root->kind == Kind::kList && src_root->items.size() == 1) src_root = src_root->items[0];  // 0.19 form
+    if (src_root->kind != Kind::kDict) return DataLossError("the common state is not a dict");
+    Value* root = a.Dict();
+    auto opt_int = [&](std::optional<int64_t> x) { return x ? a.Int(*x) : a.None(); };
+    const int64_t layers = tc.num_layers;
+    CKPT_ASSIGN_OR_RETURN(
+        Value * args,
+        EditArgs(&w, DictGet(src_root, "args"),
+                 {{"tensor_model_parallel_size", a.Int(tl.tp)},
+                  {"pipeline_model_parallel_size", a.Int(tl.pp)},
+                  {"virtual_pipeline_model_parallel_size", tl.vpp > 1 ? a.Int(tl.vpp) : a.None()},
+                  {"num_layers_per_virtual_pipeline_stage",
+                   tl.vpp > 1 ? a.Int(layers / (tl.pp * tl.vpp)) : a.None()},
+                  {"data_parallel_size", a.Int(tl.dp)},
+                  {"expert_model_parallel_size", a.Int(tl.ep)},
+                  {"expert_tensor_parallel_size", a.Int(tl.etp)},
+                  {"decoder_first_pipeline_num_layers", opt_int(tl.first_stage_layers)},
+                  {"decoder_last_pipeline_num_layers", opt_int(tl.last_stage_layers)},
+                  {"world_size", a.Int(world)},
+                  {"padded_vocab_size", a.Int(tc.padded_vocab_size)},
+                  {"ckpt_format", w.Str("torch_dist")},
+                  {"dist_ckpt_optim_fully_reshardable", a.Bool(true)}}));
+    root->dict.push_back({w.Str("args"), args});
+    for (const char* k : {"checkpoint_version"}) {
+      if (Value* x = DictGet(src_root, k)) root->dict.push_back({w.Str(k), x});
+    }
+    root->dict.push_back({w.Str("iteration"), a.Int(it_out)});
+    if (with_optimizer) {
+      CKPT_ASSIGN_OR_RETURN(std::vector<Value*> subs, SourceOptimizers(*v, &w, src_root, &keep));
+      Value* opt = nullptr;
+      if (subs.size() == 1) {
+        CKPT_ASSIGN_OR_RETURN(opt, FullyReshardableOptimizer(&w, subs[0]));
+      } else {
+        opt = a.Dict();
+        for (size_t k = 0; k < subs.size(); ++k) {
+          CKPT_ASSIGN_OR_RETURN(Value * sub, FullyReshardableOptimizer(&w, subs[k]));
+          opt->dict.push_back({a.Int(static_cast<int64_t>(k)), sub});
+        }
+      }
+      root->dict.push_back({w.Str("optimizer"), opt});
+    }
+    for (const char* k : {"opt_param_scheduler", "num_floating_point_operations_so_far", "rerun_state_machine"}) {
+      if (Value* x = DictGet(src_root, k)) root->dict.push_back({w.Str(k), x});
+    }
+    Value* cm = a.Dict();
+    cm->dict.push_back({w.Str("distrib_optim_sharding_type"), w.Str("fully_reshardable")});
+    cm->dict.push_back({w.Str("distrib_optim_fully_reshardable_mem_efficient"), a.Bool(false)});
+    cm->dict.push_back({w.Str("singleton_local_shards"), a.Bool(false)});
+    cm->dict.push_back({w.Str("chained_optim_avoid_prefix"), a.Bool(true)});
+    root->dict.push_back({w.Str("content_metadata"), cm});
+    return megatron::WriteCommonTree(version, &w, root, sink);
+  };
+  CKPT_ASSIGN_OR_RETURN(internal_checkpoint::TorchDistWriteReport r,
+                        internal_checkpoint::WriteTorchDistCheckpoint(env, dst, std::move(entries), write_common, wo));
+  report.files = std::move(r.files);
+  return report;
+}
+
+}  // namespace ckpt

@@ -1,0 +1,111 @@
+"""`ckptkit reshard` against REAL megatron-core 0.16.1 (DDP + DistributedOptimizer on CPU/gloo,
+tests/interop/megatron_optim.py; the CUDA-bookkeeping shim is documented there).
+
+The failing case users report: a run saved at TP1 / PP4 / DP2 with the distributed optimizer in
+its default `dp_reshardable` form cannot resume at TP2 / PP2 / DP2 (megatron-core raises a global
+shape mismatch on the bucket tensors; Megatron-LM refuses the (TP, PP) change). After `ckptkit
+reshard --tp 2 --pp 2`, megatron-core at TP2 / PP2 / DP2 loads model and optimizer
+(dist_checkpointing.load + DistributedOptimizer) to exactly the state the TP1 / PP4 run trained:
+every parameter, fp32 main parameter, exp_avg and exp_avg_sq to the bit, the step carried.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+mcore = pytest.importorskip("megatron.core")
+pytestmark = [
+    pytest.mark.skipif(not mcore.__version__.startswith("0.16."), reason="the fixtures run megatron-core 0.16"),
+    pytest.mark.skipif(os.environ.get("CKPTKIT_SKIP_SLOW") == "1", reason="CKPTKIT_SKIP_SLOW=1"),
+]
+
+TINY4 = (("hidden", 8), ("heads", 4), ("groups", 2), ("ffn", 16), ("vocab", 30), ("divisor", 16),
+         ("num_layers", 4))
+_CLI = []
+
+
+@pytest.fixture(autouse=True)
+def _cli(cli_path):
+    _CLI[:] = [cli_path]
+
+
+def _ckptkit(*args, check=True):
+    r = subprocess.run([_CLI[0], *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def _same_tensors(a: dict, b: dict) -> list:
+    import torch
+
+    diffs = []
+    if set(a["tensors"]) != set(b["tensors"]):
+        diffs.append(f"keys: {sorted(set(a['tensors']) ^ set(b['tensors']))}")
+    for k in sorted(set(a["tensors"]) & set(b["tensors"])):
+        for kind in ("model", "param", "exp_avg", "exp_avg_sq"):
+            x, y = a["tensors"][k].get(kind), b["tensors"][k].get(kind)
+            if x is None or y is None or x.shape != y.shape or not torch.equal(x, y):
+                diffs.append(f"{k}.{kind}")
+    return diffs
+
+
+@pytest.fixture(scope="module")
+def pp4_run(tmp_path_factory):
+    """One TP1 / PP4 / DP2 training run (8 gloo ranks), saved dp_reshardable, and its state."""
+    import torch
+
+    import megatron_optim as mo
+
+    spec = mo.OptimSpec(family="llama", tp=1, pp=4, dp=2, bucket_size=200, model_overrides=TINY4)
+    root = tmp_path_factory.mktemp("pp4")
+    src = root / "dp_reshardable"
+    state = root / "state.pt"
+    mo.save_all(spec, {"dp_reshardable": str(src)}, state_path=str(state))
+    return spec, src, torch.load(state, weights_only=False)
+
+
+def test_tp1pp4_dp_reshardable_resumes_at_tp2pp2(pp4_run, tmp_path):
+    import megatron_optim as mo
+
+    spec, src, trained = pp4_run
+    # Preflight: fits, and says what changes.
+    r = _ckptkit("reshard", str(src), "--tp", "2", "--pp", "2", "--check", "--json")
+    j = json.loads(r.stdout)
+    assert j["source_layout"].startswith("TP=1 PP=4") and j["target_layout"].startswith("TP=2 PP=2")
+    assert j["source_optimizer_sharding"] == "dp_reshardable" and j["target_optimizer_sharding"] == "fully_reshardable"
+    assert j["files"] == [] and not os.path.exists(tmp_path / "out")
+
+    out = tmp_path / "out"
+    r = _ckptkit("reshard", str(src), str(out), "--tp", "2", "--pp", "2", "--megatron-version", "0.16")
+    assert "--no-load-rng" in r.stderr
+    assert (out / "latest_checkpointed_iteration.txt").read_text() == str(spec.iteration)
+    target = mo.OptimSpec(family="llama", tp=2, pp=2, dp=2, bucket_size=200, model_overrides=TINY4)
+    loaded = mo.load_torch_dist_into_optimizer(target, str(out))
+    assert _same_tensors(trained, loaded) == []
+    steps = {g["step"] for per_rank in loaded["optimizers_by_rank"] for o in per_rank for g in o["param_groups"]}
+    assert steps == {spec.steps}
+    # Stock megatron-core cannot load the source at that layout.
+    with pytest.raises(RuntimeError):
+        mo.load_torch_dist_into_optimizer(target, str(src))
+
+
+def test_bad_target_layouts_are_refused_before_writing(pp4_run, tmp_path):
+    _, src, _ = pp4_run
+    for flags, why in ((["--tp", "3"], "num_attention_heads 4 is not divisible by tp=3"),
+                       (["--tp", "4"], "num_query_groups 2 is not divisible by tp=4"),
+                       (["--pp", "3"], "layers"),
+                       (["--pp", "2", "--vpp", "4"], "layers")):
+        out = tmp_path / "x"
+        r = _ckptkit("reshard", str(src), str(out), *flags, check=False)
+        assert r.returncode == 2, (flags, r.stderr)
+        assert why in r.stderr, (flags, r.stderr)
+        assert not out.exists()

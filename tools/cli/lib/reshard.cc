@@ -1,0 +1,91 @@
+#include "lib/reshard.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+
+#include "ckpt/reshard.h"
+#include "lib/inspect.h"
+#include "util/strings.h"
+
+namespace ckpt::cli {
+
+Status RunReshard(const ReshardCommandOptions& options, std::ostream& out, std::ostream& err) {
+  if (options.to != "torch_dist") {
+    return InvalidArgumentError(StrCat("--to ", options.to, ": reshard writes torch_dist only so far ",
+                                       "(convert the result --to legacy at the same layout)"));
+  }
+  if (options.optimizer_sharding != "fully_reshardable") {
+    return InvalidArgumentError(StrCat("--optimizer-sharding ", options.optimizer_sharding,
+                                       ": reshard writes fully_reshardable only so far (megatron-core loads it at "
+                                       "any layout and saves its own sharding type afterwards)"));
+  }
+  if (!options.check && options.dst.empty()) return InvalidArgumentError("DST is required (or --check)");
+  ReshardOptions r;
+  r.tp = options.tp;
+  r.pp = options.pp;
+  r.vpp = options.vpp;
+  r.dp = options.dp;
+  r.ep = options.ep;
+  r.etp = options.etp;
+  r.vocab_size = options.vocab_size;
+  r.no_optimizer = options.no_optimizer;
+  r.megatron_version = options.megatron_version;
+  r.iteration = options.iteration;
+  r.thread_count = static_cast<int>(options.thread_count);
+  r.check_only = options.check;
+  r.env = options.env;
+  const auto start = std::chrono::steady_clock::now();
+  if (options.show_progress) {
+    r.progress = [&err, start](uint64_t done, uint64_t total) {
+      int pct = total ? static_cast<int>(100.0 * static_cast<double>(done) / static_cast<double>(total)) : 100;
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      const double rate = secs > 0 ? static_cast<double>(done) / secs : 0;
+      err << fmt::format("\rresharding: {:3d}%  {} / {}  {}/s   ", pct, HumanBytes(done), HumanBytes(total),
+                         HumanBytes(static_cast<uint64_t>(rate)))
+          << std::flush;
+    };
+  }
+  CKPT_ASSIGN_OR_RETURN(ReshardReport report, Reshard(options.src, options.dst, r));
+  if (options.show_progress) err << "\n";
+  if (!options.quiet) {
+    for (const std::string& w : report.warnings) err << "ckptkit reshard: warning: " << w << "\n";
+  }
+  if (options.json) {
+    nlohmann::json j;
+    j["src"] = options.src;
+    j["dst"] = options.dst;
+    j["check"] = options.check;
+    j["source_layout"] = report.source_layout;
+    j["target_layout"] = report.target_layout;
+    j["source_optimizer_sharding"] = report.optimizer;
+    j["target_optimizer_sharding"] = report.optimizer.empty() || options.no_optimizer ? "" : "fully_reshardable";
+    j["source_padded_vocab"] = report.source_padded_vocab;
+    j["target_padded_vocab"] = report.target_padded_vocab;
+    j["files"] = report.files;
+    j["warnings"] = report.warnings;
+    j["tensors"] = report.tensors;
+    j["bytes"] = report.bytes;
+    out << j.dump(2) << "\n";
+    return OkStatus();
+  }
+  if (options.quiet) return OkStatus();
+  out << fmt::format("{} -> {}{}\n", report.source_layout, report.target_layout,
+                     report.optimizer.empty() ? "" : fmt::format(", optimizer {} -> {}", report.optimizer,
+                                                                  options.no_optimizer ? "dropped" : "fully_reshardable"));
+  if (report.target_padded_vocab != report.source_padded_vocab) {
+    out << fmt::format("padded vocabulary {} -> {}\n", report.source_padded_vocab, report.target_padded_vocab);
+  }
+  if (options.check) {
+    out << fmt::format("OK: the target layout fits the model; reshard would write {} tensors ({})\n", report.tensors,
+                       HumanBytes(report.bytes));
+    return OkStatus();
+  }
+  out << fmt::format("wrote {} tensors ({}) to {} file{}:\n", report.tensors, HumanBytes(report.bytes),
+                     report.files.size(), report.files.size() == 1 ? "" : "s");
+  for (const std::string& f : report.files) out << "  " << f << "\n";
+  return OkStatus();
+}
+
+}  // namespace ckpt::cli
