@@ -115,6 +115,9 @@ class OptimSpec:
     bucket_size: Optional[int] = 6000  # ddp_bucket_size (elements); None: Megatron default
     iteration: int = 2
     steps: int = 2
+    # Steps after `steps` (in train(), and after a load): their gradients are a function of each
+    # element's GLOBAL index only (_fill_grads_global), so runs at different layouts step alike.
+    extra_steps: int = 0
     lr: float = 1e-2
     weight_decay: float = 0.1
     clip_grad: float = 1.0
@@ -362,6 +365,51 @@ def _fill_grads(gpts, step: int) -> None:
             p.main_grad.copy_(_seeded(tag, p.shape, std=0.05).view(p.main_grad.shape))
 
 
+def _fill_grads_global(gpts, step: int) -> None:
+    """Gradients that do not depend on the parallel layout: 0.05 * sin(12.9898 * flat + c(key,
+    step)) of each element's global index (flat over the trailing dims, so a re-padded
+    vocabulary keeps every row's values), sliced to this rank's shard (both halves of a gated
+    fc1 shard placed by megatron's own factory)."""
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    keys = _param_keys(gpts)
+    for g in gpts:
+        for name, p in g.named_parameters():
+            key, off, sh = keys[id(p)]
+            local = torch.empty(tuple(p.shape), dtype=torch.float32)
+            for piece in _place(sh, local):
+                if not isinstance(piece, ShardedTensor):
+                    continue
+                n = piece.prepend_axis_num
+                gshape, goff = tuple(piece.global_shape), tuple(piece.global_offset)
+                idx = [torch.arange(o, o + k, dtype=torch.float64) for o, k in zip(goff[n:], piece.data.shape)]
+                flat = torch.zeros(tuple(piece.data.shape), dtype=torch.float64)
+                stride = 1.0
+                for d in range(len(idx) - 1, -1, -1):
+                    shape = [1] * len(idx)
+                    shape[d] = -1
+                    flat = flat + idx[d].view(shape) * stride
+                    stride *= gshape[n + d]
+                for d in reversed(range(n)):  # stacked layers / experts
+                    flat = flat + goff[d] * stride
+                    stride *= gshape[d]
+                c = (zlib.crc32(f"{step}|{piece.key}".encode()) % 1000) / 7.0
+                piece.data.copy_((0.05 * torch.sin(12.9898 * flat + c)).float())
+            p.main_grad.copy_(local.view(p.main_grad.shape))
+
+
+def _step(spec, ddps, opt, step: int, global_grads: bool, gpts) -> None:
+    for d in ddps:
+        d.zero_grad_buffer()
+    opt.zero_grad()
+    if global_grads:
+        _fill_grads_global(gpts, step)
+    else:
+        _fill_grads(gpts, step)
+    ok, _, _ = opt.step()
+    assert ok, "optimizer step was skipped"
+
+
 def _factory_offset(f) -> tuple:
     built = list(mm._iter_sharded(f))
     return tuple(built[0].global_offset) if built else ()
@@ -376,13 +424,8 @@ def train(spec: OptimSpec):
         opt, init_lr=0.0, max_lr=spec.lr, min_lr=spec.lr / 10, lr_warmup_steps=1,
         lr_decay_steps=100, lr_decay_style="cosine", start_wd=spec.weight_decay,
         end_wd=spec.weight_decay, wd_incr_steps=100, wd_incr_style="constant")
-    for step in range(spec.steps):
-        for d in ddps:
-            d.zero_grad_buffer()
-        opt.zero_grad()
-        _fill_grads(gpts, step)
-        ok, gnorm, _ = opt.step()
-        assert ok, "optimizer step was skipped"
+    for step in range(spec.steps + spec.extra_steps):
+        _step(spec, ddps, opt, step, step >= spec.steps, gpts)
         sched.step(increment=1)
     return gpts, ddps, opt, sched
 
@@ -846,6 +889,18 @@ def _rank_main(job: _Job) -> None:
                 _load_legacy(spec, root, gpts, opt)
             else:
                 _load_torch_dist(spec, root, gpts, opt)
+        # Resume: the extra steps (the learning rate is the loaded param groups'). Megatron's
+        # DistributedOptimizer.load_state_dict gives every parameter's state the SAME 'step'
+        # tensor (from param_groups); torch's AdamW (the fallback without Apex/TE, which keep the
+        # step per param group) increments it in place once per parameter, so a shared tensor
+        # would count one step as 27. Each parameter gets its own copy first.
+        if spec.extra_steps:
+            for o in opt.chained_optimizers:
+                for st in o.optimizer.state.values():
+                    if torch.is_tensor(st.get("step")):
+                        st["step"] = st["step"].clone()
+        for k in range(spec.extra_steps):
+            _step(spec, ddps, opt, spec.steps + k, True, gpts)
     if job.out:
         st = _gather_canonical(gpts, opt)
         if dist.get_rank() == 0:
