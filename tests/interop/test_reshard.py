@@ -170,3 +170,95 @@ def test_one_more_step_after_reshard_equals_the_original_layouts_step(tmp_path):
     # And the step did change something (the comparison is not vacuous).
     before = mo.load_torch_dist_into_optimizer(dataclasses.replace(target, extra_steps=0), str(out))
     assert _same_tensors(before, resumed) != []
+
+
+MHA = (("hidden", 16), ("heads", 4), ("groups", 4), ("ffn", 32), ("vocab", 30), ("divisor", 16),
+       ("num_layers", 2))
+
+
+def _assert_resharded_state(source: dict, loaded: dict, vocab: int = 30):
+    """Every tensor equal to the source run's; vocabulary tensors compared on the real rows
+    (the target's padding rows are zeros)."""
+    import torch
+
+    assert set(source["tensors"]) == set(loaded["tensors"])
+    for k, kinds in source["tensors"].items():
+        for kind, x in kinds.items():
+            y = loaded["tensors"][k][kind]
+            if k in ("embedding.word_embeddings.weight", "output_layer.weight"):
+                n = min(x.shape[0], y.shape[0])
+                assert n >= vocab and torch.equal(x[:n], y[:n]), (k, kind)
+                assert not y[n:].any(), (k, kind)  # new padding rows
+            else:
+                assert x.shape == y.shape and torch.equal(x, y), (k, kind)
+
+
+@pytest.mark.parametrize("src_tp,dst_tp", [(2, 4), (4, 1)])
+def test_tensor_parallel_changes_repad_the_vocabulary(src_tp, dst_tp, tmp_path):
+    """TP2 -> TP4 (padded vocabulary 32 -> 64: new zero rows) and TP4 -> TP1 (64 -> 32, from the
+    tokenizer's size in args), dp_reshardable in, loaded by real megatron-core at the target to
+    the source run's state."""
+    import torch
+
+    import megatron_optim as mo
+
+    world = 4
+    spec = mo.OptimSpec(family="llama", tp=src_tp, pp=1, dp=world // src_tp, bucket_size=300, model_overrides=MHA)
+    src = tmp_path / "src"
+    mo.save_all(spec, {"dp_reshardable": str(src)}, state_path=str(tmp_path / "s.pt"))
+    source = torch.load(tmp_path / "s.pt", weights_only=False)
+    out = tmp_path / "out"
+    flags = ["--tp", str(dst_tp), "--dp", str(world // dst_tp)]
+    r = _ckptkit("reshard", str(src), str(out), *flags, "--check", "--json")
+    assert json.loads(r.stdout)["target_padded_vocab"] == {1: 32, 4: 64}[dst_tp]
+    _ckptkit("reshard", str(src), str(out), *flags, "--megatron-version", "0.16", "-q")
+    target = mo.OptimSpec(family="llama", tp=dst_tp, pp=1, dp=world // dst_tp, bucket_size=300, model_overrides=MHA)
+    loaded = mo.load_torch_dist_into_optimizer(target, str(out))
+    _assert_resharded_state(source, loaded)
+
+
+def test_moe_expert_parallel_change(tmp_path):
+    """Mixtral, 4 experts: EP4 x DP4 -> EP2 x DP4 (both a dense and an expert optimizer),
+    dp_reshardable in; real megatron-core at EP2 loads every expert's weights and moments."""
+    import torch
+
+    import megatron_optim as mo
+
+    moe = (("hidden", 8), ("heads", 4), ("groups", 2), ("ffn", 16), ("vocab", 30), ("divisor", 16),
+           ("num_layers", 2), ("moe_ffn", 16))
+    spec = mo.OptimSpec(family="mixtral", tp=1, pp=1, ep=4, dp=4, bucket_size=300, model_overrides=moe)
+    src = tmp_path / "src"
+    mo.save_all(spec, {"dp_reshardable": str(src)}, state_path=str(tmp_path / "s.pt"))
+    source = torch.load(tmp_path / "s.pt", weights_only=False)
+    out = tmp_path / "out"
+    _ckptkit("reshard", str(src), str(out), "--ep", "2", "--megatron-version", "0.16", "-q")
+    loaded = mo.load_torch_dist_into_optimizer(
+        mo.OptimSpec(family="mixtral", tp=1, pp=1, ep=2, dp=4, bucket_size=300, model_overrides=moe), str(out))
+    _assert_resharded_state(source, loaded)
+    # One optimizer <-> two is refused, saying why, before anything is written.
+    r = _ckptkit("reshard", str(src), str(tmp_path / "x"), "--ep", "1", check=False)
+    assert r.returncode != 0 and "expert one" in r.stderr and not (tmp_path / "x").exists()
+
+
+def test_unknown_tokenizer_size_that_makes_the_padding_ambiguous_is_asked_for(tmp_path):
+    """Args without vocab_size (real Megatron-LM runs with an HF tokenizer record only the padded
+    size): TP2's 32 rows may hold 17..32 real tokens, which TP1 pads to 32 or less; reshard asks
+    for --vocab-size instead of guessing, and writes nothing."""
+    import shutil
+
+    import torch
+
+    src = tmp_path / "src"
+    shutil.copytree(os.path.join(GOLDEN, "mc016_llama_tp2pp2dp2", "legacy"), src)
+    for p in src.rglob("model_optim_rng.pt"):
+        d = torch.load(p, weights_only=False)
+        d["args"].vocab_size = None
+        torch.save(d, p)
+    out = tmp_path / "out"
+    r = _ckptkit("reshard", str(src), str(out), "--tp", "1", "--pp", "1", check=False)
+    assert r.returncode == 2 and "give vocab_size" in r.stderr and "32" in r.stderr, r.stderr
+    assert not out.exists()
+    r = _ckptkit("reshard", str(src), "--tp", "1", "--pp", "1", "--vocab-size", "30", "--check", "--json")
+    assert json.loads(r.stdout)["target_padded_vocab"] == 32
+    r = _ckptkit("reshard", str(src), "--tp", "1", "--pp", "1", "--vocab-size", "40", "--check", check=False)
+    assert r.returncode == 2 and "vocab_size 40" in r.stderr
