@@ -7,8 +7,9 @@
 // target's ranks hold them (TP shards, gated fc1 halves apart), the
 // embedding / output layer re-padded to the target's padded vocabulary, the
 // optimizer state model-space (`fully_reshardable`, which megatron-core loads
-// at any layout), `args` describing the target layout and the content
-// metadata saying fully_reshardable, so Megatron loads it without extra flags.
+// at any layout) or in the target layout's own buckets (`dp_reshardable`,
+// megatron-core's default), `args` describing the target layout and the
+// content metadata saying which, so Megatron loads it without extra flags.
 // Peak memory is a few parameters' state (each chunk is read and written on
 // its own). The target layout is checked against the model (heads, query
 // groups, FFN, layers per stage, experts, vocabulary) before anything is
@@ -31,6 +32,17 @@
 
 namespace ckpt {
 
+// How the output keeps the distributed optimizer's state.
+enum class OptimizerSharding {
+  // Per parameter, global (optimizer.state.<state>.<key>): megatron-core
+  // loads it at any layout.
+  kFullyReshardable,
+  // The target layout's flat buckets per model-parallel rank
+  // (optimizer.distributed.dp_group_idx_<I>.gbuf_idx_<g>...bucket_idx_<b>.<state>),
+  // megatron-core's default: loads only at that layout, and saves cheaply.
+  kDpReshardable,
+};
+
 struct ReshardOptions {
   // Target sizes; 0 keeps the source's (etp: the target tp when the source's
   // etp equals its tp, else the source's etp).
@@ -43,6 +55,7 @@ struct ReshardOptions {
   // The tokenizer's vocabulary size, when args do not record it and the
   // target's padded vocabulary would otherwise be ambiguous.
   std::optional<int64_t> vocab_size;
+  OptimizerSharding optimizer_sharding = OptimizerSharding::kFullyReshardable;
   bool no_optimizer = false;       // leave the optimizer state out
   std::string megatron_version;    // "0.16" / "0.19" form of the output ("" = newest)
   std::optional<int64_t> iteration;  // the output's iteration (default: the source's)

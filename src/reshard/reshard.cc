@@ -130,6 +130,37 @@ Result<std::map<std::string, std::set<std::pair<std::vector<int64_t>, std::vecto
   return out;
 }
 
+// The boxes of parameter `p`'s TP shard in its stored global tensor, in the
+// order its local rows are (gate then up for a gated fc1 shard).
+std::vector<Box> LocalBoxes(const model::ChunkParam& p, const model::StoredRef& stored) {
+  std::vector<Box> out;
+  for (const model::ShardRange& sr : model::ShardRanges(p)) {
+    Box b;
+    b.start = stored.index;
+    b.count.assign(stored.index.size(), 1);
+    for (size_t d = 0; d < p.global_shape.size(); ++d) {
+      const bool cut = static_cast<int>(d) == sr.dim && p.split != model::TpSplit::kNone;
+      b.start.push_back(cut ? sr.begin : 0);
+      b.count.push_back(cut ? sr.end - sr.begin : p.global_shape[d]);
+    }
+    out.push_back(std::move(b));
+  }
+  return out;
+}
+
+// Streams box `b` of the view's tensor `i`, whose first axis has `rows`
+// stored rows (the source's padded vocabulary for a vocabulary tensor, else
+// the full extent): rows past them are zeros.
+Status ReadPadded(const MegatronView& v, size_t i, const Box& b, int64_t rows, ByteSink* sink) {
+  if (b.start.empty() || b.start[0] + b.count[0] <= rows) return v.ReadTensorRegion(i, b.start, b.count, sink);
+  Box in = b;
+  in.count[0] = std::max<int64_t>(0, rows - b.start[0]);
+  if (in.count[0] > 0) CKPT_RETURN_IF_ERROR(v.ReadTensorRegion(i, in.start, in.count, sink));
+  Box pad = b;
+  pad.count[0] = b.count[0] - in.count[0];
+  return sink->Append(std::string(pad.numel() * DTypeSize(v.tensors()[i].dtype), '\0'));
+}
+
 // A copy of argparse.Namespace `ns` with `set` replacing (or adding) fields.
 Result<Value*> EditArgs(torch::TorchTreeWriter* w, const Value* ns,
                         const std::vector<std::pair<std::string, Value*>>& set) {
@@ -242,6 +273,160 @@ Result<std::vector<Value*>> SourceOptimizers(const MegatronView& v, torch::Torch
   return out;
 }
 
+// The source's common dict imported into `w` (0.19's wrapped form unwrapped).
+Result<Value*> CommonRoot(const std::shared_ptr<const torch::TorchFile>& f, torch::TorchTreeWriter* w) {
+  CKPT_ASSIGN_OR_RETURN(Value * root, w->Import(*f, [f]() -> Result<std::shared_ptr<const torch::TorchFile>> {
+    return f;
+  }));
+  if (root->kind == Kind::kList && root->items.size() == 1) root = root->items[0];
+  if (root->kind != Kind::kDict) return DataLossError("the common state is not a dict");
+  return root;
+}
+
+Value* TorchDType(pickle::Arena& a, DType d) {
+  return a.Global("torch", std::string(DTypeName(d)));
+}
+
+// dp_reshardable: per model-parallel rank of the target and sub-optimizer
+// (dense; expert with EP > 1), each bucket's state as a flat fp32 tensor of
+// the bucket's unpadded size (parameters at their buffer offsets, alignment
+// gaps zero), and the objects megatron keeps beside them: per_bucket_numel,
+// per_bucket_numel_unpadded and the sub-optimizer's state dict entries
+// (optimizer = the param groups; grad_scaler), each torch.save([value]).
+Status AddBucketEntries(const MegatronView& v, std::shared_ptr<const torch::TorchFile> common_file,
+                        const model::ModelConfig& c, const model::ParallelLayout& l, const model::DistOptSettings& s,
+                        std::shared_ptr<internal_convert::ChunkProgress> progress,
+                        std::vector<dcp::EntryToWrite>* entries, uint64_t* total) {
+  const bool chained = c.moe() && l.ep > 1;
+  std::map<std::string, size_t> index;
+  for (size_t i = 0; i < v.tensors().size(); ++i) index.emplace(v.tensors()[i].key, i);
+  std::vector<std::string> states = v.optimizer_states();
+  // Every (sub-optimizer, dp_group_idx) once, with the rank that holds it.
+  std::map<std::pair<int, int64_t>, model::ChunkCoords> groups;
+  for (int64_t pp = 0; pp < l.pp; ++pp) {
+    for (int64_t tp = 0; tp < l.tp; ++tp) groups.emplace(std::pair{0, tp + l.tp * pp}, model::ChunkCoords{pp, 0, tp, 0, 0});
+    if (!chained) continue;
+    for (int64_t ep = 0; ep < l.ep; ++ep) {
+      for (int64_t etp = 0; etp < l.etp; ++etp) {
+        model::ChunkCoords at{pp, 0, 0, ep, etp};
+        groups.emplace(std::pair{1, etp + l.etp * (ep + l.ep * pp)}, at);
+      }
+    }
+  }
+  for (const auto& [which, at] : groups) {
+    const auto [kind, group] = which;
+    CKPT_ASSIGN_OR_RETURN(model::RankOptimizer r, model::BuildRankOptimizer(c, l, s, at));
+    auto rank = std::make_shared<model::RankOptimizer>(std::move(r));
+    const std::vector<model::ParamBuffer>& bufs = kind == 1 ? rank->expert : rank->dense;
+    const std::string prefix =
+        StrCat(chained ? StrCat("chained_", kind, ".") : std::string(), "optimizer.distributed.dp_group_idx_", group, ".");
+    for (size_t g = 0; g < bufs.size(); ++g) {
+      const model::ParamBuffer& buf = bufs[g];
+      for (size_t b = 0; b < buf.buckets.size(); ++b) {
+        for (const std::string& st : states) {
+          dcp::EntryToWrite e;
+          e.key = StrCat(prefix, "gbuf_idx_", g, ".dtype_", model::DTypePairName(buf.param_dtype, buf.grad_dtype),
+                         ".bucket_idx_", b, ".", st);
+          e.type = dcp::EntryType::kTensor;
+          e.dtype = DType::kFloat32;
+          const int64_t n = buf.buckets[b].numel_unpadded;
+          e.size = {n};
+          dcp::ChunkToWrite ch;
+          ch.offsets = {0};
+          ch.sizes = {n};
+          const uint64_t nbytes = static_cast<uint64_t>(n) * 4;
+          *total += nbytes;
+          const bool expert = kind == 1;
+          ch.write = [&v, rank, expert, g, b, st, index, progress, nbytes](ByteSink* sink) -> Status {
+            const model::ParamBuffer& buf = (expert ? rank->expert : rank->dense)[g];
+            const model::BufferBucket& k = buf.buckets[b];
+            std::vector<const model::BufferParam*> in;
+            for (const model::BufferParam& p : buf.params) {
+              if (p.bucket == static_cast<int64_t>(b)) in.push_back(&p);
+            }
+            std::sort(in.begin(), in.end(), [](auto* x, auto* y) { return x->start < y->start; });
+            int64_t at = k.offset;
+            for (const model::BufferParam* p : in) {
+              const model::ChunkParam& cp = rank->chunks[buf.chunk][p->param];
+              const model::StoredRef stored = model::TorchDistCandidates(cp.global_name).front();
+              auto it = index.find(StrCat(kOptimizerState, st, ".", stored.key));
+              if (it == index.end()) {
+                return DataLossError(StrCat("optimizer state ", Quote(StrCat(kOptimizerState, st, ".", stored.key)),
+                                            " is not in the source"));
+              }
+              CKPT_RETURN_IF_ERROR(sink->Append(std::string(static_cast<size_t>(p->start - at) * 4, '\0')));
+              const TensorInfo& t = v.tensors()[it->second];
+              const int64_t rows = VocabRows(stored.key) && !t.shape.empty() ? t.shape[0] : INT64_MAX;
+              for (const Box& box : LocalBoxes(cp, stored)) {
+                CKPT_RETURN_IF_ERROR(ReadPadded(v, it->second, box, rows, sink).WithContext(cp.global_name));
+              }
+              at = p->end;
+            }
+            CKPT_RETURN_IF_ERROR(sink->Append(std::string(static_cast<size_t>(k.offset + k.numel_unpadded - at) * 4, '\0')));
+            progress->Add(nbytes);
+            return OkStatus();
+          };
+          e.chunks.push_back(std::move(ch));
+          entries->push_back(std::move(e));
+        }
+      }
+    }
+    // per_bucket_numel[_unpadded]: [{(param dtype, grad dtype): [numel per bucket]}] per buffer.
+    for (const bool unpadded : {false, true}) {
+      dcp::EntryToWrite e;
+      e.key = StrCat(prefix, unpadded ? "per_bucket_numel_unpadded" : "per_bucket_numel", "/shard_0_1");
+      e.type = dcp::EntryType::kBytes;
+      const bool expert = kind == 1;
+      e.write_bytes = [rank, expert, unpadded](ByteSink* sink) -> Status {
+        torch::TorchTreeWriter w;
+        pickle::Arena& a = w.arena();
+        Value* list = a.List({});
+        for (const model::ParamBuffer& buf : expert ? rank->expert : rank->dense) {
+          Value* sizes = a.List({});
+          for (const model::BufferBucket& k : buf.buckets) sizes->items.push_back(a.Int(unpadded ? k.numel_unpadded : k.numel));
+          Value* d = a.Dict();
+          d->dict.push_back({a.Tuple({TorchDType(a, buf.param_dtype), TorchDType(a, buf.grad_dtype)}), sizes});
+          list->items.push_back(d);
+        }
+        torch::TorchWriteOptions o;
+        o.archive_name = "archive";
+        return w.Write(a.List({list}), sink, o);
+      };
+      entries->push_back(std::move(e));
+    }
+    // The sub-optimizer's state dict entries, from the source's rank 0.
+    for (const char* k : {"optimizer", "grad_scaler"}) {
+      const int sub = kind;
+      dcp::EntryToWrite e;
+      e.key = StrCat(prefix, k, "/shard_0_1");
+      e.type = dcp::EntryType::kBytes;
+      const std::string name = k;
+      // Present in the source? (decided now, so the entry list is final)
+      {
+        torch::TorchTreeWriter w;
+        std::vector<std::shared_ptr<const torch::TorchFile>> keep;
+        CKPT_ASSIGN_OR_RETURN(Value * root, CommonRoot(common_file, &w));
+        CKPT_ASSIGN_OR_RETURN(std::vector<Value*> subs, SourceOptimizers(v, &w, root, &keep));
+        if (static_cast<size_t>(sub) >= subs.size()) {
+          return DataLossError(StrCat("the source has ", subs.size(), " optimizer state dicts; the target needs ", sub + 1));
+        }
+        if (DictGet(subs[sub], name) == nullptr) continue;
+      }
+      e.write_bytes = [&v, common_file, sub, name](ByteSink* sink) -> Status {
+        torch::TorchTreeWriter w;
+        std::vector<std::shared_ptr<const torch::TorchFile>> keep;
+        CKPT_ASSIGN_OR_RETURN(Value * root, CommonRoot(common_file, &w));
+        CKPT_ASSIGN_OR_RETURN(std::vector<Value*> subs, SourceOptimizers(v, &w, root, &keep));
+        torch::TorchWriteOptions o;
+        o.archive_name = "archive";
+        return w.Write(w.arena().List({DictGet(subs[sub], name)}), sink, o);
+      };
+      entries->push_back(std::move(e));
+    }
+  }
+  return OkStatus();
+}
+
 }  // namespace
 
 Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, const ReshardOptions& options) {
@@ -285,7 +470,22 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
   CKPT_ASSIGN_OR_RETURN(std::vector<model::LegacyRankFolder> folders, model::LegacyRanks(tl));
   CKPT_ASSIGN_OR_RETURN(auto boxes, TargetBoxes(tc, tl, ts, folders));
   const bool with_optimizer = v->has_optimizer() && !options.no_optimizer;
+  const bool buckets = with_optimizer && options.optimizer_sharding == OptimizerSharding::kDpReshardable;
 
+  // The source's common state (args, param groups, ...).
+  const internal_checkpoint::LegacyReader* legacy = v->legacy();
+  std::shared_ptr<const torch::TorchFile> common_file;
+  if (legacy != nullptr) {
+    for (const auto& r : legacy->ranks()) {
+      if (r.folder != legacy->rank0_folder()) continue;
+      CKPT_ASSIGN_OR_RETURN(common_file,
+                            legacy->OpenRankFile(r.coord, internal_checkpoint::LegacyReader::FileKind::kModel));
+    }
+  } else if (v->torch_dist().common_file) {
+    const torch::TorchFile* raw = v->torch_dist().common_file.get();
+    common_file = std::shared_ptr<const torch::TorchFile>(raw, [](const torch::TorchFile*) {});
+  }
+  if (!common_file) return DataLossError(StrCat(src, ": no common state (args, iteration)"));
   // Entries: every model-space tensor (optimizer states unless dropped),
   // chunked by the target's shards, vocabulary rows re-padded.
   std::vector<dcp::EntryToWrite> entries;
@@ -294,7 +494,7 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
   for (size_t i = 0; i < v->tensors().size(); ++i) {
     const TensorInfo& t = v->tensors()[i];
     const bool state = t.key.rfind(kOptimizerState, 0) == 0;
-    if (state && !with_optimizer) continue;
+    if (state && (!with_optimizer || buckets)) continue;
     const std::string_view mk = ModelKey(t.key);
     dcp::EntryToWrite e;
     e.key = t.key;
@@ -321,18 +521,9 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
       c.sizes = b.count;
       const uint64_t nbytes = b.numel() * esize;
       total += nbytes;
-      c.write = [v, i, b, rows, vocab, esize, progress, nbytes](ByteSink* sink) -> Status {
-        if (!vocab || b.start[0] + b.count[0] <= rows) {
-          CKPT_RETURN_IF_ERROR(v->ReadTensorRegion(i, b.start, b.count, sink));
-        } else {
-          // Rows past the source's padded vocabulary are new padding: zeros.
-          Box in = b;
-          in.count[0] = std::max<int64_t>(0, rows - b.start[0]);
-          if (in.count[0] > 0) CKPT_RETURN_IF_ERROR(v->ReadTensorRegion(i, in.start, in.count, sink));
-          Box pad = b;
-          pad.count[0] = b.count[0] - in.count[0];
-          CKPT_RETURN_IF_ERROR(sink->Append(std::string(pad.numel() * esize, '\0')));
-        }
+      c.write = [v, i, b, rows, vocab, progress, nbytes](ByteSink* sink) -> Status {
+        // Rows past the source's padded vocabulary are new padding: zeros.
+        CKPT_RETURN_IF_ERROR(ReadPadded(*v, i, b, vocab ? rows : INT64_MAX, sink));
         progress->Add(nbytes);
         return OkStatus();
       };
@@ -340,6 +531,9 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
     }
     entries.push_back(std::move(e));
     ++report.tensors;
+  }
+  if (buckets) {
+    CKPT_RETURN_IF_ERROR(AddBucketEntries(*v, common_file, tc, tl, ts, progress, &entries, &total));
   }
   progress->set_total(total);
   report.bytes = total;
@@ -361,22 +555,9 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
 
   // The common state: the source's, args for the target, the optimizer's
   // param groups in fully_reshardable form.
-  const internal_checkpoint::LegacyReader* legacy = v->legacy();
-  std::shared_ptr<const torch::TorchFile> common_file;
-  if (legacy != nullptr) {
-    for (const auto& r : legacy->ranks()) {
-      if (r.folder != legacy->rank0_folder()) continue;
-      CKPT_ASSIGN_OR_RETURN(common_file,
-                            legacy->OpenRankFile(r.coord, internal_checkpoint::LegacyReader::FileKind::kModel));
-    }
-  } else if (v->torch_dist().common_file) {
-    const torch::TorchFile* raw = v->torch_dist().common_file.get();
-    common_file = std::shared_ptr<const torch::TorchFile>(raw, [](const torch::TorchFile*) {});
-  }
-  if (!common_file) return DataLossError(StrCat(src, ": no common state (args, iteration)"));
   const int64_t world = tl.world_size();
   const int64_t it_out = *iteration;
-  auto write_common = [v, common_file, tl, tc, world, it_out, with_optimizer,
+  auto write_common = [v, common_file, tl, tc, world, it_out, with_optimizer, buckets,
                        version = wo.version](ByteSink* sink) -> Status {
     torch::TorchTreeWriter w;
     pickle::Arena& a = w.arena();
@@ -406,7 +587,7 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
                   {"world_size", a.Int(world)},
                   {"padded_vocab_size", a.Int(tc.padded_vocab_size)},
                   {"ckpt_format", w.Str("torch_dist")},
-                  {"dist_ckpt_optim_fully_reshardable", a.Bool(true)}}));
+                  {"dist_ckpt_optim_fully_reshardable", a.Bool(!buckets)}}));
     root->dict.push_back({w.Str("args"), args});
     for (const char* k : {"checkpoint_version"}) {
       if (Value* x = DictGet(src_root, k)) root->dict.push_back({w.Str(k), x});
@@ -414,13 +595,21 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
     root->dict.push_back({w.Str("iteration"), a.Int(it_out)});
     if (with_optimizer) {
       CKPT_ASSIGN_OR_RETURN(std::vector<Value*> subs, SourceOptimizers(*v, &w, src_root, &keep));
+      // dp_reshardable keeps the param groups in per-rank objects; the
+      // common state says only the sharding type.
+      auto one = [&](Value* sub) -> Result<Value*> {
+        if (!buckets) return FullyReshardableOptimizer(&w, sub);
+        Value* d = a.Dict();
+        d->dict.push_back({w.Str("param_state_sharding_type"), w.Str("dp_reshardable")});
+        return d;
+      };
       Value* opt = nullptr;
       if (subs.size() == 1) {
-        CKPT_ASSIGN_OR_RETURN(opt, FullyReshardableOptimizer(&w, subs[0]));
+        CKPT_ASSIGN_OR_RETURN(opt, one(subs[0]));
       } else {
         opt = a.Dict();
         for (size_t k = 0; k < subs.size(); ++k) {
-          CKPT_ASSIGN_OR_RETURN(Value * sub, FullyReshardableOptimizer(&w, subs[k]));
+          CKPT_ASSIGN_OR_RETURN(Value * sub, one(subs[k]));
           opt->dict.push_back({a.Int(static_cast<int64_t>(k)), sub});
         }
       }
@@ -430,8 +619,8 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
       if (Value* x = DictGet(src_root, k)) root->dict.push_back({w.Str(k), x});
     }
     Value* cm = a.Dict();
-    cm->dict.push_back({w.Str("distrib_optim_sharding_type"), w.Str("fully_reshardable")});
-    cm->dict.push_back({w.Str("distrib_optim_fully_reshardable_mem_efficient"), a.Bool(false)});
+    cm->dict.push_back({w.Str("distrib_optim_sharding_type"), w.Str(buckets ? "dp_reshardable" : "fully_reshardable")});
+    if (!buckets) cm->dict.push_back({w.Str("distrib_optim_fully_reshardable_mem_efficient"), a.Bool(false)});
     cm->dict.push_back({w.Str("singleton_local_shards"), a.Bool(false)});
     cm->dict.push_back({w.Str("chained_optim_avoid_prefix"), a.Bool(true)});
     root->dict.push_back({w.Str("content_metadata"), cm});

@@ -262,3 +262,31 @@ def test_unknown_tokenizer_size_that_makes_the_padding_ambiguous_is_asked_for(tm
     assert json.loads(r.stdout)["target_padded_vocab"] == 32
     r = _ckptkit("reshard", str(src), "--tp", "1", "--pp", "1", "--vocab-size", "40", "--check", check=False)
     assert r.returncode == 2 and "vocab_size 40" in r.stderr
+
+
+def test_dp_reshardable_output_loads_in_megatron_at_the_new_layout(pp4_run, tmp_path):
+    """--optimizer-sharding dp_reshardable: the target layout's own buckets (per_bucket_numel
+    objects, one flat tensor per bucket and state, computed by ckptkit's model layer for
+    TP2 / PP2 / DP2); megatron-core's dp_reshardable loader accepts them (it checks the bucket
+    sizes against its own) and gives the source run's state. And back: dp_reshardable ->
+    fully_reshardable -> dp_reshardable at the source layout gives the same per-parameter state."""
+    import megatron_optim as mo
+
+    spec, src, trained = pp4_run
+    out = tmp_path / "out"
+    r = _ckptkit("reshard", str(src), str(out), "--tp", "2", "--pp", "2", "--optimizer-sharding", "dp_reshardable",
+                 "--megatron-version", "0.16", "--json")
+    assert json.loads(r.stdout)["target_optimizer_sharding"] == "dp_reshardable"
+    r = _ckptkit("inspect", str(out))
+    assert "sharding dp_reshardable" in r.stdout
+    target = mo.OptimSpec(family="llama", tp=2, pp=2, dp=2, bucket_size=200, model_overrides=TINY4)
+    loaded = mo.load_torch_dist_into_optimizer(target, str(out))
+    assert _same_tensors(trained, loaded) == []
+
+    full = tmp_path / "full"
+    back = tmp_path / "back"
+    _ckptkit("reshard", str(src), str(full), "-q")  # 0.19 form in between
+    _ckptkit("reshard", str(full), str(back), "--optimizer-sharding", "dp_reshardable", "--megatron-version", "0.16",
+             "-q")
+    again = mo.load_torch_dist_into_optimizer(spec, str(back))
+    assert _same_tensors(trained, again) == []

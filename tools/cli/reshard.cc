@@ -15,8 +15,8 @@ void RegisterReshard(CLI::App& app, int* exit_code) {
       "reshard",
       "Rewrite a Megatron checkpoint (torch_dist of any optimizer sharding type, or legacy mp_rank_*)\n"
       "for another TP / PP / VPP / DP / EP layout, optimizer state included, offline and streaming.\n"
-      "The output is torch_dist with the optimizer state fully_reshardable (model space) and args\n"
-      "for the new layout. --check only says whether the layout fits and what would be written.");
+      "The output is torch_dist with the optimizer state fully_reshardable (model space) or in the\n"
+      "new layout's buckets (dp_reshardable), and args for the new layout. --check only says whether the layout fits and what would be written.");
   cmd->add_option("SRC", opts->src, "source checkpoint (a Megatron-LM root or iteration folder)")->required();
   cmd->add_option("DST", opts->dst, "destination root (iter_<N:07d>/ and latest_checkpointed_iteration.txt)");
   for (auto [flag, field, what] :
@@ -34,7 +34,8 @@ void RegisterReshard(CLI::App& app, int* exit_code) {
           ->check(CLI::PositiveNumber);
   cmd->add_option("--to", opts->to, "output format (torch_dist)")->check(CLI::IsMember({"torch_dist", "legacy"}));
   cmd->add_option("--optimizer-sharding", opts->optimizer_sharding,
-                  "optimizer state of the output (fully_reshardable)")
+                  "optimizer state of the output: fully_reshardable (model space; loads at any layout;\n"
+                  "the default) or dp_reshardable (the target layout's own buckets, megatron-core's default)")
       ->check(CLI::IsMember({"fully_reshardable", "dp_reshardable"}));
   cmd->add_flag("--no-optimizer", opts->no_optimizer, "leave the optimizer state out");
   cmd->add_option("--megatron-version", opts->megatron_version,

@@ -16,10 +16,9 @@ Status RunReshard(const ReshardCommandOptions& options, std::ostream& out, std::
     return InvalidArgumentError(StrCat("--to ", options.to, ": reshard writes torch_dist only so far ",
                                        "(convert the result --to legacy at the same layout)"));
   }
-  if (options.optimizer_sharding != "fully_reshardable") {
+  if (options.optimizer_sharding != "fully_reshardable" && options.optimizer_sharding != "dp_reshardable") {
     return InvalidArgumentError(StrCat("--optimizer-sharding ", options.optimizer_sharding,
-                                       ": reshard writes fully_reshardable only so far (megatron-core loads it at "
-                                       "any layout and saves its own sharding type afterwards)"));
+                                       ": fully_reshardable or dp_reshardable"));
   }
   if (!options.check && options.dst.empty()) return InvalidArgumentError("DST is required (or --check)");
   ReshardOptions r;
@@ -31,6 +30,8 @@ Status RunReshard(const ReshardCommandOptions& options, std::ostream& out, std::
   r.etp = options.etp;
   r.vocab_size = options.vocab_size;
   r.no_optimizer = options.no_optimizer;
+  r.optimizer_sharding = options.optimizer_sharding == "dp_reshardable" ? OptimizerSharding::kDpReshardable
+                                                                         : OptimizerSharding::kFullyReshardable;
   r.megatron_version = options.megatron_version;
   r.iteration = options.iteration;
   r.thread_count = static_cast<int>(options.thread_count);
@@ -60,7 +61,7 @@ Status RunReshard(const ReshardCommandOptions& options, std::ostream& out, std::
     j["source_layout"] = report.source_layout;
     j["target_layout"] = report.target_layout;
     j["source_optimizer_sharding"] = report.optimizer;
-    j["target_optimizer_sharding"] = report.optimizer.empty() || options.no_optimizer ? "" : "fully_reshardable";
+    j["target_optimizer_sharding"] = report.optimizer.empty() || options.no_optimizer ? "" : options.optimizer_sharding;
     j["source_padded_vocab"] = report.source_padded_vocab;
     j["target_padded_vocab"] = report.target_padded_vocab;
     j["files"] = report.files;
@@ -73,7 +74,7 @@ Status RunReshard(const ReshardCommandOptions& options, std::ostream& out, std::
   if (options.quiet) return OkStatus();
   out << fmt::format("{} -> {}{}\n", report.source_layout, report.target_layout,
                      report.optimizer.empty() ? "" : fmt::format(", optimizer {} -> {}", report.optimizer,
-                                                                  options.no_optimizer ? "dropped" : "fully_reshardable"));
+                                                                  options.no_optimizer ? "dropped" : options.optimizer_sharding));
   if (report.target_padded_vocab != report.source_padded_vocab) {
     out << fmt::format("padded vocabulary {} -> {}\n", report.source_padded_vocab, report.target_padded_vocab);
   }

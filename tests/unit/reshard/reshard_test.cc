@@ -1,0 +1,120 @@
+// Reshard over the real megatron-core goldens (tests/golden/legacy), read
+// back in model space: every tensor and optimizer state equals the source's
+// (megatron's own loads of the outputs are tests/interop/test_reshard.py).
+#include "ckpt/reshard.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <string>
+
+#include "ckpt/checkpoint.h"
+#include "ckpt/convert.h"
+#include "unit/checkpoint/checkpoint_testutil.h"
+
+namespace ckpt {
+namespace {
+
+using ::ckpt::testing::SourcePath;
+
+std::string Golden(const std::string& name, const std::string& format) {
+  return SourcePath("tests/golden/legacy/" + name + "/" + format);
+}
+
+std::unique_ptr<CheckpointReader> Open(const std::string& path) {
+  OpenOptions o;
+  o.pickle_mode = PickleMode::kInspect;
+  Result<std::unique_ptr<CheckpointReader>> r = OpenModelSpace(path, o);
+  EXPECT_TRUE(r.ok()) << path << ": " << r.status().ToString();
+  return r.ok() ? std::move(*r) : nullptr;
+}
+
+std::string Bytes(const CheckpointReader& r, size_t i) {
+  StringSink s;
+  EXPECT_TRUE(r.ReadTensor(i, &s).ok()) << r.tensors()[i].key;
+  return s.str();
+}
+
+class ReshardTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("ckpt_reshard_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    std::filesystem::remove_all(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::filesystem::path dir_;
+};
+
+// Every tensor of `a` in `b` with the same shape and bytes.
+void ExpectSameModelSpace(const std::string& a_path, const std::string& b_path) {
+  std::unique_ptr<CheckpointReader> a = Open(a_path), b = Open(b_path);
+  ASSERT_TRUE(a && b);
+  size_t states = 0;
+  for (size_t i = 0; i < a->tensors().size(); ++i) {
+    const TensorInfo& t = a->tensors()[i];
+    Result<size_t> j = b->Find(t.key);
+    ASSERT_TRUE(j.ok()) << t.key;
+    EXPECT_EQ(b->tensors()[*j].shape, t.shape) << t.key;
+    EXPECT_EQ(Bytes(*b, *j), Bytes(*a, i)) << t.key;
+    if (t.key.rfind("optimizer.state.", 0) == 0) ++states;
+  }
+  EXPECT_GE(states, 27u);
+}
+
+TEST_F(ReshardTest, LegacyTp2Pp2ToTp1Pp1KeepsEveryTensor) {
+  ReshardOptions o;
+  o.tp = 1;
+  o.pp = 1;
+  Result<ReshardReport> r = Reshard(Golden("mc016_llama_tp2pp2dp2", "legacy"), dir_.string(), o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->optimizer, "legacy distrib_optim.pt");
+  EXPECT_EQ(r->target_padded_vocab, 32);
+  ExpectSameModelSpace(Golden("mc016_llama_tp2pp2dp2", "legacy"), dir_.string());
+}
+
+TEST_F(ReshardTest, DpReshardableBucketsAtANewLayoutReadBackAsTheSource) {
+  ReshardOptions o;
+  o.dp = 1;
+  o.optimizer_sharding = OptimizerSharding::kDpReshardable;
+  Result<ReshardReport> r = Reshard(Golden("mc016_llama_dp2", "dp_reshardable"), dir_.string(), o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ExpectSameModelSpace(Golden("mc016_llama_dp2", "legacy"), dir_.string());
+}
+
+TEST_F(ReshardTest, MoeDpReshardableKeepsBothOptimizers) {
+  ReshardOptions o;
+  o.optimizer_sharding = OptimizerSharding::kDpReshardable;
+  Result<ReshardReport> r = Reshard(Golden("mc016_mixtral_ep2", "legacy"), dir_.string(), o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ExpectSameModelSpace(Golden("mc016_mixtral_ep2", "legacy"), dir_.string());
+}
+
+TEST_F(ReshardTest, PreflightRefusesWhatDoesNotFitAndWritesNothing) {
+  const std::string src = Golden("mc016_llama_dp2", "dp_reshardable");
+  for (auto [tp, pp, why] : {std::tuple{3, 0, "num_attention_heads 4 is not divisible by tp=3"},
+                             std::tuple{4, 0, "num_query_groups 2 is not divisible by tp=4"},
+                             std::tuple{0, 3, "layers"}}) {
+    ReshardOptions o;
+    o.tp = tp;
+    o.pp = pp;
+    Result<ReshardReport> r = Reshard(src, dir_.string(), o);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(why), std::string::npos) << r.status().ToString();
+    EXPECT_FALSE(std::filesystem::exists(dir_));
+  }
+  ReshardOptions o;
+  o.check_only = true;
+  o.tp = 2;
+  Result<ReshardReport> r = Reshard(src, dir_.string(), o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->source_layout.rfind("TP=1", 0), 0u);
+  EXPECT_EQ(r->target_layout.rfind("TP=2", 0), 0u);
+  EXPECT_GT(r->bytes, 0u);
+  EXPECT_TRUE(r->files.empty());
+  EXPECT_FALSE(std::filesystem::exists(dir_));
+}
+
+}  // namespace
+}  // namespace ckpt
