@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`ckptkit convert SRC DST --to legacy` (Megatron-Core torch_dist with distributed-optimizer
-state -> Megatron-LM's legacy iter_N/mp_rank_XX/model_optim_rng.pt + distrib_optim.pt) against
-reading plus writing the same bytes.
+state -> Megatron-LM's legacy iter_N/mp_rank_XX/model_optim_rng.pt + distrib_optim.pt) and
+`ckptkit reshard SRC DST --tp 2*TP --dp DP/2` (to another layout, fully_reshardable or
+dp_reshardable out) against reading plus writing the same bytes.
 
     .venv/bin/python bench/bench_legacy_convert.py [--size-gib 2 | --quick] [--repeat 3]
                                                    [--warmup 1] [--cache warm[,cold]]
@@ -37,7 +38,12 @@ untimed runs, peak RSS, user/sys CPU, load average), per source layout:
     offline torch_dist -> legacy converter (its --ckpt-convert-format torch is a training
     launch at the source's world size): real megatron-core on --dp x TP x PP gloo ranks builds
     the model, DDP and optimizer, dist_checkpointing.load's the source, and writes
-    model_optim_rng.pt + distrib_optim.pt (save_parameter_state) as save_checkpoint does.
+    model_optim_rng.pt + distrib_optim.pt (save_parameter_state) as save_checkpoint does;
+  * `ckptkit reshard -q SRC DST --tp 2*TP --dp DP/2` (same world), and with
+    `--optimizer-sharding dp_reshardable`;
+  * --megatron, for resharding: the peer route, run once, fully_reshardable source only (the
+    only sharding type megatron loads at another layout): megatron-core at the target layout
+    builds the model, DDP and optimizer, loads the source and saves dp_reshardable torch_dist.
 After the runs each output is checked once: the mp_rank folders, every distrib_optim.pt
 loads with torch.load and holds for every buffer the numel_unpadded megatron's layout gives
 (param / exp_avg / exp_avg_sq fp32 of that length), dp_reshardable's world tensors equal the
@@ -211,6 +217,46 @@ def _cli_legacy(p):
     return _run_cli([p["cli"], "convert", "-q", p["root"], p["out_cli"], "--to", "legacy"])
 
 
+def _target_flags(p):
+    """reshard's target: TP doubled, DP halved (the same world), as a user moves TP1/DP2 -> TP2/DP1."""
+    spec = p["spec"]
+    return ["--tp", str(spec["tp"] * 2), "--dp", str(max(1, spec["dp"] // 2))]
+
+
+def _cli_reshard(p):
+    return _run_cli([p["cli"], "reshard", "-q", p["root"], p["out_reshard"], *_target_flags(p)])
+
+
+def _cli_reshard_dp(p):
+    return _run_cli([p["cli"], "reshard", "-q", p["root"], p["out_reshard"], *_target_flags(p),
+                     "--optimizer-sharding", "dp_reshardable"])
+
+
+def _megatron_reshard_rank(job) -> None:
+    """Rank body of the peer route for resharding: megatron-core at the TARGET layout builds the
+    model + DDP + DistributedOptimizer, loads the source (only a fully_reshardable one loads at
+    another layout), and saves dp_reshardable torch_dist, as a resumed Megatron-LM run would."""
+    import megatron_optim as mo
+
+    _megatron_build_load_save(job, lambda spec, gpts, opt, sched: mo._write_torch_dist(
+        spec, job.out, gpts, opt, sched, "dp_reshardable"))
+
+
+def _megatron_reshard(p):
+    import resource
+
+    import megatron_models as mm
+
+    spec = _spec_from_json(p["spec"])
+    spec = dataclasses.replace(spec, tp=spec.tp * 2, dp=max(1, spec.dp // 2))
+    mm.run_ranks(spec.world, _megatron_reshard_rank,
+                 _MegatronJob(spec, p["root"], p["out_mg_reshard"], p["stages"]))
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(p["stages"], "a") as f:
+        f.write(json.dumps({"ranks_peak_rss_kib": ru.ru_maxrss, "ranks_user_s": ru.ru_utime,
+                            "ranks_sys_s": ru.ru_stime}) + "\n")
+
+
 @dataclasses.dataclass
 class _MegatronJob:
     spec: object
@@ -219,12 +265,10 @@ class _MegatronJob:
     stages: str
 
 
-def _megatron_rank(job: _MegatronJob) -> None:
-    """Rank body: what Megatron-LM's --ckpt-convert-format torch launch does at the source's
-    world size: build the model chunks + DDP + DistributedOptimizer (get_model /
-    setup_model_and_optimizer), load the torch_dist checkpoint (load_checkpoint's torch_dist
-    branch), save the legacy files (save_checkpoint's torch branch: save_parameter_state on
-    every rank, torch.save of the rank's state dict by expert-DP rank 0)."""
+def _megatron_build_load_save(job, save) -> None:
+    """Builds the model chunks + DDP + DistributedOptimizer at job.spec (get_model /
+    setup_model_and_optimizer), loads job.root (load_checkpoint's torch_dist branch), then
+    save(spec, gpts, opt, sched); rank 0 records the three stages' seconds."""
     import megatron_optim as mo
     import torch
     import torch.distributed as dist
@@ -244,11 +288,21 @@ def _megatron_rank(job: _MegatronJob) -> None:
         mo._load_torch_dist(spec, job.root, gpts, opt)
     dist.barrier()
     t2 = time.perf_counter()
-    mo._write_legacy(spec, job.out, gpts, opt, sched)
+    save(spec, gpts, opt, sched)
     t3 = time.perf_counter()
     if dist.get_rank() == 0:
         with open(job.stages, "a") as f:
             f.write(json.dumps({"build": t1 - t0, "load": t2 - t1, "save": t3 - t2}) + "\n")
+
+
+def _megatron_rank(job: _MegatronJob) -> None:
+    """Rank body: what Megatron-LM's --ckpt-convert-format torch launch does at the source's
+    world size: build, load the torch_dist checkpoint, save the legacy files (save_checkpoint's
+    torch branch: save_parameter_state on every rank, torch.save of the rank's state dict by
+    expert-DP rank 0)."""
+    import megatron_optim as mo
+
+    _megatron_build_load_save(job, lambda spec, gpts, opt, sched: mo._write_legacy(spec, job.out, gpts, opt, sched))
 
 
 def _megatron_online(p):
@@ -284,6 +338,9 @@ OPS = {
     "torch_read": lambda p: len(_torch_load_full({"dcp": p["iter_dir"]})),
     "cli_legacy": _cli_legacy,
     "megatron_online": _megatron_online,
+    "cli_reshard": _cli_reshard,
+    "cli_reshard_dp": _cli_reshard_dp,
+    "megatron_reshard": _megatron_reshard,
 }
 
 
@@ -303,6 +360,9 @@ PREPARE = {
     "torch_read": _prep("raw"),
     "cli_legacy": _prep("raw", "out_cli"),
     "megatron_online": _prep("raw", "out_mg"),
+    "cli_reshard": _prep("raw", "out_reshard"),
+    "cli_reshard_dp": _prep("raw", "out_reshard"),
+    "megatron_reshard": _prep("raw", "out_mg_reshard"),
 }
 
 # (op, label, baseline op for "of raw")
@@ -313,18 +373,21 @@ ROWS = [
     ("torch_read", "torch: _load_state_dict of everything (info)", "raw_copy"),
     ("cli_legacy", "ckptkit convert --to legacy (CLI)", "raw_copy"),
     ("megatron_online", "megatron-core: build + load + save legacy", "raw_copy"),
+    ("cli_reshard", "ckptkit reshard --tp 2x --dp /2 (fully_reshardable out)", "raw_copy"),
+    ("cli_reshard_dp", "ckptkit reshard ... --optimizer-sharding dp_reshardable", "raw_copy"),
+    ("megatron_reshard", "megatron-core at the target: build + load fully_reshardable + save", "raw_copy"),
 ]
-DEFAULT_OPS = ("raw_copy", "raw_read", "raw_write", "torch_read", "cli_legacy")
+DEFAULT_OPS = ("raw_copy", "raw_read", "raw_write", "torch_read", "cli_legacy", "cli_reshard", "cli_reshard_dp")
 
 
 def child_main(op: str, args) -> None:
     bench_dcp.OPS[op] = OPS[op]
     bench_dcp.PREPARE[op] = PREPARE[op]
-    if op in ("torch_read", "megatron_online"):
+    if op in ("torch_read", "megatron_online", "megatron_reshard"):
         import torch  # noqa: F401  (import cost not timed)
         import torch.distributed.checkpoint  # noqa: F401
         import torch.distributed.checkpoint.state_dict_loader  # noqa: F401
-    if op == "megatron_online":
+    if op in ("megatron_online", "megatron_reshard"):
         import megatron_models as mm
 
         mm.preload_megatron()
@@ -596,8 +659,8 @@ def main():
     layouts = [x for x in args.layouts.split(",") if x]
     if not layouts or set(layouts) - set(LAYOUTS):
         sys.exit(f"--layouts: {', '.join(LAYOUTS)}")
-    ops = [r[0] for r in ROWS if r[0] in DEFAULT_OPS or (args.megatron and r[0] ==
-                                                         "megatron_online")]
+    ops = [r[0] for r in ROWS if r[0] in DEFAULT_OPS or (args.megatron and r[0] in
+                                                         ("megatron_online", "megatron_reshard"))]
     if args.only:
         wanted = set(args.only.split(","))
         if wanted - set(OPS):
@@ -628,6 +691,8 @@ def main():
                      "raw": os.path.join(base, "raw.bin"),
                      "out_cli": os.path.join(base, f"legacy_cli_{lay}"),
                      "out_mg": os.path.join(base, f"legacy_megatron_{lay}"),
+                     "out_reshard": os.path.join(base, f"reshard_cli_{lay}"),
+                     "out_mg_reshard": os.path.join(base, f"reshard_megatron_{lay}"),
                      "stages": os.path.join(base, "stages.jsonl"),
                      "src_bytes": sources[lay]["file_bytes"],
                      "spec": spec.describe(), "layout": os.path.join(ckpt["base"], "layout.json"),
@@ -637,24 +702,35 @@ def main():
                     log(f"  [{lay}, {cache}] running {op} ...")
                     _rm(paths["stages"])
                     rep, warm = args.repeat, args.warmup
-                    if op == "megatron_online":
+                    if op in ("megatron_online", "megatron_reshard"):
                         rep, warm = 1, 0
+                    if op == "megatron_reshard" and lay != "fully_reshardable":
+                        continue  # megatron loads only fully_reshardable at another layout
                     results[(lay, cache, op)] = run_child(op, args, paths, cache == "cold",
                                                           rep, warm)
                     if "error" in results[(lay, cache, op)]:
                         log(f"    FAILED: {results[(lay, cache, op)]['error'][-600:]}")
-                    if op == "megatron_online" and os.path.exists(paths["stages"]):
+                    if op in ("megatron_online", "megatron_reshard") and os.path.exists(paths["stages"]):
                         with open(paths["stages"]) as f:
                             st = {}
                             for x in f:  # the last run's stages, then its ranks' peak RSS
                                 st.update(json.loads(x))
-                            stages[(lay, cache)] = st
+                            stages[(lay, cache, op)] = st
             _rm(paths["raw"])
             if os.path.isdir(paths["out_cli"]):
                 log(f"  [{lay}] checking the output ...")
                 checks[lay] = _run_check("--_check", paths)
                 if not checks[lay].get("ok"):
                     log(f"    CHECK FAILED: {json.dumps(checks[lay])[:1500]}")
+            if os.path.isdir(paths["out_reshard"]):
+                # The resharded output (the last reshard op's) reads back whole; from a
+                # dp_reshardable source (megatron's fully_reshardable save of several buckets is
+                # shifted, see verify --deep) its fp32 main params also round to the weights.
+                deep = ["--deep"] if lay == "dp_reshardable" else []
+                r = subprocess.run([cli, "verify", *deep, paths["out_reshard"]], capture_output=True, text=True)
+                checks[f"reshard ({lay} source)"] = {"ok": r.returncode == 0, "verify": r.stdout.strip()[-400:]}
+                log(f"  [{lay}] reshard output verify: {'ok' if r.returncode == 0 else r.stdout[-400:]}")
+                _rm(paths["out_reshard"])
             if os.path.isdir(paths["out_cli"]) and os.path.isdir(paths["out_mg"]):
                 log(f"  [{lay}] comparing distrib_optim.pt with megatron-core's own ...")
                 compare[f"ckptkit vs megatron-core's own save ({lay} source)"] = _run_check(
@@ -710,9 +786,9 @@ def main():
                     row["fraction_of_raw"] = best(raw_op) / b["seconds"]
                 if raw_op and rw:
                     row["fraction_of_rw"] = rw / b["seconds"]
-                if op == "megatron_online" and (lay, cache) in stages:
+                if op in ("megatron_online", "megatron_reshard") and (lay, cache, op) in stages:
                     # The work runs in the forked ranks: their CPU, the largest rank's peak.
-                    st = row["stages"] = stages[(lay, cache)]
+                    st = row["stages"] = stages[(lay, cache, op)]
                     st["parent_peak_rss_mib"] = row["peak_rss_mib"]
                     row["user_s"] = st.get("ranks_user_s", 0.0)
                     row["sys_s"] = st.get("ranks_sys_s", 0.0)
@@ -830,6 +906,9 @@ def print_report(doc) -> None:
     for lay, oc in (doc.get("output_checks") or {}).items():
         if "error" in oc:
             print(f"output check ({lay}) FAILED to run: {oc['error'][-500:]}")
+            continue
+        if "verify" in oc:  # a reshard output: ckptkit verify of it
+            print(f"output check ({lay}): {'OK' if oc['ok'] else 'FAILED'}; verify: {oc['verify'][-300:]}")
             continue
         nu = {k: v["numel_unpadded"] for k, v in oc["distrib_optim"].items()}
         print(f"output check ({lay}): {'OK' if oc['ok'] else 'FAILED'}; "

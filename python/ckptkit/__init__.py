@@ -45,6 +45,7 @@ __all__ = [
     "TensorInfo",
     "UnsupportedError",
     "convert",
+    "reshard",
     "open",
     "save_file",
 ]
@@ -380,6 +381,48 @@ def convert(
                          megatron_layer_spec=megatron_layer_spec,
                          make_vocab_size_divisible_by=make_vocab_size_divisible_by,
                          no_optimizer=bool(no_optimizer))
+
+
+def reshard(
+    src: PathLike,
+    dst: Optional[PathLike] = None,
+    *,
+    tp: int = 0,
+    pp: int = 0,
+    vpp: int = 0,
+    dp: int = 0,
+    ep: int = 0,
+    etp: int = 0,
+    vocab_size: Optional[int] = None,
+    optimizer_sharding: str = "fully_reshardable",
+    no_optimizer: bool = False,
+    megatron_version: Optional[str] = None,
+    iteration: Optional[int] = None,
+    thread_count: int = 1,
+    check: bool = False,
+) -> dict:
+    """Rewrites a Megatron checkpoint (torch_dist of any optimizer sharding
+    type, or legacy mp_rank_* folders) for another parallel layout: sizes left
+    at 0 keep the source's. The output (a Megatron-LM root) is torch_dist with
+    the optimizer state "fully_reshardable" (loads at any layout) or
+    "dp_reshardable" (the new layout's buckets). check=True only checks the
+    target against the model and reports, writing nothing (dst may be None).
+    Same behaviour as `ckptkit reshard` (README); the options are
+    ckpt::ReshardOptions'.
+
+    Returns {"source_layout", "target_layout", "source_optimizer_sharding",
+    "source_padded_vocab", "target_padded_vocab", "files", "warnings",
+    "tensors", "bytes"}.
+    """
+    for name, v in (("tp", tp), ("pp", pp), ("vpp", vpp), ("dp", dp), ("ep", ep), ("etp", etp)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be an int >= 0 (0 keeps the source's), got {v!r}")
+    if dst is None and not check:
+        raise ValueError("dst is required unless check=True")
+    return _core.reshard(os.fspath(src), os.fspath(dst) if dst is not None else "", tp=tp, pp=pp, vpp=vpp, dp=dp,
+                         ep=ep, etp=etp, vocab_size=vocab_size, optimizer_sharding=str(optimizer_sharding),
+                         no_optimizer=bool(no_optimizer), megatron_version=megatron_version or "",
+                         iteration=iteration, thread_count=thread_count, check=bool(check))
 
 
 # numpy (kind, itemsize) -> torch dtype name, for save_file.

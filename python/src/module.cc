@@ -37,6 +37,7 @@
 
 #include "ckpt/checkpoint.h"
 #include "ckpt/convert.h"
+#include "ckpt/reshard.h"
 #include "ckpt/dtype.h"
 #include "ckpt/env.h"
 #include "ckpt/status.h"
@@ -345,6 +346,51 @@ nb::dict ConvertPy(const std::string& src, const std::string& dst, std::string_v
   nb::list files, warnings;
   for (const std::string& f : report->files) files.append(f);
   for (const std::string& w : report->warnings) warnings.append(w);
+  d["files"] = files;
+  d["warnings"] = warnings;
+  d["tensors"] = report->tensors;
+  d["bytes"] = report->bytes;
+  return d;
+}
+
+nb::dict ReshardPy(const std::string& src, const std::string& dst, int64_t tp, int64_t pp, int64_t vpp, int64_t dp,
+                   int64_t ep, int64_t etp, std::optional<int64_t> vocab_size, std::string_view optimizer_sharding,
+                   bool no_optimizer, const std::string& megatron_version, std::optional<int64_t> iteration,
+                   int64_t thread_count, bool check) {
+  ReshardOptions o;
+  o.tp = tp;
+  o.pp = pp;
+  o.vpp = vpp;
+  o.dp = dp;
+  o.ep = ep;
+  o.etp = etp;
+  o.vocab_size = vocab_size;
+  if (optimizer_sharding == "dp_reshardable") {
+    o.optimizer_sharding = OptimizerSharding::kDpReshardable;
+  } else if (optimizer_sharding != "fully_reshardable") {
+    RaiseStatus(InvalidArgumentError(StrCat("optimizer_sharding: fully_reshardable or dp_reshardable, got \"",
+                                            optimizer_sharding, "\"")));
+  }
+  o.no_optimizer = no_optimizer;
+  o.megatron_version = megatron_version;
+  o.iteration = iteration;
+  o.thread_count = static_cast<int>(thread_count);
+  o.check_only = check;
+  Result<ReshardReport> report = InternalError("not run");
+  {
+    nb::gil_scoped_release release;
+    report = Reshard(src, dst, o);
+  }
+  if (!report.ok()) RaiseStatus(report.status());
+  nb::dict d;
+  nb::list files, warnings;
+  for (const std::string& f : report->files) files.append(f);
+  for (const std::string& w : report->warnings) warnings.append(w);
+  d["source_layout"] = report->source_layout;
+  d["target_layout"] = report->target_layout;
+  d["source_optimizer_sharding"] = report->optimizer;
+  d["source_padded_vocab"] = report->source_padded_vocab;
+  d["target_padded_vocab"] = report->target_padded_vocab;
   d["files"] = files;
   d["warnings"] = warnings;
   d["tensors"] = report->tensors;
@@ -818,6 +864,11 @@ NB_MODULE(_core, m) {
         nb::arg("dtype") = "", nb::arg("bin") = false, nb::arg("tp") = 1, nb::arg("pp") = 1, nb::arg("ep") = 1,
         nb::arg("etp").none() = nb::none(), nb::arg("megatron_layer_spec") = "local",
         nb::arg("make_vocab_size_divisible_by") = 128, nb::arg("no_optimizer") = false);
+  m.def("reshard", &ReshardPy, nb::arg("src"), nb::arg("dst"), nb::arg("tp") = 0, nb::arg("pp") = 0,
+        nb::arg("vpp") = 0, nb::arg("dp") = 0, nb::arg("ep") = 0, nb::arg("etp") = 0,
+        nb::arg("vocab_size").none() = nb::none(), nb::arg("optimizer_sharding") = "fully_reshardable",
+        nb::arg("no_optimizer") = false, nb::arg("megatron_version") = "", nb::arg("iteration").none() = nb::none(),
+        nb::arg("thread_count") = 1, nb::arg("check") = false);
   m.def("parse_size", &ParseSizePy, nb::arg("text"));
   m.def("save_file", &SaveFilePy, nb::arg("path"), nb::arg("format"), nb::arg("entries"),
         nb::arg("metadata").none() = nb::none());

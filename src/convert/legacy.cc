@@ -572,12 +572,7 @@ Result<ConvertReport> ConvertLegacyToTorchDist(const std::string& src, const std
     for (const char* k : {"opt_param_scheduler", "num_floating_point_operations_so_far"}) {
       CKPT_RETURN_IF_ERROR(carry(k));
     }
-    Value* cm = a.Dict();
-    cm->dict.push_back({w.Str("distrib_optim_sharding_type"), w.Str("fully_reshardable")});
-    cm->dict.push_back({w.Str("distrib_optim_fully_reshardable_mem_efficient"), a.Bool(false)});
-    cm->dict.push_back({w.Str("singleton_local_shards"), a.Bool(false)});
-    cm->dict.push_back({w.Str("chained_optim_avoid_prefix"), a.Bool(true)});
-    root->dict.push_back({w.Str("content_metadata"), cm});
+    root->dict.push_back({w.Str("content_metadata"), megatron::DistOptContentMetadata(&w, "fully_reshardable")});
     return megatron::WriteCommonTree(version, &w, root, sink);
   };
   CKPT_ASSIGN_OR_RETURN(internal_checkpoint::TorchDistWriteReport r,

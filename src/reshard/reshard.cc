@@ -618,12 +618,8 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
     for (const char* k : {"opt_param_scheduler", "num_floating_point_operations_so_far", "rerun_state_machine"}) {
       if (Value* x = DictGet(src_root, k)) root->dict.push_back({w.Str(k), x});
     }
-    Value* cm = a.Dict();
-    cm->dict.push_back({w.Str("distrib_optim_sharding_type"), w.Str(buckets ? "dp_reshardable" : "fully_reshardable")});
-    if (!buckets) cm->dict.push_back({w.Str("distrib_optim_fully_reshardable_mem_efficient"), a.Bool(false)});
-    cm->dict.push_back({w.Str("singleton_local_shards"), a.Bool(false)});
-    cm->dict.push_back({w.Str("chained_optim_avoid_prefix"), a.Bool(true)});
-    root->dict.push_back({w.Str("content_metadata"), cm});
+    root->dict.push_back({w.Str("content_metadata"), megatron::DistOptContentMetadata(
+                                                         &w, buckets ? "dp_reshardable" : "fully_reshardable")});
     return megatron::WriteCommonTree(version, &w, root, sink);
   };
   CKPT_ASSIGN_OR_RETURN(internal_checkpoint::TorchDistWriteReport r,

@@ -290,3 +290,22 @@ def test_dp_reshardable_output_loads_in_megatron_at_the_new_layout(pp4_run, tmp_
              "-q")
     again = mo.load_torch_dist_into_optimizer(spec, str(back))
     assert _same_tensors(trained, again) == []
+
+
+def test_python_api_is_the_same_engine(tmp_path):
+    """ckptkit.reshard (the package's thin binding) checks and writes as the CLI does."""
+    import ckptkit
+
+    src = os.path.join(GOLDEN, "mc016_llama_tp2pp2dp2", "legacy")
+    rep = ckptkit.reshard(src, check=True, tp=1, pp=1)
+    assert rep["source_layout"].startswith("TP=2 PP=2") and rep["target_layout"].startswith("TP=1 PP=1")
+    assert rep["files"] == [] and rep["bytes"] > 0
+    with pytest.raises(ValueError, match="num_attention_heads 4 is not divisible by tp=3"):
+        ckptkit.reshard(src, tmp_path / "x", tp=3)
+    with pytest.raises(ValueError, match="optimizer_sharding"):
+        ckptkit.reshard(src, tmp_path / "x", optimizer_sharding="zero")
+    assert not (tmp_path / "x").exists()
+    rep = ckptkit.reshard(src, tmp_path / "out", tp=1, pp=1, optimizer_sharding="dp_reshardable")
+    assert rep["files"][-1].endswith("latest_checkpointed_iteration.txt")
+    r = _ckptkit("inspect", str(tmp_path / "out"))
+    assert "TP=1 PP=1" in r.stdout and "sharding dp_reshardable" in r.stdout

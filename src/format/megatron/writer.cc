@@ -375,6 +375,18 @@ Status WriteCommonTree(CoreVersion v, torch::TorchTreeWriter* w, pickle::Value* 
   return w->Write(dict, sink, wo);
 }
 
+pickle::Value* DistOptContentMetadata(torch::TorchTreeWriter* w, std::string_view sharding_type) {
+  pickle::Arena& a = w->arena();
+  pickle::Value* cm = a.Dict();
+  cm->dict.push_back({w->Str("distrib_optim_sharding_type"), w->Str(sharding_type)});
+  if (sharding_type == "fully_reshardable") {
+    cm->dict.push_back({w->Str("distrib_optim_fully_reshardable_mem_efficient"), a.Bool(false)});
+  }
+  cm->dict.push_back({w->Str("singleton_local_shards"), a.Bool(false)});
+  cm->dict.push_back({w->Str("chained_optim_avoid_prefix"), a.Bool(true)});
+  return cm;
+}
+
 Status WriteCommonState(CoreVersion v, const torch::TorchFile* file, CommonSource source,
                         torch::TorchTreeWriter::Reopener reopen, ByteSink* sink) {
   torch::TorchTreeWriter w;

@@ -134,6 +134,13 @@ Status WriteCommonState(CoreVersion v, const torch::TorchFile* file, CommonSourc
 // Errors: those of TorchTreeWriter::Write and of the sink.
 Status WriteCommonTree(CoreVersion v, torch::TorchTreeWriter* w, pickle::Value* dict, ByteSink* sink);
 
+// The common state's "content_metadata" Megatron-LM writes with the
+// distributed optimizer (_build_sharded_state_dict_metadata):
+// {"distrib_optim_sharding_type": sharding_type,
+//  "distrib_optim_fully_reshardable_mem_efficient": False (fully_reshardable only),
+//  "singleton_local_shards": False, "chained_optim_avoid_prefix": True}, in w's arena.
+pickle::Value* DistOptContentMetadata(torch::TorchTreeWriter* w, std::string_view sharding_type);
+
 }  // namespace ckpt::megatron
 
 #endif  // CKPT_FORMAT_MEGATRON_WRITER_H_
