@@ -1,6 +1,8 @@
 // WriteTorchDistCheckpoint: publishing a Megatron-Core torch_dist checkpoint.
 #include "checkpoint/torch_dist_writer.h"
 
+#include <optional>
+
 #include "checkpoint/dcp_writer.h"
 #include "checkpoint/readers.h"
 #include "util/strings.h"
@@ -64,6 +66,7 @@ Result<TorchDistWriteReport> WriteTorchDistCheckpoint(Env* env, const std::strin
   // core >= 0.18's optional SHA-256 manifest of the folder: stale once anything is rewritten.
   const std::string integrity_path = JoinPath(ckpt_dir, "integrity.json");
   bool removed = false;
+  std::optional<std::string> kept_tracker;  // the text of a tracker naming another complete iteration
   if (options.tracker && env->FileExists(tracker_path)) {
     auto text = ReadSmall(env, tracker_path, 4096);
     auto old = text.ok() ? megatron::ParseTracker(*text, tracker_path) : Result<megatron::Tracker>(text.status());
@@ -71,6 +74,8 @@ Result<TorchDistWriteReport> WriteTorchDistCheckpoint(Env* env, const std::strin
     if (!old.ok() || megatron::IterationDirName(*old) == megatron::IterationDirName(*options.tracker)) {
       CKPT_RETURN_IF_ERROR(env->RemoveFile(tracker_path), "removing the tracker naming the folder being replaced");
       removed = true;
+    } else {
+      kept_tracker = *text;
     }
   }
   for (const std::string& p : {config_path, common_path, integrity_path}) {
@@ -105,7 +110,20 @@ Result<TorchDistWriteReport> WriteTorchDistCheckpoint(Env* env, const std::strin
   report.files.push_back(config_path);
   if (options.tracker) {
     s = WriteText(env, tracker_path, tracker_text);
-    if (!s.ok()) return fail(tracker_path, s);
+    if (!s.ok()) {
+      // The write may have failed before its rename (the kept tracker still
+      // names the earlier, complete iteration: leave it) or after it
+      // (directory sync): then ours is there, and the earlier one comes back.
+      Result<std::string> now = ReadSmall(env, tracker_path, 4096);
+      if (now.ok() && *now == tracker_text) {
+        if (kept_tracker) {
+          WriteText(env, tracker_path, *kept_tracker).IgnoreError();
+        } else {
+          env->RemoveFile(tracker_path).IgnoreError();
+        }
+      }
+      return fail("", s.WithContext(StrCat("writing ", tracker_path)));
+    }
     report.files.push_back(tracker_path);
   }
   return report;

@@ -10,6 +10,7 @@
 
 #include "ckpt/checkpoint.h"
 #include "ckpt/convert.h"
+#include "ckpt/fault_env.h"
 #include "unit/checkpoint/checkpoint_testutil.h"
 
 namespace ckpt {
@@ -114,6 +115,43 @@ TEST_F(ReshardTest, PreflightRefusesWhatDoesNotFitAndWritesNothing) {
   EXPECT_GT(r->bytes, 0u);
   EXPECT_TRUE(r->files.empty());
   EXPECT_FALSE(std::filesystem::exists(dir_));
+}
+
+// A full disk or a failing rename mid-write: the error is returned and no
+// output that looks complete is published (no tracker, no metadata.json); a
+// checkpoint already in the destination root stays loadable.
+TEST_F(ReshardTest, FaultsMidWritePublishNothing) {
+  const std::string src = Golden("mc016_llama_dp2", "dp_reshardable");
+  // An earlier iteration already in the destination.
+  {
+    ReshardOptions o;
+    o.iteration = 1;
+    ASSERT_TRUE(Reshard(src, dir_.string(), o).ok());
+  }
+  auto published = [&] {
+    return std::filesystem::exists(dir_ / "iter_0000002" / "metadata.json") ||
+           std::filesystem::exists(dir_ / "iter_0000002" / ".metadata");
+  };
+  for (int fault = 0; fault < 3; ++fault) {
+    FaultEnv env(Env::Default());
+    if (fault == 0) env.SetSpaceLimit(20000);
+    if (fault == 1) env.FailRename(".distcp");
+    if (fault == 2) env.FailRename("latest_checkpointed_iteration");
+    ReshardOptions o;
+    o.env = &env;
+    o.tp = 1;
+    o.optimizer_sharding = OptimizerSharding::kDpReshardable;
+    Result<ReshardReport> r = Reshard(src, dir_.string(), o);
+    ASSERT_FALSE(r.ok()) << fault;
+    EXPECT_FALSE(published() && fault < 2) << fault << ": " << r.status().ToString();
+    // The tracker still names the complete earlier iteration.
+    Result<std::string> tracker =
+        ::ckpt::testing::ReadWhole(Env::Default(), (dir_ / "latest_checkpointed_iteration.txt").string());
+    ASSERT_TRUE(tracker.ok()) << fault;
+    EXPECT_EQ(*tracker, "1") << fault;
+    std::unique_ptr<CheckpointReader> earlier = Open((dir_ / "iter_0000001").string());
+    EXPECT_TRUE(earlier != nullptr) << fault;
+  }
 }
 
 }  // namespace
