@@ -418,17 +418,95 @@ class TorchDistLoadStrategy(_mtorch.TorchDistLoadShardedStrategy):
     kwargs go to Megatron's TorchDistLoadShardedStrategy (0.19: cache_metadata,
     stream_ckpt_dequant, checkpoint_name; 0.16: none).
 
+    reshard (default True): a checkpoint saved at another parallel layout with
+    the distributed optimizer's dp_reshardable buckets (megatron-core's
+    default, which stock megatron-core cannot load at another layout) is
+    resharded for this job's layout first (scratch_dir: where; see load).
+
     Raises (load): what Megatron's raises for a mismatching request
     (CheckpointingException, KeyError); FileNotFoundError without `.metadata`;
-    ckptkit.CorruptCheckpointError (a ValueError) for damaged data files.
+    ckptkit.CorruptCheckpointError (a ValueError) for damaged data files;
+    RuntimeError naming the layout when resharding fails (on every rank).
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, reshard: bool = True, scratch_dir: Optional[PathLike] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._reshard = bool(reshard)
+        self._scratch_dir = os.fspath(scratch_dir) if scratch_dir is not None else None
+
+    def _resharded(self, sharded_state_dict: Any, checkpoint_dir: str) -> tuple[str, Optional[str]]:
+        """(folder to read, scratch root to remove afterwards or None).
+
+        The distributed optimizer's dp_reshardable buckets are per layout: when
+        this job's layout asks for bucket tensors the checkpoint does not hold
+        at those shapes (stock megatron-core raises a global shape mismatch),
+        global rank 0 reshards the checkpoint with ckptkit's engine
+        (ckptkit.reshard, dp_reshardable at this job's parallel state) into a
+        scratch folder (scratch_dir, else beside the checkpoint's root; as much
+        disk as the checkpoint) and every rank reads from there. Collective:
+        every rank of the job must call load."""
+        import torch.distributed as dist
+
+        if not self._reshard:
+            return checkpoint_dir, None
+        stored = _ckdcp.StorageReader(checkpoint_dir).read_metadata().state_dict_metadata
+        need = any(isinstance(t, ShardedTensor) and ".distributed.dp_group_idx_" in t.key
+                   and (t.key not in stored or tuple(getattr(stored[t.key], "size", ())) != tuple(t.global_shape))
+                   for t in nested_values(sharded_state_dict))
+        if dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([1 if need else 0], dtype=torch.int64)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            need = bool(flag.item())
+        if not need:
+            return checkpoint_dir, None
+        from megatron.core import parallel_state as ps
+
+        from . import reshard as _reshard
+
+        layout = dict(tp=ps.get_tensor_model_parallel_world_size(), pp=ps.get_pipeline_model_parallel_world_size(),
+                      vpp=ps.get_virtual_pipeline_model_parallel_world_size() or 1,
+                      dp=ps.get_data_parallel_world_size(), ep=ps.get_expert_model_parallel_world_size(),
+                      etp=ps.get_expert_tensor_parallel_world_size() or ps.get_tensor_model_parallel_world_size())
+        distributed = dist.is_available() and dist.is_initialized()
+        result: list = [None, None]  # [scratch root, error]
+        if not distributed or dist.get_rank() == 0:
+            root = os.path.dirname(os.path.abspath(checkpoint_dir))
+            try:
+                scratch = tempfile.mkdtemp(prefix="ckptkit-reshard-", dir=self._scratch_dir or root)
+                out = os.path.join(scratch, "out")
+                _reshard(checkpoint_dir, out, optimizer_sharding="dp_reshardable", megatron_version="0.16", **layout)
+                result = [scratch, None]
+            except Exception as e:  # noqa: BLE001 - every rank must learn of it, not hang
+                result = [None, f"{type(e).__name__}: {e}"]
+        if distributed:
+            dist.broadcast_object_list(result, src=0)
+        scratch, error = result
+        if error is not None:
+            raise RuntimeError(f"ckptkit: resharding {checkpoint_dir} for this job's layout {layout} failed: {error}")
+        out = os.path.join(scratch, "out")
+        iters = [d for d in os.listdir(out) if d.startswith("iter_")]
+        return os.path.join(out, iters[0]), scratch
 
     def load(self, sharded_state_dict: Any, checkpoint_dir: Union[str, Path], *args: Any, **kwargs: Any) -> dict:
         """As Megatron's load (extra args, e.g. 0.19's async_strategy, are accepted
-        and ignored: reading does not depend on how the checkpoint was saved)."""
+        and ignored: reading does not depend on how the checkpoint was saved).
+        A checkpoint whose distributed-optimizer buckets are of another layout is
+        resharded first (see _resharded; reshard=False turns it off)."""
+        checkpoint_dir, scratch = self._resharded(sharded_state_dict, os.fspath(checkpoint_dir))
+        try:
+            return self._load(sharded_state_dict, checkpoint_dir)
+        finally:
+            if scratch is not None:
+                import torch.distributed as dist
+
+                if dist.is_available() and dist.is_initialized():
+                    dist.barrier()
+                    if dist.get_rank() == 0:
+                        shutil.rmtree(scratch, ignore_errors=True)
+                else:
+                    shutil.rmtree(scratch, ignore_errors=True)
+
+    def _load(self, sharded_state_dict: Any, checkpoint_dir: Union[str, Path]) -> dict:
         flexible = [t for t in nested_values(sharded_state_dict)
                     if isinstance(t, ShardedTensor) and not t.allow_shape_mismatch]
         mismatch_ok = {t.key: t for t in nested_values(sharded_state_dict)

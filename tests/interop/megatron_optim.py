@@ -840,7 +840,14 @@ def _load_torch_dist(spec, root, gpts, opt) -> None:
     for i, g in enumerate(gpts):
         sd["model" if len(gpts) == 1 else f"model{i}"] = g.sharded_state_dict(metadata=dict(md))
     sd["optimizer"] = opt.sharded_state_dict(sd, is_loading=True, metadata=dict(md))
-    loaded = dist_checkpointing.load(sd, ckpt)
+    # MO_LOAD_STRATEGY=ckptkit: read through ckptkit.megatron.TorchDistLoadStrategy (which
+    # reshards a checkpoint of another layout); unset: megatron-core's own.
+    strategy = None
+    if os.environ.get("MO_LOAD_STRATEGY") == "ckptkit":
+        import ckptkit.megatron
+
+        strategy = ckptkit.megatron.TorchDistLoadStrategy()
+    loaded = dist_checkpointing.load(sd, ckpt, sharded_strategy=strategy)
     for i, g in enumerate(gpts):
         g.load_state_dict(loaded["model" if len(gpts) == 1 else f"model{i}"], strict=True)
     opt.load_state_dict(loaded["optimizer"])

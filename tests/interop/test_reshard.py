@@ -309,3 +309,22 @@ def test_python_api_is_the_same_engine(tmp_path):
     assert rep["files"][-1].endswith("latest_checkpointed_iteration.txt")
     r = _ckptkit("inspect", str(tmp_path / "out"))
     assert "TP=1 PP=1" in r.stdout and "sharding dp_reshardable" in r.stdout
+
+
+def test_load_strategy_reshards_at_load_time(pp4_run, monkeypatch):
+    """ckptkit.megatron.TorchDistLoadStrategy in megatron-core's own dist_checkpointing.load: a
+    job at TP2 / PP2 / DP2 loads the TP1 / PP4 dp_reshardable checkpoint (which stock
+    megatron-core refuses at that layout) to the source run's state; the scratch copy is gone."""
+    import megatron_optim as mo
+
+    spec, src, trained = pp4_run
+    before = sorted(os.listdir(src))
+    monkeypatch.setenv("MO_LOAD_STRATEGY", "ckptkit")
+    target = mo.OptimSpec(family="llama", tp=2, pp=2, dp=2, bucket_size=200, model_overrides=TINY4)
+    loaded = mo.load_torch_dist_into_optimizer(target, str(src))
+    assert _same_tensors(trained, loaded) == []
+    assert sorted(os.listdir(src)) == before  # no scratch folder left beside it
+    assert not [d for d in os.listdir(os.path.dirname(src)) if d.startswith("ckptkit-reshard-")]
+    # And at the source's own layout nothing is resharded: the same state.
+    same = mo.load_torch_dist_into_optimizer(spec, str(src))
+    assert _same_tensors(trained, same) == []
