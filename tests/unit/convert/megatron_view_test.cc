@@ -11,30 +11,14 @@
 #include "ckpt/checkpoint.h"
 #include "ckpt/convert.h"
 #include "unit/checkpoint/checkpoint_testutil.h"
+#include "unit/convert/model_space_testutil.h"
 
 namespace ckpt {
 namespace {
 
-using ::ckpt::testing::SourcePath;
-
-std::string Golden(const std::string& name, const std::string& format) {
-  return SourcePath("tests/golden/legacy/" + name + "/" + format);
-}
-
-std::unique_ptr<CheckpointReader> Open(const std::string& path) {
-  OpenOptions o;
-  o.pickle_mode = PickleMode::kInspect;
-  Result<std::unique_ptr<CheckpointReader>> r = OpenModelSpace(path, o);
-  EXPECT_TRUE(r.ok()) << path << ": " << r.status().ToString();
-  return r.ok() ? std::move(*r) : nullptr;
-}
-
-std::string Bytes(const CheckpointReader& r, size_t i) {
-  StringSink s;
-  Status st = r.ReadTensor(i, &s);
-  EXPECT_TRUE(st.ok()) << r.tensors()[i].key << ": " << st.ToString();
-  return s.str();
-}
+using ::ckpt::testing_model_space::Bytes;
+using ::ckpt::testing_model_space::Golden;
+using ::ckpt::testing_model_space::Open;
 
 class SameTrainingState : public ::testing::TestWithParam<std::tuple<const char*, const char*>> {};
 

@@ -12,29 +12,14 @@
 #include "ckpt/convert.h"
 #include "ckpt/fault_env.h"
 #include "unit/checkpoint/checkpoint_testutil.h"
+#include "unit/convert/model_space_testutil.h"
 
 namespace ckpt {
 namespace {
 
-using ::ckpt::testing::SourcePath;
-
-std::string Golden(const std::string& name, const std::string& format) {
-  return SourcePath("tests/golden/legacy/" + name + "/" + format);
-}
-
-std::unique_ptr<CheckpointReader> Open(const std::string& path) {
-  OpenOptions o;
-  o.pickle_mode = PickleMode::kInspect;
-  Result<std::unique_ptr<CheckpointReader>> r = OpenModelSpace(path, o);
-  EXPECT_TRUE(r.ok()) << path << ": " << r.status().ToString();
-  return r.ok() ? std::move(*r) : nullptr;
-}
-
-std::string Bytes(const CheckpointReader& r, size_t i) {
-  StringSink s;
-  EXPECT_TRUE(r.ReadTensor(i, &s).ok()) << r.tensors()[i].key;
-  return s.str();
-}
+using ::ckpt::testing_model_space::Bytes;
+using ::ckpt::testing_model_space::Golden;
+using ::ckpt::testing_model_space::Open;
 
 class ReshardTest : public ::testing::Test {
  protected:
