@@ -43,6 +43,23 @@ def convert(
     make_vocab_size_divisible_by: int = 128,
     no_optimizer: bool = False,
 ) -> dict[str, Any]: ...
+def reshard(
+    src: str,
+    dst: str,
+    tp: int = 0,
+    pp: int = 0,
+    vpp: int = 0,
+    dp: int = 0,
+    ep: int = 0,
+    etp: int = 0,
+    vocab_size: Optional[int] = None,
+    optimizer_sharding: str = "fully_reshardable",
+    no_optimizer: bool = False,
+    megatron_version: str = "",
+    iteration: Optional[int] = None,
+    thread_count: int = 1,
+    check: bool = False,
+) -> dict[str, Any]: ...
 def parse_size(text: str) -> int: ...
 def save_file(
     path: str,
