@@ -768,12 +768,20 @@ Status MegatronView::ReadReformulated(const Virtual& v, const TensorInfo& t, con
 }
 
 Status MegatronView::Finish() {
-  // Coverage: the pieces of every assembled tensor tile it exactly.
+  // Coverage: the pieces of every assembled tensor tile it exactly. They are
+  // its chunks (one per rank shard; two for a gated fc1 shard).
   for (size_t i = 0; i < virtual_.size(); ++i) {
     if (virtual_[i].base >= 0) continue;
     uint64_t covered = 0;
+    tensors_[i].chunks.clear();
     for (const Piece& p : virtual_[i].pieces) {
-      for (const Box& d : p.dest) covered += d.numel();
+      for (const Box& d : p.dest) {
+        covered += d.numel();
+        ChunkInfo c;
+        c.offsets = d.start;
+        c.sizes = d.count;
+        tensors_[i].chunks.push_back(std::move(c));
+      }
     }
     uint64_t total = 1;
     for (int64_t d : tensors_[i].shape) total *= static_cast<uint64_t>(d);
@@ -820,25 +828,42 @@ namespace {
 
 // Reads tensor i slab by slab along its leading axis (or whole when 0-D/1-D),
 // calling fn(first element index, bytes).
-Status ForEachSlab(const CheckpointReader& r, size_t i,
-                   const std::function<Status(uint64_t, std::string_view)>& fn) {
+// Calls fn(box, bytes of that box) over tensor i piece by piece: its stored
+// chunks (a model-space view's assembled tensors list their rank shards as
+// chunks, each read straight from one shard), else one leading index at a
+// time. Memory: one piece.
+Status ForEachPiece(const CheckpointReader& r, size_t i, const std::function<Status(const Box&, std::string_view)>& fn) {
   const TensorInfo& t = r.tensors()[i];
-  if (t.shape.size() < 2) {
-    StringSink all;
-    CKPT_RETURN_IF_ERROR(r.ReadTensor(i, &all));
-    return fn(0, all.str());
+  std::vector<Box> boxes;
+  for (const ChunkInfo& c : t.chunks) boxes.push_back(Box{c.offsets, c.sizes});
+  if (boxes.empty() && t.shape.size() >= 2) {
+    for (int64_t k = 0; k < t.shape[0]; ++k) {
+      Box b = Box::Whole(t.shape);
+      b.start[0] = k;
+      b.count[0] = 1;
+      boxes.push_back(std::move(b));
+    }
   }
-  uint64_t per = 1;
-  for (size_t d = 1; d < t.shape.size(); ++d) per *= static_cast<uint64_t>(t.shape[d]);
-  std::vector<int64_t> start(t.shape.size(), 0), count = t.shape;
-  count[0] = 1;
-  for (int64_t k = 0; k < t.shape[0]; ++k) {
-    start[0] = k;
-    StringSink slab;
-    CKPT_RETURN_IF_ERROR(r.ReadTensorRegion(i, start, count, &slab));
-    CKPT_RETURN_IF_ERROR(fn(static_cast<uint64_t>(k) * per, slab.str()));
+  if (boxes.empty()) boxes.push_back(Box::Whole(t.shape));
+  for (const Box& b : boxes) {
+    StringSink data;
+    CKPT_RETURN_IF_ERROR(r.ReadTensorRegion(i, b.start, b.count, &data));
+    CKPT_RETURN_IF_ERROR(fn(b, data.str()));
   }
   return OkStatus();
+}
+
+// The row-major index in `shape` of element e (row-major) of box b.
+uint64_t FlatIndex(const Box& b, const std::vector<int64_t>& shape, uint64_t e) {
+  uint64_t flat = 0;
+  std::vector<int64_t> idx(b.count.size());
+  for (size_t d = b.count.size(); d-- > 0;) {
+    const uint64_t c = static_cast<uint64_t>(b.count[d]);
+    idx[d] = b.start[d] + static_cast<int64_t>(c ? e % c : 0);
+    e = c ? e / c : 0;
+  }
+  for (size_t d = 0; d < shape.size(); ++d) flat = flat * static_cast<uint64_t>(shape[d]) + static_cast<uint64_t>(idx[d]);
+  return flat;
 }
 
 }  // namespace
@@ -859,21 +884,12 @@ Result<std::vector<VerifyProblem>> CheckOptimizerState(const CheckpointReader& r
           (model.dtype != DType::kBFloat16 && model.dtype != DType::kFloat16 && model.dtype != DType::kFloat32)) {
         continue;
       }
-      // The model tensor's slab beside each slab of the main params (one
-      // leading index at a time: memory stays at two slabs).
-      const std::vector<int64_t> whole = model.shape;
-      uint64_t bad = 0, first = 0;
-      CKPT_RETURN_IF_ERROR(ForEachSlab(r, i, [&](uint64_t base, std::string_view main) {
+      // The model tensor's piece beside each piece of the main params.
+      uint64_t bad = 0, first = UINT64_MAX;
+      CKPT_RETURN_IF_ERROR(ForEachPiece(r, i, [&](const Box& b, std::string_view main) {
         if (main.empty()) return OkStatus();
         StringSink mw_sink;
-        if (whole.size() < 2) {
-          CKPT_RETURN_IF_ERROR(r.ReadTensor(m->second, &mw_sink));
-        } else {
-          std::vector<int64_t> start(whole.size(), 0), count = whole;
-          start[0] = static_cast<int64_t>(base / (main.size() / 4));
-          count[0] = 1;
-          CKPT_RETURN_IF_ERROR(r.ReadTensorRegion(m->second, start, count, &mw_sink));
-        }
+        CKPT_RETURN_IF_ERROR(r.ReadTensorRegion(m->second, b.start, b.count, &mw_sink));
         const std::string& mw = mw_sink.str();
         const uint64_t n = main.size() / 4;
         for (uint64_t e = 0; e < n; ++e) {
@@ -890,7 +906,7 @@ Result<std::vector<VerifyProblem>> CheckOptimizerState(const CheckpointReader& r
             same = got == want;
           }
           if (!same) {
-            if (bad == 0) first = base + e;
+            first = std::min(first, FlatIndex(b, t.shape, e));
             ++bad;
           }
         }
@@ -905,13 +921,13 @@ Result<std::vector<VerifyProblem>> CheckOptimizerState(const CheckpointReader& r
                                    "(NVIDIA/Megatron-LM PR #5077)")});
       }
     } else if (key.rfind(sq_prefix, 0) == 0 && t.dtype == DType::kFloat32) {
-      uint64_t neg = 0, first = 0;
-      CKPT_RETURN_IF_ERROR(ForEachSlab(r, i, [&](uint64_t base, std::string_view b) {
+      uint64_t neg = 0, first = UINT64_MAX;
+      CKPT_RETURN_IF_ERROR(ForEachPiece(r, i, [&](const Box& box, std::string_view b) {
         for (uint64_t e = 0; e < b.size() / 4; ++e) {
           float f;
           std::memcpy(&f, b.data() + 4 * e, 4);
           if (f < 0) {
-            if (neg == 0) first = base + e;
+            first = std::min(first, FlatIndex(box, t.shape, e));
             ++neg;
           }
         }
