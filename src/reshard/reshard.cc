@@ -103,33 +103,6 @@ bool VocabRows(std::string_view model_key) {
   return model_key == "embedding.word_embeddings.weight" || model_key == "output_layer.weight";
 }
 
-// The boxes each stored key is held in by the target's ranks (one per TP
-// shard; two for a gated fc1 shard), over all model-parallel ranks.
-Result<std::map<std::string, std::set<std::pair<std::vector<int64_t>, std::vector<int64_t>>>>> TargetBoxes(
-    const model::ModelConfig& c, const model::ParallelLayout& l, const model::DistOptSettings& s,
-    const std::vector<model::LegacyRankFolder>& folders) {
-  std::map<std::string, std::set<std::pair<std::vector<int64_t>, std::vector<int64_t>>>> out;
-  for (const model::LegacyRankFolder& f : folders) {
-    CKPT_ASSIGN_OR_RETURN(model::RankOptimizer r, model::BuildRankOptimizer(c, l, s, f.at),
-                          StrCat("the target layout ", model::LayoutString(l), " at ", f.folder));
-    for (const auto& chunk : r.chunks) {
-      for (const model::ChunkParam& p : chunk) {
-        const model::StoredRef stored = model::TorchDistCandidates(p.global_name).front();
-        for (const model::ShardRange& sr : model::ShardRanges(p)) {
-          std::vector<int64_t> start(stored.index), count(stored.index.size(), 1);
-          for (size_t d = 0; d < p.global_shape.size(); ++d) {
-            const bool cut = static_cast<int>(d) == sr.dim && p.split != model::TpSplit::kNone;
-            start.push_back(cut ? sr.begin : 0);
-            count.push_back(cut ? sr.end - sr.begin : p.global_shape[d]);
-          }
-          out[stored.key].insert({std::move(start), std::move(count)});
-        }
-      }
-    }
-  }
-  return out;
-}
-
 // The boxes of parameter `p`'s TP shard in its stored global tensor, in the
 // order its local rows are (gate then up for a gated fc1 shard).
 std::vector<Box> LocalBoxes(const model::ChunkParam& p, const model::StoredRef& stored) {
@@ -147,6 +120,26 @@ std::vector<Box> LocalBoxes(const model::ChunkParam& p, const model::StoredRef& 
   }
   return out;
 }
+
+// The boxes each stored key is held in by the target's ranks (one per TP
+// shard; two for a gated fc1 shard), over all model-parallel ranks.
+Result<std::map<std::string, std::set<std::pair<std::vector<int64_t>, std::vector<int64_t>>>>> TargetBoxes(
+    const model::ModelConfig& c, const model::ParallelLayout& l, const model::DistOptSettings& s,
+    const std::vector<model::LegacyRankFolder>& folders) {
+  std::map<std::string, std::set<std::pair<std::vector<int64_t>, std::vector<int64_t>>>> out;
+  for (const model::LegacyRankFolder& f : folders) {
+    CKPT_ASSIGN_OR_RETURN(model::RankOptimizer r, model::BuildRankOptimizer(c, l, s, f.at),
+                          StrCat("the target layout ", model::LayoutString(l), " at ", f.folder));
+    for (const auto& chunk : r.chunks) {
+      for (const model::ChunkParam& p : chunk) {
+        const model::StoredRef stored = model::TorchDistCandidates(p.global_name).front();
+        for (Box& b : LocalBoxes(p, stored)) out[stored.key].insert({std::move(b.start), std::move(b.count)});
+      }
+    }
+  }
+  return out;
+}
+
 
 // Streams box `b` of the view's tensor `i`, whose first axis has `rows`
 // stored rows (the source's padded vocabulary for a vocabulary tensor, else
@@ -313,6 +306,23 @@ Status AddBucketEntries(const MegatronView& v, std::shared_ptr<const torch::Torc
       }
     }
   }
+  // Which state-dict entries each source sub-optimizer has (read once).
+  std::set<std::pair<int, std::string>> present;
+  {
+    torch::TorchTreeWriter w;
+    std::vector<std::shared_ptr<const torch::TorchFile>> keep;
+    CKPT_ASSIGN_OR_RETURN(Value * root, CommonRoot(common_file, &w));
+    CKPT_ASSIGN_OR_RETURN(std::vector<Value*> subs, SourceOptimizers(v, &w, root, &keep));
+    if (subs.size() < (chained ? 2u : 1u)) {
+      return DataLossError(StrCat("the source has ", subs.size(), " optimizer state dicts; the target needs ",
+                                  chained ? 2 : 1));
+    }
+    for (size_t k = 0; k < subs.size(); ++k) {
+      for (const char* name : {"optimizer", "grad_scaler"}) {
+        if (DictGet(subs[k], name) != nullptr) present.emplace(static_cast<int>(k), name);
+      }
+    }
+  }
   for (const auto& [which, at] : groups) {
     const auto [kind, group] = which;
     CKPT_ASSIGN_OR_RETURN(model::RankOptimizer r, model::BuildRankOptimizer(c, l, s, at));
@@ -401,17 +411,7 @@ Status AddBucketEntries(const MegatronView& v, std::shared_ptr<const torch::Torc
       e.key = StrCat(prefix, k, "/shard_0_1");
       e.type = dcp::EntryType::kBytes;
       const std::string name = k;
-      // Present in the source? (decided now, so the entry list is final)
-      {
-        torch::TorchTreeWriter w;
-        std::vector<std::shared_ptr<const torch::TorchFile>> keep;
-        CKPT_ASSIGN_OR_RETURN(Value * root, CommonRoot(common_file, &w));
-        CKPT_ASSIGN_OR_RETURN(std::vector<Value*> subs, SourceOptimizers(v, &w, root, &keep));
-        if (static_cast<size_t>(sub) >= subs.size()) {
-          return DataLossError(StrCat("the source has ", subs.size(), " optimizer state dicts; the target needs ", sub + 1));
-        }
-        if (DictGet(subs[sub], name) == nullptr) continue;
-      }
+      if (!present.count({sub, name})) continue;
       e.write_bytes = [&v, common_file, sub, name](ByteSink* sink) -> Status {
         torch::TorchTreeWriter w;
         std::vector<std::shared_ptr<const torch::TorchFile>> keep;
