@@ -70,6 +70,12 @@ struct ReshardReport {
   std::string source_layout;  // "TP=1 PP=4 DP=2 (world 8)"
   std::string target_layout;
   std::string optimizer;      // the source's optimizer sharding type ("" when none)
+  // Whether megatron-core would load the source as it is at the target
+  // layout (no reshard needed), and if not, why: one line per reason (the
+  // optimizer's sharding type, buckets whose boundaries move, the padded
+  // vocabulary, a legacy checkpoint's rank folders).
+  bool loads_as_is = false;
+  std::vector<std::string> load_blockers;
   int64_t source_padded_vocab = 0;
   int64_t target_padded_vocab = 0;
   std::vector<std::string> files;

@@ -411,8 +411,9 @@ def reshard(
     ckpt::ReshardOptions'.
 
     Returns {"source_layout", "target_layout", "source_optimizer_sharding",
-    "source_padded_vocab", "target_padded_vocab", "files", "warnings",
-    "tensors", "bytes"}.
+    "loads_as_is" (megatron-core would load src at the target as it is),
+    "load_blockers" (why not, one line each), "source_padded_vocab",
+    "target_padded_vocab", "files", "warnings", "tensors", "bytes"}.
     """
     for name, v in (("tp", tp), ("pp", pp), ("vpp", vpp), ("dp", dp), ("ep", ep), ("etp", etp)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:

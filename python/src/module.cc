@@ -389,6 +389,10 @@ nb::dict ReshardPy(const std::string& src, const std::string& dst, int64_t tp, i
   d["source_layout"] = report->source_layout;
   d["target_layout"] = report->target_layout;
   d["source_optimizer_sharding"] = report->optimizer;
+  nb::list blockers;
+  for (const std::string& b : report->load_blockers) blockers.append(b);
+  d["loads_as_is"] = report->loads_as_is;
+  d["load_blockers"] = blockers;
   d["source_padded_vocab"] = report->source_padded_vocab;
   d["target_padded_vocab"] = report->target_padded_vocab;
   d["files"] = files;

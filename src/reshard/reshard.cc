@@ -141,6 +141,100 @@ Result<std::map<std::string, std::set<std::pair<std::vector<int64_t>, std::vecto
 }
 
 
+// Why megatron-core (and Megatron-LM's load_checkpoint) would not load the
+// source as it is at layout `tl` of model `tc` (empty: it would). The rules
+// are the loaders': a legacy checkpoint is read by (TP, PP[, EP]) rank folder;
+// every torch_dist tensor is checked against the model's global shape (the
+// vocabulary rows depend on TP); the distributed optimizer's buckets
+// (dp_reshardable, dp_zero_gather_scatter, distrib_optim.pt) are keyed by
+// model-parallel rank and checked by their per-bucket unpadded sizes
+// (DistributedOptimizer.load_parameter_state_from_dp_reshardable), which a
+// DP change keeps only while the bucket boundaries stay put.
+Result<std::vector<std::string>> LoadBlockers(const MegatronView& v, const model::ModelConfig& tc,
+                                              const model::ParallelLayout& tl, const model::DistOptSettings& ts,
+                                              const std::vector<model::LegacyRankFolder>& folders,
+                                              bool with_optimizer) {
+  std::vector<std::string> out;
+  const model::ParallelLayout& sl = v.layout();
+  const bool same_mp = sl.tp == tl.tp && sl.pp == tl.pp && std::max<int64_t>(sl.vpp, 1) == std::max<int64_t>(tl.vpp, 1) &&
+                       sl.ep == tl.ep && sl.etp == tl.etp && sl.first_stage_layers == tl.first_stage_layers &&
+                       sl.last_stage_layers == tl.last_stage_layers;
+  if (v.legacy() != nullptr && !same_mp) {
+    out.push_back(StrCat("a legacy checkpoint keeps one folder per model-parallel rank (", v.folders().size(),
+                         " mp_rank_* folders of ", model::LayoutString(sl),
+                         "): Megatron-LM loads it only at that TP / PP / EP (its load_checkpoint refuses the change)"));
+  }
+  const int64_t rows = v.config().padded_vocab_size;
+  if (tc.padded_vocab_size != rows) {
+    out.push_back(StrCat("the padded vocabulary changes ", rows, " -> ", tc.padded_vocab_size,
+                         " (make_vocab_size_divisible_by ", v.config().make_vocab_size_divisible_by,
+                         " x tp): embedding.word_embeddings.weight", v.config().tied_embeddings ? "" : " and output_layer.weight",
+                         " are stored with ", rows, " rows; the target's model has ", tc.padded_vocab_size,
+                         " (a global shape mismatch)"));
+  }
+  if (!with_optimizer) return out;
+  const std::string_view sharding = internal_convert::OptimizerLayoutName(v.optimizer_layout());
+  switch (v.optimizer_layout()) {
+    case OptimizerLayout::kNone:
+    case OptimizerLayout::kFullyReshardable:
+      return out;
+    case OptimizerLayout::kFullyShardedModelSpace:
+      out.push_back("optimizer sharding fully_sharded_model_space (megatron-core 0.8-0.15): megatron-core 0.16 and "
+                    "later cannot load its flattened_range tensors at any layout (0.15 and earlier load it at any)");
+      return out;
+    case OptimizerLayout::kDpReshardable:
+    case OptimizerLayout::kDpZeroGatherScatter:
+    case OptimizerLayout::kLegacyDistribOptim:
+      break;
+  }
+  if (!same_mp) {
+    out.push_back(StrCat("optimizer sharding ", sharding, " keeps the distributed optimizer's buckets per model-parallel "
+                         "rank (", v.folders().size(), " of them at ", model::LayoutString(sl),
+                         "): megatron-core finds them only at that TP / PP / VPP / EP / ETP (Megatron-LM refuses "
+                         "earlier: \"(TP, PP) mismatch after resume ... not supported for DistributedOptimizer\")"));
+    return out;
+  }
+  if (v.settings().packing != ts.packing) {
+    out.push_back(StrCat("the buffers are packed as megatron-core <= 0.6 packs them (no 64-element alignment, ",
+                         "buckets padded to DP only); megatron-core >= 0.7 computes other bucket sizes:"));
+  }
+  // The bucket sizes megatron-core computes at the target against the stored ones.
+  constexpr size_t kMaxListed = 6;
+  size_t moved = 0;
+  auto note = [&](std::string line) {
+    if (moved++ < kMaxListed) out.push_back(std::move(line));
+  };
+  for (size_t i = 0; i < folders.size() && i < v.ranks().size(); ++i) {
+    CKPT_ASSIGN_OR_RETURN(model::RankOptimizer r, model::BuildRankOptimizer(tc, tl, ts, folders[i].at),
+                          StrCat("the target layout at ", folders[i].folder));
+    const model::RankOptimizer& s = v.ranks()[i];
+    for (const bool expert : {false, true}) {
+      const std::vector<model::ParamBuffer>& a = expert ? s.expert : s.dense;
+      const std::vector<model::ParamBuffer>& b = expert ? r.expert : r.dense;
+      if (a.size() != b.size()) {
+        note(StrCat(folders[i].folder, ": ", a.size(), expert ? " expert" : "", " buffers stored, ", b.size(),
+                    " at the target"));
+        continue;
+      }
+      for (size_t g = 0; g < a.size(); ++g) {
+        if (a[g].buckets.size() != b[g].buckets.size()) {
+          note(StrCat(folders[i].folder, expert ? " expert" : "", " buffer ", g, ": ", a[g].buckets.size(),
+                      " buckets stored, ", b[g].buckets.size(), " at DP=", tl.dp));
+          continue;
+        }
+        for (size_t k = 0; k < a[g].buckets.size(); ++k) {
+          if (a[g].buckets[k].numel_unpadded == b[g].buckets[k].numel_unpadded) continue;
+          note(StrCat(folders[i].folder, expert ? " expert" : "", " buffer ", g, " bucket ", k, ": ",
+                      a[g].buckets[k].numel_unpadded, " unpadded elements stored, ", b[g].buckets[k].numel_unpadded,
+                      " at DP=", tl.dp, " (the bucket boundaries move)"));
+        }
+      }
+    }
+  }
+  if (moved > kMaxListed) out.push_back(StrCat("... and ", moved - kMaxListed, " more buckets"));
+  return out;
+}
+
 // Streams box `b` of the view's tensor `i`, whose first axis has `rows`
 // stored rows (the source's padded vocabulary for a vocabulary tensor, else
 // the full extent): rows past them are zeros.
@@ -471,6 +565,8 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
   CKPT_ASSIGN_OR_RETURN(auto boxes, TargetBoxes(tc, tl, ts, folders));
   const bool with_optimizer = v->has_optimizer() && !options.no_optimizer;
   const bool buckets = with_optimizer && options.optimizer_sharding == OptimizerSharding::kDpReshardable;
+  CKPT_ASSIGN_OR_RETURN(report.load_blockers, LoadBlockers(*v, tc, tl, ts, folders, with_optimizer));
+  report.loads_as_is = report.load_blockers.empty();
 
   // The source's common state (args, param groups, ...).
   const internal_checkpoint::LegacyReader* legacy = v->legacy();

@@ -84,6 +84,8 @@ def test_tp1pp4_dp_reshardable_resumes_at_tp2pp2(pp4_run, tmp_path):
     assert j["source_layout"].startswith("TP=1 PP=4") and j["target_layout"].startswith("TP=2 PP=2")
     assert j["source_optimizer_sharding"] == "dp_reshardable" and j["target_optimizer_sharding"] == "fully_reshardable"
     assert j["files"] == [] and not os.path.exists(tmp_path / "out")
+    assert j["loads_as_is"] is False
+    assert any("dp_reshardable" in b and "(TP, PP) mismatch" in b for b in j["load_blockers"]), j["load_blockers"]
 
     out = tmp_path / "out"
     r = _ckptkit("reshard", str(src), str(out), "--tp", "2", "--pp", "2", "--megatron-version", "0.16")
@@ -328,3 +330,72 @@ def test_load_strategy_reshards_at_load_time(pp4_run, monkeypatch):
     # And at the source's own layout nothing is resharded: the same state.
     same = mo.load_torch_dist_into_optimizer(spec, str(src))
     assert _same_tensors(trained, same) == []
+
+
+@pytest.mark.parametrize("name,src_format,target,as_is", [
+    # DP only, megatron-core's own 64-aligned buckets: the boundaries stay, stock loads it.
+    ("mc016_llama_dp2", "dp_reshardable", dict(tp=1, pp=1, dp=1), True),
+    # A TP change: dp_reshardable buckets are per model-parallel rank.
+    ("mc016_llama_dp2", "dp_reshardable", dict(tp=2, pp=1, dp=1), False),
+    # fully_reshardable, same padded vocabulary (32 at TP1 and TP2): loads at any layout.
+    ("mc016_llama_dp2", "fully_reshardable", dict(tp=2, pp=1, dp=1), True),
+    # dp_zero_gather_scatter: whole buffers per model-parallel rank, scattered again at any DP.
+    ("mc016_llama_dp2", "dp_zero_gather_scatter", dict(tp=1, pp=1, dp=1), True),
+    ("mc016_llama_dp2", "dp_zero_gather_scatter", dict(tp=2, pp=1, dp=1), False),
+    # A TP x PP change of a fully_reshardable save whose padded vocabulary stays 32.
+    ("mc016_llama_tp2pp2dp2", "fully_reshardable", dict(tp=1, pp=1, dp=2), True),
+])
+def test_preflight_verdict_is_what_stock_megatron_does(name, src_format, target, as_is):
+    """reshard --check says whether megatron-core would load the source as it is at the target;
+    real megatron-core 0.16.1 (stock load strategy) at that layout then does exactly that: loads
+    it to the source run's state, or raises."""
+    import make_golden
+    import megatron_fixtures as mf
+    import megatron_optim as mo
+
+    src = os.path.join(GOLDEN, name, src_format)
+    if not os.path.isdir(src):
+        pytest.skip(f"{name} has no {src_format} save")
+    flags = [f"--{k}={v}" for k, v in target.items()]
+    j = json.loads(_ckptkit("reshard", src, "--check", "--json", *flags).stdout)
+    assert j["loads_as_is"] is as_is, j["load_blockers"]
+    assert (j["load_blockers"] == []) is as_is
+    _, kw, _ = make_golden.GOLDENS[name]
+    spec = mo.OptimSpec(**dict(kw, vpp=None, **target))
+    if as_is:
+        st = mo.load_torch_dist_into_optimizer(spec, src)
+        got = {k: {kind: mf.tensor_sha256(t) for kind, t in d.items()} for k, d in st["tensors"].items()}
+        want = _trained(name)
+        if src_format == "fully_reshardable":
+            # megatron-core 0.16.1's own fully_reshardable saves of these goldens (CPU/gloo) hold
+            # wrong optimizer states for the parameters of DP rank 1's buffer range (their fp32
+            # main params are not the bf16 weights beside them in the same file), so only the
+            # model is compared here; the loader accepting them at the target is the point.
+            got = {k: {"model": d["model"]} for k, d in got.items()}
+            want = {k: {"model": d["model"]} for k, d in want.items()}
+        assert got == want
+    else:
+        with pytest.raises(Exception):
+            mo.load_torch_dist_into_optimizer(spec, src)
+
+
+def test_dp4_to_dp2(tmp_path):
+    """TP1 / DP4 (dp_reshardable, several buckets) -> DP2: the preflight says megatron-core loads
+    it as it is (its 64-aligned buckets keep their unpadded sizes at any DP), which stock
+    megatron-core at DP2 confirms; reshard's fully_reshardable output at DP2 loads to the same
+    state, every tensor to the bit."""
+    import torch
+
+    import megatron_optim as mo
+
+    spec = mo.OptimSpec(family="llama", tp=1, pp=1, dp=4, bucket_size=150, model_overrides=MHA)
+    src = tmp_path / "src"
+    mo.save_all(spec, {"dp_reshardable": str(src)}, state_path=str(tmp_path / "s.pt"))
+    source = torch.load(tmp_path / "s.pt", weights_only=False)
+    j = json.loads(_ckptkit("reshard", str(src), "--dp", "2", "--check", "--json").stdout)
+    assert j["loads_as_is"] is True and j["target_layout"].startswith("TP=1 PP=1 DP=2")
+    target = mo.OptimSpec(family="llama", tp=1, pp=1, dp=2, bucket_size=150, model_overrides=MHA)
+    assert _same_tensors(source, mo.load_torch_dist_into_optimizer(target, str(src))) == []
+    out = tmp_path / "out"
+    _ckptkit("reshard", str(src), str(out), "--dp", "2", "--megatron-version", "0.16", "-q")
+    assert _same_tensors(source, mo.load_torch_dist_into_optimizer(target, str(out))) == []

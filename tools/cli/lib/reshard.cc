@@ -62,6 +62,8 @@ Status RunReshard(const ReshardCommandOptions& options, std::ostream& out, std::
     j["target_layout"] = report.target_layout;
     j["source_optimizer_sharding"] = report.optimizer;
     j["target_optimizer_sharding"] = report.optimizer.empty() || options.no_optimizer ? "" : options.optimizer_sharding;
+    j["loads_as_is"] = report.loads_as_is;
+    j["load_blockers"] = report.load_blockers;
     j["source_padded_vocab"] = report.source_padded_vocab;
     j["target_padded_vocab"] = report.target_padded_vocab;
     j["files"] = report.files;
@@ -79,6 +81,12 @@ Status RunReshard(const ReshardCommandOptions& options, std::ostream& out, std::
     out << fmt::format("padded vocabulary {} -> {}\n", report.source_padded_vocab, report.target_padded_vocab);
   }
   if (options.check) {
+    if (report.loads_as_is) {
+      out << "megatron-core loads the source as it is at the target layout: no reshard needed\n";
+    } else {
+      out << "megatron-core would not load the source as it is at the target layout:\n";
+      for (const std::string& b : report.load_blockers) out << "  - " << b << "\n";
+    }
     out << fmt::format("OK: the target layout fits the model; reshard would write {} tensors ({})\n", report.tensors,
                        HumanBytes(report.bytes));
     return OkStatus();
