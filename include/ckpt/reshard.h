@@ -93,6 +93,30 @@ struct ReshardReport {
 // or back); those of reading and writing.
 Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, const ReshardOptions& options);
 
+// What a Megatron checkpoint can be resumed at (the preflight without a
+// target, for `inspect`): each size of one parallel dimension that fits the
+// model, the others kept at the source's, and whether megatron-core would
+// load the source there as it is.
+struct ReshardChoices {
+  std::string layout;     // the source's
+  std::string optimizer;  // the source's optimizer sharding type ("" when none)
+  int64_t padded_vocab = 0;
+  struct Size {
+    std::string name;  // "tp", "pp" (without interleaving), "dp" (powers of two up to max(8, 2 * dp)), "ep"
+    int64_t size = 0;
+    int64_t padded_vocab = 0;  // the target's
+    bool reshardable = true;   // false: reshard refuses it (an EP change that splits or joins optimizers)
+    std::vector<std::string> load_blockers;  // empty: megatron-core loads the source as it is there
+  };
+  std::vector<Size> sizes;
+};
+
+// The choices for `src`; `base` gives vocab_size, no_optimizer and env (its
+// sizes are ignored). A size whose padded vocabulary is ambiguous (args
+// without vocab_size) is left out unless base.vocab_size is set.
+// Errors: as Reshard's for opening the source.
+Result<ReshardChoices> DescribeReshard(const std::string& src, const ReshardOptions& base);
+
 }  // namespace ckpt
 
 #endif  // CKPT_RESHARD_H_

@@ -521,18 +521,22 @@ Status AddBucketEntries(const MegatronView& v, std::shared_ptr<const torch::Torc
   return OkStatus();
 }
 
-}  // namespace
+// The target of a reshard: its layout (options over the source's), the model
+// with the target's padded vocabulary, megatron-core's buffer settings (its
+// 64-aligned packing) and the target's rank folders; checked against the
+// model before anything else happens.
+struct Target {
+  model::ParallelLayout layout;
+  model::ModelConfig config;
+  model::DistOptSettings settings;
+  std::vector<model::LegacyRankFolder> folders;
+};
 
-Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, const ReshardOptions& options) {
-  Env* env = options.env ? options.env : Env::Default();
-  for (auto [name, v] : {std::pair<const char*, int64_t>{"tp", options.tp}, {"pp", options.pp}, {"vpp", options.vpp},
-                         {"dp", options.dp}, {"ep", options.ep}, {"etp", options.etp}}) {
-    if (v < 0) return InvalidArgumentError(StrCat(name, " ", v, " is negative"));
-  }
-  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<MegatronView> view, OpenView(src, env));
-  const MegatronView* v = view.get();
-  const model::ParallelLayout& sl = v->layout();
-  model::ParallelLayout tl = sl;
+Result<Target> PlanTarget(const MegatronView& v, const ReshardOptions& options) {
+  const model::ParallelLayout& sl = v.layout();
+  Target t;
+  model::ParallelLayout& tl = t.layout;
+  tl = sl;
   if (options.tp) tl.tp = options.tp;
   if (options.pp) tl.pp = options.pp;
   if (options.vpp) tl.vpp = options.vpp;
@@ -545,6 +549,31 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
   }
   CKPT_RETURN_IF_ERROR(tl.Validate(), "target layout");
   if (tl.vpp > 1 && tl.pp == 1) return InvalidArgumentError("vpp > 1 needs pp > 1 (interleaved pipeline)");
+  t.config = v.config();
+  CKPT_ASSIGN_OR_RETURN(t.config.padded_vocab_size, TargetPaddedVocab(v.config(), sl.tp, tl.tp, options.vocab_size));
+  CKPT_RETURN_IF_ERROR(CheckFits(t.config, tl), StrCat("target layout ", model::LayoutString(tl)));
+  t.settings = v.settings();
+  t.settings.packing = model::BufferPacking::kAligned;
+  CKPT_ASSIGN_OR_RETURN(t.folders, model::LegacyRanks(tl));
+  return t;
+}
+
+}  // namespace
+
+Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, const ReshardOptions& options) {
+  Env* env = options.env ? options.env : Env::Default();
+  for (auto [name, v] : {std::pair<const char*, int64_t>{"tp", options.tp}, {"pp", options.pp}, {"vpp", options.vpp},
+                         {"dp", options.dp}, {"ep", options.ep}, {"etp", options.etp}}) {
+    if (v < 0) return InvalidArgumentError(StrCat(name, " ", v, " is negative"));
+  }
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<MegatronView> view, OpenView(src, env));
+  const MegatronView* v = view.get();
+  CKPT_ASSIGN_OR_RETURN(Target t, PlanTarget(*v, options));
+  const model::ParallelLayout& sl = v->layout();
+  const model::ParallelLayout& tl = t.layout;
+  const model::ModelConfig& tc = t.config;
+  const model::DistOptSettings& ts = t.settings;
+  const std::vector<model::LegacyRankFolder>& folders = t.folders;
   if (v->config().moe() && (sl.ep > 1) != (tl.ep > 1) && v->has_optimizer() && !options.no_optimizer) {
     return UnimplementedError(StrCat("ep ", sl.ep, " -> ", tl.ep, " turns one distributed optimizer into a dense and "
                                      "an expert one (or back): not resharded yet (no_optimizer drops the state)"));
@@ -554,14 +583,8 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
   report.source_layout = model::LayoutString(sl);
   report.target_layout = model::LayoutString(tl);
   report.optimizer = std::string(internal_convert::OptimizerLayoutName(v->optimizer_layout()));
-  model::ModelConfig tc = v->config();
-  report.source_padded_vocab = tc.padded_vocab_size;
-  CKPT_ASSIGN_OR_RETURN(tc.padded_vocab_size, TargetPaddedVocab(v->config(), sl.tp, tl.tp, options.vocab_size));
+  report.source_padded_vocab = v->config().padded_vocab_size;
   report.target_padded_vocab = tc.padded_vocab_size;
-  CKPT_RETURN_IF_ERROR(CheckFits(tc, tl), StrCat("target layout ", report.target_layout));
-  model::DistOptSettings ts = v->settings();
-  ts.packing = model::BufferPacking::kAligned;
-  CKPT_ASSIGN_OR_RETURN(std::vector<model::LegacyRankFolder> folders, model::LegacyRanks(tl));
   CKPT_ASSIGN_OR_RETURN(auto boxes, TargetBoxes(tc, tl, ts, folders));
   const bool with_optimizer = v->has_optimizer() && !options.no_optimizer;
   const bool buckets = with_optimizer && options.optimizer_sharding == OptimizerSharding::kDpReshardable;
@@ -722,6 +745,60 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
                         internal_checkpoint::WriteTorchDistCheckpoint(env, dst, std::move(entries), write_common, wo));
   report.files = std::move(r.files);
   return report;
+}
+
+Result<ReshardChoices> DescribeReshard(const std::string& src, const ReshardOptions& base) {
+  Env* env = base.env ? base.env : Env::Default();
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<MegatronView> view, OpenView(src, env));
+  const MegatronView& v = *view;
+  const model::ParallelLayout& sl = v.layout();
+  const model::ModelConfig& c = v.config();
+  const bool with_optimizer = v.has_optimizer() && !base.no_optimizer;
+  ReshardChoices out;
+  out.layout = model::LayoutString(sl);
+  out.optimizer = std::string(internal_convert::OptimizerLayoutName(v.optimizer_layout()));
+  out.padded_vocab = c.padded_vocab_size;
+  // One size changed at a time, the others kept.
+  auto try_size = [&](std::string_view name, int64_t size) -> Status {
+    ReshardOptions o = base;
+    o.tp = o.pp = o.vpp = o.dp = o.ep = o.etp = 0;
+    if (name == "tp") o.tp = size;
+    if (name == "pp" && size != sl.pp) {
+      o.pp = size;
+      o.vpp = 1;
+    }
+    if (name == "dp") o.dp = size;
+    if (name == "ep") o.ep = size;
+    ReshardChoices::Size s;
+    s.name = std::string(name);
+    s.size = size;
+    Result<Target> t = PlanTarget(v, o);
+    if (!t.ok()) {
+      if (t.status().code() != Code::kInvalidArgument) return t.status();
+      return OkStatus();  // does not fit the model: not a choice
+    }
+    s.padded_vocab = t->config.padded_vocab_size;
+    if (c.moe() && (sl.ep > 1) != (t->layout.ep > 1) && with_optimizer) {
+      s.reshardable = false;
+    }
+    CKPT_ASSIGN_OR_RETURN(s.load_blockers, LoadBlockers(v, t->config, t->layout, t->settings, t->folders, with_optimizer));
+    out.sizes.push_back(std::move(s));
+    return OkStatus();
+  };
+  auto divisors = [](int64_t n) {
+    std::vector<int64_t> d;
+    for (int64_t i = 1; i <= n && i <= 1024; ++i) {
+      if (n % i == 0) d.push_back(i);
+    }
+    return d;
+  };
+  for (int64_t tp : divisors(c.num_attention_heads)) CKPT_RETURN_IF_ERROR(try_size("tp", tp));
+  for (int64_t pp : divisors(c.num_layers)) CKPT_RETURN_IF_ERROR(try_size("pp", pp));
+  for (int64_t dp = 1; dp <= std::max<int64_t>(8, 2 * sl.dp); dp *= 2) CKPT_RETURN_IF_ERROR(try_size("dp", dp));
+  if (c.moe()) {
+    for (int64_t ep : divisors(c.num_experts)) CKPT_RETURN_IF_ERROR(try_size("ep", ep));
+  }
+  return out;
 }
 
 }  // namespace ckpt

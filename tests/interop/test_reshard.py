@@ -399,3 +399,22 @@ def test_dp4_to_dp2(tmp_path):
     out = tmp_path / "out"
     _ckptkit("reshard", str(src), str(out), "--dp", "2", "--megatron-version", "0.16", "-q")
     assert _same_tensors(source, mo.load_torch_dist_into_optimizer(target, str(out))) == []
+
+
+def test_inspect_json_carries_the_preflight():
+    """inspect --json lists, for one size changed at a time, whether megatron-core loads the
+    checkpoint as it is: the same verdicts reshard --check gives (checked above against stock
+    megatron-core), the padded vocabulary each TP gives."""
+    src = os.path.join(GOLDEN, "mc016_llama_dp2", "dp_reshardable")
+    rs = json.loads(_ckptkit("inspect", "--json", src).stdout)["details"]["reshard"]
+    assert rs["layout"].startswith("TP=1 PP=1 DP=2") and rs["optimizer_sharding"] == "dp_reshardable"
+    sizes = {(z["dim"], z["size"]): z for z in rs["sizes"]}
+    assert {s for d, s in sizes if d == "tp"} == {1, 2}  # 4 heads, 2 query groups
+    assert {s for d, s in sizes if d == "pp"} == {1, 2}  # 2 layers
+    for (dim, size), z in sizes.items():
+        j = json.loads(_ckptkit("reshard", src, "--check", "--json", f"--{dim}={size}").stdout)
+        assert (z["loads_as_is"], z["load_blockers"], z["padded_vocab"]) == \
+            (j["loads_as_is"], j["load_blockers"], j["target_padded_vocab"]), (dim, size)
+    assert sizes[("tp", 2)]["loads_as_is"] is False and sizes[("dp", 4)]["loads_as_is"] is True
+    text = _ckptkit("inspect", src).stdout
+    assert "tp: 1 (as is), 2 (reshard)" in text

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "ckpt/convert.h"
+#include "ckpt/reshard.h"
 #include "util/strings.h"
 
 namespace ckpt::cli {
@@ -306,7 +307,32 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
       layout_lines.push_back(StrCat("(not derived: ", lines.status().message(), ")"));
     }
   }
+  // A Megatron checkpoint: the sizes it can be resumed at, and where
+  // megatron-core loads it as it is (the reshard preflight, one size at a time).
+  nlohmann::json reshard;
+  if (reader->kind() == SourceKind::kLegacy || reader->format() == "megatron-torch_dist") {
+    ReshardOptions ro;
+    ro.env = options.env;
+    Result<ReshardChoices> choices = DescribeReshard(options.path, ro);
+    if (choices.ok()) {
+      reshard = {{"layout", choices->layout},
+                 {"optimizer_sharding", choices->optimizer},
+                 {"padded_vocab", choices->padded_vocab},
+                 {"sizes", nlohmann::json::array()}};
+      for (const ReshardChoices::Size& z : choices->sizes) {
+        reshard["sizes"].push_back({{"dim", z.name},
+                                    {"size", z.size},
+                                    {"padded_vocab", z.padded_vocab},
+                                    {"reshardable", z.reshardable},
+                                    {"loads_as_is", z.load_blockers.empty()},
+                                    {"load_blockers", z.load_blockers}});
+      }
+    } else {
+      reshard = {{"error", choices.status().ToString()}};
+    }
+  }
   auto add_layout = [&](nlohmann::json* details) {
+    if (!reshard.is_null()) (*details)["reshard"] = reshard;
     if (!layout_lines.empty()) (*details)["model_layout"] = layout_lines;
     if (!layout_problem.empty()) {
       if (!details->contains("problems") || !(*details)["problems"].is_array()) {
@@ -350,6 +376,22 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
     for (const auto& line : details["summary_text"]) {
       if (line.is_string()) out << "  " << Safe(line.get<std::string>()) << "\n";
     }
+  }
+  if (reshard.contains("sizes")) {
+    out << fmt::format("  resuming at another layout (one size changed; 'as is': megatron-core loads it without "
+                       "`ckptkit reshard`):\n");
+    for (const char* dim : {"tp", "pp", "dp", "ep"}) {
+      std::string line;
+      for (const auto& z : reshard["sizes"]) {
+        if (z["dim"] != dim) continue;
+        std::string what = z["loads_as_is"].get<bool>() ? "as is" : (z["reshardable"].get<bool>() ? "reshard" : "no");
+        if (z["padded_vocab"] != reshard["padded_vocab"]) what += fmt::format(", vocab {}", z["padded_vocab"].get<int64_t>());
+        line += fmt::format("{}{} ({})", line.empty() ? "" : ", ", z["size"].get<int64_t>(), what);
+      }
+      if (!line.empty()) out << fmt::format("    {}: {}\n", dim, line);
+    }
+  } else if (reshard.contains("error")) {
+    out << "  resuming at another layout: not derived (" << Safe(reshard["error"].get<std::string>()) << ")\n";
   }
   if (!layout_lines.empty()) {
     out << "  model layout (the model layer's recomputation of megatron's ranks and optimizer buffers):\n";
