@@ -43,6 +43,12 @@ enum class OptimizerSharding {
   kDpReshardable,
 };
 
+// The output's format.
+enum class ReshardFormat {
+  kTorchDist,  // iter_N/ with __<rank>_<writer>.distcp, .metadata, common state
+  kLegacy,     // Megatron-LM's iter_N/mp_rank_*/{model_optim_rng.pt, distrib_optim.pt}
+};
+
 struct ReshardOptions {
   // Target sizes; 0 keeps the source's (etp: the target tp when the source's
   // etp equals its tp, else the source's etp).
@@ -55,6 +61,8 @@ struct ReshardOptions {
   // The tokenizer's vocabulary size, when args do not record it and the
   // target's padded vocabulary would otherwise be ambiguous.
   std::optional<int64_t> vocab_size;
+  ReshardFormat to = ReshardFormat::kTorchDist;
+  // torch_dist output only (legacy keeps its distrib_optim.pt buffers).
   OptimizerSharding optimizer_sharding = OptimizerSharding::kFullyReshardable;
   bool no_optimizer = false;       // leave the optimizer state out
   std::string megatron_version;    // "0.16" / "0.19" form of the output ("" = newest)

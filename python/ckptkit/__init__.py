@@ -394,6 +394,7 @@ def reshard(
     ep: int = 0,
     etp: int = 0,
     vocab_size: Optional[int] = None,
+    to: str = "torch_dist",
     optimizer_sharding: str = "fully_reshardable",
     no_optimizer: bool = False,
     megatron_version: Optional[str] = None,
@@ -405,8 +406,11 @@ def reshard(
     type, or legacy mp_rank_* folders) for another parallel layout: sizes left
     at 0 keep the source's. The output (a Megatron-LM root) is torch_dist with
     the optimizer state "fully_reshardable" (loads at any layout) or
-    "dp_reshardable" (the new layout's buckets). check=True only checks the
-    target against the model and reports, writing nothing (dst may be None).
+    "dp_reshardable" (the new layout's buckets), or with to="legacy"
+    Megatron-LM's mp_rank_* folders (distrib_optim.pt) at the new layout.
+    check=True only checks the target against the model and says whether
+    megatron-core would load src as it is there, writing nothing (dst may be
+    None).
     Same behaviour as `ckptkit reshard` (README); the options are
     ckpt::ReshardOptions'.
 
@@ -421,7 +425,8 @@ def reshard(
     if dst is None and not check:
         raise ValueError("dst is required unless check=True")
     return _core.reshard(os.fspath(src), os.fspath(dst) if dst is not None else "", tp=tp, pp=pp, vpp=vpp, dp=dp,
-                         ep=ep, etp=etp, vocab_size=vocab_size, optimizer_sharding=str(optimizer_sharding),
+                         ep=ep, etp=etp, vocab_size=vocab_size, to=str(to),
+                         optimizer_sharding=str(optimizer_sharding),
                          no_optimizer=bool(no_optimizer), megatron_version=megatron_version or "",
                          iteration=iteration, thread_count=thread_count, check=bool(check))
 

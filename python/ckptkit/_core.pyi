@@ -53,6 +53,7 @@ def reshard(
     ep: int = 0,
     etp: int = 0,
     vocab_size: Optional[int] = None,
+    to: str = "torch_dist",
     optimizer_sharding: str = "fully_reshardable",
     no_optimizer: bool = False,
     megatron_version: str = "",

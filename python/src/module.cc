@@ -354,8 +354,8 @@ nb::dict ConvertPy(const std::string& src, const std::string& dst, std::string_v
 }
 
 nb::dict ReshardPy(const std::string& src, const std::string& dst, int64_t tp, int64_t pp, int64_t vpp, int64_t dp,
-                   int64_t ep, int64_t etp, std::optional<int64_t> vocab_size, std::string_view optimizer_sharding,
-                   bool no_optimizer, const std::string& megatron_version, std::optional<int64_t> iteration,
+                   int64_t ep, int64_t etp, std::optional<int64_t> vocab_size, std::string_view to,
+                   std::string_view optimizer_sharding, bool no_optimizer, const std::string& megatron_version, std::optional<int64_t> iteration,
                    int64_t thread_count, bool check) {
   ReshardOptions o;
   o.tp = tp;
@@ -365,6 +365,11 @@ nb::dict ReshardPy(const std::string& src, const std::string& dst, int64_t tp, i
   o.ep = ep;
   o.etp = etp;
   o.vocab_size = vocab_size;
+  if (to == "legacy") {
+    o.to = ReshardFormat::kLegacy;
+  } else if (to != "torch_dist") {
+    RaiseStatus(InvalidArgumentError(StrCat("to: torch_dist or legacy, got \"", to, "\"")));
+  }
   if (optimizer_sharding == "dp_reshardable") {
     o.optimizer_sharding = OptimizerSharding::kDpReshardable;
   } else if (optimizer_sharding != "fully_reshardable") {
@@ -870,8 +875,9 @@ NB_MODULE(_core, m) {
         nb::arg("make_vocab_size_divisible_by") = 128, nb::arg("no_optimizer") = false);
   m.def("reshard", &ReshardPy, nb::arg("src"), nb::arg("dst"), nb::arg("tp") = 0, nb::arg("pp") = 0,
         nb::arg("vpp") = 0, nb::arg("dp") = 0, nb::arg("ep") = 0, nb::arg("etp") = 0,
-        nb::arg("vocab_size").none() = nb::none(), nb::arg("optimizer_sharding") = "fully_reshardable",
-        nb::arg("no_optimizer") = false, nb::arg("megatron_version") = "", nb::arg("iteration").none() = nb::none(),
+        nb::arg("vocab_size").none() = nb::none(), nb::arg("to") = "torch_dist",
+        nb::arg("optimizer_sharding") = "fully_reshardable", nb::arg("no_optimizer") = false,
+        nb::arg("megatron_version") = "", nb::arg("iteration").none() = nb::none(),
         nb::arg("thread_count") = 1, nb::arg("check") = false);
   m.def("parse_size", &ParseSizePy, nb::arg("text"));
   m.def("save_file", &SaveFilePy, nb::arg("path"), nb::arg("format"), nb::arg("entries"),

@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <memory>
@@ -54,46 +55,20 @@ torch::TorchTreeWriter::Reopener Borrow(const torch::TorchFile* f) {
 }
 
 
-// What one legacy rank file takes from the torch_dist source.
-class LegacyWriter {
+// Writes the files of a LegacyPlan.
+class PlanWriter {
  public:
-  LegacyWriter(const MegatronView& view, const ConvertOptions& options) : view_(view), options_(options) {}
+  explicit PlanWriter(const LegacyPlan& plan) : plan_(plan) {}
 
-  Status Init() {
-    const TorchDistSource& s = view_.torch_dist();
-    if (!s.common_file) return InvalidArgumentError("the checkpoint has no common state (args, iteration)");
-    // Optimizer states, in the order save_parameter_state writes them.
-    if (!options_.no_optimizer && view_.has_optimizer()) {
-      std::vector<std::string> found;
-      for (const char* st : {"param", "exp_avg", "exp_avg_sq"}) {
-        for (const TensorInfo& t : view_.tensors()) {
-          if (t.key.rfind(StrCat("optimizer.state.", st, "."), 0) == 0) {
-            found.push_back(st);
-            break;
-          }
-        }
-      }
-      if (found.empty() || found.front() != "param") {
-        return DataLossError(StrCat("the ", OptimizerLayoutName(view_.optimizer_layout()),
-                                    " optimizer state has no fp32 main parameters (optimizer.state.param.*)"));
-      }
-      states_ = found;
-    }
-    return OkStatus();
-  }
+  bool with_optimizer() const { return !plan_.states.empty(); }
 
-  bool with_optimizer() const { return !states_.empty(); }
-  size_t states() const { return states_.size(); }
-
-  // model_optim_rng.pt of ranks()[rank].
+  // model_optim_rng.pt of plan.ranks[rank].
   Status WriteModelFile(size_t rank, ByteSink* out) const {
-    const TorchDistSource& s = view_.torch_dist();
-    const model::RankOptimizer& r = view_.ranks()[rank];
+    const model::RankOptimizer& r = plan_.ranks[rank];
     torch::TorchTreeWriter w;
     pickle::Arena& a = w.arena();
-    CKPT_ASSIGN_OR_RETURN(Value * common, w.Import(*s.common_file, Borrow(s.common_file.get())), "common state");
-    // core >= 0.19 keeps the common dict as the ShardedObject `common_state`: [dict].
-    if (common->kind == pickle::Kind::kList && common->items.size() == 1) common = common->items[0];
+    LegacyPlan::Keep keep;
+    CKPT_ASSIGN_OR_RETURN(Value * common, plan_.common(&w, &keep), "common state");
     Value* root = a.Dict();
     auto put = [&](std::string_view key, Value* v) { root->dict.push_back({w.Str(key), v}); };
     for (const char* k : {"args", "checkpoint_version", "iteration"}) {
@@ -109,12 +84,12 @@ class LegacyWriter {
         } else {
           const model::ChunkParam& p = r.chunks[ch][e.param];
           torch::TensorToSave t;
-          t.dtype = view_.settings().params_dtype;
+          t.dtype = plan_.params_dtype;
           t.shape = p.shape;
           t.nbytes = static_cast<uint64_t>(p.numel()) * DTypeSize(t.dtype);
           const size_t pi = static_cast<size_t>(e.param);
           t.write = [this, rank, ch, pi](ByteSink* sink) {
-            return view_.ReadLocal(rank, static_cast<int64_t>(ch), pi, "", sink);
+            return plan_.read_local(rank, static_cast<int64_t>(ch), pi, "", sink);
           };
           CKPT_ASSIGN_OR_RETURN(v, w.NewTensor(t), e.name);
         }
@@ -122,14 +97,15 @@ class LegacyWriter {
       }
       put(r.chunks.size() > 1 ? StrCat("model", ch) : std::string("model"), model);
     }
-    std::vector<std::unique_ptr<torch::TorchFile>> payloads;  // alive until Write returns
     if (with_optimizer()) {
-      CKPT_ASSIGN_OR_RETURN(Value * opt, OptimizerEntry(rank, &w, common, &payloads));
+      CKPT_ASSIGN_OR_RETURN(Value * opt, plan_.optimizer(rank, common, &w, &keep));
       put("optimizer", opt);
     }
     if (Value* v = DictGet(common, "opt_param_scheduler")) put("opt_param_scheduler", v);
-    CKPT_ASSIGN_OR_RETURN(Value * rng, RngState(rank, &w, &payloads));
-    if (rng) put("rng_state", rng);
+    if (plan_.rng) {
+      CKPT_ASSIGN_OR_RETURN(Value * rng, plan_.rng(rank, &w, &keep));
+      if (rng) put("rng_state", rng);
+    }
     if (Value* v = DictGet(common, "num_floating_point_operations_so_far")) {
       put("num_floating_point_operations_so_far", v);
     }
@@ -138,19 +114,19 @@ class LegacyWriter {
     return w.Write(root, out, wo);
   }
 
-  // Whether ranks()[rank]'s folder gets a distrib_optim.pt.
+  // Whether plan.ranks[rank]'s folder gets a distrib_optim.pt.
   bool HasOptimizerFile(size_t rank) const {
-    const model::LegacyRankFolder& f = view_.folders()[rank];
+    const model::LegacyRankFolder& f = plan_.folders[rank];
     return with_optimizer() && (f.dense_optimizer || f.expert_optimizer);
   }
 
-  // distrib_optim.pt of ranks()[rank]: one DistributedOptimizer's dict, or
+  // distrib_optim.pt of plan.ranks[rank]: one DistributedOptimizer's dict, or
   // for dense + expert (ChainedOptimizer.save_parameter_state) the list
   // [dense or None, expert or None], None where this rank is not that
   // sub-optimizer's DP rank 0.
   Status WriteOptimizerFile(size_t rank, ByteSink* out) const {
-    const model::RankOptimizer& r = view_.ranks()[rank];
-    const model::LegacyRankFolder& f = view_.folders()[rank];
+    const model::RankOptimizer& r = plan_.ranks[rank];
+    const model::LegacyRankFolder& f = plan_.folders[rank];
     torch::TorchTreeWriter w;
     pickle::Arena& a = w.arena();
     Value* root = nullptr;
@@ -185,7 +161,7 @@ class LegacyWriter {
       if (it == interned->end()) it = interned->emplace(std::string(k), w.Str(k)).first;
       return it->second;
     };
-    const model::RankOptimizer& r = view_.ranks()[rank];
+    const model::RankOptimizer& r = plan_.ranks[rank];
     const std::vector<model::ParamBuffer>& buffers = expert ? r.expert : r.dense;
     pickle::Arena& a = w.arena();
     Value* root = a.Dict();
@@ -196,7 +172,7 @@ class LegacyWriter {
       Value* key = a.Tuple({a.Global("torch", std::string(DTypeName(b.param_dtype))),
                             a.Global("torch", std::string(DTypeName(b.grad_dtype)))});
       Value* states = a.Dict();
-      for (const std::string& st : states_) {
+      for (const std::string& st : plan_.states) {
         torch::TensorToSave t;
         t.dtype = DType::kFloat32;
         t.shape = {b.numel_unpadded};
@@ -215,7 +191,7 @@ class LegacyWriter {
   // One buffer's world tensor: each bucket's first numel_unpadded elements,
   // the parameters' local shards at their offsets, zeros between.
   Status WriteWorld(size_t rank, bool expert, size_t g, const std::string& state, ByteSink* out) const {
-    const model::RankOptimizer& r = view_.ranks()[rank];
+    const model::RankOptimizer& r = plan_.ranks[rank];
     const model::ParamBuffer& b = expert ? r.expert[g] : r.dense[g];
     int64_t cursor = 0;
     // Parameters sorted by offset (the layout order is by offset already).
@@ -223,50 +199,37 @@ class LegacyWriter {
       const int64_t at = b.WorldOffset(p);
       if (at < cursor) return InternalError(StrCat("buffer ", g, ": parameters overlap at ", at));
       CKPT_RETURN_IF_ERROR(AppendZeros(out, static_cast<uint64_t>(at - cursor) * 4));
-      CKPT_RETURN_IF_ERROR(view_.ReadLocal(rank, b.chunk, p.param, state, out));
+      CKPT_RETURN_IF_ERROR(plan_.read_local(rank, b.chunk, p.param, state, out));
       cursor = at + (p.end - p.start);
     }
     if (cursor > b.numel_unpadded) return InternalError(StrCat("buffer ", g, " overflows numel_unpadded"));
     return AppendZeros(out, static_cast<uint64_t>(b.numel_unpadded - cursor) * 4);
   }
 
+  const LegacyPlan& plan_;
+};
+
+// The parts of a LegacyPlan that a torch_dist view at its own layout gives:
+// the common state, each rank's optimizer entry and RNG state.
+class ViewObjects {
+ public:
+  explicit ViewObjects(const MegatronView& view) : view_(view) {}
+
+  Result<Value*> Common(torch::TorchTreeWriter* w, LegacyPlan::Keep* keep) const {
+    const TorchDistSource& s = view_.torch_dist();
+    CKPT_ASSIGN_OR_RETURN(Value * common, w->Import(*s.common_file, Borrow(s.common_file.get())));
+    // core >= 0.19 keeps the common dict as the ShardedObject `common_state`: [dict].
+    if (common->kind == pickle::Kind::kList && common->items.size() == 1) common = common->items[0];
+    return common;
+  }
+
   // {"optimizer": {"param_groups": [...]}, ["grad_scaler": ...]}, as
   // DistributedOptimizer.state_dict() returns it.
-  Result<Value*> OptimizerEntry(size_t rank, torch::TorchTreeWriter* w, Value* common,
-                                std::vector<std::unique_ptr<torch::TorchFile>>* payloads) const {
+  Result<Value*> OptimizerEntry(size_t rank, Value* common, torch::TorchTreeWriter* w, LegacyPlan::Keep* keep) const {
     pickle::Arena& a = w->arena();
     if (view_.optimizer_layout() == OptimizerLayout::kFullyReshardable ||
         view_.optimizer_layout() == OptimizerLayout::kFullyShardedModelSpace) {
-      Value* opt = DictGet(common, "optimizer");
-      if (opt == nullptr || opt->kind != pickle::Kind::kDict) {
-        return DataLossError("the common state has no optimizer dict (param groups)");
-      }
-      // One DistributedOptimizer's state_dict() without the sharding type
-      // and, fully_sharded_model_space, the per-parameter steps the common
-      // state keeps ({idx: {"step": tensor}}; legacy keeps them in the
-      // param groups).
-      auto strip = [&](Value* sub) {
-        Value* d = a.Dict();
-        for (auto& [k, v] : sub->dict) {
-          if (k->kind == pickle::Kind::kString &&
-              (k->str == "param_state_sharding_type" || k->str == "param_state")) {
-            continue;
-          }
-          d->dict.push_back({k, v});
-        }
-        return d;
-      };
-      // A ChainedOptimizer (dense + expert) keeps {0: state, 1: state}; its
-      // legacy state_dict() is the list of them.
-      if (!opt->dict.empty() && opt->dict.front().first->kind == pickle::Kind::kInt) {
-        Value* list = a.List({});
-        for (auto& [k, v] : opt->dict) {
-          if (v->kind != pickle::Kind::kDict) return DataLossError("a chained optimizer entry is not a dict");
-          list->items.push_back(strip(v));
-        }
-        return list;
-      }
-      return strip(opt);
+      return LegacyOptimizerFromModelSpace(DictGet(common, "optimizer"), w);
     }
     // dp_reshardable / dp_zero_gather_scatter: per model-parallel rank
     // ShardedObjects; a ChainedOptimizer's keys carry "chained_<k>." and its
@@ -278,7 +241,7 @@ class LegacyWriter {
       for (const char* part : {"optimizer", "grad_scaler"}) {
         CKPT_ASSIGN_OR_RETURN(
             Value * v, ObjectPayload(StrCat(prefix, "optimizer.distributed.dp_group_idx_", group, ".", part, "/shard_0_1"),
-                                     w, payloads));
+                                     w, keep));
         if (v != nullptr) d->dict.push_back({w->Str(part), v});
       }
       if (DictGet(d, "optimizer") == nullptr) {
@@ -295,8 +258,7 @@ class LegacyWriter {
   }
 
   // The rank's RNG state: the ShardedObject rng_state at (pp rank, tp rank[, dp rank 0]).
-  Result<Value*> RngState(size_t rank, torch::TorchTreeWriter* w,
-                          std::vector<std::unique_ptr<torch::TorchFile>>* payloads) const {
+  Result<Value*> RngState(size_t rank, torch::TorchTreeWriter* w, LegacyPlan::Keep* keep) const {
     const model::RankOptimizer& r = view_.ranks()[rank];
     CKPT_ASSIGN_OR_RETURN(model::RankCoordinates writer,
                           model::GlobalRankCoordinates(view_.layout(), view_.folders()[rank].rank));
@@ -307,23 +269,23 @@ class LegacyWriter {
       if (k->offset[0] != r.at.pp_rank || k->offset[1] != r.at.tp_rank) continue;
       // (PP, TP, DP) with --data-parallel-random-init or expert parallelism.
       if (k->offset.size() > 2 && k->offset[2] != writer.dp_rank) continue;
-      return ObjectPayload(e.key, w, payloads);
+      return ObjectPayload(e.key, w, keep);
     }
     return static_cast<Value*>(nullptr);
   }
 
+ private:
   // The data of ShardedObject `key` (its payload's one element), imported
   // into `w`; nullptr when absent.
-  Result<Value*> ObjectPayload(const std::string& key, torch::TorchTreeWriter* w,
-                               std::vector<std::unique_ptr<torch::TorchFile>>* payloads) const {
+  Result<Value*> ObjectPayload(const std::string& key, torch::TorchTreeWriter* w, LegacyPlan::Keep* keep) const {
     const internal_checkpoint::DcpReader* dcp = view_.torch_dist().dcp;
     const int64_t ei = dcp->metadata().FindEntry(key);
     if (ei < 0) return static_cast<Value*>(nullptr);
     CKPT_ASSIGN_OR_RETURN(std::unique_ptr<torch::TorchFile> f,
                           dcp->OpenBytes(dcp->metadata().entries[ei], pickle::Mode::kInspect), key);
-    const torch::TorchFile* raw = f.get();
-    payloads->push_back(std::move(f));
-    CKPT_ASSIGN_OR_RETURN(Value * v, w->Import(*raw, Borrow(raw)), key);
+    std::shared_ptr<const torch::TorchFile> shared(std::move(f));
+    keep->push_back(shared);
+    CKPT_ASSIGN_OR_RETURN(Value * v, w->Import(*shared, Borrow(shared.get())), key);
     // dist_checkpointing saves a ShardedObject as torch.save([data]).
     if (v->kind != pickle::Kind::kList || v->items.size() != 1) {
       return DataLossError(StrCat(key, ": a ShardedObject payload is a one-element list, found ", pickle::TypeName(v)));
@@ -332,27 +294,46 @@ class LegacyWriter {
   }
 
   const MegatronView& view_;
-  const ConvertOptions& options_;
-  std::vector<std::string> states_;
 };
 
 }  // namespace
 
-Result<ConvertReport> ConvertToLegacy(const std::string& src, const std::string& dst, const ConvertOptions& options,
-                                      Env* env) {
-  CKPT_ASSIGN_OR_RETURN(TorchDistSource s, OpenTorchDist(src, env, "to=\"legacy\" converts"));
-  std::optional<int64_t> iteration = options.iteration;
-  if (!iteration && s.common) iteration = s.common->iteration;
-  if (!iteration) {
-    return InvalidArgumentError(StrCat(src, ": the checkpoint records no iteration; give one (iteration)"));
+Result<Value*> LegacyOptimizerFromModelSpace(Value* opt, torch::TorchTreeWriter* w) {
+  if (opt == nullptr || opt->kind != pickle::Kind::kDict) {
+    return DataLossError("the common state has no optimizer dict (param groups)");
   }
-  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<MegatronView> view, MegatronView::OverTorchDist(std::move(s)), src);
-  CKPT_RETURN_IF_ERROR(view->model_status(), StrCat(src, ": the model and its parallel layout"));
-  LegacyWriter writer(*view, options);
-  CKPT_RETURN_IF_ERROR(writer.Init(), src);
+  pickle::Arena& a = w->arena();
+  // One DistributedOptimizer's state_dict() without the sharding type and,
+  // fully_sharded_model_space, the per-parameter steps the common state
+  // keeps ({idx: {"step": tensor}}; legacy keeps them in the param groups).
+  auto strip = [&](Value* sub) {
+    Value* d = a.Dict();
+    for (auto& [k, v] : sub->dict) {
+      if (k->kind == pickle::Kind::kString && (k->str == "param_state_sharding_type" || k->str == "param_state")) {
+        continue;
+      }
+      d->dict.push_back({k, v});
+    }
+    return d;
+  };
+  // A ChainedOptimizer (dense + expert) keeps {0: state, 1: state}; its
+  // legacy state_dict() is the list of them.
+  if (!opt->dict.empty() && opt->dict.front().first->kind == pickle::Kind::kInt) {
+    Value* list = a.List({});
+    for (auto& [k, v] : opt->dict) {
+      if (v->kind != pickle::Kind::kDict) return DataLossError("a chained optimizer entry is not a dict");
+      list->items.push_back(strip(v));
+    }
+    return list;
+  }
+  return strip(opt);
+}
 
+Result<ConvertReport> WriteLegacyCheckpoint(Env* env, const std::string& dst, int64_t iteration,
+                                            const LegacyPlan& plan) {
+  PlanWriter writer(plan);
   megatron::Tracker tracker;
-  tracker.iteration = *iteration;
+  tracker.iteration = iteration;
   const std::string iter_dir = JoinPath(dst, megatron::IterationDirName(tracker));
   if (env->FileExists(dst) && !env->IsDirectory(dst)) {
     return InvalidArgumentError(StrCat("destination ", dst, " exists and is not a folder"));
@@ -365,7 +346,6 @@ Result<ConvertReport> ConvertToLegacy(const std::string& src, const std::string&
                                          "choose another destination or iteration"));
     }
   }
-
   ConvertReport report;
   std::vector<std::string> created_dirs;
   auto fail = [&](Status st) -> Status {
@@ -380,8 +360,8 @@ Result<ConvertReport> ConvertToLegacy(const std::string& src, const std::string&
     }
   }
   uint64_t total = 0;
-  for (size_t ri = 0; ri < view->ranks().size(); ++ri) {
-    const model::LegacyRankFolder& rf = view->folders()[ri];
+  for (size_t ri = 0; ri < plan.ranks.size(); ++ri) {
+    const model::LegacyRankFolder& rf = plan.folders[ri];
     const std::string folder = JoinPath(iter_dir, rf.folder);
     if (!env->IsDirectory(folder)) {
       if (Status st = env->CreateDirs(folder); !st.ok()) return fail(st);
@@ -400,29 +380,88 @@ Result<ConvertReport> ConvertToLegacy(const std::string& src, const std::string&
       if (!st.ok()) return fail(st.WithContext(optim_path));
       report.files.push_back(optim_path);
     }
-    if (options.progress) options.progress(ri + 1, view->ranks().size());
+    if (plan.progress) plan.progress(ri + 1, plan.ranks.size());
   }
   for (const std::string& f : report.files) {
     if (auto size = env->GetFileSize(f); size.ok()) total += *size;
   }
   const std::string tracker_path = JoinPath(dst, megatron::kTrackerFileName);
   Status st = WriteFileAtomically(env, tracker_path,
-                                  [&](WritableFile* f) { return f->Append(std::to_string(*iteration)); });
+                                  [&](WritableFile* f) { return f->Append(std::to_string(iteration)); });
   if (!st.ok()) return fail(st.WithContext(tracker_path));
   report.files.push_back(tracker_path);
   report.bytes = total;
   report.tensors = 0;
-  for (size_t ri = 0; ri < view->ranks().size(); ++ri) {
-    const model::RankOptimizer& r = view->ranks()[ri];
-    if (view->folders()[ri].model_file) {
+  for (size_t ri = 0; ri < plan.ranks.size(); ++ri) {
+    const model::RankOptimizer& r = plan.ranks[ri];
+    if (plan.folders[ri].model_file) {
       for (const auto& chunk : r.chunks) report.tensors += chunk.size();
     }
-    if (writer.HasOptimizerFile(ri)) report.tensors += writer.states() * (r.dense.size() + r.expert.size());
+    if (writer.HasOptimizerFile(ri)) report.tensors += plan.states.size() * (r.dense.size() + r.expert.size());
   }
+  return report;
+}
+
+Result<ConvertReport> ConvertToLegacy(const std::string& src, const std::string& dst, const ConvertOptions& options,
+                                      Env* env) {
+  CKPT_ASSIGN_OR_RETURN(TorchDistSource s, OpenTorchDist(src, env, "to=\"legacy\" converts"));
+  std::optional<int64_t> iteration = options.iteration;
+  if (!iteration && s.common) iteration = s.common->iteration;
+  if (!iteration) {
+    return InvalidArgumentError(StrCat(src, ": the checkpoint records no iteration; give one (iteration)"));
+  }
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<MegatronView> view, MegatronView::OverTorchDist(std::move(s)), src);
+  CKPT_RETURN_IF_ERROR(view->model_status(), StrCat(src, ": the model and its parallel layout"));
+  if (!view->torch_dist().common_file) {
+    return InvalidArgumentError(StrCat(src, ": the checkpoint has no common state (args, iteration)"));
+  }
+  LegacyPlan plan;
+  plan.ranks = view->ranks();
+  plan.folders = view->folders();
+  plan.params_dtype = view->settings().params_dtype;
+  if (!options.no_optimizer && view->has_optimizer()) {
+    CKPT_ASSIGN_OR_RETURN(plan.states, LegacyOptimizerStates(*view), src);
+  }
+  const MegatronView* v = view.get();
+  auto objects = std::make_shared<ViewObjects>(*v);
+  plan.read_local = [v](size_t rank, int64_t chunk, size_t param, std::string_view state, ByteSink* out) {
+    return v->ReadLocal(rank, chunk, param, state, out);
+  };
+  plan.common = [objects](torch::TorchTreeWriter* w, LegacyPlan::Keep* keep) { return objects->Common(w, keep); };
+  plan.optimizer = [objects](size_t rank, Value* common, torch::TorchTreeWriter* w, LegacyPlan::Keep* keep) {
+    return objects->OptimizerEntry(rank, common, w, keep);
+  };
+  plan.rng = [objects](size_t rank, torch::TorchTreeWriter* w, LegacyPlan::Keep* keep) {
+    return objects->RngState(rank, w, keep);
+  };
+  plan.progress = options.progress;
+  CKPT_ASSIGN_OR_RETURN(ConvertReport report, WriteLegacyCheckpoint(env, dst, *iteration, plan));
   if (options.no_optimizer && view->has_optimizer()) {
     report.warnings.push_back("optimizer state left out (no_optimizer)");
   }
   return report;
+}
+
+Result<std::vector<std::string>> LegacyOptimizerStates(const MegatronView& view) {
+  // Optimizer states, in the order save_parameter_state writes them.
+  std::vector<std::string> found;
+  for (const char* st : {"param", "exp_avg", "exp_avg_sq"}) {
+    for (const TensorInfo& t : view.tensors()) {
+      if (t.key.rfind(StrCat("optimizer.state.", st, "."), 0) == 0) {
+        found.push_back(st);
+        break;
+      }
+    }
+  }
+  // Other optimizers' states after Adam's, in the view's order.
+  for (const std::string& st : view.optimizer_states()) {
+    if (std::find(found.begin(), found.end(), st) == found.end()) found.push_back(st);
+  }
+  if (found.empty() || found.front() != "param") {
+    return DataLossError(StrCat("the ", OptimizerLayoutName(view.optimizer_layout()),
+                                " optimizer state has no fp32 main parameters (optimizer.state.param.*)"));
+  }
+  return found;
 }
 
 namespace {

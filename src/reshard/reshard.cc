@@ -15,6 +15,7 @@
 #include "ckpt/checkpoint.h"
 #include "ckpt/model.h"
 #include "convert/dcp_entries.h"
+#include "convert/legacy.h"
 #include "convert/megatron_view.h"
 #include "format/megatron/writer.h"
 #include "format/torch/tree_writer.h"
@@ -558,6 +559,130 @@ Result<Target> PlanTarget(const MegatronView& v, const ReshardOptions& options) 
   return t;
 }
 
+// The legacy layout's args for target `tl`: the source's with the parallel
+// sizes, world size, padded vocabulary and format replaced.
+Result<Value*> TargetArgs(torch::TorchTreeWriter* w, const Value* ns, const model::ParallelLayout& tl,
+                          const model::ModelConfig& tc, std::string_view format, std::optional<bool> fully) {
+  pickle::Arena& a = w->arena();
+  auto opt_int = [&](std::optional<int64_t> x) { return x ? a.Int(*x) : a.None(); };
+  std::vector<std::pair<std::string, Value*>> set = {
+      {"tensor_model_parallel_size", a.Int(tl.tp)},
+      {"pipeline_model_parallel_size", a.Int(tl.pp)},
+      {"virtual_pipeline_model_parallel_size", tl.vpp > 1 ? a.Int(tl.vpp) : a.None()},
+      {"num_layers_per_virtual_pipeline_stage", tl.vpp > 1 ? a.Int(tc.num_layers / (tl.pp * tl.vpp)) : a.None()},
+      {"data_parallel_size", a.Int(tl.dp)},
+      {"expert_model_parallel_size", a.Int(tl.ep)},
+      {"expert_tensor_parallel_size", a.Int(tl.etp)},
+      {"decoder_first_pipeline_num_layers", opt_int(tl.first_stage_layers)},
+      {"decoder_last_pipeline_num_layers", opt_int(tl.last_stage_layers)},
+      {"world_size", a.Int(tl.world_size())},
+      {"padded_vocab_size", a.Int(tc.padded_vocab_size)},
+      {"ckpt_format", w->Str(format)}};
+  if (fully) set.push_back({"dist_ckpt_optim_fully_reshardable", a.Bool(*fully)});
+  return EditArgs(w, ns, set);
+}
+
+// Writes the resharded checkpoint as Megatron-LM's legacy layout at the
+// target: every rank folder's model_optim_rng.pt (TP-local shards read from
+// the view's global tensors, vocabulary re-padded) and distrib_optim.pt (the
+// target's buffers, parameters at their offsets), through the legacy writer.
+Result<ReshardReport> ReshardToLegacy(const MegatronView& v, const std::string& src, const std::string& dst,
+                                      const Target& t, std::shared_ptr<const torch::TorchFile> common_file,
+                                      bool with_optimizer, const ReshardOptions& options, Env* env,
+                                      ReshardReport report) {
+  auto plan = std::make_shared<internal_convert::LegacyPlan>();
+  plan->folders = t.folders;
+  plan->params_dtype = v.settings().params_dtype;
+  if (with_optimizer) {
+    CKPT_ASSIGN_OR_RETURN(plan->states, internal_convert::LegacyOptimizerStates(v), src);
+  }
+  auto progress = std::make_shared<internal_convert::ChunkProgress>(options.progress);
+  uint64_t total = 0;
+  for (const model::LegacyRankFolder& f : t.folders) {
+    CKPT_ASSIGN_OR_RETURN(model::RankOptimizer r, model::BuildRankOptimizer(t.config, t.layout, t.settings, f.at),
+                          StrCat("the target layout at ", f.folder));
+    if (f.model_file) {
+      for (const auto& chunk : r.chunks) {
+        for (const model::ChunkParam& p : chunk) total += static_cast<uint64_t>(p.numel()) * DTypeSize(plan->params_dtype);
+        report.tensors += chunk.size();
+      }
+    }
+    if (with_optimizer && (f.dense_optimizer || f.expert_optimizer)) {
+      for (const auto* bufs : {&r.dense, &r.expert}) {
+        for (const model::ParamBuffer& b : *bufs) {
+          total += static_cast<uint64_t>(b.numel_unpadded) * 4 * plan->states.size();
+          report.tensors += plan->states.size();
+        }
+      }
+    }
+    plan->ranks.push_back(std::move(r));
+  }
+  progress->set_total(total);
+  report.bytes = total;
+  if (options.check_only) return report;
+
+  std::optional<int64_t> iteration = options.iteration;
+  if (!iteration && v.common() != nullptr) iteration = v.common()->iteration;
+  if (!iteration) return InvalidArgumentError(StrCat(src, ": no iteration recorded; give one (iteration)"));
+  std::map<std::string, size_t, std::less<>> index;
+  for (size_t i = 0; i < v.tensors().size(); ++i) index.emplace(v.tensors()[i].key, i);
+  const MegatronView* vp = &v;
+  const internal_convert::LegacyPlan* pp = plan.get();
+  plan->read_local = [vp, pp, index = std::move(index), progress](size_t rank, int64_t chunk, size_t param,
+                                                                  std::string_view state, ByteSink* out) -> Status {
+    const model::ChunkParam& cp = pp->ranks[rank].chunks[static_cast<size_t>(chunk)][param];
+    const model::StoredRef stored = model::TorchDistCandidates(cp.global_name).front();
+    const std::string key = state.empty() ? stored.key : StrCat(kOptimizerState, state, ".", stored.key);
+    auto it = index.find(key);
+    if (it == index.end()) return DataLossError(StrCat(Quote(key), " is not in the source"));
+    const TensorInfo& ti = vp->tensors()[it->second];
+    const DType want = state.empty() ? pp->params_dtype : DType::kFloat32;
+    if (ti.dtype != want) {
+      return DataLossError(StrCat(Quote(key), " is ", DTypeName(ti.dtype), "; the legacy layout keeps it as ",
+                                  DTypeName(want)));
+    }
+    const int64_t rows = VocabRows(stored.key) && !ti.shape.empty() ? ti.shape[0] : INT64_MAX;
+    for (const Box& box : LocalBoxes(cp, stored)) {
+      CKPT_RETURN_IF_ERROR(ReadPadded(*vp, it->second, box, rows, out).WithContext(cp.global_name));
+      progress->Add(box.numel() * DTypeSize(want));
+    }
+    return OkStatus();
+  };
+  const model::ParallelLayout tl = t.layout;
+  const model::ModelConfig tc = t.config;
+  const int64_t it_out = *iteration;
+  plan->common = [common_file, tl, tc, it_out](torch::TorchTreeWriter* w,
+                                              internal_convert::LegacyPlan::Keep*) -> Result<Value*> {
+    CKPT_ASSIGN_OR_RETURN(Value * src_root, CommonRoot(common_file, w));
+    Value* root = w->arena().Dict();
+    CKPT_ASSIGN_OR_RETURN(Value * args, TargetArgs(w, DictGet(src_root, "args"), tl, tc, "torch", std::nullopt));
+    root->dict.push_back({w->Str("args"), args});
+    if (Value* x = DictGet(src_root, "checkpoint_version")) root->dict.push_back({w->Str("checkpoint_version"), x});
+    root->dict.push_back({w->Str("iteration"), w->arena().Int(it_out)});
+    for (const char* k : {"opt_param_scheduler", "num_floating_point_operations_so_far"}) {
+      if (Value* x = DictGet(src_root, k)) root->dict.push_back({w->Str(k), x});
+    }
+    return root;
+  };
+  plan->optimizer = [vp, pp, common_file](size_t rank, Value*, torch::TorchTreeWriter* w,
+                                          internal_convert::LegacyPlan::Keep* keep) -> Result<Value*> {
+    CKPT_ASSIGN_OR_RETURN(Value * src_root, CommonRoot(common_file, w));
+    CKPT_ASSIGN_OR_RETURN(std::vector<Value*> subs, SourceOptimizers(*vp, w, src_root, keep));
+    const size_t need = pp->ranks[rank].expert.empty() ? 1 : 2;
+    if (subs.size() != need) {
+      return DataLossError(StrCat("the source has ", subs.size(), " optimizer state dicts; ",
+                                  pp->folders[rank].folder, " needs ", need));
+    }
+    if (need == 1) return internal_convert::LegacyOptimizerFromModelSpace(subs[0], w);
+    Value* chained = w->arena().Dict();
+    for (size_t k = 0; k < subs.size(); ++k) chained->dict.push_back({w->arena().Int(static_cast<int64_t>(k)), subs[k]});
+    return internal_convert::LegacyOptimizerFromModelSpace(chained, w);
+  };
+  CKPT_ASSIGN_OR_RETURN(ConvertReport r, internal_convert::WriteLegacyCheckpoint(env, dst, it_out, *plan));
+  report.files = std::move(r.files);
+  return report;
+}
+
 }  // namespace
 
 Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, const ReshardOptions& options) {
@@ -605,6 +730,13 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
     common_file = std::shared_ptr<const torch::TorchFile>(raw, [](const torch::TorchFile*) {});
   }
   if (!common_file) return DataLossError(StrCat(src, ": no common state (args, iteration)"));
+  report.warnings.push_back(
+      "RNG state not carried (it is per rank of the source layout): load with --no-load-rng, as Megatron-LM itself "
+      "ignores it when the parallel layout changes");
+  if (options.to == ReshardFormat::kLegacy) {
+    if (buckets) return InvalidArgumentError("optimizer_sharding applies to torch_dist output (to=legacy has its own)");
+    return ReshardToLegacy(*v, src, dst, t, common_file, with_optimizer, options, env, std::move(report));
+  }
   // Entries: every model-space tensor (optimizer states unless dropped),
   // chunked by the target's shards, vocabulary rows re-padded.
   std::vector<dcp::EntryToWrite> entries;
@@ -657,9 +789,6 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
   progress->set_total(total);
   report.bytes = total;
   for (const std::string& key : model::ExtraStateObjects(tc)) entries.push_back(internal_convert::NoneObjectEntry(key));
-  report.warnings.push_back(
-      "RNG state not carried (it is per rank of the source layout): load with --no-load-rng, as Megatron-LM itself "
-      "ignores it when the parallel layout changes");
   if (options.check_only) return report;
 
   internal_checkpoint::TorchDistWriteOptions wo;
@@ -674,9 +803,8 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
 
   // The common state: the source's, args for the target, the optimizer's
   // param groups in fully_reshardable form.
-  const int64_t world = tl.world_size();
   const int64_t it_out = *iteration;
-  auto write_common = [v, common_file, tl, tc, world, it_out, with_optimizer, buckets,
+  auto write_common = [v, common_file, tl, tc, it_out, with_optimizer, buckets,
                        version = wo.version](ByteSink* sink) -> Status {
     torch::TorchTreeWriter w;
     pickle::Arena& a = w.arena();
@@ -688,25 +816,8 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
     if (src_root->kind == Kind::kList && src_root->items.size() == 1) src_root = src_root->items[0];  // 0.19 form
     if (src_root->kind != Kind::kDict) return DataLossError("the common state is not a dict");
     Value* root = a.Dict();
-    auto opt_int = [&](std::optional<int64_t> x) { return x ? a.Int(*x) : a.None(); };
-    const int64_t layers = tc.num_layers;
-    CKPT_ASSIGN_OR_RETURN(
-        Value * args,
-        EditArgs(&w, DictGet(src_root, "args"),
-                 {{"tensor_model_parallel_size", a.Int(tl.tp)},
-                  {"pipeline_model_parallel_size", a.Int(tl.pp)},
-                  {"virtual_pipeline_model_parallel_size", tl.vpp > 1 ? a.Int(tl.vpp) : a.None()},
-                  {"num_layers_per_virtual_pipeline_stage",
-                   tl.vpp > 1 ? a.Int(layers / (tl.pp * tl.vpp)) : a.None()},
-                  {"data_parallel_size", a.Int(tl.dp)},
-                  {"expert_model_parallel_size", a.Int(tl.ep)},
-                  {"expert_tensor_parallel_size", a.Int(tl.etp)},
-                  {"decoder_first_pipeline_num_layers", opt_int(tl.first_stage_layers)},
-                  {"decoder_last_pipeline_num_layers", opt_int(tl.last_stage_layers)},
-                  {"world_size", a.Int(world)},
-                  {"padded_vocab_size", a.Int(tc.padded_vocab_size)},
-                  {"ckpt_format", w.Str("torch_dist")},
-                  {"dist_ckpt_optim_fully_reshardable", a.Bool(!buckets)}}));
+    CKPT_ASSIGN_OR_RETURN(Value * args,
+                          TargetArgs(&w, DictGet(src_root, "args"), tl, tc, "torch_dist", !buckets));
     root->dict.push_back({w.Str("args"), args});
     for (const char* k : {"checkpoint_version"}) {
       if (Value* x = DictGet(src_root, k)) root->dict.push_back({w.Str(k), x});

@@ -418,3 +418,37 @@ def test_inspect_json_carries_the_preflight():
     assert sizes[("tp", 2)]["loads_as_is"] is False and sizes[("dp", 4)]["loads_as_is"] is True
     text = _ckptkit("inspect", src).stdout
     assert "tp: 1 (as is), 2 (reshard)" in text
+
+
+@pytest.mark.parametrize("name,src_format,flags,target", [
+    # dp_reshardable TP1 / PP1 -> legacy TP2 x PP2 (shards split, stages cut, new buffers)
+    ("mc016_llama_dp2", "dp_reshardable", ["--tp", "2", "--pp", "2"], dict(tp=2, pp=2, dp=2)),
+    # legacy TP2 x PP2 -> legacy TP1 (the layout change Megatron-LM refuses for legacy)
+    ("mc016_llama_tp2pp2dp2", "legacy", ["--tp", "1", "--pp", "1"], dict(tp=1, pp=1, dp=2)),
+    # MoE: dp_reshardable EP2 -> legacy EP2 x DP4 (a dense and an expert distrib_optim list)
+    ("mc016_mixtral_ep2", "dp_reshardable", ["--dp", "4"], dict(dp=4)),
+])
+def test_reshard_to_legacy_loads_in_megatron_at_the_target(name, src_format, flags, target, tmp_path):
+    """--to legacy: Megatron-LM's mp_rank_* folders at the new layout (model_optim_rng.pt with
+    TP-local shards, distrib_optim.pt with the new layout's buffers, args for it); real
+    megatron-core 0.16.1 at the target loads them the way Megatron-LM's load_checkpoint does
+    (load_state_dict + load_parameter_state) to the state the source run trained."""
+    import make_golden
+    import megatron_fixtures as mf
+    import megatron_optim as mo
+
+    _, kw, _ = make_golden.GOLDENS[name]
+    kw = dict(kw, vpp=None, **target)
+    out = tmp_path / "out"
+    r = _ckptkit("reshard", os.path.join(GOLDEN, name, src_format), str(out), *flags, "--to", "legacy", "--json")
+    j = json.loads(r.stdout)
+    assert j["target_format"] == "legacy" and j["target_optimizer_sharding"] == "legacy distrib_optim.pt"
+    assert j["files"][-1].endswith("latest_checkpointed_iteration.txt")
+    assert any(f.endswith("distrib_optim.pt") for f in j["files"])
+    st = mo.load_legacy_into_optimizer(mo.OptimSpec(**kw), str(out))
+    got = {k: {kind: mf.tensor_sha256(t) for kind, t in d.items()} for k, d in st["tensors"].items()}
+    assert got == _trained(name)
+    # --optimizer-sharding is torch_dist's: refused with --to legacy, nothing written.
+    r = _ckptkit("reshard", os.path.join(GOLDEN, name, src_format), str(tmp_path / "x"), *flags, "--to", "legacy",
+                 "--optimizer-sharding", "dp_reshardable", check=False)
+    assert r.returncode == 2 and "--optimizer-sharding" in r.stderr and not (tmp_path / "x").exists()

@@ -16,7 +16,9 @@ void RegisterReshard(CLI::App& app, int* exit_code) {
       "Rewrite a Megatron checkpoint (torch_dist of any optimizer sharding type, or legacy mp_rank_*)\n"
       "for another TP / PP / VPP / DP / EP layout, optimizer state included, offline and streaming.\n"
       "The output is torch_dist with the optimizer state fully_reshardable (model space) or in the\n"
-      "new layout's buckets (dp_reshardable), and args for the new layout. --check only says whether the layout fits and what would be written.");
+      "new layout's buckets (dp_reshardable), or (--to legacy) Megatron-LM's mp_rank_* folders with\n"
+      "distrib_optim.pt, and args for the new layout. --check says whether megatron-core would load\n"
+      "SRC as it is at the new layout (and if not, why), whether the layout fits, and what would be written.");
   cmd->add_option("SRC", opts->src, "source checkpoint (a Megatron-LM root or iteration folder)")->required();
   cmd->add_option("DST", opts->dst, "destination root (iter_<N:07d>/ and latest_checkpointed_iteration.txt)");
   for (auto [flag, field, what] :
@@ -32,7 +34,8 @@ void RegisterReshard(CLI::App& app, int* exit_code) {
       cmd->add_option("--vocab-size", *vocab,
                       "the tokenizer's vocabulary size, when args lack it and the new TP's padding is ambiguous")
           ->check(CLI::PositiveNumber);
-  cmd->add_option("--to", opts->to, "output format (torch_dist)")->check(CLI::IsMember({"torch_dist", "legacy"}));
+  cmd->add_option("--to", opts->to, "output format: torch_dist (the default) or legacy (Megatron-LM's mp_rank_* folders\n"
+                  "with model_optim_rng.pt and distrib_optim.pt at the new layout)")->check(CLI::IsMember({"torch_dist", "legacy"}));
   cmd->add_option("--optimizer-sharding", opts->optimizer_sharding,
                   "optimizer state of the output: fully_reshardable (model space; loads at any layout;\n"
                   "the default) or dp_reshardable (the target layout's own buckets, megatron-core's default)")

@@ -139,5 +139,81 @@ TEST_F(ReshardTest, FaultsMidWritePublishNothing) {
   }
 }
 
+TEST_F(ReshardTest, ToLegacyAtANewLayoutReadsBackAsTheSource) {
+  ReshardOptions o;
+  o.tp = 2;
+  o.pp = 2;
+  o.to = ReshardFormat::kLegacy;
+  Result<ReshardReport> r = Reshard(Golden("mc016_llama_dp2", "dp_reshardable"), dir_.string(), o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  for (const char* f : {"mp_rank_00_000", "mp_rank_01_000", "mp_rank_00_001", "mp_rank_01_001"}) {
+    EXPECT_TRUE(std::filesystem::exists(dir_ / "iter_0000002" / f / "model_optim_rng.pt")) << f;
+    EXPECT_TRUE(std::filesystem::exists(dir_ / "iter_0000002" / f / "distrib_optim.pt")) << f;
+  }
+  ExpectSameModelSpace(Golden("mc016_llama_dp2", "legacy"), dir_.string());
+  std::unique_ptr<CheckpointReader> out = Open(dir_.string());
+  ASSERT_TRUE(out != nullptr);
+  EXPECT_NE(out->format().find("legacy"), std::string::npos) << out->format();
+}
+
+// A full disk or a failing rename while writing legacy: the error names the
+// file, and no tracker or rank file is left behind.
+TEST_F(ReshardTest, ToLegacyFaultsLeaveNothing) {
+  const std::string src = Golden("mc016_llama_dp2", "dp_reshardable");
+  for (int fault = 0; fault < 3; ++fault) {
+    FaultEnv env(Env::Default());
+    if (fault == 0) env.SetSpaceLimit(20000);
+    if (fault == 1) env.FailRename("distrib_optim.pt");
+    if (fault == 2) env.FailRename("latest_checkpointed_iteration");
+    ReshardOptions o;
+    o.env = &env;
+    o.tp = 2;
+    o.to = ReshardFormat::kLegacy;
+    Result<ReshardReport> r = Reshard(src, dir_.string(), o);
+    ASSERT_FALSE(r.ok()) << fault;
+    EXPECT_NE(r.status().ToString().find(fault == 2 ? "latest_checkpointed_iteration" : ".pt"), std::string::npos)
+        << r.status().ToString();
+    EXPECT_FALSE(std::filesystem::exists(dir_ / "latest_checkpointed_iteration.txt")) << fault;
+    size_t files = 0;
+    if (std::filesystem::exists(dir_)) {
+      for (const auto& e : std::filesystem::recursive_directory_iterator(dir_)) files += e.is_regular_file();
+    }
+    EXPECT_EQ(files, 0u) << fault;
+  }
+}
+
+TEST_F(ReshardTest, PreflightSaysWhetherMegatronLoadsTheSourceAsItIs) {
+  const std::string src = Golden("mc016_llama_dp2", "dp_reshardable");
+  ReshardOptions o;
+  o.check_only = true;
+  o.dp = 1;
+  Result<ReshardReport> r = Reshard(src, "", o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->loads_as_is);
+  EXPECT_TRUE(r->load_blockers.empty());
+  o.tp = 2;
+  r = Reshard(src, "", o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_FALSE(r->loads_as_is);
+  ASSERT_EQ(r->load_blockers.size(), 1u);
+  EXPECT_NE(r->load_blockers[0].find("dp_reshardable"), std::string::npos) << r->load_blockers[0];
+  // Core 0.6's packed buffers move at any DP under megatron-core >= 0.7's alignment.
+  ReshardOptions p;
+  p.check_only = true;
+  r = Reshard(Golden("mc006_llama_dp2", "legacy"), "", p);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_FALSE(r->loads_as_is);
+  EXPECT_NE(r->load_blockers[0].find("0.6"), std::string::npos) << r->load_blockers[0];
+  Result<ReshardChoices> c = DescribeReshard(src, ReshardOptions{});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  size_t as_is = 0;
+  for (const ReshardChoices::Size& z : c->sizes) {
+    if (z.load_blockers.empty()) ++as_is;
+    if (z.name == "tp" && z.size == 2) EXPECT_FALSE(z.load_blockers.empty());
+    if (z.name == "dp") EXPECT_TRUE(z.load_blockers.empty()) << z.size;
+  }
+  EXPECT_GE(as_is, 4u);
+}
+
 }  // namespace
 }  // namespace ckpt

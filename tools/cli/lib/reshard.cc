@@ -12,13 +12,15 @@
 namespace ckpt::cli {
 
 Status RunReshard(const ReshardCommandOptions& options, std::ostream& out, std::ostream& err) {
-  if (options.to != "torch_dist") {
-    return InvalidArgumentError(StrCat("--to ", options.to, ": reshard writes torch_dist only so far ",
-                                       "(convert the result --to legacy at the same layout)"));
+  if (options.to != "torch_dist" && options.to != "legacy") {
+    return InvalidArgumentError(StrCat("--to ", options.to, ": torch_dist or legacy"));
   }
-  if (options.optimizer_sharding != "fully_reshardable" && options.optimizer_sharding != "dp_reshardable") {
-    return InvalidArgumentError(StrCat("--optimizer-sharding ", options.optimizer_sharding,
-                                       ": fully_reshardable or dp_reshardable"));
+  if (options.to == "legacy" && !options.optimizer_sharding.empty()) {
+    return InvalidArgumentError("--optimizer-sharding applies to --to torch_dist (legacy keeps distrib_optim.pt)");
+  }
+  const std::string sharding = options.optimizer_sharding.empty() ? "fully_reshardable" : options.optimizer_sharding;
+  if (sharding != "fully_reshardable" && sharding != "dp_reshardable") {
+    return InvalidArgumentError(StrCat("--optimizer-sharding ", sharding, ": fully_reshardable or dp_reshardable"));
   }
   if (!options.check && options.dst.empty()) return InvalidArgumentError("DST is required (or --check)");
   ReshardOptions r;
@@ -30,7 +32,8 @@ Status RunReshard(const ReshardCommandOptions& options, std::ostream& out, std::
   r.etp = options.etp;
   r.vocab_size = options.vocab_size;
   r.no_optimizer = options.no_optimizer;
-  r.optimizer_sharding = options.optimizer_sharding == "dp_reshardable" ? OptimizerSharding::kDpReshardable
+  r.to = options.to == "legacy" ? ReshardFormat::kLegacy : ReshardFormat::kTorchDist;
+  r.optimizer_sharding = sharding == "dp_reshardable" ? OptimizerSharding::kDpReshardable
                                                                          : OptimizerSharding::kFullyReshardable;
   r.megatron_version = options.megatron_version;
   r.iteration = options.iteration;
@@ -61,7 +64,10 @@ Status RunReshard(const ReshardCommandOptions& options, std::ostream& out, std::
     j["source_layout"] = report.source_layout;
     j["target_layout"] = report.target_layout;
     j["source_optimizer_sharding"] = report.optimizer;
-    j["target_optimizer_sharding"] = report.optimizer.empty() || options.no_optimizer ? "" : options.optimizer_sharding;
+    j["target_format"] = options.to;
+    j["target_optimizer_sharding"] = report.optimizer.empty() || options.no_optimizer ? ""
+                                     : options.to == "legacy"                        ? "legacy distrib_optim.pt"
+                                                                                     : sharding;
     j["loads_as_is"] = report.loads_as_is;
     j["load_blockers"] = report.load_blockers;
     j["source_padded_vocab"] = report.source_padded_vocab;
@@ -76,7 +82,9 @@ Status RunReshard(const ReshardCommandOptions& options, std::ostream& out, std::
   if (options.quiet) return OkStatus();
   out << fmt::format("{} -> {}{}\n", report.source_layout, report.target_layout,
                      report.optimizer.empty() ? "" : fmt::format(", optimizer {} -> {}", report.optimizer,
-                                                                  options.no_optimizer ? "dropped" : options.optimizer_sharding));
+                                                                  options.no_optimizer ? "dropped"
+                                                                  : options.to == "legacy" ? "legacy distrib_optim.pt"
+                                                                                           : sharding));
   if (report.target_padded_vocab != report.source_padded_vocab) {
     out << fmt::format("padded vocabulary {} -> {}\n", report.source_padded_vocab, report.target_padded_vocab);
   }

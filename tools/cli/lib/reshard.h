@@ -18,7 +18,7 @@ struct ReshardCommandOptions {
   int64_t tp = 0, pp = 0, vpp = 0, dp = 0, ep = 0, etp = 0;  // 0: the source's
   std::optional<int64_t> vocab_size;
   std::string to = "torch_dist";
-  std::string optimizer_sharding = "fully_reshardable";
+  std::string optimizer_sharding;  // "" = fully_reshardable (torch_dist output)
   bool no_optimizer = false;
   std::string megatron_version;
   std::optional<int64_t> iteration;
