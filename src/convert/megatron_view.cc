@@ -1224,16 +1224,33 @@ Status MegatronView::ReadTensorRegion(size_t i, std::span<const int64_t> start, 
 
 Status MegatronView::ReadPieces(const Virtual& v, const TensorInfo& t, const Box& region, ByteSink* out) const {
   const uint64_t esize = DTypeSize(t.dtype);
-  // One shard box that is exactly the region (a rank's shard, as ReadLocal
-  // and the legacy writer ask for): stream it through, no buffers.
+  // A region inside one shard box (a rank's shard, as ReadLocal and the
+  // legacy writer ask for, or part of one: a target TP shard cut from a
+  // source shard): stream the shard through, keeping the region's bytes, no
+  // buffers. The virtual tensor's box may have leading axes of extent 1 the
+  // local shard lacks (the layer axis of a stacked tensor).
   for (const Piece& p : v.pieces) {
     for (size_t k = 0; k < p.dest.size(); ++k) {
-      if (p.dest[k].start != region.start || p.dest[k].count != region.count) continue;
+      const Box& d = p.dest[k];
+      const Box& l = p.local[k];
+      if (d.start.size() != region.start.size() || d.start.size() < l.start.size()) continue;
+      const size_t extra = d.start.size() - l.start.size();
+      bool inside = true;
+      for (size_t i = 0; i < d.start.size() && inside; ++i) {
+        inside = region.start[i] >= d.start[i] && region.start[i] + region.count[i] <= d.start[i] + d.count[i] &&
+                 (i < extra ? d.count[i] == 1 : d.count[i] == l.count[i - extra]);
+      }
+      if (!inside) continue;
+      Box sub;
+      for (size_t i = extra; i < d.start.size(); ++i) {
+        sub.start.push_back(l.start[i - extra] + region.start[i] - d.start[i]);
+        sub.count.push_back(region.count[i]);
+      }
       const model::RankOptimizer& r = ranks_[p.rank];
       const model::ChunkParam& param = r.chunks[p.chunk][p.param];
       const model::ParamBuffer* buffer = p.gbuf >= 0 ? &(p.expert ? r.expert : r.dense)[p.gbuf] : nullptr;
       const model::BufferParam* where = buffer ? &buffer->params[p.where] : nullptr;
-      RegionSink sink(Box::Whole(param.shape), p.local[k], esize, out);
+      RegionSink sink(Box::Whole(param.shape), sub, esize, out);
       CKPT_RETURN_IF_ERROR(
           shards_->ReadShard(r, p.rank, p.chunk, param, buffer, p.expert, p.gbuf, where, v.state, &sink));
       return sink.Finish().WithContext(param.global_name);
