@@ -302,10 +302,18 @@ class FaultWritableFile final : public WritableFile {
                                              "; injected space limit)"));
     }
     if (allow > 0 && off < tr_->synced) {
-      CKPT_ASSIGN_OR_RETURN(
-          std::string old, ReadRange(st_->target, path_, off, std::min(allow, tr_->synced - off)),
-          StrCat(what, ": saving synced bytes for crash simulation"));
-      tr_->undo.emplace_back(off, std::move(old));
+      // Read from where the file is now (RenameFile moves its Tracked); a
+      // removed file is no longer tracked, so a crash will not restore it.
+      const std::string* now = nullptr;
+      for (const auto& [p, tr] : st_->files) {
+        if (tr == tr_) now = &p;
+      }
+      if (now != nullptr) {
+        CKPT_ASSIGN_OR_RETURN(
+            std::string old, ReadRange(st_->target, *now, off, std::min(allow, tr_->synced - off)),
+            StrCat(what, ": saving synced bytes for crash simulation"));
+        tr_->undo.emplace_back(off, std::move(old));
+      }
     }
     if (st_->space_left) *st_->space_left -= std::min<uint64_t>(allow, *st_->space_left);
     return allow;

@@ -519,6 +519,21 @@ TEST_F(FaultEnvTest, CrashKeepsWriteAtDataSyncedBeforeIt) {
   EXPECT_EQ(ContentOf(mem_.get(), "/d/k"), "ABCdef");
 }
 
+TEST_F(FaultEnvTest, CrashRestoresSyncedBytesOfARenamedFileOverwrittenByWriteAt) {
+  ASSERT_TRUE(env_.SyncDir("/d").ok());
+  auto f = env_.NewWritableFile("/d/tmp");
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE((*f)->Append("v1v1").ok());
+  ASSERT_TRUE((*f)->Sync().ok());
+  ASSERT_TRUE(env_.RenameFile("/d/tmp", "/d/final").ok());
+  ASSERT_TRUE(env_.SyncDir("/d").ok());  // create and rename durable
+  ASSERT_TRUE((*f)->WriteAt(0, "v2").ok());
+  EXPECT_EQ(ContentOf(mem_.get(), "/d/final"), "v2v1");
+  ASSERT_TRUE(env_.DropUnsyncedData().ok());
+  EXPECT_THAT(Children(), ElementsAre("final"));
+  EXPECT_EQ(ContentOf(mem_.get(), "/d/final"), "v1v1");
+}
+
 TEST(FaultEnvPosix, CrashDropsUnsyncedWriteAtOnPosixEnv) {
   ScratchDir dir;
   FaultEnv env(Env::Default());
