@@ -181,7 +181,8 @@ namespace {
 
 // What a crash leaves of path: its first tr.synced bytes, with the synced
 // content of ranges overwritten since put back.
-Result<std::string> CrashImage(Env* env, const std::string& path, const FaultEnv::State::Tracked& tr) {
+Result<std::string> CrashImage(Env* env, const std::string& path,
+                               const FaultEnv::State::Tracked& tr) {
   CKPT_ASSIGN_OR_RETURN(std::string keep, ReadPrefix(env, path, tr.synced));
   for (auto it = tr.undo.rbegin(); it != tr.undo.rend(); ++it) {
     if (it->first >= keep.size()) continue;
@@ -289,7 +290,8 @@ class FaultWritableFile final : public WritableFile {
   Result<uint64_t> AdmitWriteLocked(FaultOp op, std::string_view verb, uint64_t off,
                                     std::string_view data, Status* fault) {
     uint64_t allow = data.size();
-    const std::string what = StrCat(path_, ": ", verb, " of ", data.size(), " bytes at offset ", off);
+    const std::string what =
+        StrCat(path_, ": ", verb, " of ", data.size(), " bytes at offset ", off);
     State::Verdict v = st_->Check(op, path_, "", off, data.size(), what);
     if (v.fired) {
       allow = std::min<uint64_t>(v.cut.value_or(0), data.size());

@@ -414,14 +414,17 @@ TYPED_TEST(EnvTest, ConcurrentWriteAtOnDisjointRangesGivesTheRightBytes) {
         if (i % kThreads != t) continue;
         // Two pieces per stripe, the second first.
         const size_t off = i * kStripe;
-        Status s = file->WriteAt(off + 1000, std::string_view(data).substr(off + 1000, kStripe - 1000));
-        if (s.ok()) s = file->WriteAt(off, std::string_view(data).substr(off, 1000));
+        const std::string_view d(data);
+        Status s = file->WriteAt(off + 1000, d.substr(off + 1000, kStripe - 1000));
+        if (s.ok()) s = file->WriteAt(off, d.substr(off, 1000));
         if (!s.ok() && errors[t].ok()) errors[t] = s;
       }
     });
   }
   for (auto& th : threads) th.join();
-  for (size_t t = 0; t < kThreads; ++t) EXPECT_TRUE(errors[t].ok()) << t << ": " << errors[t].ToString();
+  for (size_t t = 0; t < kThreads; ++t) {
+    EXPECT_TRUE(errors[t].ok()) << "thread " << t << ": " << errors[t].ToString();
+  }
   EXPECT_EQ(file->Position(), 0u);
   ASSERT_TRUE(file->Sync().ok());
   ASSERT_TRUE(file->Close().ok());
