@@ -5,7 +5,8 @@
 // and, for reads and writes, the offset and byte counts.
 //
 // Thread-safety: Env methods are thread-safe. RandomAccessFile::ReadAt is
-// thread-safe; a WritableFile is used by one thread at a time.
+// thread-safe; a WritableFile is used by one thread at a time, except that
+// several threads may call WritableFile::WriteAt at once (see there).
 #ifndef CKPT_ENV_H_
 #define CKPT_ENV_H_
 
@@ -13,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ckpt/byte_source.h"
@@ -23,9 +25,33 @@ namespace ckpt {
 // A file opened for positional reads. Its ByteSource::Name() is the path.
 class RandomAccessFile : public ByteSource {};
 
-// A file opened for sequential writing.
+// A file opened for writing: sequentially (ByteSink::Append, at Position())
+// and positionally (WriteAt).
+//
+// Thread-safety: WriteAt calls may run concurrently with each other, from any
+// number of threads, when their byte ranges are disjoint. Every other method
+// (Append, Position, Sync, Close, the destructor) must not run concurrently
+// with any call on the same file, WriteAt included: e.g. Append on one thread
+// while another calls WriteAt is not supported. Overlapping concurrent
+// WriteAt ranges leave unspecified bytes in the overlap.
+//
+// Errors are sticky on PosixEnv: after a failed write, fsync or close the
+// file's content is unknown, and every later Append/WriteAt/Sync/Close
+// returns the first error.
 class WritableFile : public ByteSink {
  public:
+  // Writes all of data at byte `offset` of the file, extending it as needed;
+  // a gap between the old end and `offset` reads as zeros. Independent of the
+  // Append position: Position() is not changed (it counts Append bytes only),
+  // and a later Append still writes at Position(), over any WriteAt bytes
+  // there. If an Append range and a WriteAt range overlap, which bytes win is
+  // unspecified (Append may buffer); keep them disjoint. WriteAt bytes are
+  // durable after a successful Sync, like appended ones. An empty `data` is a
+  // no-op (it does not extend the file).
+  // Errors (naming the path and offset): FailedPrecondition after Close;
+  // InvalidArgument if offset + data.size() exceeds INT64_MAX; I/O errors
+  // (ResourceExhausted for ENOSPC), as Append.
+  virtual Status WriteAt(uint64_t offset, std::string_view data) = 0;
   // Flushes buffered bytes and fsyncs. Errors: I/O (ResourceExhausted for ENOSPC).
   virtual Status Sync() = 0;
   // Flushes and closes; further calls fail. Errors: as Sync (without fsync).
@@ -107,7 +133,9 @@ class EnvWrapper : public Env {
 //   was truncated since (NewWritableFile on the same path), a read past the new
 //   end is a DataLoss short read. RemoveFile and RenameFile over the path do
 //   not affect an open reader. Data() is nullptr.
-// - Writes land immediately; Sync and SyncDir only check state. Use FaultEnv
+// - Writes land immediately; Sync and SyncDir only check state. Append writes
+//   at the writer's Position() (overwriting bytes a WriteAt put there), as on
+//   disk. Use FaultEnv
 //   (ckpt/fault_env.h) over a MemEnv to simulate crashes and failures.
 // - Error codes and messages match PosixEnv's ("open <path>: No such file or
 //   directory", "<path>: read past end at offset ...").

@@ -3,20 +3,23 @@
 //
 // A FaultEnv wraps a target Env (usually a MemEnv, or PosixEnv in a temp dir)
 // and forwards every call to it, unless a fault fires:
-// - rules (FaultRule): fail the Nth matching operation (append, sync, close,
-//   rename, SyncDir, open, ReadAt, ...), optionally only for paths containing
-//   a substring, or only the append/read that covers a given file offset;
-//   appends can be cut short (the bytes before the offset are written) and
-//   reads can be short (the bytes before the offset are delivered);
-// - a space limit: once the bytes appended since SetSpaceLimit would exceed
-//   it, the append writes what fits and fails ResourceExhausted, as ENOSPC;
+// - rules (FaultRule): fail the Nth matching operation (append, WriteAt,
+//   sync, close, rename, SyncDir, open, ReadAt, ...), optionally only for
+//   paths containing a substring, or only the append/WriteAt/read that covers
+//   a given file offset; appends and WriteAts can be cut short (the bytes
+//   before the offset are written) and reads can be short (the bytes before
+//   the offset are delivered);
+// - a space limit: once the bytes written (Append and WriteAt) since
+//   SetSpaceLimit would exceed it, the write puts what fits and fails
+//   ResourceExhausted, as ENOSPC;
 // - a crash point (CrashAfterOps): after N more mutating operations every
 //   mutating operation fails Unavailable("simulated crash") and writes nothing;
 // - DropUnsyncedData(): what a power cut would leave (see there).
 //
 // Injected errors name the path, the operation and, for appends and reads,
 // the offset and byte counts: "<path>: append of 10 bytes at offset 20:
-// injected fault". Their code is the rule's error code (default Unavailable,
+// injected fault", "<path>: write of 10 bytes at offset 20: injected fault"
+// (WriteAt). Their code is the rule's error code (default Unavailable,
 // which is also what PosixEnv gives for EIO).
 //
 // Thread-safety: all methods are thread-safe; counters and rules share one
@@ -39,7 +42,7 @@ namespace ckpt {
 
 // The operations a FaultRule can target. Mutating ones (for CrashAfterOps):
 // kNewWritableFile, kAppend, kSync, kClose, kRename, kRemoveFile, kSyncDir,
-// kCreateDirs.
+// kCreateDirs, kWriteAt.
 enum class FaultOp : uint8_t {
   kNewRandomAccessFile,
   kNewWritableFile,
@@ -51,8 +54,9 @@ enum class FaultOp : uint8_t {
   kRemoveFile,
   kSyncDir,
   kCreateDirs,
+  kWriteAt,  // WritableFile::WriteAt
 };
-inline constexpr int kNumFaultOps = 10;
+inline constexpr int kNumFaultOps = 11;
 
 // "append", "sync", "rename", ... (for messages).
 std::string_view FaultOpName(FaultOp op);
@@ -65,15 +69,15 @@ struct FaultRule {
   // kRename matches if either path contains it; kSyncDir/kCreateDirs match
   // the directory.
   std::string path_contains;
-  // kAppend and kReadAt only: match only calls whose byte range
+  // kAppend, kWriteAt and kReadAt only: match only calls whose byte range
   // [offset, offset + n) contains this file offset.
   std::optional<uint64_t> at_offset;
   // Matching calls that succeed before the rule fires (FailNth: n - 1).
   uint64_t skip = 0;
   // Matching calls that fail once it fires (kForever: all later ones).
   uint64_t times = 1;
-  // With at_offset: kAppend writes the bytes before at_offset, then fails
-  // (a partial write); kReadAt delivers them and fails DataLoss "short read"
+  // With at_offset: kAppend and kWriteAt write the bytes before at_offset,
+  // then fail (a partial write); kReadAt delivers them and fails DataLoss "short read"
   // (as a file that ends at at_offset), unless `error` is set.
   bool partial = false;
   // The error's code and message (the message follows path and operation).
@@ -87,6 +91,8 @@ struct FaultEnvCounters {
   uint64_t new_writable_files = 0;
   uint64_t appends = 0;
   uint64_t bytes_appended = 0;  // bytes that reached the target
+  uint64_t write_ats = 0;
+  uint64_t bytes_written_at = 0;  // WriteAt bytes that reached the target
   uint64_t syncs = 0;
   uint64_t closes = 0;
   uint64_t reads = 0;
@@ -115,6 +121,8 @@ class FaultEnv final : public EnvWrapper {
   // Shorthands for AddRule. n is 1-based, counted from now.
   // The nth Append on a path containing path_contains fails (writing nothing).
   void FailNthAppend(uint64_t n, std::string path_contains = "", Status error = Status());
+  // The nth WriteAt on a path containing path_contains fails (writing nothing).
+  void FailNthWriteAt(uint64_t n, std::string path_contains = "", Status error = Status());
   // Every Sync (kForever) or the next `times` ones on matching paths fail.
   void FailSync(std::string path_contains = "", uint64_t times = FaultRule::kForever);
   void FailClose(std::string path_contains = "", uint64_t times = FaultRule::kForever);
@@ -128,10 +136,11 @@ class FaultEnv final : public EnvWrapper {
   void FailReadAt(std::string path_contains, uint64_t offset, bool short_read,
                   uint64_t times = FaultRule::kForever);
 
-  // Appends may write `bytes` more bytes in total, over all files; the append
-  // that crosses the limit writes what fits and fails ResourceExhausted
-  // "<path>: append of N bytes at offset X: no space left on device (K
-  // written at offset Y; injected space limit)".
+  // Appends and WriteAts may write `bytes` more bytes in total, over all
+  // files (an overwrite counts too); the call that crosses the limit writes
+  // what fits and fails ResourceExhausted "<path>: append of N bytes at
+  // offset X: no space left on device (K bytes written, failed at offset Y;
+  // injected space limit)" ("write of" for WriteAt).
   void SetSpaceLimit(uint64_t bytes);
   void ClearSpaceLimit();
 
@@ -148,7 +157,10 @@ class FaultEnv final : public EnvWrapper {
   // Simulates a power cut, then a reboot, on the target:
   // 1. every file written through this Env since the last DropUnsyncedData
   //    is truncated to its length at its last successful Sync (0 if never
-  //    synced; NewWritableFile on an existing file truncates it to 0 too);
+  //    synced; NewWritableFile on an existing file truncates it to 0 too),
+  //    and bytes inside that length overwritten since that Sync (by WriteAt,
+  //    or an Append below it) get their synced content back: a WriteAt is
+  //    unsynced until the next Sync of its file, wherever it wrote;
   // 2. namespace changes not yet made durable by SyncDir are undone, newest
   //    first: a file created by NewWritableFile is removed; a RenameFile is
   //    moved back, and the file it replaced is restored (with the content it

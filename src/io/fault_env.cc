@@ -1,12 +1,17 @@
 // FaultEnv (see ckpt/fault_env.h). One mutex guards rules, counters and the
 // crash-simulation journal; namespace operations run under it so the journal
 // order is the order the target saw. Appends and reads transfer data outside
-// it, so concurrent writers are not serialized.
+// it, so concurrent writers (and concurrent WriteAt calls on one file) are
+// not serialized.
 #include "ckpt/fault_env.h"
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <set>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "io/path_util.h"
 #include "util/strings.h"
@@ -17,6 +22,7 @@ std::string_view FaultOpName(FaultOp op) {
   static constexpr std::string_view kNames[] = {
       "open",   "create", "append", "fsync",  "close",
       "read",   "rename", "remove", "fsync dir", "mkdir",
+      "write at",
   };
   static_assert(std::size(kNames) == kNumFaultOps);
   return kNames[static_cast<int>(op)];
@@ -50,6 +56,21 @@ Result<std::string> ReadPrefix(Env* env, const std::string& path, uint64_t len) 
   return out;
 }
 
+// Reads [off, off + n) of path, clipped to the file's size.
+Result<std::string> ReadRange(Env* env, const std::string& path, uint64_t off, uint64_t n) {
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> f, env->NewRandomAccessFile(path));
+  if (off >= f->Size()) return std::string();
+  n = std::min(n, f->Size() - off);
+  std::string out;
+  try {
+    out.resize(n);
+  } catch (const std::bad_alloc&) {
+    return ResourceExhaustedError(StrCat(path, ": cannot hold ", n, " bytes to simulate a crash"));
+  }
+  CKPT_RETURN_IF_ERROR(f->ReadAt(off, n, out.data()));
+  return out;
+}
+
 Status WriteWhole(Env* env, const std::string& path, std::string_view data) {
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> f, env->NewWritableFile(path));
   CKPT_RETURN_IF_ERROR(f->Append(data));
@@ -73,7 +94,13 @@ struct FaultEnv::State {
   // A file written through this Env since the last crash, keyed by its
   // current (normalized) path.
   struct Tracked {
-    uint64_t synced = 0;  // Position() at the last successful Sync
+    // The file's length at the last successful Sync: the larger of Position()
+    // and the end of the furthest WriteAt.
+    uint64_t synced = 0;
+    // The synced content of byte ranges below `synced` overwritten since that
+    // Sync, oldest first (a crash puts them back, newest first, so the
+    // oldest, synced, bytes win).
+    std::vector<std::pair<uint64_t, std::string>> undo;
   };
   // A namespace change not yet made durable by SyncDir.
   struct Pending {
@@ -150,6 +177,23 @@ struct FaultEnv::State {
   std::set<FaultWritableFile*> open_files;
 };
 
+namespace {
+
+// What a crash leaves of path: its first tr.synced bytes, with the synced
+// content of ranges overwritten since put back.
+Result<std::string> CrashImage(Env* env, const std::string& path,
+                               const FaultEnv::State::Tracked& tr) {
+  CKPT_ASSIGN_OR_RETURN(std::string keep, ReadPrefix(env, path, tr.synced));
+  for (auto it = tr.undo.rbegin(); it != tr.undo.rend(); ++it) {
+    if (it->first >= keep.size()) continue;
+    const size_t n = std::min<size_t>(it->second.size(), keep.size() - it->first);
+    keep.replace(it->first, n, it->second.data(), n);
+  }
+  return keep;
+}
+
+}  // namespace
+
 namespace internal_io {
 
 using State = FaultEnv::State;
@@ -169,29 +213,33 @@ class FaultWritableFile final : public WritableFile {
 
   Status Append(std::string_view data) override {
     const uint64_t off = f_->Position();
-    size_t allow = data.size();
+    uint64_t allow = 0;
     Status fault;
     {
       std::lock_guard<std::mutex> l(st_->mu);
       ++st_->counters.appends;
       CKPT_RETURN_IF_ERROR(CheckAliveLocked());
-      const std::string what =
-          StrCat(path_, ": append of ", data.size(), " bytes at offset ", off);
-      State::Verdict v = st_->Check(FaultOp::kAppend, path_, "", off, data.size(), what);
-      if (v.fired) {
-        allow = std::min<uint64_t>(v.cut.value_or(0), data.size());
-        fault = v.error;
-      } else if (st_->space_left && data.size() > *st_->space_left) {
-        allow = *st_->space_left;
-        ++st_->counters.injected_faults;
-        fault = ResourceExhaustedError(StrCat(what, ": no space left on device (", allow,
-                                              " bytes written, failed at offset ", off + allow,
-                                              "; injected space limit)"));
-      }
-      if (st_->space_left) *st_->space_left -= std::min<uint64_t>(allow, *st_->space_left);
+      CKPT_ASSIGN_OR_RETURN(allow, AdmitWriteLocked(FaultOp::kAppend, "append", off, data, &fault));
       st_->counters.bytes_appended += allow;
     }
     if (allow > 0) CKPT_RETURN_IF_ERROR(f_->Append(data.substr(0, allow)));
+    return fault;
+  }
+
+  // Like Append, at `off`; the transfer runs outside the mutex, so calls on
+  // disjoint ranges from several threads overlap.
+  Status WriteAt(uint64_t off, std::string_view data) override {
+    uint64_t allow = 0;
+    Status fault;
+    {
+      std::lock_guard<std::mutex> l(st_->mu);
+      ++st_->counters.write_ats;
+      CKPT_RETURN_IF_ERROR(CheckAliveLocked());
+      CKPT_ASSIGN_OR_RETURN(allow, AdmitWriteLocked(FaultOp::kWriteAt, "write", off, data, &fault));
+      st_->counters.bytes_written_at += allow;
+      if (allow > 0) write_at_end_ = std::max(write_at_end_, off + allow);
+    }
+    if (allow > 0) CKPT_RETURN_IF_ERROR(f_->WriteAt(off, data.substr(0, allow)));
     return fault;
   }
 
@@ -207,7 +255,10 @@ class FaultWritableFile final : public WritableFile {
     }
     CKPT_RETURN_IF_ERROR(f_->Sync());
     std::lock_guard<std::mutex> l(st_->mu);
-    if (epoch_ == st_->epoch) tr_->synced = f_->Position();
+    if (epoch_ == st_->epoch) {
+      tr_->synced = std::max(f_->Position(), write_at_end_);
+      tr_->undo.clear();
+    }
     return OkStatus();
   }
 
@@ -230,6 +281,46 @@ class FaultWritableFile final : public WritableFile {
   void KillLocked() { f_->Close().IgnoreError(); }
 
  private:
+  // REQUIRES: st_->mu held. Applies the rules, the crash point and the space
+  // limit to a write of data at file offset off (`verb` is "append" or
+  // "write", for messages). Returns how many leading bytes to pass to the
+  // target and sets *fault to the error to return after passing them (OK if
+  // none). Saves the synced content those bytes will overwrite (for
+  // DropUnsyncedData). Errors: the target's, while saving that content.
+  Result<uint64_t> AdmitWriteLocked(FaultOp op, std::string_view verb, uint64_t off,
+                                    std::string_view data, Status* fault) {
+    uint64_t allow = data.size();
+    const std::string what =
+        StrCat(path_, ": ", verb, " of ", data.size(), " bytes at offset ", off);
+    State::Verdict v = st_->Check(op, path_, "", off, data.size(), what);
+    if (v.fired) {
+      allow = std::min<uint64_t>(v.cut.value_or(0), data.size());
+      *fault = v.error;
+    } else if (st_->space_left && data.size() > *st_->space_left) {
+      allow = *st_->space_left;
+      ++st_->counters.injected_faults;
+      *fault = ResourceExhaustedError(StrCat(what, ": no space left on device (", allow,
+                                             " bytes written, failed at offset ", off + allow,
+                                             "; injected space limit)"));
+    }
+    if (allow > 0 && off < tr_->synced) {
+      // Read from where the file is now (RenameFile moves its Tracked); a
+      // removed file is no longer tracked, so a crash will not restore it.
+      const std::string* now = nullptr;
+      for (const auto& [p, tr] : st_->files) {
+        if (tr == tr_) now = &p;
+      }
+      if (now != nullptr) {
+        CKPT_ASSIGN_OR_RETURN(
+            std::string old, ReadRange(st_->target, *now, off, std::min(allow, tr_->synced - off)),
+            StrCat(what, ": saving synced bytes for crash simulation"));
+        tr_->undo.emplace_back(off, std::move(old));
+      }
+    }
+    if (st_->space_left) *st_->space_left -= std::min<uint64_t>(allow, *st_->space_left);
+    return allow;
+  }
+
   Status CheckAliveLocked() const {
     if (epoch_ != st_->epoch) {
       return FailedPreconditionError(
@@ -243,6 +334,7 @@ class FaultWritableFile final : public WritableFile {
   std::unique_ptr<WritableFile> f_;
   std::shared_ptr<State::Tracked> tr_;
   uint64_t epoch_;
+  uint64_t write_at_end_ = 0;  // GUARDED_BY(st_->mu): end of the furthest WriteAt
 };
 
 class FaultRandomAccessFile final : public RandomAccessFile {
@@ -298,6 +390,15 @@ void FaultEnv::ClearFaults() {
 void FaultEnv::FailNthAppend(uint64_t n, std::string path_contains, Status error) {
   FaultRule r;
   r.op = FaultOp::kAppend;
+  r.path_contains = std::move(path_contains);
+  r.skip = n == 0 ? 0 : n - 1;
+  r.error = std::move(error);
+  AddRule(std::move(r));
+}
+
+void FaultEnv::FailNthWriteAt(uint64_t n, std::string path_contains, Status error) {
+  FaultRule r;
+  r.op = FaultOp::kWriteAt;
   r.path_contains = std::move(path_contains);
   r.skip = n == 0 ? 0 : n - 1;
   r.error = std::move(error);
@@ -426,8 +527,9 @@ Status FaultEnv::RenameFile(const std::string& from, const std::string& to) {
   std::optional<std::string> replaced;
   if (target()->FileExists(to) && !target()->IsDirectory(to)) {
     auto it = state_->files.find(t);
-    uint64_t keep = it == state_->files.end() ? UINT64_MAX : it->second->synced;
-    CKPT_ASSIGN_OR_RETURN(replaced, ReadPrefix(target(), to, keep),
+    CKPT_ASSIGN_OR_RETURN(replaced,
+                          it == state_->files.end() ? ReadPrefix(target(), to, UINT64_MAX)
+                                                    : CrashImage(target(), to, *it->second),
                           StrCat(what, ": saving the replaced file for crash simulation"));
   }
   CKPT_RETURN_IF_ERROR(target()->RenameFile(from, to));
@@ -481,8 +583,8 @@ Status FaultEnv::DropUnsyncedData() {
       note(size.status());
       continue;
     }
-    if (*size <= tr->synced) continue;
-    Result<std::string> keep = ReadPrefix(target(), path, tr->synced);
+    if (*size <= tr->synced && tr->undo.empty()) continue;
+    Result<std::string> keep = CrashImage(target(), path, *tr);
     note(keep.ok() ? WriteWhole(target(), path, *keep) : keep.status());
   }
   // 2. Namespace changes without SyncDir are undone, newest first.

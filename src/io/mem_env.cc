@@ -4,7 +4,9 @@
 // appends and truncations made through the same path (like pread on a live
 // inode), within the size it had at open.
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
+#include <exception>
 #include <map>
 #include <mutex>
 #include <new>
@@ -57,19 +59,20 @@ class MemWritableFile final : public WritableFile {
   MemWritableFile(std::string path, std::shared_ptr<MemFile> file)
       : path_(std::move(path)), file_(std::move(file)) {}
 
+  // Writes at pos_, as a descriptor writes at its offset: over bytes a
+  // WriteAt put there, and past a truncation by another writer (a gap).
   Status Append(std::string_view data) override {
     if (closed_) return FailedPreconditionError(StrCat(path_, ": append after close"));
-    std::lock_guard<std::mutex> l(file_->mu);
-    try {
-      file_->data.append(data);
-    } catch (const std::bad_alloc&) {
-      return ResourceExhaustedError(StrCat(path_, ": write of ", data.size(),
-                                           " bytes at offset ", pos_, ": out of memory"));
-    }
+    CKPT_RETURN_IF_ERROR(WriteLocked(pos_, data));
     pos_ += data.size();
     return OkStatus();
   }
   uint64_t Position() const override { return pos_; }
+  // Thread-safe: the node's mutex serializes the copies.
+  Status WriteAt(uint64_t offset, std::string_view data) override {
+    if (closed_) return FailedPreconditionError(StrCat(path_, ": write after close"));
+    return WriteLocked(offset, data);
+  }
   Status Sync() override {
     if (closed_) return FailedPreconditionError(StrCat(path_, ": sync after close"));
     return OkStatus();
@@ -80,10 +83,33 @@ class MemWritableFile final : public WritableFile {
   }
 
  private:
-  std::string path_;
-  std::shared_ptr<MemFile> file_;
+  // Copies data to [offset, offset + size) of the node, zero-filling a gap.
+  Status WriteLocked(uint64_t offset, std::string_view data) {
+    if (data.empty()) return OkStatus();
+    if (offset > static_cast<uint64_t>(INT64_MAX) - data.size()) {
+      return InvalidArgumentError(StrCat(path_, ": write of ", data.size(), " bytes at offset ",
+                                         offset, ": end is past the largest file offset"));
+    }
+    const uint64_t end = offset + data.size();
+    std::lock_guard<std::mutex> l(file_->mu);
+    std::string& d = file_->data;
+    try {
+      if (end > d.size()) {
+        if (end > d.max_size()) throw std::bad_alloc();
+        d.resize(static_cast<size_t>(end), '\0');
+      }
+    } catch (const std::exception&) {  // bad_alloc, length_error
+      return ResourceExhaustedError(StrCat(path_, ": write of ", data.size(),
+                                           " bytes at offset ", offset, ": out of memory"));
+    }
+    std::memcpy(d.data() + offset, data.data(), data.size());
+    return OkStatus();
+  }
+
+  const std::string path_;
+  const std::shared_ptr<MemFile> file_;
   uint64_t pos_ = 0;
-  bool closed_ = false;
+  bool closed_ = false;  // written by Close only, which runs alone
 };
 
 class MemEnv final : public Env {

@@ -7,7 +7,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
+#include <mutex>
 
 #include "ckpt/env.h"
 #include "util/strings.h"
@@ -101,7 +103,7 @@ class PosixWritableFile final : public WritableFile {
 
   // After a failed write or fsync the file's content is unknown (a partial
   // write, or pages the kernel dropped after a failed fsync), so the first
-  // error is sticky: every later Append/Sync/Close returns it.
+  // error is sticky: every later Append/WriteAt/Sync/Close returns it.
   Status Append(std::string_view data) override {
     CKPT_RETURN_IF_ERROR(CheckUsable("append"));
     // Small writes are buffered; big ones go straight through.
@@ -116,6 +118,17 @@ class PosixWritableFile final : public WritableFile {
   // Bytes accepted by Append (written or buffered).
   uint64_t Position() const override { return pos_; }
 
+  // Unbuffered pwrite(2): touches neither buf_ nor pos_, so concurrent calls
+  // on disjoint ranges need no lock beyond the one for the sticky error.
+  Status WriteAt(uint64_t offset, std::string_view data) override {
+    CKPT_RETURN_IF_ERROR(CheckUsable("write"));
+    if (offset > static_cast<uint64_t>(INT64_MAX) - data.size()) {
+      return InvalidArgumentError(StrCat(path_, ": write of ", data.size(), " bytes at offset ",
+                                         offset, ": end is past the largest file offset"));
+    }
+    return PwriteAll(offset, data);
+  }
+
   Status Sync() override {
     CKPT_RETURN_IF_ERROR(CheckUsable("sync"));
     CKPT_RETURN_IF_ERROR(Flush());
@@ -125,48 +138,54 @@ class PosixWritableFile final : public WritableFile {
     return OkStatus();
   }
   Status Close() override {
-    if (fd_ < 0) return error_;
+    if (fd_ < 0) return StickyError();
     Status s = Flush();
     // Linux releases the descriptor even when close fails (EINTR included),
     // so never retry it.
     if (::close(fd_) != 0 && s.ok()) s = PosixError(StrCat(path_, ": close"), errno);
     fd_ = -1;
-    if (error_.ok()) error_ = s;
-    return s;
+    return s.ok() ? s : Fail(s);
   }
 
  private:
   static constexpr size_t kBufSize = 1 << 20;
 
+  Status StickyError() const {
+    std::lock_guard<std::mutex> l(mu_);
+    return error_;
+  }
   Status CheckUsable(std::string_view op) const {
-    if (!error_.ok()) return error_;
+    CKPT_RETURN_IF_ERROR(StickyError());
     if (fd_ < 0) return FailedPreconditionError(StrCat(path_, ": ", op, " after close"));
     return OkStatus();
   }
+  // Records s as the sticky error unless one is already there; returns s.
   Status Fail(Status s) {
+    std::lock_guard<std::mutex> l(mu_);
     if (error_.ok()) error_ = s;
     return s;
   }
   Status Flush() {
-    if (!error_.ok()) return error_;
+    CKPT_RETURN_IF_ERROR(StickyError());
     if (buf_.empty()) return OkStatus();
     uint64_t start = pos_ - buf_.size();
-    Status s = WriteAt(start, buf_);
+    Status s = PwriteAll(start, buf_);
     buf_.clear();
     return s;
   }
   Status WriteRaw(std::string_view data) {
-    Status s = WriteAt(pos_, data);
+    Status s = PwriteAll(pos_, data);
     if (s.ok()) pos_ += data.size();
     return s;
   }
-  // write(2) may write less than asked (signals, RLIMIT_FSIZE, near-full
-  // disks): loop until all is written or it fails.
-  Status WriteAt(uint64_t offset, std::string_view data) {
+  // pwrite(2) may write less than asked (signals, RLIMIT_FSIZE, near-full
+  // disks): loop until all is written or it fails. Positional, so the fd's
+  // offset is never used and Append and WriteAt do not disturb each other.
+  Status PwriteAll(uint64_t offset, std::string_view data) {
     size_t done = 0;
     while (done < data.size()) {
       size_t want = std::min<size_t>(data.size() - done, size_t{1} << 30);
-      ssize_t r = ::write(fd_, data.data() + done, want);
+      ssize_t r = ::pwrite(fd_, data.data() + done, want, static_cast<off_t>(offset + done));
       if (r < 0 && errno == EINTR) continue;
       if (r <= 0) {
         // r == 0 for a non-empty write does not happen on regular files; treat
@@ -182,11 +201,12 @@ class PosixWritableFile final : public WritableFile {
     return OkStatus();
   }
 
-  std::string path_;
-  int fd_;
+  const std::string path_;
+  int fd_;  // -1 once closed
   uint64_t pos_ = 0;
   std::string buf_;
-  Status error_;  // sticky: the first write/fsync/close error
+  mutable std::mutex mu_;  // guards error_ (concurrent WriteAt calls may fail)
+  Status error_;           // sticky: the first write/fsync/close error
 };
 
 class PosixEnv final : public Env {

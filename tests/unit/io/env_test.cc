@@ -352,6 +352,111 @@ TYPED_TEST(EnvTest, ConcurrentReadAtSeesConsistentBytes) {
   EXPECT_EQ(bad.load(), 0);
 }
 
+// ---- WriteAt ---------------------------------------------------------------
+
+TYPED_TEST(EnvTest, WriteAtOutOfOrderGivesTheRightBytes) {
+  const std::string p = this->P("wa");
+  auto w = this->env()->NewWritableFile(p);
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE((*w)->WriteAt(6, "world").ok());
+  ASSERT_TRUE((*w)->WriteAt(0, "hello ").ok());
+  ASSERT_TRUE((*w)->WriteAt(11, "!").ok());
+  ASSERT_TRUE((*w)->WriteAt(0, "J").ok());  // overwrite inside the file
+  EXPECT_EQ((*w)->Position(), 0u);          // WriteAt leaves the Append position
+  ASSERT_TRUE((*w)->Sync().ok());
+  ASSERT_TRUE((*w)->Close().ok());
+  EXPECT_EQ(*this->env()->GetFileSize(p), 12u);
+  EXPECT_EQ(ContentOf(this->env(), p), "Jello world!");
+}
+
+TYPED_TEST(EnvTest, WriteAtGapReadsAsZeros) {
+  const std::string p = this->P("gap");
+  auto w = this->env()->NewWritableFile(p);
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE((*w)->WriteAt(0, "ab").ok());
+  ASSERT_TRUE((*w)->WriteAt(4098, "yz").ok());  // a gap of 4096 bytes
+  ASSERT_TRUE((*w)->WriteAt(10000, "").ok());   // empty: does not extend
+  ASSERT_TRUE((*w)->Close().ok());
+  EXPECT_EQ(ContentOf(this->env(), p), "ab" + std::string(4096, '\0') + "yz");
+}
+
+TYPED_TEST(EnvTest, AppendAndWriteAtOnDisjointRangesCompose) {
+  // A header reserved by Append, the body appended, the header patched.
+  const std::string p = this->P("patch");
+  auto w = this->env()->NewWritableFile(p);
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE((*w)->Append("????").ok());
+  ASSERT_TRUE((*w)->Append("body").ok());
+  ASSERT_TRUE((*w)->Sync().ok());  // flushes the Posix buffer
+  ASSERT_TRUE((*w)->WriteAt(0, "HDR:").ok());
+  EXPECT_EQ((*w)->Position(), 8u);
+  ASSERT_TRUE((*w)->Append("tail").ok());
+  ASSERT_TRUE((*w)->WriteAt(14, "!!").ok());  // past the appended end
+  ASSERT_TRUE((*w)->Close().ok());
+  EXPECT_EQ(ContentOf(this->env(), p), std::string("HDR:bodytail\0\0!!", 16));
+}
+
+TYPED_TEST(EnvTest, ConcurrentWriteAtOnDisjointRangesGivesTheRightBytes) {
+  // 4 threads, each writing its interleaved 64 KiB stripes of a 4 MiB file in
+  // reverse order, so writes extend the file concurrently and out of order.
+  constexpr size_t kStripe = 64 << 10;
+  constexpr size_t kThreads = 4;
+  const std::string data = RandomBytes(64 * kStripe, 99);
+  const std::string p = this->P("concurrent");
+  auto w = this->env()->NewWritableFile(p);
+  ASSERT_TRUE(w.ok());
+  WritableFile* file = w->get();
+  std::vector<Status> errors(kThreads);
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t i = data.size() / kStripe; i-- > 0;) {
+        if (i % kThreads != t) continue;
+        // Two pieces per stripe, the second first.
+        const size_t off = i * kStripe;
+        const std::string_view d(data);
+        Status s = file->WriteAt(off + 1000, d.substr(off + 1000, kStripe - 1000));
+        if (s.ok()) s = file->WriteAt(off, d.substr(off, 1000));
+        if (!s.ok() && errors[t].ok()) errors[t] = s;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (size_t t = 0; t < kThreads; ++t) {
+    EXPECT_TRUE(errors[t].ok()) << "thread " << t << ": " << errors[t].ToString();
+  }
+  EXPECT_EQ(file->Position(), 0u);
+  ASSERT_TRUE(file->Sync().ok());
+  ASSERT_TRUE(file->Close().ok());
+  auto got = ReadWhole(this->env(), p);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(got->size(), data.size());
+  EXPECT_TRUE(*got == data) << "bytes differ";
+}
+
+TYPED_TEST(EnvTest, WriteAtAfterCloseFailsNamingPath) {
+  const std::string p = this->P("closed");
+  auto w = this->env()->NewWritableFile(p);
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE((*w)->WriteAt(0, "abc").ok());
+  ASSERT_TRUE((*w)->Close().ok());
+  Status s = (*w)->WriteAt(3, "d");
+  EXPECT_EQ(s.code(), Code::kFailedPrecondition);
+  EXPECT_EQ(s.message(), p + ": write after close");
+  EXPECT_EQ(ContentOf(this->env(), p), "abc");
+}
+
+TYPED_TEST(EnvTest, WriteAtPastTheLargestOffsetIsInvalidArgument) {
+  const std::string p = this->P("huge");
+  auto w = this->env()->NewWritableFile(p);
+  ASSERT_TRUE(w.ok());
+  Status s = (*w)->WriteAt(uint64_t{INT64_MAX} - 1, "abc");
+  EXPECT_EQ(s.code(), Code::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr(p + ": write of 3 bytes at offset 9223372036854775806"));
+  ASSERT_TRUE((*w)->Close().ok());
+  EXPECT_EQ(*this->env()->GetFileSize(p), 0u);
+}
+
 TYPED_TEST(EnvTest, WriteFileAtomicallyPublishesAndLeavesNoTemp) {
   const std::string p = this->P("atomic.json");
   ASSERT_TRUE(WriteWhole(this->env(), p, "old").ok());

@@ -408,5 +408,147 @@ TEST_F(FaultEnvTest, ReopenForWriteTruncatesUnlessSynced) {
   EXPECT_EQ(ContentOf(mem_.get(), "/d/f"), "");
 }
 
+// ---- WriteAt -------------------------------------------------------------
+
+TEST_F(FaultEnvTest, WriteAtIsCountedAsAMutatingOp) {
+  auto f = env_.NewWritableFile("/d/w");
+  ASSERT_TRUE(f.ok());
+  const FaultEnvCounters before = env_.counters();
+  ASSERT_TRUE((*f)->WriteAt(4, "4567").ok());
+  ASSERT_TRUE((*f)->WriteAt(0, "0123").ok());
+  const FaultEnvCounters after = env_.counters();
+  EXPECT_EQ(after.write_ats - before.write_ats, 2u);
+  EXPECT_EQ(after.bytes_written_at - before.bytes_written_at, 8u);
+  EXPECT_EQ(after.mutating_ops - before.mutating_ops, 2u);
+  EXPECT_EQ(after.appends, before.appends);
+  EXPECT_EQ(after.bytes_appended, before.bytes_appended);
+  EXPECT_EQ(ContentOf(mem_.get(), "/d/w"), "01234567");
+  EXPECT_EQ(FaultOpName(FaultOp::kWriteAt), "write at");
+}
+
+TEST_F(FaultEnvTest, NthWriteAtFailsNamingPathAndOffset) {
+  env_.FailNthWriteAt(2, "shard", ResourceExhaustedError("No space left on device"));
+  auto f = env_.NewWritableFile("/d/shard.bin");
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE((*f)->Append("aa").ok());  // Append rules are separate: not counted
+  ASSERT_TRUE((*f)->WriteAt(10, "k").ok());
+  Status s = (*f)->WriteAt(20, "xyz");
+  EXPECT_EQ(s.code(), Code::kResourceExhausted);
+  EXPECT_EQ(s.message(),
+            "/d/shard.bin: write of 3 bytes at offset 20: No space left on device");
+  ASSERT_TRUE((*f)->WriteAt(2, "b").ok());  // times = 1
+  EXPECT_EQ(ContentOf(mem_.get(), "/d/shard.bin"), std::string("aab\0\0\0\0\0\0\0k", 11));
+  EXPECT_EQ(env_.counters().injected_faults, 1u);
+  EXPECT_EQ(env_.counters().write_ats, 3u);
+}
+
+TEST_F(FaultEnvTest, WriteAtAtOffsetWritesPrefixThenFails) {
+  FaultRule r;
+  r.op = FaultOp::kWriteAt;
+  r.at_offset = 102;
+  r.partial = true;
+  env_.AddRule(r);
+  auto f = env_.NewWritableFile("/d/x");
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE((*f)->WriteAt(0, "0123").ok());  // [0, 4) misses offset 102
+  Status s = (*f)->WriteAt(100, "abcdef");     // [100, 106) covers it
+  EXPECT_EQ(s.code(), Code::kUnavailable);
+  EXPECT_EQ(s.message(), "/d/x: write of 6 bytes at offset 100: injected fault (2 bytes written)");
+  EXPECT_EQ(*mem_->GetFileSize("/d/x"), 102u);
+}
+
+TEST_F(FaultEnvTest, WriteAtObeysTheSpaceLimit) {
+  env_.SetSpaceLimit(10);
+  auto f = env_.NewWritableFile("/d/full");
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE((*f)->Append("0123").ok());
+  Status s = (*f)->WriteAt(100, "abcdefgh");
+  EXPECT_EQ(s.code(), Code::kResourceExhausted);
+  EXPECT_EQ(s.message(),
+            "/d/full: write of 8 bytes at offset 100: no space left on device (6 bytes "
+            "written, failed at offset 106; injected space limit)");
+  EXPECT_EQ(*mem_->GetFileSize("/d/full"), 106u);
+  EXPECT_EQ(env_.counters().bytes_written_at, 6u);
+  EXPECT_EQ((*f)->WriteAt(0, "z").code(), Code::kResourceExhausted);
+}
+
+TEST_F(FaultEnvTest, CrashAfterOpsStopsWriteAt) {
+  auto f = env_.NewWritableFile("/d/c");
+  ASSERT_TRUE(f.ok());
+  env_.CrashAfterOps(2);
+  ASSERT_TRUE((*f)->WriteAt(5, "b").ok());
+  ASSERT_TRUE((*f)->WriteAt(0, "a").ok());
+  Status s = (*f)->WriteAt(1, "lost");
+  EXPECT_EQ(s.code(), Code::kUnavailable);
+  EXPECT_EQ(s.message(), "/d/c: write of 4 bytes at offset 1: simulated crash");
+  EXPECT_TRUE(env_.crashed());
+  EXPECT_EQ(ContentOf(mem_.get(), "/d/c"), std::string("a\0\0\0\0b", 6));
+}
+
+TEST_F(FaultEnvTest, CrashDropsWriteAtDataNotSynced) {
+  ASSERT_TRUE(env_.SyncDir("/d").ok());
+  auto f = env_.NewWritableFile("/d/ckpt");
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE(env_.SyncDir("/d").ok());  // the create is durable
+  ASSERT_TRUE((*f)->WriteAt(4, "AAAA").ok());
+  ASSERT_TRUE((*f)->WriteAt(0, "hdr0").ok());
+  ASSERT_TRUE((*f)->Sync().ok());  // [0, 8) durable, past Position() == 0
+  ASSERT_TRUE((*f)->WriteAt(8, "BBBB").ok());   // unsynced extension
+  ASSERT_TRUE((*f)->WriteAt(0, "hdr1").ok());   // unsynced overwrite of synced bytes
+  ASSERT_TRUE((*f)->WriteAt(2, "XX").ok());     // overwritten twice: oldest wins
+  EXPECT_EQ(ContentOf(mem_.get(), "/d/ckpt"), "hdXXAAAABBBB");
+  // Crash at the next mutating op, then lose power.
+  env_.CrashAfterOps(0);
+  EXPECT_EQ((*f)->WriteAt(12, "C").code(), Code::kUnavailable);
+  ASSERT_TRUE(env_.DropUnsyncedData().ok());
+  EXPECT_EQ(ContentOf(mem_.get(), "/d/ckpt"), "hdr0AAAA");
+  EXPECT_EQ((*f)->WriteAt(0, "x").code(), Code::kFailedPrecondition);
+}
+
+TEST_F(FaultEnvTest, CrashKeepsWriteAtDataSyncedBeforeIt) {
+  ASSERT_TRUE(env_.SyncDir("/d").ok());
+  auto f = env_.NewWritableFile("/d/k");
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE(env_.SyncDir("/d").ok());
+  ASSERT_TRUE((*f)->WriteAt(3, "def").ok());
+  ASSERT_TRUE((*f)->WriteAt(0, "abc").ok());
+  ASSERT_TRUE((*f)->Sync().ok());
+  ASSERT_TRUE((*f)->WriteAt(0, "ABC").ok());
+  ASSERT_TRUE((*f)->Sync().ok());  // the overwrite is durable now
+  ASSERT_TRUE(env_.DropUnsyncedData().ok());
+  EXPECT_EQ(ContentOf(mem_.get(), "/d/k"), "ABCdef");
+}
+
+TEST_F(FaultEnvTest, CrashRestoresSyncedBytesOfARenamedFileOverwrittenByWriteAt) {
+  ASSERT_TRUE(env_.SyncDir("/d").ok());
+  auto f = env_.NewWritableFile("/d/tmp");
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE((*f)->Append("v1v1").ok());
+  ASSERT_TRUE((*f)->Sync().ok());
+  ASSERT_TRUE(env_.RenameFile("/d/tmp", "/d/final").ok());
+  ASSERT_TRUE(env_.SyncDir("/d").ok());  // create and rename durable
+  ASSERT_TRUE((*f)->WriteAt(0, "v2").ok());
+  EXPECT_EQ(ContentOf(mem_.get(), "/d/final"), "v2v1");
+  ASSERT_TRUE(env_.DropUnsyncedData().ok());
+  EXPECT_THAT(Children(), ElementsAre("final"));
+  EXPECT_EQ(ContentOf(mem_.get(), "/d/final"), "v1v1");
+}
+
+TEST(FaultEnvPosix, CrashDropsUnsyncedWriteAtOnPosixEnv) {
+  ScratchDir dir;
+  FaultEnv env(Env::Default());
+  const std::string p = JoinPath(dir.path(), "ckpt");
+  auto f = env.NewWritableFile(p);
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE(env.SyncDir(dir.path()).ok());
+  ASSERT_TRUE((*f)->Append("????body").ok());
+  ASSERT_TRUE((*f)->Sync().ok());
+  ASSERT_TRUE((*f)->WriteAt(0, "HDR:").ok());  // unsynced header patch
+  ASSERT_TRUE((*f)->WriteAt(8, "more").ok());  // unsynced extension
+  EXPECT_EQ(ContentOf(Env::Default(), p), "HDR:bodymore");
+  ASSERT_TRUE(env.DropUnsyncedData().ok());
+  EXPECT_EQ(ContentOf(Env::Default(), p), "????body");
+}
+
 }  // namespace
 }  // namespace ckpt

@@ -38,5 +38,20 @@ TEST(PosixEnv, BigAppendOnFullDiskFailsAtOnce) {
   EXPECT_EQ((*f)->Position(), 0u);
 }
 
+TEST(PosixEnv, WriteAtOnFullDiskIsResourceExhaustedWithPathAndOffsetAndSticks) {
+  if (access("/dev/full", W_OK) != 0) GTEST_SKIP() << "/dev/full not writable";
+  auto f = Env::Default()->NewWritableFile("/dev/full");
+  ASSERT_TRUE(f.ok());
+  Status s = (*f)->WriteAt(4096, "abc");
+  EXPECT_EQ(s.code(), Code::kResourceExhausted);
+  EXPECT_EQ(s.message(),
+            "/dev/full: write of 3 bytes at offset 4096 failed at offset 4096 (0 bytes "
+            "written): No space left on device");
+  // Sticky for every kind of write, as after a failed Append.
+  EXPECT_EQ((*f)->WriteAt(0, "x").message(), s.message());
+  EXPECT_EQ((*f)->Append("more").message(), s.message());
+  EXPECT_EQ((*f)->Close().message(), s.message());
+}
+
 }  // namespace
 }  // namespace ckpt
