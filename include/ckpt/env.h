@@ -81,8 +81,17 @@ class Env {
   // Removes an empty folder (rmdir). Errors: FailedPrecondition / I/O errors
   // when it is not empty or cannot be removed.
   virtual Status RemoveDir(const std::string& dir) = 0;
-  // Atomic replace of `to` by `from` (POSIX rename).
+  // Atomic replace of `to` by `from` (POSIX rename); also moves a folder
+  // (onto a path that does not exist or is an empty folder).
   virtual Status RenameFile(const std::string& from, const std::string& to) = 0;
+  // Swaps two existing paths (folders or files) in one atomic step (Linux
+  // renameat2 RENAME_EXCHANGE): afterwards `a` holds what `b` held and `b`
+  // what `a` held; a crash leaves either both names as they were or both
+  // swapped. Durable once their parent folders are synced.
+  // Errors: NotFound when either is missing; Unimplemented where the file
+  // system cannot (callers fall back to two renames); other I/O errors
+  // naming both paths.
+  virtual Status ExchangePaths(const std::string& a, const std::string& b) = 0;
   // fsyncs a directory so renames in it are durable.
   virtual Status SyncDir(const std::string& dir) = 0;
 };
@@ -110,6 +119,7 @@ class EnvWrapper : public Env {
   Status RenameFile(const std::string& f, const std::string& t) override {
     return target_->RenameFile(f, t);
   }
+  Status ExchangePaths(const std::string& a, const std::string& b) override { return target_->ExchangePaths(a, b); }
   Status SyncDir(const std::string& d) override { return target_->SyncDir(d); }
 
  private:
@@ -126,8 +136,9 @@ class EnvWrapper : public Env {
 // - Directories are explicit: NewWritableFile and RenameFile need the parent
 //   directory to exist (NotFound otherwise; InvalidArgument if it is a file),
 //   so call CreateDirs first, as on disk. GetChildren lists files and
-//   directories, sorted. There is no directory removal; RenameFile of a
-//   directory is Unimplemented.
+//   directories, sorted. RemoveDir removes an empty directory; RenameFile
+//   moves a directory with everything under it (onto a missing path or an
+//   empty directory); ExchangePaths swaps two paths with their subtrees.
 // - Open readers see the live content of the file node they opened (an inode):
 //   reads are bounded by the size at open (OutOfRange beyond it); if the file
 //   was truncated since (NewWritableFile on the same path), a read past the new

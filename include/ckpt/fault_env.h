@@ -183,6 +183,9 @@ class FaultEnv final : public EnvWrapper {
   Status CreateDirs(const std::string& dir) override;
   Status RemoveFile(const std::string& path) override;
   Status RenameFile(const std::string& from, const std::string& to) override;
+  // Fault rules as RenameFile (kRename: either path); undone by a crash
+  // until both parent folders are synced.
+  Status ExchangePaths(const std::string& a, const std::string& b) override;
   Status SyncDir(const std::string& dir) override;
 
   // Private state shared with the file wrappers.

@@ -1,12 +1,15 @@
-// WriteDcpCheckpoint: data files first (concurrently, one task per file),
-// .metadata last, each atomically.
+// WriteDcpCheckpoint: the folder staged beside the destination (engine::
+// FolderCommit), data files first (concurrently, one task per file),
+// .metadata last, then switched over in one step.
 #include "checkpoint/dcp_writer.h"
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <system_error>
 #include <thread>
 
+#include "ckpt/engine.h"
 #include "util/strings.h"
 
 namespace ckpt::internal_checkpoint {
@@ -46,20 +49,48 @@ struct FileResult {
 
 }  // namespace
 
+Status CheckReplaceable(Env* env, const std::string& dir, const std::function<bool(std::string_view)>& ours) {
+  if (env->FileExists(dir) && !env->IsDirectory(dir)) {
+    return InvalidArgumentError(StrCat("destination ", dir, " exists and is not a folder"));
+  }
+  if (!env->IsDirectory(dir)) return OkStatus();
+  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> children, env->GetChildren(dir), StrCat("listing ", dir));
+  std::vector<std::string> foreign;
+  for (const std::string& c : children) {
+    if (c.empty() || c[0] == '.' || ours(c)) continue;  // hidden: commit points, temporaries
+    foreign.push_back(c);
+    if (foreign.size() == 4) break;
+  }
+  if (foreign.empty()) return OkStatus();
+  std::string names;
+  for (const std::string& f : foreign) names += StrCat(names.empty() ? "" : ", ", f);
+  return InvalidArgumentError(StrCat("destination ", dir, " holds files that are not part of a checkpoint (",
+                                     names, foreign.size() == 4 ? ", ..." : "",
+                                     "): the new checkpoint replaces the folder whole; remove them or choose "
+                                     "another destination"));
+}
+
+bool IsDcpFileName(std::string_view name) {
+  return name == dcp::kMetadataFileName || (name.size() > 7 && name.substr(name.size() - 7) == ".distcp");
+}
+
 Result<DcpWriteReport> WriteDcpCheckpoint(Env* env, const std::string& dir,
                                           std::span<const dcp::EntryToWrite> entries,
                                           const dcp::DcpWriteOptions& options) {
   if (env == nullptr) env = Env::Default();
-  CKPT_ASSIGN_OR_RETURN(std::vector<dcp::PlannedFile> plan, dcp::PlanDcpWrite(entries, options));
-  if (env->FileExists(dir) && !env->IsDirectory(dir)) {
-    return InvalidArgumentError(StrCat("destination ", dir, " exists and is not a folder"));
-  }
-  CKPT_RETURN_IF_ERROR(env->CreateDirs(dir));
-  const std::string md_path = JoinPath(dir, dcp::kMetadataFileName);
-  if (env->FileExists(md_path)) {
-    CKPT_RETURN_IF_ERROR(env->RemoveFile(md_path), "removing the previous checkpoint's .metadata");
-  }
+  CKPT_RETURN_IF_ERROR(dcp::PlanDcpWrite(entries, options).status());
+  CKPT_RETURN_IF_ERROR(CheckReplaceable(env, dir, IsDcpFileName));
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<engine::FolderCommit> commit, engine::FolderCommit::Begin(env, dir));
+  CKPT_ASSIGN_OR_RETURN(DcpWriteReport report, WriteDcpFiles(env, commit->staging(), dir, entries, options));
+  CKPT_RETURN_IF_ERROR(commit->Commit());
+  return report;
+}
 
+Result<DcpWriteReport> WriteDcpFiles(Env* env, const std::string& dir, const std::string& report_dir,
+                                     std::span<const dcp::EntryToWrite> entries,
+                                     const dcp::DcpWriteOptions& options) {
+  CKPT_ASSIGN_OR_RETURN(std::vector<dcp::PlannedFile> plan, dcp::PlanDcpWrite(entries, options));
+  const std::string md_path = JoinPath(dir, dcp::kMetadataFileName);
   std::vector<FileResult> results(plan.size());
   std::atomic<bool> cancel{false};
   auto write_file = [&](size_t i) {
@@ -130,7 +161,7 @@ Result<DcpWriteReport> WriteDcpCheckpoint(Env* env, const std::string& dir,
   }
   if (failed != nullptr) {
     cleanup();
-    return failed->status.WithContext(StrCat("writing ", JoinPath(dir, plan[failed_at].name)));
+    return failed->status.WithContext(StrCat("writing ", JoinPath(report_dir, plan[failed_at].name)));
   }
 
   std::vector<dcp::WrittenItem> written;
@@ -140,7 +171,7 @@ Result<DcpWriteReport> WriteDcpCheckpoint(Env* env, const std::string& dir,
     FileResult& r = results[i];
     for (dcp::WrittenItem& w : r.written) written.push_back(std::move(w));
     digests.push_back(r.digest);
-    report.files.push_back(JoinPath(dir, plan[i].name));
+    report.files.push_back(JoinPath(report_dir, plan[i].name));
     report.items += plan[i].items.size();
     report.bytes += r.size;
   }
@@ -153,9 +184,9 @@ Result<DcpWriteReport> WriteDcpCheckpoint(Env* env, const std::string& dir,
   if (!s.ok()) {
     env->RemoveFile(md_path).IgnoreError();
     cleanup();
-    return s.WithContext(StrCat("writing ", md_path));
+    return s.WithContext(StrCat("writing ", JoinPath(report_dir, dcp::kMetadataFileName)));
   }
-  report.files.push_back(md_path);
+  report.files.push_back(JoinPath(report_dir, dcp::kMetadataFileName));
   return report;
 }
 

@@ -1,24 +1,28 @@
 // Publishing a DCP checkpoint folder through an Env (internal to the
 // checkpoint layer; Convert --to dcp uses it).
 //
-// Order of operations, so that a folder with `.metadata` is always complete:
+// Order of operations, so that a folder with `.metadata` is always complete
+// and a checkpoint already at the destination stays intact until the new one
+// is:
 //  1. plan and validate everything (dcp::PlanDcpWrite) before touching disk;
-//  2. create the folder and remove an old `.metadata` (the commit point of a
-//     previous checkpoint there: its data files are about to be replaced);
-//  3. write each `__<rank>_<n>.distcp` with WriteFileAtomically (temporary
-//     sibling, fsync, rename, directory fsync). With options.parallel (the
-//     default) and more than one file, the files are written concurrently,
-//     one task per file on up to thread_count threads (the calling thread is
-//     one of them), as torch's
-//     FileSystemWriter runs thread_count writer threads; otherwise one after
-//     another on the calling thread;
-//  4. write `.metadata` the same way, last, once every data file is in place.
-// On failure the data files this call published are removed and no
-// `.metadata` is left: once a file fails, files not yet started are skipped
-// and files being written stop at their next append (Cancelled), every
-// thread is joined, then the published ones are removed. The error returned
-// is the first failure in plan order that was not such a cancellation; it
-// names the file.
+//     refuse a destination folder holding files that are not a checkpoint's
+//     (it is replaced whole);
+//  2. stage the folder beside the destination (engine::FolderCommit);
+//  3. write each `__<rank>_<n>.distcp` into it with WriteFileAtomically
+//     (temporary sibling, fsync, rename, directory fsync). With
+//     options.parallel (the default) and more than one file, the files are
+//     written concurrently, one task per file on up to thread_count threads
+//     (the calling thread is one of them), as torch's FileSystemWriter runs
+//     thread_count writer threads; otherwise one after another on the
+//     calling thread;
+//  4. write `.metadata` the same way, last, once every data file is in place;
+//  5. switch the staged folder over in one step (FolderCommit::Commit); stale
+//     files of an older checkpoint there do not survive.
+// On failure the staged folder is removed and the destination is as it was:
+// once a file fails, files not yet started are skipped and files being
+// written stop at their next append (Cancelled), every thread is joined. The
+// error returned is the first failure in plan order that was not such a
+// cancellation; it names the file (at its final path).
 //
 // Deterministic: the bytes of every file, `.metadata` included, do not depend
 // on parallel or on thread timing (storage_data is in plan order, and the
@@ -36,7 +40,9 @@
 #ifndef CKPT_CHECKPOINT_DCP_WRITER_H_
 #define CKPT_CHECKPOINT_DCP_WRITER_H_
 
+#include <functional>
 #include <span>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -59,6 +65,23 @@ struct DcpWriteReport {
 Result<DcpWriteReport> WriteDcpCheckpoint(Env* env, const std::string& dir,
                                           std::span<const dcp::EntryToWrite> entries,
                                           const dcp::DcpWriteOptions& options);
+
+// Steps 3-4 alone, into `dir`, a folder of its own that the caller publishes
+// (a FolderCommit's staging folder holding other files of the checkpoint);
+// reported paths and errors name `report_dir` instead of `dir`. On failure
+// the files this call published in `dir` are removed.
+Result<DcpWriteReport> WriteDcpFiles(Env* env, const std::string& dir, const std::string& report_dir,
+                                     std::span<const dcp::EntryToWrite> entries,
+                                     const dcp::DcpWriteOptions& options);
+
+// OK when `dir` is missing or a folder whose entries are all a checkpoint's
+// (`ours(name)`, or hidden names: commit points, temporaries), so replacing
+// it whole loses nothing else. Errors: InvalidArgument naming the first few
+// other entries, or a `dir` that is a file.
+Status CheckReplaceable(Env* env, const std::string& dir, const std::function<bool(std::string_view)>& ours);
+
+// `.metadata` and `*.distcp`.
+bool IsDcpFileName(std::string_view name);
 
 }  // namespace ckpt::internal_checkpoint
 

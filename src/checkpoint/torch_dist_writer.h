@@ -21,17 +21,18 @@
 // folder. Megatron-LM writes the tracker after that (the commit point of the
 // root). So:
 //  1. plan and validate everything (entries, metadata.json text) before
-//     touching disk;
-//  2. retract old commit points in the target: a tracker naming the
-//     iteration folder being written, its metadata.json, a stale common.pt
-//     (core 0.19 loaders prefer a common.pt over the common_state entry);
-//  3. common.pt (0.16), then the data files and `.metadata`
-//     (WriteDcpCheckpoint), then metadata.json, then the tracker, each with
-//     WriteFileAtomically (temporary sibling, fsync, rename, directory fsync).
-// On failure everything this call published is removed, commit points
-// first, so no tracker and no metadata.json claim an incomplete checkpoint;
-// the error names the file. A tracker naming another, untouched iteration is
-// left as it was.
+//     touching disk; refuse an iteration folder holding files that are not
+//     a checkpoint's (it is replaced whole);
+//  2. stage the iteration folder beside it (engine::FolderCommit): common.pt
+//     (0.16), the data files and `.metadata` (WriteDcpFiles), then
+//     metadata.json, each with WriteFileAtomically (temporary sibling,
+//     fsync, rename, directory fsync);
+//  3. switch the staged folder over in one step, then write the tracker.
+// On failure before the switch the staged folder is removed and the
+// destination (an older checkpoint in the same iteration folder, and the
+// tracker naming it) is as it was; the error names the file. If only the
+// tracker fails, the iteration folder is complete and in place and the
+// error says so.
 //
 // Thread-safety: reentrant for different destinations. The entries'
 // callbacks (and write_common, for the 0.19 layout, where it is a bytes

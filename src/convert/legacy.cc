@@ -13,7 +13,9 @@
 #include "checkpoint/readers.h"
 #include "ckpt/model.h"
 #include "checkpoint/legacy_reader.h"
+#include "checkpoint/dcp_writer.h"
 #include "checkpoint/torch_dist_writer.h"
+#include "ckpt/engine.h"
 #include "convert/dcp_entries.h"
 #include "convert/megatron_view.h"
 #include "format/megatron/writer.h"
@@ -338,57 +340,43 @@ Result<ConvertReport> WriteLegacyCheckpoint(Env* env, const std::string& dst, in
   if (env->FileExists(dst) && !env->IsDirectory(dst)) {
     return InvalidArgumentError(StrCat("destination ", dst, " exists and is not a folder"));
   }
-  if (env->IsDirectory(iter_dir)) {
-    CKPT_ASSIGN_OR_RETURN(std::vector<std::string> children, env->GetChildren(iter_dir));
-    if (!children.empty()) {
-      return InvalidArgumentError(StrCat("destination ", iter_dir,
-                                         " already holds files; a checkpoint there is left intact: remove it or "
-                                         "choose another destination or iteration"));
-    }
-  }
+  // The iteration folder is staged beside itself and switched over whole: an
+  // older checkpoint there stays intact until the new one is complete.
+  CKPT_RETURN_IF_ERROR(internal_checkpoint::CheckReplaceable(
+      env, iter_dir, [](std::string_view name) { return name.rfind("mp_rank_", 0) == 0; }));
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<engine::FolderCommit> commit, engine::FolderCommit::Begin(env, iter_dir));
   ConvertReport report;
-  std::vector<std::string> created_dirs;
-  auto fail = [&](Status st) -> Status {
-    for (auto it = report.files.rbegin(); it != report.files.rend(); ++it) env->RemoveFile(*it).IgnoreError();
-    for (auto it = created_dirs.rbegin(); it != created_dirs.rend(); ++it) env->RemoveDir(*it).IgnoreError();
-    return st;
-  };
-  for (const std::string& d : {dst, iter_dir}) {
-    if (!env->IsDirectory(d)) {
-      if (Status st = env->CreateDirs(d); !st.ok()) return fail(st);
-      created_dirs.push_back(d);
-    }
-  }
+  std::vector<std::string> staged;  // the files' paths in the staging folder
   uint64_t total = 0;
   for (size_t ri = 0; ri < plan.ranks.size(); ++ri) {
     const model::LegacyRankFolder& rf = plan.folders[ri];
-    const std::string folder = JoinPath(iter_dir, rf.folder);
-    if (!env->IsDirectory(folder)) {
-      if (Status st = env->CreateDirs(folder); !st.ok()) return fail(st);
-      created_dirs.push_back(folder);
-    }
+    const std::string folder = JoinPath(commit->staging(), rf.folder);
+    CKPT_RETURN_IF_ERROR(env->CreateDirs(folder));
     if (rf.model_file) {
       const std::string model_path = JoinPath(folder, "model_optim_rng.pt");
       Status st = WriteFileAtomically(env, model_path, [&](WritableFile* f) { return writer.WriteModelFile(ri, f); });
-      if (!st.ok()) return fail(st.WithContext(model_path));
-      report.files.push_back(model_path);
+      if (!st.ok()) return st.WithContext(JoinPath(JoinPath(iter_dir, rf.folder), "model_optim_rng.pt"));
+      report.files.push_back(JoinPath(JoinPath(iter_dir, rf.folder), "model_optim_rng.pt"));
+      staged.push_back(model_path);
     }
     if (writer.HasOptimizerFile(ri)) {
       const std::string optim_path = JoinPath(folder, "distrib_optim.pt");
       Status st =
           WriteFileAtomically(env, optim_path, [&](WritableFile* f) { return writer.WriteOptimizerFile(ri, f); });
-      if (!st.ok()) return fail(st.WithContext(optim_path));
-      report.files.push_back(optim_path);
+      if (!st.ok()) return st.WithContext(JoinPath(JoinPath(iter_dir, rf.folder), "distrib_optim.pt"));
+      report.files.push_back(JoinPath(JoinPath(iter_dir, rf.folder), "distrib_optim.pt"));
+      staged.push_back(optim_path);
     }
     if (plan.progress) plan.progress(ri + 1, plan.ranks.size());
   }
-  for (const std::string& f : report.files) {
+  for (const std::string& f : staged) {
     if (auto size = env->GetFileSize(f); size.ok()) total += *size;
   }
+  CKPT_RETURN_IF_ERROR(commit->Commit());
   const std::string tracker_path = JoinPath(dst, megatron::kTrackerFileName);
   Status st = WriteFileAtomically(env, tracker_path,
                                   [&](WritableFile* f) { return f->Append(std::to_string(iteration)); });
-  if (!st.ok()) return fail(st.WithContext(tracker_path));
+  if (!st.ok()) return st.WithContext(StrCat(tracker_path, " (", iter_dir, " is complete and in place)"));
   report.files.push_back(tracker_path);
   report.bytes = total;
   report.tensors = 0;

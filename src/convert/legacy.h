@@ -19,9 +19,9 @@
 //       parameter at the offsets the model layer computes (alignment gaps
 //       zero);
 //   dst/latest_checkpointed_iteration.txt, last (the commit point).
-// Every file is published atomically; on failure what this call wrote is
-// removed. An iteration folder that already holds files is refused, so a
-// checkpoint at the destination stays intact.
+// The iteration folder is built beside itself and switched over in one step
+// (engine::FolderCommit): a checkpoint at the destination stays intact until
+// the new one is complete, and a failure leaves it as it was.
 //
 // Memory: one parameter shard (plus the torch.save copy buffers) at a time.
 // Thread-safety: reentrant for different destinations.
@@ -75,9 +75,12 @@ struct LegacyPlan {
 };
 
 // Writes `plan` as dst/iter_<N:07d>/mp_rank_*/{model_optim_rng.pt,
-// distrib_optim.pt} and then dst/latest_checkpointed_iteration.txt, each
-// file atomically; on failure what this call wrote is removed. An iteration
-// folder that already holds files is refused (InvalidArgument).
+// distrib_optim.pt} and then dst/latest_checkpointed_iteration.txt: the
+// iteration folder is staged beside itself and switched over whole
+// (engine::FolderCommit), so an older checkpoint there stays intact until the
+// new one is complete; on failure before the switch nothing changed. An
+// iteration folder holding other than mp_rank_* entries is refused
+// (InvalidArgument).
 Result<ConvertReport> WriteLegacyCheckpoint(Env* env, const std::string& dst, int64_t iteration,
                                             const LegacyPlan& plan);
 

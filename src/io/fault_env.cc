@@ -105,6 +105,7 @@ struct FaultEnv::State {
   // A namespace change not yet made durable by SyncDir.
   struct Pending {
     bool is_rename = false;
+    bool is_exchange = false;  // path and from swapped (ExchangePaths)
     std::string path;  // created path, or rename target
     std::string from;  // rename source
     std::set<std::string> dirs;  // directories still to be synced
@@ -118,6 +119,20 @@ struct FaultEnv::State {
   };
 
   explicit State(Env* t) : target(t) {}
+
+  // REQUIRES: mu held. Re-keys the tracked files under `from` (a folder
+  // path ending in '/') to `to`.
+  void MovePrefix(const std::string& from, const std::string& to) {
+    std::vector<std::string> keys;
+    for (auto it = files.lower_bound(from); it != files.end() && it->first.compare(0, from.size(), from) == 0; ++it) {
+      keys.push_back(it->first);
+    }
+    for (const std::string& k : keys) {
+      auto node = std::move(files[k]);
+      files.erase(k);
+      files[to + k.substr(from.size())] = std::move(node);
+    }
+  }
 
   // REQUIRES: mu held. `what` names the operation and path for the message;
   // off/n is the byte range for kAppend/kReadAt.
@@ -546,6 +561,35 @@ Status FaultEnv::RenameFile(const std::string& from, const std::string& to) {
     state_->files[t] = std::move(it->second);
     state_->files.erase(f);
   }
+  state_->MovePrefix(f + "/", t + "/");  // a folder: the files under it
+  return OkStatus();
+}
+
+Status FaultEnv::ExchangePaths(const std::string& a, const std::string& b) {
+  std::lock_guard<std::mutex> l(state_->mu);
+  ++state_->counters.renames;
+  const std::string what = StrCat("exchange ", a, " <-> ", b);
+  State::Verdict v = state_->Check(FaultOp::kRename, a, b, 0, 0, what);
+  if (v.fired) return v.error;
+  CKPT_RETURN_IF_ERROR(target()->ExchangePaths(a, b));
+  const std::string x = LexicallyNormal(a);
+  const std::string y = LexicallyNormal(b);
+  State::Pending r;
+  r.is_exchange = true;
+  r.from = x;
+  r.path = y;
+  r.dirs = {Dirname(x), Dirname(y)};
+  state_->pending.push_back(std::move(r));
+  // The tracked files swap places with their folders (or themselves).
+  const std::string tmp = x + "\x01exchange";
+  for (auto [from, to] : {std::pair{x, tmp}, std::pair{y, x}, std::pair{tmp, y}}) {
+    if (auto f = state_->files.find(from); f != state_->files.end()) {
+      auto node = std::move(f->second);
+      state_->files.erase(f);
+      state_->files[to] = std::move(node);
+    }
+    state_->MovePrefix(from + "/", to + "/");
+  }
   return OkStatus();
 }
 
@@ -590,6 +634,10 @@ Status FaultEnv::DropUnsyncedData() {
   // 2. Namespace changes without SyncDir are undone, newest first.
   for (auto it = state_->pending.rbegin(); it != state_->pending.rend(); ++it) {
     if (!target()->FileExists(it->path)) continue;
+    if (it->is_exchange) {
+      note(target()->ExchangePaths(it->path, it->from));
+      continue;
+    }
     if (!it->is_rename) {
       note(target()->RemoveFile(it->path));
       continue;

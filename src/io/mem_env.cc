@@ -11,6 +11,8 @@
 #include <mutex>
 #include <new>
 #include <set>
+#include <utility>
+#include <vector>
 
 #include "ckpt/env.h"
 #include "io/path_util.h"
@@ -253,7 +255,16 @@ class MemEnv final : public Env {
     std::lock_guard<std::mutex> l(mu_);
     const std::string what = StrCat("rename ", from, " -> ", to);
     if (dirs_.count(f)) {
-      return UnimplementedError(StrCat(what, ": MemEnv does not rename directories"));
+      if (f == t) return OkStatus();
+      if (t.compare(0, f.size() + 1, f + "/") == 0) return InvalidArgumentError(StrCat(what, ": Invalid argument"));
+      if (files_.count(t)) return InvalidArgumentError(StrCat(what, ": Not a directory"));
+      if (dirs_.count(t)) {
+        if (!EmptyDirLocked(t)) return FailedPreconditionError(StrCat(what, ": Directory not empty"));
+      } else {
+        CKPT_RETURN_IF_ERROR(CheckParentLocked(what, "", t));
+      }
+      MoveTreeLocked(f, t);
+      return OkStatus();
     }
     auto it = files_.find(f);
     if (it == files_.end()) return NotFoundError(StrCat(what, ": No such file or directory"));
@@ -263,6 +274,25 @@ class MemEnv final : public Env {
     std::shared_ptr<MemFile> node = std::move(it->second);
     files_.erase(it);
     files_[t] = std::move(node);  // One step under mu_: atomic replace.
+    return OkStatus();
+  }
+
+  Status ExchangePaths(const std::string& a, const std::string& b) override {
+    const std::string x = LexicallyNormal(a);
+    const std::string y = LexicallyNormal(b);
+    std::lock_guard<std::mutex> l(mu_);
+    const std::string what = StrCat("exchange ", a, " <-> ", b);
+    auto exists = [&](const std::string& p) { return dirs_.count(p) > 0 || files_.count(p) > 0; };
+    if (!exists(x) || !exists(y)) return NotFoundError(StrCat(what, ": No such file or directory"));
+    if (x == y) return OkStatus();
+    if (y.compare(0, x.size() + 1, x + "/") == 0 || x.compare(0, y.size() + 1, y + "/") == 0) {
+      return InvalidArgumentError(StrCat(what, ": Invalid argument"));
+    }
+    // Through a name neither tree uses: x -> tmp, y -> x, tmp -> y, one step under mu_.
+    const std::string tmp = StrCat(x, "\x01exchange");
+    MoveTreeLocked(x, tmp);
+    MoveTreeLocked(y, x);
+    MoveTreeLocked(tmp, y);
     return OkStatus();
   }
 
@@ -291,6 +321,43 @@ class MemEnv final : public Env {
     }
     return NotFoundError(StrCat(verb, path, ": No such file or directory (directory ", parent,
                                 " does not exist)"));
+  }
+
+  bool EmptyDirLocked(const std::string& d) const {
+    const std::string prefix = d + "/";
+    auto f = files_.lower_bound(prefix);
+    if (f != files_.end() && f->first.compare(0, prefix.size(), prefix) == 0) return false;
+    auto s = dirs_.lower_bound(prefix);
+    return !(s != dirs_.end() && s->compare(0, prefix.size(), prefix) == 0);
+  }
+
+  // Re-keys path `from` (a file, or a directory and everything under it) to
+  // `to`, replacing an empty directory or file there. Open handles keep their
+  // nodes.
+  void MoveTreeLocked(const std::string& from, const std::string& to) {
+    const std::string prefix = from + "/";
+    if (auto it = files_.find(from); it != files_.end()) {
+      std::shared_ptr<MemFile> node = std::move(it->second);
+      files_.erase(it);
+      dirs_.erase(to);
+      files_[to] = std::move(node);
+      return;
+    }
+    std::vector<std::pair<std::string, std::shared_ptr<MemFile>>> moved_files;
+    for (auto it = files_.lower_bound(prefix); it != files_.end() && it->first.compare(0, prefix.size(), prefix) == 0;) {
+      moved_files.emplace_back(to + it->first.substr(from.size()), std::move(it->second));
+      it = files_.erase(it);
+    }
+    std::vector<std::string> moved_dirs;
+    for (auto it = dirs_.lower_bound(prefix); it != dirs_.end() && it->compare(0, prefix.size(), prefix) == 0;) {
+      moved_dirs.push_back(to + it->substr(from.size()));
+      it = dirs_.erase(it);
+    }
+    dirs_.erase(from);
+    files_.erase(to);
+    dirs_.insert(to);
+    for (auto& [p, n] : moved_files) files_[p] = std::move(n);
+    for (std::string& d : moved_dirs) dirs_.insert(std::move(d));
   }
 
   // ENOTDIR: some proper ancestor of normalized path p is a file.

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE (_GNU_SOURCE)
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -300,6 +301,18 @@ class PosixEnv final : public Env {
   Status RenameFile(const std::string& from, const std::string& to) override {
     if (::rename(from.c_str(), to.c_str()) != 0) {
       return PosixError(StrCat("rename ", from, " -> ", to), errno);
+    }
+    return OkStatus();
+  }
+
+  Status ExchangePaths(const std::string& a, const std::string& b) override {
+    if (::renameat2(AT_FDCWD, a.c_str(), AT_FDCWD, b.c_str(), RENAME_EXCHANGE) != 0) {
+      const int e = errno;
+      // EINVAL: the file system does not support the exchange; ENOSYS: the kernel.
+      if (e == EINVAL || e == ENOSYS) {
+        return UnimplementedError(StrCat("exchange ", a, " <-> ", b, ": not supported by the file system"));
+      }
+      return PosixError(StrCat("exchange ", a, " <-> ", b), e);
     }
     return OkStatus();
   }

@@ -53,9 +53,10 @@ inline void CopyDcpGolden(Env* env, const std::string& name, const std::string& 
   }
 }
 
-// Sorted child names of dir, or {"<error: ...>"}.
+// Sorted child names of dir ({} when there is no dir), or {"<error: ...>"}.
 inline std::vector<std::string> ListDir(Env* env, const std::string& dir) {
   Result<std::vector<std::string>> r = env->GetChildren(dir);
+  if (!r.ok() && r.status().code() == Code::kNotFound) return {};
   if (!r.ok()) return {"<error: " + r.status().ToString() + ">"};
   return *r;
 }

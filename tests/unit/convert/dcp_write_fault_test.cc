@@ -114,18 +114,26 @@ TEST_F(DcpWriteFaultTest, FailedRenameOfADataFilePublishesNothing) {
   EXPECT_THAT(ListDir(mem_.get(), "/out"), IsEmpty());
 }
 
-TEST_F(DcpWriteFaultTest, FailedRewriteRemovesTheOldCommitPoint) {
-  // An older checkpoint in /out: a failed re-write must not leave its
-  // .metadata naming data files that were replaced.
+TEST_F(DcpWriteFaultTest, FailedRewriteLeavesTheOldCheckpointIntact) {
+  // An older checkpoint in /out (one data file): a failed re-write (two data
+  // files) leaves it exactly as it was, loadable, with no stale or staged
+  // files beside it.
   ASSERT_TRUE(Convert("/src", "/out", DcpOptions(mem_.get(), 1)).ok());
-  ASSERT_TRUE(mem_->FileExists("/out/.metadata"));
+  const std::vector<std::string> before = ListDir(mem_.get(), "/out");
   fault_.FailRename("__0_1.distcp");
   auto rep = Convert("/src", "/out", DcpOptions(&fault_, 2));
   fault_.ClearFaults();
   ASSERT_FALSE(rep.ok());
-  EXPECT_FALSE(mem_->FileExists("/out/.metadata"));
+  EXPECT_THAT(rep.status().message(), HasSubstr("/out/__0_1.distcp"));
+  EXPECT_EQ(ListDir(mem_.get(), "/out"), before);
+  EXPECT_THAT(ListDir(mem_.get(), "/"), ::testing::ElementsAre("out", "src"));
   auto back = OpenCheckpoint("/out", {mem_.get()});
-  EXPECT_FALSE(back.ok());
+  EXPECT_TRUE(back.ok()) << back.status().ToString();
+  // And a successful re-write replaces it whole: no stale file of the old one.
+  ASSERT_TRUE(Convert("/src", "/out", DcpOptions(mem_.get(), 2)).ok());
+  EXPECT_TRUE(mem_->FileExists("/out/__0_1.distcp"));
+  ASSERT_TRUE(Convert("/src", "/out", DcpOptions(mem_.get(), 1)).ok());
+  EXPECT_FALSE(mem_->FileExists("/out/__0_1.distcp"));
 }
 
 TEST_F(DcpWriteFaultTest, CrashAtEveryStepMetadataOnlyOverWholeData) {

@@ -311,7 +311,7 @@ class TorchDistFaultTest : public ::testing::Test {
 };
 
 TEST_F(TorchDistFaultTest, FailureAtEachPublishStepLeavesNothingThatLooksComplete) {
-  for (const char* file : {"common.pt", "__0_1.distcp", ".metadata", "metadata.json", "latest_checkpointed"}) {
+  for (const char* file : {"common.pt", "__0_1.distcp", ".metadata", "metadata.json"}) {
     SCOPED_TRACE(file);
     fault_.FailRename(file);
     auto rep = Convert("/src", "/out", TorchDist(&fault_, "0.16", 2));
@@ -319,11 +319,19 @@ TEST_F(TorchDistFaultTest, FailureAtEachPublishStepLeavesNothingThatLooksComplet
     ASSERT_FALSE(rep.ok());
     EXPECT_THAT(rep.status().message(), HasSubstr(file));
     ExpectNothingLooksComplete(mem_.get());
-    EXPECT_THAT(ListDir(mem_.get(), std::string("/out/") + kIter), IsEmpty());
+    EXPECT_THAT(ListDir(mem_.get(), "/out"), IsEmpty());  // no staged folder left either
   }
+  // The tracker last: the iteration folder is complete and in place, and the error says so.
+  fault_.FailRename("latest_checkpointed");
+  auto rep = Convert("/src", "/out", TorchDist(&fault_, "0.16", 2));
+  fault_.ClearFaults();
+  ASSERT_FALSE(rep.ok());
+  EXPECT_THAT(rep.status().message(), HasSubstr("is complete and in place"));
+  EXPECT_FALSE(mem_->FileExists("/out/latest_checkpointed_iteration.txt"));
+  EXPECT_EQ(Take(mem_.get(), std::string("/out/") + kIter).tensors, want_);
 }
 
-TEST_F(TorchDistFaultTest, FailedDirectorySyncAfterTheTrackerRenameRemovesIt) {
+TEST_F(TorchDistFaultTest, FailedDirectorySyncAfterTheTrackerRenameIsReported) {
   // The last directory sync of a clean run is the tracker's (after its rename).
   uint64_t syncs = 0;
   {
@@ -341,18 +349,26 @@ TEST_F(TorchDistFaultTest, FailedDirectorySyncAfterTheTrackerRenameRemovesIt) {
   auto rep = Convert("/src", "/out", TorchDist(&fault_, "0.19"));
   fault_.ClearFaults();
   ASSERT_FALSE(rep.ok());
-  ExpectNothingLooksComplete(mem_.get());
+  EXPECT_THAT(rep.status().message(), HasSubstr("is complete and in place"));
+  // What the tracker names is complete: it loads whole.
+  EXPECT_EQ(Take(mem_.get(), "/out").tensors, want_);
 }
 
-TEST_F(TorchDistFaultTest, FailedRewriteRetractsTheOldCheckpointsCommitPoints) {
+TEST_F(TorchDistFaultTest, FailedRewriteLeavesTheOldCheckpointIntact) {
   ASSERT_TRUE(Convert("/src", "/out", TorchDist(mem_.get(), "0.16")).ok());
-  ASSERT_TRUE(mem_->FileExists("/out/latest_checkpointed_iteration.txt"));
+  const std::vector<std::string> before = ListDir(mem_.get(), std::string("/out/") + kIter);
   fault_.FailRename("__0_0.distcp");
   auto rep = Convert("/src", "/out", TorchDist(&fault_, "0.19"));
   fault_.ClearFaults();
   ASSERT_FALSE(rep.ok());
-  ExpectNothingLooksComplete(mem_.get());
-  EXPECT_FALSE(mem_->FileExists(std::string("/out/") + kIter + "/common.pt"));  // stale for a 0.19 reader
+  // The 0.16 checkpoint, its common.pt and the tracker naming it, as they were.
+  EXPECT_EQ(ListDir(mem_.get(), std::string("/out/") + kIter), before);
+  EXPECT_EQ(Read(mem_.get(), "/out/latest_checkpointed_iteration.txt"), "10");
+  EXPECT_EQ(Take(mem_.get(), "/out").tensors, want_);
+  // A successful 0.19 re-write leaves no stale common.pt (a 0.19 reader would prefer it).
+  ASSERT_TRUE(Convert("/src", "/out", TorchDist(mem_.get(), "0.19")).ok());
+  EXPECT_FALSE(mem_->FileExists(std::string("/out/") + kIter + "/common.pt"));
+  EXPECT_EQ(Take(mem_.get(), "/out").tensors, want_);
 }
 
 TEST_F(TorchDistFaultTest, TrackerOfAnotherIterationSurvivesAFailedSave) {

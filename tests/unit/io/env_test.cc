@@ -4,6 +4,8 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
+#include <filesystem>
 
 #include <atomic>
 #include <random>
@@ -494,10 +496,47 @@ TEST(MemEnv, CreateUnderAFileIsNotADirectory) {
   EXPECT_THAT(w.status().message(), HasSubstr("/f/g"));
 }
 
-TEST(MemEnv, RenamingADirectoryIsUnimplemented) {
+// Folder renames and exchanges move whole subtrees, on MemEnv as on disk.
+void CheckFolderMoves(Env* env, const std::string& root) {
+  auto put = [&](const std::string& p, const std::string& text) {
+    ASSERT_TRUE(WriteFileAtomically(env, p, [&](WritableFile* f) { return f->Append(text); }).ok()) << p;
+  };
+  auto read = [&](const std::string& p) {
+    Result<std::string> r = ::ckpt::testing::ReadWhole(env, p);
+    return r.ok() ? *r : "<" + r.status().ToString() + ">";
+  };
+  ASSERT_TRUE(env->CreateDirs(root + "/a/sub").ok());
+  put(root + "/a/x", "ax");
+  put(root + "/a/sub/y", "ay");
+  // A folder onto a missing path: everything under it moves.
+  ASSERT_TRUE(env->RenameFile(root + "/a", root + "/b").ok());
+  EXPECT_FALSE(env->FileExists(root + "/a"));
+  EXPECT_EQ(read(root + "/b/x"), "ax");
+  EXPECT_EQ(read(root + "/b/sub/y"), "ay");
+  // Onto a non-empty folder: refused, both as they were.
+  ASSERT_TRUE(env->CreateDirs(root + "/c").ok());
+  put(root + "/c/z", "cz");
+  EXPECT_FALSE(env->RenameFile(root + "/b", root + "/c").ok());
+  EXPECT_EQ(read(root + "/c/z"), "cz");
+  // Exchange: the two subtrees swap names.
+  ASSERT_TRUE(env->ExchangePaths(root + "/b", root + "/c").ok());
+  EXPECT_EQ(read(root + "/b/z"), "cz");
+  EXPECT_EQ(read(root + "/c/x"), "ax");
+  EXPECT_EQ(read(root + "/c/sub/y"), "ay");
+  EXPECT_FALSE(env->FileExists(root + "/b/x"));
+  EXPECT_EQ(env->ExchangePaths(root + "/b", root + "/missing").code(), Code::kNotFound);
+}
+
+TEST(MemEnv, FoldersMoveAndExchangeWithTheirContent) {
   auto env = NewMemEnv();
-  ASSERT_TRUE(env->CreateDirs("/d").ok());
-  EXPECT_EQ(env->RenameFile("/d", "/e").code(), Code::kUnimplemented);
+  CheckFolderMoves(env.get(), "/t");
+}
+
+TEST(PosixEnv, FoldersMoveAndExchangeWithTheirContent) {
+  const std::string root = (std::filesystem::temp_directory_path() / ("ckpt_env_moves_" + std::to_string(::getpid()))).string();
+  std::filesystem::remove_all(root);
+  CheckFolderMoves(Env::Default(), root);
+  std::filesystem::remove_all(root);
 }
 
 TEST(MemEnv, ReaderSeesSizeFixedAtOpen) {

@@ -1,0 +1,87 @@
+// The save engine: the one path by which bytes reach files (src/engine/).
+//
+// This part is the publish protocol for a folder of files (a DCP or
+// torch_dist iteration folder, a sharded safetensors folder, a legacy
+// iteration folder): the new content is built in a staging folder beside the
+// destination and switched over in one step, so that a destination that
+// already holds a checkpoint stays intact, and loadable, until the new one is
+// complete. Single files keep WriteFileAtomically (ckpt/env.h), the same
+// protocol for one file.
+//
+//   FolderCommit::Begin(env, "ckpt/iter_0000010")
+//     - cleans up what killed runs left beside it (staging folders whose
+//       process is gone; an old folder a two-step switch set aside, put back
+//       when the destination is missing);
+//     - creates "ckpt/.iter_0000010.ckptkit-new-<pid>-<n>" (hidden: readers
+//       that list the parent skip dot names, and ckptkit's do).
+//   write every file into staging(), each synced (WriteFileAtomically does);
+//   Commit()
+//     - syncs the staging folder (its entries are durable);
+//     - no destination yet: renames staging to it; else exchanges the two
+//       in one atomic step (renameat2 RENAME_EXCHANGE) and removes the old
+//       content, now under the staging name. Where the file system cannot
+//       exchange, two renames: destination -> ".<name>.ckptkit-old-<pid>-<n>",
+//       staging -> destination (a crash between them leaves the old folder
+//       aside, which the next Begin puts back);
+//     - syncs the parent folder.
+//   Abort() (or the destructor without Commit) removes the staging folder.
+//
+// A crash at any point leaves the destination as it was or as the new
+// content, never a mix; the next Begin on the same destination removes the
+// leftovers. Commit points inside the folder (.metadata, metadata.json) need
+// no ordering of their own any more, but writers still write them last.
+//
+// Thread-safety: a FolderCommit is used by one thread at a time; files in its
+// staging folder may be written concurrently (as Env allows). Two
+// FolderCommits on the same destination at once are not supported (the later
+// Commit wins; neither corrupts the other's staging folder).
+#ifndef CKPT_ENGINE_H_
+#define CKPT_ENGINE_H_
+
+#include <memory>
+#include <string>
+
+#include "ckpt/env.h"
+#include "ckpt/status.h"
+
+namespace ckpt::engine {
+
+class FolderCommit {
+ public:
+  // Errors: InvalidArgument when `dst` is a file or has no name (""/"/");
+  // I/O errors creating the staging folder or cleaning leftovers (naming them).
+  static Result<std::unique_ptr<FolderCommit>> Begin(Env* env, const std::string& dst);
+
+  FolderCommit(const FolderCommit&) = delete;
+  FolderCommit& operator=(const FolderCommit&) = delete;
+  ~FolderCommit();  // Abort() unless committed
+
+  const std::string& destination() const { return dst_; }
+  const std::string& staging() const { return staging_; }
+
+  // Publishes the staging folder's content as the destination (see above).
+  // Errors: FailedPrecondition after Commit or Abort; I/O errors naming the
+  // step. On an error before the switch the destination is untouched and the
+  // staging folder removed; after it ("published, but not durable": the
+  // parent folder sync failed) the new content is in place.
+  Status Commit();
+
+  // Removes the staging folder and everything in it. Idempotent.
+  void Abort();
+
+ private:
+  FolderCommit(Env* env, std::string dst, std::string staging) : env_(env), dst_(std::move(dst)), staging_(std::move(staging)) {}
+
+  Env* env_;
+  std::string dst_;
+  std::string staging_;
+  bool done_ = false;
+};
+
+// Removes `path` and, for a folder, everything under it (rm -r). A missing
+// path is OK. Errors: the first I/O error, naming the path.
+Status RemoveTree(Env* env, const std::string& path);
+
+}  // namespace ckpt::engine
+
+#endif  // CKPT_ENGINE_H_

@@ -1,0 +1,158 @@
+// FolderCommit: a folder's new content built beside it and switched over in
+// one step (include/ckpt/engine.h).
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <mutex>
+#include <set>
+#include <cerrno>
+#include <string>
+#include <vector>
+
+#include "ckpt/engine.h"
+#include "io/path_util.h"
+#include "util/strings.h"
+
+namespace ckpt::engine {
+namespace {
+
+constexpr std::string_view kNewTag = ".ckptkit-new-";
+constexpr std::string_view kOldTag = ".ckptkit-old-";
+
+std::atomic<uint64_t> next_id{0};
+
+// The staging folders of this process's FolderCommits still in progress (a
+// leftover named with this process's id is ours to clean only when it is
+// not one of them).
+std::mutex active_mu;
+std::set<std::string>& Active() {
+  static std::set<std::string>* const active = new std::set<std::string>();
+  return *active;
+}
+
+// "<pid>-<n>": unique within the process and across live processes.
+std::string Suffix() { return StrCat(::getpid(), "-", next_id.fetch_add(1)); }
+
+// Whether the process that made a leftover `path` named ...-<pid>-<n> is
+// still at work on it (then it is not ours to touch).
+bool OwnerAlive(const std::string& path, std::string_view suffix) {
+  const size_t dash = suffix.find('-');
+  const std::string pid_text(suffix.substr(0, dash));
+  if (pid_text.empty() || pid_text.size() > 10) return false;
+  for (char c : pid_text) {
+    if (c < '0' || c > '9') return false;
+  }
+  const long long pid = std::stoll(pid_text);
+  if (pid <= 0 || pid > INT32_MAX) return false;
+  if (pid == ::getpid()) {
+    std::lock_guard<std::mutex> l(active_mu);
+    return Active().count(path) > 0;
+  }
+  return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM;
+}
+
+}  // namespace
+
+Status RemoveTree(Env* env, const std::string& path) {
+  if (!env->FileExists(path)) return OkStatus();
+  if (!env->IsDirectory(path)) return env->RemoveFile(path);
+  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> children, env->GetChildren(path));
+  for (const std::string& c : children) CKPT_RETURN_IF_ERROR(RemoveTree(env, JoinPath(path, c)));
+  return env->RemoveDir(path);
+}
+
+Result<std::unique_ptr<FolderCommit>> FolderCommit::Begin(Env* env, const std::string& dst_in) {
+  const std::string dst = internal_io::LexicallyNormal(dst_in);
+  const std::string name = Basename(dst);
+  if (name.empty() || name == "." || name == ".." || name == "/") {
+    return InvalidArgumentError(StrCat("destination ", Quote(dst_in), " names no folder"));
+  }
+  if (env->FileExists(dst) && !env->IsDirectory(dst)) {
+    return InvalidArgumentError(StrCat("destination ", dst, " exists and is not a folder"));
+  }
+  const std::string parent = Dirname(dst);
+  CKPT_RETURN_IF_ERROR(env->CreateDirs(parent), StrCat("creating ", parent));
+  // Leftovers of killed runs on this destination.
+  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> siblings, env->GetChildren(parent), StrCat("listing ", parent));
+  const std::string new_prefix = StrCat(".", name, kNewTag);
+  const std::string old_prefix = StrCat(".", name, kOldTag);
+  for (const std::string& s : siblings) {
+    const bool is_new = s.rfind(new_prefix, 0) == 0;
+    const bool is_old = s.rfind(old_prefix, 0) == 0;
+    if (!is_new && !is_old) continue;
+    const std::string_view suffix = std::string_view(s).substr((is_new ? new_prefix : old_prefix).size());
+    const std::string path = JoinPath(parent, s);
+    if (OwnerAlive(path, suffix)) continue;
+    if (is_old && !env->FileExists(dst)) {
+      // A two-step switch killed between its renames: the old content back.
+      CKPT_RETURN_IF_ERROR(env->RenameFile(path, dst), StrCat("restoring ", dst, " from ", path));
+      CKPT_RETURN_IF_ERROR(env->SyncDir(parent), StrCat("restoring ", dst));
+      continue;
+    }
+    CKPT_RETURN_IF_ERROR(RemoveTree(env, path), StrCat("removing the leftover ", path));
+  }
+  const std::string staging = JoinPath(parent, StrCat(new_prefix, Suffix()));
+  {
+    std::lock_guard<std::mutex> l(active_mu);
+    Active().insert(staging);
+  }
+  auto commit = std::unique_ptr<FolderCommit>(new FolderCommit(env, dst, staging));
+  CKPT_RETURN_IF_ERROR(env->CreateDirs(staging), StrCat("creating ", staging));
+  return commit;
+}
+
+FolderCommit::~FolderCommit() {
+  Abort();
+  std::lock_guard<std::mutex> l(active_mu);
+  Active().erase(staging_);
+}
+
+void FolderCommit::Abort() {
+  if (done_) return;
+  done_ = true;
+  RemoveTree(env_, staging_).IgnoreError();
+}
+
+Status FolderCommit::Commit() {
+  if (done_) return FailedPreconditionError(StrCat(dst_, ": already committed or aborted"));
+  const std::string parent = Dirname(dst_);
+  auto fail = [&](Status s) {
+    Abort();
+    return s;
+  };
+  if (Status s = env_->SyncDir(staging_); !s.ok()) return fail(s.WithContext(StrCat("publishing ", dst_)));
+  if (!env_->FileExists(dst_)) {
+    if (Status s = env_->RenameFile(staging_, dst_); !s.ok()) return fail(s.WithContext(StrCat("publishing ", dst_)));
+    done_ = true;
+  } else {
+    Status x = env_->ExchangePaths(staging_, dst_);
+    if (x.ok()) {
+      done_ = true;  // staging_ now holds the old content
+    } else if (x.code() == Code::kUnimplemented) {
+      // Two renames; a crash between them leaves the old folder aside (Begin restores it).
+      const std::string old = JoinPath(parent, StrCat(".", Basename(dst_), kOldTag, Suffix()));
+      if (Status s = env_->RenameFile(dst_, old); !s.ok()) return fail(s.WithContext(StrCat("publishing ", dst_)));
+      if (Status s = env_->RenameFile(staging_, dst_); !s.ok()) {
+        env_->RenameFile(old, dst_).IgnoreError();  // the old content back
+        return fail(s.WithContext(StrCat("publishing ", dst_)));
+      }
+      done_ = true;
+      {
+        std::lock_guard<std::mutex> l(active_mu);
+        Active().erase(staging_);
+        Active().insert(old);
+      }
+      staging_ = old;
+    } else {
+      return fail(x.WithContext(StrCat("publishing ", dst_)));
+    }
+  }
+  CKPT_RETURN_IF_ERROR(env_->SyncDir(parent), StrCat("publishing ", dst_, ": published, but not durable"));
+  // The old content (or nothing) under the staging name; a failure here
+  // leaves a hidden leftover that the next Begin removes.
+  RemoveTree(env_, staging_).IgnoreError();
+  return OkStatus();
+}
+
+}  // namespace ckpt::engine
