@@ -34,12 +34,18 @@
 // Thread-safety: a FolderCommit is used by one thread at a time; files in its
 // staging folder may be written concurrently (as Env allows). Two
 // FolderCommits on the same destination at once are not supported (the later
-// Commit wins; neither corrupts the other's staging folder).
+// Commit wins; neither removes the other's staging folder while its process
+// lives: leftovers are judged by the process id in their name, on this
+// machine, so writers on other machines of a shared file system must not
+// target the same destination).
 #ifndef CKPT_ENGINE_H_
 #define CKPT_ENGINE_H_
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "ckpt/env.h"
 #include "ckpt/status.h"
@@ -58,6 +64,18 @@ class FolderCommit {
 
   const std::string& destination() const { return dst_; }
   const std::string& staging() const { return staging_; }
+
+  // Copies into the staging folder what the destination holds besides the
+  // checkpoint, so that those files (a model folder's tokenizer files, a
+  // README) survive the switch: every top-level entry of the destination for
+  // which `replaced(name)` is false (files and folders, recursively), except
+  // names already in the staging folder and ckptkit's own temporaries
+  // (".*.ckptkit-tmp"). `replaced` names what the new content replaces (the
+  // old checkpoint's files: they must not survive). Call it after writing,
+  // before Commit. Errors: FailedPrecondition when the entries to copy exceed
+  // `max_bytes` (naming the destination: copying gigabytes is not what a
+  // save should do silently); I/O errors naming the file.
+  Status CarryOver(const std::function<bool(std::string_view name)>& replaced, uint64_t max_bytes = 256ull << 20);
 
   // Publishes the staging folder's content as the destination (see above).
   // Errors: FailedPrecondition after Commit or Abort; I/O errors naming the

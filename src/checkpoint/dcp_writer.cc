@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <functional>
 #include <system_error>
 #include <thread>
 
@@ -49,27 +48,6 @@ struct FileResult {
 
 }  // namespace
 
-Status CheckReplaceable(Env* env, const std::string& dir, const std::function<bool(std::string_view)>& ours) {
-  if (env->FileExists(dir) && !env->IsDirectory(dir)) {
-    return InvalidArgumentError(StrCat("destination ", dir, " exists and is not a folder"));
-  }
-  if (!env->IsDirectory(dir)) return OkStatus();
-  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> children, env->GetChildren(dir), StrCat("listing ", dir));
-  std::vector<std::string> foreign;
-  for (const std::string& c : children) {
-    if (c.empty() || c[0] == '.' || ours(c)) continue;  // hidden: commit points, temporaries
-    foreign.push_back(c);
-    if (foreign.size() == 4) break;
-  }
-  if (foreign.empty()) return OkStatus();
-  std::string names;
-  for (const std::string& f : foreign) names += StrCat(names.empty() ? "" : ", ", f);
-  return InvalidArgumentError(StrCat("destination ", dir, " holds files that are not part of a checkpoint (",
-                                     names, foreign.size() == 4 ? ", ..." : "",
-                                     "): the new checkpoint replaces the folder whole; remove them or choose "
-                                     "another destination"));
-}
-
 bool IsDcpFileName(std::string_view name) {
   return name == dcp::kMetadataFileName || (name.size() > 7 && name.substr(name.size() - 7) == ".distcp");
 }
@@ -79,9 +57,9 @@ Result<DcpWriteReport> WriteDcpCheckpoint(Env* env, const std::string& dir,
                                           const dcp::DcpWriteOptions& options) {
   if (env == nullptr) env = Env::Default();
   CKPT_RETURN_IF_ERROR(dcp::PlanDcpWrite(entries, options).status());
-  CKPT_RETURN_IF_ERROR(CheckReplaceable(env, dir, IsDcpFileName));
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<engine::FolderCommit> commit, engine::FolderCommit::Begin(env, dir));
   CKPT_ASSIGN_OR_RETURN(DcpWriteReport report, WriteDcpFiles(env, commit->staging(), dir, entries, options));
+  CKPT_RETURN_IF_ERROR(commit->CarryOver(IsDcpFileName));
   CKPT_RETURN_IF_ERROR(commit->Commit());
   return report;
 }

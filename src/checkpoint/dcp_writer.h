@@ -5,8 +5,6 @@
 // and a checkpoint already at the destination stays intact until the new one
 // is:
 //  1. plan and validate everything (dcp::PlanDcpWrite) before touching disk;
-//     refuse a destination folder holding files that are not a checkpoint's
-//     (it is replaced whole);
 //  2. stage the folder beside the destination (engine::FolderCommit);
 //  3. write each `__<rank>_<n>.distcp` into it with WriteFileAtomically
 //     (temporary sibling, fsync, rename, directory fsync). With
@@ -16,7 +14,9 @@
 //     thread_count writer threads; otherwise one after another on the
 //     calling thread;
 //  4. write `.metadata` the same way, last, once every data file is in place;
-//  5. switch the staged folder over in one step (FolderCommit::Commit); stale
+//  5. carry over what the destination holds besides a checkpoint (files
+//     other than `.metadata` and `*.distcp`: FolderCommit::CarryOver), then
+//     switch the staged folder over in one step (FolderCommit::Commit); stale
 //     files of an older checkpoint there do not survive.
 // On failure the staged folder is removed and the destination is as it was:
 // once a file fails, files not yet started are skipped and files being
@@ -40,7 +40,6 @@
 #ifndef CKPT_CHECKPOINT_DCP_WRITER_H_
 #define CKPT_CHECKPOINT_DCP_WRITER_H_
 
-#include <functional>
 #include <span>
 #include <string_view>
 #include <string>
@@ -73,12 +72,6 @@ Result<DcpWriteReport> WriteDcpCheckpoint(Env* env, const std::string& dir,
 Result<DcpWriteReport> WriteDcpFiles(Env* env, const std::string& dir, const std::string& report_dir,
                                      std::span<const dcp::EntryToWrite> entries,
                                      const dcp::DcpWriteOptions& options);
-
-// OK when `dir` is missing or a folder whose entries are all a checkpoint's
-// (`ours(name)`, or hidden names: commit points, temporaries), so replacing
-// it whole loses nothing else. Errors: InvalidArgument naming the first few
-// other entries, or a `dir` that is a file.
-Status CheckReplaceable(Env* env, const std::string& dir, const std::function<bool(std::string_view)>& ours);
 
 // `.metadata` and `*.distcp`.
 bool IsDcpFileName(std::string_view name);

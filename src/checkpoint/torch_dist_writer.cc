@@ -61,12 +61,6 @@ Result<TorchDistWriteReport> WriteTorchDistCheckpoint(Env* env, const std::strin
   const std::string tracker_path = JoinPath(dst, megatron::kTrackerFileName);
   const std::string config_path = JoinPath(ckpt_dir, megatron::kConfigFileName);
   const std::string common_path = JoinPath(ckpt_dir, megatron::kCommonFileName);
-  // The folder is replaced whole: every file of an older checkpoint there
-  // (core >= 0.18's integrity.json manifest included) goes with it.
-  CKPT_RETURN_IF_ERROR(CheckReplaceable(env, ckpt_dir, [](std::string_view name) {
-    return IsDcpFileName(name) || name == megatron::kCommonFileName || name == megatron::kConfigFileName ||
-           name == "integrity.json";
-  }));
 
   // 2. Stage the folder beside the destination; an older checkpoint there
   // (and the tracker naming it) stays intact until the switch.
@@ -84,7 +78,13 @@ Result<TorchDistWriteReport> WriteTorchDistCheckpoint(Env* env, const std::strin
   Status s = WriteText(env, JoinPath(stage, megatron::kConfigFileName), config);
   if (!s.ok()) return s.WithContext(StrCat("writing ", config_path));
   report.files.push_back(config_path);
-  // 3. The switch, then the tracker (the root's commit point).
+  // 3. Other files of the folder carried over (an older checkpoint's files,
+  // core >= 0.18's integrity.json manifest included, are not), the switch,
+  // then the tracker (the root's commit point).
+  CKPT_RETURN_IF_ERROR(commit->CarryOver([](std::string_view name) {
+    return IsDcpFileName(name) || name == megatron::kCommonFileName || name == megatron::kConfigFileName ||
+           name == "integrity.json";
+  }));
   CKPT_RETURN_IF_ERROR(commit->Commit());
   if (options.tracker) {
     s = WriteText(env, tracker_path, tracker_text);

@@ -21,13 +21,13 @@
 // folder. Megatron-LM writes the tracker after that (the commit point of the
 // root). So:
 //  1. plan and validate everything (entries, metadata.json text) before
-//     touching disk; refuse an iteration folder holding files that are not
-//     a checkpoint's (it is replaced whole);
+//     touching disk;
 //  2. stage the iteration folder beside it (engine::FolderCommit): common.pt
 //     (0.16), the data files and `.metadata` (WriteDcpFiles), then
 //     metadata.json, each with WriteFileAtomically (temporary sibling,
 //     fsync, rename, directory fsync);
-//  3. switch the staged folder over in one step, then write the tracker.
+//  3. carry over the folder's other files (not an older checkpoint's), switch
+//     the staged folder over in one step, then write the tracker.
 // On failure before the switch the staged folder is removed and the
 // destination (an older checkpoint in the same iteration folder, and the
 // tracker naming it) is as it was; the error names the file. If only the

@@ -16,6 +16,7 @@
 #include "checkpoint/readers.h"
 #include "checkpoint/torch_rewrite.h"
 #include "ckpt/checkpoint.h"
+#include "ckpt/engine.h"
 #include "ckpt/writer.h"
 #include "convert/dcp_entries.h"
 #include "convert/dcp_from_torch.h"
@@ -225,16 +226,31 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
     return InvalidArgumentError(StrCat(
         "destination ", dst, ": with max_shard_size the destination is a folder, not a file"));
   }
-  std::string dir = single_name ? Dirname(dst) : dst;
+  // A folder destination is built beside itself and switched over whole
+  // (engine::FolderCommit): an older save there stays intact until the new
+  // one is complete, no shard of it survives, other files are carried over.
+  std::unique_ptr<engine::FolderCommit> commit;
+  std::string dir = single_name ? Dirname(dst) : dst;  // where the files are written
   if (!single_name) {
     if (env->FileExists(dst) && !env->IsDirectory(dst)) {
       return InvalidArgumentError(StrCat("destination ", dst, " exists and is not a folder (name a ",
                                          to_st ? ".safetensors" : ".pt/.bin", " file, or a folder)"));
     }
-    CKPT_RETURN_IF_ERROR(env->CreateDirs(dst));
+    CKPT_ASSIGN_OR_RETURN(commit, engine::FolderCommit::Begin(env, dst));
+    dir = commit->staging();
   } else if (!env->IsDirectory(dir)) {
     return NotFoundError(StrCat("destination folder ", dir, " does not exist"));
   }
+  // The path a file written at `path` (in `dir`) has once published.
+  auto final_path = [&](const std::string& path) { return commit ? JoinPath(dst, Basename(path)) : path; };
+  auto publish = [&]() -> Status {
+    if (!commit) return OkStatus();
+    // Weight files of an older save of this kind (other shard counts, the
+    // single / sharded form) are replaced; other files carried over.
+    CKPT_RETURN_IF_ERROR(commit->CarryOver(
+        [bin = !to_st](std::string_view name) { return internal_convert::IsHfWeightFileName(name, bin); }));
+    return commit->Commit();
+  };
 
   uint64_t total = 0;
   for (const TensorInfo& t : tensors) total += t.nbytes;
@@ -242,7 +258,7 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
   // torch -> torch into one file keeps the whole object tree (objects,
   // shared storages, views) instead of flattening it.
   if (!to_st && options.max_shard_size == 0 && reader->kind() == SourceKind::kTorchFile) {
-    std::string path = single_name ? dst : JoinPath(dst, "pytorch_model.bin");
+    std::string path = single_name ? dst : JoinPath(dir, "pytorch_model.bin");
     const bool existed = env->FileExists(path);
     Status s = internal_checkpoint::RewriteTorchFile(*reader, path, env);
     if (!s.ok()) {
@@ -250,7 +266,8 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
       if (!existed) env->RemoveFile(path).IgnoreError();
       return s;  // WriteFileAtomically names the path
     }
-    report.files.push_back(path);
+    CKPT_RETURN_IF_ERROR(publish());
+    report.files.push_back(final_path(path));
     report.tensors = tensors.size();
     report.bytes = total;
     if (options.progress) options.progress(total, total);
@@ -261,7 +278,7 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
   // dict with its non-tensor objects, as dcp_to_torch_save writes it.
   if (!to_st && options.max_shard_size == 0) {
     if (const internal_checkpoint::DcpReader* dcp = reader->dcp_view()) {
-      std::string path = single_name ? dst : JoinPath(dst, "pytorch_model.bin");
+      std::string path = single_name ? dst : JoinPath(dir, "pytorch_model.bin");
       const bool existed = env->FileExists(path);
       internal_convert::DcpToTorchOptions o;
       o.env = env;
@@ -272,7 +289,8 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
         if (!existed) env->RemoveFile(path).IgnoreError();
         return r.status();
       }
-      report.files.push_back(path);
+      CKPT_RETURN_IF_ERROR(publish());
+      report.files.push_back(final_path(path));
       report.tensors = r->tensors;
       report.bytes = r->bytes;
       return report;
@@ -360,6 +378,8 @@ Result<ConvertReport> Convert(const std::string& src, const std::string& dst,
     }
     report.files.push_back(index_path);
   }
+  CKPT_RETURN_IF_ERROR(publish());
+  for (std::string& f : report.files) f = final_path(f);
   report.tensors = tensors.size();
   report.bytes = total;
   return report;

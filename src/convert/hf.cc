@@ -15,6 +15,7 @@
 #include "checkpoint/readers.h"
 #include "checkpoint/torch_dist_writer.h"
 #include "ckpt/checkpoint.h"
+#include "ckpt/engine.h"
 #include "ckpt/model.h"
 #include "ckpt/writer.h"
 #include "convert/cast.h"
@@ -149,8 +150,9 @@ uint64_t NumBytes(const std::vector<int64_t>& shape, DType d) {
   return n;
 }
 
-// Publishes files into `dir` one by one, and removes them (and the folder,
-// if this run created it) when a later step fails.
+// Publishes files into folder `dir` as one unit: written into a staging
+// folder beside it (engine::FolderCommit), then switched over, so an older
+// save there stays intact until this one is complete.
 class Publisher {
  public:
   Publisher(Env* env, std::string dir) : env_(env), dir_(std::move(dir)) {}
@@ -158,33 +160,35 @@ class Publisher {
     if (env_->FileExists(dir_) && !env_->IsDirectory(dir_)) {
       return InvalidArgumentError(StrCat("destination ", dir_, " exists and is not a folder"));
     }
-    created_ = !env_->FileExists(dir_);
-    return env_->CreateDirs(dir_);
+    CKPT_ASSIGN_OR_RETURN(commit_, engine::FolderCommit::Begin(env_, dir_));
+    return OkStatus();
   }
+  // `write` is given the file's path in the staging folder; files() has its final path.
   Status Write(const std::string& name, const std::function<Status(const std::string& path)>& write) {
-    const std::string path = JoinPath(dir_, name);
+    const std::string path = JoinPath(commit_->staging(), name);
     Status s = write(path);
     if (!s.ok()) {
       env_->RemoveFile(path).IgnoreError();
       return s;
     }
-    files_.push_back(path);
+    files_.push_back(JoinPath(dir_, name));
     return OkStatus();
   }
   void Rollback() {
-    for (auto it = files_.rbegin(); it != files_.rend(); ++it) env_->RemoveFile(*it).IgnoreError();
+    if (commit_) commit_->Abort();
     files_.clear();
-    if (created_) {
-      auto children = env_->GetChildren(dir_);
-      if (children.ok() && children->empty()) env_->RemoveDir(dir_).IgnoreError();
-    }
+  }
+  // Carries over the folder's entries that `replaced` does not name, then switches.
+  Status Commit(const std::function<bool(std::string_view)>& replaced) {
+    CKPT_RETURN_IF_ERROR(commit_->CarryOver(replaced));
+    return commit_->Commit();
   }
   const std::vector<std::string>& files() const { return files_; }
 
  private:
   Env* env_;
   std::string dir_;
-  bool created_ = false;
+  std::unique_ptr<engine::FolderCommit> commit_;
   std::vector<std::string> files_;
 };
 
@@ -207,6 +211,8 @@ bool IsWeightFileName(std::string_view name, bool bin) {
 }
 
 }  // namespace
+
+bool IsHfWeightFileName(std::string_view name, bool bin) { return IsWeightFileName(name, bin); }
 
 // ---------------------------------------------------------------------------
 // torch_dist -> HF
@@ -403,7 +409,8 @@ Result<ConvertReport> ConvertToHf(const std::string& src, const std::string& dst
   }
   // As save_pretrained does: weight files of an older save in the folder that
   // this one did not write (other shard counts, the other single/sharded
-  // form) are removed, so no loader can pick them up.
+  // form) do not survive (they are not carried over), so no loader can pick
+  // them up.
   {
     std::set<std::string> ours;
     for (const std::string& f : pub.files()) ours.insert(Basename(f));
@@ -411,7 +418,6 @@ Result<ConvertReport> ConvertToHf(const std::string& src, const std::string& dst
     if (children.ok()) {
       for (const std::string& name : *children) {
         if (ours.count(name) || !IsWeightFileName(name, options.bin)) continue;
-        env->RemoveFile(JoinPath(dst, name)).IgnoreError();
         report.warnings.push_back(StrCat("removed ", name, " of an older save in ", dst));
       }
     }
@@ -428,6 +434,11 @@ Result<ConvertReport> ConvertToHf(const std::string& src, const std::string& dst
     Status w = pub.Write("config.json", [&](const std::string& path) {
       return WriteFileAtomically(env, path, [&](WritableFile* f) { return f->Append(text); });
     });
+    if (!w.ok()) return fail(w);
+  }
+  {
+    const bool bin = options.bin;
+    Status w = pub.Commit([bin](std::string_view name) { return IsWeightFileName(name, bin); });
     if (!w.ok()) return fail(w);
   }
   report.files = pub.files();

@@ -14,6 +14,7 @@
 #define CKPT_CONVERT_HF_H_
 
 #include <string>
+#include <string_view>
 
 #include "ckpt/convert.h"
 #include "ckpt/env.h"
@@ -34,6 +35,11 @@ Result<ConvertReport> ConvertToHf(const std::string& src, const std::string& dst
 // Whether `src` is an HF model folder (config.json naming a supported
 // architecture beside safetensors / .bin weights).
 bool IsHfModelFolder(Env* env, const std::string& src);
+
+// A weight file of a save_pretrained folder: "model.safetensors",
+// "model-00001-of-00003.safetensors", "model.safetensors.index.json" (the
+// pytorch_model*.bin forms for `bin`).
+bool IsHfWeightFileName(std::string_view name, bool bin);
 
 // HF model folder -> Megatron-LM root holding a torch_dist checkpoint with
 // no optimizer state (dst/iter_<N:07d>/ + tracker; N = options.iteration or

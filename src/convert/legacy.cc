@@ -13,7 +13,6 @@
 #include "checkpoint/readers.h"
 #include "ckpt/model.h"
 #include "checkpoint/legacy_reader.h"
-#include "checkpoint/dcp_writer.h"
 #include "checkpoint/torch_dist_writer.h"
 #include "ckpt/engine.h"
 #include "convert/dcp_entries.h"
@@ -342,8 +341,6 @@ Result<ConvertReport> WriteLegacyCheckpoint(Env* env, const std::string& dst, in
   }
   // The iteration folder is staged beside itself and switched over whole: an
   // older checkpoint there stays intact until the new one is complete.
-  CKPT_RETURN_IF_ERROR(internal_checkpoint::CheckReplaceable(
-      env, iter_dir, [](std::string_view name) { return name.rfind("mp_rank_", 0) == 0; }));
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<engine::FolderCommit> commit, engine::FolderCommit::Begin(env, iter_dir));
   ConvertReport report;
   std::vector<std::string> staged;  // the files' paths in the staging folder
@@ -372,6 +369,8 @@ Result<ConvertReport> WriteLegacyCheckpoint(Env* env, const std::string& dst, in
   for (const std::string& f : staged) {
     if (auto size = env->GetFileSize(f); size.ok()) total += *size;
   }
+  // Other entries of an existing iteration folder (not its rank folders) carried over.
+  CKPT_RETURN_IF_ERROR(commit->CarryOver([](std::string_view name) { return name.rfind("mp_rank_", 0) == 0; }));
   CKPT_RETURN_IF_ERROR(commit->Commit());
   const std::string tracker_path = JoinPath(dst, megatron::kTrackerFileName);
   Status st = WriteFileAtomically(env, tracker_path,

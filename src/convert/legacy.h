@@ -78,9 +78,8 @@ struct LegacyPlan {
 // distrib_optim.pt} and then dst/latest_checkpointed_iteration.txt: the
 // iteration folder is staged beside itself and switched over whole
 // (engine::FolderCommit), so an older checkpoint there stays intact until the
-// new one is complete; on failure before the switch nothing changed. An
-// iteration folder holding other than mp_rank_* entries is refused
-// (InvalidArgument).
+// new one is complete; on failure before the switch nothing changed. Entries
+// of the old folder other than mp_rank_* are carried over.
 Result<ConvertReport> WriteLegacyCheckpoint(Env* env, const std::string& dst, int64_t iteration,
                                             const LegacyPlan& plan);
 

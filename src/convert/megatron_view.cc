@@ -307,24 +307,23 @@ class LegacyShards final : public ShardReader {
   std::map<std::string, const megatron::legacy::DistribOptim*, std::less<>> distrib_;
 };
 
-// A box over the trailing dims of `shape` with dim `dim` restricted to
-// [begin, end), after the fixed leading index.
-Box PlaceBox(const std::vector<int64_t>& index, const std::vector<int64_t>& shape, int dim, int64_t begin,
-             int64_t end) {
-  Box b;
-  for (int64_t i : index) {
-    b.start.push_back(i);
-    b.count.push_back(1);
-  }
-  for (size_t d = 0; d < shape.size(); ++d) {
-    const bool cut = static_cast<int>(d) == dim;
-    b.start.push_back(cut ? begin : 0);
-    b.count.push_back(cut ? end - begin : shape[d]);
-  }
-  return b;
-}
-
 }  // namespace
+
+std::vector<Box> StoredShardBoxes(const model::ChunkParam& p, const model::StoredRef& stored) {
+  std::vector<Box> out;
+  for (const model::ShardRange& sr : model::ShardRanges(p)) {
+    Box b;
+    b.start = stored.index;
+    b.count.assign(stored.index.size(), 1);
+    for (size_t d = 0; d < p.global_shape.size(); ++d) {
+      const bool cut = static_cast<int>(d) == sr.dim && p.split != model::TpSplit::kNone;
+      b.start.push_back(cut ? sr.begin : 0);
+      b.count.push_back(cut ? sr.end - sr.begin : p.global_shape[d]);
+    }
+    out.push_back(std::move(b));
+  }
+  return out;
+}
 
 Status MegatronView::BuildModel() {
   TorchDistSource& s = torch_dist_;
@@ -422,8 +421,8 @@ void MegatronView::AddAssembled(const std::string& state, DType dtype) {
         }
         const std::vector<model::ShardRange> ranges = model::ShardRanges(p);
         int64_t local_row = 0;
+        piece.dest = StoredShardBoxes(p, stored);
         for (const model::ShardRange& sr : ranges) {
-          piece.dest.push_back(PlaceBox(stored.index, p.global_shape, sr.dim, sr.begin, sr.end));
           if (p.split == model::TpSplit::kNone) {
             piece.local.push_back(Box::Whole(p.shape));
           } else {
@@ -973,8 +972,7 @@ Status MegatronView::ReadLocal(size_t rank, int64_t chunk, size_t param, std::st
   const std::string key = state.empty() ? stored->key : StrCat(kOptimizerState, state, ".", stored->key);
   auto it = by_key_.find(key);
   if (it == by_key_.end()) return NotFoundError(StrCat("the checkpoint has no tensor ", Quote(key)));
-  for (const model::ShardRange& sr : model::ShardRanges(p)) {
-    Box b = PlaceBox(stored->index, p.global_shape, sr.dim, sr.begin, sr.end);
+  for (const Box& b : StoredShardBoxes(p, *stored)) {
     CKPT_RETURN_IF_ERROR(ReadTensorRegion(it->second, b.start, b.count, out),
                          StrCat(p.module_name, " of ", folders_.at(rank).folder));
   }

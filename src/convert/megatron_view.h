@@ -87,6 +87,11 @@ class ShardReader {
                            ByteSink* out) const = 0;
 };
 
+// The boxes parameter `p`'s TP shard fills in its stored global tensor
+// (`stored.index` fixing the leading layer / expert axes), in the order of
+// the shard's local rows: one box, or two for a gated fc1 shard (gate, up).
+std::vector<Box> StoredShardBoxes(const model::ChunkParam& p, const model::StoredRef& stored);
+
 // How a checkpoint keeps its distributed-optimizer state (docs/format.md §11.3).
 enum class OptimizerLayout {
   kNone,                    // no optimizer state

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <set>
@@ -112,6 +113,59 @@ void FolderCommit::Abort() {
   if (done_) return;
   done_ = true;
   RemoveTree(env_, staging_).IgnoreError();
+}
+
+namespace {
+
+// Copies `from` (a file, or a folder recursively) to `to`, within `*budget` bytes.
+Status CopyTree(Env* env, const std::string& from, const std::string& to, uint64_t* budget, uint64_t max_bytes,
+                const std::string& dst) {
+  if (env->IsDirectory(from)) {
+    CKPT_RETURN_IF_ERROR(env->CreateDirs(to));
+    CKPT_ASSIGN_OR_RETURN(std::vector<std::string> children, env->GetChildren(from), StrCat("listing ", from));
+    for (const std::string& c : children) {
+      CKPT_RETURN_IF_ERROR(CopyTree(env, JoinPath(from, c), JoinPath(to, c), budget, max_bytes, dst));
+    }
+    return OkStatus();
+  }
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> in, env->NewRandomAccessFile(from));
+  const uint64_t size = in->Size();
+  if (size > *budget) {
+    return FailedPreconditionError(StrCat(dst, " holds more than ", max_bytes,
+                                          " bytes of files that are not the checkpoint's (", from,
+                                          ", ...): the new checkpoint would have to copy them; move them out or "
+                                          "choose another destination"));
+  }
+  *budget -= size;
+  return WriteFileAtomically(env, to, [&](WritableFile* out) -> Status {
+    std::string buf;
+    for (uint64_t at = 0; at < size;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(size - at, 1 << 20));
+      buf.resize(n);
+      CKPT_RETURN_IF_ERROR(in->ReadAt(at, n, buf.data()));
+      CKPT_RETURN_IF_ERROR(out->Append(buf));
+      at += n;
+    }
+    return OkStatus();
+  });
+}
+
+}  // namespace
+
+Status FolderCommit::CarryOver(const std::function<bool(std::string_view name)>& replaced, uint64_t max_bytes) {
+  if (done_) return FailedPreconditionError(StrCat(dst_, ": already committed or aborted"));
+  if (!env_->IsDirectory(dst_)) return OkStatus();
+  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> children, env_->GetChildren(dst_), StrCat("listing ", dst_));
+  uint64_t budget = max_bytes;
+  for (const std::string& c : children) {
+    if (replaced(c)) continue;
+    if (c.size() > 12 && c.compare(c.size() - 12, 12, ".ckptkit-tmp") == 0) continue;
+    const std::string to = JoinPath(staging_, c);
+    if (env_->FileExists(to)) continue;
+    CKPT_RETURN_IF_ERROR(CopyTree(env_, JoinPath(dst_, c), to, &budget, max_bytes, dst_),
+                         StrCat("carrying ", c, " of ", dst_, " over"));
+  }
+  return OkStatus();
 }
 
 Status FolderCommit::Commit() {

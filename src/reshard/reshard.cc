@@ -104,24 +104,6 @@ bool VocabRows(std::string_view model_key) {
   return model_key == "embedding.word_embeddings.weight" || model_key == "output_layer.weight";
 }
 
-// The boxes of parameter `p`'s TP shard in its stored global tensor, in the
-// order its local rows are (gate then up for a gated fc1 shard).
-std::vector<Box> LocalBoxes(const model::ChunkParam& p, const model::StoredRef& stored) {
-  std::vector<Box> out;
-  for (const model::ShardRange& sr : model::ShardRanges(p)) {
-    Box b;
-    b.start = stored.index;
-    b.count.assign(stored.index.size(), 1);
-    for (size_t d = 0; d < p.global_shape.size(); ++d) {
-      const bool cut = static_cast<int>(d) == sr.dim && p.split != model::TpSplit::kNone;
-      b.start.push_back(cut ? sr.begin : 0);
-      b.count.push_back(cut ? sr.end - sr.begin : p.global_shape[d]);
-    }
-    out.push_back(std::move(b));
-  }
-  return out;
-}
-
 // The boxes each stored key is held in by the target's ranks (one per TP
 // shard; two for a gated fc1 shard), over all model-parallel ranks.
 Result<std::map<std::string, std::set<std::pair<std::vector<int64_t>, std::vector<int64_t>>>>> TargetBoxes(
@@ -134,7 +116,9 @@ Result<std::map<std::string, std::set<std::pair<std::vector<int64_t>, std::vecto
     for (const auto& chunk : r.chunks) {
       for (const model::ChunkParam& p : chunk) {
         const model::StoredRef stored = model::TorchDistCandidates(p.global_name).front();
-        for (Box& b : LocalBoxes(p, stored)) out[stored.key].insert({std::move(b.start), std::move(b.count)});
+        for (Box& b : internal_convert::StoredShardBoxes(p, stored)) {
+          out[stored.key].insert({std::move(b.start), std::move(b.count)});
+        }
       }
     }
   }
@@ -462,7 +446,7 @@ Status AddBucketEntries(const MegatronView& v, std::shared_ptr<const torch::Torc
               CKPT_RETURN_IF_ERROR(sink->Append(std::string(static_cast<size_t>(p->start - at) * 4, '\0')));
               const TensorInfo& t = v.tensors()[it->second];
               const int64_t rows = VocabRows(stored.key) && !t.shape.empty() ? t.shape[0] : INT64_MAX;
-              for (const Box& box : LocalBoxes(cp, stored)) {
+              for (const Box& box : internal_convert::StoredShardBoxes(cp, stored)) {
                 CKPT_RETURN_IF_ERROR(ReadPadded(v, it->second, box, rows, sink).WithContext(cp.global_name));
               }
               at = p->end;
@@ -642,7 +626,7 @@ Result<ReshardReport> ReshardToLegacy(const MegatronView& v, const std::string& 
                                   DTypeName(want)));
     }
     const int64_t rows = VocabRows(stored.key) && !ti.shape.empty() ? ti.shape[0] : INT64_MAX;
-    for (const Box& box : LocalBoxes(cp, stored)) {
+    for (const Box& box : internal_convert::StoredShardBoxes(cp, stored)) {
       CKPT_RETURN_IF_ERROR(ReadPadded(*vp, it->second, box, rows, out).WithContext(cp.global_name));
       progress->Add(box.numel() * DTypeSize(want));
     }

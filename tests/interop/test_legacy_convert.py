@@ -14,7 +14,7 @@ params, exp_avg, exp_avg_sq) as megatron's own per-parameter ranges give it.
   byte-identical to megatron's save_parameter_state and a model_optim_rng.pt equal to megatron's
   (every key, tensor and object), which megatron's own loader (load_state_dict +
   load_parameter_state into a fresh DDP + DistributedOptimizer) loads to the trained state.
-* Bad input: an iteration folder holding other files is left intact; non-torch_dist sources are refused.
+* Bad input: an existing iteration folder is replaced in one step (other files carried over); non-torch_dist sources are refused.
 """
 
 from __future__ import annotations
@@ -371,15 +371,14 @@ def test_legacy_bad_destinations_and_sources(tmp_path):
     keep.write_bytes(b"old checkpoint")
     notes = out / "iter_0000002" / "notes.txt"
     notes.write_text("not a checkpoint's")
-    # The iteration folder is replaced whole: a file that is not a checkpoint's is refused.
-    r = _ckptkit("convert", src, str(out), "--to", "legacy", check=False)
-    assert r.returncode == 2 and "not part of a checkpoint (notes.txt)" in r.stderr, r.stderr
-    assert keep.read_bytes() == b"old checkpoint"
-    assert not (out / "latest_checkpointed_iteration.txt").exists()
-    # An older checkpoint's rank folders alone: replaced in one step, nothing of it left.
-    notes.unlink()
+    stale = out / "iter_0000002" / "mp_rank_01"
+    stale.mkdir()
+    (stale / "model_optim_rng.pt").write_bytes(b"a rank of the old layout")
+    # The iteration folder is switched over in one step: the old rank folders go (none of them
+    # survives beside the new ones), other files are carried over, no staging folder is left.
     _ckptkit("convert", src, str(out), "--to", "legacy", "-q")
-    assert keep.read_bytes() != b"old checkpoint"
+    assert keep.read_bytes() != b"old checkpoint" and not stale.exists()
+    assert notes.read_text() == "not a checkpoint's"
     assert (out / "latest_checkpointed_iteration.txt").read_text() == "2"
     assert sorted(p.name for p in out.iterdir()) == ["iter_0000002", "latest_checkpointed_iteration.txt"]
     # A legacy checkpoint is not a torch_dist source for --to legacy.

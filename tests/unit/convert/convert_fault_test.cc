@@ -176,7 +176,7 @@ TEST_F(ConvertFaultTest, FailingDirectorySyncAfterTheIndexLeavesNoIndex) {
   ASSERT_GE(clean.files.size(), 4u);
   FaultRule rule;
   rule.op = FaultOp::kSyncDir;
-  rule.path_contains = "/out";
+  rule.path_contains = ".out.ckptkit-new-";  // the staging folder the files are written in
   rule.skip = clean.files.size() - 1;  // the shards' syncs pass, the index's fails
   fault_.AddRule(rule);
   auto rep = Run();
@@ -189,12 +189,38 @@ TEST_F(ConvertFaultTest, FailingDirectorySyncAfterTheIndexLeavesNoIndex) {
 TEST_F(ConvertFaultTest, FailingDirectorySyncAfterAShardLeavesNoShard) {
   FaultRule rule;
   rule.op = FaultOp::kSyncDir;
-  rule.path_contains = "/out";
+  rule.path_contains = ".out.ckptkit-new-";  // the staging folder the files are written in
   rule.skip = 1;
   fault_.AddRule(rule);
   auto rep = Run();
   ASSERT_FALSE(rep.ok());
   ExpectOutEmpty();
+}
+
+// Re-writing a sharded folder (the case users reported: a killed convert left
+// old and new shards mixed under an index that verify accepted): a failure
+// leaves the older save exactly as it was; a successful re-write with another
+// shard count leaves no shard of it, and other files in the folder survive.
+TEST_F(ConvertFaultTest, RewritingAShardedFolderIsAllOrNothing) {
+  ASSERT_TRUE(Convert("/src", "/out", Options(TargetFormat::kSafetensors, kShardSize, mem_.get())).ok());
+  ASSERT_TRUE(WriteWhole(mem_.get(), "/out/tokenizer.json", "{}").ok());
+  const std::vector<std::string> before = ListDir(mem_.get(), "/out");
+  ASSERT_GE(before.size(), 4u);
+  fault_.FailNthAppend(3, "model-");
+  auto rep = Run(TargetFormat::kSafetensors, kShardSize / 2);
+  fault_.ClearFaults();
+  ASSERT_FALSE(rep.ok());
+  EXPECT_EQ(ListDir(mem_.get(), "/out"), before);
+  EXPECT_THAT(ListDir(mem_.get(), "/"), ::testing::ElementsAre("out", "src"));  // no staging left
+  auto old = OpenCheckpoint("/out", {mem_.get()});
+  ASSERT_TRUE(old.ok()) << old.status().ToString();
+  EXPECT_EQ(ReadAllTensors(**old), want_);
+  // One file now: every shard and the index of the sharded save are gone.
+  ASSERT_TRUE(Run(TargetFormat::kSafetensors, 0).ok());
+  EXPECT_THAT(ListDir(mem_.get(), "/out"), ::testing::ElementsAre("model.safetensors", "tokenizer.json"));
+  auto now = OpenCheckpoint("/out", {mem_.get()});
+  ASSERT_TRUE(now.ok()) << now.status().ToString();
+  EXPECT_EQ(ReadAllTensors(**now), want_);
 }
 
 TEST_F(ConvertFaultTest, FailingSingleFileWriteKeepsThePreviousFile) {

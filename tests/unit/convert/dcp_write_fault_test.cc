@@ -132,8 +132,10 @@ TEST_F(DcpWriteFaultTest, FailedRewriteLeavesTheOldCheckpointIntact) {
   // And a successful re-write replaces it whole: no stale file of the old one.
   ASSERT_TRUE(Convert("/src", "/out", DcpOptions(mem_.get(), 2)).ok());
   EXPECT_TRUE(mem_->FileExists("/out/__0_1.distcp"));
+  ASSERT_TRUE(WriteFileAtomically(mem_.get(), "/out/README", [](WritableFile* f) { return f->Append("mine"); }).ok());
   ASSERT_TRUE(Convert("/src", "/out", DcpOptions(mem_.get(), 1)).ok());
   EXPECT_FALSE(mem_->FileExists("/out/__0_1.distcp"));
+  EXPECT_TRUE(mem_->FileExists("/out/README"));  // not the checkpoint's: carried over
 }
 
 TEST_F(DcpWriteFaultTest, CrashAtEveryStepMetadataOnlyOverWholeData) {

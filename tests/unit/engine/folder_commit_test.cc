@@ -186,5 +186,31 @@ TEST(FolderCommit, OnDisk) {
   std::filesystem::remove_all(dir);
 }
 
+// Files beside an old checkpoint (a README, a tokenizer folder) are carried
+// into the new folder; the old checkpoint's own files are not; more than the
+// budget is refused before anything changes.
+TEST(FolderCommit, CarryOverKeepsWhatIsNotTheCheckpoints) {
+  std::unique_ptr<Env> mem = NewMemEnv();
+  ASSERT_TRUE(WriteAll(mem.get(), "/r/iter", kOld).ok());
+  ASSERT_TRUE(Put(mem.get(), "/r/iter/README", "mine").ok());
+  ASSERT_TRUE(WriteAll(mem.get(), "/r/iter/tok", {{"vocab.json", "{}"}}).ok());
+  auto is_checkpoint = [](std::string_view n) { return n == ".metadata" || n.find(".distcp") != n.npos; };
+  {
+    std::unique_ptr<FolderCommit> c = FolderCommit::Begin(mem.get(), "/r/iter").value();
+    ASSERT_TRUE(WriteAll(mem.get(), c->staging(), kNew).ok());
+    Status s = c->CarryOver(is_checkpoint, 4);  // README alone is 4 bytes, the folder 2 more
+    EXPECT_EQ(s.code(), Code::kFailedPrecondition) << s.ToString();
+  }
+  EXPECT_EQ(Tree(mem.get(), "/r/iter").size(), kOld.size() + 2);  // untouched
+  std::unique_ptr<FolderCommit> c = FolderCommit::Begin(mem.get(), "/r/iter").value();
+  ASSERT_TRUE(WriteAll(mem.get(), c->staging(), kNew).ok());
+  ASSERT_TRUE(c->CarryOver(is_checkpoint).ok());
+  ASSERT_TRUE(c->Commit().ok());
+  std::map<std::string, std::string> want = kNew;
+  want["README"] = "mine";
+  want["tok/vocab.json"] = "{}";
+  EXPECT_EQ(Tree(mem.get(), "/r/iter"), want);
+}
+
 }  // namespace
 }  // namespace ckpt::engine
