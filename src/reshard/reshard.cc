@@ -643,15 +643,16 @@ Result<ReshardReport> ReshardToLegacy(const MegatronView& v, const std::string& 
     root->dict.push_back({w->Str("args"), args});
     if (Value* x = DictGet(src_root, "checkpoint_version")) root->dict.push_back({w->Str("checkpoint_version"), x});
     root->dict.push_back({w->Str("iteration"), w->arena().Int(it_out)});
-    for (const char* k : {"opt_param_scheduler", "num_floating_point_operations_so_far"}) {
+    // "optimizer" too: not written as it is, but what plan->optimizer reads
+    // the param groups from (SourceOptimizers), without importing the source again.
+    for (const char* k : {"opt_param_scheduler", "num_floating_point_operations_so_far", "optimizer"}) {
       if (Value* x = DictGet(src_root, k)) root->dict.push_back({w->Str(k), x});
     }
     return root;
   };
-  plan->optimizer = [vp, pp, common_file](size_t rank, Value*, torch::TorchTreeWriter* w,
-                                          internal_convert::LegacyPlan::Keep* keep) -> Result<Value*> {
-    CKPT_ASSIGN_OR_RETURN(Value * src_root, CommonRoot(common_file, w));
-    CKPT_ASSIGN_OR_RETURN(std::vector<Value*> subs, SourceOptimizers(*vp, w, src_root, keep));
+  plan->optimizer = [vp, pp](size_t rank, Value* common, torch::TorchTreeWriter* w,
+                             internal_convert::LegacyPlan::Keep* keep) -> Result<Value*> {
+    CKPT_ASSIGN_OR_RETURN(std::vector<Value*> subs, SourceOptimizers(*vp, w, common, keep));
     const size_t need = pp->ranks[rank].expert.empty() ? 1 : 2;
     if (subs.size() != need) {
       return DataLossError(StrCat("the source has ", subs.size(), " optimizer state dicts; ",
@@ -694,7 +695,6 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
   report.optimizer = std::string(internal_convert::OptimizerLayoutName(v->optimizer_layout()));
   report.source_padded_vocab = v->config().padded_vocab_size;
   report.target_padded_vocab = tc.padded_vocab_size;
-  CKPT_ASSIGN_OR_RETURN(auto boxes, TargetBoxes(tc, tl, ts, folders));
   const bool with_optimizer = v->has_optimizer() && !options.no_optimizer;
   const bool buckets = with_optimizer && options.optimizer_sharding == OptimizerSharding::kDpReshardable;
   CKPT_ASSIGN_OR_RETURN(report.load_blockers, LoadBlockers(*v, tc, tl, ts, folders, with_optimizer));
@@ -721,6 +721,7 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
     if (buckets) return InvalidArgumentError("optimizer_sharding applies to torch_dist output (to=legacy has its own)");
     return ReshardToLegacy(*v, src, dst, t, common_file, with_optimizer, options, env, std::move(report));
   }
+  CKPT_ASSIGN_OR_RETURN(auto boxes, TargetBoxes(tc, tl, ts, folders));
   // Entries: every model-space tensor (optimizer states unless dropped),
   // chunked by the target's shards, vocabulary rows re-padded.
   std::vector<dcp::EntryToWrite> entries;
