@@ -44,9 +44,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include "ckpt/byte_source.h"
 #include "ckpt/env.h"
 #include "ckpt/status.h"
 
@@ -57,6 +60,17 @@ class FolderCommit {
   // Errors: InvalidArgument when `dst` is a file or has no name (""/"/");
   // I/O errors creating the staging folder or cleaning leftovers (naming them).
   static Result<std::unique_ptr<FolderCommit>> Begin(Env* env, const std::string& dst);
+
+  // A FolderCommit over a staging folder that other processes filled too:
+  // the ranks of a distributed save each write their files into
+  // SharedStagingPath(dst), a name every rank derives without talking, and
+  // the one that publishes (DCP's coordinator, once every rank reported its
+  // files written and synced) adopts it here. No leftovers are cleaned (a
+  // shared staging folder is reused by the next save to `dst`, which prunes
+  // what it did not write: PruneFolder). Abort() removes it.
+  // Errors: InvalidArgument when `dst` names no folder or `staging` is not
+  // an existing folder.
+  static Result<std::unique_ptr<FolderCommit>> Adopt(Env* env, const std::string& dst, const std::string& staging);
 
   FolderCommit(const FolderCommit&) = delete;
   FolderCommit& operator=(const FolderCommit&) = delete;
@@ -95,6 +109,47 @@ class FolderCommit {
   std::string staging_;
   bool done_ = false;
 };
+
+// "<parent>/.<name>.ckptkit-shared" for dst "<parent>/<name>": where the
+// processes of one distributed save stage a folder (see Adopt). Begin does not
+// treat it as a leftover (a save of other processes may be filling it).
+// Errors: InvalidArgument when `dst` names no folder.
+Result<std::string> SharedStagingPath(const std::string& dst);
+
+// Removes every top-level entry of folder `dir` for which keep(name) is
+// false (files and folders; leftovers of an earlier save into the same
+// staging folder). Errors: I/O errors naming the entry.
+Status PruneFolder(Env* env, const std::string& dir, const std::function<bool(std::string_view name)>& keep);
+
+// A set of files written concurrently into one folder, each atomically
+// (WriteFileAtomically: temporary name, fsync, rename, folder fsync): the
+// data files of a checkpoint. The one writer of the CLI's DCP output and of
+// the Python plug-ins.
+struct FileToWrite {
+  std::string name;  // a file name in the folder (no '/')
+  // Appends the file's bytes, in order. Once another file of the set has
+  // failed, Append returns Cancelled: the callback should pass that on.
+  std::function<Status(ByteSink* out)> fill;
+};
+
+struct WriteFilesOptions {
+  // Files written at once, one writer thread each (the calling thread is one
+  // of them); 1 writes them one after another on the calling thread. Plain
+  // threads: the tasks block on I/O, which a CPU-sized pool would serialize.
+  int64_t threads = 1;
+};
+
+// Writes `files` into the existing folder `dir`; returns each file's size,
+// in order. Errors name the file under `report_dir` (the path the caller
+// publishes the folder as; `dir` when empty): the first failure in order that
+// is not a cancellation (once a file fails, files not started are skipped and
+// files being written stop at their next append; every thread is joined), or
+// InvalidArgument for a name with '/' or a name given twice. On failure every
+// file this call placed in `dir` is removed again.
+// Thread-safety: the callbacks of different files run concurrently (those of
+// one file never overlap): they must be safe to run so.
+Result<std::vector<uint64_t>> WriteFiles(Env* env, const std::string& dir, std::span<const FileToWrite> files,
+                                         const WriteFilesOptions& options, const std::string& report_dir = "");
 
 // Removes `path` and, for a folder, everything under it (rm -r). A missing
 // path is OK. Errors: the first I/O error, naming the path.

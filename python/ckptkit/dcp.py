@@ -15,12 +15,23 @@ loading into another world size or sharding works because DCP's planners do
 the resharding: this module only serves WriteItems and ReadItems.
 
 Division of labour: Python plans (which item goes to which file, as torch does)
-and hands buffers over; the C++ core (ckptkit._core) writes the data files
+and hands buffers over; the C++ engine (ckptkit._core) writes the data files
 (one thread per file, each file written to a temporary, fsynced and renamed),
 and decodes each stored chunk's archive straight into a tensor's memory. Tensor
 bytes cross the boundary zero-copy through the buffer protocol (a numpy uint8
 view of a contiguous CPU tensor). `.metadata` is pickled here, exactly as
-torch's FileSystemWriter.finish does (torch's own classes).
+torch's FileSystemWriter.finish does (torch's own classes), and published by the
+C++ engine (ckpt/engine.h) after every rank's files are in place.
+
+Overwriting: unlike FileSystemWriter, a destination that already holds a
+checkpoint stays intact and loadable until the new one is complete. Every rank
+then writes into a hidden staging folder beside it (`.<name>.ckptkit-shared`),
+which the coordinator's finish switches with the destination in one step; files
+there that are not the checkpoint's (a README) are carried over, the old
+checkpoint's own files do not survive. A save that fails or is killed leaves the
+old checkpoint as it was (its leftovers are reused and pruned by the next save
+to the same destination). With use_collectives=False (per-rank `.metadata`) each
+rank withdraws its own `.metadata` first instead.
 
 Differences from FileSystemWriter: no `single_file_per_rank=False`, no stream
 extensions on write (the reader does decode torch's "stream.zstd/1"), no
@@ -181,6 +192,7 @@ class StorageWriter(_TorchStorageWriter, BlockingAsyncStager):
         self.overwrite = overwrite
         self.save_id = str(uuid.uuid4())
         self.rank: Optional[int] = None
+        self._staging: Optional[str] = None  # set per save by prepare_local_plan
         self.is_coordinator = True
         self.use_collectives = True
 
@@ -202,26 +214,39 @@ class StorageWriter(_TorchStorageWriter, BlockingAsyncStager):
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
         os.makedirs(self.path, exist_ok=True)
-        existing = self._metadata_path(None if self.use_collectives else 0)
+        self._staging = None
+        per_rank = self.rank is not None and not self.use_collectives
+        existing = self._metadata_path(0 if per_rank else None)
         if os.path.exists(existing):
             if not self.overwrite:
                 raise RuntimeError(f"Checkpoint already exists in {self.path} and overwrite=False.")
             warnings.warn(f"Detected an existing checkpoint in {self.path}, overwriting.", stacklevel=2)
-            # Unlike FileSystemWriter, withdraw the old checkpoint's commit
-            # point before any data file is replaced: a save that then fails
-            # must not leave the old `.metadata` naming half-new data files.
-            # The coordinator does it (every rank with per-rank metadata);
-            # data is written only after the global plan, so no rank has
-            # started yet.
-            if self.is_coordinator or not self.use_collectives:
+            if not per_rank:
+                # Unlike FileSystemWriter, the old checkpoint stays intact and
+                # loadable until the new one is complete: every rank writes into
+                # a staging folder beside it (a name each derives alone; each
+                # rank sees the old `.metadata` here, as nothing changes it
+                # before this save's finish), which the coordinator's finish
+                # switches in one step.
+                self._staging = _core.shared_staging_path(self.path)
+                os.makedirs(self._staging, exist_ok=True)
+            else:
+                # Per-rank metadata (no collectives): each rank withdraws its own
+                # commit point before replacing its data files in place, so a save
+                # that fails leaves no `.metadata` naming half-new files.
                 try:
-                    os.remove(existing)
+                    os.remove(self._metadata_path(self.rank))
                 except FileNotFoundError:
                     pass
                 _fsync_dir(self.path)
-        if self.rank is not None and not self.use_collectives:
+        if per_rank:
             plan = dataclasses.replace(plan, storage_data=_StoragePrefix(f"__{self.rank}_"))
         return plan
+
+    @property
+    def _write_dir(self) -> str:
+        """Where this rank's data files go: the staging folder, or the destination."""
+        return self._staging or self.path
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
         return [
@@ -253,9 +278,8 @@ class StorageWriter(_TorchStorageWriter, BlockingAsyncStager):
             [wi for wi in b if wi.type == WriteItemType.BYTE_IO] + [wi for wi in b if wi.type != WriteItemType.BYTE_IO]
             for b in _split_by_size_and_type(self.thread_count, list(plan.items))
         ]
-        placed = _core.write_dcp_files(self.path, prefix, [[item(wi) for wi in b] for b in buckets])
+        placed = _core.write_dcp_files(self._write_dir, prefix, [[item(wi) for wi in b] for b in buckets])
         keep.clear()
-        _fsync_dir(self.path)
         results = [
             WriteResult(index=wi.index, size_in_bytes=length, storage_data=_StorageInfo(rel, offset, length))
             for b, where in zip(buckets, placed)
@@ -273,14 +297,13 @@ class StorageWriter(_TorchStorageWriter, BlockingAsyncStager):
         metadata.storage_data = storage_md
         metadata.storage_meta = self.storage_meta()
         per_rank = not self.use_collectives and self.rank is not None
-        final = self._metadata_path(self.rank if per_rank else None)
-        tmp = final + ".tmp"
-        with open(tmp, "wb") as f:
-            pickle.dump(metadata, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)  # the commit point: .metadata appears complete or not at all
-        _fsync_dir(self.path)
+        files = sorted({sd.relative_path for sd in storage_md.values()})
+        # The commit (C++ engine): `.metadata` written atomically last, after
+        # every rank's files; a staged folder switched with the destination.
+        _core.commit_dcp_folder(
+            self.path, self._staging, files, pickle.dumps(metadata),
+            metadata_name=os.path.basename(self._metadata_path(self.rank if per_rank else None)),
+            prune=not per_rank)
 
     def storage_meta(self) -> Optional[StorageMeta]:
         return StorageMeta(checkpoint_id=self.checkpoint_id, save_id=self.save_id)

@@ -35,8 +35,10 @@ request in a thread of the training process would not stall it either. The
 write results travel back through a private temporary file (FileSystemWriterAsync
 uses a multiprocessing Manager queue, a server process started per training
 process). Finalize (on every rank, after all ranks finished)
-gathers the results; the coordinator writes `.metadata` (temporary, fsync,
-rename) only if no rank failed; otherwise every rank raises
+gathers the results; the coordinator publishes (`.metadata` written last by the
+C++ engine; into a destination that held a checkpoint, every rank wrote into a
+staging folder beside it, which is switched in whole) only if no rank failed;
+otherwise every rank raises
 CheckpointException. A failing write, staging or planning step on one rank is
 reported through that path, so the other ranks never hang.
 
@@ -196,7 +198,7 @@ def _stage_buckets(buckets: Any) -> Any:
 
 def _write_rank_files(directory: str, prefix: str, rank: int, buckets: Any, results: Any) -> None:
     """async_fn: writes this rank's data files `<prefix><n>.distcp` (n = 0, 1, ...)
-    with the C++ core, one thread per file, each file atomically; puts either the
+    with the C++ engine, one thread per file, each file atomically; puts either the
     list of WriteResults or a RuntimeError into `results`. Never raises."""
     gc_was_enabled = gc.isenabled()
     gc.disable()  # as Megatron's writer: no GC of the parent's tensors in a forked child
@@ -224,7 +226,6 @@ def _write_rank_files(directory: str, prefix: str, rank: int, buckets: Any, resu
             files.append(entries)
         placed = _write_dcp_files(directory, prefix, files)
         keep.clear()
-        _ckdcp._fsync_dir(directory)
         out = []
         for (file_name, items), where in zip(buckets, placed):
             for (wi, _), (rel, offset, length) in zip(items, where):
@@ -250,8 +251,9 @@ class _MegatronStorageWriter(_ckdcp.StorageWriter):
     """What save_state_dict_async_plan / _finalize expect of FileSystemWriterAsync:
     prepare_decentralized_global_plan, prepare_write_data, get_save_function_and_args,
     retrieve_write_results, finish. Inherited from ckptkit.dcp.StorageWriter:
-    prepare_local_plan (the coordinator withdraws an old `.metadata` before any
-    rank writes) and finish (`.metadata` temp + fsync + rename).
+    prepare_local_plan (a destination holding a checkpoint: every rank writes into
+    the shared staging folder beside it) and finish (the C++ engine writes
+    `.metadata` and switches a staged folder in, Megatron's common.pt carried over).
 
     Items go to files exactly as FileSystemWriterAsync puts them (Megatron's
     _split_by_size_and_type over `thread_count` bins, empty bins skipped, bytes
@@ -309,7 +311,7 @@ class _MegatronStorageWriter(_ckdcp.StorageWriter):
         from functools import partial
 
         return (
-            partial(_write_rank_files, self.path, self._prefix),
+            partial(_write_rank_files, self._write_dir, self._prefix),
             partial(_stage_buckets, self._buckets),
             [torch.distributed.get_rank(), self._buckets, self._results],
         )

@@ -25,6 +25,8 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -39,7 +41,10 @@
 #include "ckpt/convert.h"
 #include "ckpt/reshard.h"
 #include "ckpt/dtype.h"
+#include "checkpoint/dcp_writer.h"
+#include "ckpt/engine.h"
 #include "ckpt/env.h"
+#include "ckpt/fault_env.h"
 #include "ckpt/status.h"
 #include "ckpt/writer.h"
 #include "format/dcp/item.h"
@@ -573,6 +578,103 @@ std::vector<int64_t> ShapeOrRaise(nb::handle shape, DType dtype, const std::stri
   return out;
 }
 
+// The Env the plug-ins write through: Env::Default(), or a FaultEnv over it
+// once a test called _set_write_faults (never freed: files it opened may
+// still be in use when the faults are cleared).
+std::mutex g_fault_mu;
+FaultEnv* g_fault_env = nullptr;
+
+Env* WriteEnv() {
+  std::lock_guard<std::mutex> l(g_fault_mu);
+  return g_fault_env != nullptr ? static_cast<Env*>(g_fault_env) : Env::Default();
+}
+
+// _set_write_faults(space_limit=None, fail_nth_append=None, path_contains="")
+// For tests of failure handling (ckptkit's own; not public API): from now on
+// the plug-ins' writes in this process fail as a full disk does
+// (ResourceExhausted, OSError ENOSPC) once `space_limit` more bytes were
+// written, and/or the `fail_nth_append`-th append to a path containing
+// `path_contains` fails as an I/O error (EIO). Replaces earlier faults.
+void SetWriteFaultsPy(std::optional<uint64_t> space_limit, std::optional<uint64_t> fail_nth_append,
+                      const std::string& path_contains) {
+  std::lock_guard<std::mutex> l(g_fault_mu);
+  if (g_fault_env == nullptr) g_fault_env = new FaultEnv(Env::Default());
+  g_fault_env->ClearFaults();
+  if (space_limit) g_fault_env->SetSpaceLimit(*space_limit);
+  if (fail_nth_append) {
+    if (*fail_nth_append == 0) RaiseValue(PyExc_ValueError, "_set_write_faults: fail_nth_append counts from 1");
+    g_fault_env->FailNthAppend(*fail_nth_append, path_contains, UnavailableError("injected I/O error (EIO)"));
+  }
+}
+
+// _clear_write_faults(): the plug-ins write to the disk unhindered again.
+void ClearWriteFaultsPy() {
+  std::lock_guard<std::mutex> l(g_fault_mu);
+  if (g_fault_env != nullptr) g_fault_env->ClearFaults();
+}
+
+// shared_staging_path(dst) -> "<parent>/.<name>.ckptkit-shared": where every
+// rank of a save into a destination that holds a checkpoint writes its files.
+std::string SharedStagingPathPy(const std::string& dst) {
+  Result<std::string> r = engine::SharedStagingPath(dst);
+  if (!r.ok()) RaiseStatus(r.status());
+  return *r;
+}
+
+// commit_dcp_folder(dst, staging, files, metadata, metadata_name=".metadata", prune=True)
+//
+// The coordinator's last step of a DCP save, once every rank's data files are
+// written and synced: `metadata` (the pickled Metadata) is written as
+// `metadata_name` atomically, then
+// - staging None: the files went straight into `dst` (it held no
+//   checkpoint); with prune, `*.distcp` files and ckptkit temporaries there
+//   that `files` does not name (a killed earlier save's) are removed first;
+// - staging: the folder every rank wrote into (shared_staging_path); what it
+//   holds besides `files` is removed, `dst`'s other files (Megatron's
+//   common.pt, a README) are carried over, and the folder is switched with
+//   `dst` in one step (engine::FolderCommit): the old checkpoint stays
+//   loadable until then and none of its files survive.
+// Every name in `files` must exist in the folder (a rank that wrote
+// elsewhere is an error, before anything is published).
+void CommitDcpFolderPy(const std::string& dst, std::optional<std::string> staging, std::vector<std::string> files,
+                       nb::bytes metadata, const std::string& metadata_name, bool prune) {
+  std::string md(metadata.c_str(), metadata.size());
+  Status s;
+  {
+    nb::gil_scoped_release release;
+    s = [&]() -> Status {
+      Env* env = WriteEnv();
+      const std::string dir = staging ? *staging : dst;
+      std::set<std::string, std::less<>> keep(files.begin(), files.end());
+      keep.insert(metadata_name);
+      for (const std::string& f : files) {
+        if (!env->FileExists(JoinPath(dir, f))) {
+          return FailedPreconditionError(StrCat("publishing ", dst, ": data file ", JoinPath(dir, f),
+                                                " named by the metadata is missing"));
+        }
+      }
+      if (staging) {
+        CKPT_RETURN_IF_ERROR(engine::PruneFolder(env, dir, [&](std::string_view n) { return keep.count(n) > 0; }));
+      } else if (prune) {
+        CKPT_RETURN_IF_ERROR(engine::PruneFolder(env, dir, [&](std::string_view n) {
+          const bool ours = n.ends_with(".distcp") || n.ends_with(".ckptkit-tmp");
+          return !ours || keep.count(n) > 0;
+        }));
+      }
+      CKPT_RETURN_IF_ERROR(WriteFileAtomically(env, JoinPath(dir, metadata_name),
+                                               [&](WritableFile* out) { return out->Append(md); }),
+                           StrCat("writing ", JoinPath(dst, metadata_name)));
+      if (!staging) return OkStatus();
+      CKPT_ASSIGN_OR_RETURN(std::unique_ptr<engine::FolderCommit> commit, engine::FolderCommit::Adopt(env, dst, dir));
+      CKPT_RETURN_IF_ERROR(commit->CarryOver([&](std::string_view n) {
+        return internal_checkpoint::IsDcpFileName(n) || (n.starts_with("__") && n.ends_with(".metadata"));
+      }));
+      return commit->Commit();
+    }();
+  }
+  if (!s.ok()) RaiseStatus(s);
+}
+
 // write_dcp_files(dir, prefix, files) -> [[(relative_path, offset, length)], ...]
 //
 // files: a sequence (one per data file `<prefix><n>.distcp`) of sequences of
@@ -580,8 +682,10 @@ std::vector<int64_t> ShapeOrRaise(nb::handle shape, DType dtype, const std::stri
 // each file's items in the order they are to be stored. The caller (ckptkit.dcp)
 // assigns items to files as torch's FileSystemWriter does. Each tensor is
 // written as torch.save(tensor) of a contiguous tensor, each bytes item as
-// its raw payload; one C++ thread per file, each file atomically (temporary,
-// fsync, rename); on any failure the files this call published are removed.
+// its raw payload; through the engine's WriteFiles (one thread per file, each
+// file atomically: temporary, fsync, rename; a failing file stops the others
+// at their next append; on any failure the files this call published are
+// removed), into the Env of WriteEnv().
 // Returns where each item went, per file, in the given order. `dir` must exist.
 nb::list WriteDcpFilesPy(const std::string& dir, const std::string& prefix, nb::sequence files_in) {
   if (prefix.empty() || prefix.find('/') != std::string::npos || prefix.find('\0') != std::string::npos) {
@@ -660,40 +764,14 @@ nb::list WriteDcpFilesPy(const std::string& dir, const std::string& prefix, nb::
       // Validates every entry (dtype plannable, sizes, callbacks); the plan itself is the caller's.
       dcp::DcpWriteOptions check;
       CKPT_RETURN_IF_ERROR(dcp::PlanDcpWrite(entries, check).status(), "write_dcp_files");
-      Env* env = Env::Default();
-      std::vector<Status> status(nfiles);
-      auto write_file = [&](size_t f) {
-        status[f] = WriteFileAtomically(env, JoinPath(dir, files[f].name), [&](WritableFile* file) {
-          return dcp::WriteDcpDataFile(entries, files[f], file, &per_file[f]);
-        });
-      };
-      if (nfiles == 1) {
-        write_file(0);
-      } else {
-        std::vector<std::thread> threads;
-        Status started;
-        try {
-          for (size_t f = 0; f < nfiles; ++f) threads.emplace_back(write_file, f);
-        } catch (const std::system_error& e) {
-          started = ResourceExhaustedError(StrCat("write_dcp_files: cannot start a writer thread: ", e.what()));
-        }
-        for (std::thread& th : threads) th.join();
-        if (!started.ok()) {
-          for (size_t f = 0; f < threads.size(); ++f) {
-            if (status[f].ok()) (void)env->RemoveFile(JoinPath(dir, files[f].name));
-          }
-          return started;
-        }
-      }
+      std::vector<engine::FileToWrite> to_write(nfiles);
       for (size_t f = 0; f < nfiles; ++f) {
-        if (status[f].ok()) continue;
-        // Nothing half-written is left behind: remove the files that did land.
-        for (size_t g = 0; g < nfiles; ++g) {
-          if (status[g].ok()) (void)env->RemoveFile(JoinPath(dir, files[g].name));
-        }
-        return status[f];
+        to_write[f].name = files[f].name;
+        to_write[f].fill = [&, f](ByteSink* out) { return dcp::WriteDcpDataFile(entries, files[f], out, &per_file[f]); };
       }
-      return OkStatus();
+      engine::WriteFilesOptions options;
+      options.threads = static_cast<int64_t>(nfiles);  // one thread per file, as torch's FileSystemWriter
+      return engine::WriteFiles(WriteEnv(), dir, to_write, options).status();
     }();
   }
   if (!s.ok()) RaiseStatus(s);
@@ -883,6 +961,12 @@ NB_MODULE(_core, m) {
   m.def("save_file", &SaveFilePy, nb::arg("path"), nb::arg("format"), nb::arg("entries"),
         nb::arg("metadata").none() = nb::none());
   m.def("write_dcp_files", &WriteDcpFilesPy, nb::arg("dir"), nb::arg("prefix"), nb::arg("files"));
+  m.def("shared_staging_path", &SharedStagingPathPy, nb::arg("dst"));
+  m.def("commit_dcp_folder", &CommitDcpFolderPy, nb::arg("dst"), nb::arg("staging").none(), nb::arg("files"),
+        nb::arg("metadata"), nb::arg("metadata_name") = ".metadata", nb::arg("prune") = true);
+  m.def("_set_write_faults", &SetWriteFaultsPy, nb::arg("space_limit").none() = nb::none(),
+        nb::arg("fail_nth_append").none() = nb::none(), nb::arg("path_contains") = "");
+  m.def("_clear_write_faults", &ClearWriteFaultsPy);
   m.def("read_dcp_tensors", &ReadDcpTensorsPy, nb::arg("path"), nb::arg("requests"));
   m.def("read_dcp_bytes", &ReadDcpBytesPy, nb::arg("path"), nb::arg("offset"), nb::arg("length"),
         nb::arg("transforms").none() = nb::none());

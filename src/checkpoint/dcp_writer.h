@@ -6,7 +6,7 @@
 // is:
 //  1. plan and validate everything (dcp::PlanDcpWrite) before touching disk;
 //  2. stage the folder beside the destination (engine::FolderCommit);
-//  3. write each `__<rank>_<n>.distcp` into it with WriteFileAtomically
+//  3. write each `__<rank>_<n>.distcp` into it (engine::WriteFiles: WriteFileAtomically
 //     (temporary sibling, fsync, rename, directory fsync). With
 //     options.parallel (the default) and more than one file, the files are
 //     written concurrently, one task per file on up to thread_count threads

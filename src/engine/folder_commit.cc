@@ -20,6 +20,17 @@ namespace {
 
 constexpr std::string_view kNewTag = ".ckptkit-new-";
 constexpr std::string_view kOldTag = ".ckptkit-old-";
+constexpr std::string_view kSharedTag = ".ckptkit-shared";
+
+// The destination's normal form and its name; InvalidArgument when it names no folder.
+Status CheckDestination(const std::string& dst_in, std::string* dst, std::string* name) {
+  *dst = internal_io::LexicallyNormal(dst_in);
+  *name = Basename(*dst);
+  if (name->empty() || *name == "." || *name == ".." || *name == "/") {
+    return InvalidArgumentError(StrCat("destination ", Quote(dst_in), " names no folder"));
+  }
+  return OkStatus();
+}
 
 std::atomic<uint64_t> next_id{0};
 
@@ -63,12 +74,37 @@ Status RemoveTree(Env* env, const std::string& path) {
   return env->RemoveDir(path);
 }
 
-Result<std::unique_ptr<FolderCommit>> FolderCommit::Begin(Env* env, const std::string& dst_in) {
-  const std::string dst = internal_io::LexicallyNormal(dst_in);
-  const std::string name = Basename(dst);
-  if (name.empty() || name == "." || name == ".." || name == "/") {
-    return InvalidArgumentError(StrCat("destination ", Quote(dst_in), " names no folder"));
+Result<std::string> SharedStagingPath(const std::string& dst_in) {
+  std::string dst, name;
+  CKPT_RETURN_IF_ERROR(CheckDestination(dst_in, &dst, &name));
+  return JoinPath(Dirname(dst), StrCat(".", name, kSharedTag));
+}
+
+Status PruneFolder(Env* env, const std::string& dir, const std::function<bool(std::string_view name)>& keep) {
+  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> children, env->GetChildren(dir), StrCat("listing ", dir));
+  for (const std::string& c : children) {
+    if (keep(c)) continue;
+    CKPT_RETURN_IF_ERROR(RemoveTree(env, JoinPath(dir, c)), StrCat("removing the leftover ", JoinPath(dir, c)));
   }
+  return OkStatus();
+}
+
+Result<std::unique_ptr<FolderCommit>> FolderCommit::Adopt(Env* env, const std::string& dst_in,
+                                                          const std::string& staging) {
+  std::string dst, name;
+  CKPT_RETURN_IF_ERROR(CheckDestination(dst_in, &dst, &name));
+  if (env->FileExists(dst) && !env->IsDirectory(dst)) {
+    return InvalidArgumentError(StrCat("destination ", dst, " exists and is not a folder"));
+  }
+  if (!env->IsDirectory(staging)) {
+    return InvalidArgumentError(StrCat("staging folder ", staging, " of ", dst, " is not a folder"));
+  }
+  return std::unique_ptr<FolderCommit>(new FolderCommit(env, dst, staging));
+}
+
+Result<std::unique_ptr<FolderCommit>> FolderCommit::Begin(Env* env, const std::string& dst_in) {
+  std::string dst, name;
+  CKPT_RETURN_IF_ERROR(CheckDestination(dst_in, &dst, &name));
   if (env->FileExists(dst) && !env->IsDirectory(dst)) {
     return InvalidArgumentError(StrCat("destination ", dst, " exists and is not a folder"));
   }

@@ -11,7 +11,9 @@ Proves, with real torch on CPU (gloo ranks spawned by torch.multiprocessing):
     FileSystemWriter's for the same state and thread_count;
   - `ckptkit verify --deep` passes on what ckptkit wrote, and `ckptkit diff`
     sees no difference between stock- and ckptkit-written checkpoints;
-  - a rank failing mid-save fails every rank and publishes nothing;
+  - a rank failing mid-save (full disk, I/O error, injected through the
+    engine's fault Env) fails every rank, publishes nothing and leaves the
+    old checkpoint loadable; overwriting switches the whole folder at once;
   - dtypes: every dtype DCP saves (bf16, float8, bool, complex, ...);
   - async_save, zstd-compressed stock items, and bad input.
 
@@ -366,34 +368,37 @@ def test_async_save_then_stock_load(tmp_path):
     _assert_state_equal(got, sd, "async")
 
 
-def _save_then_fail_on_rank1(rank, world_size, path):
-    """A good save, then a save over it in which rank 1's writer fails after
-    writing its first file: every rank must raise, and the old checkpoint's
-    .metadata must be gone (its data files were being replaced)."""
+def _save_then_fail_on_rank1(rank, world_size, path, fault):
+    """A good save, then a save of other values over it in which rank 1's disk
+    fails (injected through the C++ engine's fault Env: a full disk after
+    100 kB, or an I/O error on its second data file): every rank must raise,
+    and the old checkpoint must still load, with its values."""
     from ckptkit import _core
 
     dcp.save(_state(world_size, 0), storage_writer=kdcp.StorageWriter(path, thread_count=2))
-    real = _core.write_dcp_files
-
-    def failing(dir_, prefix, files):
-        real(dir_, prefix, files[:1])
-        raise OSError(28, "No space left on device (injected on rank 1)")
-
+    new = _state(world_size, 0)
+    new["obj"] = dict(_OBJ, step=8)
     if rank == 1:
-        kdcp._core = type("FailingCore", (), {"write_dcp_files": staticmethod(failing),
-                                               "read_dcp_tensors": real, "read_dcp_bytes": real})
+        if fault == "enospc":
+            _core._set_write_faults(space_limit=100_000)
+        else:
+            _core._set_write_faults(fail_nth_append=2, path_contains="__1_1.distcp")
     try:
-        dcp.save(_state(world_size, 0), storage_writer=kdcp.StorageWriter(path, thread_count=2))
+        dcp.save(new, storage_writer=kdcp.StorageWriter(path, thread_count=2))
     except CheckpointException as e:
-        assert "No space left on device (injected on rank 1)" in str(e), str(e)
+        want = "no space left on device" if fault == "enospc" else "injected i/o error (eio)"
+        assert want in str(e).lower() and "__1_" in str(e), str(e)
     else:
         raise AssertionError(f"rank {rank}: the save did not fail")
     finally:
-        kdcp._core = _core
+        _core._clear_write_faults()
+    got = _state(world_size, 0, zeros=True)
+    dcp.load(got, storage_reader=FileSystemReader(path))
+    _check_loaded(got, world_size, 0, f"rank {rank} after the failed overwrite")
     # Record the outcome, then leave without the harness's barrier and process
     # group teardown: once (in one of two fresh-clone CI runs on a loaded
     # machine; never in 10 local runs) rank 0 died with SIGABRT "terminate
-    # called without an active exception" after this failed save: a C++
+    # called without an active exception" after a failed save: a C++
     # std::thread destroyed while joinable, where (gloo's teardown after a
     # failed collective, or elsewhere) is not settled. The assertions above
     # are what this test is about.
@@ -402,13 +407,78 @@ def _save_then_fail_on_rank1(rank, world_size, path):
     os._exit(0)
 
 
-def test_a_rank_failing_mid_save_fails_every_rank_and_publishes_nothing(tmp_path):
+@pytest.mark.parametrize("fault", ["enospc", "eio"])
+def test_a_rank_failing_mid_save_fails_every_rank_and_keeps_the_old_checkpoint(tmp_path, fault):
     path = str(tmp_path / "c")
-    _spawn(2, _save_then_fail_on_rank1, path)
+    _spawn(2, _save_then_fail_on_rank1, path, fault)
     assert os.path.exists(f"{path}.rank0.ok") and os.path.exists(f"{path}.rank1.ok")
-    assert not os.path.exists(os.path.join(path, ".metadata"))
-    with pytest.raises(CheckpointException, match=r"\.metadata"):
-        dcp.load({"obj": None}, storage_reader=FileSystemReader(path), no_dist=True)
+    # Nothing of the failed save is published: the folder holds the old files only.
+    assert sorted(os.listdir(path)) == [".metadata", "__0_0.distcp", "__0_1.distcp", "__1_0.distcp", "__1_1.distcp"]
+    md = FileSystemReader(path).read_metadata()
+    assert md.state_dict_metadata["obj"] is not None
+
+
+def _overwrite_twice(rank, world_size, path):
+    """Three saves into one folder, the second into a folder holding a
+    checkpoint of another world layout (more files), with a README beside it."""
+    dcp.save(_state(world_size, 0), storage_writer=kdcp.StorageWriter(path, thread_count=3))
+    if rank == 0:
+        with open(os.path.join(path, "README"), "w") as f:
+            f.write("notes")
+    torch.distributed.barrier()
+    dcp.save(_state(world_size, 1), storage_writer=kdcp.StorageWriter(path, thread_count=1))
+    got = _state(world_size, 1, zeros=True)
+    dcp.load(got, storage_reader=FileSystemReader(path))
+    _check_loaded(got, world_size, 1, f"rank {rank}")
+    torch.distributed.barrier()
+
+
+def test_overwriting_replaces_the_whole_checkpoint_in_one_step(tmp_path):
+    path = str(tmp_path / "c")
+    _spawn(2, _overwrite_twice, path)
+    # The old checkpoint's third files are gone, the README carried over, no staging left.
+    assert sorted(os.listdir(path)) == [".metadata", "README", "__0_0.distcp", "__1_0.distcp"]
+    assert open(os.path.join(path, "README")).read() == "notes"
+    assert os.listdir(tmp_path) == ["c"]
+
+
+def test_a_killed_saves_leftovers_are_pruned_by_the_next(tmp_path):
+    """A staging folder a killed overwrite left (stale data files, a stale
+    `.metadata`) is reused by the next overwrite, and none of it survives."""
+    from ckptkit import _core
+
+    path = str(tmp_path / "c")
+    sd = {"a": make_tensor("float32", (8, 8), 1), "obj": {"k": 1}}
+    dcp.save(sd, storage_writer=kdcp.StorageWriter(path), no_dist=True)
+    staging = _core.shared_staging_path(path)
+    assert staging == str(tmp_path / ".c.ckptkit-shared")
+    os.makedirs(staging)
+    for name in ("__0_0.distcp", "__7_0.distcp", ".metadata", ".__3_0.distcp.ckptkit-tmp"):
+        with open(os.path.join(staging, name), "wb") as f:
+            f.write(b"stale")
+    sd2 = {"a": make_tensor("float32", (8, 8), 2), "obj": {"k": 2}}
+    dcp.save(sd2, storage_writer=kdcp.StorageWriter(path), no_dist=True)
+    assert sorted(os.listdir(tmp_path)) == ["c"]
+    assert sorted(os.listdir(path)) == [".metadata", "__0_0.distcp"]
+    got = {"a": torch.zeros(8, 8), "obj": {"k": None}}
+    dcp.load(got, storage_reader=FileSystemReader(path), no_dist=True)
+    assert torch.equal(got["a"], sd2["a"]) and got["obj"] == {"k": 2}
+
+
+def test_stale_data_files_of_a_killed_first_save_are_pruned(tmp_path):
+    """A folder with data files but no `.metadata` (a first save killed before
+    its commit) is written in place; the stale files are removed at the commit."""
+    path = str(tmp_path / "c")
+    os.makedirs(path)
+    for name in ("__0_0.distcp", "__5_0.distcp", "common.pt"):
+        with open(os.path.join(path, name), "wb") as f:
+            f.write(b"stale")
+    sd = {"a": make_tensor("float32", (4,), 3)}
+    dcp.save(sd, storage_writer=kdcp.StorageWriter(path), no_dist=True)
+    assert sorted(os.listdir(path)) == [".metadata", "__0_0.distcp", "common.pt"]
+    got = {"a": torch.zeros(4)}
+    dcp.load(got, storage_reader=FileSystemReader(path), no_dist=True)
+    assert torch.equal(got["a"], sd["a"])
 
 
 def test_overwrite_false_refuses_an_existing_checkpoint(tmp_path):

@@ -219,7 +219,7 @@ def _fresh_dir(path: str) -> str:
     return path
 
 
-def _save(sd: dict, path: str, strategy: Any, async_save: bool = False) -> None:
+def _save(sd: dict, path: str, strategy: Any, async_save: bool = False, fresh: bool = True) -> None:
     """dist_checkpointing.save; async requests run through Megatron's AsyncCallsQueue
     (TemporalAsyncCaller: the write runs in a forked process)."""
     import inspect
@@ -230,7 +230,7 @@ def _save(sd: dict, path: str, strategy: Any, async_save: bool = False) -> None:
     kwargs = dict(sharded_strategy=strategy, async_sharded_save=async_save)
     if "async_strategy" in inspect.signature(dist_checkpointing.save).parameters:
         kwargs["async_strategy"] = "mcore"  # megatron-core >= 0.17 defaults to nvrx
-    req = dist_checkpointing.save(sd, _fresh_dir(path), **kwargs)
+    req = dist_checkpointing.save(sd, _fresh_dir(path) if fresh else path, **kwargs)
     if async_save:
         assert req is not None, "async save returned no AsyncRequest"
         q = AsyncCallsQueue(persistent=False)
@@ -316,7 +316,8 @@ def _raising(message: str):
     return fail
 
 
-def _expect_failure_everywhere(path: str, run: Callable[[], None]) -> Callable[[], None]:
+def _expect_failure_everywhere(path: str, run: Callable[[], None], published_before: bool = False
+                               ) -> Callable[[], None]:
     def check():
         from torch.distributed.checkpoint.api import CheckpointException
 
@@ -324,14 +325,43 @@ def _expect_failure_everywhere(path: str, run: Callable[[], None]) -> Callable[[
             run()
         except CheckpointException as e:
             if dist.get_rank() == 0:  # the coordinator holds the failure details
-                assert list(e.failures) == [1] and "injected" in str(e), str(e)
+                want = "no space left on device" if published_before else "injected"
+                assert list(e.failures) == [1] and want in str(e).lower(), str(e)
         else:
             raise AssertionError(f"rank {dist.get_rank()}: save did not raise")
         dist.barrier()
-        left = sorted(os.listdir(path))
-        assert ".metadata" not in left and "metadata.json" not in left, left
+        if not published_before:
+            left = sorted(os.listdir(path))
+            assert ".metadata" not in left and "metadata.json" not in left, left
 
     return check
+
+
+def _failed_overwrite(spec: Spec) -> None:
+    """A checkpoint, then a save over it in which rank 1's disk fills up (the C++
+    engine's fault Env, async): every rank raises, the old checkpoint still loads
+    with stock Megatron and holds only its own files; then an overwrite that
+    succeeds replaces it whole (Megatron's common.pt and metadata.json kept)."""
+    from ckptkit import _core
+
+    path = _d(spec, "overwrite")
+    _save(_full_sd(True), path, _ck_save())
+    before = sorted(os.listdir(path))
+    if dist.get_rank() == 1:
+        _core._set_write_faults(space_limit=50_000)
+    try:
+        _expect_failure_everywhere(
+            path, lambda: _save(_full_sd(True), path, _ck_save(), async_save=True, fresh=False),
+            published_before=True)()
+    finally:
+        _core._clear_write_faults()
+    assert sorted(os.listdir(path)) == before, (before, sorted(os.listdir(path)))
+    _check_load(path, _stock_load)()
+    dist.barrier()
+    _save(_full_sd(True), path, _ck_save(), fresh=False)
+    assert sorted(os.listdir(path)) == before, (before, sorted(os.listdir(path)))
+    assert not os.path.exists(os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.ckptkit-shared"))
+    _check_load(path, _stock_load)()
 
 
 def _nothing_to_write(spec: Spec) -> None:
@@ -412,6 +442,7 @@ def scenario_world2(spec: Spec) -> None:
         ckptkit.megatron._write_dcp_files = real
         ckptkit.megatron._megatron_split = split
         ckptkit.dcp._cpu_contiguous = stage
+    checks.run("failed_overwrite_keeps_old", lambda: _failed_overwrite(spec))
     checks.run("rank_with_nothing_to_write", lambda: _nothing_to_write(spec))
     checks.run("async_request_pickled_like_persistent_worker", lambda: _pickled_request(spec))
     # The strategy still works after a failed save, over the failed folder.
@@ -589,6 +620,10 @@ def test_failing_rank_raises_everywhere_and_publishes_nothing(runs):
         assert os.path.isdir(os.path.join(root, name))  # the save did start there
     assert not os.path.exists(os.path.join(root, "fail_async", ".metadata"))
     _assert_checks(runs, "world2", "save_after_failure")
+
+
+def test_failed_overwrite_keeps_the_old_checkpoint(runs):
+    _assert_checks(runs, "world2", "failed_overwrite_keeps_old")
 
 
 def _layout(path: str) -> Dict[str, List[str]]:

@@ -54,7 +54,9 @@ TEST(DcpCorruptCases, EachBehavesAsExpected) {
     if (!marker.empty()) std::filesystem::remove(marker);
 
     auto r = OpenCheckpoint(CasePath(name));
-    if (!marker.empty()) EXPECT_FALSE(std::filesystem::exists(marker)) << "a hostile pickle ran";
+    if (!marker.empty()) {
+      EXPECT_FALSE(std::filesystem::exists(marker)) << "a hostile pickle ran";
+    }
     ExpectStatus(r.ok() ? OkStatus() : r.status(), want["open"], "open");
     if (!r.ok()) {
       // The error names the folder (or its .metadata).
@@ -67,7 +69,9 @@ TEST(DcpCorruptCases, EachBehavesAsExpected) {
     std::vector<std::string> problems;
     for (const auto& p : details["problems"]) problems.push_back(Render(p));
     std::string all = ::testing::PrintToString(problems);
-    if (want["problems"].empty()) EXPECT_TRUE(problems.empty()) << all;
+    if (want["problems"].empty()) {
+      EXPECT_TRUE(problems.empty()) << all;
+    }
     for (const auto& sub : want["problems"]) {
       const std::string s = sub.get<std::string>();
       EXPECT_TRUE(std::any_of(problems.begin(), problems.end(),
@@ -84,16 +88,22 @@ TEST(DcpCorruptCases, EachBehavesAsExpected) {
       CountingSink sink;
       Status st = reader.ReadTensor(*idx, &sink);
       ExpectStatus(st, rw, "read " + key);
-      if (st.ok()) EXPECT_EQ(sink.Position(), reader.tensors()[*idx].nbytes);
+      if (st.ok()) {
+        EXPECT_EQ(sink.Position(), reader.tensors()[*idx].nbytes);
+      }
     }
     // Every tensor either reads completely or fails with a specific code.
     for (size_t i = 0; i < reader.tensors().size(); ++i) {
       CountingSink sink;
       Status st = reader.ReadTensor(i, &sink);
       EXPECT_NE(st.code(), Code::kInternal) << st.ToString();
-      if (st.ok()) EXPECT_EQ(sink.Position(), reader.tensors()[i].nbytes);
+      if (st.ok()) {
+        EXPECT_EQ(sink.Position(), reader.tensors()[i].nbytes);
+      }
     }
-    if (!marker.empty()) EXPECT_FALSE(std::filesystem::exists(marker)) << "a hostile pickle ran";
+    if (!marker.empty()) {
+      EXPECT_FALSE(std::filesystem::exists(marker)) << "a hostile pickle ran";
+    }
   }
 }
 

@@ -124,7 +124,9 @@ TEST_P(MegatronGolden, ReportsTheFactsMegatronCoreWrote) {
   if (keys.contains("decoder.layers.mlp.experts.experts.linear_fc2.weight")) {
     EXPECT_EQ(s.from_chunks.etp, exp["etp"].get<int64_t>());
   }
-  if (keys.contains("decoder.layers.self_attention.linear_qkv.weight")) EXPECT_TRUE(s.from_chunks.stacked_layers);
+  if (keys.contains("decoder.layers.self_attention.linear_qkv.weight")) {
+    EXPECT_TRUE(s.from_chunks.stacked_layers);
+  }
   EXPECT_FALSE(s.layout_mismatch) << ::testing::PrintToString(s.mismatches);
   EXPECT_EQ(s.optimizer.sharding_type, exp["optimizer_form"].get<std::string>());
   EXPECT_EQ(s.optimizer.sharding_type_source, "content_metadata");

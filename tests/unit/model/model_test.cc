@@ -137,7 +137,9 @@ TEST(ModelPlan, VocabTrimTiedAndLayernorm1p) {
       EXPECT_EQ(p.shape, (std::vector<int64_t>{100, 32}));
       EXPECT_EQ(p.rows[0].row_end, 100);
     }
-    if (p.name == "model.norm.weight") EXPECT_EQ(p.add, 1.0);
+    if (p.name == "model.norm.weight") {
+      EXPECT_EQ(p.add, 1.0);
+    }
   }
   EXPECT_EQ(names.count("lm_head.weight"), 0u);  // tied: no lm_head
   auto imp = PlanImport(c, Family::kLlama, "te", 128, HasAll);
@@ -215,7 +217,9 @@ TEST(ModelPlan, Gpt2Conv1DTransposesAndConcatenatesQkv) {
       EXPECT_EQ(p.rows[1].row_begin, 24);  // q of head 1
       EXPECT_EQ(p.rows[4].row_begin, 8);   // k of head 0
     }
-    if (p.name == "transformer.h.0.mlp.c_fc.weight") EXPECT_EQ(p.shape, (std::vector<int64_t>{32, 128}));
+    if (p.name == "transformer.h.0.mlp.c_fc.weight") {
+      EXPECT_EQ(p.shape, (std::vector<int64_t>{32, 128}));
+    }
   }
 }
 

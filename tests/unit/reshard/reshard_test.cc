@@ -214,8 +214,12 @@ TEST_F(ReshardTest, PreflightSaysWhetherMegatronLoadsTheSourceAsItIs) {
   size_t as_is = 0;
   for (const ReshardChoices::Size& z : c->sizes) {
     if (z.load_blockers.empty()) ++as_is;
-    if (z.name == "tp" && z.size == 2) EXPECT_FALSE(z.load_blockers.empty());
-    if (z.name == "dp") EXPECT_TRUE(z.load_blockers.empty()) << z.size;
+    if (z.name == "tp" && z.size == 2) {
+      EXPECT_FALSE(z.load_blockers.empty());
+    }
+    if (z.name == "dp") {
+      EXPECT_TRUE(z.load_blockers.empty()) << z.size;
+    }
   }
   EXPECT_GE(as_is, 4u);
 }

@@ -1,0 +1,2 @@
+// Empty translation unit: the owner of a precompiled header that the library
+// and test targets reuse (CMakeLists.txt, CKPT_PCH).
