@@ -51,13 +51,14 @@ GOLDEN = os.path.join(ROOT, "tests", "golden")
 
 # (source A, source B, extra convert options) of the Megatron formats: real
 # megatron-core 0.16.1 checkpoints (tests/golden), A and B of other layouts.
+L = os.path.join(GOLDEN, "legacy")
 MEGATRON_SOURCES = {
-    "torch_dist": (os.path.join(GOLDEN, "legacy", "mc016_llama_dp2"),
-                   os.path.join(GOLDEN, "legacy", "mc016_llama_tp2pp2dp2"), []),
-    "hf": (os.path.join(GOLDEN, "legacy", "mc016_llama_dp2"),
-           os.path.join(GOLDEN, "legacy", "mc016_llama_tp2pp2dp2"), []),
-    "legacy": (os.path.join(GOLDEN, "megatron", "mc016_gpt_tp2pp2dp2"),
-               os.path.join(GOLDEN, "legacy", "mc016_llama_dp2"), []),
+    "torch_dist": (os.path.join(L, "mc016_llama_dp2", "legacy", "iter_0000002"),
+                   os.path.join(L, "mc016_llama_tp2pp2dp2", "legacy", "iter_0000002"), []),
+    "hf": (os.path.join(L, "mc016_llama_dp2", "fully_reshardable", "iter_0000002"),
+           os.path.join(L, "mc016_llama_tp2pp2dp2", "legacy", "iter_0000002"), []),
+    "legacy": (os.path.join(GOLDEN, "megatron", "mc016_gpt_tp2pp2dp2", "iter_0000010"),
+               os.path.join(L, "mc016_llama_tp2pp2dp2", "fully_reshardable", "iter_0000002"), []),
 }
 PLAIN_FORMATS = {  # writer -> (convert --to, destination name, extra options)
     "dcp": ("dcp", "out", ["--thread-count", "3"]),
@@ -77,14 +78,14 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 
 def plain_sources(work: str) -> tuple[str, str]:
-    """Two safetensors files of the same keys and shapes, other values (~12 MB)."""
+    """Two safetensors files of the same keys and shapes, other values (~48 MB)."""
     import numpy as np
     from safetensors.numpy import save_file
 
     paths = []
     for seed in (1, 2):
         rng = np.random.default_rng(seed)
-        tensors = {f"layer.{i}.weight": rng.standard_normal((384, 512), dtype=np.float32) for i in range(16)}
+        tensors = {f"layer.{i}.weight": rng.standard_normal((384, 512), dtype=np.float32) for i in range(64)}
         tensors["embed"] = rng.integers(0, 1 << 30, size=(1000,), dtype=np.int64)
         path = os.path.join(work, f"src_{'AB'[seed - 1]}.safetensors")
         save_file(tensors, path)
@@ -166,15 +167,21 @@ class PluginWriter:
 
         import ckptkit.dcp
 
+        import warnings
+
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        warnings.filterwarnings("ignore", message="Detected an existing checkpoint")
         torch.set_num_threads(1)  # no OpenMP pool before fork()
         self.cli, self.name, self.dcp, self.ckdcp = cli, "plugin", dcp, ckptkit.dcp
         self.dir = os.path.join(work, "plugin")
         self.dst = os.path.join(self.dir, "dst", "iter")
         os.makedirs(os.path.dirname(self.dst))
         self.states = {"A": _plugin_state(1), "B": _plugin_state(2)}
-        t = time.monotonic()
-        self.save("A")
-        self.seconds = time.monotonic() - t
+        self.seconds = 0.0
+        for k in "ABA":  # the longest of three runs (a first save, then overwrites)
+            t = time.monotonic()
+            self.save(k)
+            self.seconds = max(self.seconds, time.monotonic() - t)
         self.state = "A"
 
     def save(self, k: str) -> None:

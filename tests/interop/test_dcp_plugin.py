@@ -371,7 +371,7 @@ def test_async_save_then_stock_load(tmp_path):
 def _save_then_fail_on_rank1(rank, world_size, path, fault):
     """A good save, then a save of other values over it in which rank 1's disk
     fails (injected through the C++ engine's fault Env: a full disk after
-    100 kB, or an I/O error on its second data file): every rank must raise,
+    600 bytes, or an I/O error on its second data file): every rank must raise,
     and the old checkpoint must still load, with its values."""
     from ckptkit import _core
 
@@ -380,7 +380,7 @@ def _save_then_fail_on_rank1(rank, world_size, path, fault):
     new["obj"] = dict(_OBJ, step=8)
     if rank == 1:
         if fault == "enospc":
-            _core._set_write_faults(space_limit=100_000)
+            _core._set_write_faults(space_limit=600)
         else:
             _core._set_write_faults(fail_nth_append=2, path_contains="__1_1.distcp")
     try:
@@ -414,8 +414,7 @@ def test_a_rank_failing_mid_save_fails_every_rank_and_keeps_the_old_checkpoint(t
     assert os.path.exists(f"{path}.rank0.ok") and os.path.exists(f"{path}.rank1.ok")
     # Nothing of the failed save is published: the folder holds the old files only.
     assert sorted(os.listdir(path)) == [".metadata", "__0_0.distcp", "__0_1.distcp", "__1_0.distcp", "__1_1.distcp"]
-    md = FileSystemReader(path).read_metadata()
-    assert md.state_dict_metadata["obj"] is not None
+    # (each rank loaded the old values back after the failure: _check_loaded, obj.step 7, not 8)
 
 
 def _overwrite_twice(rank, world_size, path):

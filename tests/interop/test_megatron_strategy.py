@@ -348,7 +348,7 @@ def _failed_overwrite(spec: Spec) -> None:
     _save(_full_sd(True), path, _ck_save())
     before = sorted(os.listdir(path))
     if dist.get_rank() == 1:
-        _core._set_write_faults(space_limit=50_000)
+        _core._set_write_faults(space_limit=500)
     try:
         _expect_failure_everywhere(
             path, lambda: _save(_full_sd(True), path, _ck_save(), async_save=True, fresh=False),
