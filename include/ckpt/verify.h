@@ -15,7 +15,12 @@
 //   sizes), one iteration for all;
 //   torch / safetensors: the file opens (headers, pickle, records).
 // With `deep`, every byte of every tensor is read and decoded (CRC-32 of zip
-// records checked where the format stores one).
+// records checked where the format stores one), and where ckptkit wrote a
+// checksum manifest beside DCP data files (format/dcp/manifest.h), every
+// item's stored bytes are hashed and compared with it: a data file that is
+// well-formed but not the one saved (bit rot, a file copied from another
+// save of the same structure) is named with the item's offset and key.
+// Without `deep` the manifests are only parsed and matched to `.metadata`.
 //
 // A problem in the data is a VerifyProblem, not an error: the function only
 // fails when the input cannot be reached (NotFound, PermissionDenied, I/O) or
@@ -58,6 +63,11 @@ struct VerifyReport {
   uint64_t objects = 0;    // non-tensor entries checked
   uint64_t files = 0;      // data files
   uint64_t bytes_read = 0;  // tensor bytes read and decoded (deep)
+  // DCP / torch_dist written by ckptkit: checksum manifests found (their items
+  // must be items of `.metadata`), and items whose stored bytes were hashed and
+  // compared with the manifest's XXH3 (deep).
+  uint64_t manifests = 0;
+  uint64_t checksums = 0;
   std::vector<VerifyProblem> problems;
   // What was checked, for people (Megatron legacy: the rank grid, one line per
   // rank folder); empty for other formats.

@@ -48,6 +48,7 @@
 #include "ckpt/status.h"
 #include "ckpt/writer.h"
 #include "format/dcp/item.h"
+#include "format/dcp/manifest.h"
 #include "format/dcp/writer.h"
 #include "util/strings.h"
 
@@ -647,6 +648,10 @@ void CommitDcpFolderPy(const std::string& dst, std::optional<std::string> stagin
       const std::string dir = staging ? *staging : dst;
       std::set<std::string, std::less<>> keep(files.begin(), files.end());
       keep.insert(metadata_name);
+      for (const std::string& f : files) {  // each data file set's checksum manifest
+        const std::string prefix = dcp::DataFilePrefix(f);
+        if (!prefix.empty()) keep.insert(dcp::ManifestFileName(prefix));
+      }
       for (const std::string& f : files) {
         if (!env->FileExists(JoinPath(dir, f))) {
           return FailedPreconditionError(StrCat("publishing ", dst, ": data file ", JoinPath(dir, f),
@@ -657,7 +662,7 @@ void CommitDcpFolderPy(const std::string& dst, std::optional<std::string> stagin
         CKPT_RETURN_IF_ERROR(engine::PruneFolder(env, dir, [&](std::string_view n) { return keep.count(n) > 0; }));
       } else if (prune) {
         CKPT_RETURN_IF_ERROR(engine::PruneFolder(env, dir, [&](std::string_view n) {
-          const bool ours = n.ends_with(".distcp") || n.ends_with(".ckptkit-tmp");
+          const bool ours = n.ends_with(".distcp") || n.ends_with(".ckptkit-tmp") || dcp::IsManifestFileName(n);
           return !ours || keep.count(n) > 0;
         }));
       }
@@ -685,7 +690,8 @@ void CommitDcpFolderPy(const std::string& dst, std::optional<std::string> stagin
 // its raw payload; through the engine's WriteFiles (one thread per file, each
 // file atomically: temporary, fsync, rename; a failing file stops the others
 // at their next append; on any failure the files this call published are
-// removed), into the Env of WriteEnv().
+// removed), into the Env of WriteEnv(); then the checksum manifest of this
+// call's items, `ckptkit-manifest<prefix>.json` (format/dcp/manifest.h).
 // Returns where each item went, per file, in the given order. `dir` must exist.
 nb::list WriteDcpFilesPy(const std::string& dir, const std::string& prefix, nb::sequence files_in) {
   if (prefix.empty() || prefix.find('/') != std::string::npos || prefix.find('\0') != std::string::npos) {
@@ -771,7 +777,19 @@ nb::list WriteDcpFilesPy(const std::string& dir, const std::string& prefix, nb::
       }
       engine::WriteFilesOptions options;
       options.threads = static_cast<int64_t>(nfiles);  // one thread per file, as torch's FileSystemWriter
-      return engine::WriteFiles(WriteEnv(), dir, to_write, options).status();
+      Env* env = WriteEnv();
+      CKPT_RETURN_IF_ERROR(engine::WriteFiles(env, dir, to_write, options).status());
+      // This call's checksum manifest (format/dcp/manifest.h), after its data files.
+      std::vector<dcp::WrittenItem> all;
+      for (const auto& f : per_file) all.insert(all.end(), f.begin(), f.end());
+      const std::string manifest = JoinPath(dir, dcp::ManifestFileName(prefix));
+      const std::string text = dcp::SerializeManifestOf(all);
+      Status s = WriteFileAtomically(env, manifest, [&](WritableFile* out) { return out->Append(text); });
+      if (!s.ok()) {
+        for (const dcp::PlannedFile& f : files) env->RemoveFile(JoinPath(dir, f.name)).IgnoreError();
+        return s.WithContext(StrCat("writing ", manifest));
+      }
+      return OkStatus();
     }();
   }
   if (!s.ok()) RaiseStatus(s);

@@ -4,14 +4,17 @@
 #include "checkpoint/dcp_writer.h"
 
 #include <algorithm>
+#include <map>
 
 #include "ckpt/engine.h"
+#include "format/dcp/manifest.h"
 #include "util/strings.h"
 
 namespace ckpt::internal_checkpoint {
 
 bool IsDcpFileName(std::string_view name) {
-  return name == dcp::kMetadataFileName || (name.size() > 7 && name.substr(name.size() - 7) == ".distcp");
+  return name == dcp::kMetadataFileName || (name.size() > 7 && name.substr(name.size() - 7) == ".distcp") ||
+         dcp::IsManifestFileName(name);
 }
 
 Result<DcpWriteReport> WriteDcpCheckpoint(Env* env, const std::string& dir,
@@ -50,20 +53,40 @@ Result<DcpWriteReport> WriteDcpFiles(Env* env, const std::string& dir, const std
     for (size_t i = plan.size(); i-- > 0;) env->RemoveFile(JoinPath(dir, plan[i].name)).IgnoreError();
   };
   std::vector<dcp::WrittenItem> written;
+  std::map<std::string, std::vector<dcp::WrittenItem>> by_prefix;  // the manifests' items
   for (size_t i = 0; i < plan.size(); ++i) {
-    for (dcp::WrittenItem& w : per_file[i]) written.push_back(std::move(w));
+    for (dcp::WrittenItem& w : per_file[i]) {
+      by_prefix[dcp::DataFilePrefix(plan[i].name)].push_back(w);
+      written.push_back(std::move(w));
+    }
     report.files.push_back(JoinPath(report_dir, plan[i].name));
     report.items += plan[i].items.size();
     report.bytes += sizes[i];
   }
+  // The checksum manifests (format/dcp/manifest.h), after the data, before `.metadata`.
+  std::vector<std::string> manifests;
+  for (const auto& [prefix, items] : by_prefix) {
+    const std::string name = dcp::ManifestFileName(prefix);
+    const std::string text = dcp::SerializeManifestOf(items);
+    Status s = WriteFileAtomically(env, JoinPath(dir, name), [&](WritableFile* out) { return out->Append(text); });
+    manifests.push_back(name);
+    if (!s.ok()) {
+      for (const std::string& m : manifests) env->RemoveFile(JoinPath(dir, m)).IgnoreError();
+      cleanup();
+      return s.WithContext(StrCat("writing ", JoinPath(report_dir, name)));
+    }
+    report.files.push_back(JoinPath(report_dir, name));
+  }
   Result<std::string> md = dcp::SerializeDcpMetadata(entries, written, options, dcp::CombineFileDigests(digests));
   if (!md.ok()) {
+    for (const std::string& m : manifests) env->RemoveFile(JoinPath(dir, m)).IgnoreError();
     cleanup();
     return md.status();
   }
   Status s = WriteFileAtomically(env, md_path, [&](WritableFile* out) { return out->Append(*md); });
   if (!s.ok()) {
     env->RemoveFile(md_path).IgnoreError();
+    for (const std::string& m : manifests) env->RemoveFile(JoinPath(dir, m)).IgnoreError();
     cleanup();
     return s.WithContext(StrCat("writing ", JoinPath(report_dir, dcp::kMetadataFileName)));
   }

@@ -13,7 +13,9 @@
 //     (the calling thread is one of them), as torch's FileSystemWriter runs
 //     thread_count writer threads; otherwise one after another on the
 //     calling thread;
-//  4. write `.metadata` the same way, last, once every data file is in place;
+//  4. write the checksum manifest (format/dcp/manifest.h: XXH3 of every
+//     item, "ckptkit-manifest__0_.json"), then `.metadata`, the same way,
+//     last, once every data file is in place;
 //  5. carry over what the destination holds besides a checkpoint (files
 //     other than `.metadata` and `*.distcp`: FolderCommit::CarryOver), then
 //     switch the staged folder over in one step (FolderCommit::Commit); stale
@@ -73,7 +75,7 @@ Result<DcpWriteReport> WriteDcpFiles(Env* env, const std::string& dir, const std
                                      std::span<const dcp::EntryToWrite> entries,
                                      const dcp::DcpWriteOptions& options);
 
-// `.metadata` and `*.distcp`.
+// `.metadata`, `*.distcp` and the checksum manifests (format/dcp/manifest.h).
 bool IsDcpFileName(std::string_view name);
 
 }  // namespace ckpt::internal_checkpoint

@@ -1,9 +1,15 @@
 // Verify: structural and (deep) byte-level checks over any checkpoint.
 #include "ckpt/verify.h"
 
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
 #include <set>
+#include <tuple>
 
 #include "checkpoint/dcp_reader.h"
+#include "format/dcp/manifest.h"
 #include "checkpoint/legacy_reader.h"
 #include "ckpt/checkpoint.h"
 #include "util/strings.h"
@@ -108,6 +114,98 @@ void VerifyDcp(const DcpReader& r, const VerifyOptions& o, VerifyReport* rep) {
   }
 }
 
+// The checksum manifests beside the data files (format/dcp/manifest.h): each
+// names items of `.metadata` (else it is another save's), lists every item of
+// the files of its prefix, and, deep, the stored bytes hash to its digests.
+void VerifyManifests(const DcpReader& r, const VerifyOptions& o, VerifyReport* rep) {
+  Env* env = o.env != nullptr ? o.env : Env::Default();
+  Result<std::vector<std::string>> kids = env->GetChildren(r.folder());
+  if (!kids.ok()) return;
+  std::vector<std::string> names;
+  for (const std::string& k : *kids) {
+    if (dcp::IsManifestFileName(k)) names.push_back(k);
+  }
+  if (names.empty()) return;
+  std::sort(names.begin(), names.end());
+  const dcp::Metadata& md = r.metadata();
+  // (file, offset, length) -> key, for every stored item.
+  std::map<std::tuple<std::string, uint64_t, uint64_t>, std::string> items;
+  auto add = [&](int64_t item, const std::string& key) {
+    if (item < 0) return;
+    const dcp::StorageItem& it = md.items[static_cast<size_t>(item)];
+    items[{it.relative_path, it.offset_in_file, it.length}] = key;
+  };
+  for (const dcp::Entry& e : md.entries) {
+    if (e.type == dcp::EntryType::kBytes) {
+      add(e.item, e.key);
+    } else {
+      for (const dcp::Chunk& c : e.chunks) add(c.item, e.key);
+    }
+  }
+  std::set<std::tuple<std::string, uint64_t, uint64_t>> listed;
+  std::set<std::string> prefixes;
+  std::string buf;
+  for (const std::string& name : names) {
+    const std::string path = JoinPath(r.folder(), name);
+    Result<std::string> text = [&]() -> Result<std::string> {
+      CKPT_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> f, env->NewRandomAccessFile(path));
+      std::string t(f->Size(), '\0');
+      CKPT_RETURN_IF_ERROR(f->ReadAt(0, t.size(), t.data()));
+      return t;
+    }();
+    Result<std::vector<dcp::ManifestItem>> m =
+        text.ok() ? dcp::ParseManifest(*text, name) : Result<std::vector<dcp::ManifestItem>>(text.status());
+    if (!m.ok()) {
+      rep->problems.push_back({name, false, 0, "", m.status().message()});
+      continue;
+    }
+    ++rep->manifests;
+    prefixes.insert(name.substr(16, name.size() - 16 - 5));  // "ckptkit-manifest" <prefix> ".json"
+    for (const dcp::ManifestItem& mi : *m) {
+      auto it = items.find({mi.file, mi.offset, mi.length});
+      if (it == items.end()) {
+        rep->problems.push_back({mi.file, true, mi.offset, "",
+                                 StrCat("the checksum manifest ", name, " names an item of ", mi.length,
+                                        " bytes here that .metadata does not (a manifest of another save?)")});
+        continue;
+      }
+      listed.insert(it->first);
+      if (!o.deep) continue;
+      Result<std::shared_ptr<const ByteSource>> file = r.DataFile(mi.file);
+      if (!file.ok() || mi.offset > (*file)->Size() || mi.length > (*file)->Size() - mi.offset) {
+        continue;  // a missing or short file is reported by the structure check
+      }
+      dcp::Xxh3Stream h;
+      Status st;
+      for (uint64_t at = 0; at < mi.length && st.ok();) {
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(mi.length - at, 8u << 20));
+        buf.resize(n);
+        st = (*file)->ReadAt(mi.offset + at, n, buf.data());
+        h.Update(buf);
+        at += n;
+      }
+      ++rep->checksums;
+      if (!st.ok()) {
+        rep->problems.push_back({mi.file, true, mi.offset, it->second, st.message()});
+      } else if (h.Digest() != mi.xxh3) {
+        rep->problems.push_back(
+            {mi.file, true, mi.offset, it->second,
+             fmt::format("the {} stored bytes differ from what was saved (XXH3 {:016x}, {} recorded {:016x})", mi.length,
+                         h.Digest(), name, mi.xxh3)});
+      }
+    }
+  }
+  // Every item of a file whose prefix has a manifest is in it.
+  for (const auto& [where, key] : items) {
+    const std::string prefix = dcp::DataFilePrefix(std::get<0>(where));
+    if (prefixes.count(prefix) && !listed.count(where)) {
+      rep->problems.push_back({std::get<0>(where), true, std::get<1>(where), key,
+                               StrCat("not in the checksum manifest ", dcp::ManifestFileName(prefix),
+                                      " (the manifest of another save?)")});
+    }
+  }
+}
+
 // Legacy (--ckpt-format torch): the problems found at open (grid, missing
 // files, distrib_optim sizes), then, deep, every storage of every rank file
 // read (CRC-32 checked) and every tensor decoded.
@@ -203,6 +301,7 @@ Result<VerifyReport> Verify(const std::string& path, const VerifyOptions& option
   rep.format = std::string((*reader)->format());
   if (const DcpReader* dcp = (*reader)->dcp_view()) {
     VerifyDcp(*dcp, options, &rep);
+    VerifyManifests(*dcp, options, &rep);
   } else if (const internal_checkpoint::LegacyReader* legacy = (*reader)->legacy_view()) {
     VerifyLegacy(*legacy, options, &rep);
   } else {

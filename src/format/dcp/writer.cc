@@ -10,6 +10,7 @@
 
 #include "format/dcp/check.h"
 #include "format/dcp/item.h"
+#include "format/dcp/manifest.h"
 #include "format/pickle/pickler.h"
 #include "format/pickle/value.h"
 #include "format/torch/tree_writer.h"
@@ -30,14 +31,17 @@ class ItemSink final : public ByteSink {
   ItemSink(ByteSink* out, uint64_t* digest) : out_(out), base_(out->Position()), digest_(digest) {}
   Status Append(std::string_view data) override {
     if (digest_ != nullptr) *digest_ = Fnv1a64(*digest_, data);
+    xxh3_.Update(data);
     return out_->Append(data);
   }
   uint64_t Position() const override { return out_->Position() - base_; }
+  uint64_t xxh3() const { return xxh3_.Digest(); }
 
  private:
   ByteSink* out_;
   uint64_t base_;
   uint64_t* digest_;
+  Xxh3Stream xxh3_;  // the manifest's digest of the item
 };
 
 std::optional<uint64_t> BoxBytes(DType dtype, const std::vector<int64_t>& sizes) {
@@ -270,9 +274,17 @@ Status WriteDcpDataFile(std::span<const EntryToWrite> entries, const PlannedFile
       CKPT_RETURN_IF_ERROR(tw.Write(root, &item_sink, wo), where);
     }
     w.length = item_sink.Position();
+    w.xxh3 = item_sink.xxh3();
     written->push_back(std::move(w));
   }
   return OkStatus();
+}
+
+std::string SerializeManifestOf(std::span<const WrittenItem> written) {
+  std::vector<ManifestItem> items;
+  items.reserve(written.size());
+  for (const WrittenItem& w : written) items.push_back({w.relative_path, w.offset, w.length, w.xxh3});
+  return SerializeManifest(items);
 }
 
 Result<std::string> SerializeDcpMetadata(std::span<const EntryToWrite> entries,

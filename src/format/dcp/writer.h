@@ -154,6 +154,7 @@ struct WrittenItem {
   std::string relative_path;
   uint64_t offset = 0;
   uint64_t length = 0;
+  uint64_t xxh3 = 0;  // XXH3_64bits of the item's stored bytes (manifest.h)
 };
 
 // Writes one planned file's items to sink (which must start at position 0 of
@@ -167,6 +168,10 @@ struct WrittenItem {
 // errors, prefixed with the file, key and chunk.
 Status WriteDcpDataFile(std::span<const EntryToWrite> entries, const PlannedFile& file, ByteSink* sink,
                         std::vector<WrittenItem>* written, uint64_t* digest = nullptr);
+
+// The checksum manifest (manifest.h) of `written`: one per set of data files
+// of one prefix, written beside them before `.metadata`.
+std::string SerializeManifestOf(std::span<const WrittenItem> written);
 
 // The .metadata pickle for entries whose items are all in `written`.
 // save_id (kTorch2_13 layout only) is derived from the metadata and

@@ -117,7 +117,7 @@ TEST_P(DcpParallelWriteTest, FourThreadsWriteTheSameBytesAsOne) {
     EXPECT_EQ(calls.exchange(0), serial_calls);
     EXPECT_EQ(par->bytes, serial->bytes);
     EXPECT_EQ(par->items, serial->items);
-    ASSERT_EQ(par->files.size(), 5u);
+    ASSERT_EQ(par->files.size(), 6u);  // 4 data files, the manifest, .metadata
     EXPECT_EQ(par->files.back(), dir + "/.metadata");
     EXPECT_EQ(ReadFolder(mem.get(), dir), ReadFolder(mem.get(), "/serial"));
   }
@@ -319,7 +319,7 @@ TEST(DcpParallelWrite, MoreThreadsThanFilesAndEmptyFiles) {
   o.thread_count = 7;  // 5 empty files
   auto r = WriteDcpCheckpoint(mem.get(), "/out", entries, o);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
-  EXPECT_EQ(r->files.size(), 8u);
+  EXPECT_EQ(r->files.size(), 9u);  // 7 data files, the manifest, .metadata
   o.parallel = false;
   ASSERT_TRUE(WriteDcpCheckpoint(mem.get(), "/serial", entries, o).ok());
   EXPECT_EQ(ReadFolder(mem.get(), "/out"), ReadFolder(mem.get(), "/serial"));

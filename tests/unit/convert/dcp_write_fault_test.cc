@@ -65,8 +65,10 @@ class DcpWriteFaultTest : public ::testing::Test {
 TEST_F(DcpWriteFaultTest, CleanRunPublishesDataFilesThenMetadata) {
   auto rep = Convert("/src", "/out", DcpOptions(&fault_));
   ASSERT_TRUE(rep.ok()) << rep.status().ToString();
-  EXPECT_THAT(rep->files, ElementsAre("/out/__0_0.distcp", "/out/__0_1.distcp", "/out/.metadata"));
-  EXPECT_THAT(ListDir(mem_.get(), "/out"), ElementsAre(".metadata", "__0_0.distcp", "__0_1.distcp"));
+  EXPECT_THAT(rep->files, ElementsAre("/out/__0_0.distcp", "/out/__0_1.distcp", "/out/ckptkit-manifest__0_.json",
+                                      "/out/.metadata"));
+  EXPECT_THAT(ListDir(mem_.get(), "/out"),
+              ElementsAre(".metadata", "__0_0.distcp", "__0_1.distcp", "ckptkit-manifest__0_.json"));
   auto back = OpenCheckpoint("/out", {mem_.get()});
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   EXPECT_EQ(back->get()->format(), "dcp");
@@ -75,7 +77,7 @@ TEST_F(DcpWriteFaultTest, CleanRunPublishesDataFilesThenMetadata) {
 
 TEST_F(DcpWriteFaultTest, DiskFullInSecondDataFileLeavesNoMetadataAndNoDataFiles) {
   auto sizes = CleanSizes();
-  ASSERT_EQ(sizes.size(), 3u);
+  ASSERT_EQ(sizes.size(), 4u);  // two data files, the manifest, .metadata
   fault_.SetSpaceLimit(sizes["__0_0.distcp"] + sizes["__0_1.distcp"] / 2);
   auto rep = Convert("/src", "/out", DcpOptions(&fault_));
   fault_.ClearFaults();
@@ -88,11 +90,21 @@ TEST_F(DcpWriteFaultTest, DiskFullInSecondDataFileLeavesNoMetadataAndNoDataFiles
 
 TEST_F(DcpWriteFaultTest, DiskFullInMetadataLeavesNothing) {
   auto sizes = CleanSizes();
-  fault_.SetSpaceLimit(sizes["__0_0.distcp"] + sizes["__0_1.distcp"] + 10);
+  fault_.SetSpaceLimit(sizes["__0_0.distcp"] + sizes["__0_1.distcp"] + sizes["ckptkit-manifest__0_.json"] + 10);
   auto rep = Convert("/src", "/out", DcpOptions(&fault_));
   fault_.ClearFaults();
   ASSERT_FALSE(rep.ok());
   EXPECT_THAT(rep.status().message(), HasSubstr(".metadata"));
+  EXPECT_THAT(ListDir(mem_.get(), "/out"), IsEmpty());
+}
+
+TEST_F(DcpWriteFaultTest, DiskFullInTheManifestLeavesNothing) {
+  auto sizes = CleanSizes();
+  fault_.SetSpaceLimit(sizes["__0_0.distcp"] + sizes["__0_1.distcp"] + 10);
+  auto rep = Convert("/src", "/out", DcpOptions(&fault_));
+  fault_.ClearFaults();
+  ASSERT_FALSE(rep.ok());
+  EXPECT_THAT(rep.status().message(), ::testing::StartsWith("writing /out/ckptkit-manifest__0_.json: "));
   EXPECT_THAT(ListDir(mem_.get(), "/out"), IsEmpty());
 }
 

@@ -125,7 +125,8 @@ TEST_F(TorchDistWriteTest, Core016RootRewrittenAs016MergesRanksAndKeepsEverythin
   ASSERT_TRUE(rep.ok()) << rep.status().ToString();
   const std::string it = std::string("/out/") + kIter;
   EXPECT_THAT(rep->files, ElementsAre(it + "/common.pt", it + "/__0_0.distcp", it + "/__0_1.distcp",
-                                      it + "/__0_2.distcp", it + "/.metadata", it + "/metadata.json",
+                                      it + "/__0_2.distcp", it + "/ckptkit-manifest__0_.json", it + "/.metadata",
+                                      it + "/metadata.json",
                                       "/out/latest_checkpointed_iteration.txt"));
   EXPECT_EQ(rep->tensors, want.tensors.size());
   EXPECT_THAT(ListDir(mem_.get(), "/out"), ElementsAre(kIter, "latest_checkpointed_iteration.txt"));
@@ -148,7 +149,8 @@ TEST_F(TorchDistWriteTest, Core016To019AndBackWritesCommonStateAsTorchWouldAfter
   auto rep = Convert("/src", "/v19", TorchDist(mem_.get(), "0.19", 2));
   ASSERT_TRUE(rep.ok()) << rep.status().ToString();
   const std::string it19 = std::string("/v19/") + kIter;
-  EXPECT_THAT(ListDir(mem_.get(), it19), ElementsAre(".metadata", "__0_0.distcp", "__0_1.distcp", "metadata.json"));
+  EXPECT_THAT(ListDir(mem_.get(), it19), ElementsAre(".metadata", "__0_0.distcp", "__0_1.distcp",
+                                                     "ckptkit-manifest__0_.json", "metadata.json"));
   EXPECT_EQ(Read(mem_.get(), it19 + "/metadata.json"),
             ReadRequiredSourceFile("tests/golden/megatron/mc019_handbuilt/iter_0000010/metadata.json"));
   // torch.save([torch.load(common.pt)], BytesIO), made with real torch.
@@ -187,7 +189,7 @@ TEST_F(TorchDistWriteTest, IterationFolderSourceGivesAPlainFolderUnlessIteration
   auto rep = Convert(src, "/flat", TorchDist(mem_.get(), "0.16"));
   ASSERT_TRUE(rep.ok()) << rep.status().ToString();
   EXPECT_THAT(ListDir(mem_.get(), "/flat"),
-              ElementsAre(".metadata", "__0_0.distcp", "common.pt", "metadata.json"));
+              ElementsAre(".metadata", "__0_0.distcp", "ckptkit-manifest__0_.json", "common.pt", "metadata.json"));
 
   ConvertOptions o = TorchDist(mem_.get(), "0.19");
   o.iteration = 1234;

@@ -56,6 +56,8 @@ Status RunVerify(const VerifyCommandOptions& options, std::ostream& out, std::os
     j["objects"] = rep.objects;
     j["files"] = rep.files;
     j["bytes_read"] = rep.bytes_read;
+    j["manifests"] = rep.manifests;
+    j["checksums"] = rep.checksums;
     j["optimizer_checked"] = optimizer_checked;
     nlohmann::json probs = nlohmann::json::array();
     for (const VerifyProblem& p : rep.problems) {
@@ -75,6 +77,9 @@ Status RunVerify(const VerifyCommandOptions& options, std::ostream& out, std::os
                                  rep.files ? fmt::format(" in {} data files", rep.files) : "");
   std::string depth = rep.deep ? fmt::format("; deep: {} read and decoded", HumanBytes(rep.bytes_read))
                                : "; metadata and archive structure (use --deep to read every byte)";
+  if (rep.deep && rep.checksums) {
+    depth += fmt::format("; {} items match the checksum manifest{}", rep.checksums, rep.manifests == 1 ? "" : "s");
+  }
   if (optimizer_checked && rep.ok()) depth += "; fp32 main params round to the model weights";
   for (const std::string& line : rep.layout) out << "  " << SafeText(line) << "\n";
   if (rep.ok()) {
