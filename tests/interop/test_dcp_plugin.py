@@ -242,6 +242,49 @@ def test_verify_deep_passes_on_ckptkit_output(two_rank_checkpoints, run_cli):
     _verify_deep(run_cli, two_rank_checkpoints[0])
 
 
+def test_each_rank_records_a_checksum_manifest_that_verify_checks(two_rank_checkpoints, run_cli, tmp_path):
+    """Each rank writes ckptkit-manifest__<rank>_.json (XXH3 of every item it
+    stored); stock torch ignores it (the loads above); `verify --deep` hashes
+    every item against it, and finds a data file that is well-formed but of
+    another save, which no check of the format can."""
+    import json
+    import shutil
+
+    ours, stock = two_rank_checkpoints
+    assert sorted(f for f in os.listdir(ours) if f.startswith("ckptkit-manifest")) == [
+        "ckptkit-manifest__0_.json", "ckptkit-manifest__1_.json"]
+    md = FileSystemReader(ours).read_metadata()
+    r = run_cli("verify", "--deep", "--json", ours)
+    doc = json.loads(r.stdout)
+    assert r.returncode == 0 and doc["manifests"] == 2 and doc["checksums"] == len(md.storage_data), doc
+    stock_doc = json.loads(run_cli("verify", "--deep", "--json", stock).stdout)
+    assert stock_doc["ok"] and stock_doc["manifests"] == 0 and stock_doc["checksums"] == 0, stock_doc
+
+    # The same structure with other values, saved by ckptkit too; one of its data files swapped in.
+    other = str(tmp_path / "other")
+    _spawn(2, _save_scaled, other)
+    mixed = str(tmp_path / "mixed")
+    shutil.copytree(ours, mixed)
+    shutil.copy(os.path.join(other, "__1_0.distcp"), os.path.join(mixed, "__1_0.distcp"))
+    assert os.path.getsize(os.path.join(mixed, "__1_0.distcp")) == os.path.getsize(os.path.join(ours, "__1_0.distcp"))
+    r = run_cli("verify", "--json", mixed)  # the format's own checks: nothing to see
+    assert r.returncode == 0, r
+    r = run_cli("verify", "--deep", "--json", mixed)
+    doc = json.loads(r.stdout)
+    assert r.returncode == 1 and doc["problems"], doc
+    assert all(p["file"] == "__1_0.distcp" and "differ from what was saved" in p["message"] for p in doc["problems"]), doc
+
+
+def _save_scaled(rank, world_size, path):
+    """_state with every float tensor's values changed (same shapes, dtypes and byte sizes)."""
+    sd = _state(world_size, 0)
+    for k in ("w", "bf", "cx", "odd"):
+        sd[k] = sd[k] * 2
+    sd["flag"] = sd["flag"].logical_not()
+    sd["nested"] = {"scalar": sd["nested"]["scalar"] * 2, "rng": sd["nested"]["rng"] + 1}
+    dcp.save(sd, storage_writer=kdcp.StorageWriter(path, thread_count=2))
+
+
 def test_diff_sees_no_difference_between_stock_and_ckptkit_checkpoints(two_rank_checkpoints, run_cli):
     ours, stock = two_rank_checkpoints
     r = run_cli("diff", stock, ours, "--json")
@@ -413,7 +456,8 @@ def test_a_rank_failing_mid_save_fails_every_rank_and_keeps_the_old_checkpoint(t
     _spawn(2, _save_then_fail_on_rank1, path, fault)
     assert os.path.exists(f"{path}.rank0.ok") and os.path.exists(f"{path}.rank1.ok")
     # Nothing of the failed save is published: the folder holds the old files only.
-    assert sorted(os.listdir(path)) == [".metadata", "__0_0.distcp", "__0_1.distcp", "__1_0.distcp", "__1_1.distcp"]
+    assert sorted(os.listdir(path)) == [".metadata", "__0_0.distcp", "__0_1.distcp", "__1_0.distcp", "__1_1.distcp",
+                                        "ckptkit-manifest__0_.json", "ckptkit-manifest__1_.json"]
     # (each rank loaded the old values back after the failure: _check_loaded, obj.step 7, not 8)
 
 
@@ -436,7 +480,8 @@ def test_overwriting_replaces_the_whole_checkpoint_in_one_step(tmp_path):
     path = str(tmp_path / "c")
     _spawn(2, _overwrite_twice, path)
     # The old checkpoint's third files are gone, the README carried over, no staging left.
-    assert sorted(os.listdir(path)) == [".metadata", "README", "__0_0.distcp", "__1_0.distcp"]
+    assert sorted(os.listdir(path)) == [".metadata", "README", "__0_0.distcp", "__1_0.distcp",
+                                        "ckptkit-manifest__0_.json", "ckptkit-manifest__1_.json"]
     assert open(os.path.join(path, "README")).read() == "notes"
     assert os.listdir(tmp_path) == ["c"]
 
@@ -452,13 +497,13 @@ def test_a_killed_saves_leftovers_are_pruned_by_the_next(tmp_path):
     staging = _core.shared_staging_path(path)
     assert staging == str(tmp_path / ".c.ckptkit-shared")
     os.makedirs(staging)
-    for name in ("__0_0.distcp", "__7_0.distcp", ".metadata", ".__3_0.distcp.ckptkit-tmp"):
+    for name in ("__0_0.distcp", "__7_0.distcp", ".metadata", ".__3_0.distcp.ckptkit-tmp", "ckptkit-manifest__7_.json"):
         with open(os.path.join(staging, name), "wb") as f:
             f.write(b"stale")
     sd2 = {"a": make_tensor("float32", (8, 8), 2), "obj": {"k": 2}}
     dcp.save(sd2, storage_writer=kdcp.StorageWriter(path), no_dist=True)
     assert sorted(os.listdir(tmp_path)) == ["c"]
-    assert sorted(os.listdir(path)) == [".metadata", "__0_0.distcp"]
+    assert sorted(os.listdir(path)) == [".metadata", "__0_0.distcp", "ckptkit-manifest__0_.json"]
     got = {"a": torch.zeros(8, 8), "obj": {"k": None}}
     dcp.load(got, storage_reader=FileSystemReader(path), no_dist=True)
     assert torch.equal(got["a"], sd2["a"]) and got["obj"] == {"k": 2}
@@ -469,12 +514,12 @@ def test_stale_data_files_of_a_killed_first_save_are_pruned(tmp_path):
     its commit) is written in place; the stale files are removed at the commit."""
     path = str(tmp_path / "c")
     os.makedirs(path)
-    for name in ("__0_0.distcp", "__5_0.distcp", "common.pt"):
+    for name in ("__0_0.distcp", "__5_0.distcp", "common.pt", "ckptkit-manifest__5_.json"):
         with open(os.path.join(path, name), "wb") as f:
             f.write(b"stale")
     sd = {"a": make_tensor("float32", (4,), 3)}
     dcp.save(sd, storage_writer=kdcp.StorageWriter(path), no_dist=True)
-    assert sorted(os.listdir(path)) == [".metadata", "__0_0.distcp", "common.pt"]
+    assert sorted(os.listdir(path)) == [".metadata", "__0_0.distcp", "ckptkit-manifest__0_.json", "common.pt"]
     got = {"a": torch.zeros(4)}
     dcp.load(got, storage_reader=FileSystemReader(path), no_dist=True)
     assert torch.equal(got["a"], sd["a"])

@@ -42,6 +42,10 @@ GOLDEN_DIRS = ["ws1_plain", "ws2_threads2", "ws3_uneven", "ws4_per_item", "ws2_z
 # ----------------------------------------------------------------------------
 
 
+
+# ckptkit writes its checksum manifest beside the data files (docs/format.md 8.10b).
+MANIFEST = "ckptkit-manifest__0_.json"
+
 def rich_state_dict(seed: int):
     g = torch.Generator().manual_seed(seed)
     return {
@@ -250,9 +254,9 @@ def test_torch_source_matches_torch_filesystem_writer(run_cli, tmp_path, seed, t
     torch_dcp_save(sd, ref, thread_count)
 
     # Same data files, byte for byte (chunks are torch.save archives; bytes
-    # items torch.save(obj)); no other files.
+    # items torch.save(obj)); no other files than ckptkit's checksum manifest.
     ref_files = sorted(os.listdir(ref))
-    assert sorted(os.listdir(ours)) == ref_files
+    assert sorted(os.listdir(ours)) == sorted(ref_files + [MANIFEST])
     for name in ref_files:
         if name.endswith(".distcp"):
             assert (ours / name).read_bytes() == (ref / name).read_bytes(), name
@@ -401,7 +405,7 @@ def test_golden_dcp_source_roundtrip(run_cli, tmp_path, name):
     assert list(b.state_dict_metadata) == list(a.state_dict_metadata)
     assert b.state_dict_metadata == a.state_dict_metadata
     assert b.planner_data == a.planner_data
-    assert sorted(os.listdir(out)) == [".metadata", "__0_0.distcp", "__0_1.distcp"]
+    assert sorted(os.listdir(out)) == [".metadata", "__0_0.distcp", "__0_1.distcp", MANIFEST]
     # dcp_to_torch_save of both: the same file (hence the same values and objects).
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -511,7 +515,7 @@ def test_megatron_source_keeps_dcp_content(run_cli, tmp_path, name):
     r = run_cli("convert", root, out, "--to", "dcp")
     assert r.returncode == 0, r
     assert "plain DCP folder" in r.stderr, r  # metadata.json / common.pt are not written
-    assert sorted(os.listdir(out)) == [".metadata", "__0_0.distcp"]
+    assert sorted(os.listdir(out)) == [".metadata", "__0_0.distcp", MANIFEST]
     src = os.path.join(root, "iter_0000010")
     assert metadata(out).state_dict_metadata == metadata(src).state_dict_metadata
     (tmp_path / "a").mkdir()
@@ -572,7 +576,7 @@ def test_thread_count_3_buckets_as_torch_for_multi_chunk_sources(run_cli, tmp_pa
     out = tmp_path / "out"
     convert(run_cli, src, out, "--thread-count", 3)
     md = metadata(out)
-    assert sorted(os.listdir(out)) == [".metadata", "__0_0.distcp", "__0_1.distcp", "__0_2.distcp"]
+    assert sorted(os.listdir(out)) == [".metadata", "__0_0.distcp", "__0_1.distcp", "__0_2.distcp", MANIFEST]
     assert any(len(sm.chunks) > 1 for sm in md.state_dict_metadata.values() if hasattr(sm, "chunks"))
     want = torch_buckets(md, 3)
     assert our_buckets(md, 3) == want

@@ -81,7 +81,7 @@ def test_convert_merges_ranks_into_rank0_files(original, converted016):
     it = mf.iter_dir(str(out), ITER)
     assert sorted(os.listdir(out)) == ["iter_0000010", "latest_checkpointed_iteration.txt"]
     assert sorted(os.listdir(it)) == [".metadata", "__0_0.distcp", "__0_1.distcp", "__0_2.distcp",
-                                      "common.pt", "metadata.json"]
+                                      "ckptkit-manifest__0_.json", "common.pt", "metadata.json"]
     with open(os.path.join(out, "latest_checkpointed_iteration.txt"), "rb") as f:
         assert f.read() == b"10"
     orig_it = mf.iter_dir(str(original), ITER)
