@@ -50,8 +50,11 @@ load(sd, dir, async_strategy) via torch's load(no_dist=True); common state as a
 ShardedObject). Only Megatron's own ('mcore') async machinery is supported:
 pass `async_strategy='mcore'` to 0.19's save; 'nvrx' raises.
 
-Not supported: `cached_metadata=True` (plan and metadata reuse) and
-`separation_hint` raise NotImplementedError; multi-storage-client (msc://)
+Plan reuse (`cached_metadata`, on by default here): while consecutive saves
+have the same structure, Megatron's own plan cache is used as its strategy uses
+it, so from the third save on planning runs no collective.
+
+Not supported: `separation_hint` raises NotImplementedError; multi-storage-client (msc://)
 paths are not handled (local or mounted file systems only).
 
 Thread-safety: one strategy object per training process, used by one thread,
@@ -350,9 +353,16 @@ class TorchDistSaveStrategy(_mtorch.TorchDistSaveShardedStrategy):
             loaders expect).
         keep_only_main_replica: as Megatron's (True: only replica_id 0 is written).
         thread_count: data files (and C++ writer threads) per rank.
+        cached_metadata: reuse the save plan and the global metadata while
+            consecutive saves have the same structure (Megatron's own cache,
+            validated the same way: the second save compares its plan with the
+            first; from the third on, planning runs no collective and the save's
+            only synchronization is finalize's gather of the write results).
+            On by default here (off in Megatron's strategy); a save whose
+            structure changed plans afresh.
 
     Raises: (constructor) ValueError for a bad thread_count, NotImplementedError
-    for cached_metadata / separation_hint; (save, or the finalize of an async
+    for separation_hint; (save, or the finalize of an async
     save) CheckpointException on every rank if any rank failed to plan its files,
     stage its tensors or write (no `.metadata`, no `metadata.json`: nothing that
     looks complete); (async_save) ValueError for async_strategy other than 'mcore'.
@@ -364,16 +374,22 @@ class TorchDistSaveStrategy(_mtorch.TorchDistSaveShardedStrategy):
         version: int = 1,
         keep_only_main_replica: bool = True,
         thread_count: int = 1,
-        cached_metadata: bool = False,
+        cached_metadata: bool = True,
         separation_hint: Optional[str] = None,
     ) -> None:
-        if cached_metadata:
-            raise NotImplementedError("ckptkit.megatron.TorchDistSaveStrategy: cached_metadata is not supported")
         if separation_hint is not None:
             raise NotImplementedError("ckptkit.megatron.TorchDistSaveStrategy: separation_hint is not supported")
         if not isinstance(thread_count, int) or thread_count < 1:
             raise ValueError(f"thread_count must be a positive int, got {thread_count!r}")
-        super().__init__(backend, version, keep_only_main_replica=keep_only_main_replica, thread_count=thread_count)
+        super().__init__(backend, version, keep_only_main_replica=keep_only_main_replica, thread_count=thread_count,
+                         cached_metadata=cached_metadata)
+        # Megatron's cache state (its __init__ sets these too; named here as this class uses them).
+        self.use_cached_ckpt_structure = bool(cached_metadata)
+        self.cached_central_plan = None
+        self.cached_local_plan = None
+        self.cached_global_metadata = None
+        self.validated_cache_reuse = False
+        self.validated_loaded_metadata_reuse = False
         self._sync_save = False
 
     def save(self, sharded_state_dict: Any, checkpoint_dir: Union[str, Path]) -> None:
@@ -401,8 +417,29 @@ class TorchDistSaveStrategy(_mtorch.TorchDistSaveShardedStrategy):
         extra = {"flatten_sharded_tensors": False} if _ASYNC_STRATEGY_API else {}
         planner = _mtorch.MCoreSavePlanner(
             dedup_replicated_tensors=not self.keep_only_main_replica, flatten_state_dict=False, **extra)
-        planned = save_state_dict_async_plan(pyt_state_dict, writer, None, 0, planner=planner)
-        save_state_dict_ret = planned[0]  # (writer, global metadata or None, dist wrapper)
+        # Megatron's plan cache, used as its own strategy uses it (strategies/torch.py, 'mcore').
+        cache_kwargs: dict = {}
+        loaded_all_plans = None
+        if self.use_cached_ckpt_structure:
+            loaded_all_plans = getattr(self.cached_global_metadata, "all_local_plans", None)
+            cache_kwargs = dict(cached_ckpt_structure=(self.cached_central_plan, self.cached_local_plan,
+                                                       self.validated_cache_reuse),
+                                loaded_all_plans=loaded_all_plans)
+        coordinator = 0
+        (save_state_dict_ret, self.cached_central_plan, self.cached_local_plan, self.validated_cache_reuse,
+         self.validated_loaded_metadata_reuse) = save_state_dict_async_plan(
+            pyt_state_dict, writer, None, coordinator, planner=planner, **cache_kwargs)
+        # (writer, global metadata or None, dist wrapper)
+        if self.use_cached_ckpt_structure:
+            rank = torch.distributed.get_rank()
+            if loaded_all_plans and self.cached_global_metadata and self.validated_loaded_metadata_reuse:
+                if rank == coordinator:
+                    save_state_dict_ret = (save_state_dict_ret[0], self.cached_global_metadata, save_state_dict_ret[2])
+            elif self.validated_cache_reuse:
+                if save_state_dict_ret[1]:  # planned afresh: cache it
+                    self.cached_global_metadata = save_state_dict_ret[1]
+                elif rank == coordinator:  # the plan was reused: only the coordinator needs the metadata
+                    save_state_dict_ret = (save_state_dict_ret[0], self.cached_global_metadata, save_state_dict_ret[2])
         save_fn, preload_fn, save_args = writer.get_save_function_and_args()
 
         def finalize_fn() -> None:

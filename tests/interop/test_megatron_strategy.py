@@ -364,6 +364,56 @@ def _failed_overwrite(spec: Spec) -> None:
     _check_load(path, _stock_load)()
 
 
+def _plan_reuse(spec: Spec) -> None:
+    """One strategy (cached_metadata, on by default), three saves of the same
+    structure: the first plans with collectives, the second validates the cached
+    plan, the third plans with none; each checkpoint loads with stock Megatron and
+    the third's files equal the first's."""
+    import ckptkit.megatron as km
+
+    strategy = _ck_save()
+    assert strategy.use_cached_ckpt_structure
+    real = km.save_state_dict_async_plan
+    names = ("all_gather_object", "gather_object", "scatter_object_list", "broadcast_object_list", "all_reduce",
+             "all_gather", "broadcast", "barrier", "reduce_scatter")
+    counts: List[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        n = [0]
+        saved = {name: getattr(dist, name) for name in names}
+
+        def wrap(f: Callable) -> Callable:
+            def call(*a: Any, **k: Any) -> Any:
+                n[0] += 1
+                return f(*a, **k)
+            return call
+
+        for name, f in saved.items():
+            setattr(dist, name, wrap(f))
+        try:
+            return real(*args, **kwargs)
+        finally:
+            for name, f in saved.items():
+                setattr(dist, name, f)
+            counts.append(n[0])
+
+    km.save_state_dict_async_plan = counting
+    try:
+        for i in range(3):
+            _save(_full_sd(True), _d(spec, f"reuse{i}"), strategy, async_save=(i == 2))
+            _check_load(_d(spec, f"reuse{i}"), _stock_load)()
+    finally:
+        km.save_state_dict_async_plan = real
+    assert counts[0] > 0 and counts[2] == 0, counts
+    assert strategy.validated_cache_reuse
+    first, third = _d(spec, "reuse0"), _d(spec, "reuse2")
+    names0 = sorted(f for f in os.listdir(first) if f.endswith(".distcp"))
+    assert names0 == sorted(f for f in os.listdir(third) if f.endswith(".distcp"))
+    for f in names0:
+        with open(os.path.join(first, f), "rb") as a, open(os.path.join(third, f), "rb") as b:
+            assert a.read() == b.read(), f
+
+
 def _nothing_to_write(spec: Spec) -> None:
     """Rank 1 holds only replicas (replica_id 1): it has no data file to write,
     sync or async, and the checkpoint is still complete."""
@@ -443,6 +493,7 @@ def scenario_world2(spec: Spec) -> None:
         ckptkit.megatron._megatron_split = split
         ckptkit.dcp._cpu_contiguous = stage
     checks.run("failed_overwrite_keeps_old", lambda: _failed_overwrite(spec))
+    checks.run("plan_reuse_skips_planning_collectives", lambda: _plan_reuse(spec))
     checks.run("rank_with_nothing_to_write", lambda: _nothing_to_write(spec))
     checks.run("async_request_pickled_like_persistent_worker", lambda: _pickled_request(spec))
     # The strategy still works after a failed save, over the failed folder.
@@ -626,6 +677,10 @@ def test_failed_overwrite_keeps_the_old_checkpoint(runs):
     _assert_checks(runs, "world2", "failed_overwrite_keeps_old")
 
 
+def test_plan_reuse_skips_planning_collectives(runs):
+    _assert_checks(runs, "world2", "plan_reuse_skips_planning_collectives")
+
+
 def _layout(path: str) -> Dict[str, List[str]]:
     """data file -> the fqns of its items, in file order (from `.metadata`)."""
     with open(os.path.join(path, ".metadata"), "rb") as f:
@@ -708,8 +763,8 @@ def test_unsupported_options_raise():
 
     with pytest.raises(ValueError, match="thread_count"):
         km.TorchDistSaveStrategy(thread_count=0)
-    with pytest.raises(NotImplementedError, match="cached_metadata"):
-        km.TorchDistSaveStrategy(cached_metadata=True)
+    assert km.TorchDistSaveStrategy().use_cached_ckpt_structure  # on by default
+    assert not km.TorchDistSaveStrategy(cached_metadata=False).use_cached_ckpt_structure
     with pytest.raises(NotImplementedError, match="separation_hint"):
         km.TorchDistSaveStrategy(separation_hint="optimizer")
     # Checked before any collective: no process group needed.
