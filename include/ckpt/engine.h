@@ -41,9 +41,13 @@
 #ifndef CKPT_ENGINE_H_
 #define CKPT_ENGINE_H_
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
+#include <condition_variable>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -150,6 +154,70 @@ struct WriteFilesOptions {
 // one file never overlap): they must be safe to run so.
 Result<std::vector<uint64_t>> WriteFiles(Env* env, const std::string& dir, std::span<const FileToWrite> files,
                                          const WriteFilesOptions& options, const std::string& report_dir = "");
+
+// Host memory that saves stage their tensors into before writing: one arena
+// of `capacity` bytes, mapped once and reused by every save (its pages stay
+// resident after the first, so staging is a memcpy into warm memory, not
+// page faults into fresh allocations), split into page-aligned regions.
+// Bounded: a save whose regions do not fit waits until earlier saves release
+// theirs (backpressure), so staging memory never grows past the capacity.
+//
+// Thread-safety: all methods are thread-safe. Regions keep the pool alive.
+class StagingPool : public std::enable_shared_from_this<StagingPool> {
+ public:
+  static constexpr uint64_t kAlignment = 4096;
+
+  // A region of the arena, released (returned to the pool) on destruction.
+  class Region {
+   public:
+    Region(const Region&) = delete;
+    Region& operator=(const Region&) = delete;
+    ~Region();
+    uint8_t* data() const { return data_; }
+    uint64_t size() const { return size_; }
+
+   private:
+    friend class StagingPool;
+    Region(std::shared_ptr<StagingPool> pool, uint64_t offset, uint64_t size, uint64_t reserved);
+    std::shared_ptr<StagingPool> pool_;
+    uint64_t offset_, size_, reserved_;
+    uint8_t* data_;
+  };
+
+  // Errors: InvalidArgument for capacity 0; ResourceExhausted when the arena
+  // cannot be mapped.
+  static Result<std::shared_ptr<StagingPool>> Create(uint64_t capacity);
+  ~StagingPool();
+
+  // What `sizes` occupy in a pool (each rounded up to kAlignment; an empty
+  // region takes none).
+  static uint64_t Footprint(std::span<const uint64_t> sizes);
+
+  // One region per size, all or none: waits while they do not fit (regions of
+  // earlier saves still in use), up to `timeout`. Errors: InvalidArgument when
+  // they could never fit (Footprint > capacity); ResourceExhausted after
+  // `timeout` (naming what is still held).
+  Result<std::vector<std::unique_ptr<Region>>> Acquire(std::span<const uint64_t> sizes,
+                                                       std::chrono::milliseconds timeout);
+
+  uint64_t capacity() const { return capacity_; }
+  uint64_t in_use() const;  // bytes of regions held now
+  uint64_t peak() const;    // most bytes held at once since Create
+
+ private:
+  StagingPool(uint8_t* base, uint64_t capacity);
+  void Release(uint64_t offset, uint64_t reserved);
+  // First-fit placement of `sizes` in the free list, or false (nothing changed).
+  bool TryPlace(std::span<const uint64_t> sizes, std::vector<uint64_t>* offsets);
+
+  uint8_t* const base_;
+  const uint64_t capacity_;
+  mutable std::mutex mu_;
+  std::condition_variable released_;
+  std::map<uint64_t, uint64_t> free_;  // offset -> length, coalesced
+  uint64_t in_use_ = 0;
+  uint64_t peak_ = 0;
+};
 
 // Removes `path` and, for a folder, everything under it (rm -r). A missing
 // path is OK. Errors: the first I/O error, naming the path.
