@@ -52,6 +52,7 @@ import dataclasses
 import io
 import os
 import pickle
+import threading
 import uuid
 import warnings
 from typing import Any, Optional, Union
@@ -164,6 +165,97 @@ def _fsync_dir(path: PathLike) -> None:
         os.close(fd)
 
 
+# --------------------------------------------------------------------------
+# Staging for async_save: tensors copied into the C++ engine's StagingPool
+# --------------------------------------------------------------------------
+_POOL_LOCK = threading.Lock()
+_POOL: Optional[Any] = None  # the process's _core.StagingPool
+
+
+def _process_pool(need: int, capacity: Optional[int]) -> Any:
+    """The process-wide staging pool: `capacity` bytes when given (fixed), else
+    sized by the first save that needs it and re-created larger only when a
+    later save needs more (the old one is freed once its saves finish)."""
+    global _POOL
+    with _POOL_LOCK:
+        if capacity is not None:
+            if _POOL is None or _POOL.capacity != _core.StagingPool.footprint([capacity]):
+                _POOL = _core.StagingPool(capacity)
+        elif _POOL is None or _POOL.capacity < need:
+            _POOL = _core.StagingPool(max(need, 1))
+        return _POOL
+
+
+def _local_parts(state_dict: Any) -> tuple[list, bool]:
+    """Every tensor that staging copies, in _iterate_state_dict's order, and
+    whether torch's own staging is needed instead (ShardedTensor, a DTensor off
+    the CPU)."""
+    from torch.distributed._state_dict_utils import _iterate_state_dict
+
+    found: list = []
+    fallback = [False]
+
+    def tensor_func(obj, pg, device, companion):
+        found.append(obj)
+        return obj
+
+    def dtensor_func(obj, pg, device, companion):
+        if obj.device.type != "cpu":
+            fallback[0] = True
+        found.append(obj._local_tensor)
+        return obj
+
+    def sharded_func(obj, pg, device, companion):
+        fallback[0] = True
+        return obj
+
+    _iterate_state_dict(state_dict, sharded_func, dtensor_func, tensor_func, type_check=False)
+    return found, fallback[0]
+
+
+@torch.no_grad()
+def _stage_into_pool(state_dict: Any, capacity: Optional[int], timeout_s: float) -> Any:
+    """A copy of `state_dict` whose tensors live in the staging pool: the same
+    structure, non-tensor values shared (as torch's staging does), every tensor's
+    values copied at this moment. Returns once the copies are done."""
+    from torch.distributed._state_dict_utils import _iterate_state_dict
+    from torch.distributed.tensor import DTensor
+
+    parts, _ = _local_parts(state_dict)
+    sizes = [t.numel() * t.element_size() for t in parts]
+    pool = _process_pool(_core.StagingPool.footprint(sizes), capacity)
+    buffers = iter(pool.acquire(sizes, timeout_s))
+    on_device = []
+
+    def staged_copy(t: torch.Tensor) -> torch.Tensor:
+        buf = next(buffers)
+        out = torch.from_numpy(buf)
+        out = out.view(t.dtype) if t.dtype != torch.uint8 else out
+        out = out.reshape(t.shape)
+        if t.device.type != "cpu":
+            out.copy_(t.detach(), non_blocking=True)
+            on_device.append(t.device)
+        else:
+            out.copy_(t.detach())
+        return out
+
+    def tensor_func(obj, pg, device, companion):
+        return staged_copy(obj)
+
+    def dtensor_func(obj, pg, device, companion):
+        local = staged_copy(obj._local_tensor)
+        return DTensor.from_local(local, obj.device_mesh, obj.placements, run_check=False,
+                                  shape=obj.size(), stride=obj.stride())
+
+    def sharded_func(obj, pg, device, companion):  # pragma: no cover - routed to torch's staging
+        raise AssertionError("ShardedTensor is staged by torch")
+
+    staged = _iterate_state_dict(state_dict, sharded_func, dtensor_func, tensor_func, type_check=False)
+    if on_device and torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return staged
+
+
 class StorageWriter(_TorchStorageWriter, BlockingAsyncStager):
     """DCP StorageWriter backed by ckptkit's C++ DCP writer.
 
@@ -172,7 +264,13 @@ class StorageWriter(_TorchStorageWriter, BlockingAsyncStager):
         thread_count: data files per rank, written by that many C++ threads
             (items split over them as torch's FileSystemWriter does).
         overwrite: as FileSystemWriter: False raises if a checkpoint exists.
-        cache_staged_state_dict: as FileSystemWriter (async_save staging).
+        cache_staged_state_dict: accepted for FileSystemWriter compatibility;
+            staging always reuses the pool's memory.
+        staging_bytes: capacity of the process's staging pool for async_save
+            (None: sized by the first save; a later, larger save re-creates it).
+            A save whose tensors do not fit waits for earlier saves to finish
+            (at most staging_timeout_s, then raises): staging memory never
+            grows past the pool.
     """
 
     def __init__(
@@ -182,13 +280,19 @@ class StorageWriter(_TorchStorageWriter, BlockingAsyncStager):
         *,
         overwrite: bool = True,
         cache_staged_state_dict: bool = False,
+        staging_bytes: Optional[int] = None,
+        staging_timeout_s: float = 600.0,
     ) -> None:
         _TorchStorageWriter.__init__(self)
         BlockingAsyncStager.__init__(self, cache_staged_state_dict=cache_staged_state_dict)
         if not isinstance(thread_count, int) or thread_count < 1:
             raise ValueError(f"thread_count must be a positive int, got {thread_count!r}")
+        if staging_bytes is not None and (not isinstance(staging_bytes, int) or staging_bytes < 1):
+            raise ValueError(f"staging_bytes must be a positive int or None, got {staging_bytes!r}")
         self.path = os.fspath(path)
         self.thread_count = thread_count
+        self.staging_bytes = staging_bytes
+        self.staging_timeout_s = float(staging_timeout_s)
         self.overwrite = overwrite
         self.save_id = str(uuid.uuid4())
         self.rank: Optional[int] = None
@@ -202,6 +306,19 @@ class StorageWriter(_TorchStorageWriter, BlockingAsyncStager):
         if checkpoint_id:
             self.path = os.fspath(checkpoint_id)
         self.save_id = str(uuid.uuid4())
+
+    def stage(self, state_dict: Any) -> Any:
+        """async_save's staging step, the only part the caller waits for: every
+        tensor copied (one memcpy into the engine's warm, bounded staging pool;
+        non-blocking device-to-host copies for accelerator tensors, then one
+        synchronize), so the caller may change its tensors as soon as async_save
+        returns; the writes then run on a background thread from those copies.
+        A state dict holding ShardedTensors, or DTensors off the CPU, is staged
+        by torch's own BlockingAsyncStager instead."""
+        _, fallback = _local_parts(state_dict)
+        if fallback:
+            return BlockingAsyncStager.stage(self, state_dict)
+        return _stage_into_pool(state_dict, self.staging_bytes, self.staging_timeout_s)
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         self.rank = kwargs.get("rank")

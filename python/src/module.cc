@@ -21,6 +21,7 @@
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -680,6 +681,45 @@ void CommitDcpFolderPy(const std::string& dst, std::optional<std::string> stagin
   if (!s.ok()) RaiseStatus(s);
 }
 
+// StagingPool(capacity): engine::StagingPool for the plug-ins' staging
+// (ckptkit.dcp.StorageWriter.stage). acquire(sizes, timeout_s) -> a list of
+// writable numpy uint8 arrays, one per size, each owning its region: the
+// region returns to the pool when the array (and every tensor viewing it,
+// torch.from_numpy) is gone. Waits (GIL released) while the pool is full.
+class StagingPoolPy {
+ public:
+  explicit StagingPoolPy(uint64_t capacity) {
+    Result<std::shared_ptr<engine::StagingPool>> r = engine::StagingPool::Create(capacity);
+    if (!r.ok()) RaiseStatus(r.status());
+    pool_ = *r;
+  }
+  nb::list Acquire(std::vector<uint64_t> sizes, double timeout_s) {
+    if (!(timeout_s >= 0)) RaiseValue(PyExc_ValueError, "StagingPool.acquire: timeout_s must be >= 0");
+    Result<std::vector<std::unique_ptr<engine::StagingPool::Region>>> r =
+        InvalidArgumentError("StagingPool.acquire: not run");
+    {
+      nb::gil_scoped_release release;
+      r = pool_->Acquire(sizes, std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
+    }
+    if (!r.ok()) RaiseStatus(r.status());
+    nb::list out;
+    for (std::unique_ptr<engine::StagingPool::Region>& region : *r) {
+      engine::StagingPool::Region* raw = region.release();
+      nb::capsule owner(raw, [](void* p) noexcept { delete static_cast<engine::StagingPool::Region*>(p); });
+      size_t shape[1] = {static_cast<size_t>(raw->size())};
+      out.append(nb::cast(nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>>(raw->data(), 1, shape, owner)));
+    }
+    return out;
+  }
+  uint64_t capacity() const { return pool_->capacity(); }
+  uint64_t in_use() const { return pool_->in_use(); }
+  uint64_t peak() const { return pool_->peak(); }
+  static uint64_t Footprint(std::vector<uint64_t> sizes) { return engine::StagingPool::Footprint(sizes); }
+
+ private:
+  std::shared_ptr<engine::StagingPool> pool_;
+};
+
 // write_dcp_files(dir, prefix, files) -> [[(relative_path, offset, length)], ...]
 //
 // files: a sequence (one per data file `<prefix><n>.distcp`) of sequences of
@@ -980,6 +1020,13 @@ NB_MODULE(_core, m) {
         nb::arg("metadata").none() = nb::none());
   m.def("write_dcp_files", &WriteDcpFilesPy, nb::arg("dir"), nb::arg("prefix"), nb::arg("files"));
   m.def("shared_staging_path", &SharedStagingPathPy, nb::arg("dst"));
+  nb::class_<StagingPoolPy>(m, "StagingPool")
+      .def(nb::init<uint64_t>(), nb::arg("capacity"))
+      .def("acquire", &StagingPoolPy::Acquire, nb::arg("sizes"), nb::arg("timeout_s"))
+      .def_prop_ro("capacity", &StagingPoolPy::capacity)
+      .def_prop_ro("in_use", &StagingPoolPy::in_use)
+      .def_prop_ro("peak", &StagingPoolPy::peak)
+      .def_static("footprint", &StagingPoolPy::Footprint, nb::arg("sizes"));
   m.def("commit_dcp_folder", &CommitDcpFolderPy, nb::arg("dst"), nb::arg("staging").none(), nb::arg("files"),
         nb::arg("metadata"), nb::arg("metadata_name") = ".metadata", nb::arg("prune") = true);
   m.def("_set_write_faults", &SetWriteFaultsPy, nb::arg("space_limit").none() = nb::none(),

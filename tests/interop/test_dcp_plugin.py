@@ -411,6 +411,63 @@ def test_async_save_then_stock_load(tmp_path):
     _assert_state_equal(got, sd, "async")
 
 
+def test_async_save_holds_the_values_of_the_moment_of_the_call(tmp_path):
+    """async_save returns once every tensor is copied into the engine's staging
+    pool: tensors changed right after it returns (in place, as an optimizer step
+    does) do not reach the checkpoint, which holds the values of the call."""
+    from torch.distributed.device_mesh import init_device_mesh  # noqa: F401 - DTensor below needs no mesh here
+
+    g = torch.Generator().manual_seed(5)
+    sd = {"w": torch.randn(256, 1024, generator=g), "b": torch.randn(1024, generator=g).to(torch.bfloat16),
+          "step": torch.tensor(3), "mask": torch.rand(64, generator=g) > 0.5, "empty": torch.zeros(0, 4),
+          "strided": torch.randn(32, 16, generator=g).t(), "obj": {"lr": 0.1}}
+    want = {k: (v.clone() if isinstance(v, torch.Tensor) else dict(v)) for k, v in sd.items()}
+    path = str(tmp_path / "a")
+    fut = dcp.async_save(sd, storage_writer=kdcp.StorageWriter(path, thread_count=2), no_dist=True)
+    for k in ("w", "b", "strided"):
+        sd[k].add_(1)  # the next optimizer step, while the save is still running
+    sd["step"].fill_(4)
+    sd["mask"].logical_not_()
+    sd["obj"]["lr"] = 0.2  # non-tensor values are shared, as with torch's own staging
+    fut.result(timeout=120)
+    got = {k: torch.zeros_like(v) if isinstance(v, torch.Tensor) else {"lr": None} for k, v in want.items()}
+    dcp.load(got, storage_reader=FileSystemReader(path), no_dist=True)
+    for k in ("w", "b", "step", "mask", "empty", "strided"):
+        _assert_same(got[k], want[k], k)
+
+
+def test_async_saves_stage_into_a_bounded_reused_pool(tmp_path):
+    """Staging memory is one pool, reused: consecutive async saves of the same
+    state stage into the same bytes (no growth), a save that does not fit waits
+    for the previous one instead of allocating more, and a fixed staging_bytes
+    smaller than one save is refused with a clear error."""
+    g = torch.Generator().manual_seed(6)
+    sd = {f"w{i}": torch.randn(512, 512, generator=g) for i in range(8)}  # 8 MiB
+    need = _core_footprint(sd)
+    futs = []
+    for i in range(3):
+        for t in sd.values():
+            t.fill_(float(i))
+        futs.append(dcp.async_save(sd, storage_writer=kdcp.StorageWriter(str(tmp_path / f"s{i}")), no_dist=True))
+    for f in futs:
+        f.result(timeout=120)
+    pool = kdcp._POOL
+    assert pool.capacity == need and pool.peak <= pool.capacity, (pool.capacity, pool.peak, need)
+    for i in range(3):
+        got = {k: torch.zeros(512, 512) for k in sd}
+        dcp.load(got, storage_reader=FileSystemReader(str(tmp_path / f"s{i}")), no_dist=True)
+        assert all(torch.all(v == float(i)) for v in got.values()), i
+    with pytest.raises(ValueError, match="more than the pool's"):
+        dcp.async_save(sd, storage_writer=kdcp.StorageWriter(str(tmp_path / "x"), staging_bytes=1 << 20),
+                       no_dist=True).result(timeout=120)
+
+
+def _core_footprint(sd):
+    from ckptkit import _core
+
+    return _core.StagingPool.footprint([t.numel() * t.element_size() for t in sd.values()])
+
+
 def _save_then_fail_on_rank1(rank, world_size, path, fault):
     """A good save, then a save of other values over it in which rank 1's disk
     fails (injected through the C++ engine's fault Env: a full disk after
