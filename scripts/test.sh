@@ -2,7 +2,8 @@
 # Sets up (see scripts/setup.sh) and runs every test: C++ unit, golden and
 # corrupt-corpus tests (ctest), the Python package's interop tests against real
 # torch 2.13 / safetensors (pytest), the C++ tests again under ASan+UBSan
-# (clang, -Werror), and each fuzz target for a bounded time.
+# (clang, -Werror), each fuzz target for a bounded time, and the save engine's
+# tests under ThreadSanitizer.
 # Usage: bash scripts/test.sh          FUZZ_SECONDS=30 by default; 0 skips fuzzing
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,4 +39,16 @@ fi
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 echo "== sanitizer build (clang-14, ASan+UBSan, -Werror): ctest, then fuzzing ${FUZZ_SECONDS}s per target"
 bash scripts/fuzz.sh "$FUZZ_SECONDS"
+
+# The save engine's threads (WriteFiles, StagingPool, FolderCommit) and the Env
+# they write through, under ThreadSanitizer; clang also checks the engine's
+# CKPT_GUARDED_BY annotations (-Wthread-safety -Werror) in both clang builds.
+echo "== ThreadSanitizer (clang-14, -Werror): the engine's and the Env's tests"
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only -DNDEBUG" \
+  -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
+  -DCKPT_TSAN=ON -DCKPT_WERROR=ON -DCKPT_BUILD_TESTS=ON -DCKPT_BUILD_CLI=OFF >/dev/null
+ninja -C build-tsan -j"$(nproc)" ckpt_engine_tests ckpt_io_tests
+TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ./build-tsan/ckpt_engine_tests --gtest_brief=1
+TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ./build-tsan/ckpt_io_tests --gtest_brief=1
 echo "== all tests passed"

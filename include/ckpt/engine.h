@@ -44,10 +44,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
-#include <condition_variable>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -205,18 +202,13 @@ class StagingPool : public std::enable_shared_from_this<StagingPool> {
   uint64_t peak() const;    // most bytes held at once since Create
 
  private:
+  struct State;  // the free list and counters, under a mutex (staging_pool.cc)
   StagingPool(uint8_t* base, uint64_t capacity);
   void Release(uint64_t offset, uint64_t reserved);
-  // First-fit placement of `sizes` in the free list, or false (nothing changed).
-  bool TryPlace(std::span<const uint64_t> sizes, std::vector<uint64_t>* offsets);
 
   uint8_t* const base_;
   const uint64_t capacity_;
-  mutable std::mutex mu_;
-  std::condition_variable released_;
-  std::map<uint64_t, uint64_t> free_;  // offset -> length, coalesced
-  uint64_t in_use_ = 0;
-  uint64_t peak_ = 0;
+  std::unique_ptr<State> state_;
 };
 
 // Removes `path` and, for a folder, everything under it (rm -r). A missing

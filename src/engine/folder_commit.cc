@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <mutex>
 #include <set>
 #include <cerrno>
 #include <string>
@@ -13,6 +12,7 @@
 
 #include "ckpt/engine.h"
 #include "io/path_util.h"
+#include "util/mutex.h"
 #include "util/strings.h"
 
 namespace ckpt::engine {
@@ -37,8 +37,8 @@ std::atomic<uint64_t> next_id{0};
 // The staging folders of this process's FolderCommits still in progress (a
 // leftover named with this process's id is ours to clean only when it is
 // not one of them).
-std::mutex active_mu;
-std::set<std::string>& Active() {
+Mutex active_mu;
+std::set<std::string>& Active() CKPT_REQUIRES(active_mu) {
   static std::set<std::string>* const active = new std::set<std::string>();
   return *active;
 }
@@ -58,7 +58,7 @@ bool OwnerAlive(const std::string& path, std::string_view suffix) {
   const long long pid = std::stoll(pid_text);
   if (pid <= 0 || pid > INT32_MAX) return false;
   if (pid == ::getpid()) {
-    std::lock_guard<std::mutex> l(active_mu);
+    MutexLock l(&active_mu);
     return Active().count(path) > 0;
   }
   return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM;
@@ -131,7 +131,7 @@ Result<std::unique_ptr<FolderCommit>> FolderCommit::Begin(Env* env, const std::s
   }
   const std::string staging = JoinPath(parent, StrCat(new_prefix, Suffix()));
   {
-    std::lock_guard<std::mutex> l(active_mu);
+    MutexLock l(&active_mu);
     Active().insert(staging);
   }
   auto commit = std::unique_ptr<FolderCommit>(new FolderCommit(env, dst, staging));
@@ -141,7 +141,7 @@ Result<std::unique_ptr<FolderCommit>> FolderCommit::Begin(Env* env, const std::s
 
 FolderCommit::~FolderCommit() {
   Abort();
-  std::lock_guard<std::mutex> l(active_mu);
+  MutexLock l(&active_mu);
   Active().erase(staging_);
 }
 
@@ -229,7 +229,7 @@ Status FolderCommit::Commit() {
       }
       done_ = true;
       {
-        std::lock_guard<std::mutex> l(active_mu);
+        MutexLock l(&active_mu);
         Active().erase(staging_);
         Active().insert(old);
       }

@@ -5,10 +5,26 @@
 #include <cerrno>
 #include <cstring>
 
+#include <map>
+
 #include "ckpt/engine.h"
+#include "util/mutex.h"
 #include "util/strings.h"
 
 namespace ckpt::engine {
+
+struct StagingPool::State {
+  explicit State(uint64_t capacity) { free[0] = capacity; }
+  // First-fit placement of `sizes` in the free list, or false (nothing changed).
+  bool TryPlace(std::span<const uint64_t> sizes, std::vector<uint64_t>* offsets) CKPT_REQUIRES(mu);
+
+  Mutex mu;
+  CondVar released;                                      // signalled when regions return
+  std::map<uint64_t, uint64_t> free CKPT_GUARDED_BY(mu);  // offset -> length, coalesced
+  uint64_t in_use CKPT_GUARDED_BY(mu) = 0;
+  uint64_t peak CKPT_GUARDED_BY(mu) = 0;
+};
+
 namespace {
 
 uint64_t RoundUp(uint64_t n) { return (n + StagingPool::kAlignment - 1) / StagingPool::kAlignment * StagingPool::kAlignment; }
@@ -27,9 +43,8 @@ Result<std::shared_ptr<StagingPool>> StagingPool::Create(uint64_t capacity) {
   return std::shared_ptr<StagingPool>(new StagingPool(static_cast<uint8_t*>(p), capacity));
 }
 
-StagingPool::StagingPool(uint8_t* base, uint64_t capacity) : base_(base), capacity_(capacity) {
-  free_[0] = capacity;
-}
+StagingPool::StagingPool(uint8_t* base, uint64_t capacity)
+    : base_(base), capacity_(capacity), state_(std::make_unique<State>(capacity)) {}
 
 StagingPool::~StagingPool() { ::munmap(base_, capacity_); }
 
@@ -39,8 +54,8 @@ uint64_t StagingPool::Footprint(std::span<const uint64_t> sizes) {
   return total;
 }
 
-bool StagingPool::TryPlace(std::span<const uint64_t> sizes, std::vector<uint64_t>* offsets) {
-  std::map<uint64_t, uint64_t> trial = free_;
+bool StagingPool::State::TryPlace(std::span<const uint64_t> sizes, std::vector<uint64_t>* offsets) {
+  std::map<uint64_t, uint64_t> trial = free;
   offsets->clear();
   for (uint64_t s : sizes) {
     const uint64_t need = RoundUp(s);
@@ -56,7 +71,7 @@ bool StagingPool::TryPlace(std::span<const uint64_t> sizes, std::vector<uint64_t
     if (len > need) trial[off + need] = len - need;
     offsets->push_back(off);
   }
-  free_ = std::move(trial);
+  free = std::move(trial);
   return true;
 }
 
@@ -69,15 +84,18 @@ Result<std::vector<std::unique_ptr<StagingPool::Region>>> StagingPool::Acquire(s
   }
   std::vector<uint64_t> offsets;
   {
-    std::unique_lock<std::mutex> l(mu_);
-    const bool placed = released_.wait_for(l, timeout, [&] { return TryPlace(sizes, &offsets); });
-    if (!placed) {
-      return ResourceExhaustedError(StrCat("staging pool: ", need, " bytes did not become free within ",
-                                           timeout.count(), " ms (", in_use_, " of ", capacity_,
-                                           " bytes still held by earlier saves that have not finished)"));
+    State& st = *state_;
+    MutexLock l(&st.mu);
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!st.TryPlace(sizes, &offsets)) {
+      if (!st.released.WaitUntil(&st.mu, deadline) && !st.TryPlace(sizes, &offsets)) {
+        return ResourceExhaustedError(StrCat("staging pool: ", need, " bytes did not become free within ",
+                                             timeout.count(), " ms (", st.in_use, " of ", capacity_,
+                                             " bytes still held by earlier saves that have not finished)"));
+      }
     }
-    in_use_ += need;
-    peak_ = std::max(peak_, in_use_);
+    st.in_use += need;
+    st.peak = std::max(st.peak, st.in_use);
   }
   std::vector<std::unique_ptr<Region>> out;
   out.reserve(sizes.size());
@@ -90,35 +108,36 @@ Result<std::vector<std::unique_ptr<StagingPool::Region>>> StagingPool::Acquire(s
 
 void StagingPool::Release(uint64_t offset, uint64_t reserved) {
   if (reserved == 0) return;
+  State& st = *state_;
   {
-    std::lock_guard<std::mutex> l(mu_);
-    in_use_ -= reserved;
-    auto [it, inserted] = free_.emplace(offset, reserved);
+    MutexLock l(&st.mu);
+    st.in_use -= reserved;
+    auto it = st.free.emplace(offset, reserved).first;
     // Coalesce with the next and the previous free block.
     auto next = std::next(it);
-    if (next != free_.end() && it->first + it->second == next->first) {
+    if (next != st.free.end() && it->first + it->second == next->first) {
       it->second += next->second;
-      free_.erase(next);
+      st.free.erase(next);
     }
-    if (it != free_.begin()) {
+    if (it != st.free.begin()) {
       auto prev = std::prev(it);
       if (prev->first + prev->second == it->first) {
         prev->second += it->second;
-        free_.erase(it);
+        st.free.erase(it);
       }
     }
   }
-  released_.notify_all();
+  st.released.SignalAll();
 }
 
 uint64_t StagingPool::in_use() const {
-  std::lock_guard<std::mutex> l(mu_);
-  return in_use_;
+  MutexLock l(&state_->mu);
+  return state_->in_use;
 }
 
 uint64_t StagingPool::peak() const {
-  std::lock_guard<std::mutex> l(mu_);
-  return peak_;
+  MutexLock l(&state_->mu);
+  return state_->peak;
 }
 
 StagingPool::Region::Region(std::shared_ptr<StagingPool> pool, uint64_t offset, uint64_t size, uint64_t reserved)

@@ -76,7 +76,9 @@ TEST(StagingPool, ASecondSaveWaitsForTheFirst) {
   std::thread second([&] {
     auto r = (*pool)->Acquire(std::vector<uint64_t>{kPage, kPage}, 10s);
     EXPECT_TRUE(r.ok());
-    if (r.ok()) EXPECT_EQ((*r)[0]->data(), where);
+    if (r.ok()) {
+      EXPECT_EQ((*r)[0]->data(), where);
+    }
     got = true;
   });
   std::this_thread::sleep_for(50ms);
