@@ -5,6 +5,7 @@
 #include <set>
 
 #include "checkpoint/readers.h"
+#include "format/dcp/manifest.h"
 
 #include "util/box.h"
 #include "util/strings.h"
@@ -196,6 +197,12 @@ nlohmann::json DcpReader::Details() const {
     return ranks.size();
   }();
   d["files"] = std::move(files);
+  // ckptkit's checksum manifests beside the data files (format/dcp/manifest.h).
+  nlohmann::json manifests = nlohmann::json::array();
+  for (const std::string& name : other_files_) {
+    if (dcp::IsManifestFileName(name)) manifests.push_back(name);
+  }
+  if (!manifests.empty()) d["checksum_manifests"] = std::move(manifests);
   nlohmann::json probs = nlohmann::json::array();
   for (const dcp::Problem& p : problems_) {
     nlohmann::json j = {{"message", p.message}};

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "checkpoint/dcp_writer.h"
+#include "ckpt/checkpoint.h"
 #include "ckpt/verify.h"
 #include "format/dcp/manifest.h"
 #include "format/dcp/writer.h"
@@ -123,6 +124,10 @@ TEST_F(ManifestVerifyTest, EveryItemIsRecordedAndChecked) {
   EXPECT_TRUE(r.ok()) << Messages(r);
   EXPECT_EQ(r.manifests, 1u);
   EXPECT_EQ(r.checksums, 6u);
+  // inspect's details name it.
+  auto reader = OpenCheckpoint("/a", {mem_.get()});
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  EXPECT_EQ((*reader)->Details()["checksum_manifests"], nlohmann::json::array({"ckptkit-manifest__0_.json"}));
   VerifyReport shallow = Check("/a", false);
   EXPECT_TRUE(shallow.ok());
   EXPECT_EQ(shallow.manifests, 1u);

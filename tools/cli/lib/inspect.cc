@@ -426,6 +426,12 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
                          chunks == 1 ? "" : "s", objs, objs == 1 ? "" : "s", desc.empty() ? "" : ": ", desc);
     }
   }
+  if (details.contains("checksum_manifests") && details["checksum_manifests"].is_array()) {
+    std::vector<std::string> names;
+    for (const auto& m : details["checksum_manifests"]) names.push_back(Safe(m.get<std::string>()));
+    out << fmt::format("\nChecksums: {} (ckptkit's XXH3 of every item; `ckptkit verify --deep` checks them)\n",
+                       fmt::join(names, ", "));
+  }
   if (details.contains("problems") && details["problems"].is_array() && !details["problems"].empty()) {
     out << fmt::format("\nPROBLEMS ({}; run `ckptkit verify` for the full check):\n", details["problems"].size());
     size_t shown_p = 0;
