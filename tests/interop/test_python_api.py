@@ -224,7 +224,8 @@ def test_convert_to_dcp_and_torch_dist_from_python(tmp_path):
     src = str(tmp_path / "src.pt")
     torch.save(sd, src)
     out = ckptkit.convert(src, tmp_path / "dcp", to="dcp", thread_count=2)
-    assert [os.path.basename(f) for f in out["files"]] == ["__0_0.distcp", "__0_1.distcp", ".metadata"]
+    assert [os.path.basename(f) for f in out["files"]] == ["__0_0.distcp", "__0_1.distcp", "ckptkit-manifest__0_.json",
+                                                          ".metadata"]
     got = {"w": torch.zeros(4, 6), "b": torch.zeros(3, dtype=torch.bfloat16), "step": 0}
     dcp.load(got, storage_reader=FileSystemReader(str(tmp_path / "dcp")), no_dist=True)
     assert torch.equal(got["w"], sd["w"]) and torch.equal(got["b"], sd["b"]) and got["step"] == 5
