@@ -214,14 +214,14 @@ def _local_parts(state_dict: Any) -> tuple[list, bool]:
 
 
 @torch.no_grad()
-def _stage_into_pool(state_dict: Any, capacity: Optional[int], timeout_s: float) -> Any:
+def _stage_into_pool(state_dict: Any, parts: list, capacity: Optional[int], timeout_s: float) -> Any:
     """A copy of `state_dict` whose tensors live in the staging pool: the same
     structure, non-tensor values shared (as torch's staging does), every tensor's
-    values copied at this moment. Returns once the copies are done."""
+    values copied at this moment (`parts`: _local_parts' tensors). Returns once the
+    copies are done."""
     from torch.distributed._state_dict_utils import _iterate_state_dict
     from torch.distributed.tensor import DTensor
 
-    parts, _ = _local_parts(state_dict)
     sizes = [t.numel() * t.element_size() for t in parts]
     pool = _process_pool(_core.StagingPool.footprint(sizes), capacity)
     buffers = iter(pool.acquire(sizes, timeout_s))
@@ -315,10 +315,10 @@ class StorageWriter(_TorchStorageWriter, BlockingAsyncStager):
         returns; the writes then run on a background thread from those copies.
         A state dict holding ShardedTensors, or DTensors off the CPU, is staged
         by torch's own BlockingAsyncStager instead."""
-        _, fallback = _local_parts(state_dict)
+        parts, fallback = _local_parts(state_dict)
         if fallback:
             return BlockingAsyncStager.stage(self, state_dict)
-        return _stage_into_pool(state_dict, self.staging_bytes, self.staging_timeout_s)
+        return _stage_into_pool(state_dict, parts, self.staging_bytes, self.staging_timeout_s)
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         self.rank = kwargs.get("rank")

@@ -462,6 +462,28 @@ def test_async_saves_stage_into_a_bounded_reused_pool(tmp_path):
                        no_dist=True).result(timeout=120)
 
 
+def _async_save_dtensors(rank, world_size, path):
+    """async_save of DTensors (Shard(0)) from 2 ranks through the staging pool:
+    the staged copies keep each DTensor's placement, and values changed right
+    after the call do not reach the checkpoint."""
+    sd = _state(world_size, 0)
+    fut = dcp.async_save(sd, storage_writer=kdcp.StorageWriter(path, thread_count=2))
+    for k in ("w", "odd"):
+        sd[k].to_local().add_(5)  # in place, on this rank's shard
+    fut.result(timeout=120)
+    got = _state(world_size, 0, zeros=True)
+    dcp.load(got, storage_reader=FileSystemReader(path))
+    _check_loaded(got, world_size, 0, f"rank {rank} async")
+
+
+def test_async_save_of_dtensors_from_two_ranks(tmp_path):
+    path = str(tmp_path / "c")
+    _spawn(2, _async_save_dtensors, path)
+    full = _state(1, None, zeros=True)
+    dcp.load(full, storage_reader=FileSystemReader(path), no_dist=True)
+    _check_loaded(full, 1, None, "one rank, full")
+
+
 def _core_footprint(sd):
     from ckptkit import _core
 
