@@ -663,7 +663,7 @@ void CommitDcpFolderPy(const std::string& dst, std::optional<std::string> stagin
         CKPT_RETURN_IF_ERROR(engine::PruneFolder(env, dir, [&](std::string_view n) { return keep.count(n) > 0; }));
       } else if (prune) {
         CKPT_RETURN_IF_ERROR(engine::PruneFolder(env, dir, [&](std::string_view n) {
-          const bool ours = n.ends_with(".distcp") || n.ends_with(".ckptkit-tmp") || dcp::IsManifestFileName(n);
+          const bool ours = internal_checkpoint::IsDcpFileName(n) || n.ends_with(".ckptkit-tmp");
           return !ours || keep.count(n) > 0;
         }));
       }
@@ -810,25 +810,11 @@ nb::list WriteDcpFilesPy(const std::string& dir, const std::string& prefix, nb::
       // Validates every entry (dtype plannable, sizes, callbacks); the plan itself is the caller's.
       dcp::DcpWriteOptions check;
       CKPT_RETURN_IF_ERROR(dcp::PlanDcpWrite(entries, check).status(), "write_dcp_files");
-      std::vector<engine::FileToWrite> to_write(nfiles);
-      for (size_t f = 0; f < nfiles; ++f) {
-        to_write[f].name = files[f].name;
-        to_write[f].fill = [&, f](ByteSink* out) { return dcp::WriteDcpDataFile(entries, files[f], out, &per_file[f]); };
-      }
-      engine::WriteFilesOptions options;
-      options.threads = static_cast<int64_t>(nfiles);  // one thread per file, as torch's FileSystemWriter
-      Env* env = WriteEnv();
-      CKPT_RETURN_IF_ERROR(engine::WriteFiles(env, dir, to_write, options).status());
-      // This call's checksum manifest (format/dcp/manifest.h), after its data files.
-      std::vector<dcp::WrittenItem> all;
-      for (const auto& f : per_file) all.insert(all.end(), f.begin(), f.end());
-      const std::string manifest = JoinPath(dir, dcp::ManifestFileName(prefix));
-      const std::string text = dcp::SerializeManifestOf(all);
-      Status s = WriteFileAtomically(env, manifest, [&](WritableFile* out) { return out->Append(text); });
-      if (!s.ok()) {
-        for (const dcp::PlannedFile& f : files) env->RemoveFile(JoinPath(dir, f.name)).IgnoreError();
-        return s.WithContext(StrCat("writing ", manifest));
-      }
+      // One thread per file, as torch's FileSystemWriter; then the call's checksum manifest.
+      CKPT_ASSIGN_OR_RETURN(internal_checkpoint::DcpDataFiles data,
+                            internal_checkpoint::WriteDcpDataFiles(WriteEnv(), dir, dir, entries, files,
+                                                                   static_cast<int64_t>(nfiles)));
+      per_file = std::move(data.items);
       return OkStatus();
     }();
   }

@@ -57,6 +57,8 @@ class DcpReader : public CheckpointReader {
   const dcp::Metadata& metadata() const { return md_; }
   // Data files present in the folder (*.distcp), name -> size.
   const std::map<std::string, uint64_t>& data_files() const { return files_; }
+  // The folder's other entries besides `.metadata` (the checksum manifests among them).
+  const std::vector<std::string>& other_files() const { return other_files_; }
   // Structural problems found at open (coverage, missing files, ranges).
   const std::vector<dcp::Problem>& problems() const { return problems_; }
   // Entry index of tensors()[i].

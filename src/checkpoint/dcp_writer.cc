@@ -29,66 +29,75 @@ Result<DcpWriteReport> WriteDcpCheckpoint(Env* env, const std::string& dir,
   return report;
 }
 
+Result<DcpDataFiles> WriteDcpDataFiles(Env* env, const std::string& dir, const std::string& report_dir,
+                                       std::span<const dcp::EntryToWrite> entries,
+                                       std::span<const dcp::PlannedFile> plan, int64_t threads) {
+  DcpDataFiles out;
+  out.items.resize(plan.size());
+  out.digests.assign(plan.size(), dcp::kFnvOffset);
+  // Each file's items and content digest, filled by its own task.
+  std::vector<engine::FileToWrite> files(plan.size());
+  for (size_t i = 0; i < plan.size(); ++i) {
+    files[i].name = plan[i].name;
+    files[i].fill = [&, i](ByteSink* sink) {
+      return dcp::WriteDcpDataFile(entries, plan[i], sink, &out.items[i], &out.digests[i]);
+    };
+  }
+  engine::WriteFilesOptions wopts;
+  wopts.threads = threads;
+  CKPT_ASSIGN_OR_RETURN(out.sizes, engine::WriteFiles(env, dir, files, wopts, report_dir));
+  // The checksum manifests (format/dcp/manifest.h), one per set of data files
+  // of one prefix, after their data.
+  std::map<std::string, std::vector<dcp::WrittenItem>> by_prefix;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    std::vector<dcp::WrittenItem>& items = by_prefix[dcp::DataFilePrefix(plan[i].name)];
+    items.insert(items.end(), out.items[i].begin(), out.items[i].end());
+  }
+  for (const auto& [prefix, items] : by_prefix) {
+    const std::string name = dcp::ManifestFileName(prefix);
+    const std::string text = dcp::SerializeManifestOf(items);
+    out.manifests.push_back(name);
+    Status s = WriteFileAtomically(env, JoinPath(dir, name), [&](WritableFile* f) { return f->Append(text); });
+    if (!s.ok()) {
+      RemoveDcpDataFiles(env, dir, plan, out);
+      return s.WithContext(StrCat("writing ", JoinPath(report_dir, name)));
+    }
+  }
+  return out;
+}
+
+void RemoveDcpDataFiles(Env* env, const std::string& dir, std::span<const dcp::PlannedFile> plan,
+                        const DcpDataFiles& written) {
+  for (const std::string& m : written.manifests) env->RemoveFile(JoinPath(dir, m)).IgnoreError();
+  for (size_t i = plan.size(); i-- > 0;) env->RemoveFile(JoinPath(dir, plan[i].name)).IgnoreError();
+}
+
 Result<DcpWriteReport> WriteDcpFiles(Env* env, const std::string& dir, const std::string& report_dir,
                                      std::span<const dcp::EntryToWrite> entries,
                                      const dcp::DcpWriteOptions& options) {
   CKPT_ASSIGN_OR_RETURN(std::vector<dcp::PlannedFile> plan, dcp::PlanDcpWrite(entries, options));
-  const std::string md_path = JoinPath(dir, dcp::kMetadataFileName);
-  // Each file's items and content digest, filled by its own task.
-  std::vector<std::vector<dcp::WrittenItem>> per_file(plan.size());
-  std::vector<uint64_t> digests(plan.size(), dcp::kFnvOffset);
-  std::vector<engine::FileToWrite> files(plan.size());
-  for (size_t i = 0; i < plan.size(); ++i) {
-    files[i].name = plan[i].name;
-    files[i].fill = [&, i](ByteSink* out) {
-      return dcp::WriteDcpDataFile(entries, plan[i], out, &per_file[i], &digests[i]);
-    };
-  }
-  engine::WriteFilesOptions wopts;
-  wopts.threads = options.parallel ? std::max<int64_t>(options.thread_count, 1) : 1;
-  CKPT_ASSIGN_OR_RETURN(std::vector<uint64_t> sizes, engine::WriteFiles(env, dir, files, wopts, report_dir));
-
+  CKPT_ASSIGN_OR_RETURN(
+      DcpDataFiles data,
+      WriteDcpDataFiles(env, dir, report_dir, entries, plan,
+                        options.parallel ? std::max<int64_t>(options.thread_count, 1) : 1));
   DcpWriteReport report;
-  auto cleanup = [&]() {
-    for (size_t i = plan.size(); i-- > 0;) env->RemoveFile(JoinPath(dir, plan[i].name)).IgnoreError();
-  };
   std::vector<dcp::WrittenItem> written;
-  std::map<std::string, std::vector<dcp::WrittenItem>> by_prefix;  // the manifests' items
   for (size_t i = 0; i < plan.size(); ++i) {
-    for (dcp::WrittenItem& w : per_file[i]) {
-      by_prefix[dcp::DataFilePrefix(plan[i].name)].push_back(w);
-      written.push_back(std::move(w));
-    }
+    written.insert(written.end(), data.items[i].begin(), data.items[i].end());
     report.files.push_back(JoinPath(report_dir, plan[i].name));
     report.items += plan[i].items.size();
-    report.bytes += sizes[i];
+    report.bytes += data.sizes[i];
   }
-  // The checksum manifests (format/dcp/manifest.h), after the data, before `.metadata`.
-  std::vector<std::string> manifests;
-  for (const auto& [prefix, items] : by_prefix) {
-    const std::string name = dcp::ManifestFileName(prefix);
-    const std::string text = dcp::SerializeManifestOf(items);
-    Status s = WriteFileAtomically(env, JoinPath(dir, name), [&](WritableFile* out) { return out->Append(text); });
-    manifests.push_back(name);
-    if (!s.ok()) {
-      for (const std::string& m : manifests) env->RemoveFile(JoinPath(dir, m)).IgnoreError();
-      cleanup();
-      return s.WithContext(StrCat("writing ", JoinPath(report_dir, name)));
-    }
-    report.files.push_back(JoinPath(report_dir, name));
-  }
-  Result<std::string> md = dcp::SerializeDcpMetadata(entries, written, options, dcp::CombineFileDigests(digests));
-  if (!md.ok()) {
-    for (const std::string& m : manifests) env->RemoveFile(JoinPath(dir, m)).IgnoreError();
-    cleanup();
-    return md.status();
-  }
-  Status s = WriteFileAtomically(env, md_path, [&](WritableFile* out) { return out->Append(*md); });
+  for (const std::string& m : data.manifests) report.files.push_back(JoinPath(report_dir, m));
+  const std::string md_path = JoinPath(dir, dcp::kMetadataFileName);
+  Result<std::string> md =
+      dcp::SerializeDcpMetadata(entries, written, options, dcp::CombineFileDigests(data.digests));
+  Status s = md.ok() ? WriteFileAtomically(env, md_path, [&](WritableFile* out) { return out->Append(*md); })
+                     : md.status();
   if (!s.ok()) {
     env->RemoveFile(md_path).IgnoreError();
-    for (const std::string& m : manifests) env->RemoveFile(JoinPath(dir, m)).IgnoreError();
-    cleanup();
-    return s.WithContext(StrCat("writing ", JoinPath(report_dir, dcp::kMetadataFileName)));
+    RemoveDcpDataFiles(env, dir, plan, data);
+    return md.ok() ? s.WithContext(StrCat("writing ", JoinPath(report_dir, dcp::kMetadataFileName))) : s;
   }
   report.files.push_back(JoinPath(report_dir, dcp::kMetadataFileName));
   return report;

@@ -75,6 +75,24 @@ Result<DcpWriteReport> WriteDcpFiles(Env* env, const std::string& dir, const std
                                      std::span<const dcp::EntryToWrite> entries,
                                      const dcp::DcpWriteOptions& options);
 
+// Step 3 and the manifests of step 4 for a plan made elsewhere (the Python
+// plug-ins plan as torch does; WriteDcpFiles with dcp::PlanDcpWrite): the
+// planned data files written into `dir` (engine::WriteFiles, `threads` at
+// once), then one checksum manifest per data file prefix. Errors name files
+// under `report_dir`; on failure every file of the call is removed.
+struct DcpDataFiles {
+  std::vector<std::vector<dcp::WrittenItem>> items;  // per planned file, in its order
+  std::vector<uint64_t> sizes;                       // per planned file
+  std::vector<uint64_t> digests;                     // per planned file (dcp::CombineFileDigests)
+  std::vector<std::string> manifests;                // manifest file names written
+};
+Result<DcpDataFiles> WriteDcpDataFiles(Env* env, const std::string& dir, const std::string& report_dir,
+                                       std::span<const dcp::EntryToWrite> entries,
+                                       std::span<const dcp::PlannedFile> plan, int64_t threads);
+// Removes what WriteDcpDataFiles wrote (for a failure after it).
+void RemoveDcpDataFiles(Env* env, const std::string& dir, std::span<const dcp::PlannedFile> plan,
+                        const DcpDataFiles& written);
+
 // `.metadata`, `*.distcp` and the checksum manifests (format/dcp/manifest.h).
 bool IsDcpFileName(std::string_view name);
 

@@ -9,9 +9,10 @@
 #include <tuple>
 
 #include "checkpoint/dcp_reader.h"
-#include "format/dcp/manifest.h"
 #include "checkpoint/legacy_reader.h"
+#include "checkpoint/readers.h"
 #include "ckpt/checkpoint.h"
+#include "format/dcp/manifest.h"
 #include "util/strings.h"
 
 namespace ckpt {
@@ -119,10 +120,8 @@ void VerifyDcp(const DcpReader& r, const VerifyOptions& o, VerifyReport* rep) {
 // the files of its prefix, and, deep, the stored bytes hash to its digests.
 void VerifyManifests(const DcpReader& r, const VerifyOptions& o, VerifyReport* rep) {
   Env* env = o.env != nullptr ? o.env : Env::Default();
-  Result<std::vector<std::string>> kids = env->GetChildren(r.folder());
-  if (!kids.ok()) return;
   std::vector<std::string> names;
-  for (const std::string& k : *kids) {
+  for (const std::string& k : r.other_files()) {
     if (dcp::IsManifestFileName(k)) names.push_back(k);
   }
   if (names.empty()) return;
@@ -146,13 +145,8 @@ void VerifyManifests(const DcpReader& r, const VerifyOptions& o, VerifyReport* r
   std::set<std::string> prefixes;
   std::string buf;
   for (const std::string& name : names) {
-    const std::string path = JoinPath(r.folder(), name);
-    Result<std::string> text = [&]() -> Result<std::string> {
-      CKPT_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> f, env->NewRandomAccessFile(path));
-      std::string t(f->Size(), '\0');
-      CKPT_RETURN_IF_ERROR(f->ReadAt(0, t.size(), t.data()));
-      return t;
-    }();
+    // About 40 bytes per item: 1 GiB is tens of millions of items.
+    Result<std::string> text = internal_checkpoint::ReadSmall(env, JoinPath(r.folder(), name), uint64_t{1} << 30);
     Result<std::vector<dcp::ManifestItem>> m =
         text.ok() ? dcp::ParseManifest(*text, name) : Result<std::vector<dcp::ManifestItem>>(text.status());
     if (!m.ok()) {
@@ -160,7 +154,7 @@ void VerifyManifests(const DcpReader& r, const VerifyOptions& o, VerifyReport* r
       continue;
     }
     ++rep->manifests;
-    prefixes.insert(name.substr(16, name.size() - 16 - 5));  // "ckptkit-manifest" <prefix> ".json"
+    prefixes.insert(std::string(dcp::ManifestPrefix(name)));
     for (const dcp::ManifestItem& mi : *m) {
       auto it = items.find({mi.file, mi.offset, mi.length});
       if (it == items.end()) {

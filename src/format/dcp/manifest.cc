@@ -27,6 +27,10 @@ bool IsManifestFileName(std::string_view name) {
   return name.size() >= kPrefix.size() + kSuffix.size() && name.starts_with(kPrefix) && name.ends_with(kSuffix);
 }
 
+std::string_view ManifestPrefix(std::string_view name) {
+  return name.substr(kPrefix.size(), name.size() - kPrefix.size() - kSuffix.size());
+}
+
 std::string DataFilePrefix(std::string_view data_file) {
   if (!data_file.ends_with(".distcp")) return "";
   std::string_view stem = data_file.substr(0, data_file.size() - 7);

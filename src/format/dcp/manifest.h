@@ -40,6 +40,9 @@ struct ManifestItem {
 std::string ManifestFileName(std::string_view prefix);
 // Whether `name` is a manifest's file name.
 bool IsManifestFileName(std::string_view name);
+// The data file prefix a manifest's file name stands for ("__0_" of
+// "ckptkit-manifest__0_.json"). REQUIRES: IsManifestFileName(name).
+std::string_view ManifestPrefix(std::string_view name);
 // The prefix of a data file name "<prefix><n>.distcp" ("__3_" of "__3_12.distcp");
 // "" when the name is not of that form.
 std::string DataFilePrefix(std::string_view data_file);

@@ -51,6 +51,7 @@ TEST(Manifest, NamesPrefixesAndRoundTrips) {
   EXPECT_EQ(dcp::ManifestFileName("__3_"), "ckptkit-manifest__3_.json");
   EXPECT_TRUE(dcp::IsManifestFileName("ckptkit-manifest__3_.json"));
   EXPECT_FALSE(dcp::IsManifestFileName("__3_0.distcp"));
+  EXPECT_EQ(dcp::ManifestPrefix("ckptkit-manifest__3_.json"), "__3_");
   EXPECT_EQ(dcp::DataFilePrefix("__3_12.distcp"), "__3_");
   EXPECT_EQ(dcp::DataFilePrefix("__3_.distcp"), "");
   EXPECT_EQ(dcp::DataFilePrefix("__3_x.distcp"), "");
