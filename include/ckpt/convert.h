@@ -86,6 +86,10 @@ struct ConvertOptions {
   // kDcp, kTorchDist: number of data files (torch's FileSystemWriter
   // thread_count), >= 1.
   int64_t thread_count = 1;
+  // kDcp, kTorchDist: write the data files around the page cache (O_DIRECT)
+  // where the file system allows (ConvertReport says where it did); false:
+  // through the page cache, as torch's FileSystemWriter.
+  bool direct_io = true;
   // kTorchDist: the megatron-core layout to write, "0.16" (core <= 0.18:
   // common.pt, 4-key metadata.json) or "0.19" (core >= 0.19: the
   // common_state DCP entry, 2-key metadata.json); "" means the newest, 0.19.
@@ -136,6 +140,10 @@ struct ConvertReport {
   std::vector<std::string> warnings;  // objects dropped, ...
   uint64_t tensors = 0;
   uint64_t bytes = 0;
+  // kDcp, kTorchDist: data files written, and how many of them went around
+  // the page cache (O_DIRECT; fewer where the file system refused it).
+  size_t data_files = 0;
+  size_t direct_io_files = 0;
 };
 
 // A DCP / Megatron torch_dist source converted to one torch.save file (no

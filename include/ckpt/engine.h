@@ -138,10 +138,18 @@ struct WriteFilesOptions {
   // of them); 1 writes them one after another on the calling thread. Plain
   // threads: the tasks block on I/O, which a CPU-sized pool would serialize.
   int64_t threads = 1;
+  // Each file through Env::NewDirectWritableFile (O_DIRECT where the file
+  // system allows; WrittenFiles says where it did).
+  bool direct_io = false;
+};
+
+struct WrittenFiles {
+  std::vector<uint64_t> sizes;  // per file, in order
+  size_t direct_io_files = 0;   // how many were written around the page cache
 };
 
 // Writes `files` into the existing folder `dir`; returns each file's size,
-// in order. Errors name the file under `report_dir` (the path the caller
+// in order, and how many went around the page cache. Errors name the file under `report_dir` (the path the caller
 // publishes the folder as; `dir` when empty): the first failure in order that
 // is not a cancellation (once a file fails, files not started are skipped and
 // files being written stop at their next append; every thread is joined), or
@@ -149,8 +157,8 @@ struct WriteFilesOptions {
 // file this call placed in `dir` is removed again.
 // Thread-safety: the callbacks of different files run concurrently (those of
 // one file never overlap): they must be safe to run so.
-Result<std::vector<uint64_t>> WriteFiles(Env* env, const std::string& dir, std::span<const FileToWrite> files,
-                                         const WriteFilesOptions& options, const std::string& report_dir = "");
+Result<WrittenFiles> WriteFiles(Env* env, const std::string& dir, std::span<const FileToWrite> files,
+                                const WriteFilesOptions& options, const std::string& report_dir = "");
 
 // Host memory that saves stage their tensors into before writing: one arena
 // of `capacity` bytes, mapped once and reused by every save (its pages stay

@@ -56,6 +56,9 @@ class WritableFile : public ByteSink {
   virtual Status Sync() = 0;
   // Flushes and closes; further calls fail. Errors: as Sync (without fsync).
   virtual Status Close() = 0;
+  // Whether the file's bytes go around the page cache (O_DIRECT; see
+  // Env::NewDirectWritableFile). False for ordinary files.
+  virtual bool direct_io() const { return false; }
 };
 
 class Env {
@@ -69,6 +72,20 @@ class Env {
   virtual Result<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(const std::string& path) = 0;
   // Creates or truncates. Errors: as above.
   virtual Result<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path) = 0;
+  // As NewWritableFile, for a large file written mostly sequentially (a
+  // checkpoint's data file), with its bytes going around the page cache
+  // (O_DIRECT) where the file system allows: no kernel copy into fresh cache
+  // pages, no writeback storm at fsync, no cache evicting the training job's
+  // memory. The same contract as any WritableFile (any sizes, any offsets;
+  // the file ends at exactly the bytes written); internally whole aligned
+  // blocks go out directly and the unaligned tail of a Sync/Close through the
+  // page cache. Where the file system refuses O_DIRECT (at open or at the
+  // first write: tmpfs, some FUSE and network file systems) the file is an
+  // ordinary one: direct_io() tells which. This default (MemEnv, wrappers
+  // that do not override it) returns NewWritableFile(path).
+  virtual Result<std::unique_ptr<WritableFile>> NewDirectWritableFile(const std::string& path) {
+    return NewWritableFile(path);
+  }
 
   virtual bool FileExists(const std::string& path) = 0;
   virtual bool IsDirectory(const std::string& path) = 0;
@@ -106,6 +123,9 @@ class EnvWrapper : public Env {
   }
   Result<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& p) override {
     return target_->NewWritableFile(p);
+  }
+  Result<std::unique_ptr<WritableFile>> NewDirectWritableFile(const std::string& p) override {
+    return target_->NewDirectWritableFile(p);
   }
   bool FileExists(const std::string& p) override { return target_->FileExists(p); }
   bool IsDirectory(const std::string& p) override { return target_->IsDirectory(p); }
@@ -155,9 +175,10 @@ std::unique_ptr<Env> NewMemEnv();
 // Writes `path` atomically: the content goes to a temporary sibling
 // "<dir>/.<name>.ckptkit-tmp", which is fsynced, renamed over `path`, and the
 // directory fsynced. If `fill` fails (or any step does), the temporary is
-// removed and `path` is left as it was.
+// removed and `path` is left as it was. With `direct_io` the temporary is
+// opened by Env::NewDirectWritableFile (fill's file tells whether it got it).
 Status WriteFileAtomically(Env* env, const std::string& path,
-                           const std::function<Status(WritableFile*)>& fill);
+                           const std::function<Status(WritableFile*)>& fill, bool direct_io = false);
 
 // Helpers on paths.
 std::string JoinPath(const std::string& a, const std::string& b);

@@ -180,6 +180,8 @@ class FaultEnv final : public EnvWrapper {
   // Env.
   Result<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(const std::string& path) override;
   Result<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path) override;
+  // The target's direct file, with the same fault rules (kNewWritableFile).
+  Result<std::unique_ptr<WritableFile>> NewDirectWritableFile(const std::string& path) override;
   Status CreateDirs(const std::string& dir) override;
   Status RemoveFile(const std::string& path) override;
   Status RenameFile(const std::string& from, const std::string& to) override;
@@ -192,6 +194,7 @@ class FaultEnv final : public EnvWrapper {
   struct State;
 
  private:
+  Result<std::unique_ptr<WritableFile>> NewWritable(const std::string& path, bool direct_io);
   std::shared_ptr<State> state_;
 };
 

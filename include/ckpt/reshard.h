@@ -68,6 +68,7 @@ struct ReshardOptions {
   std::string megatron_version;    // "0.16" / "0.19" form of the output ("" = newest)
   std::optional<int64_t> iteration;  // the output's iteration (default: the source's)
   int thread_count = 0;            // writer threads (0: the writer's default)
+  bool direct_io = true;           // ConvertOptions::direct_io
   // Only check and describe (the preflight): nothing is written.
   bool check_only = false;
   std::function<void(uint64_t done, uint64_t total)> progress;
@@ -90,6 +91,8 @@ struct ReshardReport {
   std::vector<std::string> warnings;
   uint64_t tensors = 0;
   uint64_t bytes = 0;
+  size_t data_files = 0;       // as ConvertReport's
+  size_t direct_io_files = 0;
 };
 
 // Reshards `src` (a Megatron-LM root or iteration folder, torch_dist or

@@ -337,6 +337,7 @@ def convert(
     megatron_layer_spec: str = "local",
     make_vocab_size_divisible_by: int = 128,
     no_optimizer: bool = False,
+    direct_io: bool = True,
 ) -> dict:
     """Converts a checkpoint to `to`: "safetensors", "torch", "dcp" (a
     torch.distributed.checkpoint folder), "torch_dist" (Megatron-Core),
@@ -350,7 +351,9 @@ def convert(
     int (bytes) or a string read as transformers' max_shard_size is ("5GB" is
     5*10**9 bytes, "500MiB" 500*2**20, "5Gb" 5*10**9 bits), by the same code
     as the CLI's --max-shard-size. thread_count (dcp/torch_dist) is the number
-    of data files, as torch's FileSystemWriter(thread_count=...). megatron_version
+    of data files, as torch's FileSystemWriter(thread_count=...), written around
+    the page cache (O_DIRECT) where the file system allows unless direct_io=False
+    (the CLI's --buffered-io). megatron_version
     ("0.16" or "0.19", default the newest) and iteration (a Megatron-LM root
     with iter_<N:07d>/ and the tracker) apply to torch_dist. allow_opaque=False
     refuses inputs holding pickle objects that cannot be represented in the
@@ -364,7 +367,8 @@ def convert(
     make_vocab_size_divisible_by). The options are ckpt::ConvertOptions'.
 
     Returns {"files": [written paths, the commit file last], "warnings": [...],
-    "tensors": count, "bytes": tensor bytes}.
+    "tensors": count, "bytes": tensor bytes, "data_files": dcp/torch_dist data
+    files written, "direct_io_files": how many of them went around the page cache}.
     """
     if not isinstance(thread_count, int) or thread_count < 1:
         raise ValueError(f"thread_count must be a positive int, got {thread_count!r}")
@@ -380,7 +384,7 @@ def convert(
                          vocab_size=vocab_size, dtype=dtype or "", bin=bool(bin), tp=tp, pp=pp, ep=ep, etp=etp,
                          megatron_layer_spec=megatron_layer_spec,
                          make_vocab_size_divisible_by=make_vocab_size_divisible_by,
-                         no_optimizer=bool(no_optimizer))
+                         no_optimizer=bool(no_optimizer), direct_io=bool(direct_io))
 
 
 def reshard(
@@ -401,6 +405,7 @@ def reshard(
     iteration: Optional[int] = None,
     thread_count: int = 1,
     check: bool = False,
+    direct_io: bool = True,
 ) -> dict:
     """Rewrites a Megatron checkpoint (torch_dist of any optimizer sharding
     type, or legacy mp_rank_* folders) for another parallel layout: sizes left
@@ -417,7 +422,8 @@ def reshard(
     Returns {"source_layout", "target_layout", "source_optimizer_sharding",
     "loads_as_is" (megatron-core would load src at the target as it is),
     "load_blockers" (why not, one line each), "source_padded_vocab",
-    "target_padded_vocab", "files", "warnings", "tensors", "bytes"}.
+    "target_padded_vocab", "files", "warnings", "tensors", "bytes", "data_files",
+    "direct_io_files" (as convert's; direct_io as there)}.
     """
     for name, v in (("tp", tp), ("pp", pp), ("vpp", vpp), ("dp", dp), ("ep", ep), ("etp", etp)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -428,7 +434,8 @@ def reshard(
                          ep=ep, etp=etp, vocab_size=vocab_size, to=str(to),
                          optimizer_sharding=str(optimizer_sharding),
                          no_optimizer=bool(no_optimizer), megatron_version=megatron_version or "",
-                         iteration=iteration, thread_count=thread_count, check=bool(check))
+                         iteration=iteration, thread_count=thread_count, check=bool(check),
+                         direct_io=bool(direct_io))
 
 
 # numpy (kind, itemsize) -> torch dtype name, for save_file.

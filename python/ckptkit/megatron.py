@@ -227,7 +227,7 @@ def _write_rank_files(directory: str, prefix: str, rank: int, buckets: Any, resu
                     entries.append(("tensor", _ckdcp._dtype_name(data.dtype), tuple(data.shape),
                                     _ckdcp._byte_view(data)))
             files.append(entries)
-        placed = _write_dcp_files(directory, prefix, files)
+        placed, _ = _write_dcp_files(directory, prefix, files)
         keep.clear()
         out = []
         for (file_name, items), where in zip(buckets, placed):

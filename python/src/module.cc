@@ -317,8 +317,9 @@ nb::dict ConvertPy(const std::string& src, const std::string& dst, std::string_v
                    const std::string& hf_config, const std::string& family, std::optional<int64_t> vocab_size,
                    const std::string& dtype, bool bin, int64_t tp, int64_t pp, int64_t ep, std::optional<int64_t> etp,
                    const std::string& megatron_layer_spec, int64_t make_vocab_size_divisible_by,
-                   bool no_optimizer) {
+                   bool no_optimizer, bool direct_io) {
   ConvertOptions options;
+  options.direct_io = direct_io;
   options.no_optimizer = no_optimizer;
   options.hf_config = hf_config;
   options.family = family;
@@ -357,14 +358,17 @@ nb::dict ConvertPy(const std::string& src, const std::string& dst, std::string_v
   d["warnings"] = warnings;
   d["tensors"] = report->tensors;
   d["bytes"] = report->bytes;
+  d["data_files"] = report->data_files;
+  d["direct_io_files"] = report->direct_io_files;
   return d;
 }
 
 nb::dict ReshardPy(const std::string& src, const std::string& dst, int64_t tp, int64_t pp, int64_t vpp, int64_t dp,
                    int64_t ep, int64_t etp, std::optional<int64_t> vocab_size, std::string_view to,
                    std::string_view optimizer_sharding, bool no_optimizer, const std::string& megatron_version, std::optional<int64_t> iteration,
-                   int64_t thread_count, bool check) {
+                   int64_t thread_count, bool check, bool direct_io) {
   ReshardOptions o;
+  o.direct_io = direct_io;
   o.tp = tp;
   o.pp = pp;
   o.vpp = vpp;
@@ -411,6 +415,8 @@ nb::dict ReshardPy(const std::string& src, const std::string& dst, int64_t tp, i
   d["warnings"] = warnings;
   d["tensors"] = report->tensors;
   d["bytes"] = report->bytes;
+  d["data_files"] = report->data_files;
+  d["direct_io_files"] = report->direct_io_files;
   return d;
 }
 
@@ -732,8 +738,10 @@ class StagingPoolPy {
 // at their next append; on any failure the files this call published are
 // removed), into the Env of WriteEnv(); then the checksum manifest of this
 // call's items, `ckptkit-manifest<prefix>.json` (format/dcp/manifest.h).
-// Returns where each item went, per file, in the given order. `dir` must exist.
-nb::list WriteDcpFilesPy(const std::string& dir, const std::string& prefix, nb::sequence files_in) {
+// With direct_io the data files go around the page cache (O_DIRECT) where the
+// file system allows. Returns (where each item went, per file, in the given
+// order; how many files were written around the page cache). `dir` must exist.
+nb::tuple WriteDcpFilesPy(const std::string& dir, const std::string& prefix, nb::sequence files_in, bool direct_io) {
   if (prefix.empty() || prefix.find('/') != std::string::npos || prefix.find('\0') != std::string::npos) {
     RaiseValue(PyExc_ValueError, "write_dcp_files: prefix '" + prefix + "' must be a non-empty file name part");
   }
@@ -803,6 +811,7 @@ nb::list WriteDcpFilesPy(const std::string& dir, const std::string& prefix, nb::
   }
 
   std::vector<std::vector<dcp::WrittenItem>> per_file(nfiles);
+  size_t direct_io_files = 0;
   Status s;
   {
     nb::gil_scoped_release release;
@@ -813,8 +822,9 @@ nb::list WriteDcpFilesPy(const std::string& dir, const std::string& prefix, nb::
       // One thread per file, as torch's FileSystemWriter; then the call's checksum manifest.
       CKPT_ASSIGN_OR_RETURN(internal_checkpoint::DcpDataFiles data,
                             internal_checkpoint::WriteDcpDataFiles(WriteEnv(), dir, dir, entries, files,
-                                                                   static_cast<int64_t>(nfiles)));
+                                                                   static_cast<int64_t>(nfiles), direct_io));
       per_file = std::move(data.items);
+      direct_io_files = data.direct_io_files;
       return OkStatus();
     }();
   }
@@ -828,7 +838,7 @@ nb::list WriteDcpFilesPy(const std::string& dir, const std::string& prefix, nb::
     for (const dcp::WrittenItem& w : per_file[f]) placed.append(nb::make_tuple(w.relative_path, w.offset, w.length));
     out.append(placed);
   }
-  return out;
+  return nb::make_tuple(out, direct_io_files);
 }
 
 std::vector<std::string> TransformsOrRaise(nb::handle h, const std::string& what) {
@@ -994,17 +1004,19 @@ NB_MODULE(_core, m) {
         nb::arg("hf_config") = "", nb::arg("family") = "", nb::arg("vocab_size").none() = nb::none(),
         nb::arg("dtype") = "", nb::arg("bin") = false, nb::arg("tp") = 1, nb::arg("pp") = 1, nb::arg("ep") = 1,
         nb::arg("etp").none() = nb::none(), nb::arg("megatron_layer_spec") = "local",
-        nb::arg("make_vocab_size_divisible_by") = 128, nb::arg("no_optimizer") = false);
+        nb::arg("make_vocab_size_divisible_by") = 128, nb::arg("no_optimizer") = false,
+        nb::arg("direct_io") = true);
   m.def("reshard", &ReshardPy, nb::arg("src"), nb::arg("dst"), nb::arg("tp") = 0, nb::arg("pp") = 0,
         nb::arg("vpp") = 0, nb::arg("dp") = 0, nb::arg("ep") = 0, nb::arg("etp") = 0,
         nb::arg("vocab_size").none() = nb::none(), nb::arg("to") = "torch_dist",
         nb::arg("optimizer_sharding") = "fully_reshardable", nb::arg("no_optimizer") = false,
         nb::arg("megatron_version") = "", nb::arg("iteration").none() = nb::none(),
-        nb::arg("thread_count") = 1, nb::arg("check") = false);
+        nb::arg("thread_count") = 1, nb::arg("check") = false, nb::arg("direct_io") = true);
   m.def("parse_size", &ParseSizePy, nb::arg("text"));
   m.def("save_file", &SaveFilePy, nb::arg("path"), nb::arg("format"), nb::arg("entries"),
         nb::arg("metadata").none() = nb::none());
-  m.def("write_dcp_files", &WriteDcpFilesPy, nb::arg("dir"), nb::arg("prefix"), nb::arg("files"));
+  m.def("write_dcp_files", &WriteDcpFilesPy, nb::arg("dir"), nb::arg("prefix"), nb::arg("files"),
+        nb::arg("direct_io") = true);
   m.def("shared_staging_path", &SharedStagingPathPy, nb::arg("dst"));
   nb::class_<StagingPoolPy>(m, "StagingPool")
       .def(nb::init<uint64_t>(), nb::arg("capacity"))

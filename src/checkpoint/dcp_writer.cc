@@ -31,7 +31,8 @@ Result<DcpWriteReport> WriteDcpCheckpoint(Env* env, const std::string& dir,
 
 Result<DcpDataFiles> WriteDcpDataFiles(Env* env, const std::string& dir, const std::string& report_dir,
                                        std::span<const dcp::EntryToWrite> entries,
-                                       std::span<const dcp::PlannedFile> plan, int64_t threads) {
+                                       std::span<const dcp::PlannedFile> plan, int64_t threads,
+                                       bool direct_io) {
   DcpDataFiles out;
   out.items.resize(plan.size());
   out.digests.assign(plan.size(), dcp::kFnvOffset);
@@ -45,7 +46,10 @@ Result<DcpDataFiles> WriteDcpDataFiles(Env* env, const std::string& dir, const s
   }
   engine::WriteFilesOptions wopts;
   wopts.threads = threads;
-  CKPT_ASSIGN_OR_RETURN(out.sizes, engine::WriteFiles(env, dir, files, wopts, report_dir));
+  wopts.direct_io = direct_io;
+  CKPT_ASSIGN_OR_RETURN(engine::WrittenFiles written, engine::WriteFiles(env, dir, files, wopts, report_dir));
+  out.sizes = std::move(written.sizes);
+  out.direct_io_files = written.direct_io_files;
   // The checksum manifests (format/dcp/manifest.h), one per set of data files
   // of one prefix, after their data.
   std::map<std::string, std::vector<dcp::WrittenItem>> by_prefix;
@@ -79,8 +83,10 @@ Result<DcpWriteReport> WriteDcpFiles(Env* env, const std::string& dir, const std
   CKPT_ASSIGN_OR_RETURN(
       DcpDataFiles data,
       WriteDcpDataFiles(env, dir, report_dir, entries, plan,
-                        options.parallel ? std::max<int64_t>(options.thread_count, 1) : 1));
+                        options.parallel ? std::max<int64_t>(options.thread_count, 1) : 1, options.direct_io));
   DcpWriteReport report;
+  report.data_files = plan.size();
+  report.direct_io_files = data.direct_io_files;
   std::vector<dcp::WrittenItem> written;
   for (size_t i = 0; i < plan.size(); ++i) {
     written.insert(written.end(), data.items[i].begin(), data.items[i].end());

@@ -57,6 +57,8 @@ struct DcpWriteReport {
   std::vector<std::string> files;  // paths written (data files in plan order), `.metadata` last
   uint64_t items = 0;
   uint64_t bytes = 0;  // total bytes of the data files
+  size_t data_files = 0;       // `.distcp` files written
+  size_t direct_io_files = 0;  // of those, written around the page cache
 };
 
 // Errors: as dcp::PlanDcpWrite (nothing written); InvalidArgument if `dir`
@@ -78,17 +80,20 @@ Result<DcpWriteReport> WriteDcpFiles(Env* env, const std::string& dir, const std
 // Step 3 and the manifests of step 4 for a plan made elsewhere (the Python
 // plug-ins plan as torch does; WriteDcpFiles with dcp::PlanDcpWrite): the
 // planned data files written into `dir` (engine::WriteFiles, `threads` at
-// once), then one checksum manifest per data file prefix. Errors name files
+// once; with `direct_io` around the page cache where the file system
+// allows), then one checksum manifest per data file prefix. Errors name files
 // under `report_dir`; on failure every file of the call is removed.
 struct DcpDataFiles {
   std::vector<std::vector<dcp::WrittenItem>> items;  // per planned file, in its order
   std::vector<uint64_t> sizes;                       // per planned file
   std::vector<uint64_t> digests;                     // per planned file (dcp::CombineFileDigests)
   std::vector<std::string> manifests;                // manifest file names written
+  size_t direct_io_files = 0;                        // data files written around the page cache
 };
 Result<DcpDataFiles> WriteDcpDataFiles(Env* env, const std::string& dir, const std::string& report_dir,
                                        std::span<const dcp::EntryToWrite> entries,
-                                       std::span<const dcp::PlannedFile> plan, int64_t threads);
+                                       std::span<const dcp::PlannedFile> plan, int64_t threads,
+                                       bool direct_io);
 // Removes what WriteDcpDataFiles wrote (for a failure after it).
 void RemoveDcpDataFiles(Env* env, const std::string& dir, std::span<const dcp::PlannedFile> plan,
                         const DcpDataFiles& written);

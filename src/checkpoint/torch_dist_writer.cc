@@ -50,6 +50,7 @@ Result<TorchDistWriteReport> WriteTorchDistCheckpoint(Env* env, const std::strin
   }
   dcp::DcpWriteOptions wo;
   wo.thread_count = options.thread_count;
+  wo.direct_io = options.direct_io;
   CKPT_RETURN_IF_ERROR(dcp::PlanDcpWrite(entries, wo).status());
 
   TorchDistWriteReport report;
@@ -75,6 +76,8 @@ Result<TorchDistWriteReport> WriteTorchDistCheckpoint(Env* env, const std::strin
   CKPT_ASSIGN_OR_RETURN(DcpWriteReport dcp, WriteDcpFiles(env, stage, ckpt_dir, entries, wo));
   for (std::string& f : dcp.files) report.files.push_back(std::move(f));
   report.bytes = dcp.bytes;
+  report.data_files = dcp.data_files;
+  report.direct_io_files = dcp.direct_io_files;
   Status s = WriteText(env, JoinPath(stage, megatron::kConfigFileName), config);
   if (!s.ok()) return s.WithContext(StrCat("writing ", config_path));
   report.files.push_back(config_path);

@@ -61,6 +61,7 @@ namespace ckpt::internal_checkpoint {
 struct TorchDistWriteOptions {
   megatron::CoreVersion version = megatron::kNewestCoreVersion;
   int64_t thread_count = 1;  // data files, as torch's FileSystemWriter(thread_count)
+  bool direct_io = true;     // dcp::DcpWriteOptions::direct_io
   // Set: `dst` is a Megatron-LM root; the checkpoint goes to
   // dst/IterationDirName(*tracker) and the tracker is written last.
   std::optional<megatron::Tracker> tracker;
@@ -73,6 +74,8 @@ struct TorchDistWriteReport {
   std::string checkpoint_dir;      // the dist-checkpoint folder
   std::vector<std::string> files;  // paths in publish order (tracker last)
   uint64_t bytes = 0;              // bytes of the .distcp files
+  size_t data_files = 0;           // .distcp files
+  size_t direct_io_files = 0;      // of those, written around the page cache
 };
 
 // Writes `entries` (which must not contain megatron::kCommonStateKey) plus

@@ -94,6 +94,7 @@ Result<ConvertReport> ConvertToDcp(const CheckpointReader& reader, const std::st
 
   dcp::DcpWriteOptions wo;
   wo.thread_count = options.thread_count;
+  wo.direct_io = options.direct_io;
   if (!options.dcp_metadata_layout.empty()) {
     CKPT_ASSIGN_OR_RETURN(wo.metadata_layout, dcp::ParseMetadataLayout(options.dcp_metadata_layout),
                           "dcp_metadata_layout");
@@ -101,6 +102,8 @@ Result<ConvertReport> ConvertToDcp(const CheckpointReader& reader, const std::st
   CKPT_ASSIGN_OR_RETURN(internal_checkpoint::DcpWriteReport r,
                         internal_checkpoint::WriteDcpCheckpoint(env, dst, entries, wo));
   report.files = std::move(r.files);
+  report.data_files = r.data_files;
+  report.direct_io_files = r.direct_io_files;
   report.tensors = tensors.size();
   report.bytes = total;
   return report;

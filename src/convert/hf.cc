@@ -576,6 +576,7 @@ Result<ConvertReport> ConvertHfToTorchDist(const std::string& src, const std::st
     CKPT_ASSIGN_OR_RETURN(wo.version, megatron::ParseCoreVersion(options.megatron_version), "megatron_version");
   }
   wo.thread_count = options.thread_count;
+  wo.direct_io = options.direct_io;
   const int64_t iteration = options.iteration.value_or(0);
   if (iteration < 0) return InvalidArgumentError(StrCat("iteration ", iteration, " is negative"));
   wo.tracker = megatron::Tracker{false, iteration};
@@ -614,6 +615,8 @@ Result<ConvertReport> ConvertHfToTorchDist(const std::string& src, const std::st
                         internal_checkpoint::WriteTorchDistCheckpoint(env, dst, std::move(entries), write_common, wo));
   ConvertReport report;
   report.files = std::move(r.files);
+  report.data_files = r.data_files;
+  report.direct_io_files = r.direct_io_files;
   report.tensors = plan.outputs.size();
   report.bytes = total;
   report.warnings.push_back(StrCat("HF ", model::FamilyName(hf.family), " -> Megatron GPTModel for ",

@@ -558,6 +558,7 @@ Result<ConvertReport> ConvertLegacyToTorchDist(const std::string& src, const std
     CKPT_ASSIGN_OR_RETURN(wo.version, megatron::ParseCoreVersion(options.megatron_version), "megatron_version");
   }
   wo.thread_count = options.thread_count;
+  wo.direct_io = options.direct_io;
   wo.tracker = megatron::Tracker{false, *iteration};
 
   // The common dict, from rank 0's model_optim_rng.pt.
@@ -605,6 +606,8 @@ Result<ConvertReport> ConvertLegacyToTorchDist(const std::string& src, const std
                         internal_checkpoint::WriteTorchDistCheckpoint(env, dst, std::move(entries), write_common, wo));
   ConvertReport report;
   report.files = std::move(r.files);
+  report.data_files = r.data_files;
+  report.direct_io_files = r.direct_io_files;
   report.tensors = v->tensors().size();
   report.bytes = total;
   report.warnings = std::move(warnings);

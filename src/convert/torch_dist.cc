@@ -275,6 +275,7 @@ Result<ConvertReport> ConvertToTorchDist(const std::string& src, const std::stri
   }
   TorchDistWriteOptions wo;
   wo.thread_count = options.thread_count;
+  wo.direct_io = options.direct_io;
   if (!options.megatron_version.empty()) {
     CKPT_ASSIGN_OR_RETURN(wo.version, megatron::ParseCoreVersion(options.megatron_version), "megatron_version");
   }
@@ -353,6 +354,8 @@ Result<ConvertReport> ConvertToTorchDist(const std::string& src, const std::stri
   CKPT_ASSIGN_OR_RETURN(TorchDistWriteReport r,
                         WriteTorchDistCheckpoint(env, dst, std::move(entries), common.write, wo));
   report.files = std::move(r.files);
+  report.data_files = r.data_files;
+  report.direct_io_files = r.direct_io_files;
   report.bytes = total;
   return report;
 }

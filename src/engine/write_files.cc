@@ -40,12 +40,13 @@ struct FileResult {
   bool cancelled = false;  // skipped or stopped because another file failed
   bool published = false;  // renamed into place
   uint64_t size = 0;
+  bool direct_io = false;
 };
 
 }  // namespace
 
-Result<std::vector<uint64_t>> WriteFiles(Env* env, const std::string& dir, std::span<const FileToWrite> files,
-                                         const WriteFilesOptions& options, const std::string& report_dir_in) {
+Result<WrittenFiles> WriteFiles(Env* env, const std::string& dir, std::span<const FileToWrite> files,
+                                const WriteFilesOptions& options, const std::string& report_dir_in) {
   if (env == nullptr) env = Env::Default();
   const std::string& report_dir = report_dir_in.empty() ? dir : report_dir_in;
   std::set<std::string_view> names;
@@ -71,8 +72,9 @@ Result<std::vector<uint64_t>> WriteFiles(Env* env, const std::string& dir, std::
       CancellableSink sink(out, &cancel, &r.cancelled);
       CKPT_RETURN_IF_ERROR(files[i].fill(&sink));
       r.size = out->Position();
+      r.direct_io = out->direct_io();
       return OkStatus();
-    });
+    }, options.direct_io);
     if (r.status.ok()) {
       r.published = true;
     } else {
@@ -122,10 +124,13 @@ Result<std::vector<uint64_t>> WriteFiles(Env* env, const std::string& dir, std::
     }
     return failed->status.WithContext(StrCat("writing ", JoinPath(report_dir, files[failed_at].name)));
   }
-  std::vector<uint64_t> sizes;
-  sizes.reserve(files.size());
-  for (const FileResult& r : results) sizes.push_back(r.size);
-  return sizes;
+  WrittenFiles out;
+  out.sizes.reserve(files.size());
+  for (const FileResult& r : results) {
+    out.sizes.push_back(r.size);
+    out.direct_io_files += r.direct_io ? 1 : 0;
+  }
+  return out;
 }
 
 }  // namespace ckpt::engine

@@ -291,6 +291,8 @@ class FaultWritableFile final : public WritableFile {
     }
     return f_->Close();
   }
+  bool direct_io() const override { return f_->direct_io();
+  }
 
   // REQUIRES: st_->mu held. Used by DropUnsyncedData.
   void KillLocked() { f_->Close().IgnoreError(); }
@@ -491,6 +493,14 @@ Result<std::unique_ptr<RandomAccessFile>> FaultEnv::NewRandomAccessFile(const st
 }
 
 Result<std::unique_ptr<WritableFile>> FaultEnv::NewWritableFile(const std::string& path) {
+  return NewWritable(path, false);
+}
+
+Result<std::unique_ptr<WritableFile>> FaultEnv::NewDirectWritableFile(const std::string& path) {
+  return NewWritable(path, true);
+}
+
+Result<std::unique_ptr<WritableFile>> FaultEnv::NewWritable(const std::string& path, bool direct_io) {
   std::lock_guard<std::mutex> l(state_->mu);
   ++state_->counters.new_writable_files;
   State::Verdict v =
@@ -498,7 +508,8 @@ Result<std::unique_ptr<WritableFile>> FaultEnv::NewWritableFile(const std::strin
   if (v.fired) return v.error;
   const std::string p = LexicallyNormal(path);
   const bool existed = target()->FileExists(path);
-  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> f, target()->NewWritableFile(path));
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> f,
+                        direct_io ? target()->NewDirectWritableFile(path) : target()->NewWritableFile(path));
   if (!existed) {
     State::Pending c;
     c.path = p;

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -210,6 +212,207 @@ class PosixWritableFile final : public WritableFile {
   Status error_;           // sticky: the first write/fsync/close error
 };
 
+// A file opened with O_DIRECT (Env::NewDirectWritableFile). The kernel
+// takes direct writes only in whole blocks at block-aligned offsets from
+// block-aligned memory, so appends gather in an aligned buffer that goes out
+// in whole kBufSize pieces; an append of aligned memory at an aligned
+// position skips the buffer (the caller's pages go to the device as they
+// are: staging-pool regions). Sync and Close write the buffer's whole blocks
+// directly and its unaligned tail through a second, ordinary descriptor of
+// the same file (the page cache), so the file ends at exactly Position() and
+// no padding is ever written; the tail stays in the buffer, and the next
+// flush rewrites its block whole. WriteAt goes out directly when offset,
+// size and memory are aligned, through the ordinary descriptor otherwise
+// (Linux keeps the two coherent: a direct write first writes back and then
+// drops cached pages of its range).
+//
+// Where a direct write fails with EINVAL (a file system that accepted the
+// flag at open but cannot honour it) the descriptor drops O_DIRECT and the
+// file carries on as an ordinary one (direct_io() false from then on).
+class PosixDirectWritableFile final : public WritableFile {
+ public:
+  static constexpr size_t kAlign = 4096;  // a multiple of every logical block size in use
+  static constexpr size_t kBufSize = 8 << 20;
+
+  static Result<std::unique_ptr<WritableFile>> Open(const std::string& path, int fd) {
+    void* buf = std::aligned_alloc(kAlign, kBufSize);
+    if (buf == nullptr) {
+      ::close(fd);
+      return ResourceExhaustedError(StrCat("create ", path, ": no memory for a ", kBufSize, "-byte write buffer"));
+    }
+    return std::unique_ptr<WritableFile>(new PosixDirectWritableFile(path, fd, static_cast<char*>(buf)));
+  }
+  ~PosixDirectWritableFile() override {
+    Close().IgnoreError();
+    std::free(buf_);
+  }
+
+  Status Append(std::string_view data) override {
+    CKPT_RETURN_IF_ERROR(CheckUsable("append"));
+    const char* p = data.data();
+    size_t n = data.size();
+    while (n > 0) {
+      if (len_ == 0 && n >= kAlign && Aligned(p)) {
+        const size_t whole = n & ~(kAlign - 1);
+        CKPT_RETURN_IF_ERROR(WriteBlocks(start_, p, whole));
+        start_ += whole;
+        p += whole;
+        n -= whole;
+        continue;
+      }
+      const size_t k = std::min(n, kBufSize - len_);
+      std::memcpy(buf_ + len_, p, k);
+      len_ += k;
+      p += k;
+      n -= k;
+      if (len_ == kBufSize) {
+        CKPT_RETURN_IF_ERROR(WriteBlocks(start_, buf_, kBufSize));
+        start_ += kBufSize;
+        len_ = 0;
+      }
+    }
+    return OkStatus();
+  }
+  uint64_t Position() const override { return start_ + len_; }
+
+  Status WriteAt(uint64_t offset, std::string_view data) override {
+    CKPT_RETURN_IF_ERROR(CheckUsable("write"));
+    if (offset > static_cast<uint64_t>(INT64_MAX) - data.size()) {
+      return InvalidArgumentError(StrCat(path_, ": write of ", data.size(), " bytes at offset ", offset,
+                                         ": end is past the largest file offset"));
+    }
+    // Bytes of the range still held in the buffer (a Sync's unaligned tail,
+    // kept for the next flush) are patched there too, or that flush would
+    // write the old ones back over these.
+    const uint64_t lo = std::max<uint64_t>(offset, start_);
+    const uint64_t hi = std::min<uint64_t>(offset + data.size(), start_ + len_);
+    if (lo < hi) std::memcpy(buf_ + (lo - start_), data.data() + (lo - offset), hi - lo);
+    if (offset % kAlign == 0 && data.size() % kAlign == 0 && Aligned(data.data())) {
+      return WriteBlocks(offset, data.data(), data.size());
+    }
+    CKPT_ASSIGN_OR_RETURN(int fd, CachedFd());
+    return PwriteAll(fd, offset, data.data(), data.size());
+  }
+
+  Status Sync() override {
+    CKPT_RETURN_IF_ERROR(CheckUsable("sync"));
+    CKPT_RETURN_IF_ERROR(Flush());
+    // fsync of one descriptor writes back the whole file (both descriptors'
+    // bytes) and its size. Never retried (see PosixWritableFile::Sync).
+    if (::fsync(fd_) != 0) return Fail(PosixError(StrCat(path_, ": fsync"), errno));
+    return OkStatus();
+  }
+  Status Close() override {
+    if (fd_ < 0) return StickyError();
+    Status s = Flush();
+    if (cached_fd_ >= 0 && ::close(cached_fd_) != 0 && s.ok()) s = PosixError(StrCat(path_, ": close"), errno);
+    cached_fd_ = -1;
+    if (::close(fd_) != 0 && s.ok()) s = PosixError(StrCat(path_, ": close"), errno);
+    fd_ = -1;
+    return s.ok() ? s : Fail(s);
+  }
+  bool direct_io() const override { return direct_.load(std::memory_order_relaxed); }
+
+ private:
+  PosixDirectWritableFile(std::string path, int fd, char* buf) : path_(std::move(path)), fd_(fd), buf_(buf) {}
+
+  static bool Aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % kAlign == 0; }
+
+  Status StickyError() const {
+    std::lock_guard<std::mutex> l(mu_);
+    return error_;
+  }
+  Status CheckUsable(std::string_view op) const {
+    CKPT_RETURN_IF_ERROR(StickyError());
+    if (fd_ < 0) return FailedPreconditionError(StrCat(path_, ": ", op, " after close"));
+    return OkStatus();
+  }
+  Status Fail(Status s) {
+    std::lock_guard<std::mutex> l(mu_);
+    if (error_.ok()) error_ = s;
+    return s;
+  }
+  // The buffer's whole blocks directly; its tail through the page cache,
+  // kept in the buffer for the appends still to come.
+  Status Flush() {
+    CKPT_RETURN_IF_ERROR(StickyError());
+    const size_t whole = len_ & ~(kAlign - 1);
+    const size_t tail = len_ - whole;
+    if (whole > 0) CKPT_RETURN_IF_ERROR(WriteBlocks(start_, buf_, whole));
+    if (tail > 0) {
+      CKPT_ASSIGN_OR_RETURN(int fd, CachedFd());
+      CKPT_RETURN_IF_ERROR(PwriteAll(fd, start_ + whole, buf_ + whole, tail));
+      std::memmove(buf_, buf_ + whole, tail);
+    }
+    start_ += whole;
+    len_ = tail;
+    return OkStatus();
+  }
+  // Aligned bytes through the O_DIRECT descriptor, falling back to ordinary
+  // writes for good where the file system refuses them (EINVAL).
+  Status WriteBlocks(uint64_t offset, const char* p, size_t n) {
+    if (direct_.load(std::memory_order_relaxed)) {
+      bool refused = false;
+      Status s = PwriteAll(fd_, offset, p, n, &refused);
+      if (s.ok() || !refused) return s;
+      std::lock_guard<std::mutex> l(mu_);
+      const int flags = ::fcntl(fd_, F_GETFL);
+      if (flags < 0 || ::fcntl(fd_, F_SETFL, flags & ~O_DIRECT) != 0) {
+        return FailLocked(PosixError(StrCat(path_, ": turning O_DIRECT off after EINVAL"), errno));
+      }
+      direct_.store(false);
+    }
+    return PwriteAll(fd_, offset, p, n);
+  }
+  Status FailLocked(Status s) {
+    if (error_.ok()) error_ = s;
+    return s;
+  }
+  // An ordinary descriptor of the same file (opened through /proc, which
+  // reaches the open inode whatever its name is now), opened once.
+  Result<int> CachedFd() {
+    std::lock_guard<std::mutex> l(mu_);
+    if (cached_fd_ >= 0) return cached_fd_;
+    int fd = OpenRetryingEintr(StrCat("/proc/self/fd/", fd_).c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) fd = OpenRetryingEintr(path_.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return FailLocked(PosixError(StrCat("open ", path_, " (for its unaligned bytes)"), errno));
+    cached_fd_ = fd;
+    return fd;
+  }
+  // As PosixWritableFile::PwriteAll. With `refused`, an EINVAL before any
+  // byte went out sets it and is returned without becoming sticky.
+  Status PwriteAll(int fd, uint64_t offset, const char* p, size_t n, bool* refused = nullptr) {
+    size_t done = 0;
+    while (done < n) {
+      size_t want = std::min<size_t>(n - done, size_t{1} << 30);
+      ssize_t r = ::pwrite(fd, p + done, want, static_cast<off_t>(offset + done));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 && errno == EINVAL && refused != nullptr && done == 0) {
+        *refused = true;
+        return InvalidArgumentError(StrCat(path_, ": direct write refused"));
+      }
+      if (r <= 0) {
+        int err = r < 0 ? errno : ENOSPC;
+        return Fail(PosixError(StrCat(path_, ": write of ", n, " bytes at offset ", offset, " failed at offset ",
+                                      offset + done, " (", done, " bytes written)"),
+                               err));
+      }
+      done += static_cast<size_t>(r);
+    }
+    return OkStatus();
+  }
+
+  const std::string path_;
+  int fd_;              // O_DIRECT; -1 once closed
+  int cached_fd_ = -1;  // ordinary descriptor for unaligned bytes, opened on first need
+  char* const buf_;     // kBufSize bytes, kAlign-aligned
+  uint64_t start_ = 0;  // file offset of buf_[0] (aligned)
+  size_t len_ = 0;      // bytes in buf_
+  std::atomic<bool> direct_{true};
+  mutable std::mutex mu_;  // guards error_, cached_fd_'s opening and the O_DIRECT switch
+  Status error_;
+};
+
 class PosixEnv final : public Env {
  public:
   Result<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(const std::string& path) override {
@@ -234,6 +437,14 @@ class PosixEnv final : public Env {
     int fd = OpenRetryingEintr(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
     if (fd < 0) return PosixError(StrCat("create ", path), errno);
     return std::unique_ptr<WritableFile>(new PosixWritableFile(path, fd));
+  }
+
+  Result<std::unique_ptr<WritableFile>> NewDirectWritableFile(const std::string& path) override {
+    int fd = OpenRetryingEintr(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_DIRECT, 0666);
+    // EINVAL: the file system does not do O_DIRECT (tmpfs before Linux 6.6, some FUSE).
+    if (fd < 0 && errno == EINVAL) return NewWritableFile(path);
+    if (fd < 0) return PosixError(StrCat("create ", path), errno);
+    return PosixDirectWritableFile::Open(path, fd);
   }
 
   bool FileExists(const std::string& path) override { return ::access(path.c_str(), F_OK) == 0; }
@@ -357,11 +568,12 @@ std::string Basename(const std::string& path) {
 }
 
 Status WriteFileAtomically(Env* env, const std::string& path,
-                           const std::function<Status(WritableFile*)>& fill) {
+                           const std::function<Status(WritableFile*)>& fill, bool direct_io) {
   const std::string dir = Dirname(path);
   const std::string tmp = JoinPath(dir, "." + Basename(path) + ".ckptkit-tmp");
   const std::string context = StrCat("writing ", path);
-  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> f, env->NewWritableFile(tmp), context);
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> f,
+                        direct_io ? env->NewDirectWritableFile(tmp) : env->NewWritableFile(tmp), context);
   Status s = fill(f.get());
   if (s.ok()) s = f->Sync();
   Status c = f->Close();

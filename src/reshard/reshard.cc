@@ -781,6 +781,7 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
     CKPT_ASSIGN_OR_RETURN(wo.version, megatron::ParseCoreVersion(options.megatron_version), "megatron_version");
   }
   if (options.thread_count > 0) wo.thread_count = options.thread_count;
+  wo.direct_io = options.direct_io;
   std::optional<int64_t> iteration = options.iteration;
   if (!iteration && v->common() != nullptr) iteration = v->common()->iteration;
   if (!iteration) return InvalidArgumentError(StrCat(src, ": no iteration recorded; give one (iteration)"));
@@ -840,6 +841,8 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
   CKPT_ASSIGN_OR_RETURN(internal_checkpoint::TorchDistWriteReport r,
                         internal_checkpoint::WriteTorchDistCheckpoint(env, dst, std::move(entries), write_common, wo));
   report.files = std::move(r.files);
+  report.data_files = r.data_files;
+  report.direct_io_files = r.direct_io_files;
   return report;
 }
 

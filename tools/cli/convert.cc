@@ -31,6 +31,9 @@ void RegisterConvert(CLI::App& app, int* exit_code) {
   cmd->add_option("--thread-count", opts->thread_count,
                   "--to dcp / torch_dist: number of .distcp files, as torch's FileSystemWriter(thread_count=N)")
       ->check(CLI::Range(1, 1024));
+  cmd->add_flag("--buffered-io", opts->buffered_io,
+                "--to dcp / torch_dist: write the data files through the page cache instead of around it\n"
+                "(O_DIRECT, the default where the file system allows; --json reports which)");
   cmd->add_option("--dcp-metadata-layout", opts->dcp_metadata_layout,
                   "--to dcp: .metadata for older readers: torch2.13 (default; torch >= 2.4),\n"
                   "torch2.3 (no storage_meta/version; torch >= 2.3), torch2.0 (also the pre-2.3\n"

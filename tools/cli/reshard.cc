@@ -50,6 +50,9 @@ void RegisterReshard(CLI::App& app, int* exit_code) {
           ->check(CLI::NonNegativeNumber);
   cmd->add_option("--thread-count", opts->thread_count, "number of .distcp files written in parallel")
       ->check(CLI::Range(1, 1024));
+  cmd->add_flag("--buffered-io", opts->buffered_io,
+                "write the data files through the page cache instead of around it (O_DIRECT, the default\n"
+                "where the file system allows; --json reports which)");
   cmd->add_flag("--check", opts->check, "preflight only: check the target layout against the model, write nothing");
   cmd->add_flag("--json", opts->json, "print a JSON report on stdout");
   cmd->add_flag("--quiet,-q", opts->quiet, "no progress or warnings on stderr");

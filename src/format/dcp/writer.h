@@ -119,6 +119,10 @@ struct DcpWriteOptions {
   // on several threads at once and must be thread-safe. The bytes written do
   // not depend on it. The format functions here ignore it.
   bool parallel = true;
+  // WriteDcpCheckpoint only: data files around the page cache (O_DIRECT,
+  // Env::NewDirectWritableFile) where the file system allows. The bytes
+  // written do not depend on it.
+  bool direct_io = true;
 };
 
 // Largest thread_count accepted (files per rank).

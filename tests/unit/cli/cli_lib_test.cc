@@ -464,6 +464,53 @@ TEST_F(RunConvertTest, JsonReportIsParseableAndTrue) {
   EXPECT_THAT(err_.str(), HasSubstr("warning: dropped non-tensor object 'args'"));
 }
 
+// --to dcp on disk: the report says how many data files went around the
+// page cache (all of them on the file systems CI runs on), --buffered-io
+// none; the text summary says it in words; the bytes do not depend on it.
+TEST(RunConvertOnDisk, ReportsDirectIoOfTheDataFiles) {
+  ::ckpt::testing::ScratchDir dir;
+  std::string bytes[2];
+  for (bool buffered : {false, true}) {
+    SCOPED_TRACE(buffered ? "--buffered-io" : "default");
+    ConvertCommandOptions o;
+    o.src = SourcePath("examples/sample.pt");
+    o.dst = dir.path() + (buffered ? "/buffered" : "/direct");
+    o.to = "dcp";
+    o.thread_count = 2;
+    o.buffered_io = buffered;
+    o.json = true;
+    std::ostringstream out, err;
+    Status s = RunConvert(o, out, err);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    nlohmann::json j = nlohmann::json::parse(out.str(), nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << out.str();
+    EXPECT_EQ(j["data_files"], 2);
+    EXPECT_EQ(j["direct_io_files"], buffered ? 0 : 2);
+    for (const char* f : {"/__0_0.distcp", "/__0_1.distcp"}) {
+      Result<std::string> b = ::ckpt::testing::ReadWhole(Env::Default(), o.dst + f);
+      ASSERT_TRUE(b.ok());
+      bytes[buffered ? 1 : 0] += *b;
+    }
+    o.json = false;
+    o.dst += "_text";
+    std::ostringstream text;
+    ASSERT_TRUE(RunConvert(o, text, err).ok());
+    EXPECT_THAT(text.str(), HasSubstr(buffered ? "data files: 2, written through the page cache (--buffered-io)"
+                                               : "data files: 2, written around the page cache (O_DIRECT)"));
+  }
+  EXPECT_FALSE(bytes[0].empty());
+  EXPECT_TRUE(bytes[0] == bytes[1]) << "the data files differ with and without O_DIRECT";
+  ConvertCommandOptions o;
+  o.src = SourcePath("examples/sample.pt");
+  o.dst = dir.path() + "/x.safetensors";
+  o.to = "safetensors";
+  o.buffered_io = true;
+  std::ostringstream out, err;
+  Status s = RunConvert(o, out, err);
+  EXPECT_EQ(s.code(), Code::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("--buffered-io applies to --to dcp and --to torch_dist only"));
+}
+
 TEST_F(RunConvertTest, TextSummaryListsFiles) {
   Status s = RunConvert(opts_, out_, err_);
   ASSERT_TRUE(s.ok()) << s.ToString();

@@ -30,6 +30,24 @@ struct PosixFixture {
   std::string root() { return dir.path(); }
 };
 
+// PosixEnv with every writable file opened by NewDirectWritableFile
+// (O_DIRECT where the scratch folder's file system allows): the direct file
+// keeps the whole WritableFile contract.
+class DirectFilesEnv : public EnvWrapper {
+ public:
+  DirectFilesEnv() : EnvWrapper(Env::Default()) {}
+  Result<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& p) override {
+    return target()->NewDirectWritableFile(p);
+  }
+};
+
+struct PosixDirectFixture {
+  ScratchDir dir;
+  DirectFilesEnv direct;
+  Env* env() { return &direct; }
+  std::string root() { return dir.path(); }
+};
+
 struct MemFixture {
   std::unique_ptr<Env> mem = NewMemEnv();
   MemFixture() { EXPECT_TRUE(mem->CreateDirs("/mem/root").ok()); }
@@ -45,12 +63,12 @@ class EnvTest : public ::testing::Test {
   F f_;
 };
 
-using EnvTypes = ::testing::Types<PosixFixture, MemFixture>;
+using EnvTypes = ::testing::Types<PosixFixture, PosixDirectFixture, MemFixture>;
 class EnvNames {
  public:
   template <typename T>
   static std::string GetName(int) {
-    return std::is_same_v<T, PosixFixture> ? "Posix" : "Mem";
+    return std::is_same_v<T, PosixFixture> ? "Posix" : std::is_same_v<T, PosixDirectFixture> ? "PosixDirect" : "Mem";
   }
 };
 TYPED_TEST_SUITE(EnvTest, EnvTypes, EnvNames);

@@ -26,7 +26,11 @@ Status RunConvert(const ConvertCommandOptions& options, std::ostream& out, std::
   if (options.no_optimizer && c.to != TargetFormat::kLegacy) {
     return InvalidArgumentError("--no-optimizer applies to --to legacy only");
   }
+  if (options.buffered_io && !dcp_like) {
+    return InvalidArgumentError("--buffered-io applies to --to dcp and --to torch_dist only");
+  }
   c.thread_count = options.thread_count;
+  c.direct_io = !options.buffered_io;
   c.dcp_metadata_layout = options.dcp_metadata_layout;
   c.megatron_version = options.megatron_version;
   c.iteration = options.iteration;
@@ -75,12 +79,17 @@ Status RunConvert(const ConvertCommandOptions& options, std::ostream& out, std::
     j["warnings"] = report.warnings;
     j["tensors"] = report.tensors;
     j["bytes"] = report.bytes;
+    if (dcp_like) {
+      j["data_files"] = report.data_files;
+      j["direct_io_files"] = report.direct_io_files;
+    }
     out << j.dump(2) << "\n";
   } else if (!options.quiet) {
     out << fmt::format("wrote {} tensors ({}) to {} file{}:\n", report.tensors,
                        HumanBytes(report.bytes), report.files.size(),
                        report.files.size() == 1 ? "" : "s");
     for (const std::string& f : report.files) out << "  " << f << "\n";
+    if (dcp_like) out << DataFilesLine(report.data_files, report.direct_io_files, !options.buffered_io);
   }
   return OkStatus();
 }

@@ -18,6 +18,7 @@ struct ConvertCommandOptions {
   std::string to;              // a target name (ckpt::ParseTargetFormat)
   std::string max_shard_size;  // "" or a size like "5GB", "500MiB", "1000" (ckpt::ParseSize)
   int64_t thread_count = 1;    // --to dcp / torch_dist: number of data files
+  bool buffered_io = false;    // --to dcp / torch_dist: no O_DIRECT (ConvertOptions::direct_io)
   std::string dcp_metadata_layout;  // --to dcp: "", torch2.13, torch2.3, torch2.0
   std::string megatron_version;    // --to torch_dist: "0.16" | "0.19" | "" (newest)
   std::optional<int64_t> iteration;  // --to torch_dist: write a Megatron-LM root

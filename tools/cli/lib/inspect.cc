@@ -227,6 +227,14 @@ std::string HumanBytes(uint64_t n) {
   return fmt::format("{:.2f} {}", v, kUnits[u]);
 }
 
+std::string DataFilesLine(size_t files, size_t direct_files, bool asked) {
+  if (files == 0) return "";
+  if (!asked) return fmt::format("data files: {}, written through the page cache (--buffered-io)\n", files);
+  if (direct_files == files) return fmt::format("data files: {}, written around the page cache (O_DIRECT)\n", files);
+  return fmt::format("data files: {}, {} through the page cache: the file system refused O_DIRECT\n", files,
+                     files - direct_files);
+}
+
 std::string ShapeString(const std::vector<int64_t>& shape) {
   return fmt::format("[{}]", fmt::join(shape, ", "));
 }

@@ -61,6 +61,9 @@ std::string HumanBytes(uint64_t n);
 // Text from a file, safe for a terminal: as is, or quoted and escaped when it
 // holds control bytes.
 std::string SafeText(std::string_view s);
+// The summary line of a writer's data files: "data files: 2, written around
+// the page cache (O_DIRECT)", or which of them went through it and why.
+std::string DataFilesLine(size_t files, size_t direct_files, bool asked);
 // "[2, 3]".
 std::string ShapeString(const std::vector<int64_t>& shape);
 

@@ -38,6 +38,7 @@ Status RunReshard(const ReshardCommandOptions& options, std::ostream& out, std::
   r.megatron_version = options.megatron_version;
   r.iteration = options.iteration;
   r.thread_count = static_cast<int>(options.thread_count);
+  r.direct_io = !options.buffered_io;
   r.check_only = options.check;
   r.env = options.env;
   const auto start = std::chrono::steady_clock::now();
@@ -76,6 +77,8 @@ Status RunReshard(const ReshardCommandOptions& options, std::ostream& out, std::
     j["warnings"] = report.warnings;
     j["tensors"] = report.tensors;
     j["bytes"] = report.bytes;
+    j["data_files"] = report.data_files;
+    j["direct_io_files"] = report.direct_io_files;
     out << j.dump(2) << "\n";
     return OkStatus();
   }
@@ -102,6 +105,7 @@ Status RunReshard(const ReshardCommandOptions& options, std::ostream& out, std::
   out << fmt::format("wrote {} tensors ({}) to {} file{}:\n", report.tensors, HumanBytes(report.bytes),
                      report.files.size(), report.files.size() == 1 ? "" : "s");
   for (const std::string& f : report.files) out << "  " << f << "\n";
+  if (report.data_files > 0) out << DataFilesLine(report.data_files, report.direct_io_files, !options.buffered_io);
   return OkStatus();
 }
 

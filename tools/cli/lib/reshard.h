@@ -23,6 +23,7 @@ struct ReshardCommandOptions {
   std::string megatron_version;
   std::optional<int64_t> iteration;
   int64_t thread_count = 1;
+  bool buffered_io = false;  // no O_DIRECT (ReshardOptions::direct_io)
   bool check = false;
   bool json = false;
   bool quiet = false;
