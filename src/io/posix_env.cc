@@ -232,7 +232,7 @@ class PosixWritableFile final : public WritableFile {
 class PosixDirectWritableFile final : public WritableFile {
  public:
   static constexpr size_t kAlign = 4096;  // a multiple of every logical block size in use
-  static constexpr size_t kBufSize = 8 << 20;
+  static constexpr size_t kBufSize = 4 << 20;
 
   static Result<std::unique_ptr<WritableFile>> Open(const std::string& path, int fd) {
     void* buf = std::aligned_alloc(kAlign, kBufSize);
