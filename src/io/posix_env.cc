@@ -9,6 +9,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <system_error>
+#include <thread>
+#include <vector>
 #include <cstdlib>
 #include <cstdint>
 #include <cstring>
@@ -214,17 +219,22 @@ class PosixWritableFile final : public WritableFile {
 
 // A file opened with O_DIRECT (Env::NewDirectWritableFile). The kernel
 // takes direct writes only in whole blocks at block-aligned offsets from
-// block-aligned memory, so appends gather in an aligned buffer that goes out
-// in whole kBufSize pieces; an append of aligned memory at an aligned
-// position skips the buffer (the caller's pages go to the device as they
-// are: staging-pool regions). Sync and Close write the buffer's whole blocks
-// directly and its unaligned tail through a second, ordinary descriptor of
-// the same file (the page cache), so the file ends at exactly Position() and
-// no padding is ever written; the tail stays in the buffer, and the next
-// flush rewrites its block whole. WriteAt goes out directly when offset,
-// size and memory are aligned, through the ordinary descriptor otherwise
-// (Linux keeps the two coherent: a direct write first writes back and then
-// drops cached pages of its range).
+// block-aligned memory, so appends gather in aligned buffers of kBufSize that
+// go out whole. A full buffer is handed to the file's flusher thread and
+// appends go on into the other one, so the caller's copying (and whatever
+// produces the bytes: CRC, XXH3, decoding) overlaps the device's write
+// instead of alternating with it. An append of aligned memory at an aligned
+// position skips the buffers (the caller's pages go to the device as they
+// are, on the caller's thread: staging-pool regions). Sync and Close wait for
+// the flusher, write the current buffer's whole blocks directly and its
+// unaligned tail through a second, ordinary descriptor of the same file (the
+// page cache), so the file ends at exactly Position() and no padding is ever
+// written; the tail stays in the buffer, and the next flush rewrites its
+// block whole. WriteAt waits for the flusher too (a queued buffer must not
+// land over it later), then goes out directly when offset, size and memory
+// are aligned and through the ordinary descriptor otherwise (Linux keeps the
+// two coherent: a direct write first writes back and then drops cached pages
+// of its range).
 //
 // Where a direct write fails with EINVAL (a file system that accepted the
 // flag at open but cannot honour it) the descriptor drops O_DIRECT and the
@@ -233,18 +243,26 @@ class PosixDirectWritableFile final : public WritableFile {
  public:
   static constexpr size_t kAlign = 4096;  // a multiple of every logical block size in use
   static constexpr size_t kBufSize = 4 << 20;
+  static constexpr int kBuffers = 2;  // one filling, one being written
 
   static Result<std::unique_ptr<WritableFile>> Open(const std::string& path, int fd) {
-    void* buf = std::aligned_alloc(kAlign, kBufSize);
-    if (buf == nullptr) {
-      ::close(fd);
-      return ResourceExhaustedError(StrCat("create ", path, ": no memory for a ", kBufSize, "-byte write buffer"));
+    std::unique_ptr<PosixDirectWritableFile> f(new PosixDirectWritableFile(path, fd));
+    for (int i = 0; i < kBuffers; ++i) {
+      void* buf = std::aligned_alloc(kAlign, kBufSize);
+      if (buf == nullptr) {
+        return ResourceExhaustedError(StrCat("create ", path, ": no memory for a ", kBufSize, "-byte write buffer"));
+      }
+      f->owned_.push_back(static_cast<char*>(buf));
+      f->free_.push_back(static_cast<char*>(buf));
     }
-    return std::unique_ptr<WritableFile>(new PosixDirectWritableFile(path, fd, static_cast<char*>(buf)));
+    f->cur_ = f->free_.back();
+    f->free_.pop_back();
+    return std::unique_ptr<WritableFile>(f.release());
   }
   ~PosixDirectWritableFile() override {
     Close().IgnoreError();
-    std::free(buf_);
+    StopFlusher();
+    for (char* b : owned_) std::free(b);
   }
 
   Status Append(std::string_view data) override {
@@ -261,15 +279,11 @@ class PosixDirectWritableFile final : public WritableFile {
         continue;
       }
       const size_t k = std::min(n, kBufSize - len_);
-      std::memcpy(buf_ + len_, p, k);
+      std::memcpy(cur_ + len_, p, k);
       len_ += k;
       p += k;
       n -= k;
-      if (len_ == kBufSize) {
-        CKPT_RETURN_IF_ERROR(WriteBlocks(start_, buf_, kBufSize));
-        start_ += kBufSize;
-        len_ = 0;
-      }
+      if (len_ == kBufSize) CKPT_RETURN_IF_ERROR(SubmitFull());
     }
     return OkStatus();
   }
@@ -281,12 +295,13 @@ class PosixDirectWritableFile final : public WritableFile {
       return InvalidArgumentError(StrCat(path_, ": write of ", data.size(), " bytes at offset ", offset,
                                          ": end is past the largest file offset"));
     }
+    CKPT_RETURN_IF_ERROR(Drain());
     // Bytes of the range still held in the buffer (a Sync's unaligned tail,
     // kept for the next flush) are patched there too, or that flush would
     // write the old ones back over these.
     const uint64_t lo = std::max<uint64_t>(offset, start_);
     const uint64_t hi = std::min<uint64_t>(offset + data.size(), start_ + len_);
-    if (lo < hi) std::memcpy(buf_ + (lo - start_), data.data() + (lo - offset), hi - lo);
+    if (lo < hi) std::memcpy(cur_ + (lo - start_), data.data() + (lo - offset), hi - lo);
     if (offset % kAlign == 0 && data.size() % kAlign == 0 && Aligned(data.data())) {
       return WriteBlocks(offset, data.data(), data.size());
     }
@@ -305,6 +320,7 @@ class PosixDirectWritableFile final : public WritableFile {
   Status Close() override {
     if (fd_ < 0) return StickyError();
     Status s = Flush();
+    StopFlusher();
     if (cached_fd_ >= 0 && ::close(cached_fd_) != 0 && s.ok()) s = PosixError(StrCat(path_, ": close"), errno);
     cached_fd_ = -1;
     if (::close(fd_) != 0 && s.ok()) s = PosixError(StrCat(path_, ": close"), errno);
@@ -314,7 +330,7 @@ class PosixDirectWritableFile final : public WritableFile {
   bool direct_io() const override { return direct_.load(std::memory_order_relaxed); }
 
  private:
-  PosixDirectWritableFile(std::string path, int fd, char* buf) : path_(std::move(path)), fd_(fd), buf_(buf) {}
+  PosixDirectWritableFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
 
   static bool Aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % kAlign == 0; }
 
@@ -329,20 +345,82 @@ class PosixDirectWritableFile final : public WritableFile {
   }
   Status Fail(Status s) {
     std::lock_guard<std::mutex> l(mu_);
+    return FailLocked(std::move(s));
+  }
+  Status FailLocked(Status s) {
     if (error_.ok()) error_ = s;
     return s;
+  }
+
+  // The full current buffer to the flusher (started on first need); appends
+  // go on in a free buffer, waiting for one while both are in flight.
+  Status SubmitFull() {
+    std::unique_lock<std::mutex> l(qmu_);
+    if (!flusher_.joinable()) {
+      try {
+        flusher_ = std::thread([this] { FlusherLoop(); });
+      } catch (const std::system_error&) {
+        // No thread: write it here.
+        l.unlock();
+        CKPT_RETURN_IF_ERROR(WriteBlocks(start_, cur_, kBufSize));
+        start_ += kBufSize;
+        len_ = 0;
+        return OkStatus();
+      }
+    }
+    queue_.push_back({start_, cur_});
+    qcv_.notify_all();
+    qcv_.wait(l, [&] { return !free_.empty(); });
+    cur_ = free_.back();
+    free_.pop_back();
+    start_ += kBufSize;
+    len_ = 0;
+    return StickyError();
+  }
+  void FlusherLoop() {
+    std::unique_lock<std::mutex> l(qmu_);
+    for (;;) {
+      qcv_.wait(l, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stop_
+      auto [offset, buf] = queue_.front();
+      queue_.pop_front();
+      ++inflight_;
+      l.unlock();
+      // After an error the buffer is dropped unwritten (the error is sticky:
+      // the file is failed already).
+      if (StickyError().ok()) WriteBlocks(offset, buf, kBufSize).IgnoreError();
+      l.lock();
+      --inflight_;
+      free_.push_back(buf);
+      qcv_.notify_all();
+    }
+  }
+  // Waits until every submitted buffer is written (or dropped after an error).
+  Status Drain() {
+    std::unique_lock<std::mutex> l(qmu_);
+    qcv_.wait(l, [&] { return queue_.empty() && inflight_ == 0; });
+    l.unlock();
+    return StickyError();
+  }
+  void StopFlusher() {
+    {
+      std::lock_guard<std::mutex> l(qmu_);
+      stop_ = true;
+      qcv_.notify_all();
+    }
+    if (flusher_.joinable()) flusher_.join();
   }
   // The buffer's whole blocks directly; its tail through the page cache,
   // kept in the buffer for the appends still to come.
   Status Flush() {
-    CKPT_RETURN_IF_ERROR(StickyError());
+    CKPT_RETURN_IF_ERROR(Drain());
     const size_t whole = len_ & ~(kAlign - 1);
     const size_t tail = len_ - whole;
-    if (whole > 0) CKPT_RETURN_IF_ERROR(WriteBlocks(start_, buf_, whole));
+    if (whole > 0) CKPT_RETURN_IF_ERROR(WriteBlocks(start_, cur_, whole));
     if (tail > 0) {
       CKPT_ASSIGN_OR_RETURN(int fd, CachedFd());
-      CKPT_RETURN_IF_ERROR(PwriteAll(fd, start_ + whole, buf_ + whole, tail));
-      std::memmove(buf_, buf_ + whole, tail);
+      CKPT_RETURN_IF_ERROR(PwriteAll(fd, start_ + whole, cur_ + whole, tail));
+      std::memmove(cur_, cur_ + whole, tail);
     }
     start_ += whole;
     len_ = tail;
@@ -363,10 +441,6 @@ class PosixDirectWritableFile final : public WritableFile {
       direct_.store(false);
     }
     return PwriteAll(fd_, offset, p, n);
-  }
-  Status FailLocked(Status s) {
-    if (error_.ok()) error_ = s;
-    return s;
   }
   // An ordinary descriptor of the same file (opened through /proc, which
   // reaches the open inode whatever its name is now), opened once.
@@ -405,12 +479,21 @@ class PosixDirectWritableFile final : public WritableFile {
   const std::string path_;
   int fd_;              // O_DIRECT; -1 once closed
   int cached_fd_ = -1;  // ordinary descriptor for unaligned bytes, opened on first need
-  char* const buf_;     // kBufSize bytes, kAlign-aligned
-  uint64_t start_ = 0;  // file offset of buf_[0] (aligned)
-  size_t len_ = 0;      // bytes in buf_
+  std::vector<char*> owned_;  // kBuffers buffers of kBufSize bytes, kAlign-aligned
+  char* cur_ = nullptr;       // the buffer appends fill (the caller's thread only)
+  uint64_t start_ = 0;        // file offset of cur_[0] (aligned)
+  size_t len_ = 0;            // bytes in cur_
   std::atomic<bool> direct_{true};
   mutable std::mutex mu_;  // guards error_, cached_fd_'s opening and the O_DIRECT switch
   Status error_;
+  // The flusher: full buffers in file order, written by one thread.
+  std::mutex qmu_;
+  std::condition_variable qcv_;
+  std::deque<std::pair<uint64_t, char*>> queue_;  // guarded by qmu_
+  std::vector<char*> free_;                       // guarded by qmu_
+  int inflight_ = 0;                              // guarded by qmu_
+  bool stop_ = false;                             // guarded by qmu_
+  std::thread flusher_;
 };
 
 class PosixEnv final : public Env {

@@ -25,12 +25,11 @@ using pickle::Kind;
 using pickle::Value;
 
 // A sink for one item: positions relative to the item's first byte (the
-// embedded zip's offsets are relative to it), bytes hashed on the way.
+// embedded zip's offsets are relative to it), bytes hashed (XXH3) on the way.
 class ItemSink final : public ByteSink {
  public:
-  ItemSink(ByteSink* out, uint64_t* digest) : out_(out), base_(out->Position()), digest_(digest) {}
+  explicit ItemSink(ByteSink* out) : out_(out), base_(out->Position()) {}
   Status Append(std::string_view data) override {
-    if (digest_ != nullptr) *digest_ = Fnv1a64(*digest_, data);
     xxh3_.Update(data);
     return out_->Append(data);
   }
@@ -40,7 +39,6 @@ class ItemSink final : public ByteSink {
  private:
   ByteSink* out_;
   uint64_t base_;
-  uint64_t* digest_;
   Xxh3Stream xxh3_;  // the manifest's digest of the item
 };
 
@@ -159,6 +157,15 @@ uint64_t Fnv1a64(uint64_t h, std::string_view data) {
   return h;
 }
 
+uint64_t ItemDigest(uint64_t h, uint64_t length, uint64_t xxh3) {
+  char le[16];
+  for (int i = 0; i < 8; ++i) {
+    le[i] = static_cast<char>(length >> (8 * i));
+    le[8 + i] = static_cast<char>(xxh3 >> (8 * i));
+  }
+  return Fnv1a64(h, std::string_view(le, sizeof(le)));
+}
+
 uint64_t CombineFileDigests(std::span<const uint64_t> file_digests) {
   uint64_t h = kFnvOffset;
   for (uint64_t d : file_digests) {
@@ -254,7 +261,7 @@ Status WriteDcpDataFile(std::span<const EntryToWrite> entries, const PlannedFile
     w.chunk = it.chunk;
     w.relative_path = file.name;
     w.offset = sink->Position();
-    ItemSink item_sink(sink, digest);
+    ItemSink item_sink(sink);
     if (it.chunk < 0) {
       const std::string where = StrCat(file.name, " @ ", w.offset, ": bytes entry ", Quote(e.key));
       CKPT_RETURN_IF_ERROR(e.write_bytes(&item_sink), where);
@@ -275,6 +282,7 @@ Status WriteDcpDataFile(std::span<const EntryToWrite> entries, const PlannedFile
     }
     w.length = item_sink.Position();
     w.xxh3 = item_sink.xxh3();
+    if (digest != nullptr) *digest = ItemDigest(*digest, w.length, w.xxh3);
     written->push_back(std::move(w));
   }
   return OkStatus();

@@ -7,6 +7,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <xxhash.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -198,9 +199,20 @@ Written WriteAll(const std::vector<EntryToWrite>& e, const DcpWriteOptions& o) {
   for (const PlannedFile& f : *plan) {
     StringSink sink;
     uint64_t digest = kFnvOffset;
+    const size_t first = items.size();
     Status s = WriteDcpDataFile(e, f, &sink, &items, &digest);
     EXPECT_TRUE(s.ok()) << s.ToString();
-    EXPECT_EQ(digest, Fnv1a64(kFnvOffset, sink.str()));
+    // The file's digest: its items' lengths and XXH3s, in order, which cover
+    // every byte of the file.
+    uint64_t want = kFnvOffset;
+    uint64_t end = 0;
+    for (size_t k = first; k < items.size(); ++k) {
+      EXPECT_EQ(items[k].offset, end);
+      end = items[k].offset + items[k].length;
+      want = ItemDigest(want, items[k].length, XXH3_64bits(sink.str().data() + items[k].offset, items[k].length));
+    }
+    EXPECT_EQ(end, sink.str().size());
+    EXPECT_EQ(digest, want);
     digests.push_back(digest);
     w.files[f.name] = sink.Release();
   }
