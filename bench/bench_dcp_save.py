@@ -110,6 +110,12 @@ def _save_megatron(sd, p, t):
     )
     from torch.distributed.checkpoint import DefaultSavePlanner
 
+    # Megatron's finalize asks torch.cuda.current_device() for bookkeeping only;
+    # the interop tests' CPU shim answers it (tests/interop/megatron_fixtures.py).
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "interop"))
+    import megatron_fixtures
+
+    megatron_fixtures.install_cpu_cuda_shim()
     if not dist.is_initialized():
         dist.init_process_group("gloo", init_method=f"file://{p['megatron']}.pg-{os.getpid()}", rank=0, world_size=1)
     os.makedirs(p["megatron"], exist_ok=True)
