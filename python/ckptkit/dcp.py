@@ -213,6 +213,21 @@ def _local_parts(state_dict: Any) -> tuple[list, bool]:
     return found, fallback[0]
 
 
+def _copy_into_region(region: Any, t: torch.Tensor, on_device: list) -> torch.Tensor:
+    """`t`'s values copied into a pool region (a numpy uint8 array owning it), as
+    a tensor of t's dtype and shape viewing the region; a device tensor's copy is
+    non-blocking (its device appended to on_device: synchronize before use)."""
+    out = torch.from_numpy(region)
+    out = out.view(t.dtype) if t.dtype != torch.uint8 else out
+    out = out.reshape(t.shape)
+    if t.device.type != "cpu":
+        out.copy_(t.detach(), non_blocking=True)
+        on_device.append(t.device)
+    else:
+        out.copy_(t.detach())
+    return out
+
+
 @torch.no_grad()
 def _stage_into_pool(state_dict: Any, parts: list, capacity: Optional[int], timeout_s: float) -> Any:
     """A copy of `state_dict` whose tensors live in the staging pool: the same
@@ -228,16 +243,7 @@ def _stage_into_pool(state_dict: Any, parts: list, capacity: Optional[int], time
     on_device = []
 
     def staged_copy(t: torch.Tensor) -> torch.Tensor:
-        buf = next(buffers)
-        out = torch.from_numpy(buf)
-        out = out.view(t.dtype) if t.dtype != torch.uint8 else out
-        out = out.reshape(t.shape)
-        if t.device.type != "cpu":
-            out.copy_(t.detach(), non_blocking=True)
-            on_device.append(t.device)
-        else:
-            out.copy_(t.detach())
-        return out
+        return _copy_into_region(next(buffers), t, on_device)
 
     def tensor_func(obj, pg, device, companion):
         return staged_copy(obj)

@@ -29,9 +29,12 @@ group) and FullyParallelLoadStrategyWrapper(TorchDistLoadStrategy(), group) work
 
 Async (`dist_checkpointing.save(..., async_sharded_save=True)`): returns
 Megatron's AsyncRequest; its async_fn writes this rank's files and runs where
-Megatron's AsyncCallsQueue puts it (a forked process, or the persistent worker;
-the arguments are picklable). The C++ writes release the GIL, so running the
-request in a thread of the training process would not stall it either. The
+the queue puts it: ckptkit.megatron.AsyncCallsQueue (the same interface as
+Megatron's) runs it inside the training process, tensors staged into the
+engine's bounded staging pool when scheduled and the bytes written by the C++
+engine's threads (the GIL released), no worker process; Megatron's own
+AsyncCallsQueue runs it in a forked process or its persistent worker (the
+arguments are picklable). The
 write results travel back through a private temporary file (FileSystemWriterAsync
 uses a multiprocessing Manager queue, a server process started per training
 process). Finalize (on every rank, after all ranks finished)
@@ -72,8 +75,10 @@ import pickle
 import queue
 import shutil
 import tempfile
+import threading
 import traceback
 from pathlib import Path
+from functools import partial
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -199,12 +204,44 @@ def _stage_buckets(buckets: Any) -> Any:
         return _Failure("staging tensors to CPU", e)
 
 
-def _write_rank_files(directory: str, prefix: str, rank: int, buckets: Any, results: Any) -> None:
+@torch.no_grad()
+def _stage_buckets_into_pool(buckets: Any, timeout_s: float) -> Any:
+    """The preload step of AsyncCallsQueue (in-process): every tensor's values of
+    this moment copied into the process's staging pool (ckptkit.dcp's, bounded,
+    reused), so training may change the originals once the request is scheduled.
+    Bytes items (BytesIO the planner made) are kept. A failure becomes a _Failure
+    that the job reports."""
+    if isinstance(buckets, _Failure):
+        return buckets
+    try:
+        tensors = [data for _, items in buckets for wi, data in items if wi.type != WriteItemType.BYTE_IO]
+        sizes = [t.numel() * t.element_size() for t in tensors]
+        pool = _ckdcp._process_pool(_core.StagingPool.footprint(sizes), None)
+        regions = iter(pool.acquire(sizes, timeout_s))
+        on_device: list = []
+        staged = [
+            (file_name, [(wi, data if wi.type == WriteItemType.BYTE_IO
+                          else _ckdcp._copy_into_region(next(regions), data, on_device))
+                         for wi, data in items])
+            for file_name, items in buckets
+        ]
+        if on_device and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return staged
+    except Exception as e:  # noqa: BLE001 - reported through finalize on every rank
+        return _Failure("staging tensors into the staging pool", e)
+
+
+def _write_rank_files(directory: str, prefix: str, rank: int, buckets: Any, results: Any, *,
+                      in_process: bool = False) -> None:
     """async_fn: writes this rank's data files `<prefix><n>.distcp` (n = 0, 1, ...)
     with the C++ engine, one thread per file, each file atomically; puts either the
-    list of WriteResults or a RuntimeError into `results`. Never raises."""
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # as Megatron's writer: no GC of the parent's tensors in a forked child
+    list of WriteResults or a RuntimeError into `results`. Never raises.
+    in_process: run on a thread of the training process (AsyncCallsQueue), where
+    the process's garbage collector is not this job's to switch off."""
+    gc_was_enabled = gc.isenabled() and not in_process
+    if gc_was_enabled:
+        gc.disable()  # as Megatron's writer: no GC of the parent's tensors in a forked child
     keep: list = []
     try:
         if isinstance(buckets, _Failure):
@@ -449,6 +486,96 @@ class TorchDistSaveStrategy(_mtorch.TorchDistSaveShardedStrategy):
 
     def __str__(self) -> str:
         return f"ckptkit.megatron.TorchDistSaveStrategy({self.backend}, {self.version}, threads={self.thread_count})"
+
+
+class AsyncCallsQueue:
+    """Megatron's AsyncCallsQueue, run inside the training process: no worker
+    process, no fork.
+
+        queue = ckptkit.megatron.AsyncCallsQueue()
+        request = dist_checkpointing.save(sd, ckpt_dir, sharded_strategy=TorchDistSaveStrategy(),
+                                          async_sharded_save=True)
+        queue.schedule_async_request(request)   # returns once the tensors are staged
+        ...                                      # training goes on, may change every tensor
+        queue.maybe_finalize_async_calls(blocking=False)   # each step, on every rank
+
+    The same methods as megatron.core.dist_checkpointing.strategies.async_utils.
+    AsyncCallsQueue (schedule_async_request, maybe_finalize_async_calls(blocking,
+    no_dist), get_num_unfinalized_calls, close), so a training loop swaps one
+    for the other. For requests of ckptkit.megatron.TorchDistSaveStrategy only:
+    scheduling copies this rank's tensors into the process's staging pool (the
+    values of that moment: ckptkit.dcp's bounded, reused pool; a save that does
+    not fit waits up to staging_timeout_s for earlier ones to finish) and starts
+    the write on a thread, which hands the bytes to the C++ engine's writer
+    threads (the GIL released, O_DIRECT where the file system allows) and waits.
+    Megatron's queue forks a process (or feeds a persistent one) per save
+    instead, whose pages the training process then copies on write.
+
+    maybe_finalize_async_calls does what Megatron's does: the oldest call is
+    done when its write finished on every rank (one all-reduce of a flag per
+    check unless no_dist), then its finalize functions run (the coordinator
+    publishes `.metadata`; a failure on any rank raises CheckpointException on
+    every rank); blocking waits. Requests are finalized in order.
+
+    Thread-safety: one queue per training process, used by one thread, called
+    on every rank alike (the checks are collectives).
+    """
+
+    def __init__(self, staging_timeout_s: float = 600.0) -> None:
+        self.staging_timeout_s = float(staging_timeout_s)
+        self._active: list = []  # [(call index, thread or None, frozen request)]
+        self._next = 0
+
+    def schedule_async_request(self, async_request: AsyncRequest) -> int:
+        fn = async_request.async_fn
+        if fn is not None and not (isinstance(fn, partial) and fn.func is _write_rank_files):
+            raise ValueError("ckptkit.megatron.AsyncCallsQueue runs the requests of "
+                             "ckptkit.megatron.TorchDistSaveStrategy (got an async_fn "
+                             f"{getattr(fn, '__qualname__', fn)!r}); use Megatron's AsyncCallsQueue for others")
+        request = async_request.freeze() if hasattr(async_request, "freeze") else async_request
+        thread = None
+        if fn is not None:
+            args = list(request.async_fn_args)
+            args[1] = _stage_buckets_into_pool(args[1], self.staging_timeout_s)
+            thread = threading.Thread(target=fn, args=args, kwargs={**request.async_fn_kwargs, "in_process": True},
+                                      name=f"ckptkit-save-{self._next}", daemon=True)
+            thread.start()
+        idx = self._next
+        self._next += 1
+        self._active.append((idx, thread, request))
+        return idx
+
+    def maybe_finalize_async_calls(self, blocking: bool = False, no_dist: bool = False) -> list:
+        finalized = []
+        while self._active:
+            idx, thread, request = self._active[0]
+            alive = int(thread is not None and thread.is_alive())
+            if not no_dist and torch.distributed.is_initialized():
+                device = (torch.device("cuda", torch.cuda.current_device())
+                          if torch.distributed.get_backend() == "nccl" else torch.device("cpu"))
+                flag = torch.tensor([alive], dtype=torch.int32, device=device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                alive = int(flag.item())
+            if alive and not blocking:
+                break
+            if thread is not None:
+                thread.join()
+            self._active.pop(0)
+            for finalize in request.finalize_fns:
+                finalize()
+            finalized.append(idx)
+        return finalized
+
+    def get_num_unfinalized_calls(self) -> int:
+        return len(self._active)
+
+    def close(self, abort: bool = False) -> None:
+        """Finalizes every call (blocking); abort=True drops them unpublished
+        (their writes finish on their threads; nothing is published)."""
+        if abort:
+            self._active.clear()
+            return
+        self.maybe_finalize_async_calls(blocking=True)
 
 
 class TorchDistLoadStrategy(_mtorch.TorchDistLoadShardedStrategy):

@@ -241,6 +241,45 @@ def _save(sd: dict, path: str, strategy: Any, async_save: bool = False, fresh: b
         assert req is None
 
 
+def _child_pids() -> List[int]:
+    """This process's child processes (every thread's /proc children list)."""
+    out: List[int] = []
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/children") as f:
+            out += [int(p) for p in f.read().split()]
+    return out
+
+
+def _save_in_process(sd: dict, path: str, strategy: Any, mutate: bool = False, fresh: bool = True) -> None:
+    """An async dist_checkpointing.save run by ckptkit.megatron.AsyncCallsQueue in
+    this process. mutate: every tensor of `sd` changes right after scheduling (the
+    next training step); the checkpoint must hold the values of the call. No
+    process is started (checked)."""
+    import inspect
+
+    import ckptkit.megatron
+    from megatron.core import dist_checkpointing
+
+    kwargs = dict(sharded_strategy=strategy, async_sharded_save=True)
+    if "async_strategy" in inspect.signature(dist_checkpointing.save).parameters:
+        kwargs["async_strategy"] = "mcore"
+    children = _child_pids()
+    req = dist_checkpointing.save(sd, _fresh_dir(path) if fresh else path, **kwargs)
+    q = ckptkit.megatron.AsyncCallsQueue()
+    q.schedule_async_request(req)
+    if mutate:
+        from megatron.core.dist_checkpointing.dict_utils import nested_values
+        from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+        for v in nested_values(sd):
+            if isinstance(v, ShardedTensor):
+                v.data.add_(1)
+    assert q.get_num_unfinalized_calls() == 1
+    assert _child_pids() == children, f"a process was started: {_child_pids()} (before: {children})"
+    q.maybe_finalize_async_calls(blocking=True)
+    assert q.get_num_unfinalized_calls() == 0
+
+
 def _load(sd: dict, path: str, strategy: Any) -> dict:
     from megatron.core import dist_checkpointing
 
@@ -474,6 +513,9 @@ def scenario_world2(spec: Spec) -> None:
         path_a = _d(spec, "fail_async")
         checks.run("failure_async", _expect_failure_everywhere(
             path_a, lambda: _save(_full_sd(True), path_a, _ck_save(), async_save=True)))
+        path_i = _d(spec, "fail_in_process")
+        checks.run("failure_in_process_queue", _expect_failure_everywhere(
+            path_i, lambda: _save_in_process(_full_sd(True), path_i, _ck_save())))
         # A failure while planning the files (prepare_write_data) or staging tensors
         # (the preload step) on rank 1 is reported through finalize the same way.
         ckptkit.megatron._write_dcp_files = real
@@ -492,6 +534,13 @@ def scenario_world2(spec: Spec) -> None:
         ckptkit.megatron._write_dcp_files = real
         ckptkit.megatron._megatron_split = split
         ckptkit.dcp._cpu_contiguous = stage
+    # ckptkit.megatron.AsyncCallsQueue: the write in this process, the values of the call.
+    checks.run("in_process_queue_holds_values_of_the_call", lambda: (
+        _save_in_process(_full_sd(True), _d(spec, "in_process"), _ck_save(), mutate=True),
+        _check_load(_d(spec, "in_process"), _stock_load)()))
+    checks.run("in_process_queue_fps", lambda: (
+        _save_in_process(_full_sd(True), _d(spec, "in_process_fps"), _fps(_ck_save()), mutate=True),
+        _check_load(_d(spec, "in_process_fps"), _stock_load)()))
     checks.run("failed_overwrite_keeps_old", lambda: _failed_overwrite(spec))
     checks.run("plan_reuse_skips_planning_collectives", lambda: _plan_reuse(spec))
     checks.run("rank_with_nothing_to_write", lambda: _nothing_to_write(spec))
@@ -667,10 +716,33 @@ def test_failing_rank_raises_everywhere_and_publishes_nothing(runs):
     _assert_checks(runs, "world2", "failure_async")
     _assert_checks(runs, "world2", "failure_prepare")
     _assert_checks(runs, "world2", "failure_staging")
-    for name in ("fail_sync", "fail_async", "fail_prepare", "fail_staging"):
+    _assert_checks(runs, "world2", "failure_in_process_queue")
+    for name in ("fail_sync", "fail_async", "fail_prepare", "fail_staging", "fail_in_process"):
         assert os.path.isdir(os.path.join(root, name))  # the save did start there
     assert not os.path.exists(os.path.join(root, "fail_async", ".metadata"))
+    assert not os.path.exists(os.path.join(root, "fail_in_process", ".metadata"))
     _assert_checks(runs, "world2", "save_after_failure")
+
+
+def test_in_process_async_queue(runs):
+    """ckptkit.megatron.AsyncCallsQueue: no worker process; the tensors changed right
+    after scheduling and the checkpoint (stock megatron-core loads it) holds the
+    values of the call; also under the fully parallel wrapper."""
+    _assert_checks(runs, "world2", "in_process_queue_holds_values_of_the_call")
+    _assert_checks(runs, "world2", "in_process_queue_fps")
+
+
+def test_in_process_queue_refuses_other_requests():
+    import ckptkit.megatron
+    from megatron.core.dist_checkpointing.strategies.async_utils import AsyncRequest
+
+    q = ckptkit.megatron.AsyncCallsQueue()
+    with pytest.raises(ValueError, match="TorchDistSaveStrategy"):
+        q.schedule_async_request(AsyncRequest(print, ("x",), []))
+    ran = []
+    assert q.schedule_async_request(AsyncRequest(None, (), [lambda: ran.append(1)])) == 0
+    assert q.maybe_finalize_async_calls(blocking=False, no_dist=True) == [0] and ran == [1]
+    assert q.get_num_unfinalized_calls() == 0
 
 
 def test_failed_overwrite_keeps_the_old_checkpoint(runs):
