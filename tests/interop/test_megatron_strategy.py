@@ -31,6 +31,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -241,6 +242,11 @@ def _save(sd: dict, path: str, strategy: Any, async_save: bool = False, fresh: b
         assert req is None
 
 
+def _assert_within(t0: float, seconds: float) -> None:
+    took = time.monotonic() - t0
+    assert took < seconds, f"took {took:.1f} s"
+
+
 def _child_pids() -> List[int]:
     """This process's child processes (every thread's /proc children list)."""
     out: List[int] = []
@@ -348,6 +354,13 @@ def _failing_writer(real):
     return write
 
 
+def _killing_writer(real):
+    def write(directory, prefix, files):
+        os.kill(os.getpid(), signal.SIGKILL)  # the forked write process dies mid-save
+
+    return write
+
+
 def _raising(message: str):
     def fail(*args, **kwargs):
         raise RuntimeError(message)
@@ -355,8 +368,8 @@ def _raising(message: str):
     return fail
 
 
-def _expect_failure_everywhere(path: str, run: Callable[[], None], published_before: bool = False
-                               ) -> Callable[[], None]:
+def _expect_failure_everywhere(path: str, run: Callable[[], None], published_before: bool = False,
+                               want: Optional[str] = None) -> Callable[[], None]:
     def check():
         from torch.distributed.checkpoint.api import CheckpointException
 
@@ -364,8 +377,8 @@ def _expect_failure_everywhere(path: str, run: Callable[[], None], published_bef
             run()
         except CheckpointException as e:
             if dist.get_rank() == 0:  # the coordinator holds the failure details
-                want = "no space left on device" if published_before else "injected"
-                assert list(e.failures) == [1] and want in str(e).lower(), str(e)
+                expect = want or ("no space left on device" if published_before else "injected")
+                assert list(e.failures) == [1] and expect in str(e).lower(), str(e)
         else:
             raise AssertionError(f"rank {dist.get_rank()}: save did not raise")
         dist.barrier()
@@ -513,6 +526,17 @@ def scenario_world2(spec: Spec) -> None:
         path_a = _d(spec, "fail_async")
         checks.run("failure_async", _expect_failure_everywhere(
             path_a, lambda: _save(_full_sd(True), path_a, _ck_save(), async_save=True)))
+        # The write process of rank 1 (Megatron's forked worker) killed outright.
+        if dist.get_rank() == 1:
+            ckptkit.megatron._write_dcp_files = _killing_writer(real)
+        path_k = _d(spec, "fail_killed_writer")
+        t0 = time.monotonic()
+        checks.run("failure_killed_writer", _expect_failure_everywhere(
+            path_k, lambda: _save(_full_sd(True), path_k, _ck_save(), async_save=True),
+            want="did the async process die"))
+        checks.run("failure_killed_writer_bounded", lambda: _assert_within(t0, 60))
+        if dist.get_rank() == 1:
+            ckptkit.megatron._write_dcp_files = _failing_writer(real)
         path_i = _d(spec, "fail_in_process")
         checks.run("failure_in_process_queue", _expect_failure_everywhere(
             path_i, lambda: _save_in_process(_full_sd(True), path_i, _ck_save())))
@@ -717,10 +741,12 @@ def test_failing_rank_raises_everywhere_and_publishes_nothing(runs):
     _assert_checks(runs, "world2", "failure_prepare")
     _assert_checks(runs, "world2", "failure_staging")
     _assert_checks(runs, "world2", "failure_in_process_queue")
-    for name in ("fail_sync", "fail_async", "fail_prepare", "fail_staging", "fail_in_process"):
+    _assert_checks(runs, "world2", "failure_killed_writer")  # prefix: also _bounded (within 60 s)
+    for name in ("fail_sync", "fail_async", "fail_prepare", "fail_staging", "fail_in_process", "fail_killed_writer"):
         assert os.path.isdir(os.path.join(root, name))  # the save did start there
     assert not os.path.exists(os.path.join(root, "fail_async", ".metadata"))
     assert not os.path.exists(os.path.join(root, "fail_in_process", ".metadata"))
+    assert not os.path.exists(os.path.join(root, "fail_killed_writer", ".metadata"))
     _assert_checks(runs, "world2", "save_after_failure")
 
 
