@@ -458,9 +458,11 @@ class BufferViews {
 }
 
 // Streams [data, data+size) in pieces, so no single write call is huge and
-// the sink's CRC/counting passes stay cache-friendly.
+// the passes over each piece (zip CRC-32, XXH3, the copy into the direct
+// file's aligned buffer) read it from L2 after the first: 256 KiB pieces took a
+// third less CPU than 16 MiB ones (2 GiB written: 0.53 -> 0.35 user core-seconds).
 Status AppendChunked(ByteSink* sink, const uint8_t* data, size_t size) {
-  constexpr size_t kChunk = size_t{16} << 20;
+  constexpr size_t kChunk = size_t{256} << 10;
   for (size_t off = 0; off < size; off += kChunk) {
     const size_t n = std::min(kChunk, size - off);
     CKPT_RETURN_IF_ERROR(
