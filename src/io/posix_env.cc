@@ -13,6 +13,7 @@
 #include <deque>
 #include <system_error>
 #include <thread>
+#include <tuple>
 #include <vector>
 #include <cstdlib>
 #include <cstdint>
@@ -20,6 +21,7 @@
 #include <mutex>
 
 #include "ckpt/env.h"
+#include "util/mutex.h"
 #include "util/strings.h"
 
 namespace ckpt {
@@ -252,17 +254,25 @@ class PosixDirectWritableFile final : public WritableFile {
       if (buf == nullptr) {
         return ResourceExhaustedError(StrCat("create ", path, ": no memory for a ", kBufSize, "-byte write buffer"));
       }
-      f->owned_.push_back(static_cast<char*>(buf));
-      f->free_.push_back(static_cast<char*>(buf));
+      if (i == 0) {
+        f->owned_.push_back(static_cast<char*>(buf));
+        f->cur_ = static_cast<char*>(buf);
+      } else {
+        f->AddBuffer(static_cast<char*>(buf));
+      }
     }
-    f->cur_ = f->free_.back();
-    f->free_.pop_back();
     return std::unique_ptr<WritableFile>(f.release());
   }
   ~PosixDirectWritableFile() override {
     Close().IgnoreError();
     StopFlusher();
     for (char* b : owned_) std::free(b);
+  }
+  // Open's setup, before the file is shared with any thread.
+  void AddBuffer(char* b) CKPT_EXCLUDES(qmu_) {
+    owned_.push_back(b);
+    MutexLock l(&qmu_);
+    free_.push_back(b);
   }
 
   Status Append(std::string_view data) override {
@@ -321,8 +331,11 @@ class PosixDirectWritableFile final : public WritableFile {
     if (fd_ < 0) return StickyError();
     Status s = Flush();
     StopFlusher();
-    if (cached_fd_ >= 0 && ::close(cached_fd_) != 0 && s.ok()) s = PosixError(StrCat(path_, ": close"), errno);
-    cached_fd_ = -1;
+    {
+      MutexLock l(&mu_);
+      if (cached_fd_ >= 0 && ::close(cached_fd_) != 0 && s.ok()) s = PosixError(StrCat(path_, ": close"), errno);
+      cached_fd_ = -1;
+    }
     if (::close(fd_) != 0 && s.ok()) s = PosixError(StrCat(path_, ": close"), errno);
     fd_ = -1;
     return s.ok() ? s : Fail(s);
@@ -334,79 +347,84 @@ class PosixDirectWritableFile final : public WritableFile {
 
   static bool Aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % kAlign == 0; }
 
-  Status StickyError() const {
-    std::lock_guard<std::mutex> l(mu_);
+  Status StickyError() const CKPT_EXCLUDES(mu_) {
+    MutexLock l(&mu_);
     return error_;
   }
-  Status CheckUsable(std::string_view op) const {
+  Status CheckUsable(std::string_view op) const CKPT_EXCLUDES(mu_) {
     CKPT_RETURN_IF_ERROR(StickyError());
     if (fd_ < 0) return FailedPreconditionError(StrCat(path_, ": ", op, " after close"));
     return OkStatus();
   }
-  Status Fail(Status s) {
-    std::lock_guard<std::mutex> l(mu_);
+  Status Fail(Status s) CKPT_EXCLUDES(mu_) {
+    MutexLock l(&mu_);
     return FailLocked(std::move(s));
   }
-  Status FailLocked(Status s) {
+  Status FailLocked(Status s) CKPT_REQUIRES(mu_) {
     if (error_.ok()) error_ = s;
     return s;
   }
 
   // The full current buffer to the flusher (started on first need); appends
   // go on in a free buffer, waiting for one while both are in flight.
-  Status SubmitFull() {
-    std::unique_lock<std::mutex> l(qmu_);
+  Status SubmitFull() CKPT_EXCLUDES(qmu_) {
     if (!flusher_.joinable()) {
       try {
         flusher_ = std::thread([this] { FlusherLoop(); });
       } catch (const std::system_error&) {
         // No thread: write it here.
-        l.unlock();
         CKPT_RETURN_IF_ERROR(WriteBlocks(start_, cur_, kBufSize));
         start_ += kBufSize;
         len_ = 0;
         return OkStatus();
       }
     }
-    queue_.push_back({start_, cur_});
-    qcv_.notify_all();
-    qcv_.wait(l, [&] { return !free_.empty(); });
-    cur_ = free_.back();
-    free_.pop_back();
+    {
+      MutexLock l(&qmu_);
+      queue_.push_back({start_, cur_});
+      qcv_.SignalAll();
+      while (free_.empty()) qcv_.Wait(&qmu_);
+      cur_ = free_.back();
+      free_.pop_back();
+    }
     start_ += kBufSize;
     len_ = 0;
     return StickyError();
   }
-  void FlusherLoop() {
-    std::unique_lock<std::mutex> l(qmu_);
+  void FlusherLoop() CKPT_EXCLUDES(qmu_) {
     for (;;) {
-      qcv_.wait(l, [&] { return stop_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stop_
-      auto [offset, buf] = queue_.front();
-      queue_.pop_front();
-      ++inflight_;
-      l.unlock();
+      uint64_t offset;
+      char* buf;
+      {
+        MutexLock l(&qmu_);
+        while (!stop_ && queue_.empty()) qcv_.Wait(&qmu_);
+        if (queue_.empty()) return;  // stop_
+        std::tie(offset, buf) = queue_.front();
+        queue_.pop_front();
+        ++inflight_;
+      }
       // After an error the buffer is dropped unwritten (the error is sticky:
       // the file is failed already).
       if (StickyError().ok()) WriteBlocks(offset, buf, kBufSize).IgnoreError();
-      l.lock();
+      MutexLock l(&qmu_);
       --inflight_;
       free_.push_back(buf);
-      qcv_.notify_all();
+      qcv_.SignalAll();
     }
   }
   // Waits until every submitted buffer is written (or dropped after an error).
-  Status Drain() {
-    std::unique_lock<std::mutex> l(qmu_);
-    qcv_.wait(l, [&] { return queue_.empty() && inflight_ == 0; });
-    l.unlock();
+  Status Drain() CKPT_EXCLUDES(qmu_) {
+    {
+      MutexLock l(&qmu_);
+      while (!queue_.empty() || inflight_ != 0) qcv_.Wait(&qmu_);
+    }
     return StickyError();
   }
-  void StopFlusher() {
+  void StopFlusher() CKPT_EXCLUDES(qmu_) {
     {
-      std::lock_guard<std::mutex> l(qmu_);
+      MutexLock l(&qmu_);
       stop_ = true;
-      qcv_.notify_all();
+      qcv_.SignalAll();
     }
     if (flusher_.joinable()) flusher_.join();
   }
@@ -433,7 +451,7 @@ class PosixDirectWritableFile final : public WritableFile {
       bool refused = false;
       Status s = PwriteAll(fd_, offset, p, n, &refused);
       if (s.ok() || !refused) return s;
-      std::lock_guard<std::mutex> l(mu_);
+      MutexLock l(&mu_);
       const int flags = ::fcntl(fd_, F_GETFL);
       if (flags < 0 || ::fcntl(fd_, F_SETFL, flags & ~O_DIRECT) != 0) {
         return FailLocked(PosixError(StrCat(path_, ": turning O_DIRECT off after EINVAL"), errno));
@@ -444,8 +462,8 @@ class PosixDirectWritableFile final : public WritableFile {
   }
   // An ordinary descriptor of the same file (opened through /proc, which
   // reaches the open inode whatever its name is now), opened once.
-  Result<int> CachedFd() {
-    std::lock_guard<std::mutex> l(mu_);
+  Result<int> CachedFd() CKPT_EXCLUDES(mu_) {
+    MutexLock l(&mu_);
     if (cached_fd_ >= 0) return cached_fd_;
     int fd = OpenRetryingEintr(StrCat("/proc/self/fd/", fd_).c_str(), O_WRONLY | O_CLOEXEC);
     if (fd < 0) fd = OpenRetryingEintr(path_.c_str(), O_WRONLY | O_CLOEXEC);
@@ -477,23 +495,23 @@ class PosixDirectWritableFile final : public WritableFile {
   }
 
   const std::string path_;
-  int fd_;              // O_DIRECT; -1 once closed
-  int cached_fd_ = -1;  // ordinary descriptor for unaligned bytes, opened on first need
+  int fd_;                    // O_DIRECT; -1 once closed
   std::vector<char*> owned_;  // kBuffers buffers of kBufSize bytes, kAlign-aligned
   char* cur_ = nullptr;       // the buffer appends fill (the caller's thread only)
   uint64_t start_ = 0;        // file offset of cur_[0] (aligned)
   size_t len_ = 0;            // bytes in cur_
   std::atomic<bool> direct_{true};
-  mutable std::mutex mu_;  // guards error_, cached_fd_'s opening and the O_DIRECT switch
-  Status error_;
+  mutable Mutex mu_;  // also serializes the O_DIRECT switch
+  Status error_ CKPT_GUARDED_BY(mu_);
+  int cached_fd_ CKPT_GUARDED_BY(mu_) = -1;  // ordinary descriptor for unaligned bytes, opened on first need
   // The flusher: full buffers in file order, written by one thread.
-  std::mutex qmu_;
-  std::condition_variable qcv_;
-  std::deque<std::pair<uint64_t, char*>> queue_;  // guarded by qmu_
-  std::vector<char*> free_;                       // guarded by qmu_
-  int inflight_ = 0;                              // guarded by qmu_
-  bool stop_ = false;                             // guarded by qmu_
-  std::thread flusher_;
+  Mutex qmu_;
+  CondVar qcv_;
+  std::deque<std::pair<uint64_t, char*>> queue_ CKPT_GUARDED_BY(qmu_);
+  std::vector<char*> free_ CKPT_GUARDED_BY(qmu_);
+  int inflight_ CKPT_GUARDED_BY(qmu_) = 0;
+  bool stop_ CKPT_GUARDED_BY(qmu_) = false;
+  std::thread flusher_;  // started and joined by the caller's thread
 };
 
 class PosixEnv final : public Env {

@@ -62,6 +62,12 @@ class CondVar {
     l.release();  // still held: the caller's MutexLock releases it
     return woken;
   }
+  // Releases `mu` while waiting (spurious wake-ups return: re-check).
+  void Wait(Mutex* mu) CKPT_REQUIRES(mu) {
+    std::unique_lock<std::mutex> l(mu->mu_, std::adopt_lock);
+    cv_.wait(l);
+    l.release();
+  }
   void SignalAll() { cv_.notify_all(); }
 
  private:
