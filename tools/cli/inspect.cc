@@ -20,6 +20,10 @@ void RegisterInspect(CLI::App& app, int* exit_code) {
   cmd->add_option("PATH", opts->path, "a .pt/.bin/.pth, .safetensors, sharded index json, or folder")
       ->required();
   cmd->add_flag("--json", opts->json, "print one JSON document");
+  cmd->add_option("--svg", opts->svg_path,
+                  "also write a picture of the checkpoint's files to this .svg: per rank, each file's\n"
+                  "size as a bar and what it holds; problems in red (written when the inspection\n"
+                  "succeeds, also when it finds problems in the data)");
   cmd->add_option("--max-rows", opts->max_rows,
                   "show at most N rows of each list: tensors, objects (once folded), data files\n"
                   "(0: all; --json shows all)");

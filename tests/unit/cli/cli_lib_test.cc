@@ -14,6 +14,7 @@
 #include "lib/convert.h"
 #include "lib/exit_code.h"
 #include "lib/inspect.h"
+#include "lib/layout_svg.h"
 #include "unit/checkpoint/checkpoint_testutil.h"
 
 namespace ckpt::cli {
@@ -422,6 +423,49 @@ TEST(Inspect, MaxRowsBoundsTheObjectLines) {
   EXPECT_THAT(text, Not(HasSubstr("common.pt:iteration")));
   // Without --max-rows every line is there.
   EXPECT_THAT(InspectText(path), HasSubstr("common.pt:iteration (int): 10\n"));
+}
+
+// ---------------------------------------------------------------- LayoutSvg
+
+// Names and descriptions come from files: every one is XML-escaped (a file
+// cannot inject markup or script into the picture), control bytes dropped.
+TEST(LayoutSvg, EscapesWhatTheCheckpointSays) {
+  nlohmann::json doc = {
+      {"path", "ck<&>\"'\x01pt"},
+      {"format", "dcp"},
+      {"tensors", nlohmann::json::array()},
+      {"details",
+       {{"files",
+         {{{"name", "__0_0.distcp"}, {"bytes", 10}, {"rank", 0}, {"writer", 0},
+           {"description", "<script>alert(1)</script>"}},
+          {{"name", "__1_0.distcp"}, {"bytes", 5}, {"rank", 1}, {"writer", 0}, {"description", "a & b"}}}},
+        {"problems", {{{"file", "__1_0.distcp"}, {"message", "short <by> 3 bytes"}}}}}}};
+  const std::string svg = LayoutSvg(doc);
+  EXPECT_THAT(svg, Not(HasSubstr("<script")));
+  EXPECT_THAT(svg, HasSubstr("&lt;script&gt;alert(1)&lt;/script&gt;"));
+  EXPECT_THAT(svg, HasSubstr("ck&lt;&amp;&gt;&quot;&apos;pt"));
+  EXPECT_THAT(svg, Not(HasSubstr("\x01")));
+  EXPECT_THAT(svg, HasSubstr("a &amp; b"));
+  EXPECT_THAT(svg, HasSubstr("__1_0.distcp: short &lt;by&gt; 3 bytes"));
+  // The larger file spans the bar column (480), the other half of it.
+  EXPECT_THAT(svg, HasSubstr("data-file=\"__0_0.distcp\" data-bytes=\"10\""));
+  EXPECT_THAT(svg, HasSubstr("width=\"480.00\""));
+  EXPECT_THAT(svg, HasSubstr("width=\"240.00\""));
+  // At most max_files rows, then a line saying how many more.
+  EXPECT_THAT(LayoutSvg(doc, 1), HasSubstr("... 1 more files"));
+}
+
+TEST(LayoutSvg, SummarizesKeysOfFilesWithoutDescriptions) {
+  nlohmann::json doc = {{"path", "/x/model.pt"}, {"format", "torch"}, {"details", nlohmann::json::object()},
+                        {"tensors", nlohmann::json::array()}};
+  for (int i : {0, 1, 2, 3, 7}) doc["tensors"].push_back({{"key", fmt::format("model.layers.{}.w", i)}, {"nbytes", 4}});
+  doc["tensors"].push_back({{"key", "lm_head.weight"}, {"nbytes", 8}});
+  std::vector<LayoutFile> files = LayoutFiles(doc);
+  ASSERT_EQ(files.size(), 1u);
+  EXPECT_EQ(files[0].name, "model.pt");
+  EXPECT_EQ(files[0].bytes, 28u);
+  EXPECT_EQ(files[0].contents, "model.layers.{0..3,7}.* (5); lm_head.weight");
+  EXPECT_EQ(files[0].group, "files");
 }
 
 // ---------------------------------------------------------------- RunConvert

@@ -11,6 +11,7 @@
 
 #include "ckpt/convert.h"
 #include "ckpt/reshard.h"
+#include "lib/layout_svg.h"
 #include "util/strings.h"
 
 namespace ckpt::cli {
@@ -349,6 +350,13 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
       (*details)["problems"].push_back({{"file", ""}, {"message", layout_problem}});
     }
   };
+  if (!options.svg_path.empty()) {
+    nlohmann::json doc = InspectJson(options.path, *reader);
+    add_layout(&doc["details"]);
+    const std::string svg = LayoutSvg(doc);
+    CKPT_RETURN_IF_ERROR(WriteFileAtomically(options.env ? options.env : Env::Default(), options.svg_path,
+                                             [&](WritableFile* f) { return f->Append(svg); }));
+  }
   if (options.json) {
     nlohmann::json doc = InspectJson(options.path, *reader);
     add_layout(&doc["details"]);

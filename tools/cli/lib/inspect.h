@@ -19,6 +19,10 @@ struct InspectOptions {
   // The text report shows at most this many rows of each list (tensors, objects
   // after folding, data files), then "... N more"; 0: all. --json is never cut.
   size_t max_rows = 0;
+  // Also write a picture of the files (LayoutSvg, lib/layout_svg.h) here,
+  // atomically, once the inspection succeeded (problems found in the data do
+  // not stop it: they are drawn); "" for none.
+  std::string svg_path;
   Env* env = nullptr;
 };
 
