@@ -32,8 +32,9 @@ APT_PACKAGES=(
   libgtest-dev libgmock-dev
 )
 if [ "$PART" = all ]; then
-  # The sanitizer and fuzzing build (scripts/fuzz.sh), and google benchmark.
-  APT_PACKAGES+=(libbenchmark-dev clang-14 libclang-rt-14-dev)
+  # The sanitizer and fuzzing build (scripts/fuzz.sh), google benchmark, and
+  # the headless browser the layout map's tests render in.
+  APT_PACKAGES+=(libbenchmark-dev clang-14 libclang-rt-14-dev chromium)
 elif [ "$PART" = venv ]; then
   APT_PACKAGES=()
 fi

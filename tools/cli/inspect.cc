@@ -20,6 +20,11 @@ void RegisterInspect(CLI::App& app, int* exit_code) {
   cmd->add_option("PATH", opts->path, "a .pt/.bin/.pth, .safetensors, sharded index json, or folder")
       ->required();
   cmd->add_flag("--json", opts->json, "print one JSON document");
+  cmd->add_option("--html", opts->html_path,
+                  "also write the layout map to this .html: one self-contained page (no network) with the\n"
+                  "files by rank, every tensor's chunks drawn over its shape and coloured by the rank\n"
+                  "that wrote them (searchable, grouped), the parallel layout and the problems\n"
+                  "(written when the inspection succeeds, also when it finds problems in the data)");
   cmd->add_option("--svg", opts->svg_path,
                   "also write a picture of the checkpoint's files to this .svg: per rank, each file's\n"
                   "size as a bar and what it holds; problems in red (written when the inspection\n"

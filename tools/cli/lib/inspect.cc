@@ -11,6 +11,7 @@
 
 #include "ckpt/convert.h"
 #include "ckpt/reshard.h"
+#include "lib/layout_map.h"
 #include "lib/layout_svg.h"
 #include "util/strings.h"
 
@@ -350,12 +351,20 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
       (*details)["problems"].push_back({{"file", ""}, {"message", layout_problem}});
     }
   };
-  if (!options.svg_path.empty()) {
+  if (!options.svg_path.empty() || !options.html_path.empty()) {
     nlohmann::json doc = InspectJson(options.path, *reader);
     add_layout(&doc["details"]);
-    const std::string svg = LayoutSvg(doc);
-    CKPT_RETURN_IF_ERROR(WriteFileAtomically(options.env ? options.env : Env::Default(), options.svg_path,
-                                             [&](WritableFile* f) { return f->Append(svg); }));
+    Env* env = options.env ? options.env : Env::Default();
+    if (!options.svg_path.empty()) {
+      const std::string svg = LayoutSvg(doc);
+      CKPT_RETURN_IF_ERROR(
+          WriteFileAtomically(env, options.svg_path, [&](WritableFile* f) { return f->Append(svg); }));
+    }
+    if (!options.html_path.empty()) {
+      const std::string html = LayoutHtml(LayoutMapData(doc));
+      CKPT_RETURN_IF_ERROR(
+          WriteFileAtomically(env, options.html_path, [&](WritableFile* f) { return f->Append(html); }));
+    }
   }
   if (options.json) {
     nlohmann::json doc = InspectJson(options.path, *reader);

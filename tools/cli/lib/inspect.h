@@ -23,6 +23,8 @@ struct InspectOptions {
   // atomically, once the inspection succeeded (problems found in the data do
   // not stop it: they are drawn); "" for none.
   std::string svg_path;
+  // The same for the layout map (LayoutHtml, lib/layout_map.h).
+  std::string html_path;
   Env* env = nullptr;
 };
 

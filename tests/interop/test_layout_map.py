@@ -1,0 +1,176 @@
+"""`ckptkit inspect PATH --html FILE`: the layout map, rendered in a real browser.
+
+The page is opened by headless Chromium (Debian's `chromium`, installed by
+scripts/setup.sh) and read back through the DOM it built (`--dump-dom`): the
+script finished (body data-rendered="1"), raised nothing (data-errors="0",
+and no console line at all on Chromium's log), every data file and every
+tensor of the checkpoint is there, and each tensor's chunk boxes tile its
+global shape exactly (volumes add up, no two overlap, all inside), for the
+bundled Megatron sample and for a sharded folder written by safetensors. A
+damaged copy of the sample (a truncated data file) is drawn with its problem
+listed and its file marked. A screenshot of the sample's map is kept under
+build/artifacts/ (CI keeps it).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SAMPLE = os.path.join(REPO, "examples", "torch_dist")
+ARTIFACTS = os.environ.get("CKPTKIT_ARTIFACTS", os.path.join(REPO, "build", "artifacts"))
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail("Chromium is not installed (scripts/setup.sh installs Debian's chromium)")
+
+
+def _browser(args, url, timeout=60):
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+           *args, url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+class _Dom(HTMLParser):
+    """What the tests read from the dumped DOM: body attributes, files, tensors
+    with their chunks (in document order: a chunk belongs to the tensor before
+    it), problems."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.files, self.tensors, self.problems = {}, [], [], []
+        self._in_problem = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        cls = set((a.get("class") or "").split())
+        if tag == "body":
+            self.body = a
+        elif "file" in cls and "data-file" in a:
+            self.files.append({"name": a["data-file"], "bytes": int(a["data-bytes"]), "rank": int(a["data-rank"]),
+                               "bad": "bad" in cls})
+        elif "tensor" in cls and "data-key" in a:
+            self.tensors.append({"key": a["data-key"], "shape": json.loads(a["data-shape"]), "chunks": []})
+        elif tag == "g" and "chunk" in cls:
+            self.tensors[-1]["chunks"].append({"o": json.loads(a["data-offsets"]), "s": json.loads(a["data-sizes"]),
+                                               "file": a["data-file"], "rank": int(a["data-rank"])})
+        elif tag == "li" and "problem-item" in cls:
+            self._in_problem = True
+            self.problems.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "li":
+            self._in_problem = False
+
+    def handle_data(self, data):
+        if self._in_problem:
+            self.problems[-1] += data
+
+
+def _render(cli, path, html, *, screenshot=None):
+    r = subprocess.run([cli, "inspect", str(path), "--html", str(html)], capture_output=True, text=True)
+    assert os.path.exists(html), r.stderr
+    if screenshot is not None:
+        os.makedirs(os.path.dirname(screenshot), exist_ok=True)
+        s = _browser(["--hide-scrollbars", "--window-size=1200,1600", f"--screenshot={screenshot}"], f"file://{html}")
+        assert s.returncode == 0 and os.path.getsize(screenshot) > 10000, s.stderr[-2000:]
+    b = _browser(["--dump-dom"], f"file://{html}")
+    assert b.returncode == 0, b.stderr[-2000:]
+    console = [line for line in b.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, console
+    dom = _Dom()
+    dom.feed(b.stdout)
+    assert dom.body.get("data-rendered") == "1", "the page's script did not finish"
+    assert dom.body.get("data-errors") == "0"
+    return r.returncode, dom
+
+
+def _check_tiling(t):
+    shape = t["shape"] or [1]
+    total = math.prod(shape)
+    vol = 0
+    for c in t["chunks"]:
+        o, s = (c["o"] or [0]), (c["s"] or [1])
+        assert len(o) == len(s) == len(shape), (t["key"], c)
+        assert all(0 <= a and a + b <= n for a, b, n in zip(o, s, shape)), (t["key"], c)
+        vol += math.prod(s)
+    assert vol == total, (t["key"], vol, total)
+    for a, b in itertools.combinations(t["chunks"], 2):
+        overlap = all(max(x, y) < min(x + w, y + v) for x, w, y, v in zip(a["o"], a["s"], b["o"], b["s"]))
+        assert not overlap, (t["key"], a, b)
+
+
+def test_sample_map_in_chromium(cli_path, tmp_path):
+    html = tmp_path / "map.html"
+    rc, dom = _render(cli_path, SAMPLE, html, screenshot=os.path.join(ARTIFACTS, "layout_map_sample.png"))
+    assert rc == 0
+    ckpt = os.path.join(SAMPLE, "iter_0000010")
+    assert sorted(f["name"] for f in dom.files) == sorted(f for f in os.listdir(ckpt) if f.endswith(".distcp"))
+    for f in dom.files:
+        assert f["bytes"] == os.path.getsize(os.path.join(ckpt, f["name"]))
+        assert not f["bad"]
+    doc = json.loads(subprocess.run([cli_path, "inspect", SAMPLE, "--json"], capture_output=True, text=True).stdout)
+    assert sorted(t["key"] for t in dom.tensors) == sorted(t["key"] for t in doc["tensors"])
+    shapes = {t["key"]: t["shape"] for t in doc["tensors"]}
+    for t in dom.tensors:
+        assert t["shape"] == shapes[t["key"]]
+        _check_tiling(t)
+        for c in t["chunks"]:  # the rank colouring follows the file that holds the chunk
+            assert c["rank"] == int(c["file"][2:].split("_")[0]), c
+    # TP2 x PP2 x DP2 with fully parallel save: every rank wrote some chunk.
+    assert {c["rank"] for t in dom.tensors for c in t["chunks"]} == set(range(8))
+    assert dom.problems == []
+
+
+def test_sharded_safetensors_map(cli_path, tmp_path):
+    torch = pytest.importorskip("torch")
+    st = pytest.importorskip("safetensors.torch")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(5)
+    shards = {"model-00001-of-00002.safetensors": {"a.weight": torch.randn(8, 4, generator=g)},
+              "model-00002-of-00002.safetensors": {"b.weight": torch.randn(3, generator=g),
+                                                   "c.scalar": torch.tensor(1.5)}}
+    weight_map = {}
+    for name, sd in shards.items():
+        st.save_file(sd, str(folder / name))
+        weight_map.update({k: name for k in sd})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    rc, dom = _render(cli_path, folder, tmp_path / "map.html")
+    assert rc == 0
+    assert sorted(f["name"] for f in dom.files) == sorted(shards)
+    assert sorted(t["key"] for t in dom.tensors) == sorted(weight_map)
+    for t in dom.tensors:
+        _check_tiling(t)
+        (c,) = t["chunks"]
+        assert c["file"] == weight_map[t["key"]]
+
+
+def test_damaged_copy_map_shows_the_problem(cli_path, tmp_path):
+    damaged = tmp_path / "torch_dist"
+    shutil.copytree(SAMPLE, damaged)
+    os.truncate(damaged / "iter_0000010" / "__3_0.distcp", 1000)
+    rc, dom = _render(cli_path, damaged, tmp_path / "map.html")
+    assert rc == 1  # inspect's exit code for problems in the data; the map is still written
+    assert dom.problems and all("__3_0.distcp" in p for p in dom.problems), dom.problems
+    assert [f["name"] for f in dom.files if f["bad"]] == ["__3_0.distcp"]
+    assert len(dom.tensors) == 36
+
+
+def test_no_map_for_unreadable_input(cli_path, tmp_path):
+    html = tmp_path / "map.html"
+    r = subprocess.run([cli_path, "inspect", str(tmp_path / "missing"), "--html", str(html)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and not html.exists()

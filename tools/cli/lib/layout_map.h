@@ -1,0 +1,43 @@
+// `ckptkit inspect PATH --html FILE`: the layout map, one self-contained HTML
+// page (no network, no external scripts) that draws which file and rank holds
+// which slice of which tensor.
+#ifndef CKPT_TOOLS_CLI_LIB_LAYOUT_MAP_H_
+#define CKPT_TOOLS_CLI_LIB_LAYOUT_MAP_H_
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace ckpt::cli {
+
+// The map's data, from InspectJson's document (details.problems and the
+// Megatron layout included):
+//   {"path", "format", "tensor_bytes",
+//    "files": [{"name", "bytes", "rank", "writer", "group", "contents"}]
+//             (LayoutFiles, lib/layout_svg.h),
+//    "other_files": [name], "problems": [{"file", "message"}],
+//    "layout": "TP=2 PP=2 DP=2 (world 8)" or "", "model_layout": [line],
+//    "tensors": [{"key", "dtype", "shape", "nbytes", "section" ("model" |
+//                 "optimizer"), "group",
+//                 "chunks": [{"o": offsets, "s": sizes, "f": file index}]}]}
+// A tensor without chunk records (a single file, a sharded folder) is one
+// chunk covering its shape in the file it names.
+nlohmann::json LayoutMapData(const nlohmann::json& doc);
+
+// The HTML page for LayoutMapData's `data`: files by rank with bars by bytes
+// and what each holds; tensors grouped by model/optimizer and key group
+// (collapsible, searchable), each drawn as its global shape with its chunks
+// as boxes coloured by the rank that wrote them (2-D as it is, 1-D as a row,
+// 3-D and up as one panel per index of axis 0, at most 16); the Megatron layout; problems in red (listed, and their
+// files marked). Past 20,000 chunks in all, groups draw their tensors only
+// when opened and show 500 tensors at a time. Every file is a
+// `.file[data-file][data-bytes][data-rank]`, every tensor a
+// `.tensor[data-key][data-shape]`, every chunk a
+// `g.chunk[data-offsets][data-sizes][data-file][data-rank]` (its boxes inside); the body gets
+// data-rendered="1" when drawing finished and data-errors counts script
+// errors (tests read them). The data is embedded as JSON with "</" escaped.
+std::string LayoutHtml(const nlohmann::json& data);
+
+}  // namespace ckpt::cli
+
+#endif  // CKPT_TOOLS_CLI_LIB_LAYOUT_MAP_H_
