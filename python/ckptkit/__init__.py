@@ -175,6 +175,15 @@ class Checkpoint:
         """Format details (safetensors __metadata__, shared storages, ...)."""
         return json.loads(self._reader.details_json())
 
+    def layout_map(self) -> dict:
+        """What `ckptkit inspect PATH --html` draws, as data: {"path", "format",
+        "tensor_bytes", "files": [{"name", "bytes", "rank", "writer", "group",
+        "contents"}], "other_files", "problems": [{"file", "message"}], "layout"
+        (e.g. "TP=2 PP=2 DP=2"), "model_layout", "tensors": [{"key", "dtype",
+        "shape", "nbytes", "section", "group", "chunks": [{"o": offsets, "s":
+        sizes, "f": index into files}]}]}."""
+        return json.loads(self._reader.layout_map_json(self._path))
+
     def __len__(self) -> int:
         return len(self._infos)
 

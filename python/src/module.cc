@@ -52,6 +52,8 @@
 #include "format/dcp/manifest.h"
 #include "format/dcp/writer.h"
 #include "util/strings.h"
+#include "lib/inspect.h"
+#include "lib/layout_map.h"
 
 namespace nb = nanobind;
 
@@ -217,6 +219,19 @@ class Reader {
   std::string DetailsJson() const {
     auto r = Get();
     return r->Details().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+
+  // The layout map's data (lib/layout_map.h: LayoutMapData of `inspect`'s
+  // document for this checkpoint at `path`) as JSON text, what
+  // `ckptkit inspect PATH --html` draws.
+  std::string LayoutMapJson(const std::string& path) const {
+    auto r = Get();
+    nlohmann::json data;
+    {
+      nb::gil_scoped_release release;
+      data = cli::LayoutMapData(cli::InspectDocument(path, *r, nullptr));
+    }
+    return data.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
 
   // Index of key; KeyError if absent.
@@ -993,6 +1008,7 @@ NB_MODULE(_core, m) {
       .def("tensors", &Reader::Tensors)
       .def("objects", &Reader::Objects)
       .def("details_json", &Reader::DetailsJson)
+      .def("layout_map_json", &Reader::LayoutMapJson, nb::arg("path"))
       .def("find", &Reader::Find, nb::arg("key"))
       .def("read_into", &Reader::ReadInto, nb::arg("index"), nb::arg("buffer"))
       .def("read_region_into", &Reader::ReadRegionInto, nb::arg("index"), nb::arg("start"), nb::arg("count"),

@@ -174,3 +174,18 @@ def test_no_map_for_unreadable_input(cli_path, tmp_path):
     r = subprocess.run([cli_path, "inspect", str(tmp_path / "missing"), "--html", str(html)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and not html.exists()
+
+
+def test_python_layout_map_is_the_pages_data(cli_path, tmp_path):
+    """ckptkit.open(path).layout_map() returns the data the page draws."""
+    ckptkit = pytest.importorskip("ckptkit")
+    html = tmp_path / "map.html"
+    r = subprocess.run([cli_path, "inspect", SAMPLE, "--html", str(html)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    page = html.read_text()
+    start = page.index('<script type="application/json" id="data">') + len('<script type="application/json" id="data">')
+    embedded = json.loads(page[start:page.index("</script>", start)].replace("<\\/", "</"))
+    with ckptkit.open(SAMPLE) as ck:
+        data = ck.layout_map()
+    assert data == embedded
+    assert len(data["files"]) == 8 and len(data["tensors"]) == 36 and data["layout"].startswith("TP=2 PP=2 DP=2")

@@ -297,18 +297,16 @@ nlohmann::json InspectJson(const std::string& path, const CheckpointReader& read
   return doc;
 }
 
-Status Inspect(const InspectOptions& options, std::ostream& out) {
+void AddLayoutDetails(const std::string& path, const CheckpointReader& reader, Env* env, nlohmann::json* details) {
   OpenOptions open;
-  open.env = options.env;
+  open.env = env;
   open.pickle_mode = PickleMode::kInspect;
-  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader,
-                        OpenCheckpoint(options.path, open));
   // A legacy checkpoint: what each rank folder holds by the model layer's
   // recomputation from args, its buffers checked against that layout.
   nlohmann::json layout_lines = nlohmann::json::array();
   std::string layout_problem;
-  if (reader->kind() == SourceKind::kLegacy) {
-    Result<std::vector<std::string>> lines = DescribeLegacyLayout(options.path, open);
+  if (reader.kind() == SourceKind::kLegacy) {
+    Result<std::vector<std::string>> lines = DescribeLegacyLayout(path, open);
     if (lines.ok()) {
       for (const std::string& l : *lines) layout_lines.push_back(l);
     } else if (lines.status().code() == Code::kDataLoss) {
@@ -320,10 +318,10 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
   // A Megatron checkpoint: the sizes it can be resumed at, and where
   // megatron-core loads it as it is (the reshard preflight, one size at a time).
   nlohmann::json reshard;
-  if (reader->kind() == SourceKind::kLegacy || reader->format() == "megatron-torch_dist") {
+  if (reader.kind() == SourceKind::kLegacy || reader.format() == "megatron-torch_dist") {
     ReshardOptions ro;
-    ro.env = options.env;
-    Result<ReshardChoices> choices = DescribeReshard(options.path, ro);
+    ro.env = env;
+    Result<ReshardChoices> choices = DescribeReshard(path, ro);
     if (choices.ok()) {
       reshard = {{"layout", choices->layout},
                  {"optimizer_sharding", choices->optimizer},
@@ -341,16 +339,42 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
       reshard = {{"error", choices.status().ToString()}};
     }
   }
+  if (!reshard.is_null()) (*details)["reshard"] = reshard;
+  if (!layout_lines.empty()) (*details)["model_layout"] = layout_lines;
+  if (!layout_problem.empty()) {
+    if (!details->contains("problems") || !(*details)["problems"].is_array()) {
+      (*details)["problems"] = nlohmann::json::array();
+    }
+    (*details)["problems"].push_back({{"file", ""}, {"message", layout_problem}});
+  }
+}
+
+nlohmann::json InspectDocument(const std::string& path, const CheckpointReader& reader, Env* env) {
+  nlohmann::json doc = InspectJson(path, reader);
+  AddLayoutDetails(path, reader, env, &doc["details"]);
+  return doc;
+}
+
+Status Inspect(const InspectOptions& options, std::ostream& out) {
+  OpenOptions open;
+  open.env = options.env;
+  open.pickle_mode = PickleMode::kInspect;
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader,
+                        OpenCheckpoint(options.path, open));
+  // What inspect derives from the whole checkpoint, once (merged into each report).
+  nlohmann::json derived = nlohmann::json::object();
+  AddLayoutDetails(options.path, *reader, options.env, &derived);
   auto add_layout = [&](nlohmann::json* details) {
-    if (!reshard.is_null()) (*details)["reshard"] = reshard;
-    if (!layout_lines.empty()) (*details)["model_layout"] = layout_lines;
-    if (!layout_problem.empty()) {
-      if (!details->contains("problems") || !(*details)["problems"].is_array()) {
-        (*details)["problems"] = nlohmann::json::array();
+    for (auto it = derived.begin(); it != derived.end(); ++it) {
+      if (it.key() == "problems" && details->contains("problems") && (*details)["problems"].is_array()) {
+        for (const auto& p : it.value()) (*details)["problems"].push_back(p);
+      } else {
+        (*details)[it.key()] = it.value();
       }
-      (*details)["problems"].push_back({{"file", ""}, {"message", layout_problem}});
     }
   };
+  const nlohmann::json reshard = derived.value("reshard", nlohmann::json());
+  const nlohmann::json layout_lines = derived.value("model_layout", nlohmann::json::array());
   if (!options.svg_path.empty() || !options.html_path.empty()) {
     nlohmann::json doc = InspectJson(options.path, *reader);
     add_layout(&doc["details"]);

@@ -57,6 +57,13 @@ std::vector<ObjectLine> FoldObjects(const std::vector<ObjectInfo>& objects);
 //  "objects": [{"key","type","repr","opaque"}], "total_bytes", "details": {...}}.
 nlohmann::json InspectJson(const std::string& path, const CheckpointReader& reader);
 
+// InspectJson plus what `inspect` derives from the whole checkpoint at `path`
+// (re-read through `env`, nullptr: the disk): for Megatron checkpoints the
+// layouts it can be resumed at (details.reshard), for legacy ones the model
+// layer's recomputation of their ranks (details.model_layout; a contradiction
+// becomes a problem in details.problems). What --json prints.
+nlohmann::json InspectDocument(const std::string& path, const CheckpointReader& reader, Env* env);
+
 // Opens options.path in inspect mode (unknown pickle globals shown as opaque
 // records, never executed) and writes a report to out.
 // Errors: those of OpenCheckpoint.
