@@ -241,6 +241,7 @@ details.tgroup { margin: 2px 0; } details.tgroup > summary { cursor: pointer; }
   }
   document.getElementById("search").addEventListener("input", applySearch);
   applySearch();
+  document.body.dataset.renderMs = String(Math.round(performance.now()));
   document.body.dataset.rendered = "1";
 })();
 </script>

@@ -34,8 +34,9 @@ nlohmann::json LayoutMapData(const nlohmann::json& doc);
 // `.file[data-file][data-bytes][data-rank]`, every tensor a
 // `.tensor[data-key][data-shape]`, every chunk a
 // `g.chunk[data-offsets][data-sizes][data-file][data-rank]` (its boxes inside); the body gets
-// data-rendered="1" when drawing finished and data-errors counts script
-// errors (tests read them). The data is embedded as JSON with "</" escaped.
+// data-rendered="1" when drawing finished (data-render-ms: milliseconds from
+// navigation start), and data-errors counts script errors (tests and the
+// benchmark read them). The data is embedded as JSON with "</" escaped.
 std::string LayoutHtml(const nlohmann::json& data);
 
 }  // namespace ckpt::cli
