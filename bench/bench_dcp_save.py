@@ -128,6 +128,17 @@ def _save_megatron(sd, p, t):
     save_state_dict_async_finalize(*planned[0])
 
 
+def _on_threads(t, work, errors):
+    """work(i) for i in range(t), one thread each; re-raises the first error collected."""
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(t)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+
+
 def _raw_write_direct(sd, p, t):
     """The state dict's byte count in t files, t threads, O_DIRECT from one reused aligned buffer, fsync."""
     import mmap
@@ -156,13 +167,7 @@ def _raw_write_direct(sd, p, t):
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(t)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
+    _on_threads(t, work, errors)
 
 
 def _raw_write(sd, p, t):
@@ -188,13 +193,7 @@ def _raw_write(sd, p, t):
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(t)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
+    _on_threads(t, work, errors)
 
 
 def _load(dst, d, reader):
