@@ -66,13 +66,14 @@ def _tree_bytes(path) -> int:
 @pytest.mark.parametrize("to", ["dcp", "torch_dist"])
 def test_convert_to_dcp_with_writer_threads_is_bounded_too(big_pt, cli_path, to):
     # Four data files written at once: four tensors' streams in flight, each
-    # through its own copy buffer and its file's 4 MiB O_DIRECT write buffer,
-    # still far below the file (measured: about 87 MiB; 71 through the page cache).
+    # through its own copy buffer and its file's two 4 MiB O_DIRECT write
+    # buffers (one filling, one being written), still a third of the file
+    # (measured: about 103 MiB; 71 through the page cache).
     out = big_pt.parent / f"out_{to}"
     rss = _peak_rss_of([cli_path, "convert", str(big_pt), str(out), "--to", to, "--thread-count", "4", "-q"])
     assert _tree_bytes(out) >= TOTAL
     print(f"ckptkit convert --to {to} --thread-count 4: peak RSS {rss / MiB:.1f} MiB for a {TOTAL / MiB:.0f} MiB file")
-    assert rss < 112 * MiB, f"peak RSS {rss / MiB:.1f} MiB"
+    assert rss < 128 * MiB, f"peak RSS {rss / MiB:.1f} MiB"
 
 
 def test_control_torch_load_holds_the_whole_file(big_pt):
