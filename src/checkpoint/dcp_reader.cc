@@ -117,8 +117,8 @@ Status DcpReader::Init(const std::string& folder, const OpenOptions& options) {
         const pickle::Value* root = (*archive)->root();
         // Megatron ShardedObjects are saved as torch.save([data]).
         if (e.key.find("/shard_") != std::string::npos && root && root->kind == pickle::Kind::kList &&
-            root->items.size() == 1) {
-          root = root->items[0];
+            root->items().size() == 1) {
+          root = root->items()[0];
         }
         o.type = pickle::TypeName(root);
         o.repr = pickle::Repr(root);

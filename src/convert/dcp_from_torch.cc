@@ -42,7 +42,7 @@ class Flattener {
     if (IsMapping(v)) return false;
     if (v == nullptr || v->kind != Kind::kList) return true;
     if (depth > pickle::kDefaultMaxDepth) return true;
-    for (const Value* e : v->items) {
+    for (const Value* e : v->items()) {
       if ((IsMapping(e) || (e != nullptr && e->kind == Kind::kList)) && !IsTerminal(e, depth + 1)) return false;
       if (IsTensor(e)) return false;
     }
@@ -52,7 +52,7 @@ class Flattener {
   static Result<std::string> KeyText(const Value* k) {
     if (k == nullptr) return InvalidArgumentError("null key");
     switch (k->kind) {
-      case Kind::kString: return k->str;
+      case Kind::kString: return std::string(k->str());
       case Kind::kInt: return std::to_string(k->i);
       case Kind::kBool: return std::string(k->i ? "True" : "False");
       case Kind::kNone: return std::string("None");
@@ -68,7 +68,7 @@ class Flattener {
                                            pickle::kDefaultMaxDepth));
     }
     if (IsMapping(v)) {
-      for (const auto& [k, child] : v->dict) {
+      for (const auto& [k, child] : v->dict()) {
         CKPT_ASSIGN_OR_RETURN(std::string ks, KeyText(k), StrCat(file_.name(), ": key in ", Join(path)));
         auto p = path;
         p.push_back({false, std::move(ks), 0});
@@ -78,10 +78,10 @@ class Flattener {
     }
     if (IsTerminal(v, depth)) return Leaf(v, std::move(path));
     // A list that holds tensors or mappings (tuples are always leaves).
-    for (size_t i = 0; i < v->items.size(); ++i) {
+    for (size_t i = 0; i < v->items().size(); ++i) {
       auto p = path;
       p.push_back({true, "", static_cast<int64_t>(i)});
-      CKPT_RETURN_IF_ERROR(Visit(v->items[i], std::move(p), depth + 1));
+      CKPT_RETURN_IF_ERROR(Visit(v->items()[i], std::move(p), depth + 1));
     }
     return OkStatus();
   }
@@ -139,11 +139,11 @@ class Flattener {
     std::map<std::string, Value*> key_of;  // original key -> new key string
     pickle::PickleOptions po;
     po.persistent_id = [&](const Value& pid) -> Result<const Value*> {
-      if (pid.kind != Kind::kTuple || pid.items.size() < 5 || pid.items[2] == nullptr ||
-          pid.items[2]->kind != Kind::kString) {
+      if (pid.kind != Kind::kTuple || pid.items().size() < 5 || pid.items()[2] == nullptr ||
+          pid.items()[2]->kind != Kind::kString) {
         return FailedPreconditionError("a persistent id that is not a storage reference");
       }
-      const std::string& key = pid.items[2]->str;
+      const std::string key(pid.items()[2]->str());
       Value*& nk = key_of[key];
       if (nk == nullptr) {
         const torch::StorageRecord* s = file.FindStorage(key);
@@ -154,7 +154,7 @@ class Flattener {
         nk = arena.String(std::to_string(order.size()));
         order.push_back(s);
       }
-      std::vector<Value*> items(pid.items.begin(), pid.items.end());
+      std::vector<Value*> items(pid.items().begin(), pid.items().end());
       items[2] = nk;
       return static_cast<const Value*>(arena.Tuple(std::move(items)));
     };

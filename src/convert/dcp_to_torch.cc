@@ -25,11 +25,11 @@ struct Identity {
 };
 
 const Value* StateAttr(const Value* obj, std::string_view name) {
-  if (obj == nullptr || obj->kind != Kind::kObject || obj->state == nullptr) return nullptr;
-  const Value* st = obj->state;
+  if (obj == nullptr || obj->kind != Kind::kObject || obj->state() == nullptr) return nullptr;
+  const Value* st = obj->state();
   if (st->kind == Kind::kDict) return st->Get(name);
-  if (st->kind == Kind::kTuple && st->items.size() == 2) {  // (dict or None, slots)
-    for (const Value* d : st->items) {
+  if (st->kind == Kind::kTuple && st->items().size() == 2) {  // (dict or None, slots)
+    for (const Value* d : st->items()) {
       if (d && d->kind == Kind::kDict) {
         if (const Value* v = d->Get(name)) return v;
       }
@@ -48,15 +48,15 @@ Identity LoadIdentity(Env* env, const std::string& folder) {
   if (!u.ok()) return id;
   id.arena = std::move(u->arena);
   if (const Value* pd = StateAttr(u->root, "planner_data"); pd && pd->kind == Kind::kDict) {
-    for (const auto& [k, v] : pd->dict) {
+    for (const auto& [k, v] : pd->dict()) {
       if (k && v && k->kind == Kind::kString && (v->kind == Kind::kTuple || v->kind == Kind::kList)) {
-        id.planner_path.emplace(k->str, v);
+        id.planner_path.emplace(k->str(), v);
       }
     }
   }
   if (const Value* sdm = StateAttr(u->root, "state_dict_metadata"); sdm && sdm->kind == Kind::kDict) {
-    for (const auto& [k, v] : sdm->dict) {
-      if (k && k->kind == Kind::kString) id.sdm_key.emplace(k->str, k);
+    for (const auto& [k, v] : sdm->dict()) {
+      if (k && k->kind == Kind::kString) id.sdm_key.emplace(k->str(), k);
     }
   }
   return id;
@@ -77,7 +77,7 @@ class NestedBuilder {
     return it->second;
   }
 
-  Status Set(const std::string& fqn, const std::vector<Value*>& path, Value* value) {
+  Status Set(const std::string& fqn, std::span<Value* const> path, Value* value) {
     if (path.empty()) return DataLossError(StrCat("planner_data path of ", Quote(fqn), " is empty"));
     Value* cur = root_;
     for (size_t i = 1; i <= path.size(); ++i) {
@@ -92,33 +92,33 @@ class NestedBuilder {
         auto it = idx.find(k);
         if (it != idx.end()) {
           if (last) {
-            cur->dict[it->second].second = value;  // keeps the first key object
+            w_->arena().MutablePairs(cur)[it->second].second = value;  // keeps the first key object
             return OkStatus();
           }
-          next = cur->dict[it->second].second;
+          next = cur->dict()[it->second].second;
         } else {
-          idx.emplace(std::move(k), cur->dict.size());
-          cur->dict.emplace_back(key, last ? value : def);
+          idx.emplace(std::move(k), cur->dict().size());
+          w_->arena().SetItem(cur, key, last ? value : def);
           if (last) return OkStatus();
           next = def;
         }
       } else {  // a list
         if (key->kind != Kind::kInt) {
           return DataLossError(StrCat("planner_data path of ", Quote(fqn), ": element ", i - 1, " (",
-                                      Quote(key->str), ") indexes a list with a str"));
+                                      Quote(key->str()), ") indexes a list with a str"));
         }
         if (key->i < 0 || key->i >= kMaxDcpListIndex) {
           return DataLossError(StrCat("planner_data path of ", Quote(fqn), ": list index ", key->i,
                                       " is out of range [0, ", kMaxDcpListIndex, ")"));
         }
         const size_t at = static_cast<size_t>(key->i);
-        while (cur->items.size() <= at) cur->items.push_back(w_->arena().None());
+        while (cur->items().size() <= at) w_->arena().Append(cur, w_->arena().None());
         if (last) {
-          cur->items[at] = value;
+          w_->arena().MutableItems(cur)[at] = value;
           return OkStatus();
         }
-        if (cur->items[at]->kind == Kind::kNone) cur->items[at] = def;
-        next = cur->items[at];
+        if (cur->items()[at]->kind == Kind::kNone) w_->arena().MutableItems(cur)[at] = def;
+        next = cur->items()[at];
       }
       if (next->kind != Kind::kDict && next->kind != Kind::kList) {
         return DataLossError(StrCat("planner_data path of ", Quote(fqn), " goes through element ", i - 1,
@@ -131,7 +131,7 @@ class NestedBuilder {
 
  private:
   static std::string DictKey(const Value* k) {
-    return k->kind == Kind::kString ? StrCat("s", k->str) : StrCat("i", k->i);
+    return k->kind == Kind::kString ? StrCat("s", k->str()) : StrCat("i", k->i);
   }
   torch::TorchTreeWriter* w_;
   Value* root_;
@@ -214,14 +214,14 @@ Result<DcpToTorchReport> WriteDcpAsTorchSave(const internal_checkpoint::DcpReade
     if (pp != md.planner_paths.end()) {
       auto ip = id.planner_path.find(e.key);
       const Value* tuple = ip == id.planner_path.end() ? nullptr : ip->second;
-      if (tuple && tuple->items.size() != pp->second.size()) tuple = nullptr;
+      if (tuple && tuple->items().size() != pp->second.size()) tuple = nullptr;
       for (size_t k = 0; k < pp->second.size(); ++k) {
         const dcp::Metadata::PathElem& pe = pp->second[k];
         if (pe.is_index) {
           path.push_back(w.arena().Int(pe.index));
         } else {
-          const Value* meta = tuple ? tuple->items[k] : nullptr;
-          if (meta && (meta->kind != Kind::kString || meta->str != pe.key)) meta = nullptr;
+          const Value* meta = tuple ? tuple->items()[k] : nullptr;
+          if (meta && (meta->kind != Kind::kString || meta->str() != pe.key)) meta = nullptr;
           path.push_back(nb.Key(meta, pe.key));
         }
       }

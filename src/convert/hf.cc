@@ -598,17 +598,17 @@ Result<ConvertReport> ConvertHfToTorchDist(const std::string& src, const std::st
         case model::ArgValue::Kind::kString: val = w.Str(v.s); break;
         case model::ArgValue::Kind::kTorchDType: val = a.Global("torch", v.s); break;
       }
-      fields->dict.push_back({w.Str(name), val});
+      a.SetItem(fields, w.Str(name), val);
     }
     pickle::Value* ns = a.New(pickle::Kind::kObject);
-    ns->callable = a.Global("argparse", "Namespace");
-    ns->args = a.Tuple({});
+    a.SetCallable(ns, a.Global("argparse", "Namespace"));
+    a.SetArgs(ns, a.Tuple({}));
     ns->newobj = true;
-    ns->state = fields;
+    a.SetState(ns, fields);
     pickle::Value* root = a.Dict();
-    root->dict.push_back({w.Str("args"), ns});
-    root->dict.push_back({w.Str("checkpoint_version"), a.Float(3.0)});
-    root->dict.push_back({w.Str("iteration"), a.Int(iteration)});
+    a.SetItem(root, w.Str("args"), ns);
+    a.SetItem(root, w.Str("checkpoint_version"), a.Float(3.0));
+    a.SetItem(root, w.Str("iteration"), a.Int(iteration));
     return megatron::WriteCommonTree(version, &w, root, sink);
   };
   CKPT_ASSIGN_OR_RETURN(internal_checkpoint::TorchDistWriteReport r,

@@ -42,8 +42,8 @@ Status AppendZeros(ByteSink* out, uint64_t n) {
 // The value of string key `key` in a kDict, or nullptr.
 Value* DictGet(Value* dict, std::string_view key) {
   if (dict == nullptr || dict->kind != pickle::Kind::kDict) return nullptr;
-  for (auto& [k, v] : dict->dict) {
-    if (k->kind == pickle::Kind::kString && k->str == key) return v;
+  for (auto& [k, v] : dict->dict()) {
+    if (k->kind == pickle::Kind::kString && k->str() == key) return v;
   }
   return nullptr;
 }
@@ -71,7 +71,7 @@ class PlanWriter {
     LegacyPlan::Keep keep;
     CKPT_ASSIGN_OR_RETURN(Value * common, plan_.common(&w, &keep), "common state");
     Value* root = a.Dict();
-    auto put = [&](std::string_view key, Value* v) { root->dict.push_back({w.Str(key), v}); };
+    auto put = [&](std::string_view key, Value* v) { a.SetItem(root, w.Str(key), v); };
     for (const char* k : {"args", "checkpoint_version", "iteration"}) {
       if (Value* v = DictGet(common, k)) put(k, v);
     }
@@ -94,7 +94,7 @@ class PlanWriter {
           };
           CKPT_ASSIGN_OR_RETURN(v, w.NewTensor(t), e.name);
         }
-        model->dict.push_back({w.Str(e.name), v});
+        a.SetItem(model, w.Str(e.name), v);
       }
       put(r.chunks.size() > 1 ? StrCat("model", ch) : std::string("model"), model);
     }
@@ -166,7 +166,7 @@ class PlanWriter {
     const std::vector<model::ParamBuffer>& buffers = expert ? r.expert : r.dense;
     pickle::Arena& a = w.arena();
     Value* root = a.Dict();
-    root->dict.push_back({str("buckets_coalesced"), a.Bool(true)});
+    a.SetItem(root, str("buckets_coalesced"), a.Bool(true));
     for (size_t g = 0; g < buffers.size(); ++g) {
       const model::ParamBuffer& b = buffers[g];
       Value* per_dtype = a.Dict();
@@ -180,11 +180,11 @@ class PlanWriter {
         t.nbytes = static_cast<uint64_t>(b.numel_unpadded) * 4;
         t.write = [this, rank, expert, g, st](ByteSink* sink) { return WriteWorld(rank, expert, g, st, sink); };
         CKPT_ASSIGN_OR_RETURN(Value * tensor, w.NewTensor(t), StrCat(expert ? "expert " : "", "buffer ", g, " ", st));
-        states->dict.push_back({str(st), tensor});
+        a.SetItem(states, str(st), tensor);
       }
-      states->dict.push_back({str("numel_unpadded"), a.Int(b.numel_unpadded)});
-      per_dtype->dict.push_back({key, states});
-      root->dict.push_back({a.Int(static_cast<int64_t>(g)), per_dtype});
+      a.SetItem(states, str("numel_unpadded"), a.Int(b.numel_unpadded));
+      a.SetItem(per_dtype, key, states);
+      a.SetItem(root, a.Int(static_cast<int64_t>(g)), per_dtype);
     }
     return root;
   }
@@ -220,7 +220,7 @@ class ViewObjects {
     const TorchDistSource& s = view_.torch_dist();
     CKPT_ASSIGN_OR_RETURN(Value * common, w->Import(*s.common_file, Borrow(s.common_file.get())));
     // core >= 0.19 keeps the common dict as the ShardedObject `common_state`: [dict].
-    if (common->kind == pickle::Kind::kList && common->items.size() == 1) common = common->items[0];
+    if (common->kind == pickle::Kind::kList && common->items().size() == 1) common = common->items()[0];
     return common;
   }
 
@@ -243,7 +243,7 @@ class ViewObjects {
         CKPT_ASSIGN_OR_RETURN(
             Value * v, ObjectPayload(StrCat(prefix, "optimizer.distributed.dp_group_idx_", group, ".", part, "/shard_0_1"),
                                      w, keep));
-        if (v != nullptr) d->dict.push_back({w->Str(part), v});
+        if (v != nullptr) a.SetItem(d, w->Str(part), v);
       }
       if (DictGet(d, "optimizer") == nullptr) {
         return DataLossError(StrCat(prefix, "optimizer.distributed.dp_group_idx_", group,
@@ -288,10 +288,10 @@ class ViewObjects {
     keep->push_back(shared);
     CKPT_ASSIGN_OR_RETURN(Value * v, w->Import(*shared, Borrow(shared.get())), key);
     // dist_checkpointing saves a ShardedObject as torch.save([data]).
-    if (v->kind != pickle::Kind::kList || v->items.size() != 1) {
+    if (v->kind != pickle::Kind::kList || v->items().size() != 1) {
       return DataLossError(StrCat(key, ": a ShardedObject payload is a one-element list, found ", pickle::TypeName(v)));
     }
-    return v->items[0];
+    return v->items()[0];
   }
 
   const MegatronView& view_;
@@ -309,21 +309,21 @@ Result<Value*> LegacyOptimizerFromModelSpace(Value* opt, torch::TorchTreeWriter*
   // keeps ({idx: {"step": tensor}}; legacy keeps them in the param groups).
   auto strip = [&](Value* sub) {
     Value* d = a.Dict();
-    for (auto& [k, v] : sub->dict) {
-      if (k->kind == pickle::Kind::kString && (k->str == "param_state_sharding_type" || k->str == "param_state")) {
+    for (auto& [k, v] : sub->dict()) {
+      if (k->kind == pickle::Kind::kString && (k->str() == "param_state_sharding_type" || k->str() == "param_state")) {
         continue;
       }
-      d->dict.push_back({k, v});
+      a.SetItem(d, k, v);
     }
     return d;
   };
   // A ChainedOptimizer (dense + expert) keeps {0: state, 1: state}; its
   // legacy state_dict() is the list of them.
-  if (!opt->dict.empty() && opt->dict.front().first->kind == pickle::Kind::kInt) {
+  if (!opt->dict().empty() && opt->dict().front().first->kind == pickle::Kind::kInt) {
     Value* list = a.List({});
-    for (auto& [k, v] : opt->dict) {
+    for (auto& [k, v] : opt->dict()) {
       if (v->kind != pickle::Kind::kDict) return DataLossError("a chained optimizer entry is not a dict");
-      list->items.push_back(strip(v));
+      a.Append(list, strip(v));
     }
     return list;
   }
@@ -570,7 +570,7 @@ Result<ConvertReport> ConvertLegacyToTorchDist(const std::string& src, const std
     Value* root = a.Dict();
     auto carry = [&](std::string_view key) -> Status {
       CKPT_ASSIGN_OR_RETURN(Value * val, RankFileValue(*legacy, rank0, key, &w, &keep));
-      if (val != nullptr) root->dict.push_back({w.Str(key), val});
+      if (val != nullptr) a.SetItem(root, w.Str(key), val);
       return OkStatus();
     };
     for (const char* k : {"args", "checkpoint_version", "iteration"}) CKPT_RETURN_IF_ERROR(carry(k));
@@ -580,26 +580,26 @@ Result<ConvertReport> ConvertLegacyToTorchDist(const std::string& src, const std
       auto with_type = [&](Value* sub) -> Result<Value*> {
         if (sub->kind != pickle::Kind::kDict) return DataLossError("an optimizer entry is not a dict");
         Value* d = a.Dict();
-        d->dict = sub->dict;
-        d->dict.push_back({w.Str("param_state_sharding_type"), w.Str("fully_reshardable")});
+        a.SetPairs(d, sub->dict());
+        a.SetItem(d, w.Str("param_state_sharding_type"), w.Str("fully_reshardable"));
         return d;
       };
       Value* out = nullptr;
       if (opt->kind == pickle::Kind::kList) {  // ChainedOptimizer: {0: ..., 1: ...}
         out = a.Dict();
-        for (size_t k = 0; k < opt->items.size(); ++k) {
-          CKPT_ASSIGN_OR_RETURN(Value * sub, with_type(opt->items[k]));
-          out->dict.push_back({a.Int(static_cast<int64_t>(k)), sub});
+        for (size_t k = 0; k < opt->items().size(); ++k) {
+          CKPT_ASSIGN_OR_RETURN(Value * sub, with_type(opt->items()[k]));
+          a.SetItem(out, a.Int(static_cast<int64_t>(k)), sub);
         }
       } else {
         CKPT_ASSIGN_OR_RETURN(out, with_type(opt));
       }
-      root->dict.push_back({w.Str("optimizer"), out});
+      a.SetItem(root, w.Str("optimizer"), out);
     }
     for (const char* k : {"opt_param_scheduler", "num_floating_point_operations_so_far"}) {
       CKPT_RETURN_IF_ERROR(carry(k));
     }
-    root->dict.push_back({w.Str("content_metadata"), megatron::DistOptContentMetadata(&w, "fully_reshardable")});
+    a.SetItem(root, w.Str("content_metadata"), megatron::DistOptContentMetadata(&w, "fully_reshardable"));
     return megatron::WriteCommonTree(version, &w, root, sink);
   };
   CKPT_ASSIGN_OR_RETURN(internal_checkpoint::TorchDistWriteReport r,

@@ -574,21 +574,21 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
       CKPT_ASSIGN_OR_RETURN(std::unique_ptr<torch::TorchFile> f,
                             s.dcp->OpenBytes(s.dcp->metadata().entries[ei], pickle::Mode::kInspect), key);
       const pickle::Value* root = f->root();
-      if (root && root->kind == pickle::Kind::kList && root->items.size() == 1) root = root->items[0];
-      if (root == nullptr || root->kind != pickle::Kind::kList || root->items.size() != bufs.size()) {
+      if (root && root->kind == pickle::Kind::kList && root->items().size() == 1) root = root->items()[0];
+      if (root == nullptr || root->kind != pickle::Kind::kList || root->items().size() != bufs.size()) {
         return DataLossError(StrCat(key, ": expected a list of ", bufs.size(), " buffers' bucket sizes, found ",
                                     root ? pickle::Repr(root, 80) : std::string("nothing")));
       }
       for (size_t g = 0; g < bufs.size(); ++g) {
-        const pickle::Value* d = root->items[g];
-        const pickle::Value* sizes = (d && d->kind == pickle::Kind::kDict && d->dict.size() == 1) ? d->dict[0].second
+        const pickle::Value* d = root->items()[g];
+        const pickle::Value* sizes = (d && d->kind == pickle::Kind::kDict && d->dict().size() == 1) ? d->dict()[0].second
                                                                                                  : nullptr;
         if (sizes == nullptr || sizes->kind != pickle::Kind::kList) {
           return DataLossError(StrCat(key, ": buffer ", g, " is not {dtype: [bucket sizes]}"));
         }
         const model::ParamBuffer& b = bufs[g];
-        for (size_t k = 0; k < sizes->items.size(); ++k) {
-          const pickle::Value* n = sizes->items[k];
+        for (size_t k = 0; k < sizes->items().size(); ++k) {
+          const pickle::Value* n = sizes->items()[k];
           if (n->kind != pickle::Kind::kInt) return DataLossError(StrCat(key, ": bucket ", k, " size is not an int"));
           if (n->i % b.dp != 0) {
             return DataLossError(StrCat(key, ": buffer ", g, " bucket ", k, " is padded to ", n->i,
@@ -601,8 +601,8 @@ Result<std::unique_ptr<MegatronView>> MegatronView::OverTorchDist(TorchDistSourc
                                         ") gives ", k < b.buckets.size() ? b.buckets[k].numel : 0));
           }
         }
-        if (sizes->items.size() != b.buckets.size()) {
-          return DataLossError(StrCat(key, ": buffer ", g, " has ", sizes->items.size(), " buckets; the layout gives ",
+        if (sizes->items().size() != b.buckets.size()) {
+          return DataLossError(StrCat(key, ": buffer ", g, " has ", sizes->items().size(), " buckets; the layout gives ",
                                       b.buckets.size()));
         }
       }

@@ -216,44 +216,44 @@ Status OptimizerToModelSpace(const MegatronView& view, const std::string& src, E
     if (src_root == nullptr || src_root->kind != Kind::kDict) {
       return DataLossError(StrCat(common_pt, ": the common state is not a dict"));
     }
-    auto is = [](const Value* k, std::string_view name) { return k->kind == Kind::kString && k->str == name; };
+    auto is = [](const Value* k, std::string_view name) { return k->kind == Kind::kString && k->str() == name; };
     // One DistributedOptimizer's state dict, fully_reshardable.
     auto optimizer = [&](Value* sub) -> Result<Value*> {
       if (sub->kind != Kind::kDict) return DataLossError(StrCat(common_pt, ": an optimizer entry is not a dict"));
       Value* out = a.Dict();
-      for (auto& [k, val] : sub->dict) {
+      for (auto& [k, val] : sub->dict()) {
         if (is(k, "param_state")) continue;
-        out->dict.push_back({k, is(k, "param_state_sharding_type") ? w.Str("fully_reshardable") : val});
+        a.SetItem(out, k, is(k, "param_state_sharding_type") ? w.Str("fully_reshardable") : val);
       }
       return out;
     };
     Value* root = a.Dict();
-    for (auto& [k, val] : src_root->dict) {
+    for (auto& [k, val] : src_root->dict()) {
       if (is(k, "optimizer") && val->kind == Kind::kDict) {
         Value* out = nullptr;
         // A ChainedOptimizer keeps {0: state, 1: state}.
-        if (!val->dict.empty() && val->dict.front().first->kind == Kind::kInt) {
+        if (!val->dict().empty() && val->dict().front().first->kind == Kind::kInt) {
           out = a.Dict();
-          for (auto& [ck, cv] : val->dict) {
+          for (auto& [ck, cv] : val->dict()) {
             CKPT_ASSIGN_OR_RETURN(Value * sub, optimizer(cv));
-            out->dict.push_back({ck, sub});
+            a.SetItem(out, ck, sub);
           }
         } else {
           CKPT_ASSIGN_OR_RETURN(out, optimizer(val));
         }
-        root->dict.push_back({k, out});
+        a.SetItem(root, k, out);
       } else if (is(k, "content_metadata") && val->kind == Kind::kDict) {
         Value* cm = a.Dict();
-        for (auto& [ck, cv] : val->dict) {
+        for (auto& [ck, cv] : val->dict()) {
           if (is(ck, "distrib_optim_fully_reshardable_mem_efficient")) continue;
-          cm->dict.push_back({ck, is(ck, "distrib_optim_sharding_type") ? w.Str("fully_reshardable") : cv});
+          a.SetItem(cm, ck, is(ck, "distrib_optim_sharding_type") ? w.Str("fully_reshardable") : cv);
           if (is(ck, "distrib_optim_sharding_type")) {
-            cm->dict.push_back({w.Str("distrib_optim_fully_reshardable_mem_efficient"), a.Bool(false)});
+            a.SetItem(cm, w.Str("distrib_optim_fully_reshardable_mem_efficient"), a.Bool(false));
           }
         }
-        root->dict.push_back({k, cm});
+        a.SetItem(root, k, cm);
       } else {
-        root->dict.push_back({k, val});
+        a.SetItem(root, k, val);
       }
     }
     return megatron::WriteCommonTree(v, &w, root, sink);

@@ -281,9 +281,9 @@ Result<ModelConfig> ConfigFromArgs(const megatron::CommonState* common, const Sh
   // args.window_size is a (left, right) tuple: HF sliding_window = left + 1.
   if (auto it = a.args_fields.find("window_size"); it != a.args_fields.end() && it->second != nullptr) {
     const pickle::Value* w = it->second;
-    if ((w->kind == pickle::Kind::kTuple || w->kind == pickle::Kind::kList) && !w->items.empty() &&
-        w->items[0]->kind == pickle::Kind::kInt && w->items[0]->i >= 0) {
-      c.sliding_window = w->items[0]->i + 1;
+    if ((w->kind == pickle::Kind::kTuple || w->kind == pickle::Kind::kList) && !w->items().empty() &&
+        w->items()[0]->kind == pickle::Kind::kInt && w->items()[0]->i >= 0) {
+      c.sliding_window = w->items()[0]->i + 1;
     }
   }
   c.tied_embeddings = !ArgBool(a, "untie_embeddings_and_output_weights").value_or(false);

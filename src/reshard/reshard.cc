@@ -236,37 +236,37 @@ Status ReadPadded(const MegatronView& v, size_t i, const Box& b, int64_t rows, B
 // A copy of argparse.Namespace `ns` with `set` replacing (or adding) fields.
 Result<Value*> EditArgs(torch::TorchTreeWriter* w, const Value* ns,
                         const std::vector<std::pair<std::string, Value*>>& set) {
-  if (ns == nullptr || ns->kind != Kind::kObject || ns->state == nullptr || ns->state->kind != Kind::kDict) {
+  if (ns == nullptr || ns->kind != Kind::kObject || ns->state() == nullptr || ns->state()->kind != Kind::kDict) {
     return DataLossError("args is not an argparse.Namespace with a field dict");
   }
   pickle::Arena& a = w->arena();
   Value* fields = a.Dict();
   std::set<std::string> done;
-  for (const auto& [k, v] : ns->state->dict) {
+  for (const auto& [k, v] : ns->state()->dict()) {
     Value* val = v;
     if (k->kind == Kind::kString) {
       for (const auto& [name, nv] : set) {
-        if (k->str == name) {
+        if (k->str() == name) {
           val = nv;
           done.insert(name);
         }
       }
     }
-    fields->dict.push_back({k, val});
+    a.SetItem(fields, k, val);
   }
   for (const auto& [name, nv] : set) {
-    if (!done.count(name)) fields->dict.push_back({w->Str(name), nv});
+    if (!done.count(name)) a.SetItem(fields, w->Str(name), nv);
   }
   Value* out = a.New(Kind::kObject);
   *out = *ns;
-  out->state = fields;
+  a.SetState(out, fields);
   return out;
 }
 
 Value* DictGet(Value* dict, std::string_view key) {
   if (dict == nullptr || dict->kind != Kind::kDict) return nullptr;
-  for (auto& [k, v] : dict->dict) {
-    if (k->kind == Kind::kString && k->str == key) return v;
+  for (auto& [k, v] : dict->dict()) {
+    if (k->kind == Kind::kString && k->str() == key) return v;
   }
   return nullptr;
 }
@@ -276,11 +276,11 @@ Value* DictGet(Value* dict, std::string_view key) {
 Result<Value*> FullyReshardableOptimizer(torch::TorchTreeWriter* w, Value* sub) {
   if (sub == nullptr || sub->kind != Kind::kDict) return DataLossError("an optimizer state dict is not a dict");
   Value* d = w->arena().Dict();
-  for (auto& [k, v] : sub->dict) {
-    if (k->kind == Kind::kString && (k->str == "param_state" || k->str == "param_state_sharding_type")) continue;
-    d->dict.push_back({k, v});
+  for (auto& [k, v] : sub->dict()) {
+    if (k->kind == Kind::kString && (k->str() == "param_state" || k->str() == "param_state_sharding_type")) continue;
+    w->arena().SetItem(d, k, v);
   }
-  d->dict.push_back({w->Str("param_state_sharding_type"), w->Str("fully_reshardable")});
+  w->arena().SetItem(d, w->Str("param_state_sharding_type"), w->Str("fully_reshardable"));
   return d;
 }
 
@@ -294,9 +294,9 @@ Result<std::vector<Value*>> SourceOptimizers(const MegatronView& v, torch::Torch
   auto split = [&](Value* opt) -> Status {
     if (opt == nullptr) return DataLossError("the optimizer's state dict (param groups) is missing");
     if (opt->kind == Kind::kList) {  // legacy ChainedOptimizer
-      for (Value* x : opt->items) out.push_back(x);
-    } else if (opt->kind == Kind::kDict && !opt->dict.empty() && opt->dict.front().first->kind == Kind::kInt) {
-      for (auto& [k, x] : opt->dict) out.push_back(x);  // torch_dist ChainedOptimizer {0: .., 1: ..}
+      for (Value* x : opt->items()) out.push_back(x);
+    } else if (opt->kind == Kind::kDict && !opt->dict().empty() && opt->dict().front().first->kind == Kind::kInt) {
+      for (auto& [k, x] : opt->dict()) out.push_back(x);  // torch_dist ChainedOptimizer {0: .., 1: ..}
     } else {
       out.push_back(opt);
     }
@@ -335,9 +335,9 @@ Result<std::vector<Value*>> SourceOptimizers(const MegatronView& v, torch::Torch
                             }),
                             key);
       // A ShardedObject payload is torch.save([data]).
-      if (root->kind == Kind::kList && root->items.size() == 1) root = root->items[0];
+      if (root->kind == Kind::kList && root->items().size() == 1) root = root->items()[0];
       if (sub == nullptr) sub = w->arena().Dict();
-      sub->dict.push_back({w->Str(k), root});
+      w->arena().SetItem(sub, w->Str(k), root);
     }
     if (sub != nullptr) out.push_back(sub);
   }
@@ -350,7 +350,7 @@ Result<Value*> CommonRoot(const std::shared_ptr<const torch::TorchFile>& f, torc
   CKPT_ASSIGN_OR_RETURN(Value * root, w->Import(*f, [f]() -> Result<std::shared_ptr<const torch::TorchFile>> {
     return f;
   }));
-  if (root->kind == Kind::kList && root->items.size() == 1) root = root->items[0];
+  if (root->kind == Kind::kList && root->items().size() == 1) root = root->items()[0];
   if (root->kind != Kind::kDict) return DataLossError("the common state is not a dict");
   return root;
 }
@@ -472,10 +472,10 @@ Status AddBucketEntries(const MegatronView& v, std::shared_ptr<const torch::Torc
         Value* list = a.List({});
         for (const model::ParamBuffer& buf : expert ? rank->expert : rank->dense) {
           Value* sizes = a.List({});
-          for (const model::BufferBucket& k : buf.buckets) sizes->items.push_back(a.Int(unpadded ? k.numel_unpadded : k.numel));
+          for (const model::BufferBucket& k : buf.buckets) a.Append(sizes, a.Int(unpadded ? k.numel_unpadded : k.numel));
           Value* d = a.Dict();
-          d->dict.push_back({a.Tuple({TorchDType(a, buf.param_dtype), TorchDType(a, buf.grad_dtype)}), sizes});
-          list->items.push_back(d);
+          a.SetItem(d, a.Tuple({TorchDType(a, buf.param_dtype), TorchDType(a, buf.grad_dtype)}), sizes);
+          a.Append(list, d);
         }
         torch::TorchWriteOptions o;
         o.archive_name = "archive";
@@ -640,13 +640,13 @@ Result<ReshardReport> ReshardToLegacy(const MegatronView& v, const std::string& 
     CKPT_ASSIGN_OR_RETURN(Value * src_root, CommonRoot(common_file, w));
     Value* root = w->arena().Dict();
     CKPT_ASSIGN_OR_RETURN(Value * args, TargetArgs(w, DictGet(src_root, "args"), tl, tc, "torch", std::nullopt));
-    root->dict.push_back({w->Str("args"), args});
-    if (Value* x = DictGet(src_root, "checkpoint_version")) root->dict.push_back({w->Str("checkpoint_version"), x});
-    root->dict.push_back({w->Str("iteration"), w->arena().Int(it_out)});
+    w->arena().SetItem(root, w->Str("args"), args);
+    if (Value* x = DictGet(src_root, "checkpoint_version")) w->arena().SetItem(root, w->Str("checkpoint_version"), x);
+    w->arena().SetItem(root, w->Str("iteration"), w->arena().Int(it_out));
     // "optimizer" too: not written as it is, but what plan->optimizer reads
     // the param groups from (SourceOptimizers), without importing the source again.
     for (const char* k : {"opt_param_scheduler", "num_floating_point_operations_so_far", "optimizer"}) {
-      if (Value* x = DictGet(src_root, k)) root->dict.push_back({w->Str(k), x});
+      if (Value* x = DictGet(src_root, k)) w->arena().SetItem(root, w->Str(k), x);
     }
     return root;
   };
@@ -660,7 +660,7 @@ Result<ReshardReport> ReshardToLegacy(const MegatronView& v, const std::string& 
     }
     if (need == 1) return internal_convert::LegacyOptimizerFromModelSpace(subs[0], w);
     Value* chained = w->arena().Dict();
-    for (size_t k = 0; k < subs.size(); ++k) chained->dict.push_back({w->arena().Int(static_cast<int64_t>(k)), subs[k]});
+    for (size_t k = 0; k < subs.size(); ++k) w->arena().SetItem(chained, w->arena().Int(static_cast<int64_t>(k)), subs[k]);
     return internal_convert::LegacyOptimizerFromModelSpace(chained, w);
   };
   CKPT_ASSIGN_OR_RETURN(ConvertReport r, internal_convert::WriteLegacyCheckpoint(env, dst, it_out, *plan));
@@ -799,16 +799,16 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
                           w.Import(*common_file, [common_file]() -> Result<std::shared_ptr<const torch::TorchFile>> {
                             return common_file;
                           }));
-    if (src_root->kind == Kind::kList && src_root->items.size() == 1) src_root = src_root->items[0];  // 0.19 form
+    if (src_root->kind == Kind::kList && src_root->items().size() == 1) src_root = src_root->items()[0];  // 0.19 form
     if (src_root->kind != Kind::kDict) return DataLossError("the common state is not a dict");
     Value* root = a.Dict();
     CKPT_ASSIGN_OR_RETURN(Value * args,
                           TargetArgs(&w, DictGet(src_root, "args"), tl, tc, "torch_dist", !buckets));
-    root->dict.push_back({w.Str("args"), args});
+    a.SetItem(root, w.Str("args"), args);
     for (const char* k : {"checkpoint_version"}) {
-      if (Value* x = DictGet(src_root, k)) root->dict.push_back({w.Str(k), x});
+      if (Value* x = DictGet(src_root, k)) a.SetItem(root, w.Str(k), x);
     }
-    root->dict.push_back({w.Str("iteration"), a.Int(it_out)});
+    a.SetItem(root, w.Str("iteration"), a.Int(it_out));
     if (with_optimizer) {
       CKPT_ASSIGN_OR_RETURN(std::vector<Value*> subs, SourceOptimizers(*v, &w, src_root, &keep));
       // dp_reshardable keeps the param groups in per-rank objects; the
@@ -816,7 +816,7 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
       auto one = [&](Value* sub) -> Result<Value*> {
         if (!buckets) return FullyReshardableOptimizer(&w, sub);
         Value* d = a.Dict();
-        d->dict.push_back({w.Str("param_state_sharding_type"), w.Str("dp_reshardable")});
+        a.SetItem(d, w.Str("param_state_sharding_type"), w.Str("dp_reshardable"));
         return d;
       };
       Value* opt = nullptr;
@@ -826,16 +826,16 @@ Result<ReshardReport> Reshard(const std::string& src, const std::string& dst, co
         opt = a.Dict();
         for (size_t k = 0; k < subs.size(); ++k) {
           CKPT_ASSIGN_OR_RETURN(Value * sub, one(subs[k]));
-          opt->dict.push_back({a.Int(static_cast<int64_t>(k)), sub});
+          a.SetItem(opt, a.Int(static_cast<int64_t>(k)), sub);
         }
       }
-      root->dict.push_back({w.Str("optimizer"), opt});
+      a.SetItem(root, w.Str("optimizer"), opt);
     }
     for (const char* k : {"opt_param_scheduler", "num_floating_point_operations_so_far", "rerun_state_machine"}) {
-      if (Value* x = DictGet(src_root, k)) root->dict.push_back({w.Str(k), x});
+      if (Value* x = DictGet(src_root, k)) a.SetItem(root, w.Str(k), x);
     }
-    root->dict.push_back({w.Str("content_metadata"), megatron::DistOptContentMetadata(
-                                                         &w, buckets ? "dp_reshardable" : "fully_reshardable")});
+    a.SetItem(root, w.Str("content_metadata"),
+              megatron::DistOptContentMetadata(&w, buckets ? "dp_reshardable" : "fully_reshardable"));
     return megatron::WriteCommonTree(version, &w, root, sink);
   };
   CKPT_ASSIGN_OR_RETURN(internal_checkpoint::TorchDistWriteReport r,

@@ -37,17 +37,17 @@ class Parser {
     std::vector<std::pair<std::string_view, const Value*>> out;
     auto add_dict = [&](const Value* d) {
       if (d == nullptr || d->kind != Kind::kDict) return;
-      for (const auto& [k, v] : d->dict) {
-        if (k->kind == Kind::kString) out.emplace_back(k->str, v);
+      for (const auto& [k, v] : d->dict()) {
+        if (k->kind == Kind::kString) out.emplace_back(k->str(), v);
       }
     };
-    if (obj == nullptr || obj->kind != Kind::kObject || obj->state == nullptr) return out;
-    const Value* st = obj->state;
+    if (obj == nullptr || obj->kind != Kind::kObject || obj->state() == nullptr) return out;
+    const Value* st = obj->state();
     if (st->kind == Kind::kDict) {
       add_dict(st);
-    } else if (st->kind == Kind::kTuple && st->items.size() == 2) {
-      add_dict(st->items[0]);
-      add_dict(st->items[1]);
+    } else if (st->kind == Kind::kTuple && st->items().size() == 2) {
+      add_dict(st->items()[0]);
+      add_dict(st->items()[1]);
     }
     return out;
   }
@@ -61,14 +61,14 @@ class Parser {
   }
 
   static std::string ClassOf(const Value* v) {
-    if (v && v->kind == Kind::kObject && v->callable && v->callable->kind == Kind::kGlobal) {
-      return StrCat(v->callable->str, ".", v->callable->name);
+    if (v && v->kind == Kind::kObject && v->callable() && v->callable()->kind == Kind::kGlobal) {
+      return StrCat(v->callable()->str(), ".", v->callable()->name());
     }
     return v ? pickle::TypeName(v) : "None";
   }
   static bool IsClass(const Value* v, std::string_view name) {
-    return v && v->kind == Kind::kObject && v->callable && v->callable->kind == Kind::kGlobal &&
-           v->callable->name == name;
+    return v && v->kind == Kind::kObject && v->callable() && v->callable()->kind == Kind::kGlobal &&
+           v->callable()->name() == name;
   }
 
   Result<std::vector<int64_t>> IntTuple(const Value* v, std::string_view what) const {
@@ -77,8 +77,8 @@ class Parser {
                             v ? pickle::TypeName(v) : "nothing"));
     }
     std::vector<int64_t> out;
-    out.reserve(v->items.size());
-    for (const Value* e : v->items) {
+    out.reserve(v->items().size());
+    for (const Value* e : v->items()) {
       if (e->kind != Kind::kInt && e->kind != Kind::kBool) {
         return Fail(e, StrCat(what, ": expected an int, found ", pickle::TypeName(e)));
       }
@@ -98,14 +98,14 @@ class Parser {
 
   static std::string Text(const Value* v) {
     if (v == nullptr || v->kind == Kind::kNone) return "";
-    if (v->kind == Kind::kString) return v->str;
+    if (v->kind == Kind::kString) return std::string(v->str());
     // pathlib.PosixPath('/', 'a', 'b') -> "/a/b"
-    if (v->kind == Kind::kObject && v->args && v->args->kind == Kind::kTuple) {
+    if (v->kind == Kind::kObject && v->args() && v->args()->kind == Kind::kTuple) {
       std::string out;
-      for (const Value* part : v->args->items) {
+      for (const Value* part : v->args()->items()) {
         if (part->kind != Kind::kString) return pickle::Repr(v, 200);
         if (!out.empty() && out.back() != '/') out += '/';
-        out += part->str;
+        out += part->str();
       }
       return out;
     }
@@ -123,14 +123,14 @@ class Parser {
     const Value* requires_grad = nullptr;
     const Value* memory_format = nullptr;
     const Value* pin_memory = nullptr;
-    const Value* st = props->state;
+    const Value* st = props->state();
     if (st && st->kind == Kind::kTuple) {
-      if (st->items.size() < 1) return Fail(st, StrCat(what, ": empty state tuple"));
-      dtype = st->items[0];
-      if (st->items.size() > 1) layout = st->items[1];
-      if (st->items.size() > 2) requires_grad = st->items[2];
-      if (st->items.size() > 3) memory_format = st->items[3];
-      if (st->items.size() > 4) pin_memory = st->items[4];
+      if (st->items().size() < 1) return Fail(st, StrCat(what, ": empty state tuple"));
+      dtype = st->items()[0];
+      if (st->items().size() > 1) layout = st->items()[1];
+      if (st->items().size() > 2) requires_grad = st->items()[2];
+      if (st->items().size() > 3) memory_format = st->items()[3];
+      if (st->items().size() > 4) pin_memory = st->items()[4];
     } else {
       auto attrs = Attributes(props);
       dtype = Attr(attrs, "dtype");
@@ -139,32 +139,32 @@ class Parser {
       memory_format = Attr(attrs, "memory_format");
       pin_memory = Attr(attrs, "pin_memory");
     }
-    if (dtype == nullptr || dtype->kind != Kind::kGlobal || dtype->str != "torch") {
+    if (dtype == nullptr || dtype->kind != Kind::kGlobal || dtype->str() != "torch") {
       return Fail(dtype ? dtype : props,
                   StrCat(what, ": expected a torch dtype, found ", dtype ? pickle::Repr(dtype, 60) : "nothing"));
     }
-    std::optional<DType> dt = DTypeFromName(dtype->name);
+    std::optional<DType> dt = DTypeFromName(dtype->name());
     if (!dt) {
       return UnimplementedError(StrCat(src_.Name(), ": .metadata: tensor ", Quote(e->key), " has dtype torch.",
-                                       dtype->name, ", which ckptkit does not know"));
+                                       dtype->name(), ", which ckptkit does not know"));
     }
     e->dtype = *dt;
     if (layout) {
       if (layout->kind == Kind::kGlobal) {
-        e->layout = layout->name;
-      } else if (layout->kind == Kind::kObject && layout->args && layout->args->kind == Kind::kTuple &&
-                 layout->args->items.size() == 1 && layout->args->items[0]->kind == Kind::kString) {
+        e->layout = layout->name();
+      } else if (layout->kind == Kind::kObject && layout->args() && layout->args()->kind == Kind::kTuple &&
+                 layout->args()->items().size() == 1 && layout->args()->items()[0]->kind == Kind::kString) {
         // torch.serialization._get_layout('torch.strided')
-        std::string name = layout->args->items[0]->str;
+        std::string name(layout->args()->items()[0]->str());
         e->layout = name.rfind("torch.", 0) == 0 ? name.substr(6) : name;
       }
     }
     if (requires_grad && requires_grad->kind == Kind::kBool) e->requires_grad = requires_grad->i != 0;
     if (pin_memory && pin_memory->kind == Kind::kBool) e->pin_memory = pin_memory->i != 0;
-    if (memory_format && memory_format->kind == Kind::kObject && memory_format->args &&
-        memory_format->args->kind == Kind::kTuple && memory_format->args->items.size() == 1 &&
-        memory_format->args->items[0]->kind == Kind::kInt) {
-      e->memory_format = static_cast<int>(memory_format->args->items[0]->i);
+    if (memory_format && memory_format->kind == Kind::kObject && memory_format->args() &&
+        memory_format->args()->kind == Kind::kTuple && memory_format->args()->items().size() == 1 &&
+        memory_format->args()->items()[0]->kind == Kind::kInt) {
+      e->memory_format = static_cast<int>(memory_format->args()->items()[0]->i);
     }
     return OkStatus();
   }
@@ -187,9 +187,9 @@ class Parser {
     if (chunks == nullptr || chunks->kind != Kind::kList) {
       return Fail(chunks ? chunks : v, StrCat("tensor ", Quote(key), ": expected a list of chunks"));
     }
-    e->chunks.reserve(chunks->items.size());
-    for (size_t c = 0; c < chunks->items.size(); ++c) {
-      const Value* ch = chunks->items[c];
+    e->chunks.reserve(chunks->items().size());
+    for (size_t c = 0; c < chunks->items().size(); ++c) {
+      const Value* ch = chunks->items()[c];
       auto ca = Attributes(ch);
       const std::string what = StrCat("tensor ", Quote(key), " chunk ", c);
       if (!IsClass(ch, "ChunkStorageMetadata")) {
@@ -214,7 +214,7 @@ class Parser {
     auto ia = Attributes(index);
     const Value* fqn = Attr(ia, "fqn");
     if (fqn == nullptr || fqn->kind != Kind::kString) return Fail(index, "MetadataIndex without a str fqn");
-    it->fqn = fqn->str;
+    it->fqn = fqn->str();
     const Value* off = Attr(ia, "offset");
     if (off && off->kind != Kind::kNone) {
       it->has_offset = true;
@@ -229,7 +229,7 @@ class Parser {
     auto sa = Attributes(info);
     const Value* rel = Attr(sa, "relative_path");
     if (rel == nullptr || rel->kind != Kind::kString) return Fail(info, StrCat(what, ": relative_path is not a str"));
-    it->relative_path = rel->str;
+    it->relative_path = rel->str();
     CKPT_ASSIGN_OR_RETURN(int64_t o, NonNegInt(Attr(sa, "offset"), StrCat(what, " offset")));
     CKPT_ASSIGN_OR_RETURN(int64_t n, NonNegInt(Attr(sa, "length"), StrCat(what, " length")));
     it->offset_in_file = static_cast<uint64_t>(o);
@@ -239,9 +239,9 @@ class Parser {
       if (tds->kind != Kind::kList && tds->kind != Kind::kTuple) {
         return Fail(tds, StrCat(what, ": transform_descriptors is not a list"));
       }
-      for (const Value* d : tds->items) {
+      for (const Value* d : tds->items()) {
         if (d->kind != Kind::kString) return Fail(d, StrCat(what, ": transform descriptor is not a str"));
-        it->transforms.push_back(d->str);
+        it->transforms.push_back(std::string(d->str()));
       }
     }
     return OkStatus();
@@ -260,8 +260,8 @@ class Parser {
     Metadata md;
     std::set<std::string> opaque;
     u.arena->ForEach([&](const Value& v) {
-      if (v.kind == Kind::kObject && v.opaque && v.callable && v.callable->kind == Kind::kGlobal) {
-        opaque.insert(StrCat(v.callable->str, ".", v.callable->name));
+      if (v.kind == Kind::kObject && v.opaque && v.callable() && v.callable()->kind == Kind::kGlobal) {
+        opaque.insert(StrCat(v.callable()->str(), ".", v.callable()->name()));
       }
     });
     md.opaque_globals.assign(opaque.begin(), opaque.end());
@@ -287,20 +287,20 @@ class Parser {
     for (const auto& [name, v] : attrs) {
       if (!kKnown.count(name)) md.extra_attributes.emplace_back(name);
     }
-    md.entries.reserve(sdm->dict.size());
-    for (const auto& [k, v] : sdm->dict) {
+    md.entries.reserve(sdm->dict().size());
+    for (const auto& [k, v] : sdm->dict()) {
       if (k->kind != Kind::kString) return Fail(k, "state_dict_metadata key is not a str");
-      if (md.entry_index.count(k->str)) return Fail(k, StrCat("duplicate key ", Quote(k->str)));
+      if (md.entry_index.count(k->str())) return Fail(k, StrCat("duplicate key ", Quote(k->str())));
       Entry e;
-      CKPT_RETURN_IF_ERROR(ParseEntry(k->str, v, &e));
+      CKPT_RETURN_IF_ERROR(ParseEntry(std::string(k->str()), v, &e));
       md.entry_index.emplace(e.key, static_cast<int64_t>(md.entries.size()));
       md.entries.push_back(std::move(e));
     }
     const Value* sd = Attr(attrs, "storage_data");
     if (sd && sd->kind != Kind::kNone) {
       if (sd->kind != Kind::kDict) return Fail(sd, "storage_data is not a dict");
-      md.items.reserve(sd->dict.size());
-      for (const auto& [k, v] : sd->dict) {
+      md.items.reserve(sd->dict().size());
+      for (const auto& [k, v] : sd->dict()) {
         StorageItem it;
         CKPT_RETURN_IF_ERROR(ParseItem(k, v, &it));
         md.items.push_back(std::move(it));
@@ -309,14 +309,14 @@ class Parser {
     const Value* pd = Attr(attrs, "planner_data");
     md.has_planner_data = pd && pd->kind != Kind::kNone;
     if (pd && pd->kind == Kind::kDict) {
-      for (const auto& [k, v] : pd->dict) {
+      for (const auto& [k, v] : pd->dict()) {
         if (k->kind != Kind::kString || (v->kind != Kind::kTuple && v->kind != Kind::kList)) continue;
         std::vector<Metadata::PathElem> path;
         bool ok = true;
-        for (const Value* e : v->items) {
+        for (const Value* e : v->items()) {
           Metadata::PathElem pe;
           if (e->kind == Kind::kString) {
-            pe.key = e->str;
+            pe.key = e->str();
           } else if (e->kind == Kind::kInt) {
             pe.is_index = true;
             pe.index = e->i;
@@ -325,11 +325,11 @@ class Parser {
           }
           path.push_back(std::move(pe));
         }
-        if (ok) md.planner_paths[k->str] = std::move(path);
+        if (ok) md.planner_paths[std::string(k->str())] = std::move(path);
       }
     }
     const Value* ver = Attr(attrs, "version");
-    if (ver && ver->kind == Kind::kString) md.version = ver->str;
+    if (ver && ver->kind == Kind::kString) md.version = ver->str();
     const Value* sm = Attr(attrs, "storage_meta");
     if (sm && sm->kind == Kind::kObject) {
       auto sa = Attributes(sm);
@@ -338,17 +338,17 @@ class Parser {
       meta.save_id = Text(Attr(sa, "save_id"));
       meta.load_id = Text(Attr(sa, "load_id"));
       if (const Value* mods = Attr(sa, "modules"); mods && mods->kind == Kind::kList) {
-        for (const Value* m : mods->items) meta.modules.push_back(Text(m));
+        for (const Value* m : mods->items()) meta.modules.push_back(Text(m));
       }
       md.storage_meta = std::move(meta);
     }
     // MCoreMetadata.mcore_data: {key: {'nd_reformulated_orig_global_shape': (...)}}
     if (const Value* mc = Attr(attrs, "mcore_data"); mc && mc->kind == Kind::kDict) {
-      for (const auto& [k, v] : mc->dict) {
+      for (const auto& [k, v] : mc->dict()) {
         if (k->kind != Kind::kString || v->kind != Kind::kDict) continue;
         if (const Value* shape = v->Get("nd_reformulated_orig_global_shape")) {
           auto s = IntTuple(shape, "nd_reformulated_orig_global_shape");
-          if (s.ok()) md.nd_reformulated_shapes[k->str] = *s;
+          if (s.ok()) md.nd_reformulated_shapes[std::string(k->str())] = *s;
         }
       }
     }

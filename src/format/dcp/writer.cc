@@ -116,28 +116,22 @@ class MetadataBuilder {
   }
   // cls() via NEWOBJ, with BUILD of state (nullptr: no BUILD).
   Value* NewObj(const char* module, const char* cls, Value* state) {
-    Value* o = arena_.New(Kind::kObject);
-    o->callable = Global(module, cls);
-    o->args = arena_.Tuple({});
-    o->newobj = true;
-    o->state = state;
+    Value* o = arena_.Object(Global(module, cls), arena_.Tuple({}), /*newobj=*/true);
+    if (state != nullptr) arena_.SetState(o, state);
     return o;
   }
   Value* Reduce(Value* callable, std::vector<Value*> args) {
-    Value* o = arena_.New(Kind::kObject);
-    o->callable = callable;
-    o->args = arena_.Tuple(std::move(args));
-    return o;
+    return arena_.Object(callable, arena_.Tuple(args));
   }
   Value* Size(const std::vector<int64_t>& v) {
     std::vector<Value*> items;
     for (int64_t x : v) items.push_back(arena_.Int(x));
-    Value* t = arena_.Tuple(std::move(items));
+    Value* t = arena_.Tuple(items);
     t->torch_size = true;
     return t;
   }
   Value* Str(const std::string& s) { return arena_.String(s); }
-  static void Set(Value* dict, Value* k, Value* v) { dict->dict.emplace_back(k, v); }
+  void Set(Value* dict, Value* k, Value* v) { arena_.SetItem(dict, k, v); }
   Arena& arena() { return arena_; }
 
  private:
@@ -331,7 +325,7 @@ Result<std::string> SerializeDcpMetadata(std::span<const EntryToWrite> entries,
     const EntryToWrite& e = entries[i];
     key_str[i] = b.Str(e.key);
     if (e.type == EntryType::kBytes) {
-      MetadataBuilder::Set(sd_md, key_str[i], b.NewObj(kMd, "BytesStorageMetadata", nullptr));
+      b.Set(sd_md, key_str[i], b.NewObj(kMd, "BytesStorageMetadata", nullptr));
       continue;
     }
     Value* props_state = a.Tuple({b.Global("torch", std::string(DTypeName(e.dtype))),
@@ -340,15 +334,15 @@ Result<std::string> SerializeDcpMetadata(std::span<const EntryToWrite> entries,
     Value* chunks = a.List({});
     for (const ChunkToWrite& c : e.chunks) {
       Value* st = a.Dict();
-      MetadataBuilder::Set(st, b.Str("offsets"), b.Size(c.offsets));
-      MetadataBuilder::Set(st, b.Str("sizes"), b.Size(c.sizes));
-      chunks->items.push_back(b.NewObj(kMd, "ChunkStorageMetadata", st));
+      b.Set(st, b.Str("offsets"), b.Size(c.offsets));
+      b.Set(st, b.Str("sizes"), b.Size(c.sizes));
+      a.Append(chunks, b.NewObj(kMd, "ChunkStorageMetadata", st));
     }
     Value* st = a.Dict();
-    MetadataBuilder::Set(st, b.Str("properties"), b.NewObj(props_module, "TensorProperties", props_state));
-    MetadataBuilder::Set(st, b.Str("size"), b.Size(e.size));
-    MetadataBuilder::Set(st, b.Str("chunks"), chunks);
-    MetadataBuilder::Set(sd_md, key_str[i], b.NewObj(kMd, "TensorStorageMetadata", st));
+    b.Set(st, b.Str("properties"), b.NewObj(props_module, "TensorProperties", props_state));
+    b.Set(st, b.Str("size"), b.Size(e.size));
+    b.Set(st, b.Str("chunks"), chunks);
+    b.Set(sd_md, key_str[i], b.NewObj(kMd, "TensorStorageMetadata", st));
   }
 
   // Path elements are the state dict's own key objects in torch's process:
@@ -372,32 +366,32 @@ Result<std::string> SerializeDcpMetadata(std::span<const EntryToWrite> entries,
         path.push_back(s);
       }
     }
-    MetadataBuilder::Set(planner, key_str[i], a.Tuple(std::move(path)));
+    b.Set(planner, key_str[i], a.Tuple(std::move(path)));
   }
 
   Value* storage = a.Dict();
   for (const WrittenItem& w : written) {
     const EntryToWrite& e = entries[w.entry];
     Value* idx = a.Dict();
-    MetadataBuilder::Set(idx, b.Str("fqn"), key_str[w.entry]);
+    b.Set(idx, b.Str("fqn"), key_str[w.entry]);
     if (w.chunk < 0) {
-      MetadataBuilder::Set(idx, b.Str("index"), a.None());
+      b.Set(idx, b.Str("index"), a.None());
     } else {
-      MetadataBuilder::Set(idx, b.Str("index"), a.Int(w.chunk));
-      MetadataBuilder::Set(idx, b.Str("offset"), b.Size(e.chunks[static_cast<size_t>(w.chunk)].offsets));
+      b.Set(idx, b.Str("index"), a.Int(w.chunk));
+      b.Set(idx, b.Str("offset"), b.Size(e.chunks[static_cast<size_t>(w.chunk)].offsets));
     }
     Value* info = a.Dict();
-    MetadataBuilder::Set(info, b.Str("relative_path"), b.Str(w.relative_path));
-    MetadataBuilder::Set(info, b.Str("offset"), a.Int(static_cast<int64_t>(w.offset)));
-    MetadataBuilder::Set(info, b.Str("length"), a.Int(static_cast<int64_t>(w.length)));
-    MetadataBuilder::Set(storage, b.NewObj(kMd, "MetadataIndex", idx),
+    b.Set(info, b.Str("relative_path"), b.Str(w.relative_path));
+    b.Set(info, b.Str("offset"), a.Int(static_cast<int64_t>(w.offset)));
+    b.Set(info, b.Str("length"), a.Int(static_cast<int64_t>(w.length)));
+    b.Set(storage, b.NewObj(kMd, "MetadataIndex", idx),
                          b.NewObj("torch.distributed.checkpoint.filesystem", "_StorageInfo", info));
   }
 
   Value* md_state = a.Dict();
-  MetadataBuilder::Set(md_state, b.Str("state_dict_metadata"), sd_md);
-  MetadataBuilder::Set(md_state, b.Str("planner_data"), planner);
-  MetadataBuilder::Set(md_state, b.Str("storage_data"), storage);
+  b.Set(md_state, b.Str("state_dict_metadata"), sd_md);
+  b.Set(md_state, b.Str("planner_data"), planner);
+  b.Set(md_state, b.Str("storage_data"), storage);
   Value* root = b.NewObj(kMd, "Metadata", md_state);
   if (layout != MetadataLayout::kTorch2_13) {
     // torch < 2.4 has no StorageMeta class (and writes no version).
@@ -415,12 +409,12 @@ Result<std::string> SerializeDcpMetadata(std::span<const EntryToWrite> entries,
                                           hex.substr(16, 4), hex.substr(20, 12));
 
   Value* sm = a.Dict();
-  MetadataBuilder::Set(sm, b.Str("checkpoint_id"), options.checkpoint_id ? b.Str(*options.checkpoint_id) : a.None());
-  MetadataBuilder::Set(sm, b.Str("save_id"), b.Str(save_id));
-  MetadataBuilder::Set(sm, b.Str("load_id"), a.None());
-  MetadataBuilder::Set(sm, b.Str("modules"), a.List({}));
-  MetadataBuilder::Set(md_state, b.Str("storage_meta"), b.NewObj(kMd, "StorageMeta", sm));
-  MetadataBuilder::Set(md_state, b.Str("version"), b.Str("1.0.0"));
+  b.Set(sm, b.Str("checkpoint_id"), options.checkpoint_id ? b.Str(*options.checkpoint_id) : a.None());
+  b.Set(sm, b.Str("save_id"), b.Str(save_id));
+  b.Set(sm, b.Str("load_id"), a.None());
+  b.Set(sm, b.Str("modules"), a.List({}));
+  b.Set(md_state, b.Str("storage_meta"), b.NewObj(kMd, "StorageMeta", sm));
+  b.Set(md_state, b.Str("version"), b.Str("1.0.0"));
   CKPT_ASSIGN_OR_RETURN(std::string out, pickle::PickleToString(root), "dcp writer: .metadata");
   return out;
 }

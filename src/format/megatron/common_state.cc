@@ -19,7 +19,7 @@ std::optional<double> AsNumber(const Value* v) {
 }
 
 std::string KeyText(const Value* k) {
-  if (k != nullptr && k->kind == Kind::kString) return k->str;
+  if (k != nullptr && k->kind == Kind::kString) return std::string(k->str());
   return pickle::Repr(k, 60);
 }
 
@@ -28,12 +28,12 @@ std::string KeyText(const Value* k) {
 const Value* ObjectStateDict(const Value* obj) {
   if (obj == nullptr) return nullptr;
   if (obj->kind == Kind::kDict) return obj;
-  if (obj->kind != Kind::kObject || obj->state == nullptr) return nullptr;
-  const Value* st = obj->state;
+  if (obj->kind != Kind::kObject || obj->state() == nullptr) return nullptr;
+  const Value* st = obj->state();
   if (st->kind == Kind::kDict) return st;
-  if (st->kind == Kind::kTuple && st->items.size() == 2 && st->items[0] != nullptr &&
-      st->items[0]->kind == Kind::kDict) {
-    return st->items[0];
+  if (st->kind == Kind::kTuple && st->items().size() == 2 && st->items()[0] != nullptr &&
+      st->items()[0]->kind == Kind::kDict) {
+    return st->items()[0];
   }
   return nullptr;
 }
@@ -56,12 +56,12 @@ Result<CommonState> ExtractCommonState(const Value* root, std::string_view name)
   if (root == nullptr) return DataLossError(StrCat(name, ": no common state (null root)"));
   if (root->kind == Kind::kList || root->kind == Kind::kTuple) {
     // core >= 0.19: torch.save([common dict]) of the ShardedObject "common_state".
-    if (root->items.size() != 1 || root->items[0] == nullptr || root->items[0]->kind != Kind::kDict) {
+    if (root->items().size() != 1 || root->items()[0] == nullptr || root->items()[0]->kind != Kind::kDict) {
       return DataLossError(StrCat(name, ": common state is a ", pickle::TypeName(root), " of ",
-                                  root->items.size(),
+                                  root->items().size(),
                                   " elements; expected a one-element list holding the common dict"));
     }
-    root = root->items[0];
+    root = root->items()[0];
     c.unwrapped_list = true;
   }
   if (root->kind != Kind::kDict) {
@@ -69,7 +69,7 @@ Result<CommonState> ExtractCommonState(const Value* root, std::string_view name)
                                 ", expected a dict (Megatron-Core common state dict)"));
   }
   c.root = root;
-  for (const auto& [k, v] : root->dict) {
+  for (const auto& [k, v] : root->dict()) {
     c.top_level.push_back({KeyText(k), pickle::TypeName(v)});
   }
 
@@ -106,8 +106,8 @@ Result<CommonState> ExtractCommonState(const Value* root, std::string_view name)
         w.push_back(StrCat("args is ", c.args_type, " without an attribute dict"));
       }
     } else {
-      for (const auto& [k, v] : st->dict) {
-        if (k != nullptr && k->kind == Kind::kString) c.args_fields.emplace(k->str, v);
+      for (const auto& [k, v] : st->dict()) {
+        if (k != nullptr && k->kind == Kind::kString) c.args_fields.emplace(k->str(), v);
       }
     }
   }
@@ -117,7 +117,7 @@ Result<CommonState> ExtractCommonState(const Value* root, std::string_view name)
       c.content_metadata = m;
       if (const Value* t = m->Get("distrib_optim_sharding_type")) {
         if (t->kind == Kind::kString) {
-          c.distrib_optim_sharding_type = t->str;
+          c.distrib_optim_sharding_type = t->str();
         } else if (t->kind != Kind::kNone) {
           w.push_back(StrCat("content_metadata.distrib_optim_sharding_type is ",
                              pickle::TypeName(t), ", expected str"));
@@ -148,15 +148,15 @@ Result<CommonState> ExtractCommonState(const Value* root, std::string_view name)
       const Value* t = d->Get("param_state_sharding_type");
       if (t == nullptr || t->kind != Kind::kString) return;
       if (std::find(c.param_state_sharding_types.begin(), c.param_state_sharding_types.end(),
-                    t->str) == c.param_state_sharding_types.end()) {
-        c.param_state_sharding_types.push_back(t->str);
+                    t->str()) == c.param_state_sharding_types.end()) {
+        c.param_state_sharding_types.push_back(std::string(t->str()));
       }
     };
     if (o->kind == Kind::kDict) {
       add_type(o);
       if (c.param_state_sharding_types.empty()) {
         // ChainedOptimizer: {0: {...}, 1: {...}} (one level down).
-        for (const auto& [k, v] : o->dict) {
+        for (const auto& [k, v] : o->dict()) {
           if (v != nullptr && v->kind == Kind::kDict) add_type(v);
         }
       }
@@ -195,8 +195,8 @@ std::optional<std::string> ArgString(const CommonState& c, std::string_view name
   auto it = c.args_fields.find(name);
   if (it == c.args_fields.end() || it->second == nullptr) return std::nullopt;
   const Value* v = it->second;
-  if (v->kind == Kind::kString) return v->str;
-  if (v->kind == Kind::kGlobal) return v->str + "." + v->name;
+  if (v->kind == Kind::kString) return std::string(v->str());
+  if (v->kind == Kind::kGlobal) return std::string(v->str()) + "." + std::string(v->name());
   return std::nullopt;
 }
 

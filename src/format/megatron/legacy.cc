@@ -35,7 +35,7 @@ std::string CoordString(const RankCoord& r) { return StrCat("tp ", r.tp, ", pp "
 // "torch.bfloat16" for the global torch.bfloat16; "" for anything else.
 std::string DTypeGlobal(const Value* v) {
   if (v == nullptr || v->kind != Kind::kGlobal) return "";
-  return StrCat(v->str, ".", v->name);
+  return StrCat(v->str(), ".", v->name());
 }
 
 // Maps each tensor rebuild value of `file` to its first index in tensors().
@@ -70,7 +70,7 @@ std::optional<int64_t> IntOf(const Value* v) {
 std::optional<std::vector<int64_t>> IntList(const Value* v) {
   if (v == nullptr || (v->kind != Kind::kList && v->kind != Kind::kTuple)) return std::nullopt;
   std::vector<int64_t> out;
-  for (const Value* x : v->items) {
+  for (const Value* x : v->items()) {
     auto i = IntOf(x);
     if (!i || *i < 0) return std::nullopt;
     out.push_back(*i);
@@ -90,17 +90,17 @@ class DistribOptimParser {
     const Value* per_bucket = nullptr;
     const Value* per_bucket_unpadded = nullptr;
     std::map<int64_t, const Value*> buffers;
-    for (const auto& [k, v] : d->dict) {
+    for (const auto& [k, v] : d->dict()) {
       if (k->kind == Kind::kString) {
-        if (k->str == "buckets_coalesced") {
+        if (k->str() == "buckets_coalesced") {
           if (v->kind != Kind::kBool) return Err(where, "buckets_coalesced is not a bool: ", pickle::Repr(v, 40));
           coalesced = v->i != 0;
-        } else if (k->str == "per_bucket_numel") {
+        } else if (k->str() == "per_bucket_numel") {
           per_bucket = v;
-        } else if (k->str == "per_bucket_numel_unpadded") {
+        } else if (k->str() == "per_bucket_numel_unpadded") {
           per_bucket_unpadded = v;
         } else {
-          return Err(where, "unknown key ", Quote(k->str),
+          return Err(where, "unknown key ", Quote(k->str()),
                      " (expected buckets_coalesced, per_bucket_numel[_unpadded] and buffer indices)");
         }
       } else if (k->kind == Kind::kInt) {
@@ -157,16 +157,16 @@ class DistribOptimParser {
   Result<Buffer> ParseBuffer(int64_t index, const Value* v, bool coalesced, const std::string& where) {
     Buffer b;
     b.index = index;
-    if (v == nullptr || v->kind != Kind::kDict || v->dict.size() != 1) {
+    if (v == nullptr || v->kind != Kind::kDict || v->dict().size() != 1) {
       return Err(where, "buffer ", index, ": not a dict of one dtype key ",
                  "(get_parameter_state_dp_zero asserts a single dtype): ", pickle::Repr(v, 60));
     }
-    const Value* key = v->dict[0].first;
-    const Value* body = v->dict[0].second;
-    if (key->kind == Kind::kTuple && key->items.size() == 2 && !DTypeGlobal(key->items[0]).empty() &&
-        !DTypeGlobal(key->items[1]).empty()) {
-      b.param_dtype = DTypeGlobal(key->items[0]);
-      b.grad_dtype = DTypeGlobal(key->items[1]);
+    const Value* key = v->dict()[0].first;
+    const Value* body = v->dict()[0].second;
+    if (key->kind == Kind::kTuple && key->items().size() == 2 && !DTypeGlobal(key->items()[0]).empty() &&
+        !DTypeGlobal(key->items()[1]).empty()) {
+      b.param_dtype = DTypeGlobal(key->items()[0]);
+      b.grad_dtype = DTypeGlobal(key->items()[1]);
       b.dtype_key = StrCat("(", b.param_dtype, ", ", b.grad_dtype, ")");
     } else if (!coalesced && !DTypeGlobal(key).empty()) {
       b.param_dtype = b.grad_dtype = DTypeGlobal(key);
@@ -179,28 +179,28 @@ class DistribOptimParser {
     if (body == nullptr || body->kind != Kind::kDict) {
       return Err(where, bname, ": state is not a dict: ", pickle::Repr(body, 60));
     }
-    for (const auto& [k, x] : body->dict) {
+    for (const auto& [k, x] : body->dict()) {
       if (k->kind != Kind::kString) return Err(where, bname, ": state key ", pickle::Repr(k, 40), " is not a str");
-      if (coalesced && k->str == "numel_unpadded") {
+      if (coalesced && k->str() == "numel_unpadded") {
         auto n = IntOf(x);
         if (!n || *n < 0) return Err(where, bname, ": numel_unpadded is not an int >= 0: ", pickle::Repr(x, 40));
         b.numel_unpadded = *n;
         continue;
       }
       StateTensors s;
-      s.name = k->str;
+      s.name = k->str();
       if (coalesced) {
         auto ref = tensors_.Ref(x);
-        if (!ref) return Err(where, bname, ": ", k->str, " is not a tensor: ", pickle::Repr(x, 60));
+        if (!ref) return Err(where, bname, ": ", k->str(), " is not a tensor: ", pickle::Repr(x, 60));
         s.tensors.push_back(std::move(*ref));
       } else {
         if (x == nullptr || x->kind != Kind::kList) {
-          return Err(where, bname, ": ", k->str, " is not a list of per-bucket tensors: ", pickle::Repr(x, 60));
+          return Err(where, bname, ": ", k->str(), " is not a list of per-bucket tensors: ", pickle::Repr(x, 60));
         }
-        for (size_t i = 0; i < x->items.size(); ++i) {
-          auto ref = tensors_.Ref(x->items[i]);
+        for (size_t i = 0; i < x->items().size(); ++i) {
+          auto ref = tensors_.Ref(x->items()[i]);
           if (!ref) {
-            return Err(where, bname, ": ", k->str, "[", i, "] is not a tensor: ", pickle::Repr(x->items[i], 60));
+            return Err(where, bname, ": ", k->str(), "[", i, "] is not a tensor: ", pickle::Repr(x->items()[i], 60));
           }
           s.tensors.push_back(std::move(*ref));
         }
@@ -226,25 +226,25 @@ class DistribOptimParser {
   Status ApplyPerBucket(const Value* v, const char* what, const std::string& where, DistribOptimState* st,
                         bool unpadded) {
     if (v == nullptr) return OkStatus();
-    if (v->kind != Kind::kList || v->items.size() != st->buffers.size()) {
+    if (v->kind != Kind::kList || v->items().size() != st->buffers.size()) {
       return Err(where, what, " is not a list of one entry per buffer (", st->buffers.size(), "): ",
                  pickle::Repr(v, 60));
     }
-    for (size_t i = 0; i < v->items.size(); ++i) {
+    for (size_t i = 0; i < v->items().size(); ++i) {
       Buffer& b = st->buffers[i];
-      const Value* e = v->items[i];
-      if (e == nullptr || e->kind != Kind::kDict || e->dict.size() != 1) {
+      const Value* e = v->items()[i];
+      if (e == nullptr || e->kind != Kind::kDict || e->dict().size() != 1) {
         return Err(where, what, "[", i, "] is not a dict of one dtype key: ", pickle::Repr(e, 60));
       }
-      const Value* key = e->dict[0].first;
-      std::string ks = key->kind == Kind::kTuple && key->items.size() == 2
-                           ? StrCat("(", DTypeGlobal(key->items[0]), ", ", DTypeGlobal(key->items[1]), ")")
+      const Value* key = e->dict()[0].first;
+      std::string ks = key->kind == Kind::kTuple && key->items().size() == 2
+                           ? StrCat("(", DTypeGlobal(key->items()[0]), ", ", DTypeGlobal(key->items()[1]), ")")
                            : DTypeGlobal(key);
       if (ks != b.dtype_key) {
         return Err(where, what, "[", i, "] is keyed ", pickle::Repr(key, 60), ", buffer ", i, " by ", b.dtype_key);
       }
-      auto ints = IntList(e->dict[0].second);
-      if (!ints) return Err(where, what, "[", i, "] is not a list of ints >= 0: ", pickle::Repr(e->dict[0].second, 60));
+      auto ints = IntList(e->dict()[0].second);
+      if (!ints) return Err(where, what, "[", i, "] is not a list of ints >= 0: ", pickle::Repr(e->dict()[0].second, 60));
       (unpadded ? b.bucket_numel_unpadded : b.bucket_numel) = std::move(*ints);
     }
     return OkStatus();
@@ -489,8 +489,8 @@ Result<DistribOptim> ParseDistribOptim(const torch::TorchFile& file, std::string
   if (root != nullptr && root->kind == Kind::kList) {
     // ChainedOptimizer.save_parameter_state: [state or None, ...].
     out.chained = true;
-    for (size_t i = 0; i < root->items.size(); ++i) {
-      const Value* v = root->items[i];
+    for (size_t i = 0; i < root->items().size(); ++i) {
+      const Value* v = root->items()[i];
       if (v == nullptr || v->kind == Kind::kNone) {
         out.optimizers.push_back(std::nullopt);
         continue;
@@ -535,12 +535,12 @@ Result<ModelOptimRng> ParseModelOptimRng(const torch::TorchFile& file, std::stri
     }
   };
   bool plain = false;
-  for (const auto& [k, v] : root->dict) {
+  for (const auto& [k, v] : root->dict()) {
     if (k->kind != Kind::kString) continue;
     std::optional<int64_t> vpp;
-    if (!ModelChunkName(k->str, &vpp)) continue;
+    if (!ModelChunkName(k->str(), &vpp)) continue;
     ModelChunk c;
-    c.name = k->str;
+    c.name = k->str();
     c.vpp_rank = vpp;
     plain = plain || !vpp;
     if (v->kind != Kind::kDict) {
@@ -586,14 +586,14 @@ Result<ModelOptimRng> ParseModelOptimRng(const torch::TorchFile& file, std::stri
       const Value* pg = inner->Get("param_groups");
       if (pg != nullptr && pg->kind == Kind::kList) {
         e.param_groups = pg;
-        e.param_group_count = static_cast<int64_t>(pg->items.size());
+        e.param_group_count = static_cast<int64_t>(pg->items().size());
       } else {
         out.problems.push_back(StrCat(name, ": ", what, ": param_groups is missing or not a list"));
       }
       const Value* state = inner->Get("state");
       if (state != nullptr && state->kind == Kind::kDict) {
         e.state = state;
-        e.state_entries = static_cast<int64_t>(state->dict.size());
+        e.state_entries = static_cast<int64_t>(state->dict().size());
       }
     } else {
       out.problems.push_back(StrCat(name, ": ", what, ": no optimizer dict (optimizer or param_groups)"));
@@ -610,8 +610,8 @@ Result<ModelOptimRng> ParseModelOptimRng(const torch::TorchFile& file, std::stri
     out.has_optimizer = true;
     if (opt->kind == Kind::kList) {
       out.chained_optimizer = true;  // ChainedOptimizer.state_dict with > 1 sub-optimizers
-      for (size_t i = 0; i < opt->items.size(); ++i) {
-        parse_opt(opt->items[i], StrCat("optimizer.", i, "."), StrCat("optimizer[", i, "]"));
+      for (size_t i = 0; i < opt->items().size(); ++i) {
+        parse_opt(opt->items()[i], StrCat("optimizer.", i, "."), StrCat("optimizer[", i, "]"));
       }
     } else {
       parse_opt(opt, "optimizer.", "optimizer");

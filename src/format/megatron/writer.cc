@@ -177,7 +177,7 @@ Status AppendPyJson(const nlohmann::ordered_json& j, size_t depth, std::string* 
 bool IsContainer(const Value* v) { return v != nullptr && (v->kind == Kind::kDict || v->kind == Kind::kList); }
 
 bool IsEmptyContainer(const Value* v) {
-  return v->kind == Kind::kDict ? v->dict.empty() : v->items.empty();
+  return v->kind == Kind::kDict ? v->dict().empty() : v->items().empty();
 }
 
 // Walks the dict/list skeleton from the root: the values Megatron's
@@ -197,9 +197,9 @@ class Skeleton {
     }
     if (!seen_.insert(v).second) return OkStatus();
     if (v->kind == Kind::kDict) {
-      for (const auto& [k, child] : v->dict) CKPT_RETURN_IF_ERROR(Walk(child, depth + 1, leaf));
+      for (const auto& [k, child] : v->dict()) CKPT_RETURN_IF_ERROR(Walk(child, depth + 1, leaf));
     } else {
-      for (const Value* child : v->items) CKPT_RETURN_IF_ERROR(Walk(child, depth + 1, leaf));
+      for (const Value* child : v->items()) CKPT_RETURN_IF_ERROR(Walk(child, depth + 1, leaf));
     }
     return OkStatus();
   }
@@ -214,7 +214,7 @@ class Skeleton {
 // empty by that. Returns whether the parent keeps `copy`.
 class Stripper {
  public:
-  explicit Stripper(const std::set<const Value*>& tensors) : tensors_(tensors) {}
+  Stripper(pickle::Arena* arena, const std::set<const Value*>& tensors) : a(*arena), tensors_(tensors) {}
 
   Result<bool> Strip(const Value* src, Value* copy, size_t depth) {
     if (depth > pickle::kDefaultMaxDepth) {
@@ -230,26 +230,26 @@ class Stripper {
     if (src->kind == Kind::kDict) {
       // Megatron rebuilds each dict as a plain `{}`.
       copy->ordered = false;
-      copy->state = nullptr;
-      if (copy->dict.size() != src->dict.size()) {
+      a.SetState(copy, nullptr);
+      if (copy->dict().size() != src->dict().size()) {
         return InternalError("the imported common dict does not mirror its source");
       }
       std::vector<std::pair<Value*, Value*>> kept;
-      for (size_t i = 0; i < src->dict.size(); ++i) {
-        CKPT_ASSIGN_OR_RETURN(bool keep, KeepChild(src->dict[i].second, copy->dict[i].second, depth));
-        if (keep) kept.push_back(copy->dict[i]);
+      for (size_t i = 0; i < src->dict().size(); ++i) {
+        CKPT_ASSIGN_OR_RETURN(bool keep, KeepChild(src->dict()[i].second, copy->dict()[i].second, depth));
+        if (keep) kept.push_back(copy->dict()[i]);
       }
-      copy->dict = std::move(kept);
+      a.SetPairs(copy, kept);
     } else {
-      if (copy->items.size() != src->items.size()) {
+      if (copy->items().size() != src->items().size()) {
         return InternalError("the imported common dict does not mirror its source");
       }
       std::vector<Value*> kept;
-      for (size_t i = 0; i < src->items.size(); ++i) {
-        CKPT_ASSIGN_OR_RETURN(bool keep, KeepChild(src->items[i], copy->items[i], depth));
-        if (keep) kept.push_back(copy->items[i]);
+      for (size_t i = 0; i < src->items().size(); ++i) {
+        CKPT_ASSIGN_OR_RETURN(bool keep, KeepChild(src->items()[i], copy->items()[i], depth));
+        if (keep) kept.push_back(copy->items()[i]);
       }
-      copy->items = std::move(kept);
+      a.SetItems(copy, kept);
     }
     const bool keep = was_empty || !IsEmptyContainer(copy);
     done_[src] = keep;
@@ -262,13 +262,14 @@ class Stripper {
     if (IsContainer(src)) {
       if (src->kind == Kind::kDict && copy != nullptr) {
         copy->ordered = false;
-        copy->state = nullptr;
+        a.SetState(copy, nullptr);
       }
       return true;  // an originally empty container stays
     }
     return tensors_.count(src) == 0;
   }
 
+  pickle::Arena& a;
   const std::set<const Value*>& tensors_;
   std::unordered_map<const Value*, bool> done_;
 };
@@ -378,12 +379,12 @@ Status WriteCommonTree(CoreVersion v, torch::TorchTreeWriter* w, pickle::Value* 
 pickle::Value* DistOptContentMetadata(torch::TorchTreeWriter* w, std::string_view sharding_type) {
   pickle::Arena& a = w->arena();
   pickle::Value* cm = a.Dict();
-  cm->dict.push_back({w->Str("distrib_optim_sharding_type"), w->Str(sharding_type)});
+  a.SetItem(cm, w->Str("distrib_optim_sharding_type"), w->Str(sharding_type));
   if (sharding_type == "fully_reshardable") {
-    cm->dict.push_back({w->Str("distrib_optim_fully_reshardable_mem_efficient"), a.Bool(false)});
+    a.SetItem(cm, w->Str("distrib_optim_fully_reshardable_mem_efficient"), a.Bool(false));
   }
-  cm->dict.push_back({w->Str("singleton_local_shards"), a.Bool(false)});
-  cm->dict.push_back({w->Str("chained_optim_avoid_prefix"), a.Bool(true)});
+  a.SetItem(cm, w->Str("singleton_local_shards"), a.Bool(false));
+  a.SetItem(cm, w->Str("chained_optim_avoid_prefix"), a.Bool(true));
   return cm;
 }
 
@@ -397,8 +398,8 @@ Status WriteCommonState(CoreVersion v, const torch::TorchFile* file, CommonSourc
     const Value* root = file->root();
     const bool root_is_dict = root != nullptr && root->kind == Kind::kDict;
     const bool root_is_wrapped = root != nullptr && (root->kind == Kind::kList || root->kind == Kind::kTuple) &&
-                                 root->items.size() == 1 && root->items[0] != nullptr &&
-                                 root->items[0]->kind == Kind::kDict;
+                                 root->items().size() == 1 && root->items()[0] != nullptr &&
+                                 root->items()[0]->kind == Kind::kDict;
     if (source == CommonSource::kWrappedDict ? !root_is_wrapped : !root_is_dict) {
       return DataLossError(StrCat(file->name(), ": the common state should be ",
                                   source == CommonSource::kWrappedDict ? "a one-element list holding a dict"
@@ -407,7 +408,7 @@ Status WriteCommonState(CoreVersion v, const torch::TorchFile* file, CommonSourc
     }
     CKPT_ASSIGN_OR_RETURN(Value * copy, w.Import(*file, std::move(reopen)));
     if (source == CommonSource::kWrappedDict) {
-      dict = copy->items[0];
+      dict = copy->items()[0];
     } else {
       dict = copy;
     }
@@ -415,7 +416,7 @@ Status WriteCommonState(CoreVersion v, const torch::TorchFile* file, CommonSourc
       CKPT_ASSIGN_OR_RETURN(std::vector<size_t> extracted, ExtractedTensors(*file));
       std::set<const Value*> tensors;
       for (size_t i : extracted) tensors.insert(file->tensors()[i].value);
-      Stripper s(tensors);
+      Stripper s(&w.arena(), tensors);
       CKPT_RETURN_IF_ERROR(s.Strip(root, dict, 0).status(), file->name());
     }
   }

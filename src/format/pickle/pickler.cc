@@ -127,7 +127,7 @@ class Pickler {
   }
 
   // Writes items of a fresh tuple (never referenced again) and memoizes it.
-  Status SaveFreshTuple(const std::vector<Value*>& items) {
+  Status SaveFreshTuple(std::span<Value* const> items) {
     if (items.empty()) {
       Op(')');
       return OkStatus();
@@ -140,7 +140,7 @@ class Pickler {
   }
 
   // _pickle.c batch_list_exact: one item -> APPEND; else MARK..APPENDS by 1000.
-  Status AppendsExact(const std::vector<Value*>& items) {
+  Status AppendsExact(std::span<Value* const> items) {
     if (items.empty()) return OkStatus();
     if (items.size() == 1) {
       CKPT_RETURN_IF_ERROR(Save(items[0]));
@@ -162,7 +162,7 @@ class Pickler {
   }
 
   // _pickle.c batch_list (from an iterator): per batch, a lone item -> APPEND.
-  Status AppendsIter(const std::vector<Value*>& items) {
+  Status AppendsIter(std::span<Value* const> items) {
     size_t i = 0;
     while (i < items.size()) {
       size_t n = std::min(kBatchSize, items.size() - i);
@@ -186,7 +186,7 @@ class Pickler {
 
   // _pickle.c batch_dict_exact: one item -> SETITEM; else MARK..SETITEMS by
   // 1000, with an empty trailing batch when the size is a multiple of 1000.
-  Status SetItemsExact(const std::vector<std::pair<Value*, Value*>>& items) {
+  Status SetItemsExact(std::span<const Pair> items) {
     if (items.empty()) return OkStatus();
     if (items.size() == 1) {
       CKPT_RETURN_IF_ERROR(SavePair(items[0]));
@@ -208,7 +208,7 @@ class Pickler {
   }
 
   // _pickle.c batch_dict (from an iterator): per batch, a lone item -> SETITEM.
-  Status SetItemsIter(const std::vector<std::pair<Value*, Value*>>& items) {
+  Status SetItemsIter(std::span<const Pair> items) {
     size_t i = 0;
     while (i < items.size()) {
       size_t n = std::min(kBatchSize, items.size() - i);
@@ -240,10 +240,10 @@ class Pickler {
   Status SaveBytes(const Value* v) {
     if (v->bytearray) {
       CKPT_RETURN_IF_ERROR(SaveGlobal("builtins", "bytearray"));
-      if (v->str.empty()) {
+      if (v->str().empty()) {
         Op(')');
       } else {
-        CKPT_RETURN_IF_ERROR(SaveBytesBody(v->str, nullptr));  // bytes(obj): fresh
+        CKPT_RETURN_IF_ERROR(SaveBytesBody(v->str(), nullptr));  // bytes(obj): fresh
         Op('\x85');
         Memoize(nullptr);
       }
@@ -251,7 +251,7 @@ class Pickler {
       MemoizeReduced(v);
       return OkStatus();
     }
-    return SaveBytesBody(v->str, v);
+    return SaveBytesBody(v->str(), v);
   }
 
   // _pickle.c save_bytes for protocol < 3.
@@ -276,7 +276,7 @@ class Pickler {
   }
 
   Status SaveTuple(const Value* v) {
-    const auto& items = v->items;
+    const auto& items = v->items();
     if (items.empty()) {
       Op(')');
       return OkStatus();
@@ -301,33 +301,33 @@ class Pickler {
   }
 
   Status SaveObject(const Value* v) {
-    if (v->callable == nullptr) return InvalidArgumentError("pickle: object without a callable");
-    if (v->kwargs != nullptr) {
+    if (v->callable() == nullptr) return InvalidArgumentError("pickle: object without a callable");
+    if (v->kwargs() != nullptr) {
       CKPT_RETURN_IF_ERROR(SaveGlobal("copyreg", "__newobj_ex__"));
-      CKPT_RETURN_IF_ERROR(Save(v->callable));
-      if (v->args != nullptr) {
-        CKPT_RETURN_IF_ERROR(Save(v->args));
+      CKPT_RETURN_IF_ERROR(Save(v->callable()));
+      if (v->args() != nullptr) {
+        CKPT_RETURN_IF_ERROR(Save(v->args()));
       } else {
         Op(')');
       }
-      CKPT_RETURN_IF_ERROR(Save(v->kwargs));
+      CKPT_RETURN_IF_ERROR(Save(v->kwargs()));
       Op('\x87');
       Memoize(nullptr);
       Op('R');
     } else {
-      CKPT_RETURN_IF_ERROR(Save(v->callable));
-      if (v->args != nullptr) {
-        CKPT_RETURN_IF_ERROR(Save(v->args));
+      CKPT_RETURN_IF_ERROR(Save(v->callable()));
+      if (v->args() != nullptr) {
+        CKPT_RETURN_IF_ERROR(Save(v->args()));
       } else {
         Op(')');
       }
       Op(v->newobj ? '\x81' : 'R');
     }
     MemoizeReduced(v);
-    CKPT_RETURN_IF_ERROR(AppendsIter(v->items));
-    CKPT_RETURN_IF_ERROR(SetItemsIter(v->dict));
-    if (v->state != nullptr) {
-      CKPT_RETURN_IF_ERROR(Save(v->state));
+    CKPT_RETURN_IF_ERROR(AppendsIter(v->items()));
+    CKPT_RETURN_IF_ERROR(SetItemsIter(v->dict()));
+    if (v->state() != nullptr) {
+      CKPT_RETURN_IF_ERROR(Save(v->state()));
       Op('b');
     }
     return OkStatus();
@@ -352,14 +352,14 @@ class Pickler {
       case Kind::kBool: Op(v->i ? '\x88' : '\x89'); return OkStatus();
       case Kind::kInt: SaveInt(v->i); return OkStatus();
       case Kind::kBigInt:
-        if (v->str.size() < 256) {
+        if (v->str().size() < 256) {
           Op('\x8a');
-          out_ += static_cast<char>(v->str.size());
+          out_ += static_cast<char>(v->str().size());
         } else {
           Op('\x8b');
-          PutLE<int32_t>(&out_, static_cast<int32_t>(v->str.size()));
+          PutLE<int32_t>(&out_, static_cast<int32_t>(v->str().size()));
         }
-        out_ += v->str;
+        out_ += v->str();
         return OkStatus();
       case Kind::kFloat: {
         uint64_t bits;
@@ -368,10 +368,10 @@ class Pickler {
         PutBE64(&out_, bits);
         return OkStatus();
       }
-      case Kind::kGlobal: return SaveGlobal(v->str, v->name);
+      case Kind::kGlobal: return SaveGlobal(v->str(), v->name());
       case Kind::kPersistentId: {
-        if (v->items.empty()) return InvalidArgumentError("pickle: persistent id without a value");
-        const Value* pid = v->items[0];
+        if (v->items().empty()) return InvalidArgumentError("pickle: persistent id without a value");
+        const Value* pid = v->items()[0];
         if (opts_.persistent_id) {
           CKPT_ASSIGN_OR_RETURN(pid, opts_.persistent_id(*pid));
         }
@@ -383,12 +383,12 @@ class Pickler {
     }
     if (MemoGet(v)) return OkStatus();
     switch (v->kind) {
-      case Kind::kString: SaveStrRaw(v->str, v); return OkStatus();
+      case Kind::kString: SaveStrRaw(v->str(), v); return OkStatus();
       case Kind::kBytes: return SaveBytes(v);
       case Kind::kTuple:
         if (v->torch_size) {
           CKPT_RETURN_IF_ERROR(SaveGlobal("torch", "Size"));
-          CKPT_RETURN_IF_ERROR(SaveFreshTuple(v->items));
+          CKPT_RETURN_IF_ERROR(SaveFreshTuple(v->items()));
           Op('\x85');
           Memoize(nullptr);
           Op('R');
@@ -399,28 +399,28 @@ class Pickler {
       case Kind::kList:
         Op(']');
         Memoize(v);
-        return AppendsExact(v->items);
+        return AppendsExact(v->items());
       case Kind::kDict:
         if (v->ordered) {
           CKPT_RETURN_IF_ERROR(SaveGlobal("collections", "OrderedDict"));
           Op(')');
           Op('R');
           MemoizeReduced(v);
-          CKPT_RETURN_IF_ERROR(SetItemsIter(v->dict));
-          if (v->state != nullptr) {
-            CKPT_RETURN_IF_ERROR(Save(v->state));
+          CKPT_RETURN_IF_ERROR(SetItemsIter(v->dict()));
+          if (v->state() != nullptr) {
+            CKPT_RETURN_IF_ERROR(Save(v->state()));
             Op('b');
           }
           return OkStatus();
         }
         Op('}');
         Memoize(v);
-        return SetItemsExact(v->dict);
+        return SetItemsExact(v->dict());
       case Kind::kSet:
         CKPT_RETURN_IF_ERROR(SaveGlobal("builtins", v->frozen ? "frozenset" : "set"));
         Op(']');
         Memoize(nullptr);
-        CKPT_RETURN_IF_ERROR(AppendsExact(v->items));
+        CKPT_RETURN_IF_ERROR(AppendsExact(v->items()));
         Op('\x85');
         Memoize(nullptr);
         Op('R');

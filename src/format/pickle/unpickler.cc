@@ -250,6 +250,15 @@ class Reader {
     return true;
   }
 
+  // n bytes in place when the source is resident (advancing), else nullptr.
+  // REQUIRES: n <= remaining().
+  const char* TakeView(size_t n) {
+    if (data_ == nullptr) return nullptr;
+    const char* p = data_ + pos_;
+    pos_ += n;
+    return p;
+  }
+
   // Appends n bytes to *out. REQUIRES: n <= remaining().
   Status TakeInto(size_t n, std::string* out) {
     size_t old = out->size();
@@ -336,16 +345,21 @@ class Machine {
     *out = DecodeLE<T>(p);
     return OkStatus();
   }
-  Status Payload(uint64_t n, std::string* out) {
+  // The next n bytes: a view into the resident source, or into payload_
+  // (valid until the next Payload).
+  Result<std::string_view> Payload(uint64_t n) {
     if (n > r_.remaining()) {
       return Corrupt(StrCat("length ", n, " exceeds the ", r_.remaining(), " bytes left"));
     }
+    if (const char* p = r_.TakeView(static_cast<size_t>(n))) return std::string_view(p, static_cast<size_t>(n));
+    payload_.clear();
     try {
-      out->reserve(static_cast<size_t>(n));
+      payload_.reserve(static_cast<size_t>(n));
     } catch (const std::bad_alloc&) {
       return Limit(StrCat("cannot allocate ", n, " bytes"));
     }
-    return r_.TakeInto(static_cast<size_t>(n), out);
+    CKPT_RETURN_IF_ERROR(r_.TakeInto(static_cast<size_t>(n), &payload_));
+    return std::string_view(payload_);
   }
   Status Line(std::string* line) {
     bool too_long = false;
@@ -379,16 +393,14 @@ class Machine {
     v->i = i;
     return v;
   }
-  Value* MakeIntFromBytes(std::string bytes) {
+  Value* MakeIntFromBytes(std::string_view bytes) {
     int64_t i;
     if (internal_pickle::TwosComplementToInt64(bytes, &i)) return MakeInt(i);
-    Value* v = New(Kind::kBigInt);
-    v->str = std::move(bytes);
-    return v;
+    return MakeString(Kind::kBigInt, bytes);
   }
-  Value* MakeString(Kind k, std::string s) {
-    Value* v = New(k);
-    v->str = std::move(s);
+  Value* MakeString(Kind k, std::string_view s) {
+    Value* v = arena_->Chars(k, s);
+    v->offset = op_offset_;
     return v;
   }
   // Records that child now sits inside parent; rejects nesting bombs.
@@ -426,13 +438,14 @@ class Machine {
     return stack_.back();
   }
   // Pops everything above the last MARK, and the MARK.
-  Result<std::vector<Value*>> PopMark() {
+  // The span stays valid until the next PopMark.
+  Result<std::span<Value* const>> PopMark() {
     if (marks_.empty()) return Corrupt("could not find MARK");
     size_t m = marks_.back();
     marks_.pop_back();
-    std::vector<Value*> items(stack_.begin() + static_cast<ptrdiff_t>(m), stack_.end());
+    popped_.assign(stack_.begin() + static_cast<ptrdiff_t>(m), stack_.end());
     stack_.resize(m);
-    return items;
+    return std::span<Value* const>(popped_);
   }
 
   // --- memo ---
@@ -480,8 +493,8 @@ class Machine {
 
   // --- opcodes with bodies ---
   Status Step(uint8_t op, bool* stop);
-  Status AppendTo(Value* target, std::vector<Value*> items);
-  Status SetItemsOn(Value* target, const std::vector<Value*>& kv);
+  Status AppendTo(Value* target, std::span<Value* const> items);
+  Status SetItemsOn(Value* target, std::span<Value* const> kv);
   Status LoadDecimal(bool is_long);
   Status LoadPySrcString();
   Status LoadRawUnicodeEscape();
@@ -492,6 +505,7 @@ class Machine {
   std::unique_ptr<Arena> arena_;
   std::vector<Value*> stack_;
   std::vector<size_t> marks_;
+  std::vector<Value*> popped_;  // PopMark's result
   std::vector<Value*> dense_;
   std::unordered_map<uint64_t, Value*> sparse_;
   size_t memo_count_ = 0;
@@ -504,6 +518,7 @@ class Machine {
   uint64_t op_offset_ = 0;
   uint8_t op_ = 0;
   std::string scratch_;
+  std::string payload_;
 };
 
 Result<Value*> Machine::MakeGlobal(std::string_view module_in, std::string_view name_in) {
@@ -513,36 +528,35 @@ Result<Value*> Machine::MakeGlobal(std::string_view module_in, std::string_view 
                StrCat("global ", Quote(module + "." + name),
                       " is not allowed (strict mode; inspect mode shows it as an opaque object)"));
   }
-  Value* g = New(Kind::kGlobal);
-  g->str = std::move(module);
-  g->name = std::move(name);
+  Value* g = arena_->Global(module, name);
+  g->offset = op_offset_;
   return g;
 }
 
 Value* Machine::Fold(Value* callable, Value* args) {
   if (args == nullptr || args->kind != Kind::kTuple) return nullptr;
-  const auto& a = args->items;
-  const std::string& m = callable->str;
-  const std::string& n = callable->name;
+  std::span<Value* const> a = args->items();
+  std::string_view m = callable->str();
+  std::string_view n = callable->name();
   if (m == "collections" && n == "OrderedDict" && a.empty()) {
     Value* v = New(Kind::kDict);
     v->ordered = true;
     return v;
   }
   if (m == "torch" && n == "Size" && a.size() == 1 && a[0]->kind == Kind::kTuple) {
-    for (const Value* d : a[0]->items) {
+    for (const Value* d : a[0]->items()) {
       if (d->kind != Kind::kInt) return nullptr;
     }
     Value* v = New(Kind::kTuple);
-    v->items = a[0]->items;
+    arena_->ShareItems(v, a[0]);  // tuples never change: the fold shares the elements
     v->torch_size = true;
     v->depth = 1;
     return v;
   }
   if (m == "_codecs" && n == "encode" && a.size() == 2 && a[0]->kind == Kind::kString &&
-      a[1]->kind == Kind::kString && (a[1]->str == "latin1" || a[1]->str == "latin-1")) {
+      a[1]->kind == Kind::kString && (a[1]->str() == "latin1" || a[1]->str() == "latin-1")) {
     std::string bytes;
-    if (!internal_pickle::Latin1FromUtf8(a[0]->str, &bytes)) return nullptr;
+    if (!internal_pickle::Latin1FromUtf8(a[0]->str(), &bytes)) return nullptr;
     return MakeString(Kind::kBytes, std::move(bytes));
   }
   if (m != "builtins") return nullptr;
@@ -551,11 +565,11 @@ Value* Machine::Fold(Value* callable, Value* args) {
     if (a.empty()) {
       v = New(Kind::kBytes);
     } else if (a.size() == 1 && a[0]->kind == Kind::kBytes) {
-      v = MakeString(Kind::kBytes, a[0]->str);
+      v = MakeString(Kind::kBytes, a[0]->str());
     } else if (n == "bytearray" && a.size() == 2 && a[0]->kind == Kind::kString &&
-               a[1]->kind == Kind::kString && (a[1]->str == "latin-1" || a[1]->str == "latin1")) {
+               a[1]->kind == Kind::kString && (a[1]->str() == "latin-1" || a[1]->str() == "latin1")) {
       std::string bytes;
-      if (!internal_pickle::Latin1FromUtf8(a[0]->str, &bytes)) return nullptr;
+      if (!internal_pickle::Latin1FromUtf8(a[0]->str(), &bytes)) return nullptr;
       v = MakeString(Kind::kBytes, std::move(bytes));
     } else {
       return nullptr;
@@ -569,7 +583,7 @@ Value* Machine::Fold(Value* callable, Value* args) {
       v = New(Kind::kSet);
     } else if (a.size() == 1 && a[0]->kind == Kind::kList) {
       v = New(Kind::kSet);
-      v->items = a[0]->items;
+      arena_->SetItems(v, a[0]->items());
       v->depth = a[0]->depth;
     } else {
       return nullptr;
@@ -588,37 +602,31 @@ Result<Value*> Machine::Call(Value* callable, Value* args, bool newobj, Value* k
     }
     opaque = true;
   } else {
-    opaque = !Allowed(callable->str, callable->name);
+    opaque = !Allowed(callable->str(), callable->name());
     if (!newobj && kwargs == nullptr && !opaque) {
       if (Value* folded = Fold(callable, args)) return folded;
     }
   }
-  Value* v = New(Kind::kObject);
-  v->callable = callable;
-  v->args = args;
-  v->kwargs = kwargs;
-  v->newobj = newobj;
+  Value* v = arena_->Object(callable, args, newobj);
+  v->offset = op_offset_;
+  if (kwargs != nullptr) arena_->SetKwargs(v, kwargs);
   v->opaque = opaque;
   CKPT_RETURN_IF_ERROR(Nest(v, args));
   CKPT_RETURN_IF_ERROR(Nest(v, kwargs));
   return v;
 }
 
-Status Machine::AppendTo(Value* target, std::vector<Value*> items) {
+Status Machine::AppendTo(Value* target, std::span<Value* const> items) {
   if (target->kind != Kind::kList && target->kind != Kind::kObject &&
       !(target->kind == Kind::kSet && op_ == 0x90)) {
     return Corrupt(StrCat("cannot append to a ", KindName(target->kind)));
   }
   for (Value* v : items) CKPT_RETURN_IF_ERROR(Nest(target, v));
-  if (target->items.empty()) {
-    target->items = std::move(items);
-  } else {
-    target->items.insert(target->items.end(), items.begin(), items.end());
-  }
+  arena_->Append(target, items);
   return OkStatus();
 }
 
-Status Machine::SetItemsOn(Value* target, const std::vector<Value*>& kv) {
+Status Machine::SetItemsOn(Value* target, std::span<Value* const> kv) {
   if (kv.size() % 2 != 0) return Corrupt("odd number of items for SETITEMS");
   if (target->kind != Kind::kDict && target->kind != Kind::kObject) {
     return Corrupt(StrCat("cannot set items on a ", KindName(target->kind)));
@@ -626,7 +634,7 @@ Status Machine::SetItemsOn(Value* target, const std::vector<Value*>& kv) {
   for (size_t i = 0; i < kv.size(); i += 2) {
     CKPT_RETURN_IF_ERROR(Nest(target, kv[i]));
     CKPT_RETURN_IF_ERROR(Nest(target, kv[i + 1]));
-    target->dict.emplace_back(kv[i], kv[i + 1]);
+    arena_->SetItem(target, kv[i], kv[i + 1]);
   }
   return OkStatus();
 }
@@ -798,17 +806,15 @@ Status Machine::Step(uint8_t op, bool* stop) {
     case 0x8a: {  // LONG1
       uint8_t n = 0;
       CKPT_RETURN_IF_ERROR(Fixed(&n));
-      std::string bytes;
-      CKPT_RETURN_IF_ERROR(Payload(n, &bytes));
-      return Push(MakeIntFromBytes(std::move(bytes)));
+      CKPT_ASSIGN_OR_RETURN(std::string_view bytes, Payload(n));
+      return Push(MakeIntFromBytes(bytes));
     }
     case 0x8b: {  // LONG4
       int32_t n = 0;
       CKPT_RETURN_IF_ERROR(Fixed(&n));
       if (n < 0) return Corrupt("negative byte count");
-      std::string bytes;
-      CKPT_RETURN_IF_ERROR(Payload(static_cast<uint64_t>(n), &bytes));
-      return Push(MakeIntFromBytes(std::move(bytes)));
+      CKPT_ASSIGN_OR_RETURN(std::string_view bytes, Payload(static_cast<uint64_t>(n)));
+      return Push(MakeIntFromBytes(bytes));
     }
     case 'N': return Push(Shared(&none_, Kind::kNone));
     case 0x88: return Push(Shared(&true_, Kind::kBool, 1));
@@ -825,14 +831,14 @@ Status Machine::Step(uint8_t op, bool* stop) {
     case 'P': {  // PERSID
       CKPT_RETURN_IF_ERROR(Line(&scratch_));
       Value* v = New(Kind::kPersistentId);
-      v->items.push_back(MakeString(Kind::kString, scratch_));
+      arena_->Append(v, MakeString(Kind::kString, scratch_));
       v->depth = 1;
       return Push(v);
     }
     case 'Q': {  // BINPERSID
       CKPT_ASSIGN_OR_RETURN(Value * pid, Pop());
       Value* v = New(Kind::kPersistentId);
-      v->items.push_back(pid);
+      arena_->Append(v, pid);
       CKPT_RETURN_IF_ERROR(Nest(v, pid));
       return Push(v);
     }
@@ -877,15 +883,15 @@ Status Machine::Step(uint8_t op, bool* stop) {
         CKPT_RETURN_IF_ERROR(Fixed(&n));
       }
       bool is_bytes = op == 'B' || op == 'C' || op == 0x8e || op == 0x96;
-      Value* v = New(is_bytes ? Kind::kBytes : Kind::kString);
-      CKPT_RETURN_IF_ERROR(Payload(n, &v->str));
+      CKPT_ASSIGN_OR_RETURN(std::string_view bytes, Payload(n));
+      Value* v = MakeString(is_bytes ? Kind::kBytes : Kind::kString, bytes);
       v->bytearray = op == 0x96;
       return Push(v);
     }
     case 'a': {  // APPEND
       CKPT_ASSIGN_OR_RETURN(Value * v, Pop());
       CKPT_ASSIGN_OR_RETURN(Value * target, Top());
-      return AppendTo(target, {v});
+      return AppendTo(target, std::span<Value* const>(&v, 1));
     }
     case 'e': case 0x90: {  // APPENDS, ADDITEMS
       CKPT_ASSIGN_OR_RETURN(auto items, PopMark());
@@ -898,7 +904,7 @@ Status Machine::Step(uint8_t op, bool* stop) {
       if (target->kind != Kind::kObject && !(target->kind == Kind::kDict && target->ordered)) {
         return Corrupt(StrCat("cannot BUILD a ", KindName(target->kind)));
       }
-      target->state = state;
+      arena_->SetState(target, state);
       return Nest(target, state);
     }
     case 'c': {  // GLOBAL
@@ -914,7 +920,7 @@ Status Machine::Step(uint8_t op, bool* stop) {
       if (name->kind != Kind::kString || module->kind != Kind::kString) {
         return Corrupt("module and name must be str");
       }
-      CKPT_ASSIGN_OR_RETURN(Value * g, MakeGlobal(module->str, name->str));
+      CKPT_ASSIGN_OR_RETURN(Value * g, MakeGlobal(module->str(), name->str()));
       return Push(g);
     }
     case 'i': {  // INST
@@ -925,7 +931,7 @@ Status Machine::Step(uint8_t op, bool* stop) {
       CKPT_ASSIGN_OR_RETURN(auto items, PopMark());
       Value* args = New(Kind::kTuple);
       for (Value* x : items) CKPT_RETURN_IF_ERROR(Nest(args, x));
-      args->items = std::move(items);
+      arena_->SetItems(args, items);
       CKPT_ASSIGN_OR_RETURN(Value * v, Call(g, args, false, nullptr));
       return Push(v);
     }
@@ -933,8 +939,8 @@ Status Machine::Step(uint8_t op, bool* stop) {
       CKPT_ASSIGN_OR_RETURN(auto items, PopMark());
       if (items.empty()) return Corrupt("no class on the stack");
       Value* args = New(Kind::kTuple);
-      args->items.assign(items.begin() + 1, items.end());
-      for (Value* x : args->items) CKPT_RETURN_IF_ERROR(Nest(args, x));
+      arena_->SetItems(args, items.subspan(1));
+      for (Value* x : args->items()) CKPT_RETURN_IF_ERROR(Nest(args, x));
       CKPT_ASSIGN_OR_RETURN(Value * v, Call(items[0], args, false, nullptr));
       return Push(v);
     }
@@ -954,16 +960,16 @@ Status Machine::Step(uint8_t op, bool* stop) {
       Value* v = New(op == 'l' ? Kind::kList : op == 't' ? Kind::kTuple : Kind::kSet);
       v->frozen = op == 0x91;
       for (Value* x : items) CKPT_RETURN_IF_ERROR(Nest(v, x));
-      v->items = std::move(items);
+      arena_->SetItems(v, items);
       return Push(v);
     }
     case 0x85: case 0x86: case 0x87: {  // TUPLE1..3
       size_t n = op - 0x84u;
       if (stack_.size() < Fence() + n) return Underflow();
       Value* v = New(Kind::kTuple);
-      v->items.assign(stack_.end() - static_cast<ptrdiff_t>(n), stack_.end());
+      arena_->SetItems(v, std::span<Value* const>(stack_).last(n));
       stack_.resize(stack_.size() - n);
-      for (Value* x : v->items) CKPT_RETURN_IF_ERROR(Nest(v, x));
+      for (Value* x : v->items()) CKPT_RETURN_IF_ERROR(Nest(v, x));
       return Push(v);
     }
     case 'g': case 'p': {  // GET, PUT (decimal text index)
@@ -1008,7 +1014,8 @@ Status Machine::Step(uint8_t op, bool* stop) {
       CKPT_ASSIGN_OR_RETURN(Value * value, Pop());
       CKPT_ASSIGN_OR_RETURN(Value * key, Pop());
       CKPT_ASSIGN_OR_RETURN(Value * target, Top());
-      return SetItemsOn(target, {key, value});
+      Value* kv[2] = {key, value};
+      return SetItemsOn(target, kv);
     }
     case 'u': {  // SETITEMS
       CKPT_ASSIGN_OR_RETURN(auto items, PopMark());

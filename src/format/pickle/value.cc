@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <new>
+#include <stdexcept>
 
 #include "util/strings.h"
 
@@ -29,12 +31,270 @@ std::string_view KindName(Kind k) {
   return "unknown";
 }
 
+
+std::string_view Value::str() const {
+  switch (kind) {
+    case Kind::kString: case Kind::kBytes: case Kind::kBigInt:
+      return {chars_, static_cast<size_t>(n_ | (uint64_t{cap_} << 32))};
+    case Kind::kGlobal: return global_->module;
+    default: return {};
+  }
+}
+
+std::string_view Value::name() const { return kind == Kind::kGlobal ? global_->name : std::string_view(); }
+
+std::span<Value* const> Value::items() const {
+  switch (kind) {
+    case Kind::kTuple: case Kind::kList: case Kind::kSet: case Kind::kPersistentId: return {seq_, n_};
+    case Kind::kObject: return object_->items.span();
+    default: return {};
+  }
+}
+
+std::span<const Pair> Value::dict() const {
+  if (kind == Kind::kDict) return dict_ != nullptr ? dict_->pairs.span() : std::span<const Pair>();
+  if (kind == Kind::kObject) return object_->pairs.span();
+  return {};
+}
+
+Value* Value::state() const {
+  if (kind == Kind::kObject) return object_->state;
+  if (kind == Kind::kDict && dict_ != nullptr) return dict_->state;
+  return nullptr;
+}
+
 const Value* Value::Get(std::string_view key) const {
   if (kind != Kind::kDict) return nullptr;
-  for (const auto& [k, v] : dict) {
-    if (k != nullptr && k->kind == Kind::kString && k->str == key) return v;
+  for (const auto& [k, v] : dict()) {
+    if (k != nullptr && k->kind == Kind::kString && k->str() == key) return v;
   }
   return nullptr;
+}
+
+// --- Arena ---
+
+using internal_value::DictRec;
+using internal_value::GlobalRec;
+using internal_value::ObjectRec;
+using internal_value::Run;
+
+Arena::Arena() : payloads_(64 << 10) {}
+Arena::~Arena() = default;
+
+uint64_t Arena::bytes() const { return blocks_.size() * kBlockValues * sizeof(Value) + payload_bytes_; }
+
+template <typename T>
+T* Arena::AllocArray(size_t n) {
+  if (n == 0) return nullptr;
+  payload_bytes_ += n * sizeof(T);
+  return static_cast<T*>(payloads_.allocate(n * sizeof(T), alignof(T)));
+}
+
+template <typename T>
+void Arena::Grow(Run<T>* run, size_t extra) {
+  size_t need = size_t{run->size} + extra;
+  if (need <= run->cap) return;
+  if (need > UINT32_MAX) throw std::length_error("pickle container larger than 2^32 entries");
+  size_t cap = run->cap < 4 ? 4 : size_t{run->cap} * 2;
+  if (cap < need) cap = need;
+  if (cap > UINT32_MAX) cap = UINT32_MAX;
+  T* data = AllocArray<T>(cap);
+  if (run->size > 0) std::memcpy(static_cast<void*>(data), run->data, run->size * sizeof(T));
+  run->data = data;
+  run->cap = static_cast<uint32_t>(cap);
+}
+
+Value* Arena::New(Kind kind) {
+  size_t k = count_ % kBlockValues;
+  if (k == 0 && count_ / kBlockValues == blocks_.size()) blocks_.push_back(std::make_unique<Value[]>(kBlockValues));
+  Value* v = &blocks_[count_ / kBlockValues][k];
+  ++count_;
+  v->kind = kind;
+  if (kind == Kind::kGlobal) {
+    v->global_ = new (AllocArray<GlobalRec>(1)) GlobalRec();
+  } else if (kind == Kind::kObject) {
+    v->object_ = new (AllocArray<ObjectRec>(1)) ObjectRec();
+  } else if (kind == Kind::kDict) {
+    v->dict_ = nullptr;
+  } else if (kind == Kind::kString || kind == Kind::kBytes || kind == Kind::kBigInt) {
+    v->chars_ = "";
+  } else if (kind == Kind::kTuple || kind == Kind::kList || kind == Kind::kSet || kind == Kind::kPersistentId) {
+    v->seq_ = nullptr;
+  }
+  return v;
+}
+
+std::string_view Arena::Intern(std::string_view s) {
+  if (s.empty()) return {};
+  char* p = AllocArray<char>(s.size());
+  std::memcpy(p, s.data(), s.size());
+  return {p, s.size()};
+}
+
+Value* Arena::Chars(Kind kind, std::string_view s) {
+  Value* v = New(kind);
+  std::string_view kept = Intern(s);
+  v->chars_ = kept.empty() ? "" : kept.data();
+  v->n_ = static_cast<uint32_t>(kept.size());
+  v->cap_ = static_cast<uint32_t>(static_cast<uint64_t>(kept.size()) >> 32);
+  return v;
+}
+
+Value* Arena::Seq(Kind kind, std::span<Value* const> items) {
+  Value* v = New(kind);
+  SetItems(v, items);
+  return v;
+}
+
+Value* Arena::Global(std::string_view module, std::string_view name) {
+  Value* v = New(Kind::kGlobal);
+  v->global_->module = Intern(module);
+  v->global_->name = Intern(name);
+  return v;
+}
+
+Value* Arena::Object(Value* callable, Value* args, bool newobj) {
+  Value* v = New(Kind::kObject);
+  v->object_->callable = callable;
+  v->object_->args = args;
+  v->newobj = newobj;
+  return v;
+}
+
+Run<Value*> Arena::SeqRun(Value* v) const {
+  if (v->kind == Kind::kObject) return v->object_->items;
+  return Run<Value*>{v->seq_, v->n_, v->cap_};
+}
+
+void Arena::StoreSeqRun(Value* v, const Run<Value*>& run) {
+  if (v->kind == Kind::kObject) {
+    v->object_->items = run;
+    return;
+  }
+  v->seq_ = run.data;
+  v->n_ = run.size;
+  v->cap_ = run.cap;
+}
+
+static bool IsSeq(Kind k) {
+  return k == Kind::kTuple || k == Kind::kList || k == Kind::kSet || k == Kind::kPersistentId ||
+         k == Kind::kObject;
+}
+
+void Arena::Append(Value* v, Value* item) { Append(v, std::span<Value* const>(&item, 1)); }
+
+void Arena::Append(Value* v, std::span<Value* const> items) {
+  if (!IsSeq(v->kind)) throw std::logic_error("pickle::Arena::Append on a value that holds no items");
+  Run<Value*> run = SeqRun(v);
+  Grow(&run, items.size());
+  if (!items.empty()) std::memcpy(static_cast<void*>(run.data + run.size), items.data(), items.size() * sizeof(Value*));
+  run.size += static_cast<uint32_t>(items.size());
+  StoreSeqRun(v, run);
+}
+
+void Arena::SetItems(Value* v, std::span<Value* const> items) {
+  if (!IsSeq(v->kind)) throw std::logic_error("pickle::Arena::SetItems on a value that holds no items");
+  StoreSeqRun(v, Run<Value*>{});
+  Append(v, items);
+}
+
+void Arena::ShareItems(Value* v, const Value* from) {
+  std::span<Value* const> items = from->items();
+  Run<Value*> run{const_cast<Value**>(items.data()), static_cast<uint32_t>(items.size()),
+                  static_cast<uint32_t>(items.size())};
+  if (!IsSeq(v->kind)) throw std::logic_error("pickle::Arena::ShareItems on a value that holds no items");
+  StoreSeqRun(v, run);
+}
+
+std::span<Value*> Arena::MutableItems(Value* v) {
+  if (!IsSeq(v->kind)) return {};
+  return SeqRun(v).span();
+}
+
+void Arena::SetItem(Value* v, Value* key, Value* value) {
+  Run<Pair>* run = nullptr;
+  if (v->kind == Kind::kDict) {
+    if (v->dict_ == nullptr) v->dict_ = new (AllocArray<DictRec>(1)) DictRec();
+    run = &v->dict_->pairs;
+  } else if (v->kind == Kind::kObject) {
+    run = &v->object_->pairs;
+  } else {
+    throw std::logic_error("pickle::Arena::SetItem on a value that is not a dict or an object");
+  }
+  Grow(run, 1);
+  run->data[run->size++] = Pair(key, value);
+}
+
+std::span<Pair> Arena::MutablePairs(Value* v) {
+  if (v->kind == Kind::kDict) return v->dict_ != nullptr ? v->dict_->pairs.span() : std::span<Pair>();
+  if (v->kind == Kind::kObject) return v->object_->pairs.span();
+  return {};
+}
+
+void Arena::SetPairs(Value* v, std::span<const Pair> pairs) {
+  if (v->kind == Kind::kDict) {
+    if (v->dict_ == nullptr) v->dict_ = new (AllocArray<DictRec>(1)) DictRec();
+    v->dict_->pairs = {};
+  } else if (v->kind == Kind::kObject) {
+    v->object_->pairs = {};
+  }
+  for (const Pair& p : pairs) SetItem(v, p.first, p.second);
+}
+
+ObjectRec* Arena::ObjectOf(Value* v) {
+  if (v->kind != Kind::kObject) throw std::logic_error("pickle::Arena: object field set on a value that is not an object");
+  return v->object_;
+}
+
+void Arena::SetCallable(Value* v, Value* callable) { ObjectOf(v)->callable = callable; }
+void Arena::SetArgs(Value* v, Value* args) { ObjectOf(v)->args = args; }
+void Arena::SetKwargs(Value* v, Value* kwargs) { ObjectOf(v)->kwargs = kwargs; }
+void Arena::SetState(Value* v, Value* state) {
+  if (v->kind == Kind::kDict) {
+    if (v->dict_ == nullptr) v->dict_ = new (AllocArray<DictRec>(1)) DictRec();
+    v->dict_->state = state;
+    return;
+  }
+  ObjectOf(v)->state = state;
+}
+
+Value* Arena::Clone(const Value* from) {
+  Value* v = New(from->kind);
+  v->newobj = from->newobj;
+  v->opaque = from->opaque;
+  v->ordered = from->ordered;
+  v->torch_size = from->torch_size;
+  v->frozen = from->frozen;
+  v->bytearray = from->bytearray;
+  v->depth = from->depth;
+  v->offset = from->offset;
+  switch (from->kind) {
+    case Kind::kBool: case Kind::kInt: v->i = from->i; break;
+    case Kind::kFloat: v->f = from->f; break;
+    case Kind::kString: case Kind::kBytes: case Kind::kBigInt:
+      v->chars_ = from->chars_;  // immutable bytes in an arena: shared
+      v->n_ = from->n_;
+      v->cap_ = from->cap_;
+      break;
+    case Kind::kGlobal: *v->global_ = *from->global_; break;
+    case Kind::kTuple: case Kind::kList: case Kind::kSet: case Kind::kPersistentId:
+      SetItems(v, from->items());
+      break;
+    case Kind::kDict:
+      SetPairs(v, from->dict());
+      if (from->state() != nullptr) SetState(v, from->state());
+      break;
+    case Kind::kObject:
+      v->object_->callable = from->object_->callable;
+      v->object_->args = from->object_->args;
+      v->object_->state = from->object_->state;
+      v->object_->kwargs = from->object_->kwargs;
+      SetItems(v, from->items());
+      SetPairs(v, from->dict());
+      break;
+    case Kind::kNone: break;
+  }
+  return v;
 }
 
 std::string TypeName(const Value* v) {
@@ -47,18 +307,18 @@ std::string TypeName(const Value* v) {
     case Kind::kDict: return v->ordered ? "collections.OrderedDict" : "dict";
     case Kind::kSet: return v->frozen ? "frozenset" : "set";
     case Kind::kObject:
-      if (v->callable != nullptr && v->callable->kind == Kind::kGlobal) {
-        const Value* c = v->callable;
+      if (v->callable() != nullptr && v->callable()->kind == Kind::kGlobal) {
+        const Value* c = v->callable();
         // Reconstructors whose first argument is the real class:
         // copyreg._reconstructor(cls, base, state), numpy _reconstruct(cls, shape, dtype).
         if ((c->is_global("copyreg", "_reconstructor") ||
              c->is_global("numpy.core.multiarray", "_reconstruct") ||
              c->is_global("numpy._core.multiarray", "_reconstruct")) &&
-            v->args != nullptr && v->args->kind == Kind::kTuple && !v->args->items.empty() &&
-            v->args->items[0]->kind == Kind::kGlobal) {
-          c = v->args->items[0];
+            v->args() != nullptr && v->args()->kind == Kind::kTuple && !v->args()->items().empty() &&
+            v->args()->items()[0]->kind == Kind::kGlobal) {
+          c = v->args()->items()[0];
         }
-        return c->str + "." + c->name;
+        return StrCat(c->str(), ".", c->name());
       }
       return "object";
     default: return std::string(KindName(v->kind));
@@ -86,57 +346,57 @@ class Reprer {
       case Kind::kNone: out_ += "None"; return;
       case Kind::kBool: out_ += v->i ? "True" : "False"; return;
       case Kind::kInt: out_ += fmt::format("{}", v->i); return;
-      case Kind::kBigInt: out_ += fmt::format("<int of {} bytes>", v->str.size()); return;
+      case Kind::kBigInt: out_ += fmt::format("<int of {} bytes>", v->str().size()); return;
       case Kind::kFloat: out_ += FloatRepr(v->f); return;
-      case Kind::kString: out_ += Quote(v->str, 48); return;
+      case Kind::kString: out_ += Quote(v->str(), 48); return;
       case Kind::kBytes:
         out_ += v->bytearray ? "bytearray(b" : "b";
-        out_ += Quote(v->str, 32);
+        out_ += Quote(v->str(), 32);
         if (v->bytearray) out_ += ")";
         return;
-      case Kind::kGlobal: out_ += v->str + "." + v->name; return;
+      case Kind::kGlobal: out_ += v->str(); out_ += "."; out_ += v->name(); return;
       default: break;
     }
     active_.push_back(v);
     switch (v->kind) {
       case Kind::kTuple:
         if (v->torch_size) out_ += "torch.Size(";
-        Seq("(", v->items, v->items.size() == 1 ? ",)" : ")", depth);
+        Seq("(", v->items(), v->items().size() == 1 ? ",)" : ")", depth);
         if (v->torch_size) out_ += ")";
         break;
-      case Kind::kList: Seq("[", v->items, "]", depth); break;
+      case Kind::kList: Seq("[", v->items(), "]", depth); break;
       case Kind::kSet:
-        if (v->items.empty()) {
+        if (v->items().empty()) {
           out_ += v->frozen ? "frozenset()" : "set()";
         } else {
           if (v->frozen) out_ += "frozenset(";
-          Seq("{", v->items, "}", depth);
+          Seq("{", v->items(), "}", depth);
           if (v->frozen) out_ += ")";
         }
         break;
-      case Kind::kDict: Map(v->dict, depth); break;
+      case Kind::kDict: Map(v->dict(), depth); break;
       case Kind::kPersistentId:
         out_ += "persistent_id(";
-        if (!v->items.empty()) Put(v->items[0], depth + 1);
+        if (!v->items().empty()) Put(v->items()[0], depth + 1);
         out_ += ")";
         break;
       case Kind::kObject:
         out_ += TypeName(v);
-        if (v->args != nullptr && v->args->kind == Kind::kTuple && v->args->items.empty() &&
-            v->state != nullptr && v->state->kind == Kind::kDict && StringKeys(v->state->dict)) {
+        if (v->args() != nullptr && v->args()->kind == Kind::kTuple && v->args()->items().empty() &&
+            v->state() != nullptr && v->state()->kind == Kind::kDict && StringKeys(v->state()->dict())) {
           // An object rebuilt from its __dict__ (argparse.Namespace, dataclasses):
           // shown as Python shows it, Name(field=value, ...).
-          Fields(v->state->dict, depth);
+          Fields(v->state()->dict(), depth);
           break;
         }
-        if (v->args != nullptr && v->args->kind == Kind::kTuple) {
-          Seq("(", v->args->items, ")", depth);
+        if (v->args() != nullptr && v->args()->kind == Kind::kTuple) {
+          Seq("(", v->args()->items(), ")", depth);
         } else {
           out_ += "(...)";
         }
-        if (v->state != nullptr && out_.size() <= max_len_) {
+        if (v->state() != nullptr && out_.size() <= max_len_) {
           out_ += " state=";
-          Put(v->state, depth + 1);
+          Put(v->state(), depth + 1);
         }
         break;
       default: break;
@@ -161,7 +421,7 @@ class Reprer {
     return s;
   }
 
-  void Seq(const char* open, const std::vector<Value*>& items, const char* close, int depth) {
+  void Seq(const char* open, std::span<Value* const> items, const char* close, int depth) {
     out_ += open;
     for (size_t i = 0; i < items.size(); ++i) {
       if (out_.size() > max_len_) return;
@@ -175,26 +435,26 @@ class Reprer {
     out_ += close;
   }
 
-  static bool StringKeys(const std::vector<std::pair<Value*, Value*>>& items) {
+  static bool StringKeys(std::span<const Pair> items) {
     for (const auto& kv : items) {
       if (kv.first == nullptr || kv.first->kind != Kind::kString) return false;
     }
     return true;
   }
 
-  void Fields(const std::vector<std::pair<Value*, Value*>>& items, int depth) {
+  void Fields(std::span<const Pair> items, int depth) {
     out_ += "(";
     for (size_t i = 0; i < items.size(); ++i) {
       if (out_.size() > max_len_) return;
       if (i > 0) out_ += ", ";
-      out_ += items[i].first->str;
+      out_ += items[i].first->str();
       out_ += "=";
       Put(items[i].second, depth + 1);
     }
     out_ += ")";
   }
 
-  void Map(const std::vector<std::pair<Value*, Value*>>& items, int depth) {
+  void Map(std::span<const Pair> items, int depth) {
     out_ += "{";
     for (size_t i = 0; i < items.size(); ++i) {
       if (out_.size() > max_len_) return;

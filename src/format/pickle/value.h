@@ -15,17 +15,29 @@
 // allowlisted kGlobal; what it does not know is an "opaque" kObject (inspect
 // mode only).
 //
+// Memory. A Value is 32 bytes with a kind-specific payload: the number of an
+// int or float inline; the bytes of a string, the elements of a sequence or
+// the pairs of a dict as arena spans; the fields of a global or an object in a
+// small record beside it. Everything a Value points to lives in its Arena (one
+// monotonic allocator, released at once), so reading a `.metadata` of a
+// million chunks costs no malloc per value. Values are read through accessors
+// that are defined for every kind (the wrong kind reads as empty / nullptr),
+// so code over hostile graphs cannot read one kind's payload as another's;
+// they are changed only through the Arena that owns them.
+//
 // Extensions to the original contract (documented here so readers of this
-// header see them): Value::kwargs (NEWOBJ_EX), Value::depth (nesting seen at
-// insertion), and `state` on a folded kDict(ordered).
+// header see them): kwargs() (NEWOBJ_EX), `depth` (nesting seen at
+// insertion), and state() on a folded kDict(ordered).
 //
 // Thread-safety: an Arena and its Values are not synchronized; share read-only.
 #ifndef CKPT_FORMAT_PICKLE_VALUE_H_
 #define CKPT_FORMAT_PICKLE_VALUE_H_
 
 #include <cstdint>
-#include <deque>
+#include <initializer_list>
 #include <memory>
+#include <memory_resource>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -37,17 +49,17 @@ enum class Kind : uint8_t {
   kNone,
   kBool,
   kInt,      // fits int64
-  kBigInt,   // does not fit int64: little-endian two's complement bytes in `str`
+  kBigInt,   // does not fit int64: little-endian two's complement bytes in str()
   kFloat,
   kString,   // UTF-8 text (str)
-  kBytes,    // bytes / bytearray (raw in `str`)
+  kBytes,    // bytes / bytearray (raw in str())
   kTuple,
   kList,
   kDict,     // items in insertion order; keys may be any value
   kSet,      // set or frozenset (frozen flag)
   kGlobal,   // a class or function reference: module + name
   kObject,   // the result of REDUCE / NEWOBJ on a callable, plus BUILD state and appended items
-  kPersistentId,  // BINPERSID/PERSID: `items[0]` is the persistent id value
+  kPersistentId,  // BINPERSID/PERSID: items()[0] is the persistent id value
 };
 
 // "none", "bool", "int", "bigint", "float", "str", "bytes", "tuple", "list",
@@ -55,6 +67,7 @@ enum class Kind : uint8_t {
 std::string_view KindName(Kind k);
 
 struct Value;
+using Pair = std::pair<Value*, Value*>;
 
 // The Python type name of a value as a user would know it: "int", "str",
 // "bytes", "bytearray", "tuple", "torch.Size", "list", "dict",
@@ -69,39 +82,41 @@ std::string TypeName(const Value* v);
 // safe), at most about max_len bytes. Never fails.
 std::string Repr(const Value* v, size_t max_len = 120);
 
+namespace internal_value {
+// A growable run of T in an arena (size and capacity in 32 bits).
+template <typename T>
+struct Run {
+  T* data = nullptr;
+  uint32_t size = 0;
+  uint32_t cap = 0;
+  std::span<T> span() const { return {data, size}; }
+};
+struct GlobalRec {
+  std::string_view module, name;
+};
+struct DictRec {
+  Run<Pair> pairs;
+  Value* state = nullptr;
+};
+struct ObjectRec {
+  Value* callable = nullptr;
+  Value* args = nullptr;
+  Value* state = nullptr;
+  Value* kwargs = nullptr;
+  Run<Value*> items;   // APPEND(S) onto the object
+  Run<Pair> pairs;     // SETITEM(S) onto the object
+};
+}  // namespace internal_value
+
 struct Value {
   Kind kind = Kind::kNone;
-
-  // kBool, kInt
-  int64_t i = 0;
-  // kFloat
-  double f = 0;
-  // kString, kBytes, kBigInt (raw bytes); kGlobal: the module
-  std::string str;
-  // kGlobal: the name
-  std::string name;
-
-  // kTuple, kList, kSet: elements. kPersistentId: {pid}.
-  // kObject: the appended list items (APPEND(S) on an object).
-  std::vector<Value*> items;
-  // kDict: key/value pairs. kObject: SETITEM(S) on an object.
-  std::vector<std::pair<Value*, Value*>> dict;
-
-  // kObject:
-  Value* callable = nullptr;   // a kGlobal (or anything, for hostile streams)
-  Value* args = nullptr;       // usually a kTuple
-  Value* state = nullptr;      // BUILD argument, or nullptr. Also set on a folded
-                               // kDict(ordered) that received BUILD (a state_dict's
-                               // {'_metadata': ...}).
-  Value* kwargs = nullptr;     // NEWOBJ_EX keyword arguments (a kDict), or nullptr
-  bool newobj = false;         // created via NEWOBJ (cls.__new__(cls, *args)) rather than REDUCE
-  bool opaque = false;         // callable not on the allowlist (inspect mode)
-
-  // Flags recording how a folded value was spelled, so the pickler can write it back.
-  bool ordered = false;     // kDict: was collections.OrderedDict
-  bool torch_size = false;  // kTuple: was torch.Size
-  bool frozen = false;      // kSet: frozenset
-  bool bytearray = false;   // kBytes: bytearray
+  // How the value was spelled or made (written back by the pickler).
+  bool newobj : 1 = false;      // kObject: created via NEWOBJ (cls.__new__(cls, *args)), not REDUCE
+  bool opaque : 1 = false;      // kObject: callable not on the allowlist (inspect mode)
+  bool ordered : 1 = false;     // kDict: was collections.OrderedDict
+  bool torch_size : 1 = false;  // kTuple: was torch.Size
+  bool frozen : 1 = false;      // kSet: frozenset
+  bool bytearray : 1 = false;   // kBytes: bytearray
 
   // Nesting below this value as known when children were inserted (0 for a
   // leaf). The unpickler uses it to reject nesting bombs early; it is NOT a
@@ -113,55 +128,138 @@ struct Value {
   // Byte offset in the stream of the opcode that created this value (for errors).
   uint64_t offset = 0;
 
+  // The payload. i: kBool, kInt. f: kFloat. Reading them on another kind
+  // gives an unspecified number, never undefined behaviour in practice
+  // (callers check `kind`).
+  union {
+    int64_t i = 0;
+    double f;
+    const char* chars_;                 // kString, kBytes, kBigInt
+    Value** seq_;                       // kTuple, kList, kSet, kPersistentId
+    internal_value::GlobalRec* global_;
+    internal_value::DictRec* dict_;
+    internal_value::ObjectRec* object_;
+  };
+  uint32_t n_ = 0;    // string length (low 32 bits) or sequence size
+  uint32_t cap_ = 0;  // string length (high 32 bits) or sequence capacity
+
+  // kString, kBytes, kBigInt: the bytes; kGlobal: the module; else "".
+  std::string_view str() const;
+  // kGlobal: the name; else "".
+  std::string_view name() const;
+  // kTuple, kList, kSet, kPersistentId: the elements; kObject: the items
+  // appended to it; else empty.
+  std::span<Value* const> items() const;
+  // kDict: the pairs in insertion order; kObject: SETITEM(S) onto it; else empty.
+  std::span<const Pair> dict() const;
+  // kObject: the callable (a kGlobal, or anything for hostile streams), its
+  // arguments (usually a kTuple), the BUILD state and the NEWOBJ_EX keyword
+  // arguments; nullptr when absent. state() is also set on a folded
+  // kDict(ordered) that received BUILD (a state_dict's {'_metadata': ...}).
+  Value* callable() const { return kind == Kind::kObject ? object_->callable : nullptr; }
+  Value* args() const { return kind == Kind::kObject ? object_->args : nullptr; }
+  Value* state() const;
+  Value* kwargs() const { return kind == Kind::kObject ? object_->kwargs : nullptr; }
+
   bool is_global(std::string_view module, std::string_view n) const {
-    return kind == Kind::kGlobal && str == module && name == n;
+    return kind == Kind::kGlobal && global_->module == module && global_->name == n;
   }
   // kObject whose callable is the global module.name.
   bool is_object_of(std::string_view module, std::string_view n) const {
-    return kind == Kind::kObject && callable != nullptr && callable->is_global(module, n);
+    Value* c = callable();
+    return c != nullptr && c->is_global(module, n);
   }
   // Looks up a string key in a kDict (linear); nullptr if absent.
   const Value* Get(std::string_view key) const;
 };
+static_assert(sizeof(Value) == 32, "a Value is 32 bytes");
 
-// Owns Values. Addresses are stable for the arena's lifetime.
+// Owns Values and everything they point to. Addresses are stable for the
+// arena's lifetime; nothing is freed before the arena.
 class Arena {
  public:
-  Arena() = default;
+  Arena();
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
+  ~Arena();
 
-  Value* New(Kind kind) {
-    values_.emplace_back();
-    Value* v = &values_.back();
-    v->kind = kind;
-    return v;
-  }
+  // A value of kind k with its empty payload (a kGlobal names "".""; a
+  // kObject has no callable yet).
+  Value* New(Kind kind);
   Value* None() { return New(Kind::kNone); }
   Value* Bool(bool b) { Value* v = New(Kind::kBool); v->i = b; return v; }
   Value* Int(int64_t i) { Value* v = New(Kind::kInt); v->i = i; return v; }
   Value* Float(double f) { Value* v = New(Kind::kFloat); v->f = f; return v; }
-  Value* String(std::string s) { Value* v = New(Kind::kString); v->str = std::move(s); return v; }
-  Value* Bytes(std::string s) { Value* v = New(Kind::kBytes); v->str = std::move(s); return v; }
-  Value* Tuple(std::vector<Value*> items) {
-    Value* v = New(Kind::kTuple); v->items = std::move(items); return v;
-  }
-  Value* List(std::vector<Value*> items) {
-    Value* v = New(Kind::kList); v->items = std::move(items); return v;
-  }
+  // The bytes are copied into the arena.
+  Value* String(std::string_view s) { return Chars(Kind::kString, s); }
+  Value* Bytes(std::string_view s) { return Chars(Kind::kBytes, s); }
+  Value* Chars(Kind kind, std::string_view s);  // kString, kBytes or kBigInt
+  Value* Tuple(std::span<Value* const> items) { return Seq(Kind::kTuple, items); }
+  Value* Tuple(std::initializer_list<Value*> items) { return Seq(Kind::kTuple, {items.begin(), items.size()}); }
+  Value* List(std::span<Value* const> items) { return Seq(Kind::kList, items); }
+  Value* List(std::initializer_list<Value*> items) { return Seq(Kind::kList, {items.begin(), items.size()}); }
+  Value* Seq(Kind kind, std::span<Value* const> items);  // kTuple, kList, kSet, kPersistentId
   Value* Dict() { return New(Kind::kDict); }
-  Value* Global(std::string module, std::string name) {
-    Value* v = New(Kind::kGlobal); v->str = std::move(module); v->name = std::move(name); return v;
-  }
-  size_t size() const { return values_.size(); }
+  Value* Global(std::string_view module, std::string_view name);
+  // A kObject calling callable(*args) (REDUCE; newobj for NEWOBJ).
+  Value* Object(Value* callable, Value* args, bool newobj = false);
+
+  // Appends to a kTuple/kList/kSet/kPersistentId's elements or a kObject's
+  // items. REQUIRES: v is one of those kinds.
+  void Append(Value* v, Value* item);
+  void Append(Value* v, std::span<Value* const> items);
+  // Replaces the elements of a sequence (or a kObject's items).
+  void SetItems(Value* v, std::span<Value* const> items);
+  // Makes v (a sequence) show the elements of `from` without copying them;
+  // a later Append to either copies first. For immutable tuples.
+  void ShareItems(Value* v, const Value* from);
+  // The elements of v, writable in place (same kinds as Append).
+  std::span<Value*> MutableItems(Value* v);
+  // Appends a pair to a kDict, or to a kObject's SETITEM(S). REQUIRES: one of those.
+  void SetItem(Value* v, Value* key, Value* value);
+  // The pairs of v, writable in place (kDict or kObject).
+  std::span<Pair> MutablePairs(Value* v);
+  // Replaces the pairs of a kDict (or a kObject's).
+  void SetPairs(Value* v, std::span<const Pair> pairs);
+  // kObject fields; SetState also on a kDict. REQUIRES: those kinds.
+  void SetCallable(Value* v, Value* callable);
+  void SetArgs(Value* v, Value* args);
+  void SetState(Value* v, Value* state);
+  void SetKwargs(Value* v, Value* kwargs);
+  // Copies the fields of `from` (kind, flags, payload; containers as new
+  // spans sharing the same children) into a new value.
+  Value* Clone(const Value* from);
+  // Copies s into the arena; the view lives as long as the arena.
+  std::string_view Intern(std::string_view s);
+
+  size_t size() const { return count_; }
+  // Bytes the arena holds (values and their payloads).
+  uint64_t bytes() const;
   // Calls f(const Value&) for every value, in creation order.
   template <typename F>
   void ForEach(F&& f) const {
-    for (const Value& v : values_) f(v);
+    size_t left = count_;
+    for (const auto& block : blocks_) {
+      size_t n = left < kBlockValues ? left : kBlockValues;
+      for (size_t k = 0; k < n; ++k) f(block[k]);
+      left -= n;
+    }
   }
 
  private:
-  std::deque<Value> values_;
+  static constexpr size_t kBlockValues = 4096;
+  template <typename T>
+  T* AllocArray(size_t n);
+  template <typename T>
+  void Grow(internal_value::Run<T>* run, size_t extra);
+  internal_value::ObjectRec* ObjectOf(Value* v);
+  internal_value::Run<Value*> SeqRun(Value* v) const;
+  void StoreSeqRun(Value* v, const internal_value::Run<Value*>& run);
+
+  std::vector<std::unique_ptr<Value[]>> blocks_;
+  size_t count_ = 0;
+  std::pmr::monotonic_buffer_resource payloads_;
+  uint64_t payload_bytes_ = 0;
 };
 
 }  // namespace ckpt::pickle

@@ -7,6 +7,8 @@
 #include <charconv>
 #include <cstring>
 #include <new>
+#include <optional>
+#include <span>
 #include <unordered_set>
 
 #include "util/box.h"
@@ -46,12 +48,12 @@ void ByteSwapInPlace(char* p, size_t n, size_t unit) {
 }
 
 bool IsTensorRebuild(const Value* v) {
-  if (v == nullptr || v->kind != Kind::kObject || v->callable == nullptr ||
-      v->callable->kind != Kind::kGlobal) {
+  if (v == nullptr || v->kind != Kind::kObject || v->callable() == nullptr ||
+      v->callable()->kind != Kind::kGlobal) {
     return false;
   }
-  const std::string& m = v->callable->str;
-  const std::string& n = v->callable->name;
+  const std::string& m = std::string(v->callable()->str());
+  const std::string& n = std::string(v->callable()->name());
   if (m == "torch._utils") {
     return n == "_rebuild_tensor_v2" || n == "_rebuild_tensor_v3" || n == "_rebuild_tensor" ||
            n == "_rebuild_parameter" || n == "_rebuild_parameter_with_state";
@@ -59,9 +61,9 @@ bool IsTensorRebuild(const Value* v) {
   return m == "torch._tensor" && n == "_rebuild_from_type_v2";
 }
 
-const std::vector<Value*>* TupleItems(const Value* v) {
-  if (v == nullptr || (v->kind != Kind::kTuple && v->kind != Kind::kList)) return nullptr;
-  return &v->items;
+std::optional<std::span<Value* const>> TupleItems(const Value* v) {
+  if (v == nullptr || (v->kind != Kind::kTuple && v->kind != Kind::kList)) return std::nullopt;
+  return v->items();
 }
 
 }  // namespace
@@ -102,7 +104,7 @@ class TorchFileBuilder {
   static std::string KeyPart(const Value* k) {
     if (k == nullptr) return "None";
     switch (k->kind) {
-      case Kind::kString: return k->str;
+      case Kind::kString: return std::string(k->str());
       case Kind::kInt: return std::to_string(k->i);
       case Kind::kBool: return k->i ? "True" : "False";
       case Kind::kNone: return "None";
@@ -130,12 +132,12 @@ class TorchFileBuilder {
 };
 
 Result<size_t> TorchFileBuilder::StorageFor(const Value* pid_v, const std::string& key) {
-  if (pid_v == nullptr || pid_v->kind != Kind::kPersistentId || pid_v->items.empty()) {
+  if (pid_v == nullptr || pid_v->kind != Kind::kPersistentId || pid_v->items().empty()) {
     return Err(key, "storage argument is not a persistent id");
   }
-  const Value* pid = pid_v->items[0];
-  const auto* items = TupleItems(pid);
-  if (items == nullptr || items->size() < 5) {
+  const Value* pid = pid_v->items()[0];
+  const auto items = TupleItems(pid);
+  if (!items || items->size() < 5) {
     return Err(key, StrCat("persistent id is not a 5-tuple: ", pickle::Repr(pid, 80)));
   }
   const Value* tag = (*items)[0];
@@ -143,10 +145,10 @@ Result<size_t> TorchFileBuilder::StorageFor(const Value* pid_v, const std::strin
   const Value* skey = (*items)[2];
   const Value* loc = (*items)[3];
   const Value* numel_v = (*items)[4];
-  if ((tag->kind != Kind::kString && tag->kind != Kind::kBytes) || tag->str != "storage") {
+  if ((tag->kind != Kind::kString && tag->kind != Kind::kBytes) || tag->str() != "storage") {
     return Err(key, StrCat("persistent id tag is ", pickle::Repr(tag, 40), ", not 'storage'"));
   }
-  if (cls->kind != Kind::kGlobal || (cls->str != "torch" && cls->str != "torch.storage")) {
+  if (cls->kind != Kind::kGlobal || (cls->str() != "torch" && cls->str() != "torch.storage")) {
     return Err(key, StrCat("storage type is ", pickle::Repr(cls, 60), ", not a torch storage class"));
   }
   if (skey->kind != Kind::kString || loc->kind != Kind::kString) {
@@ -156,32 +158,32 @@ Result<size_t> TorchFileBuilder::StorageFor(const Value* pid_v, const std::strin
     return Err(key, StrCat("storage numel is ", pickle::Repr(numel_v, 40)));
   }
   DType sdtype;
-  if (cls->name == "UntypedStorage") {
+  if (cls->name() == "UntypedStorage") {
     sdtype = DType::kUInt8;
-  } else if (auto d = DTypeFromLegacyStorage(cls->name)) {
+  } else if (auto d = DTypeFromLegacyStorage(cls->name())) {
     sdtype = *d;
   } else {
     return UnimplementedError(StrCat(f_->name(), ": data.pkl: tensor ", Quote(key),
-                                     ": unknown storage class torch.", cls->name));
+                                     ": unknown storage class torch.", cls->name()));
   }
-  auto it = f_->storage_index_.find(skey->str);
+  auto it = f_->storage_index_.find(std::string(skey->str()));
   if (it != f_->storage_index_.end()) {
     const StorageRecord& s = f_->storages_[it->second];
-    if (s.storage_class != cls->name || s.numel != static_cast<uint64_t>(numel_v->i)) {
-      return Err(key, StrCat("storage ", Quote(skey->str), " is used as torch.", s.storage_class,
-                             " of ", s.numel, " and as torch.", cls->name, " of ", numel_v->i));
+    if (s.storage_class != cls->name() || s.numel != static_cast<uint64_t>(numel_v->i)) {
+      return Err(key, StrCat("storage ", Quote(skey->str()), " is used as torch.", s.storage_class,
+                             " of ", s.numel, " and as torch.", cls->name(), " of ", numel_v->i));
     }
     return it->second;
   }
   StorageRecord s;
-  s.key = skey->str;
-  s.storage_class = cls->name;
+  s.key = skey->str();
+  s.storage_class = cls->name();
   s.dtype = sdtype;
   s.numel = static_cast<uint64_t>(numel_v->i);
   auto nbytes = CheckedMul(s.numel, static_cast<uint64_t>(DTypeSize(sdtype)));
   if (!nbytes) return Err(key, StrCat("storage ", Quote(s.key), " size overflows"));
   s.nbytes = *nbytes;
-  s.location = loc->str;
+  s.location = loc->str();
   s.entry_name = StrCat(f_->archive_name_, "/data/", s.key);
   s.entry = f_->zip_.Find(s.entry_name);
   if (s.entry == nullptr) {
@@ -201,9 +203,9 @@ Result<size_t> TorchFileBuilder::StorageFor(const Value* pid_v, const std::strin
 Status TorchFileBuilder::InterpretRebuild(const Value* v, const std::string& key, int nesting,
                                           TensorRecord* t) {
   if (nesting > 4) return Err(key, "tensor rebuild calls nested too deeply");
-  const std::string& fn = v->callable->name;
-  const auto* args = TupleItems(v->args);
-  if (args == nullptr) return Err(key, StrCat(fn, ": arguments are not a tuple"));
+  const std::string& fn = std::string(v->callable()->name());
+  const auto args = TupleItems(v->args());
+  if (!args) return Err(key, StrCat(fn, ": arguments are not a tuple"));
   const auto& a = *args;
   if (fn == "_rebuild_parameter" || fn == "_rebuild_parameter_with_state") {
     if (a.size() < 3 || !IsTensorRebuild(a[0])) {
@@ -216,15 +218,13 @@ Status TorchFileBuilder::InterpretRebuild(const Value* v, const std::string& key
   }
   if (fn == "_rebuild_from_type_v2") {
     // (func, type, args, state): func(*args) is the tensor.
-    if (a.size() < 3 || a[0]->kind != Kind::kGlobal || TupleItems(a[2]) == nullptr) {
+    if (a.size() < 3 || a[0]->kind != Kind::kGlobal || !TupleItems(a[2])) {
       return Err(key, "_rebuild_from_type_v2: expected (func, type, args, state)");
     }
-    Value call;
-    call.kind = Kind::kObject;
-    call.callable = a[0];
-    call.args = a[2];
+    pickle::Arena scratch;
+    Value& call = *scratch.Object(a[0], a[2]);
     if (!IsTensorRebuild(&call)) {
-      return Err(key, StrCat("_rebuild_from_type_v2 of ", a[0]->str, ".", a[0]->name,
+      return Err(key, StrCat("_rebuild_from_type_v2 of ", a[0]->str(), ".", a[0]->name(),
                              " is not a tensor rebuild"));
     }
     CKPT_RETURN_IF_ERROR(InterpretRebuild(&call, key, nesting + 1, t));
@@ -245,7 +245,7 @@ Status TorchFileBuilder::InterpretRebuild(const Value* v, const std::string& key
   if (fn == "_rebuild_tensor_v3") {
     const Value* dt = a[6];
     std::optional<DType> d;
-    if (dt->kind == Kind::kGlobal && dt->str == "torch") d = DTypeFromName(dt->name);
+    if (dt->kind == Kind::kGlobal && dt->str() == "torch") d = DTypeFromName(dt->name());
     if (!d) return Err(key, StrCat("_rebuild_tensor_v3: dtype ", pickle::Repr(dt, 40), " is unknown"));
     t->dtype = *d;
   }
@@ -253,9 +253,9 @@ Status TorchFileBuilder::InterpretRebuild(const Value* v, const std::string& key
     return Err(key, StrCat("storage_offset ", pickle::Repr(a[1], 40), " is not an int >= 0"));
   }
   t->storage_offset = a[1]->i;
-  const auto* size = TupleItems(a[2]);
-  const auto* stride = TupleItems(a[3]);
-  if (size == nullptr || stride == nullptr || size->size() != stride->size()) {
+  const auto size = TupleItems(a[2]);
+  const auto stride = TupleItems(a[3]);
+  if (!size || !stride || size->size() != stride->size()) {
     return Err(key, StrCat("size ", pickle::Repr(a[2], 60), " and stride ", pickle::Repr(a[3], 60),
                            " must be tuples of equal length"));
   }
@@ -329,18 +329,18 @@ Status TorchFileBuilder::WalkTensorsIn(const Value* v, const std::string& key, s
   on_path_.insert(v);
   Status st;
   if (v->kind == Kind::kDict || v->kind == Kind::kObject) {
-    for (const auto& [k, x] : v->dict) {
+    for (const auto& [k, x] : v->dict()) {
       st = WalkTensorsIn(x, Join(key, KeyPart(k)), depth + 1);
       if (!st.ok()) break;
     }
   }
   if (st.ok() && (v->kind == Kind::kList || v->kind == Kind::kTuple || v->kind == Kind::kObject)) {
-    for (size_t i = 0; i < v->items.size() && st.ok(); ++i) {
-      st = WalkTensorsIn(v->items[i], Join(key, std::to_string(i)), depth + 1);
+    for (size_t i = 0; i < v->items().size() && st.ok(); ++i) {
+      st = WalkTensorsIn(v->items()[i], Join(key, std::to_string(i)), depth + 1);
     }
   }
-  if (st.ok() && v->kind == Kind::kObject && v->state != nullptr) {
-    st = WalkTensorsIn(v->state, key, depth + 1);
+  if (st.ok() && v->kind == Kind::kObject && v->state() != nullptr) {
+    st = WalkTensorsIn(v->state(), key, depth + 1);
   }
   on_path_.erase(v);
   return st;
@@ -355,9 +355,9 @@ Status TorchFileBuilder::Walk(const Value* v, const std::string& key, size_t dep
   }
   if (IsTensorRebuild(v)) return AddTensor(v, key);
   if (on_path_.count(v)) return AddLeaf(v, key);  // a cycle: report, do not follow
-  bool container = (v->kind == Kind::kDict && !v->dict.empty()) ||
+  bool container = (v->kind == Kind::kDict && !v->dict().empty()) ||
                    ((v->kind == Kind::kList || (v->kind == Kind::kTuple && !v->torch_size)) &&
-                    !v->items.empty());
+                    !v->items().empty());
   if (!container) {
     CKPT_RETURN_IF_ERROR(AddLeaf(v, key));
     if (v->kind == Kind::kObject) return WalkTensorsIn(v, key, depth);
@@ -366,13 +366,13 @@ Status TorchFileBuilder::Walk(const Value* v, const std::string& key, size_t dep
   on_path_.insert(v);
   Status st;
   if (v->kind == Kind::kDict) {
-    for (const auto& [k, x] : v->dict) {
+    for (const auto& [k, x] : v->dict()) {
       st = Walk(x, Join(key, KeyPart(k)), depth + 1);
       if (!st.ok()) break;
     }
   } else {
-    for (size_t i = 0; i < v->items.size() && st.ok(); ++i) {
-      st = Walk(v->items[i], Join(key, std::to_string(i)), depth + 1);
+    for (size_t i = 0; i < v->items().size() && st.ok(); ++i) {
+      st = Walk(v->items()[i], Join(key, std::to_string(i)), depth + 1);
     }
   }
   on_path_.erase(v);

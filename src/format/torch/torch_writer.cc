@@ -174,7 +174,7 @@ class StateDictPickler {
     d->ordered = sd.ordered_;
     for (const StateDict::Entry& e : sd.entries_) {
       Value* v = e.tensor ? Tensor(*e.tensor) : Build(*e.dict);
-      d->dict.emplace_back(arena_.String(e.key), v);
+      arena_.SetItem(d, arena_.String(e.key), v);
     }
     return d;
   }
@@ -194,7 +194,7 @@ class StateDictPickler {
     });
     storages.push_back({t.nbytes, t.write});
     Value* pid = arena_.New(Kind::kPersistentId);
-    pid->items.push_back(pid_tuple);
+    arena_.Append(pid, pid_tuple);
     std::vector<Value*> size, stride;
     int64_t s = 1;
     for (size_t i = t.shape.size(); i-- > 0;) {
@@ -209,8 +209,8 @@ class StateDictPickler {
                                 arena_.Tuple(std::move(stride)), arena_.Bool(t.requires_grad), hooks};
     if (legacy.empty()) args.push_back(arena_.Global("torch", std::string(DTypeName(t.dtype))));
     Value* o = arena_.New(Kind::kObject);
-    o->callable = arena_.Global("torch._utils", legacy.empty() ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2");
-    o->args = arena_.Tuple(std::move(args));
+    arena_.SetCallable(o, arena_.Global("torch._utils", legacy.empty() ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2"));
+    arena_.SetArgs(o, arena_.Tuple(std::move(args)));
     return o;
   }
   // Constants torch.save pickles as one object ("storage", "cpu"): memoized once.
@@ -246,13 +246,14 @@ Status RewriteTorchFile(const TorchFile& in, ByteSink* sink, const TorchWriteOpt
   std::vector<const StorageRecord*> order;
   pickle::PickleOptions po;
   po.persistent_id = [&](const Value& pid) -> Result<const Value*> {
-    const std::vector<Value*>* items =
-        (pid.kind == Kind::kTuple || pid.kind == Kind::kList) ? &pid.items : nullptr;
+    std::span<Value* const> pid_items;
+    if (pid.kind == Kind::kTuple || pid.kind == Kind::kList) pid_items = pid.items();
+    const std::span<Value* const>* items = pid.kind == Kind::kTuple || pid.kind == Kind::kList ? &pid_items : nullptr;
     if (items == nullptr || items->size() < 5 || (*items)[2]->kind != Kind::kString) {
       return FailedPreconditionError(StrCat(in.name(), ": persistent id ", pickle::Repr(&pid, 80),
                                             " is not a storage reference"));
     }
-    const std::string& old_key = (*items)[2]->str;
+    const std::string old_key((*items)[2]->str());
     const StorageRecord* s = in.FindStorage(old_key);
     if (s == nullptr) {
       return FailedPreconditionError(StrCat(in.name(), ": persistent id names storage ",

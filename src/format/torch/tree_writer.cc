@@ -66,8 +66,8 @@ Value* TorchTreeWriter::EncodedBytes(std::string_view s) {
   if (latin1_ == nullptr) latin1_ = arena_->String("latin1");
   std::string text = Utf8FromLatin1(s);
   Value* o = arena_->New(Kind::kObject);
-  o->callable = Global("_codecs", "encode");
-  o->args = arena_->Tuple({s.size() == 1 ? Str(text) : arena_->String(std::move(text)), latin1_});
+  (*arena_).SetCallable(o, Global("_codecs", "encode"));
+  (*arena_).SetArgs(o, arena_->Tuple({s.size() == 1 ? Str(text) : arena_->String(std::move(text)), latin1_}));
   return o;
 }
 
@@ -80,8 +80,8 @@ Value* TorchTreeWriter::Bytes(std::string_view s) {
   return it->second;
 }
 
-Value* TorchTreeWriter::Global(std::string module, std::string name) {
-  return arena_->Global(std::move(module), std::move(name));
+Value* TorchTreeWriter::Global(std::string_view module, std::string_view name) {
+  return arena_->Global(module, name);
 }
 
 // torch.serialization location_tag: "cpu", "mps", "meta" are constants (one
@@ -97,7 +97,7 @@ Value* TorchTreeWriter::NewPid(size_t slot) {
   Value* placeholder = arena_->Tuple({});
   pid_slot_[placeholder] = slot;
   Value* pid = arena_->New(Kind::kPersistentId);
-  pid->items.push_back(placeholder);
+  (*arena_).Append(pid, placeholder);
   return pid;
 }
 
@@ -140,8 +140,8 @@ Result<Value*> TorchTreeWriter::NewTensor(const TensorToSave& t) {
                               arena_->Bool(t.requires_grad), hooks};
   if (legacy.empty()) args.push_back(Global("torch", std::string(DTypeName(t.dtype))));
   Value* o = arena_->New(Kind::kObject);
-  o->callable = Global("torch._utils", legacy.empty() ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2");
-  o->args = arena_->Tuple(std::move(args));
+  (*arena_).SetCallable(o, Global("torch._utils", legacy.empty() ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2"));
+  (*arena_).SetArgs(o, arena_->Tuple(std::move(args)));
   return o;
 }
 
@@ -168,29 +168,33 @@ Result<Value*> TorchTreeWriter::Copy(const Value* v, size_t depth) {
   Value* out = nullptr;
   switch (v->kind) {
     case Kind::kString:
-      out = IsSingletonStr(v->str) ? Str(v->str) : arena_->String(v->str);
+      out = IsSingletonStr(v->str()) ? Str(v->str()) : arena_->String(v->str());
       cur_->memo[v] = out;
       return out;
     case Kind::kBytes:
       if (v->bytearray) {  // bytearray(b) / bytearray(), b spelled as above
         out = arena_->New(Kind::kObject);
-        out->callable = Global("builtins", "bytearray");
-        out->args = v->str.empty() ? arena_->Tuple({}) : arena_->Tuple({Bytes(v->str)});
+        (*arena_).SetCallable(out, Global("builtins", "bytearray"));
+        (*arena_).SetArgs(out, v->str().empty() ? arena_->Tuple({}) : arena_->Tuple({Bytes(v->str())}));
       } else {
-        out = Bytes(v->str);
+        out = Bytes(v->str());
       }
       cur_->memo[v] = out;
       return out;
     case Kind::kPersistentId: {
-      const Value* pid = v->items.empty() ? nullptr : v->items[0];
-      const std::vector<Value*>* items =
-          pid && (pid->kind == Kind::kTuple || pid->kind == Kind::kList) ? &pid->items : nullptr;
+      const Value* pid = v->items().empty() ? nullptr : v->items()[0];
+      const std::span<Value* const>* items = nullptr;
+      std::span<Value* const> pid_items;
+      if (pid && (pid->kind == Kind::kTuple || pid->kind == Kind::kList)) {
+        pid_items = pid->items();
+        items = &pid_items;
+      }
       if (items == nullptr || items->size() < 5 || (*items)[2] == nullptr || (*items)[2]->kind != Kind::kString ||
           (*items)[1] == nullptr || (*items)[1]->kind != Kind::kGlobal || (*items)[4] == nullptr) {
         return FailedPreconditionError(StrCat("persistent id ", pickle::Repr(pid, 80),
                                               " at byte ", v->offset, " is not a storage reference"));
       }
-      const std::string& key = (*items)[2]->str;
+      const std::string key((*items)[2]->str());
       auto it = cur_->slot_of_key.find(key);
       if (it == cur_->slot_of_key.end()) {
         const StorageRecord* rec = cur_->file->FindStorage(key);
@@ -200,7 +204,7 @@ Result<Value*> TorchTreeWriter::Copy(const Value* v, size_t depth) {
         }
         Slot s;
         s.nbytes = rec->nbytes;
-        s.storage_class = Global((*items)[1]->str, (*items)[1]->name);
+        s.storage_class = Global((*items)[1]->str(), (*items)[1]->name());
         CKPT_ASSIGN_OR_RETURN(s.numel, Copy((*items)[4], depth + 1));
         s.location = rec->location;
         for (size_t i = 5; i < items->size(); ++i) {
@@ -227,12 +231,19 @@ Result<Value*> TorchTreeWriter::Copy(const Value* v, size_t depth) {
     default:
       break;
   }
-  out = arena_->New(v->kind);
+  if (v->kind == Kind::kString || v->kind == Kind::kBytes || v->kind == Kind::kBigInt) {
+    out = arena_->Chars(v->kind, v->str());
+  } else if (v->kind == Kind::kGlobal) {
+    out = arena_->Global(v->str(), v->name());
+  } else {
+    out = arena_->New(v->kind);
+    if (v->kind == Kind::kFloat) {
+      out->f = v->f;
+    } else if (v->kind == Kind::kInt || v->kind == Kind::kBool) {
+      out->i = v->i;
+    }
+  }
   cur_->memo[v] = out;  // before the children: cycles come back here
-  out->i = v->i;
-  out->f = v->f;
-  out->str = v->str;
-  out->name = v->name;
   out->newobj = v->newobj;
   out->opaque = v->opaque;
   out->ordered = v->ordered;
@@ -241,44 +252,48 @@ Result<Value*> TorchTreeWriter::Copy(const Value* v, size_t depth) {
   out->bytearray = v->bytearray;
   out->depth = v->depth;
   out->offset = v->offset;
-  out->items.reserve(v->items.size());
-  for (const Value* c : v->items) {
+  for (const Value* c : v->items()) {
     CKPT_ASSIGN_OR_RETURN(Value * x, Copy(c, depth + 1));
-    out->items.push_back(x);
+    (*arena_).Append(out, x);
   }
-  out->dict.reserve(v->dict.size());
-  for (const auto& [k, val] : v->dict) {
+  for (const auto& [k, val] : v->dict()) {
     CKPT_ASSIGN_OR_RETURN(Value * ck, Copy(k, depth + 1));
     CKPT_ASSIGN_OR_RETURN(Value * cv, Copy(val, depth + 1));
-    out->dict.emplace_back(ck, cv);
+    (*arena_).SetItem(out, ck, cv);
   }
-  CKPT_ASSIGN_OR_RETURN(out->callable, Copy(v->callable, depth + 1));
-  CKPT_ASSIGN_OR_RETURN(out->args, Copy(v->args, depth + 1));
-  CKPT_ASSIGN_OR_RETURN(out->kwargs, Copy(v->kwargs, depth + 1));
+  if (v->kind == Kind::kObject) {
+    CKPT_ASSIGN_OR_RETURN(Value * callable, Copy(v->callable(), depth + 1));
+    CKPT_ASSIGN_OR_RETURN(Value * args, Copy(v->args(), depth + 1));
+    CKPT_ASSIGN_OR_RETURN(Value * kwargs, Copy(v->kwargs(), depth + 1));
+    arena_->SetCallable(out, callable);
+    arena_->SetArgs(out, args);
+    arena_->SetKwargs(out, kwargs);
+  }
   // _pickle.c load_build sets a plain dict state into the instance __dict__
   // with interned keys; pickling the object again writes those keys. The
   // interned one-character names are not the latin-1 singletons (CPython
   // 3.11 keeps both), so they get their own table.
-  const Value* state = v->state;
+  const Value* state = v->state();
   if (v->kind == Kind::kObject && v->newobj && state != nullptr && state->kind == Kind::kDict &&
       cur_->memo.find(state) == cur_->memo.end()) {
     Value* cs = arena_->Dict();
     cur_->memo[state] = cs;
-    for (const auto& [k, val] : state->dict) {
+    for (const auto& [k, val] : state->dict()) {
       Value* ck = nullptr;
       if (k != nullptr && k->kind == Kind::kString) {
-        auto it = interned_.find(k->str);
-        if (it == interned_.end()) it = interned_.emplace(k->str, arena_->String(k->str)).first;
+        auto it = interned_.find(k->str());
+        if (it == interned_.end()) it = interned_.emplace(k->str(), arena_->String(k->str())).first;
         ck = it->second;
       } else {
         CKPT_ASSIGN_OR_RETURN(ck, Copy(k, depth + 2));
       }
       CKPT_ASSIGN_OR_RETURN(Value * cv, Copy(val, depth + 2));
-      cs->dict.emplace_back(ck, cv);
+      (*arena_).SetItem(cs, ck, cv);
     }
-    out->state = cs;
+    (*arena_).SetState(out, cs);
   } else {
-    CKPT_ASSIGN_OR_RETURN(out->state, Copy(state, depth + 1));
+    CKPT_ASSIGN_OR_RETURN(Value * cs, Copy(state, depth + 1));
+    if (cs != nullptr) arena_->SetState(out, cs);
   }
   return out;
 }

@@ -104,7 +104,7 @@ class TorchTreeWriter {
     std::function<Status(ByteSink*)> write;
     pickle::Value* key = nullptr;  // assigned on first sight during Write
   };
-  pickle::Value* Global(std::string module, std::string name);
+  pickle::Value* Global(std::string_view module, std::string_view name);
   pickle::Value* EncodedBytes(std::string_view s);
   pickle::Value* Location(const std::string& loc);
   pickle::Value* NewPid(size_t slot);

@@ -59,8 +59,8 @@ const Value* Follow(const Value* v, const nlohmann::json& path) {
       if (v->kind != Kind::kDict) return nullptr;
       v = v->Get(p.get<std::string>());
     } else {
-      if (v->kind != Kind::kList || p.get<size_t>() >= v->items.size()) return nullptr;
-      v = v->items[p.get<size_t>()];
+      if (v->kind != Kind::kList || p.get<size_t>() >= v->items().size()) return nullptr;
+      v = v->items()[p.get<size_t>()];
     }
   }
   return v;
@@ -112,7 +112,7 @@ TEST_P(DcpToTorchGolden, NestedTreeHoldsEveryTensorAndObjectOfTheSidecar) {
     std::string k = path[0].get<std::string>();
     if (std::find(want_top.begin(), want_top.end(), k) == want_top.end()) want_top.push_back(k);
   }
-  for (const auto& [k, v] : tf.root()->dict) got_top.push_back(k->str);
+  for (const auto& [k, v] : tf.root()->dict()) got_top.push_back(std::string(k->str()));
   EXPECT_EQ(got_top, want_top);
 
   for (auto& [fqn, want] : m["tensors"].items()) {

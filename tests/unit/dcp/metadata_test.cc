@@ -32,22 +32,16 @@ constexpr char kMod[] = "torch.distributed.checkpoint.metadata";
 class Builder {
  public:
   Value* Obj(const std::string& module, const std::string& name, Value* state) {
-    Value* v = a_.New(Kind::kObject);
-    v->callable = a_.Global(module, name);
-    v->args = a_.Tuple({});
-    v->newobj = true;
-    v->state = state;
+    Value* v = a_.Object(a_.Global(module, name), a_.Tuple({}), /*newobj=*/true);
+    if (state != nullptr) a_.SetState(v, state);
     return v;
   }
   Value* Reduce(const std::string& module, const std::string& name, std::vector<Value*> args) {
-    Value* v = a_.New(Kind::kObject);
-    v->callable = a_.Global(module, name);
-    v->args = a_.Tuple(std::move(args));
-    return v;
+    return a_.Object(a_.Global(module, name), a_.Tuple(args));
   }
   Value* Dict(std::vector<std::pair<std::string, Value*>> kv) {
     Value* d = a_.Dict();
-    for (auto& [k, v] : kv) d->dict.emplace_back(a_.String(k), v);
+    for (auto& [k, v] : kv) a_.SetItem(d, a_.String(k), v);
     return d;
   }
   Value* Size(std::vector<int64_t> dims) {
@@ -83,7 +77,7 @@ class Builder {
   }
   Value* Pairs(std::vector<std::pair<Value*, Value*>> kv) {
     Value* d = a_.Dict();
-    d->dict = std::move(kv);
+    a_.SetPairs(d, kv);
     return d;
   }
   Arena& a() { return a_; }
@@ -126,8 +120,8 @@ Result<Metadata> ParseValue(const Value* root) {
 
 // The TensorStorageMetadata dict of `root` (for mutation).
 Value* FindAttr(Value* obj, const std::string& name) {
-  for (auto& [k, v] : obj->state->dict) {
-    if (k->str == name) return v;
+  for (const auto& [k, v] : obj->state()->dict()) {
+    if (k->str() == name) return v;
   }
   return nullptr;
 }
@@ -254,11 +248,11 @@ TEST(DcpMetadata, KeepsMCoreMetadataAndUnknownAttributes) {
   Builder b;
   Arena& a = b.a();
   Value* root = b.Valid("megatron.core.dist_checkpointing.strategies.torch", "MCoreMetadata");
-  root->state->dict.emplace_back(a.String("all_local_plans"), a.List({a.None()}));
-  root->state->dict.emplace_back(
+  a.SetItem(root->state(), a.String("all_local_plans"), a.List({a.None()}));
+  a.SetItem(root->state(), 
       a.String("mcore_data"),
       b.Dict({{"w", b.Dict({{"nd_reformulated_orig_global_shape", a.Tuple({a.Int(2), a.Int(2), a.Int(2)})}})}}));
-  root->state->dict.emplace_back(a.String("future_field"), a.Int(7));
+  a.SetItem(root->state(), a.String("future_field"), a.Int(7));
   auto md = ParseValue(root);
   ASSERT_TRUE(md.ok()) << md.status().ToString();
   EXPECT_EQ(md->class_name, "megatron.core.dist_checkpointing.strategies.torch.MCoreMetadata");
@@ -331,104 +325,107 @@ TEST_P(DcpMetadataWrongType, IsDataLossNamingTheKey) {
   EXPECT_THAT(md.status().message(), HasSubstr("ckpt/.metadata"));
 }
 
-Value* W(Value* root) { return FindAttr(root, "state_dict_metadata")->dict[0].second; }
-Value* FirstChunk(Value* root) { return FindAttr(W(root), "chunks")->items[0]; }
-Value* FirstInfo(Value* root) { return FindAttr(root, "storage_data")->dict[0].second; }
+Value* W(Value* root) { return FindAttr(root, "state_dict_metadata")->dict()[0].second; }
+Value* FirstChunk(Value* root) { return FindAttr(W(root), "chunks")->items()[0]; }
+Value* FirstInfo(Value* root) { return FindAttr(root, "storage_data")->dict()[0].second; }
 
 INSTANTIATE_TEST_SUITE_P(
     Cases, DcpMetadataWrongType,
     ::testing::Values(
         WrongTypeCase{"EntryNotStorageMetadata",
-                      [](Builder& b, Value* r) { FindAttr(r, "state_dict_metadata")->dict[0].second = b.a().Int(3); },
+                      [](Builder& b, Value* r) { b.a().MutablePairs(FindAttr(r, "state_dict_metadata"))[0].second = b.a().Int(3); },
                       "entry 'w': expected TensorStorageMetadata or BytesStorageMetadata"},
         WrongTypeCase{"SizeIsString",
                       [](Builder& b, Value* r) {
-                        for (auto& [k, v] : W(r)->state->dict)
-                          if (k->str == "size") v = b.a().String("4x2");
+                        for (auto& [k, v] : b.a().MutablePairs(W(r)->state()))
+                          if (k->str() == "size") v = b.a().String("4x2");
                       },
                       "tensor 'w' size"},
         WrongTypeCase{"NegativeSize",
                       [](Builder& b, Value* r) {
-                        for (auto& [k, v] : W(r)->state->dict)
-                          if (k->str == "size") v = b.Size({-4, 2});
+                        for (auto& [k, v] : b.a().MutablePairs(W(r)->state()))
+                          if (k->str() == "size") v = b.Size({-4, 2});
                       },
                       "tensor 'w' size: negative value -4"},
         WrongTypeCase{"ChunksNotList",
                       [](Builder& b, Value* r) {
-                        for (auto& [k, v] : W(r)->state->dict)
-                          if (k->str == "chunks") v = b.a().None();
+                        for (auto& [k, v] : b.a().MutablePairs(W(r)->state()))
+                          if (k->str() == "chunks") v = b.a().None();
                       },
                       "tensor 'w': expected a list of chunks"},
         WrongTypeCase{"ChunkOffsetFloat",
                       [](Builder& b, Value* r) {
                         Value* offsets = FindAttr(FirstChunk(r), "offsets");
-                        offsets->items[0] = b.a().Float(0.5);
+                        b.a().MutableItems(offsets)[0] = b.a().Float(0.5);
                         offsets->torch_size = false;  // a plain tuple (torch.Size refuses floats)
                       },
                       "tensor 'w' chunk 0 offsets: expected an int, found float"},
         WrongTypeCase{"ChunkRankMismatch",
                       [](Builder& b, Value* r) {
-                        for (auto& [k, v] : FirstChunk(r)->state->dict)
-                          if (k->str == "sizes") v = b.Size({2});
+                        for (auto& [k, v] : b.a().MutablePairs(FirstChunk(r)->state()))
+                          if (k->str() == "sizes") v = b.Size({2});
                       },
                       "tensor 'w' chunk 0: rank of offsets (2) / sizes (1)"},
         WrongTypeCase{"ChunkWrongClass",
                       [](Builder& b, Value* r) {
-                        FindAttr(W(r), "chunks")->items[1] = b.Dict({});
+                        b.a().MutableItems(FindAttr(W(r), "chunks"))[1] = b.Dict({});
                       },
                       "tensor 'w' chunk 1: expected ChunkStorageMetadata"},
         WrongTypeCase{"DtypeNotGlobal",
                       [](Builder& b, Value* r) {
-                        FindAttr(W(r), "properties")->state->items[0] = b.a().String("float32");
+                        b.a().MutableItems(FindAttr(W(r), "properties")->state())[0] = b.a().String("float32");
                       },
                       "tensor 'w' properties: expected a torch dtype"},
         WrongTypeCase{"PropertiesMissing",
                       [](Builder& b, Value* r) {
-                        for (auto& [k, v] : W(r)->state->dict)
-                          if (k->str == "properties") v = b.a().None();
+                        for (auto& [k, v] : b.a().MutablePairs(W(r)->state()))
+                          if (k->str() == "properties") v = b.a().None();
                       },
                       "tensor 'w' properties: expected TensorProperties"},
         WrongTypeCase{"StorageInfoNegativeLength",
                       [](Builder& b, Value* r) {
-                        for (auto& [k, v] : FirstInfo(r)->state->dict)
-                          if (k->str == "length") v = b.a().Int(-1);
+                        for (auto& [k, v] : b.a().MutablePairs(FirstInfo(r)->state()))
+                          if (k->str() == "length") v = b.a().Int(-1);
                       },
                       "storage item 'w' length: expected a non-negative int"},
         WrongTypeCase{"StorageInfoPathNotStr",
                       [](Builder& b, Value* r) {
-                        for (auto& [k, v] : FirstInfo(r)->state->dict)
-                          if (k->str == "relative_path") v = b.a().Int(0);
+                        for (auto& [k, v] : b.a().MutablePairs(FirstInfo(r)->state()))
+                          if (k->str() == "relative_path") v = b.a().Int(0);
                       },
                       "storage item 'w': relative_path is not a str"},
         WrongTypeCase{"StorageKeyNotIndex",
-                      [](Builder& b, Value* r) { FindAttr(r, "storage_data")->dict[0].first = b.a().String("w"); },
+                      [](Builder& b, Value* r) { b.a().MutablePairs(FindAttr(r, "storage_data"))[0].first = b.a().String("w"); },
                       "storage_data key: expected MetadataIndex"},
         WrongTypeCase{"IndexOffsetNotTuple",
                       [](Builder& b, Value* r) {
-                        Value* idx = FindAttr(r, "storage_data")->dict[1].first;
-                        for (auto& [k, v] : idx->state->dict)
-                          if (k->str == "offset") v = b.a().Int(2);
+                        Value* idx = FindAttr(r, "storage_data")->dict()[1].first;
+                        for (auto& [k, v] : b.a().MutablePairs(idx->state()))
+                          if (k->str() == "offset") v = b.a().Int(2);
                       },
                       "MetadataIndex 'w' offset"},
         WrongTypeCase{"StorageDataNotDict",
                       [](Builder& b, Value* r) {
-                        for (auto& [k, v] : r->state->dict)
-                          if (k->str == "storage_data") v = b.a().List({});
+                        for (auto& [k, v] : b.a().MutablePairs(r->state()))
+                          if (k->str() == "storage_data") v = b.a().List({});
                       },
                       "storage_data is not a dict"},
         WrongTypeCase{"TransformsNotList",
                       [](Builder& b, Value* r) {
-                        FirstInfo(r)->state->dict.emplace_back(b.a().String("transform_descriptors"),
+                        b.a().SetItem(FirstInfo(r)->state(), b.a().String("transform_descriptors"),
                                                                b.a().String("stream.zstd/1"));
                       },
                       "storage item 'w': transform_descriptors is not a list"},
         WrongTypeCase{"NoStateDictMetadata",
-                      [](Builder& b, Value* r) { r->state->dict.erase(r->state->dict.begin()); },
+                      [](Builder& b, Value* r) {
+                        std::vector<pickle::Pair> rest(r->state()->dict().begin() + 1, r->state()->dict().end());
+                        b.a().SetPairs(r->state(), rest);
+                      },
                       "state_dict_metadata dict"},
         WrongTypeCase{"DuplicateKey",
                       [](Builder& b, Value* r) {
                         Value* sdm = FindAttr(r, "state_dict_metadata");
-                        sdm->dict.emplace_back(b.a().String("w"), b.BytesMd());
+                        b.a().SetItem(sdm, b.a().String("w"), b.BytesMd());
                       },
                       "duplicate key 'w'"}),
     [](const auto& info) { return info.param.name; });
@@ -458,7 +455,7 @@ TEST(DcpMetadata, HostileGlobalIsOpaqueNeverRun) {
   Builder b;
   Arena& a = b.a();
   Value* root = b.Valid();
-  root->state->dict.emplace_back(a.String("evil"), b.Reduce("os", "system", {a.String("touch /tmp/pwned")}));
+  a.SetItem(root->state(), a.String("evil"), b.Reduce("os", "system", {a.String("touch /tmp/pwned")}));
   auto md = ParseValue(root);
   ASSERT_TRUE(md.ok()) << md.status().ToString();
   EXPECT_THAT(md->opaque_globals, ::testing::Contains("os.system"));

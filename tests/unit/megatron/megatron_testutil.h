@@ -212,15 +212,15 @@ inline dcp::Metadata MakeGpt(const GptSpec& s) {
 
 // pickle helpers
 inline void Set(pickle::Arena& a, pickle::Value* dict, const std::string& k, pickle::Value* v) {
-  dict->dict.push_back({a.String(k), v});
+  a.SetItem(dict, a.String(k), v);
 }
 
 inline pickle::Value* Namespace(pickle::Arena& a, pickle::Value* fields) {
   pickle::Value* o = a.New(pickle::Kind::kObject);
-  o->callable = a.Global("argparse", "Namespace");
-  o->args = a.Tuple({});
+  a.SetCallable(o, a.Global("argparse", "Namespace"));
+  a.SetArgs(o, a.Tuple({}));
   o->newobj = true;
-  o->state = fields;
+  a.SetState(o, fields);
   return o;
 }
 

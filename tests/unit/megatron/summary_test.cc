@@ -103,8 +103,8 @@ TEST(MegatronCommonState, ReadsArgsFromDictOrSlotStateAndChainedOptimizers) {
   Set(a, o0, "param_state_sharding_type", a.String("fully_reshardable"));
   Value* o1 = a.Dict();
   Set(a, o1, "param_state_sharding_type", a.String("dp_reshardable"));
-  opt->dict.push_back({a.Int(0), o0});
-  opt->dict.push_back({a.Int(1), o1});
+  a.SetItem(opt, a.Int(0), o0);
+  a.SetItem(opt, a.Int(1), o1);
   Set(a, root, "optimizer", opt);
   Set(a, root, "model0", a.Dict());
   auto c = ExtractCommonState(root, "common.pt");
@@ -228,8 +228,8 @@ TEST(MegatronSummary, InfersOptimizerShardingFromFullyParallelSaveWithoutContent
   args.with_content_metadata = false;
   Value* root = MakeCommon(a, args);
   // core < 0.13: no content_metadata and no param_state_sharding_type.
-  for (auto& [k, v] : root->dict) {
-    if (k->str == "optimizer") v = a.Dict();
+  for (auto& [k, v] : a.MutablePairs(root)) {
+    if (k->str() == "optimizer") v = a.Dict();
   }
   auto c = ExtractCommonState(root, "common.pt");
   ASSERT_TRUE(c.ok());
@@ -266,8 +266,8 @@ TEST(MegatronSummary, ShardingTypeFromKeyNames) {
   args.distributed = false;
   args.with_content_metadata = false;
   Value* root = MakeCommon(a, args);
-  for (auto& [k, v] : root->dict) {
-    if (k->str == "optimizer") v = a.Dict();
+  for (auto& [k, v] : a.MutablePairs(root)) {
+    if (k->str() == "optimizer") v = a.Dict();
   }
   auto c = ExtractCommonState(root, "common.pt");
   ASSERT_TRUE(c.ok());

@@ -656,29 +656,25 @@ TEST(DistOptFromArgs, MatchesTheGoldensArgs) {
     ASSERT_NE(args, nullptr);
     // str() of each field back to a pickle value: True/False, None, ints,
     // floats, else a string.
-    std::deque<pickle::Value> values;
+    pickle::Arena values;
     megatron::CommonState common;
     for (const auto& [k, v] : args->items()) {
       const std::string text = v.get<std::string>();
-      pickle::Value& pv = values.emplace_back();
+      pickle::Value* pv = nullptr;
       size_t used = 0;
       if (text == "True" || text == "False") {
-        pv.kind = pickle::Kind::kBool;
-        pv.i = text == "True";
+        pv = values.Bool(text == "True");
       } else if (text == "None") {
-        pv.kind = pickle::Kind::kNone;
+        pv = values.None();
       } else if (!text.empty() && text.find_first_not_of("-0123456789") == std::string::npos) {
-        pv.kind = pickle::Kind::kInt;
-        pv.i = std::stoll(text);
+        pv = values.Int(std::stoll(text));
       } else if (!text.empty() && text.find_first_not_of("-0123456789.e+") == std::string::npos &&
                  (std::stod(text, &used), used == text.size())) {
-        pv.kind = pickle::Kind::kFloat;
-        pv.f = std::stod(text);
+        pv = values.Float(std::stod(text));
       } else {
-        pv.kind = pickle::Kind::kString;
-        pv.str = text;
+        pv = values.String(text);
       }
-      common.args_fields.emplace(k, &pv);
+      common.args_fields.emplace(k, pv);
     }
     const DistOptSettings s = DistOptFromArgs(common, std::nullopt);
     EXPECT_EQ(s.spec, g.settings.spec);

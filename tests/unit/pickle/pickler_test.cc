@@ -50,23 +50,23 @@ TEST(Pickler, RoundTripsAHandBuiltStateDict) {
   Value* od = a.Dict();
   od->ordered = true;
   Value* inner = a.List({a.Float(0.5), a.String("x"), a.None(), a.Bool(true)});
-  od->dict.emplace_back(a.String("w"), inner);
-  od->dict.emplace_back(a.String("again"), inner);  // shared -> BINGET
+  a.SetItem(od, a.String("w"), inner);
+  a.SetItem(od, a.String("again"), inner);  // shared -> BINGET
   Value* size = a.Tuple({a.Int(2), a.Int(3)});
   size->torch_size = true;
-  od->dict.emplace_back(a.String("s"), size);
+  a.SetItem(od, a.String("s"), size);
   Value* b = a.Bytes(std::string("\x00\xfe", 2));
-  od->dict.emplace_back(a.String("b"), b);
+  a.SetItem(od, a.String("b"), b);
   auto bytes = PickleToString(od);
   ASSERT_TRUE(bytes.ok());
   SpanSource src(bytes->data(), bytes->size());
   auto r = Unpickle(src, 0, {});
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(Repr(r->root, 1000), Repr(od, 1000));
-  ASSERT_EQ(r->root->dict.size(), 4u);
-  EXPECT_EQ(r->root->dict[0].second, r->root->dict[1].second);
-  EXPECT_TRUE(r->root->dict[2].second->torch_size);
-  EXPECT_EQ(r->root->dict[3].second->str, std::string("\x00\xfe", 2));
+  ASSERT_EQ(r->root->dict().size(), 4u);
+  EXPECT_EQ(r->root->dict()[0].second, r->root->dict()[1].second);
+  EXPECT_TRUE(r->root->dict()[2].second->torch_size);
+  EXPECT_EQ(r->root->dict()[3].second->str(), std::string("\x00\xfe", 2));
   // And re-pickling that gives the same bytes again.
   auto again = PickleToString(r->root);
   ASSERT_TRUE(again.ok());
@@ -76,13 +76,13 @@ TEST(Pickler, RoundTripsAHandBuiltStateDict) {
 TEST(Pickler, PersistentIdHookReplacesIds) {
   Arena a;
   Value* pid = a.New(Kind::kPersistentId);
-  pid->items.push_back(a.String("old"));
+  a.Append(pid, a.String("old"));
   Value* replacement = a.String("new");
   PickleOptions o;
   int calls = 0;
   o.persistent_id = [&](const Value& v) -> Result<const Value*> {
     ++calls;
-    EXPECT_EQ(v.str, "old");
+    EXPECT_EQ(v.str(), "old");
     return replacement;
   };
   auto out = PickleToString(a.List({pid, pid}), o);

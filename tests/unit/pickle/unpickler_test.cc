@@ -50,13 +50,13 @@ TEST(Unpickler, ReadsBinaryIntsOfEveryWidth) {
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   const Value* t = r->root;
   ASSERT_EQ(t->kind, Kind::kTuple);
-  ASSERT_EQ(t->items.size(), 5u);
-  EXPECT_EQ(t->items[0]->i, 5);
-  EXPECT_EQ(t->items[1]->i, 40000);
-  EXPECT_EQ(t->items[2]->i, -70000);
-  EXPECT_EQ(t->items[3]->i, int64_t{1} << 40);
-  EXPECT_EQ(t->items[4]->kind, Kind::kBigInt);
-  EXPECT_EQ(t->items[4]->str.size(), 9u);
+  ASSERT_EQ(t->items().size(), 5u);
+  EXPECT_EQ(t->items()[0]->i, 5);
+  EXPECT_EQ(t->items()[1]->i, 40000);
+  EXPECT_EQ(t->items()[2]->i, -70000);
+  EXPECT_EQ(t->items()[3]->i, int64_t{1} << 40);
+  EXPECT_EQ(t->items()[4]->kind, Kind::kBigInt);
+  EXPECT_EQ(t->items()[4]->str().size(), 9u);
   EXPECT_EQ(r->end_offset, s.size());
 }
 
@@ -78,12 +78,12 @@ TEST(Unpickler, AllProtocolsOfOneObjectGiveTheSameTree) {
     EXPECT_EQ(Item(d, "nbig")->kind, Kind::kBigInt);
     EXPECT_DOUBLE_EQ(Item(d, "float")->f, 1.5);
     EXPECT_DOUBLE_EQ(Item(d, "nfloat")->f, -0.25);
-    EXPECT_EQ(Item(d, "str")->str, "h\xc3\xa9llo \xe2\x82\xac");
+    EXPECT_EQ(Item(d, "str")->str(), "h\xc3\xa9llo \xe2\x82\xac");
     EXPECT_EQ(Item(d, "bytes")->kind, Kind::kBytes);
-    EXPECT_EQ(Item(d, "bytes")->str, std::string("\x00\xff" "ab", 4));
+    EXPECT_EQ(Item(d, "bytes")->str(), std::string("\x00\xff" "ab", 4));
     EXPECT_EQ(Item(d, "empty_bytes")->kind, Kind::kBytes);
     EXPECT_TRUE(Item(d, "ba")->bytearray);
-    EXPECT_EQ(Item(d, "ba")->str, "xy");
+    EXPECT_EQ(Item(d, "ba")->str(), "xy");
     EXPECT_EQ(Item(d, "set")->kind, Kind::kSet);
     EXPECT_FALSE(Item(d, "set")->frozen);
     EXPECT_TRUE(Item(d, "fs")->frozen);
@@ -92,8 +92,8 @@ TEST(Unpickler, AllProtocolsOfOneObjectGiveTheSameTree) {
     EXPECT_EQ(Item(d, "t")->i, 1);
     EXPECT_EQ(Item(d, "f")->i, 0);
     const Value* shared = Item(d, "shared");
-    ASSERT_EQ(shared->items.size(), 2u);
-    EXPECT_EQ(shared->items[0], shared->items[1]) << "memo must share one Value";
+    ASSERT_EQ(shared->items().size(), 2u);
+    EXPECT_EQ(shared->items()[0], shared->items()[1]) << "memo must share one Value";
     EXPECT_EQ(Repr(Item(d, "nested")), "{'a': [{'b': 1}]}");
     reprs[p] = Repr(d, 100000);
   }
@@ -115,7 +115,7 @@ TEST(Unpickler, BufferedReaderMatchesDirectReads) {
   NoDataSource bsrc(big);
   auto b = Unpickle(bsrc, 0, {});
   ASSERT_TRUE(b.ok()) << b.status().ToString();
-  EXPECT_EQ(b->root->str.size(), 131072u);
+  EXPECT_EQ(b->root->str().size(), 131072u);
 }
 
 TEST(Unpickler, ReadsConsecutivePicklesViaEndOffset) {
@@ -148,8 +148,8 @@ TEST(Unpickler, InspectModeKeepsUnknownGlobalAsOpaqueObjectWithoutCalling) {
   ASSERT_EQ(o->kind, Kind::kObject);
   EXPECT_TRUE(o->opaque);
   EXPECT_TRUE(o->is_object_of("os", "system"));
-  ASSERT_EQ(o->args->items.size(), 1u);
-  EXPECT_EQ(o->args->items[0]->str, "ls");
+  ASSERT_EQ(o->args()->items().size(), 1u);
+  EXPECT_EQ(o->args()->items()[0]->str(), "ls");
   EXPECT_EQ(TypeName(o), "os.system");
 }
 
@@ -179,20 +179,20 @@ TEST(Unpickler, FoldsWellKnownConstructors) {
       "t.";
   auto r = Load(s);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
-  const auto& it = r->root->items;
+  const auto& it = r->root->items();
   ASSERT_EQ(it.size(), 4u);
   EXPECT_EQ(it[0]->kind, Kind::kDict);
   EXPECT_TRUE(it[0]->ordered);
-  ASSERT_NE(it[0]->state, nullptr);
-  EXPECT_EQ(it[0]->state->Get("m")->i, 1);
+  ASSERT_NE(it[0]->state(), nullptr);
+  EXPECT_EQ(it[0]->state()->Get("m")->i, 1);
   EXPECT_EQ(it[1]->kind, Kind::kTuple);
   EXPECT_TRUE(it[1]->torch_size);
-  ASSERT_EQ(it[1]->items.size(), 2u);
-  EXPECT_EQ(it[1]->items[1]->i, 3);
+  ASSERT_EQ(it[1]->items().size(), 2u);
+  EXPECT_EQ(it[1]->items()[1]->i, 3);
   EXPECT_EQ(it[2]->kind, Kind::kBytes);
-  EXPECT_EQ(it[2]->str, "\xff");
+  EXPECT_EQ(it[2]->str(), "\xff");
   EXPECT_TRUE(it[3]->bytearray);
-  EXPECT_TRUE(it[3]->str.empty());
+  EXPECT_TRUE(it[3]->str().empty());
 }
 
 TEST(Unpickler, SetItemsAndAppendsOntoObjectsGoToItsDictAndItems) {
@@ -204,15 +204,15 @@ TEST(Unpickler, SetItemsAndAppendsOntoObjectsGoToItsDictAndItems) {
   EXPECT_FALSE(Load(s).ok()) << "mymod.MyList is not allowlisted";
   auto r = Load(s, Mode::kInspect);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
-  const Value* dd = r->root->items[0];
+  const Value* dd = r->root->items()[0];
   EXPECT_TRUE(dd->is_object_of("collections", "defaultdict")) << Repr(r->root);
   EXPECT_FALSE(dd->opaque);
-  ASSERT_EQ(dd->dict.size(), 1u);
-  EXPECT_EQ(dd->dict[0].first->str, "k");
-  const Value* ml = r->root->items[1];
+  ASSERT_EQ(dd->dict().size(), 1u);
+  EXPECT_EQ(dd->dict()[0].first->str(), "k");
+  const Value* ml = r->root->items()[1];
   EXPECT_TRUE(ml->opaque);
   EXPECT_TRUE(ml->newobj);
-  EXPECT_EQ(ml->items.size(), 2u);
+  EXPECT_EQ(ml->items().size(), 2u);
 }
 
 TEST(Unpickler, PersistentIdsKeepTheirTuple) {
@@ -220,10 +220,10 @@ TEST(Unpickler, PersistentIdsKeepTheirTuple) {
   auto r = Load(s);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   ASSERT_EQ(r->root->kind, Kind::kPersistentId);
-  const Value* pid = r->root->items[0];
-  ASSERT_EQ(pid->items.size(), 5u);
-  EXPECT_EQ(pid->items[2]->str, "0");
-  EXPECT_EQ(pid->items[4]->i, 6);
+  const Value* pid = r->root->items()[0];
+  ASSERT_EQ(pid->items().size(), 5u);
+  EXPECT_EQ(pid->items()[2]->str(), "0");
+  EXPECT_EQ(pid->items()[4]->i, 6);
 }
 
 TEST(Unpickler, ProtocolZeroTextOpcodes) {
@@ -234,20 +234,20 @@ TEST(Unpickler, ProtocolZeroTextOpcodes) {
       "g0\n0(I1\n1I01\n(lp1\n(I7\nI8\ndp2\ntp3\n.";
   auto r = Load(s);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
-  const auto& it = r->root->items;
+  const auto& it = r->root->items();
   ASSERT_EQ(it.size(), 8u) << Repr(r->root);
   EXPECT_EQ(it[0]->i, 42);
   EXPECT_EQ(it[1]->kind, Kind::kBigInt);
   EXPECT_DOUBLE_EQ(it[2]->f, -2.5);
-  EXPECT_EQ(it[3]->str, "a\nA'");
-  EXPECT_EQ(it[4]->str, "x\xe2\x82\xacy");
+  EXPECT_EQ(it[3]->str(), "a\nA'");
+  EXPECT_EQ(it[4]->str(), "x\xe2\x82\xacy");
   EXPECT_EQ(it[5]->kind, Kind::kBool);
   EXPECT_EQ(it[6]->kind, Kind::kList);
-  EXPECT_EQ(it[6]->items.size(), 0u);
+  EXPECT_EQ(it[6]->items().size(), 0u);
   ASSERT_EQ(it[7]->kind, Kind::kDict);
-  ASSERT_EQ(it[7]->dict.size(), 1u);
-  EXPECT_EQ(it[7]->dict[0].first->i, 7);
-  EXPECT_EQ(it[7]->dict[0].second->i, 8);
+  ASSERT_EQ(it[7]->dict().size(), 1u);
+  EXPECT_EQ(it[7]->dict()[0].first->i, 7);
+  EXPECT_EQ(it[7]->dict()[0].second->i, 8);
 }
 
 TEST(Unpickler, TruncatedStreamIsDataLossNamingOffset) {
@@ -362,9 +362,9 @@ TEST(Unpickler, RecursiveStructuresLoadAsCycles) {
   std::string bytes = ReadSourceFile("tests/unit/pickle/testdata/recursive_p2.pkl");
   auto r = Load(bytes);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
-  const Value* lst = r->root->items[0];
-  ASSERT_EQ(lst->items.size(), 1u);
-  EXPECT_EQ(lst->items[0], lst);
+  const Value* lst = r->root->items()[0];
+  ASSERT_EQ(lst->items().size(), 1u);
+  EXPECT_EQ(lst->items()[0], lst);
   EXPECT_NE(Repr(r->root).find("<cycle>"), std::string::npos);
 }
 

@@ -101,8 +101,8 @@ TEST(TorchFile, StateDictKeepsOrderAndMetadata) {
   const pickle::Value* root = (*f)->root();
   ASSERT_EQ(root->kind, pickle::Kind::kDict);
   EXPECT_TRUE(root->ordered);
-  ASSERT_NE(root->state, nullptr);
-  EXPECT_NE(root->state->Get("_metadata"), nullptr);
+  ASSERT_NE(root->state(), nullptr);
+  EXPECT_NE(root->state()->Get("_metadata"), nullptr);
   ASSERT_GE((*f)->tensors().size(), 3u);
   EXPECT_EQ((*f)->tensors()[0].key, "0.weight");
   EXPECT_EQ((*f)->tensors()[1].key, "0.bias");
