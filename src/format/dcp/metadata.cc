@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <set>
+#include <type_traits>
 #include <unordered_map>
 
 #include "format/pickle/unpickler.h"
@@ -33,31 +34,54 @@ class Parser {
   // The attribute dict of a dataclass-like object: BUILD state as a dict, or
   // the dict half of a (dict-or-None, slots-dict) pair, merged. Empty when
   // the object had no BUILD.
-  std::vector<std::pair<std::string_view, const Value*>> Attributes(const Value* obj) const {
-    std::vector<std::pair<std::string_view, const Value*>> out;
-    auto add_dict = [&](const Value* d) {
-      if (d == nullptr || d->kind != Kind::kDict) return;
-      for (const auto& [k, v] : d->dict()) {
-        if (k->kind == Kind::kString) out.emplace_back(k->str(), v);
+  // A view of (at most two) attribute dicts; nothing is copied.
+  struct Attrs {
+    const Value* dicts[2] = {nullptr, nullptr};
+    // The first str key equal to name, in order; nullptr if absent.
+    const Value* Get(std::string_view name) const {
+      for (const Value* d : dicts) {
+        if (d == nullptr) continue;
+        for (const auto& [k, v] : d->dict()) {
+          if (k->kind == Kind::kString && k->str() == name) return v;
+        }
       }
-    };
+      return nullptr;
+    }
+    template <typename F>
+    void ForEach(F&& f) const {
+      for (const Value* d : dicts) {
+        if (d == nullptr) continue;
+        for (const auto& [k, v] : d->dict()) {
+          if (k->kind == Kind::kString) f(k->str(), v);
+        }
+      }
+    }
+  };
+  Attrs Attributes(const Value* obj) const {
+    Attrs out;
+    auto dict_or_null = [](const Value* d) { return d != nullptr && d->kind == Kind::kDict ? d : nullptr; };
     if (obj == nullptr || obj->kind != Kind::kObject || obj->state() == nullptr) return out;
     const Value* st = obj->state();
     if (st->kind == Kind::kDict) {
-      add_dict(st);
+      out.dicts[0] = st;
     } else if (st->kind == Kind::kTuple && st->items().size() == 2) {
-      add_dict(st->items()[0]);
-      add_dict(st->items()[1]);
+      out.dicts[0] = dict_or_null(st->items()[0]);
+      out.dicts[1] = dict_or_null(st->items()[1]);
     }
     return out;
   }
 
-  static const Value* Attr(const std::vector<std::pair<std::string_view, const Value*>>& attrs,
-                           std::string_view name) {
-    for (const auto& [k, v] : attrs) {
-      if (k == name) return v;
+  static const Value* Attr(const Attrs& attrs, std::string_view name) { return attrs.Get(name); }
+
+  // Error context, built only when an error is reported: a string, or a
+  // callable returning one.
+  template <typename What>
+  static std::string Text(const What& what) {
+    if constexpr (std::is_invocable_v<const What&>) {
+      return what();
+    } else {
+      return std::string(what);
     }
-    return nullptr;
   }
 
   static std::string ClassOf(const Value* v) {
@@ -71,26 +95,28 @@ class Parser {
            v->callable()->name() == name;
   }
 
-  Result<std::vector<int64_t>> IntTuple(const Value* v, std::string_view what) const {
+  template <typename What>
+  Result<std::vector<int64_t>> IntTuple(const Value* v, const What& what) const {
     if (v == nullptr || (v->kind != Kind::kTuple && v->kind != Kind::kList)) {
-      return Fail(v, StrCat(what, ": expected a torch.Size (tuple of ints), found ",
+      return Fail(v, StrCat(Text(what), ": expected a torch.Size (tuple of ints), found ",
                             v ? pickle::TypeName(v) : "nothing"));
     }
     std::vector<int64_t> out;
     out.reserve(v->items().size());
     for (const Value* e : v->items()) {
       if (e->kind != Kind::kInt && e->kind != Kind::kBool) {
-        return Fail(e, StrCat(what, ": expected an int, found ", pickle::TypeName(e)));
+        return Fail(e, StrCat(Text(what), ": expected an int, found ", pickle::TypeName(e)));
       }
-      if (e->i < 0) return Fail(e, StrCat(what, ": negative value ", e->i));
+      if (e->i < 0) return Fail(e, StrCat(Text(what), ": negative value ", e->i));
       out.push_back(e->i);
     }
     return out;
   }
 
-  Result<int64_t> NonNegInt(const Value* v, std::string_view what) const {
+  template <typename What>
+  Result<int64_t> NonNegInt(const Value* v, const What& what) const {
     if (v == nullptr || v->kind != Kind::kInt || v->i < 0) {
-      return Fail(v, StrCat(what, ": expected a non-negative int, found ",
+      return Fail(v, StrCat(Text(what), ": expected a non-negative int, found ",
                             v ? pickle::Repr(v, 40) : "nothing"));
     }
     return v->i;
@@ -191,15 +217,15 @@ class Parser {
     for (size_t c = 0; c < chunks->items().size(); ++c) {
       const Value* ch = chunks->items()[c];
       auto ca = Attributes(ch);
-      const std::string what = StrCat("tensor ", Quote(key), " chunk ", c);
+      auto what = [&] { return StrCat("tensor ", Quote(key), " chunk ", c); };
       if (!IsClass(ch, "ChunkStorageMetadata")) {
-        return Fail(ch, StrCat(what, ": expected ChunkStorageMetadata, found ", ClassOf(ch)));
+        return Fail(ch, StrCat(what(), ": expected ChunkStorageMetadata, found ", ClassOf(ch)));
       }
       Chunk chunk;
-      CKPT_ASSIGN_OR_RETURN(chunk.offsets, IntTuple(Attr(ca, "offsets"), StrCat(what, " offsets")));
-      CKPT_ASSIGN_OR_RETURN(chunk.sizes, IntTuple(Attr(ca, "sizes"), StrCat(what, " sizes")));
+      CKPT_ASSIGN_OR_RETURN(chunk.offsets, IntTuple(Attr(ca, "offsets"), [&] { return StrCat(what(), " offsets"); }));
+      CKPT_ASSIGN_OR_RETURN(chunk.sizes, IntTuple(Attr(ca, "sizes"), [&] { return StrCat(what(), " sizes"); }));
       if (chunk.offsets.size() != e->size.size() || chunk.sizes.size() != e->size.size()) {
-        return Fail(ch, StrCat(what, ": rank of offsets (", chunk.offsets.size(), ") / sizes (", chunk.sizes.size(),
+        return Fail(ch, StrCat(what(), ": rank of offsets (", chunk.offsets.size(), ") / sizes (", chunk.sizes.size(),
                                ") differs from the tensor's rank ", e->size.size()));
       }
       e->chunks.push_back(std::move(chunk));
@@ -218,29 +244,29 @@ class Parser {
     const Value* off = Attr(ia, "offset");
     if (off && off->kind != Kind::kNone) {
       it->has_offset = true;
-      CKPT_ASSIGN_OR_RETURN(it->offset, IntTuple(off, StrCat("MetadataIndex ", Quote(it->fqn), " offset")));
+      CKPT_ASSIGN_OR_RETURN(it->offset, IntTuple(off, [&] { return StrCat("MetadataIndex ", Quote(it->fqn), " offset"); }));
     }
     const Value* idx = Attr(ia, "index");
     if (idx && idx->kind == Kind::kInt) it->index = idx->i;
-    const std::string what = StrCat("storage item ", Quote(it->fqn));
+    auto what = [&] { return StrCat("storage item ", Quote(it->fqn)); };
     if (!IsClass(info, "_StorageInfo")) {
-      return Fail(info, StrCat(what, ": expected _StorageInfo, found ", ClassOf(info)));
+      return Fail(info, StrCat(what(), ": expected _StorageInfo, found ", ClassOf(info)));
     }
     auto sa = Attributes(info);
     const Value* rel = Attr(sa, "relative_path");
-    if (rel == nullptr || rel->kind != Kind::kString) return Fail(info, StrCat(what, ": relative_path is not a str"));
+    if (rel == nullptr || rel->kind != Kind::kString) return Fail(info, StrCat(what(), ": relative_path is not a str"));
     it->relative_path = rel->str();
-    CKPT_ASSIGN_OR_RETURN(int64_t o, NonNegInt(Attr(sa, "offset"), StrCat(what, " offset")));
-    CKPT_ASSIGN_OR_RETURN(int64_t n, NonNegInt(Attr(sa, "length"), StrCat(what, " length")));
+    CKPT_ASSIGN_OR_RETURN(int64_t o, NonNegInt(Attr(sa, "offset"), [&] { return StrCat(what(), " offset"); }));
+    CKPT_ASSIGN_OR_RETURN(int64_t n, NonNegInt(Attr(sa, "length"), [&] { return StrCat(what(), " length"); }));
     it->offset_in_file = static_cast<uint64_t>(o);
     it->length = static_cast<uint64_t>(n);
     const Value* tds = Attr(sa, "transform_descriptors");
     if (tds && tds->kind != Kind::kNone) {
       if (tds->kind != Kind::kList && tds->kind != Kind::kTuple) {
-        return Fail(tds, StrCat(what, ": transform_descriptors is not a list"));
+        return Fail(tds, StrCat(what(), ": transform_descriptors is not a list"));
       }
       for (const Value* d : tds->items()) {
-        if (d->kind != Kind::kString) return Fail(d, StrCat(what, ": transform descriptor is not a str"));
+        if (d->kind != Kind::kString) return Fail(d, StrCat(what(), ": transform descriptor is not a str"));
         it->transforms.push_back(std::string(d->str()));
       }
     }
@@ -284,9 +310,9 @@ class Parser {
     }
     static const std::set<std::string, std::less<>> kKnown = {"state_dict_metadata", "planner_data",
                                                               "storage_data", "storage_meta", "version"};
-    for (const auto& [name, v] : attrs) {
+    attrs.ForEach([&](std::string_view name, const Value*) {
       if (!kKnown.count(name)) md.extra_attributes.emplace_back(name);
-    }
+    });
     md.entries.reserve(sdm->dict().size());
     for (const auto& [k, v] : sdm->dict()) {
       if (k->kind != Kind::kString) return Fail(k, "state_dict_metadata key is not a str");
@@ -358,37 +384,44 @@ class Parser {
 
   // Chunk / bytes entry -> storage item, by (fqn, offset).
   static void Link(Metadata& md) {
-    std::unordered_map<std::string, int64_t> by_index;
-    by_index.reserve(md.items.size());
-    auto key_of = [](std::string_view fqn, const std::vector<int64_t>* off) {
-      std::string k;
-      k.reserve(fqn.size() + 2 + (off ? off->size() * sizeof(int64_t) : 0));
-      k.append(fqn);
-      k.push_back('\0');
-      if (off) {
-        k.push_back('o');
-        k.append(reinterpret_cast<const char*>(off->data()), off->size() * sizeof(int64_t));
+    // Keyed by a hash of (fqn, offsets); equal hashes are told apart by
+    // comparing the item itself, so nothing is copied per chunk.
+    auto hash_of = [](std::string_view fqn, const std::vector<int64_t>* off) {
+      uint64_t h = std::hash<std::string_view>()(fqn);
+      auto mix = [&h](uint64_t x) { h ^= x + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2); };
+      if (off == nullptr) {
+        mix(0x2d);
       } else {
-        k.push_back('-');
+        mix(off->size());
+        for (int64_t o : *off) mix(static_cast<uint64_t>(o));
       }
-      return k;
+      return h;
     };
+    std::unordered_multimap<uint64_t, int64_t> by_index;
+    by_index.reserve(md.items.size());
     for (size_t i = 0; i < md.items.size(); ++i) {
       const StorageItem& it = md.items[i];
-      by_index.emplace(key_of(it.fqn, it.has_offset ? &it.offset : nullptr), static_cast<int64_t>(i));
+      by_index.emplace(hash_of(it.fqn, it.has_offset ? &it.offset : nullptr), static_cast<int64_t>(i));
     }
     for (size_t ei = 0; ei < md.entries.size(); ++ei) {
       Entry& e = md.entries[ei];
-      auto bind = [&](const std::string& k) -> int64_t {
-        auto f = by_index.find(k);
-        if (f == by_index.end()) return -1;
-        md.items[f->second].entry = static_cast<int64_t>(ei);
-        return f->second;
+      // The first item (in .metadata order) with this fqn and offsets, as a
+      // dict keyed by MetadataIndex would resolve it.
+      auto bind = [&](const std::vector<int64_t>* off) -> int64_t {
+        int64_t found = -1;
+        auto [lo, hi] = by_index.equal_range(hash_of(e.key, off));
+        for (auto f = lo; f != hi; ++f) {
+          const StorageItem& it = md.items[f->second];
+          if (it.fqn != e.key || it.has_offset != (off != nullptr) || (off != nullptr && it.offset != *off)) continue;
+          if (found < 0 || f->second < found) found = f->second;
+        }
+        if (found >= 0) md.items[found].entry = static_cast<int64_t>(ei);
+        return found;
       };
       if (e.type == EntryType::kBytes) {
-        e.item = bind(key_of(e.key, nullptr));
+        e.item = bind(nullptr);
       } else {
-        for (Chunk& c : e.chunks) c.item = bind(key_of(e.key, &c.offsets));
+        for (Chunk& c : e.chunks) c.item = bind(&c.offsets);
       }
     }
   }

@@ -487,6 +487,16 @@ class Machine {
     }
     return false;
   }
+  // Allowed() of a kGlobal value, remembered per value (a stream names a
+  // handful of globals and reuses them through the memo).
+  bool AllowedCached(const Value* global) {
+    for (const auto& [g, ok] : allowed_cache_) {
+      if (g == global) return ok;
+    }
+    bool ok = Allowed(global->str(), global->name());
+    if (allowed_cache_.size() < 64) allowed_cache_.emplace_back(global, ok);
+    return ok;
+  }
   Result<Value*> MakeGlobal(std::string_view module, std::string_view name);
   Result<Value*> Call(Value* callable, Value* args, bool newobj, Value* kwargs);
   Value* Fold(Value* callable, Value* args);
@@ -506,6 +516,7 @@ class Machine {
   std::vector<Value*> stack_;
   std::vector<size_t> marks_;
   std::vector<Value*> popped_;  // PopMark's result
+  std::vector<std::pair<const Value*, bool>> allowed_cache_;
   std::vector<Value*> dense_;
   std::unordered_map<uint64_t, Value*> sparse_;
   size_t memo_count_ = 0;
@@ -602,7 +613,7 @@ Result<Value*> Machine::Call(Value* callable, Value* args, bool newobj, Value* k
     }
     opaque = true;
   } else {
-    opaque = !Allowed(callable->str(), callable->name());
+    opaque = !AllowedCached(callable);
     if (!newobj && kwargs == nullptr && !opaque) {
       if (Value* folded = Fold(callable, args)) return folded;
     }
