@@ -389,6 +389,10 @@ class Machine {
   // pickles hold millions of them; the pickler never memoizes ints).
   Value* MakeInt(int64_t i) {
     if (i >= 0 && i < static_cast<int64_t>(std::size(small_ints_))) return Shared(&small_ints_[i], Kind::kInt, i);
+    if (i >= 0 && i < kSharedIntLimit) {  // BININT2's range: shapes, offsets, counts
+      if (shared_ints_.empty()) shared_ints_.resize(kSharedIntLimit, nullptr);
+      return Shared(&shared_ints_[static_cast<size_t>(i)], Kind::kInt, i);
+    }
     Value* v = New(Kind::kInt);
     v->i = i;
     return v;
@@ -524,6 +528,8 @@ class Machine {
   Value* true_ = nullptr;
   Value* false_ = nullptr;
   Value* small_ints_[256] = {};
+  static constexpr int64_t kSharedIntLimit = 1 << 16;
+  std::vector<Value*> shared_ints_;  // ints in [256, 65536), made on first use
   Value* empty_tuple_ = nullptr;
   Value* root_ = nullptr;
   uint64_t op_offset_ = 0;

@@ -95,7 +95,9 @@ void Arena::Grow(Run<T>* run, size_t extra) {
   size_t need = size_t{run->size} + extra;
   if (need <= run->cap) return;
   if (need > UINT32_MAX) throw std::length_error("pickle container larger than 2^32 entries");
-  size_t cap = run->cap < 4 ? 4 : size_t{run->cap} * 2;
+  // The first allocation fits exactly (a pickle fills most containers in
+  // one APPENDS / SETITEMS); later ones double.
+  size_t cap = run->cap == 0 ? need : size_t{run->cap} * 2;
   if (cap < need) cap = need;
   if (cap > UINT32_MAX) cap = UINT32_MAX;
   T* data = AllocArray<T>(cap);
