@@ -51,6 +51,7 @@ class _Dom(HTMLParser):
     def __init__(self):
         super().__init__()
         self.body, self.files, self.tensors, self.problems = {}, [], [], []
+        self.ranks, self.stages, self.writers = [], [], []
         self._in_problem = False
 
     def handle_starttag(self, tag, attrs):
@@ -66,6 +67,13 @@ class _Dom(HTMLParser):
         elif tag == "g" and "chunk" in cls:
             self.tensors[-1]["chunks"].append({"o": json.loads(a["data-offsets"]), "s": json.loads(a["data-sizes"]),
                                                "file": a["data-file"], "rank": int(a["data-rank"])})
+        elif "rank" in cls and "data-rank" in a:
+            self.ranks.append({k[5:]: (json.loads(v) if k == "data-files" else int(v))
+                               for k, v in a.items() if k.startswith("data-")})
+        elif "stage" in cls and "data-pp" in a:
+            self.stages.append({"pp": int(a["data-pp"]), "layers": json.loads(a["data-layers"])})
+        elif tag == "td" and "writers" in cls:
+            self.writers.append(json.loads(a["data-writers"]))
         elif tag == "li" and "problem-item" in cls:
             self._in_problem = True
             self.problems.append("")
@@ -132,6 +140,51 @@ def test_sample_map_in_chromium(cli_path, tmp_path):
     # TP2 x PP2 x DP2 with fully parallel save: every rank wrote some chunk.
     assert {c["rank"] for t in dom.tensors for c in t["chunks"]} == set(range(8))
     assert dom.problems == []
+
+
+def _check_grid(dom, ckpt, sizes, num_layers):
+    """The grid against Megatron's rank order (tp fastest, then cp, dp; pp
+    outermost), the files on disk, and the interleaved stage layout."""
+    tp, cp, dp, pp, vpp = (sizes[k] for k in ("tp", "cp", "dp", "pp", "vpp"))
+    world = tp * cp * dp * pp
+    assert sorted(r["rank"] for r in dom.ranks) == list(range(world))
+    on_disk = {}
+    for name in os.listdir(ckpt):
+        if name.endswith(".distcp"):
+            on_disk.setdefault(int(name[2:].split("_")[0]), []).append(name)
+    for r in dom.ranks:
+        rank = r["rank"]
+        assert (r["tp"], r["cp"], r["dp"], r["pp"]) == (rank % tp, rank // tp % cp, rank // (tp * cp) % dp,
+                                                       rank // (tp * cp * dp)), r
+        assert sorted(r["files"]) == sorted(on_disk.get(rank, []))
+        assert r["bytes"] == sum(os.path.getsize(os.path.join(ckpt, f)) for f in r["files"])
+    # One block per pipeline rank; virtual stage s of pipeline rank p holds model chunk s * pp + p.
+    per_chunk = num_layers // (pp * vpp)
+    assert [b["pp"] for b in dom.stages] == list(range(pp))
+    for b in dom.stages:
+        want = [[(s * pp + b["pp"]) * per_chunk, (s * pp + b["pp"] + 1) * per_chunk] for s in range(vpp)]
+        assert b["layers"] == want, b
+    # Each column (a model shard) names the DP replicas that wrote files.
+    assert len(dom.writers) == pp * cp * tp
+    wrote = {r["rank"] for r in dom.ranks if r["bytes"] > 0}
+    assert sorted(w for col in dom.writers for w in col) == sorted(wrote)
+
+
+def test_parallel_grid_of_the_sample(cli_path, tmp_path):
+    _, dom = _render(cli_path, SAMPLE, tmp_path / "map.html")
+    doc = json.loads(subprocess.run([cli_path, "inspect", SAMPLE, "--json"], capture_output=True, text=True).stdout)
+    s = doc["details"]["megatron"]["summary"]
+    sizes = {"cp": 1, "vpp": 1, **s["layout_from_args"]}
+    assert (sizes["tp"], sizes["pp"], sizes["dp"]) == (2, 2, 2)
+    _check_grid(dom, os.path.join(SAMPLE, "iter_0000010"), sizes, s["model"]["num_layers"])
+
+
+def test_parallel_grid_with_virtual_stages(cli_path, tmp_path):
+    # Written by megatron-core 0.16.1 with PP2 x VPP2 x DP2 (tests/golden/legacy/make_golden.py).
+    ckpt = os.path.join(REPO, "tests", "golden", "legacy", "mc016_llama_pp2vpp2dp2", "fully_reshardable",
+                        "iter_0000002")
+    _, dom = _render(cli_path, ckpt, tmp_path / "map.html")
+    _check_grid(dom, ckpt, {"tp": 1, "cp": 1, "dp": 2, "pp": 2, "vpp": 2}, 4)
 
 
 def test_sharded_safetensors_map(cli_path, tmp_path):

@@ -4,6 +4,7 @@
 #include <string_view>
 #include <vector>
 
+#include "ckpt/model.h"
 #include "lib/layout_svg.h"
 
 namespace ckpt::cli {
@@ -27,6 +28,69 @@ void Classify(const std::string& key, std::string* section, std::string* group) 
   *group = key.substr(0, at - 1);
 }
 
+// The parallel grid of a Megatron checkpoint whose args give the layout: each
+// rank's coordinates (the model layer's Megatron order), the files it wrote
+// and their bytes, and the layers of every pipeline stage. Null when the
+// layout is not known or does not fit the files.
+nlohmann::json Grid(const nlohmann::json& details, const std::vector<LayoutFile>& files) {
+  const nlohmann::json* summary = nullptr;
+  if (details.contains("megatron") && details["megatron"].is_object() && details["megatron"].contains("summary")) {
+    summary = &details["megatron"]["summary"];
+  }
+  if (summary == nullptr || !summary->contains("layout_from_args") || !(*summary)["layout_from_args"].is_object()) {
+    return nullptr;
+  }
+  const nlohmann::json& a = (*summary)["layout_from_args"];
+  auto size = [&](const char* k) -> int64_t {
+    return a.contains(k) && a[k].is_number_integer() ? a[k].get<int64_t>() : 1;
+  };
+  if (!a.contains("tp") || !a.contains("pp") || !a.contains("dp")) return nullptr;
+  model::ParallelLayout l;
+  l.tp = size("tp");
+  l.pp = size("pp");
+  l.dp = size("dp");
+  l.cp = size("cp");
+  l.ep = size("ep");
+  l.etp = a.contains("etp") ? size("etp") : l.tp;
+  l.vpp = size("vpp");
+  if (!l.Validate().ok() || l.world_size() > 65536) return nullptr;
+  nlohmann::json g;
+  g["sizes"] = {{"tp", l.tp}, {"pp", l.pp}, {"dp", l.dp}, {"cp", l.cp}, {"ep", l.ep}, {"etp", l.etp}, {"vpp", l.vpp}};
+  g["stages"] = nlohmann::json::array();
+  int64_t num_layers = 0;
+  if (summary->contains("model") && (*summary)["model"].is_object()) {
+    num_layers = (*summary)["model"].value("num_layers", int64_t{0});
+  }
+  g["num_layers"] = num_layers;
+  if (num_layers > 0) {
+    Result<std::vector<model::LayerRange>> stages = l.Stages(num_layers);
+    if (stages.ok()) {
+      for (const model::LayerRange& r : *stages) {
+        g["stages"].push_back({{"pp", r.pp_rank}, {"vp", r.vp_stage}, {"begin", r.begin}, {"end", r.end}});
+      }
+    }
+  }
+  std::vector<nlohmann::json> ranks(static_cast<size_t>(l.world_size()));
+  for (int64_t r = 0; r < l.world_size(); ++r) {
+    Result<model::RankCoordinates> c = model::GlobalRankCoordinates(l, r);
+    if (!c.ok()) return nullptr;
+    ranks[static_cast<size_t>(r)] = {{"rank", r},         {"tp", c->tp_rank}, {"cp", c->cp_rank},
+                                     {"dp", c->dp_rank},  {"pp", c->pp_rank}, {"ep", c->ep_rank},
+                                     {"etp", c->etp_rank}, {"files", nlohmann::json::array()},
+                                     {"bytes", uint64_t{0}}};
+  }
+  for (size_t i = 0; i < files.size(); ++i) {
+    const LayoutFile& f = files[i];
+    if (f.rank < 0) continue;
+    if (f.rank >= l.world_size()) return nullptr;  // files from ranks the args do not have
+    nlohmann::json& r = ranks[static_cast<size_t>(f.rank)];
+    r["files"].push_back(i);
+    r["bytes"] = r["bytes"].get<uint64_t>() + f.bytes;
+  }
+  g["ranks"] = std::move(ranks);
+  return g;
+}
+
 constexpr std::string_view kPage = R"HTML(<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -42,6 +106,10 @@ details.tgroup { margin: 2px 0; } details.tgroup > summary { cursor: pointer; }
 .tensor { display: grid; grid-template-columns: 420px 260px 330px; align-items: center; margin: 2px 0 2px 18px; }
 .tensor .key { overflow-wrap: anywhere; } svg.chunks { border: 1px solid #bbb; background: #fafafa; }
 #search { width: 360px; padding: 3px; } .hidden { display: none !important; }
+.stage { margin: 8px 0 4px; } .stage-h { font-weight: bold; }
+table.grid-t { border-collapse: collapse; margin: 2px 0 0 10px; } table.grid-t th { font-weight: normal; color: #666; padding: 2px 6px; text-align: left; }
+table.grid-t td { padding: 2px; vertical-align: top; } td.writers { font-size: 11px; color: #666; }
+.rank { border: 2px solid #999; border-radius: 3px; padding: 2px 6px; min-width: 120px; font-size: 12px; } .rank.idle { border-style: dashed; background: #f4f4f4; }
 .legend span { display: inline-block; margin-right: 10px; } .swatch { width: 10px; height: 10px; display: inline-block; margin-right: 3px; }
 </style></head>
 <body data-rendered="0" data-errors="0">
@@ -105,6 +173,69 @@ details.tgroup { margin: 2px 0; } details.tgroup > summary { cursor: pointer; }
     lay.appendChild(el("h2", "", "Parallel layout"));
     if (D.layout) lay.appendChild(el("div", "", D.layout));
     D.model_layout.forEach(function (line) { lay.appendChild(el("div", "muted", line)); });
+    if (D.grid) drawGrid(lay, D.grid);
+  }
+
+  // The parallel grid: one block per pipeline stage (its layers), a column
+  // per (CP, TP) rank and a row per DP rank, each cell a rank with the bytes
+  // of the files it wrote. The DP ranks of a column hold replicas of the same
+  // model shard; the column's footer names which of them wrote it.
+  function drawGrid(parent, G) {
+    var z = G.sizes, byPos = {};
+    G.ranks.forEach(function (r) { byPos[r.pp + "/" + r.dp + "/" + r.cp + "/" + r.tp] = r; });
+    var wrap = el("div", "grid");
+    wrap.appendChild(el("div", "muted", "ranks by pipeline stage (blocks), tensor" + (z.cp > 1 ? " and context" : "") +
+        " parallel rank (columns) and data-parallel replica (rows)" + (z.ep > 1 ? "; experts: EP " + z.ep + " x ETP " + z.etp : "")));
+    for (var p = 0; p < z.pp; p++) {
+      var st = G.stages.filter(function (s) { return s.pp === p; });
+      var layers = st.map(function (s) { return s.end - s.begin === 1 ? String(s.begin) : s.begin + "-" + (s.end - 1); });
+      var block = el("div", "stage");
+      block.dataset.pp = p;
+      block.dataset.layers = JSON.stringify(st.map(function (s) { return [s.begin, s.end]; }));
+      block.appendChild(el("div", "stage-h", "PP stage " + p + (layers.length ? ": layers " + layers.join(", ") +
+          (z.vpp > 1 ? " (" + st.length + " virtual stages)" : "") : "")));
+      var table = el("table", "grid-t"), head = el("tr");
+      head.appendChild(el("th", "", ""));
+      for (var c = 0; c < z.cp; c++) for (var t = 0; t < z.tp; t++) head.appendChild(el("th", "", (z.cp > 1 ? "CP " + c + " " : "") + "TP " + t));
+      table.appendChild(head);
+      for (var d = 0; d < z.dp; d++) {
+        var tr = el("tr");
+        tr.appendChild(el("th", "", "DP " + d));
+        for (c = 0; c < z.cp; c++) for (t = 0; t < z.tp; t++) {
+          var r = byPos[p + "/" + d + "/" + c + "/" + t], td = el("td");
+          if (r) {
+            var cell = el("div", "rank" + (r.bytes ? "" : " idle"));
+            cell.dataset.rank = r.rank; cell.dataset.tp = r.tp; cell.dataset.cp = r.cp; cell.dataset.dp = r.dp;
+            cell.dataset.pp = r.pp; cell.dataset.ep = r.ep; cell.dataset.etp = r.etp; cell.dataset.bytes = r.bytes;
+            cell.dataset.files = JSON.stringify(r.files.map(function (i) { return D.files[i].name; }));
+            cell.style.borderColor = PALETTE[r.rank % PALETTE.length];
+            cell.appendChild(el("b", "", "rank " + r.rank));
+            cell.appendChild(el("div", "muted", r.bytes ? human(r.bytes) + " in " + r.files.length + " file" + (r.files.length === 1 ? "" : "s")
+                                                         : "wrote nothing (its replicas did)"));
+            if (z.ep > 1) cell.appendChild(el("div", "muted", "EP " + r.ep + " ETP " + r.etp));
+            td.appendChild(cell);
+          }
+          tr.appendChild(td);
+        }
+        table.appendChild(tr);
+      }
+      var foot = el("tr");
+      foot.appendChild(el("th", "", "written by"));
+      for (c = 0; c < z.cp; c++) for (t = 0; t < z.tp; t++) {
+        var writers = [];
+        for (d = 0; d < z.dp; d++) {
+          var w = byPos[p + "/" + d + "/" + c + "/" + t];
+          if (w && w.bytes) writers.push(w.rank);
+        }
+        var ftd = el("td", "writers", writers.length ? "rank" + (writers.length > 1 ? "s " : " ") + writers.join(", ") : "nobody");
+        ftd.dataset.writers = JSON.stringify(writers);
+        foot.appendChild(ftd);
+      }
+      table.appendChild(foot);
+      block.appendChild(table);
+      wrap.appendChild(block);
+    }
+    parent.appendChild(wrap);
   }
 
   // Files, by group (rank), bars by bytes.
@@ -290,6 +421,7 @@ nlohmann::json LayoutMapData(const nlohmann::json& doc) {
     if (it != index.end()) return static_cast<int64_t>(it->second);
     return only == SIZE_MAX ? -1 : static_cast<int64_t>(only);
   };
+  data["grid"] = Grid(details, files);
   uint64_t tensor_bytes = 0;
   data["tensors"] = nlohmann::json::array();
   if (doc.contains("tensors")) {

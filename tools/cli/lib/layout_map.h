@@ -19,7 +19,13 @@ namespace ckpt::cli {
 //    "layout": "TP=2 PP=2 DP=2 (world 8)" or "", "model_layout": [line],
 //    "tensors": [{"key", "dtype", "shape", "nbytes", "section" ("model" |
 //                 "optimizer"), "group",
-//                 "chunks": [{"o": offsets, "s": sizes, "f": file index}]}]}
+//                 "chunks": [{"o": offsets, "s": sizes, "f": file index}]}],
+//    "grid": null, or for a Megatron checkpoint whose args give the layout
+//            {"sizes": {tp, pp, dp, cp, ep, etp, vpp}, "num_layers",
+//             "stages": [{"pp", "vp", "begin", "end"}] (the model layer's
+//             ParallelLayout::Stages), "ranks": [{"rank", "tp", "cp", "dp",
+//             "pp", "ep", "etp" (GlobalRankCoordinates), "files": [file
+//             index], "bytes"}]}}
 // A tensor without chunk records (a single file, a sharded folder) is one
 // chunk covering its shape in the file it names.
 nlohmann::json LayoutMapData(const nlohmann::json& doc);
@@ -28,7 +34,12 @@ nlohmann::json LayoutMapData(const nlohmann::json& doc);
 // and what each holds; tensors grouped by model/optimizer and key group
 // (collapsible, searchable), each drawn as its global shape with its chunks
 // as boxes coloured by the rank that wrote them (2-D as it is, 1-D as a row,
-// 3-D and up as one panel per index of axis 0, at most 16); the Megatron layout; problems in red (listed, and their
+// 3-D and up as one panel per index of axis 0, at most 16); the Megatron layout
+// and its grid (a block per pipeline rank with the layers of its stages, a
+// `.stage[data-pp][data-layers]`; a cell per rank, `.rank[data-rank][data-tp]
+// [data-cp][data-dp][data-pp][data-ep][data-etp][data-bytes][data-files]`, in
+// columns of (CP, TP) rank and rows of DP replica, with each column's
+// `td.writers[data-writers]`: the replicas that wrote files); problems in red (listed, and their
 // files marked). Past 20,000 chunks in all, groups draw their tensors only
 // when opened and show 500 tensors at a time. Every file is a
 // `.file[data-file][data-bytes][data-rank]`, every tensor a
