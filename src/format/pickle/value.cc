@@ -260,43 +260,15 @@ void Arena::SetState(Value* v, Value* state) {
   ObjectOf(v)->state = state;
 }
 
-Value* Arena::Clone(const Value* from) {
-  Value* v = New(from->kind);
-  v->newobj = from->newobj;
-  v->opaque = from->opaque;
-  v->ordered = from->ordered;
-  v->torch_size = from->torch_size;
-  v->frozen = from->frozen;
-  v->bytearray = from->bytearray;
-  v->depth = from->depth;
-  v->offset = from->offset;
-  switch (from->kind) {
-    case Kind::kBool: case Kind::kInt: v->i = from->i; break;
-    case Kind::kFloat: v->f = from->f; break;
-    case Kind::kString: case Kind::kBytes: case Kind::kBigInt:
-      v->chars_ = from->chars_;  // immutable bytes in an arena: shared
-      v->n_ = from->n_;
-      v->cap_ = from->cap_;
-      break;
-    case Kind::kGlobal: *v->global_ = *from->global_; break;
-    case Kind::kTuple: case Kind::kList: case Kind::kSet: case Kind::kPersistentId:
-      SetItems(v, from->items());
-      break;
-    case Kind::kDict:
-      SetPairs(v, from->dict());
-      if (from->state() != nullptr) SetState(v, from->state());
-      break;
-    case Kind::kObject:
-      v->object_->callable = from->object_->callable;
-      v->object_->args = from->object_->args;
-      v->object_->state = from->object_->state;
-      v->object_->kwargs = from->object_->kwargs;
-      SetItems(v, from->items());
-      SetPairs(v, from->dict());
-      break;
-    case Kind::kNone: break;
-  }
-  return v;
+void CopySpelling(Value* to, const Value* from) {
+  to->newobj = from->newobj;
+  to->opaque = from->opaque;
+  to->ordered = from->ordered;
+  to->torch_size = from->torch_size;
+  to->frozen = from->frozen;
+  to->bytearray = from->bytearray;
+  to->depth = from->depth;
+  to->offset = from->offset;
 }
 
 std::string TypeName(const Value* v) {

@@ -174,6 +174,10 @@ struct Value {
 };
 static_assert(sizeof(Value) == 32, "a Value is 32 bytes");
 
+// Copies how `from` was spelled and where it was read (the flags, depth and
+// offset; not the kind or payload) onto `to`.
+void CopySpelling(Value* to, const Value* from);
+
 // Owns Values and everything they point to. Addresses are stable for the
 // arena's lifetime; nothing is freed before the arena.
 class Arena {
@@ -226,9 +230,6 @@ class Arena {
   void SetArgs(Value* v, Value* args);
   void SetState(Value* v, Value* state);
   void SetKwargs(Value* v, Value* kwargs);
-  // Copies the fields of `from` (kind, flags, payload; containers as new
-  // spans sharing the same children) into a new value.
-  Value* Clone(const Value* from);
   // Copies s into the arena; the view lives as long as the arena.
   std::string_view Intern(std::string_view s);
 

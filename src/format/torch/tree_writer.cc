@@ -244,14 +244,7 @@ Result<Value*> TorchTreeWriter::Copy(const Value* v, size_t depth) {
     }
   }
   cur_->memo[v] = out;  // before the children: cycles come back here
-  out->newobj = v->newobj;
-  out->opaque = v->opaque;
-  out->ordered = v->ordered;
-  out->torch_size = v->torch_size;
-  out->frozen = v->frozen;
-  out->bytearray = v->bytearray;
-  out->depth = v->depth;
-  out->offset = v->offset;
+  pickle::CopySpelling(out, v);
   for (const Value* c : v->items()) {
     CKPT_ASSIGN_OR_RETURN(Value * x, Copy(c, depth + 1));
     (*arena_).Append(out, x);
