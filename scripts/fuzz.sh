@@ -22,9 +22,13 @@
 #
 # Environment: CKPT_SAN_CTEST (1 in CI mode, 0 otherwise), CKPT_FUZZ_JOBS (campaign targets at a
 # time), CKPT_BUILD_JOBS (ninja -j, default nproc), CKPT_FUZZ_NICE (nice level of fuzzing, default 0).
-# Every libFuzzer run uses the same flags (FLAGS below), so features compare across runs.
+# Every libFuzzer run of a target uses the same flags (FLAGS and maxlen_of below), so features
+# compare across runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Everything runs inside main, read whole before it starts: a campaign runs for hours, and
+# bash reads a script as it goes, so an edit made meanwhile would otherwise change it mid-run.
+main() {
 
 MODE=ci
 SECS=30
@@ -39,7 +43,7 @@ case "${1:-}" in
   *) SECS=$1; shift ;;
 esac
 
-FLAGS=(-max_len=262144 -rss_limit_mb=2048 -timeout=10)
+FLAGS=(-rss_limit_mb=2048 -timeout=10)
 CORPUS=tests/fuzz/corpus
 WORK=tests/fuzz/corpus-work
 LEDGER=docs/security.md
@@ -81,6 +85,18 @@ seeds_of() {
   [ "$fmt" != "$area" ] && dirs+=(tests/golden/$fmt tests/corrupt/$fmt)
   for d in "${dirs[@]}"; do [ -d "$d" ] && echo "$d"; done
   return 0
+}
+
+# The longest input a target is given (-max_len, in every run, merge and -runs=0 alike, so
+# features compare): room for its largest real seed, no more, which keeps the kept corpus
+# small (a longer input is cut to this length when read).
+maxlen_of() {
+  case $1 in
+    megatron|megatron_args|hf_config) echo 8192 ;;        # text / common-state pickles: <= 7 KB
+    pickle|dcp_metadata|dcp_manifest) echo 16384 ;;      # golden .metadata <= 5.5 KB
+    safetensors|zip|torch) echo 32768 ;;                 # goldens <= 20 KB
+    *) echo 65536 ;;                                     # legacy: real model_optim_rng.pt <= 45 KB
+  esac
 }
 
 # The dictionaries of the formats a target reads (tests/fuzz/dict/), joined into one file:
@@ -125,7 +141,8 @@ NOASLR=()
 setarch "$(uname -m)" -R true 2>/dev/null && NOASLR=(setarch "$(uname -m)" -R)
 inited_line() {
   local t=$1 dir=$2
-  "${NICE[@]}" "${NOASLR[@]}" ./build-san/"$t" -runs=0 -seed=1 -shuffle=0 "${FLAGS[@]}" "$dir" 2>&1 |
+  "${NICE[@]}" "${NOASLR[@]}" ./build-san/"$t" -runs=0 -seed=1 -shuffle=0 "${FLAGS[@]}" \
+    -max_len="$(maxlen_of "${t%_fuzz}")" "$dir" 2>&1 |
     grep -E '^#[0-9]+[[:space:]]+INITED' | tail -1
 }
 field() {  # field NAME LINE: the number after "NAME:" in a libFuzzer status line
@@ -146,7 +163,8 @@ merge_into_kept() {
   mapfile -t seeds < <(seeds_of "$area")
   rm -rf "$fresh"
   mkdir -p "$fresh" "$kept"
-  "${NICE[@]}" ./build-san/"$t" -set_cover_merge=1 "${FLAGS[@]}" "$fresh" "$kept" "$@" "${seeds[@]}" \
+  "${NICE[@]}" ./build-san/"$t" -set_cover_merge=1 "${FLAGS[@]}" -max_len="$(maxlen_of "${t%_fuzz}")" \
+    "$fresh" "$kept" "$@" "${seeds[@]}" \
     >"$WORK/merge-$area.log" 2>&1 || { echo "fuzz: merge of $t failed:"; tail -20 "$WORK/merge-$area.log"; return 1; }
   rm -rf "$kept"
   mv "$fresh" "$kept"
@@ -156,6 +174,41 @@ merge_into_kept() {
 # The ledger's last features record of a target ("" when none).
 ledger_features() {
   awk -F'|' -v t="$1" '$3 ~ "^ *" t " *$" {f=$8} END {gsub(/ /, "", f); print f}' "$LEDGER"
+}
+
+# Rewrites the totals table between the ledger's markers: per target, the runs, seconds,
+# executions and crashes summed over every row, and the last run's features and corpus.
+ledger_totals() {
+  local tmp=$LEDGER.tmp
+  awk -F'|' '
+    /^<!-- fuzz-totals:begin -->/ { intotals = 1; next }
+    /^<!-- fuzz-totals:end -->/ { intotals = 0; next }
+    intotals { next }
+    { lines[++n] = $0 }
+    /^\| [0-9]+T[0-9]+Z \|/ {
+      t = $3; gsub(/ /, "", t)
+      if (!(t in runs)) order[++m] = t
+      runs[t]++; secs[t] += $4; ex[t] += $5; cr[t] += $10
+      ft[t] = $8; gsub(/ /, "", ft[t]); corp[t] = $9; gsub(/^ +| +$/, "", corp[t])
+    }
+    END {
+      for (i = 1; i <= n; i++) {
+        print lines[i]
+        if (lines[i] ~ /^### Totals/) {
+          print "<!-- fuzz-totals:begin -->"
+          print ""
+          print "| target | runs | seconds | executions | crashes | features (last run) | corpus (last run) |"
+          print "|---|---|---|---|---|---|---|"
+          for (j = 1; j <= m; j++) {
+            t = order[j]
+            printf "| %s | %d | %d | %d | %d | %s | %s |\n", t, runs[t], secs[t], ex[t], cr[t], ft[t], corp[t]
+          }
+          print ""
+          print "<!-- fuzz-totals:end -->"
+        }
+      }
+    }' "$LEDGER" >"$tmp"
+  mv "$tmp" "$LEDGER"
 }
 
 ledger_header() {
@@ -170,8 +223,12 @@ its `stat::average_exec_per_sec`; *features* is what a `-runs=0` pass over the k
 reports after the run was merged into it (`bash scripts/fuzz.sh --coverage` re-measures
 it); *corpus* the kept corpus after the merge; *crashes* the crash, leak, timeout and OOM
 artifacts the run left. The excerpts of each run's log (final stats, last status line,
-merge, `-runs=0`) are in `tests/fuzz/ledger/<run>/<target>.txt`. Totals: `bash
-scripts/fuzz.sh --coverage` prints the executions summed per target.
+merge, `-runs=0`) are in `tests/fuzz/ledger/<run>/<target>.txt`. The totals are summed
+from the rows below after each campaign.
+
+### Totals
+
+### Runs
 
 | run (UTC) | target | seconds | executions | exec/s | new units | features | corpus (files / KiB) | crashes |
 |---|---|---|---|---|---|---|---|---|
@@ -199,7 +256,8 @@ if [ "$MODE" = ci ]; then
     echo "fuzz: $t for ${SECS}s from $CORPUS/$area ($kfiles files) + seeds: ${seeds[*]:-none}"
     # The kept corpus and the seeds are read-only inputs: libFuzzer writes new inputs to the
     # first folder only, so CI never changes the tree.
-    if ! "${NICE[@]}" ./build-san/"$t" -max_total_time="$SECS" "${FLAGS[@]}" ${dict:+-dict="$dict"} \
+    if ! "${NICE[@]}" ./build-san/"$t" -max_total_time="$SECS" "${FLAGS[@]}" -max_len="$(maxlen_of "$area")" \
+         ${dict:+-dict="$dict"} \
          -print_final_stats=1 -artifact_prefix="$work/" "$work" "${kept[@]}" "${seeds[@]}" \
          >"$work.log" 2>&1; then
       echo "fuzz: $t FAILED; last lines of $work.log:"
@@ -265,7 +323,8 @@ fuzz_one() {  # the fuzzing part of a campaign: writes $RUNDIR/<area>/ and $RUND
   mkdir -p "$out"
   mapfile -t seeds < <(seeds_of "$area")
   dict=$(dict_of "$area")
-  "${NICE[@]}" ./build-san/"$t" -max_total_time="$per" "${FLAGS[@]}" ${dict:+-dict="$dict"} \
+  "${NICE[@]}" ./build-san/"$t" -max_total_time="$per" "${FLAGS[@]}" -max_len="$(maxlen_of "$area")" \
+    ${dict:+-dict="$dict"} \
     -print_final_stats=1 -artifact_prefix="$out/" "$out" $([ -d "$CORPUS/$area" ] && echo "$CORPUS/$area") "${seeds[@]}" \
     >"$RUNDIR/$area.log" 2>&1 && echo 0 >"$RUNDIR/$area.rc" || echo $? >"$RUNDIR/$area.rc"
 }
@@ -300,7 +359,7 @@ for t in "${targets[@]}"; do
   rc=$(cat "$RUNDIR/$area.rc")
   {
     echo "# scripts/fuzz.sh --campaign $HOURS: $t, run $RUN, ${per}s, exit $rc"
-    echo "# flags: ${FLAGS[*]} -max_total_time=$per -print_final_stats=1 (dict: $(grep -oE 'Dictionary: [0-9]+ entries' "$log" | head -1 || true))"
+    echo "# flags: ${FLAGS[*]} -max_len=$(maxlen_of "$area") -max_total_time=$per -print_final_stats=1 (dict: $(grep -oE 'Dictionary: [0-9]+ entries' "$log" | head -1 || true))"
     grep -E '^INFO: Seed:|^INFO: +[0-9]+ files found|^#[0-9]+[[:space:]]+INITED' "$log" || true
     grep -E '^#[0-9]+[[:space:]]' "$log" | tail -1 || true
     grep -E '^==[0-9]+==ERROR|^SUMMARY|runtime error|^artifact_prefix|Test unit written' "$log" | head -10 || true
@@ -320,5 +379,8 @@ for t in "${targets[@]}"; do
     "${units:-0}" "$ft" "$n" "$((b / 1024))" "$crashes" >>"$LEDGER"
   echo "campaign: $t executions $execs (${rate:-0}/s), features $ft, corpus $n files / $((b / 1024)) KiB, crashes $crashes"
 done
+ledger_totals
 echo "campaign $RUN done: ledger rows appended to $LEDGER, excerpts in $EXCERPTS/; kept corpus: $(du -sh "$CORPUS" | cut -f1)"
 exit $status
+}
+main "$@"
