@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Seeds for megatron_args_fuzz: the data.pkl (the common state pickle, with
-Megatron-LM's `args`) of every common.pt and legacy model_optim_rng.pt among
-the goldens, deduplicated by content. Standard library only:
+Megatron-LM's `args`) of every common.pt among the goldens, deduplicated by
+content. (A legacy model_optim_rng.pt holds args too, but its 25-45 KB pickle
+is past the target's -max_len, 8192.) Standard library only:
     python3 tests/fuzz/seeds/make_megatron_args_seeds.py
 """
 import hashlib
@@ -11,8 +12,10 @@ import zipfile
 root = pathlib.Path(__file__).resolve().parents[3]
 out = pathlib.Path(__file__).resolve().parent / "megatron_args"
 out.mkdir(exist_ok=True)
+for old in out.glob("*.pkl"):
+    old.unlink()
 seen = set()
-for name in ("common.pt", "model_optim_rng.pt"):
+for name in ("common.pt",):
     for path in sorted((root / "tests/golden").rglob(name)):
         with zipfile.ZipFile(path) as z:
             pkl = [n for n in z.namelist() if n.endswith("/data.pkl")]
