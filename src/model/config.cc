@@ -7,6 +7,7 @@
 
 #include "ckpt/model.h"
 #include "model/args.h"
+#include "util/checked_math.h"
 #include "util/strings.h"
 
 namespace ckpt::model {
@@ -358,8 +359,11 @@ Result<ParallelLayout> LayoutFromArgs(const megatron::CommonState& a) {
   if (auto v = ArgInt(a, "virtual_pipeline_model_parallel_size")) l.vpp = *v;
   if (auto dp = ArgInt(a, "data_parallel_size")) {
     l.dp = *dp;
-  } else if (auto ws = ArgInt(a, "world_size"); ws && *ws % (l.tp * l.pp * l.cp) == 0) {
-    l.dp = *ws / (l.tp * l.pp * l.cp);
+  } else if (auto ws = ArgInt(a, "world_size")) {
+    // Sizes from a file: tp * pp * cp may be 0 or overflow (Validate below names the bad size).
+    auto tp_pp = CheckedMulSigned(l.tp, l.pp);
+    auto mp = tp_pp ? CheckedMulSigned(*tp_pp, l.cp) : std::nullopt;
+    if (mp && *mp > 0 && *ws % *mp == 0) l.dp = *ws / *mp;
   }
   l.first_stage_layers = ArgInt(a, "decoder_first_pipeline_num_layers");
   l.last_stage_layers = ArgInt(a, "decoder_last_pipeline_num_layers");
