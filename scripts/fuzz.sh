@@ -15,6 +15,13 @@
 #                                               corpus's features (-runs=0), and append the run to the
 #                                               ledger in docs/security.md, with libFuzzer's final
 #                                               stats kept in tests/fuzz/ledger/<run>/<target>.txt.
+#   bash scripts/fuzz.sh --until EXECS [TARGET...]
+#                                               a campaign that runs each target (all by default)
+#                                               until the ledger's total of its executions reaches
+#                                               EXECS (libFuzzer -runs= the shortfall, capped at
+#                                               CKPT_FUZZ_CAP seconds, default 14400), longest
+#                                               shortfall first; targets already there are skipped.
+#                                               The ledger row records the seconds it took.
 #   bash scripts/fuzz.sh --merge [TARGET...]    merge the seeds (goldens, corrupt files, seeds/) into
 #                                               the kept corpus, no fuzzing: a new target's first corpus.
 #   bash scripts/fuzz.sh --coverage [TARGET...] features of each kept corpus (-runs=0) beside the
@@ -33,11 +40,13 @@ main() {
 MODE=ci
 SECS=30
 HOURS=
+UNTIL=
 case "${1:-}" in
   --campaign) MODE=campaign; HOURS=${2:?usage: fuzz.sh --campaign HOURS [TARGET...]}; shift 2 ;;
+  --until) MODE=campaign; UNTIL=${2:?usage: fuzz.sh --until EXECS [TARGET...]}; HOURS=0; shift 2 ;;
   --merge) MODE=merge; shift ;;
   --coverage) MODE=coverage; shift ;;
-  -*) echo "usage: fuzz.sh [SECONDS] | --campaign HOURS [TARGET...] | --merge [TARGET...] | --coverage [TARGET...]" >&2
+  -*) echo "usage: fuzz.sh [SECONDS] | --campaign HOURS [TARGET...] | --until EXECS [TARGET...] | --merge [TARGET...] | --coverage [TARGET...]" >&2
       exit 2 ;;
   "") ;;
   *) SECS=$1; shift ;;
@@ -176,6 +185,11 @@ ledger_features() {
   awk -F'|' -v t="$1" '$3 ~ "^ *" t " *$" {f=$8} END {gsub(/ /, "", f); print f}' "$LEDGER"
 }
 
+# The executions of a target summed over the ledger's rows (0 when none).
+ledger_executions() {
+  awk -F'|' -v t="$1" '$0 ~ /^\| [0-9]+T[0-9]+Z \|/ && $3 ~ "^ *" t " *$" {s += $5} END {printf "%d\n", s}' "$LEDGER"
+}
+
 # Rewrites the totals table between the ledger's markers: per target, the runs, seconds,
 # executions and crashes summed over every row, and the last run's features and corpus.
 ledger_totals() {
@@ -309,8 +323,26 @@ CKPT_SAN_CTEST=${CKPT_SAN_CTEST:-0}
 build "${targets[@]}"
 if [ "$CKPT_SAN_CTEST" = 1 ]; then ctest --test-dir build-san --output-on-failure -j"$(nproc)"; fi
 JOBS=${CKPT_FUZZ_JOBS:-1}
-per=$(awk -v h="$HOURS" -v j="$JOBS" -v n="${#targets[@]}" 'BEGIN {printf "%d", h * 3600 * j / n}')
-[ "$per" -ge 10 ] || { echo "fuzz: $HOURS h over ${#targets[@]} targets is under 10 s each" >&2; exit 2; }
+declare -A need=()
+if [ -n "$UNTIL" ]; then
+  # Each target's shortfall from the ledger's totals; the longest first, so parallel jobs
+  # end close together. libFuzzer counts the corpus's own runs in -runs, hence the 1% more.
+  per=${CKPT_FUZZ_CAP:-14400}
+  mapfile -t order < <(for t in "${targets[@]}"; do
+      have=$(ledger_executions "$t")
+      echo "$((UNTIL - ${have:-0})) $t"
+    done | sort -rn | awk '$1 > 0 {print $2 " " int($1 * 1.01) + 1000}')
+  targets=()
+  for line in "${order[@]}"; do
+    read -r t n <<<"$line"
+    targets+=("$t"); need[$t]=$n
+  done
+  [ "${#targets[@]}" -gt 0 ] || { echo "fuzz: every target has $UNTIL executions in the ledger"; exit 0; }
+  for t in "${targets[@]}"; do echo "campaign: $t needs ${need[$t]} executions"; done
+else
+  per=$(awk -v h="$HOURS" -v j="$JOBS" -v n="${#targets[@]}" 'BEGIN {printf "%d", h * 3600 * j / n}')
+  [ "$per" -ge 10 ] || { echo "fuzz: $HOURS h over ${#targets[@]} targets is under 10 s each" >&2; exit 2; }
+fi
 RUN=$(date -u +%Y%m%dT%H%M%SZ)
 RUNDIR=$WORK/campaign-$RUN
 EXCERPTS=tests/fuzz/ledger/$RUN
@@ -323,16 +355,18 @@ fuzz_one() {  # the fuzzing part of a campaign: writes $RUNDIR/<area>/ and $RUND
   mkdir -p "$out"
   mapfile -t seeds < <(seeds_of "$area")
   dict=$(dict_of "$area")
-  "${NICE[@]}" ./build-san/"$t" -max_total_time="$per" "${FLAGS[@]}" -max_len="$(maxlen_of "$area")" \
+  local start=$SECONDS
+  "${NICE[@]}" ./build-san/"$t" -max_total_time="$per" ${need[$t]:+-runs="${need[$t]}"} "${FLAGS[@]}" -max_len="$(maxlen_of "$area")" \
     ${dict:+-dict="$dict"} \
     -print_final_stats=1 -artifact_prefix="$out/" "$out" $([ -d "$CORPUS/$area" ] && echo "$CORPUS/$area") "${seeds[@]}" \
     >"$RUNDIR/$area.log" 2>&1 && echo 0 >"$RUNDIR/$area.rc" || echo $? >"$RUNDIR/$area.rc"
+  echo $((SECONDS - start)) >"$RUNDIR/$area.secs"
 }
 
 running=0
 for t in "${targets[@]}"; do
   if [ "$running" -ge "$JOBS" ]; then wait -n || true; running=$((running - 1)); fi
-  echo "campaign: $t for ${per}s"
+  if [ -n "$UNTIL" ]; then echo "campaign: $t for ${need[$t]} executions (at most ${per}s)"; else echo "campaign: $t for ${per}s"; fi
   fuzz_one "$t" &
   running=$((running + 1))
 done
@@ -357,9 +391,13 @@ for t in "${targets[@]}"; do
   units=$(stat_of new_units_added "$log")
   ft=$(field ft "$line")
   rc=$(cat "$RUNDIR/$area.rc")
+  secs=$per
+  [ -n "$UNTIL" ] && secs=$(cat "$RUNDIR/$area.secs")
+  how="--campaign $HOURS"
+  [ -n "$UNTIL" ] && how="--until $UNTIL"
   {
-    echo "# scripts/fuzz.sh --campaign $HOURS: $t, run $RUN, ${per}s, exit $rc"
-    echo "# flags: ${FLAGS[*]} -max_len=$(maxlen_of "$area") -max_total_time=$per -print_final_stats=1 (dict: $(grep -oE 'Dictionary: [0-9]+ entries' "$log" | head -1 || true))"
+    echo "# scripts/fuzz.sh $how: $t, run $RUN, ${secs}s, exit $rc, at commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "# flags: ${FLAGS[*]} -max_len=$(maxlen_of "$area") -max_total_time=$per${need[$t]:+ -runs=${need[$t]}} -print_final_stats=1 (dict: $(grep -oE 'Dictionary: [0-9]+ entries' "$log" | head -1 || true))"
     grep -E '^INFO: Seed:|^INFO: +[0-9]+ files found|^#[0-9]+[[:space:]]+INITED' "$log" || true
     grep -E '^#[0-9]+[[:space:]]' "$log" | tail -1 || true
     grep -E '^==[0-9]+==ERROR|^SUMMARY|runtime error|^artifact_prefix|Test unit written' "$log" | head -10 || true
@@ -375,7 +413,7 @@ for t in "${targets[@]}"; do
     status=1
   fi
   [ "$crashes" -gt 0 ] && { echo "campaign: $t CRASHED ($crashes artifacts in $out/); see $log"; status=1; }
-  printf '| %s | %s | %s | %s | %s | %s | %s | %s / %s | %s |\n' "$RUN" "$t" "$per" "$execs" "${rate:-0}" \
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s / %s | %s |\n' "$RUN" "$t" "$secs" "$execs" "${rate:-0}" \
     "${units:-0}" "$ft" "$n" "$((b / 1024))" "$crashes" >>"$LEDGER"
   echo "campaign: $t executions $execs (${rate:-0}/s), features $ft, corpus $n files / $((b / 1024)) KiB, crashes $crashes"
 done
