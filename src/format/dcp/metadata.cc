@@ -1,6 +1,7 @@
 #include "format/dcp/metadata.h"
 
 #include <charconv>
+#include <deque>
 #include <set>
 #include <type_traits>
 #include <unordered_map>
@@ -195,7 +196,7 @@ class Parser {
     return OkStatus();
   }
 
-  Status ParseEntry(const std::string& key, const Value* v, Entry* e) const {
+  Status ParseEntry(const std::string& key, const Value* v, Entry* e) {
     e->key = key;
     if (IsClass(v, "BytesStorageMetadata")) {
       e->type = EntryType::kBytes;
@@ -216,14 +217,16 @@ class Parser {
     e->chunks.reserve(chunks->items().size());
     for (size_t c = 0; c < chunks->items().size(); ++c) {
       const Value* ch = chunks->items()[c];
-      auto ca = Attributes(ch);
       auto what = [&] { return StrCat("tensor ", Quote(key), " chunk ", c); };
-      if (!IsClass(ch, "ChunkStorageMetadata")) {
-        return Fail(ch, StrCat(what(), ": expected ChunkStorageMetadata, found ", ClassOf(ch)));
-      }
       Chunk chunk;
-      CKPT_ASSIGN_OR_RETURN(chunk.offsets, IntTuple(Attr(ca, "offsets"), [&] { return StrCat(what(), " offsets"); }));
-      CKPT_ASSIGN_OR_RETURN(chunk.sizes, IntTuple(Attr(ca, "sizes"), [&] { return StrCat(what(), " sizes"); }));
+      if (IsReduced(ch)) {
+        CKPT_ASSIGN_OR_RETURN(chunk, Take(reduced_chunks_, ch));
+      } else {
+        if (!IsClass(ch, "ChunkStorageMetadata")) {
+          return Fail(ch, StrCat(what(), ": expected ChunkStorageMetadata, found ", ClassOf(ch)));
+        }
+        CKPT_RETURN_IF_ERROR(ParseChunk(ch, what, &chunk));
+      }
       if (chunk.offsets.size() != e->size.size() || chunk.sizes.size() != e->size.size()) {
         return Fail(ch, StrCat(what(), ": rank of offsets (", chunk.offsets.size(), ") / sizes (", chunk.sizes.size(),
                                ") differs from the tensor's rank ", e->size.size()));
@@ -233,7 +236,16 @@ class Parser {
     return OkStatus();
   }
 
-  Status ParseItem(const Value* index, const Value* info, StorageItem* it) const {
+  template <typename What>
+  Status ParseChunk(const Value* ch, const What& what, Chunk* chunk) const {
+    auto ca = Attributes(ch);
+    CKPT_ASSIGN_OR_RETURN(chunk->offsets, IntTuple(Attr(ca, "offsets"), [&] { return StrCat(Text(what), " offsets"); }));
+    CKPT_ASSIGN_OR_RETURN(chunk->sizes, IntTuple(Attr(ca, "sizes"), [&] { return StrCat(Text(what), " sizes"); }));
+    return OkStatus();
+  }
+
+  // MetadataIndex(fqn, offset, index) -> the first fields of a StorageItem.
+  Status ParseIndex(const Value* index, StorageItem* it) const {
     if (!IsClass(index, "MetadataIndex")) {
       return Fail(index, StrCat("storage_data key: expected MetadataIndex, found ", ClassOf(index)));
     }
@@ -248,6 +260,11 @@ class Parser {
     }
     const Value* idx = Attr(ia, "index");
     if (idx && idx->kind == Kind::kInt) it->index = idx->i;
+    return OkStatus();
+  }
+
+  // _StorageInfo(relative_path, offset, length[, transform_descriptors]) -> the rest.
+  Status ParseInfo(const Value* info, StorageItem* it) const {
     auto what = [&] { return StrCat("storage item ", Quote(it->fqn)); };
     if (!IsClass(info, "_StorageInfo")) {
       return Fail(info, StrCat(what(), ": expected _StorageInfo, found ", ClassOf(info)));
@@ -273,6 +290,100 @@ class Parser {
     return OkStatus();
   }
 
+  Status ParseItem(const Value* index, const Value* info, StorageItem* it) {
+    if (IsReduced(index)) {
+      CKPT_ASSIGN_OR_RETURN(*it, Take(reduced_indexes_, index));
+    } else {
+      CKPT_RETURN_IF_ERROR(ParseIndex(index, it));
+    }
+    return ParseInfoOf(info, it);
+  }
+  Status ParseInfoOf(const Value* info, StorageItem* it) const {
+    if (IsReduced(info)) {
+      const ReducedInfo& ri = reduced_infos_[static_cast<size_t>(info->i)];
+      it->relative_path = paths_[ri.path];
+      it->offset_in_file = ri.offset;
+      it->length = ri.length;
+      if (ri.transforms >= 0) it->transforms = transform_lists_[static_cast<size_t>(ri.transforms)];
+      return OkStatus();
+    }
+    return ParseInfo(info, it);
+  }
+
+  // --- objects consumed while unpickling (pickle::Reducer) ---
+  // A .metadata of a million chunks is ~30 million pickle values; the three
+  // classes below make up nearly all of them. Each is parsed as soon as it is
+  // read, what Parse needs is kept here, and the unpickler reuses the memory
+  // of its values. An object that does not parse is kept as read and the
+  // walk reports the error with its context.
+  static constexpr std::string_view kReducedClasses[] = {"ChunkStorageMetadata", "MetadataIndex", "_StorageInfo"};
+  struct ReducedInfo {
+    uint32_t path = 0;        // index into paths_
+    int32_t transforms = -1;  // index into transform_lists_, -1 for none
+    uint64_t offset = 0;
+    uint64_t length = 0;
+  };
+
+  static bool IsReduced(const Value* v) { return v != nullptr && v->kind == Kind::kInt && v->reduced; }
+
+  // What was kept of reduced objects of one class, in the order they were
+  // read; the walk takes them in that same order, so each is moved out and
+  // its memory released as it goes. An object taken out of order is copied; a
+  // stand-in met again after it was taken (a crafted stream can DUP one) is an
+  // error.
+  template <typename T>
+  struct Pending {
+    std::deque<T> items;
+    int64_t front = 0;  // the index of items.front()
+    int64_t Add(T t) {
+      items.push_back(std::move(t));
+      return front + static_cast<int64_t>(items.size()) - 1;
+    }
+  };
+  template <typename T>
+  Result<T> Take(Pending<T>& p, const Value* stand_in) const {
+    int64_t i = stand_in->i;
+    if (i == p.front && !p.items.empty()) {
+      T t = std::move(p.items.front());
+      p.items.pop_front();
+      ++p.front;
+      return t;
+    }
+    if (i > p.front && i - p.front < static_cast<int64_t>(p.items.size())) return p.items[static_cast<size_t>(i - p.front)];
+    return Fail(stand_in, "an object of storage_data or a chunk list appears twice");
+  }
+
+  std::optional<int64_t> Reduce(const Value& obj) {
+    std::string_view cls = obj.callable()->name();
+    if (cls == "ChunkStorageMetadata") {
+      Chunk chunk;
+      if (!ParseChunk(&obj, "chunk", &chunk).ok()) return std::nullopt;
+      return reduced_chunks_.Add(std::move(chunk));
+    }
+    if (cls == "MetadataIndex") {
+      StorageItem it;
+      if (!ParseIndex(&obj, &it).ok()) return std::nullopt;
+      return reduced_indexes_.Add(std::move(it));
+    }
+    if (cls == "_StorageInfo") {
+      StorageItem it;
+      if (!ParseInfo(&obj, &it).ok()) return std::nullopt;
+      ReducedInfo ri;
+      auto [p, fresh] = path_ids_.try_emplace(it.relative_path, static_cast<uint32_t>(paths_.size()));
+      if (fresh) paths_.push_back(it.relative_path);
+      ri.path = p->second;
+      if (!it.transforms.empty()) {
+        ri.transforms = static_cast<int32_t>(transform_lists_.size());
+        transform_lists_.push_back(std::move(it.transforms));
+      }
+      ri.offset = it.offset_in_file;
+      ri.length = it.length;
+      reduced_infos_.push_back(ri);
+      return static_cast<int64_t>(reduced_infos_.size() - 1);
+    }
+    return std::nullopt;
+  }
+
   Result<Metadata> Parse() {
     if (src_.Size() > kMaxMetadataBytes) {
       return ResourceExhaustedError(StrCat(src_.Name(), ": .metadata is ", src_.Size(), " bytes, over the limit of ",
@@ -281,6 +392,10 @@ class Parser {
     pickle::UnpickleOptions opts;
     opts.mode = pickle::Mode::kInspect;
     opts.extra_allowed = kExtraAllowed;
+    pickle::Reducer reducer;
+    reducer.class_names = kReducedClasses;
+    reducer.reduce = [this](const Value& obj) { return Reduce(obj); };
+    opts.reducer = &reducer;
     CKPT_ASSIGN_OR_RETURN(pickle::Unpickled u, pickle::Unpickle(src_, 0, opts),
                           StrCat(src_.Name(), ": .metadata"));
     Metadata md;
@@ -322,6 +437,7 @@ class Parser {
       md.entry_index.emplace(e.key, static_cast<int64_t>(md.entries.size()));
       md.entries.push_back(std::move(e));
     }
+    reduced_chunks_ = {};  // moved into the entries
     const Value* sd = Attr(attrs, "storage_data");
     if (sd && sd->kind != Kind::kNone) {
       if (sd->kind != Kind::kDict) return Fail(sd, "storage_data is not a dict");
@@ -332,6 +448,7 @@ class Parser {
         md.items.push_back(std::move(it));
       }
     }
+    reduced_indexes_ = {};
     const Value* pd = Attr(attrs, "planner_data");
     md.has_planner_data = pd && pd->kind != Kind::kNone;
     if (pd && pd->kind == Kind::kDict) {
@@ -378,6 +495,7 @@ class Parser {
         }
       }
     }
+    u = {};  // the graph is not needed by Link: free it first
     Link(md);
     return md;
   }
@@ -428,6 +546,12 @@ class Parser {
 
  private:
   const ByteSource& src_;
+  Pending<Chunk> reduced_chunks_;
+  Pending<StorageItem> reduced_indexes_;
+  std::deque<ReducedInfo> reduced_infos_;
+  std::vector<std::string> paths_;
+  std::unordered_map<std::string, uint32_t> path_ids_;
+  std::vector<std::vector<std::string>> transform_lists_;
 };
 
 }  // namespace

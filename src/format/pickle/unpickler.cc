@@ -1,10 +1,12 @@
 #include "format/pickle/unpickler.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 #include <new>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "format/pickle/internal.h"
@@ -250,6 +252,13 @@ class Reader {
     return true;
   }
 
+  // Steps over n bytes; false when fewer are left.
+  bool Skip(uint64_t n) {
+    if (n > remaining()) return false;
+    pos_ += n;
+    return true;
+  }
+
   // n bytes in place when the source is resident (advancing), else nullptr.
   // REQUIRES: n <= remaining().
   const char* TakeView(size_t n) {
@@ -310,10 +319,126 @@ class Reader {
   uint64_t buf_start_ = 0;
 };
 
+// The memo keys a pickle reads back (GET, BINGET, LONG_BINGET), found by
+// stepping over its opcodes once before running it. Python's pickler
+// memoizes nearly every object it writes, so a `.metadata` of a million
+// chunks puts ~16 million memo entries and reads back a few hundred (class
+// names, repeated strings): the VM keeps only the entries a later GET reads.
+// The scan steps over operands exactly as the VM reads them (the same
+// lengths and lines), so both see the same opcodes up to the STOP. When it
+// cannot tell (a source that is not resident, an opcode it cannot step
+// over, more than kMaxSparse keys past the dense range), every key is wanted.
+class MemoReads {
+ public:
+  bool Wanted(uint64_t idx) const {
+    if (all_) return true;
+    if (idx < dense_.size()) return dense_[idx];
+    return sparse_.count(idx) != 0;
+  }
+  bool all() const { return all_; }
+  size_t count() const { return count_; }
+
+  // Scans the pickle `r` is at, up to its STOP.
+  void Scan(Reader r) {
+    all_ = !ScanOps(&r);
+    if (all_) {
+      dense_ = {};
+      sparse_ = {};
+      count_ = 0;
+    }
+  }
+
+ private:
+  static constexpr uint64_t kDenseKeys = uint64_t{1} << 26;
+  static constexpr size_t kMaxSparse = size_t{1} << 16;
+
+  bool Add(uint64_t idx) {
+    if (idx < kDenseKeys) {
+      if (idx >= dense_.size()) dense_.resize(std::max<uint64_t>(idx + 1, dense_.size() * 2), false);
+      if (!dense_[idx]) ++count_;
+      dense_[idx] = true;
+      return true;
+    }
+    if (sparse_.insert(idx).second) ++count_;
+    return sparse_.size() <= kMaxSparse;
+  }
+
+  // False when the scan cannot tell which keys are read.
+  bool ScanOps(Reader* r) {
+    Status st;
+    const char* p = nullptr;
+    auto le = [&](size_t n, uint64_t* out) {  // an n-byte little-endian operand
+      if (!r->Take(n, &p, &st)) return false;
+      uint64_t v = 0;
+      for (size_t k = 0; k < n; ++k) v |= uint64_t{static_cast<uint8_t>(p[k])} << (8 * k);
+      *out = v;
+      return true;
+    };
+    std::string text;
+    bool too_long = false;
+    auto line = [&] {  // as the VM's Line: up to '\n', without a trailing '\r'
+      if (!r->Line(&text, &too_long, &st)) return false;
+      if (!text.empty() && text.back() == '\r') text.pop_back();
+      return true;
+    };
+    uint64_t n = 0;
+    for (;;) {
+      if (!r->Take(1, &p, &st)) return false;  // no STOP: the VM reports it
+      uint8_t op = static_cast<uint8_t>(*p);
+      switch (op) {
+        case '.': return true;  // STOP
+        case '(': case '0': case '1': case '2': case 'N': case 0x88: case 0x89: case 'Q': case 'R':
+        case 0x81: case 0x92: case 'a': case 'e': case 0x90: case 'b': case 0x93: case 'o': case 'd':
+        case '}': case ']': case 0x8f: case ')': case 'l': case 't': case 0x91: case 0x85: case 0x86:
+        case 0x87: case 0x94: case 's': case 'u':
+          break;
+        case 'K': case 'q': case 0x80: if (!r->Skip(1)) return false; break;
+        case 'M': if (!r->Skip(2)) return false; break;
+        case 'J': case 'r': if (!r->Skip(4)) return false; break;
+        case 'G': case 0x95: if (!r->Skip(8)) return false; break;
+        case 'h': if (!le(1, &n) || !Add(n)) return false; break;
+        case 'j': if (!le(4, &n) || !Add(n)) return false; break;
+        case 'g': {
+          if (!line()) return false;
+          uint64_t idx = 0;
+          auto [q, ec] = std::from_chars(text.data(), text.data() + text.size(), idx);
+          if (ec != std::errc() || q != text.data() + text.size() || !Add(idx)) return false;
+          break;
+        }
+        case 'F': case 'I': case 'L': case 'S': case 'V': case 'P': case 'p':
+          if (!line()) return false;
+          break;
+        case 'c': case 'i':
+          if (!line() || !line()) return false;
+          break;
+        case 0x8a: case 'U': case 'C': case 0x8c:
+          if (!le(1, &n) || !r->Skip(n)) return false;
+          break;
+        case 0x8b: case 'T':  // signed 32-bit lengths
+          if (!le(4, &n) || (n & 0x80000000u) != 0 || !r->Skip(n)) return false;
+          break;
+        case 'X': case 'B':
+          if (!le(4, &n) || !r->Skip(n)) return false;
+          break;
+        case 0x8d: case 0x8e: case 0x96:
+          if (!le(8, &n) || !r->Skip(n)) return false;
+          break;
+        default:  // EXT*, out-of-band buffers, invalid: the VM reports them
+          return false;
+      }
+    }
+  }
+
+  bool all_ = true;
+  size_t count_ = 0;
+  std::vector<bool> dense_;
+  std::unordered_set<uint64_t> sparse_;
+};
+
 class Machine {
  public:
   Machine(const ByteSource& src, uint64_t offset, const UnpickleOptions& opts)
-      : src_(src), r_(src, offset), opts_(opts), arena_(std::make_unique<Arena>()) {}
+      : src_(src), r_(src, offset), opts_(opts), arena_(std::make_unique<Arena>()), cur_(arena_.get()) {}
 
   Result<Unpickled> Run();
 
@@ -374,13 +499,15 @@ class Machine {
 
   // --- values ---
   Value* New(Kind k) {
-    Value* v = arena_->New(k);
+    Value* v = cur_->New(k);
     v->offset = op_offset_;
     return v;
   }
+  // Shared leaves always live in the main arena (they outlive any window).
   Value* Shared(Value** slot, Kind k, int64_t i = 0) {
     if (*slot == nullptr) {
-      *slot = New(k);
+      *slot = arena_->New(k);
+      (*slot)->offset = op_offset_;
       (*slot)->i = i;
     }
     return *slot;
@@ -403,7 +530,7 @@ class Machine {
     return MakeString(Kind::kBigInt, bytes);
   }
   Value* MakeString(Kind k, std::string_view s) {
-    Value* v = arena_->Chars(k, s);
+    Value* v = cur_->Chars(k, s);
     v->offset = op_offset_;
     return v;
   }
@@ -454,6 +581,29 @@ class Machine {
 
   // --- memo ---
   Status MemoPut(uint64_t idx, Value* v) {
+    if (!reads_.all()) {
+      // Count the key as Python's len(memo) would (MEMOIZE's next key), keep
+      // the value only when a later GET reads it.
+      bool fresh;
+      if (idx < kSeenDense) {
+        if (idx >= seen_.size()) seen_.resize(std::max<uint64_t>(idx + 1, seen_.size() * 2), false);
+        fresh = !seen_[idx];
+        seen_[idx] = true;
+      } else {
+        fresh = seen_sparse_.insert(idx).second;
+      }
+      if (fresh) {
+        if (memo_count_ >= opts_.max_memo) {
+          return Limit(StrCat("memo larger than ", opts_.max_memo, " entries"));
+        }
+        ++memo_count_;
+      }
+      if (reads_.Wanted(idx)) {
+        if (window_obj_ != nullptr) Escape();  // a later GET reads it
+        kept_[idx] = v;
+      }
+      return OkStatus();
+    }
     if (idx < dense_.size()) {
       if (dense_[idx] == nullptr) ++memo_count_;
       dense_[idx] = v;
@@ -477,10 +627,64 @@ class Machine {
     return OkStatus();
   }
   Result<Value*> MemoGet(uint64_t idx) {
+    if (!reads_.all()) {
+      auto it = kept_.find(idx);
+      if (it != kept_.end()) return it->second;
+      return Corrupt(StrCat("memo key ", idx, " was never stored"));
+    }
     if (idx < dense_.size() && dense_[idx] != nullptr) return dense_[idx];
     auto it = sparse_.find(idx);
     if (it != sparse_.end()) return it->second;
     return Corrupt(StrCat("memo key ", idx, " was never stored"));
+  }
+
+  // --- reducing objects while reading (UnpickleOptions::reducer) ---
+  // While a window is open, new values go to scratch_arena_; Escape() marks
+  // that something outside may point into it, so it is kept, not reused.
+  static constexpr size_t kMaxWindowValues = size_t{1} << 16;
+  static constexpr size_t kMaxKeptWindows = 1024;  // then reducing stops
+  static std::unique_ptr<Arena> NewScratch() { return std::make_unique<Arena>(256, 4 << 10); }
+  bool Reducible(const Value* callable) const {
+    if (!windows_on_ || window_obj_ != nullptr || callable->kind != Kind::kGlobal) return false;
+    for (std::string_view n : opts_.reducer->class_names) {
+      if (callable->name() == n) return true;
+    }
+    return false;
+  }
+  void Escape() { window_escaped_ = true; }
+  // Before changing an existing value: one not made in the window would keep
+  // pointers into the scratch arena.
+  void Touch(const Value* target) {
+    if (window_obj_ != nullptr && !window_escaped_ && !scratch_arena_->Owns(target)) Escape();
+  }
+  void CloseWindow(bool complete) {
+    std::optional<int64_t> index;
+    if (complete && !window_escaped_) index = opts_.reducer->reduce(*window_obj_);
+    if (index) {
+      Value* stand_in = arena_->New(Kind::kInt);
+      stand_in->i = *index;
+      stand_in->reduced = true;
+      stand_in->offset = window_obj_->offset;
+      stack_[window_base_ - 1] = stand_in;
+      scratch_arena_->Reset();
+    } else {
+      kept_values_ += scratch_arena_->size();
+      arena_->Adopt(std::move(scratch_arena_));
+      scratch_arena_ = NewScratch();
+      if (++kept_windows_ >= kMaxKeptWindows) windows_on_ = false;
+    }
+    window_obj_ = nullptr;
+    window_escaped_ = false;
+    cur_ = arena_.get();
+  }
+  // After each opcode: the window's object must still sit where it was pushed.
+  void CheckWindow() {
+    if (stack_.size() < window_base_ || stack_[window_base_ - 1] != window_obj_) {
+      Escape();
+      CloseWindow(false);
+      return;
+    }
+    if (scratch_arena_->size() > kMaxWindowValues) Escape();
   }
 
   // --- globals and calls ---
@@ -516,13 +720,29 @@ class Machine {
   const ByteSource& src_;
   Reader r_;
   const UnpickleOptions& opts_;
-  std::unique_ptr<Arena> arena_;
+  std::unique_ptr<Arena> arena_;  // the result's
+  Arena* cur_;                    // where new values go: arena_, or scratch_arena_ in a window
+  std::unique_ptr<Arena> scratch_arena_ = NewScratch();
+  bool windows_on_ = false;
+  Value* window_obj_ = nullptr;  // the object being built in the open window, or nullptr
+  size_t window_base_ = 0;       // stack size with it pushed
+  size_t window_marks_ = 0;
+  bool window_escaped_ = false;
+  uint64_t kept_values_ = 0;  // in arenas adopted by arena_
+  size_t kept_windows_ = 0;
   std::vector<Value*> stack_;
   std::vector<size_t> marks_;
   std::vector<Value*> popped_;  // PopMark's result
   std::vector<std::pair<const Value*, bool>> allowed_cache_;
   std::vector<Value*> dense_;
   std::unordered_map<uint64_t, Value*> sparse_;
+  // With a successful scan: the keys the stream put (to count them) and the
+  // values of those a GET reads.
+  MemoReads reads_;
+  static constexpr uint64_t kSeenDense = uint64_t{1} << 26;
+  std::vector<bool> seen_;
+  std::unordered_set<uint64_t> seen_sparse_;
+  std::unordered_map<uint64_t, Value*> kept_;
   size_t memo_count_ = 0;
   Value* none_ = nullptr;
   Value* true_ = nullptr;
@@ -545,7 +765,8 @@ Result<Value*> Machine::MakeGlobal(std::string_view module_in, std::string_view 
                StrCat("global ", Quote(module + "." + name),
                       " is not allowed (strict mode; inspect mode shows it as an opaque object)"));
   }
-  Value* g = arena_->Global(module, name);
+  if (window_obj_ != nullptr) Escape();  // the allowed-cache keeps its address
+  Value* g = cur_->Global(module, name);
   g->offset = op_offset_;
   return g;
 }
@@ -565,7 +786,7 @@ Value* Machine::Fold(Value* callable, Value* args) {
       if (d->kind != Kind::kInt) return nullptr;
     }
     Value* v = New(Kind::kTuple);
-    arena_->ShareItems(v, a[0]);  // tuples never change: the fold shares the elements
+    cur_->ShareItems(v, a[0]);  // tuples never change: the fold shares the elements
     v->torch_size = true;
     v->depth = 1;
     return v;
@@ -600,7 +821,7 @@ Value* Machine::Fold(Value* callable, Value* args) {
       v = New(Kind::kSet);
     } else if (a.size() == 1 && a[0]->kind == Kind::kList) {
       v = New(Kind::kSet);
-      arena_->SetItems(v, a[0]->items());
+      cur_->SetItems(v, a[0]->items());
       v->depth = a[0]->depth;
     } else {
       return nullptr;
@@ -624,10 +845,18 @@ Result<Value*> Machine::Call(Value* callable, Value* args, bool newobj, Value* k
       if (Value* folded = Fold(callable, args)) return folded;
     }
   }
-  Value* v = arena_->Object(callable, args, newobj);
+  bool open = !opaque && Reducible(callable);
+  if (open) cur_ = scratch_arena_.get();
+  if (opaque && window_obj_ != nullptr) Escape();  // listed from the result (ForEach)
+  Value* v = cur_->Object(callable, args, newobj);
   v->offset = op_offset_;
-  if (kwargs != nullptr) arena_->SetKwargs(v, kwargs);
+  if (kwargs != nullptr) cur_->SetKwargs(v, kwargs);
   v->opaque = opaque;
+  if (open) {
+    window_obj_ = v;
+    window_base_ = stack_.size() + 1;  // the caller pushes it
+    window_marks_ = marks_.size();
+  }
   CKPT_RETURN_IF_ERROR(Nest(v, args));
   CKPT_RETURN_IF_ERROR(Nest(v, kwargs));
   return v;
@@ -639,7 +868,8 @@ Status Machine::AppendTo(Value* target, std::span<Value* const> items) {
     return Corrupt(StrCat("cannot append to a ", KindName(target->kind)));
   }
   for (Value* v : items) CKPT_RETURN_IF_ERROR(Nest(target, v));
-  arena_->Append(target, items);
+  Touch(target);
+  cur_->Append(target, items);
   return OkStatus();
 }
 
@@ -648,10 +878,11 @@ Status Machine::SetItemsOn(Value* target, std::span<Value* const> kv) {
   if (target->kind != Kind::kDict && target->kind != Kind::kObject) {
     return Corrupt(StrCat("cannot set items on a ", KindName(target->kind)));
   }
+  Touch(target);
   for (size_t i = 0; i < kv.size(); i += 2) {
     CKPT_RETURN_IF_ERROR(Nest(target, kv[i]));
     CKPT_RETURN_IF_ERROR(Nest(target, kv[i + 1]));
-    arena_->SetItem(target, kv[i], kv[i + 1]);
+    cur_->SetItem(target, kv[i], kv[i + 1]);
   }
   return OkStatus();
 }
@@ -848,14 +1079,14 @@ Status Machine::Step(uint8_t op, bool* stop) {
     case 'P': {  // PERSID
       CKPT_RETURN_IF_ERROR(Line(&scratch_));
       Value* v = New(Kind::kPersistentId);
-      arena_->Append(v, MakeString(Kind::kString, scratch_));
+      cur_->Append(v, MakeString(Kind::kString, scratch_));
       v->depth = 1;
       return Push(v);
     }
     case 'Q': {  // BINPERSID
       CKPT_ASSIGN_OR_RETURN(Value * pid, Pop());
       Value* v = New(Kind::kPersistentId);
-      arena_->Append(v, pid);
+      cur_->Append(v, pid);
       CKPT_RETURN_IF_ERROR(Nest(v, pid));
       return Push(v);
     }
@@ -921,8 +1152,13 @@ Status Machine::Step(uint8_t op, bool* stop) {
       if (target->kind != Kind::kObject && !(target->kind == Kind::kDict && target->ordered)) {
         return Corrupt(StrCat("cannot BUILD a ", KindName(target->kind)));
       }
-      arena_->SetState(target, state);
-      return Nest(target, state);
+      Touch(target);
+      cur_->SetState(target, state);
+      CKPT_RETURN_IF_ERROR(Nest(target, state));
+      if (target == window_obj_) {
+        CloseWindow(stack_.size() == window_base_ && marks_.size() == window_marks_);
+      }
+      return OkStatus();
     }
     case 'c': {  // GLOBAL
       std::string module, name;
@@ -948,7 +1184,7 @@ Status Machine::Step(uint8_t op, bool* stop) {
       CKPT_ASSIGN_OR_RETURN(auto items, PopMark());
       Value* args = New(Kind::kTuple);
       for (Value* x : items) CKPT_RETURN_IF_ERROR(Nest(args, x));
-      arena_->SetItems(args, items);
+      cur_->SetItems(args, items);
       CKPT_ASSIGN_OR_RETURN(Value * v, Call(g, args, false, nullptr));
       return Push(v);
     }
@@ -956,7 +1192,7 @@ Status Machine::Step(uint8_t op, bool* stop) {
       CKPT_ASSIGN_OR_RETURN(auto items, PopMark());
       if (items.empty()) return Corrupt("no class on the stack");
       Value* args = New(Kind::kTuple);
-      arena_->SetItems(args, items.subspan(1));
+      cur_->SetItems(args, items.subspan(1));
       for (Value* x : args->items()) CKPT_RETURN_IF_ERROR(Nest(args, x));
       CKPT_ASSIGN_OR_RETURN(Value * v, Call(items[0], args, false, nullptr));
       return Push(v);
@@ -977,14 +1213,14 @@ Status Machine::Step(uint8_t op, bool* stop) {
       Value* v = New(op == 'l' ? Kind::kList : op == 't' ? Kind::kTuple : Kind::kSet);
       v->frozen = op == 0x91;
       for (Value* x : items) CKPT_RETURN_IF_ERROR(Nest(v, x));
-      arena_->SetItems(v, items);
+      cur_->SetItems(v, items);
       return Push(v);
     }
     case 0x85: case 0x86: case 0x87: {  // TUPLE1..3
       size_t n = op - 0x84u;
       if (stack_.size() < Fence() + n) return Underflow();
       Value* v = New(Kind::kTuple);
-      arena_->SetItems(v, std::span<Value* const>(stack_).last(n));
+      cur_->SetItems(v, std::span<Value* const>(stack_).last(n));
       stack_.resize(stack_.size() - n);
       for (Value* x : v->items()) CKPT_RETURN_IF_ERROR(Nest(v, x));
       return Push(v);
@@ -1066,6 +1302,9 @@ Status Machine::Step(uint8_t op, bool* stop) {
 
 Result<Unpickled> Machine::Run() {
   try {
+    reads_.Scan(Reader(src_, r_.pos()));
+    kept_.reserve(reads_.count());
+    windows_on_ = opts_.reducer != nullptr && !reads_.all();
     for (;;) {
       op_offset_ = r_.pos();
       const char* p;
@@ -1079,7 +1318,9 @@ Result<Unpickled> Machine::Run() {
       op_ = static_cast<uint8_t>(*p);
       bool stop = false;
       CKPT_RETURN_IF_ERROR(Step(op_, &stop));
-      if (arena_->size() > opts_.max_values) {
+      if (window_obj_ != nullptr) CheckWindow();
+      if (arena_->size() + kept_values_ + (window_obj_ != nullptr ? scratch_arena_->size() : 0) >
+          opts_.max_values) {
         return Limit(StrCat("more than ", opts_.max_values, " values"));
       }
       if (stop) break;
@@ -1088,6 +1329,10 @@ Result<Unpickled> Machine::Run() {
     return Limit("out of memory");
   } catch (const std::length_error&) {
     return Limit("out of memory");
+  }
+  if (window_obj_ != nullptr) {  // STOP inside the object: the result may point into it
+    Escape();
+    CloseWindow(false);
   }
   Unpickled out;
   out.arena = std::move(arena_);

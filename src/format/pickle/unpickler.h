@@ -57,8 +57,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <span>
+#include <string_view>
 
 #include "ckpt/byte_source.h"
 #include "ckpt/status.h"
@@ -80,6 +83,28 @@ inline constexpr uint64_t kDefaultMaxValues = 1ull << 26;  // Values created (~ 
 inline constexpr size_t kMaxLineBytes = 1u << 20;         // text-protocol lines
 inline constexpr size_t kMaxDecimalDigits = 4300;         // text INT/LONG (CPython's int limit)
 
+// Consuming objects while reading, for graphs too large to keep whole (a DCP
+// `.metadata` of a million chunks is ~30 million values). An object made by
+// REDUCE / NEWOBJ of a global named one of `class_names` is built in a
+// scratch arena; when the BUILD that completes it runs, `reduce` is called
+// with it and returns the caller's own index for what it took from it; the
+// object is replaced by a stand-in (a kInt with that number, flagged
+// `reduced`) and the scratch arena is reused for the next object.
+//
+// The object is kept as read (never reduced, nothing released) whenever
+// releasing it could leave a dangling reference: a later GET reads one of its
+// values (known from a scan of the stream before it runs, so this needs the
+// scan to succeed), an earlier container is changed while it is built, a
+// global or an opaque object is made inside it, it holds more than 2^16
+// values, or it is popped or the stream stops before its BUILD. A reducer
+// therefore only sees objects whose every value is its own, and only the
+// caller's walk of the result meets the stand-ins.
+struct Reducer {
+  std::span<const std::string_view> class_names;
+  // The caller's index for the object, or nullopt to keep it as read.
+  std::function<std::optional<int64_t>(const Value& object)> reduce;
+};
+
 struct UnpickleOptions {
   Mode mode = Mode::kStrict;
   size_t max_depth = kDefaultMaxDepth;
@@ -88,6 +113,8 @@ struct UnpickleOptions {
   uint64_t max_values = kDefaultMaxValues;
   // Globals accepted in strict mode in addition to the built-in allowlist.
   std::span<const AllowedGlobal> extra_allowed = {};
+  // Optional; see Reducer. Not owned; must outlive the call.
+  const Reducer* reducer = nullptr;
 };
 
 struct Unpickled {

@@ -78,10 +78,33 @@ using internal_value::GlobalRec;
 using internal_value::ObjectRec;
 using internal_value::Run;
 
-Arena::Arena() : payloads_(64 << 10) {}
+Arena::Arena(size_t block_values, size_t first_payload_bytes)
+    : block_values_(block_values == 0 ? 1 : block_values),
+      first_payload_(std::make_unique<std::byte[]>(first_payload_bytes == 0 ? 1 : first_payload_bytes)),
+      payloads_(first_payload_.get(), first_payload_bytes == 0 ? 1 : first_payload_bytes) {}
 Arena::~Arena() = default;
 
-uint64_t Arena::bytes() const { return blocks_.size() * kBlockValues * sizeof(Value) + payload_bytes_; }
+uint64_t Arena::bytes() const {
+  uint64_t b = blocks_.size() * block_values_ * sizeof(Value) + payload_bytes_;
+  for (const auto& a : adopted_) b += a->bytes();
+  return b;
+}
+
+void Arena::Reset() {
+  count_ = 0;
+  payload_bytes_ = 0;
+  payloads_.release();
+  adopted_.clear();
+}
+
+bool Arena::Owns(const Value* v) const {
+  for (const auto& block : blocks_) {
+    if (v >= block.get() && v < block.get() + block_values_) return true;
+  }
+  return false;
+}
+
+void Arena::Adopt(std::unique_ptr<Arena> other) { adopted_.push_back(std::move(other)); }
 
 template <typename T>
 T* Arena::AllocArray(size_t n) {
@@ -107,10 +130,11 @@ void Arena::Grow(Run<T>* run, size_t extra) {
 }
 
 Value* Arena::New(Kind kind) {
-  size_t k = count_ % kBlockValues;
-  if (k == 0 && count_ / kBlockValues == blocks_.size()) blocks_.push_back(std::make_unique<Value[]>(kBlockValues));
-  Value* v = &blocks_[count_ / kBlockValues][k];
+  size_t k = count_ % block_values_;
+  if (k == 0 && count_ / block_values_ == blocks_.size()) blocks_.push_back(std::make_unique<Value[]>(block_values_));
+  Value* v = &blocks_[count_ / block_values_][k];
   ++count_;
+  *v = Value();  // a block is reused after Reset
   v->kind = kind;
   if (kind == Kind::kGlobal) {
     v->global_ = new (AllocArray<GlobalRec>(1)) GlobalRec();

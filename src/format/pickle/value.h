@@ -117,6 +117,9 @@ struct Value {
   bool torch_size : 1 = false;  // kTuple: was torch.Size
   bool frozen : 1 = false;      // kSet: frozenset
   bool bytearray : 1 = false;   // kBytes: bytearray
+  // kInt: the stand-in a reducer returned for an object it consumed while
+  // reading (UnpickleOptions::reducer); `i` is the reducer's own index.
+  bool reduced : 1 = false;
 
   // Nesting below this value as known when children were inserted (0 for a
   // leaf). The unpickler uses it to reject nesting bombs early; it is NOT a
@@ -182,7 +185,9 @@ void CopySpelling(Value* to, const Value* from);
 // arena's lifetime; nothing is freed before the arena.
 class Arena {
  public:
-  Arena();
+  // block_values: Values per block; first_payload_bytes: the payload buffer
+  // reserved up front (reused after Reset).
+  explicit Arena(size_t block_values = 4096, size_t first_payload_bytes = 64 << 10);
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
   ~Arena();
@@ -233,6 +238,17 @@ class Arena {
   // Copies s into the arena; the view lives as long as the arena.
   std::string_view Intern(std::string_view s);
 
+  // Forgets every value and payload, keeping the memory for reuse.
+  // REQUIRES: nothing points into the arena any more.
+  void Reset();
+  // Whether v is one of this arena's own values (not an adopted arena's).
+  // Cost: one comparison per block.
+  bool Owns(const Value* v) const;
+  // Takes ownership of another arena's values (which may point into this
+  // one); they live as long as this arena and are visited by ForEach.
+  void Adopt(std::unique_ptr<Arena> other);
+
+  // Values created in this arena, without adopted ones.
   size_t size() const { return count_; }
   // Bytes the arena holds (values and their payloads).
   uint64_t bytes() const;
@@ -241,14 +257,15 @@ class Arena {
   void ForEach(F&& f) const {
     size_t left = count_;
     for (const auto& block : blocks_) {
-      size_t n = left < kBlockValues ? left : kBlockValues;
+      if (left == 0) break;
+      size_t n = left < block_values_ ? left : block_values_;
       for (size_t k = 0; k < n; ++k) f(block[k]);
       left -= n;
     }
+    for (const auto& a : adopted_) a->ForEach(f);
   }
 
  private:
-  static constexpr size_t kBlockValues = 4096;
   template <typename T>
   T* AllocArray(size_t n);
   template <typename T>
@@ -257,9 +274,12 @@ class Arena {
   internal_value::Run<Value*> SeqRun(Value* v) const;
   void StoreSeqRun(Value* v, const internal_value::Run<Value*>& run);
 
+  size_t block_values_;
   std::vector<std::unique_ptr<Value[]>> blocks_;
   size_t count_ = 0;
+  std::unique_ptr<std::byte[]> first_payload_;
   std::pmr::monotonic_buffer_resource payloads_;
+  std::vector<std::unique_ptr<Arena>> adopted_;
   uint64_t payload_bytes_ = 0;
 };
 

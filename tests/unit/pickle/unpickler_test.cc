@@ -368,5 +368,133 @@ TEST(Unpickler, RecursiveStructuresLoadAsCycles) {
   EXPECT_NE(Repr(r->root).find("<cycle>"), std::string::npos);
 }
 
+
+namespace reducing {
+
+// Pieces of protocol-4 streams for the reducer tests.
+std::string Str(std::string_view s) { return "\x8c"s + static_cast<char>(s.size()) + std::string(s); }
+const std::string kCls = "cm\nC\n";                      // GLOBAL m.C (outside any object)
+std::string Obj(int x) {                                  // m.C() with BUILD {'x': x}
+  return kCls + ")\x81}(" + Str("x") + "K" + static_cast<char>(x) + "ub";
+}
+
+constexpr AllowedGlobal kAllowM[] = {{"m", "*"}};
+constexpr std::string_view kReduced[] = {"C"};
+
+struct Counting {
+  int calls = 0;
+  Reducer reducer;
+  UnpickleOptions opts;
+  Counting() {
+    reducer.class_names = kReduced;
+    reducer.reduce = [this](const Value& obj) -> std::optional<int64_t> {
+      ++calls;
+      const Value* x = obj.state() ? obj.state()->Get("x") : nullptr;
+      if (x == nullptr || x->kind != Kind::kInt) return std::nullopt;
+      return x->i * 10;
+    };
+    opts.extra_allowed = kAllowM;
+    opts.reducer = &reducer;
+  }
+};
+
+TEST(UnpicklerReducer, ReplacesEachObjectWithAStandInAndReusesItsValues) {
+  std::string s = "\x80\x04]("s + Obj(1) + Obj(2) + Obj(3) + "e.";
+  Counting c;
+  auto r = Load(s, Mode::kStrict, c.opts);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(c.calls, 3);
+  ASSERT_EQ(r->root->kind, Kind::kList);
+  ASSERT_EQ(r->root->items().size(), 3u);
+  for (int k = 0; k < 3; ++k) {
+    const Value* v = r->root->items()[k];
+    EXPECT_EQ(v->kind, Kind::kInt);
+    EXPECT_TRUE(v->reduced);
+    EXPECT_EQ(v->i, (k + 1) * 10);
+  }
+  // Nothing of the objects is left in the result: no object, dict or 'x'.
+  int objects = 0;
+  r->arena->ForEach([&](const Value& v) { objects += v.kind == Kind::kObject || v.kind == Kind::kDict; });
+  EXPECT_EQ(objects, 0);
+
+  // Without the reducer the same stream reads as three objects.
+  auto plain = Load(s, Mode::kStrict, UnpickleOptions{.extra_allowed = kAllowM});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->root->items()[2]->kind, Kind::kObject);
+  EXPECT_EQ(plain->root->items()[2]->state()->Get("x")->i, 3);
+}
+
+TEST(UnpicklerReducer, KeepsAnObjectWhoseValueALaterGetReads) {
+  // The key 'x' is memoized inside the object (BINPUT 1) and read after it.
+  std::string s = "\x80\x04]("s + kCls + ")\x81}(" + Str("x") + "q\x01K\x05ub" + "h\x01" + Obj(6) + "e.";
+  Counting c;
+  auto r = Load(s, Mode::kStrict, c.opts);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(c.calls, 1);  // only the second object
+  ASSERT_EQ(r->root->items().size(), 3u);
+  const Value* kept = r->root->items()[0];
+  ASSERT_EQ(kept->kind, Kind::kObject);
+  EXPECT_EQ(kept->state()->Get("x")->i, 5);
+  EXPECT_EQ(r->root->items()[1]->str(), "x");
+  EXPECT_TRUE(r->root->items()[2]->reduced);
+  EXPECT_EQ(r->root->items()[2]->i, 60);
+}
+
+TEST(UnpicklerReducer, KeepsAnObjectWhileWhichAnEarlierContainerChanged) {
+  // The outer list (memo 0) gets 7 appended from inside the object's state:
+  // its new storage was allocated while the object was being built.
+  std::string s = "\x80\x04]q\x00("s + kCls + ")\x81}h\x00K\x07"s + "a0(" + Str("x") + "K\x01ub" + "e.";
+  Counting c;
+  auto r = Load(s, Mode::kStrict, c.opts);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(c.calls, 0);
+  ASSERT_EQ(r->root->items().size(), 2u);
+  EXPECT_EQ(r->root->items()[0]->i, 7);
+  ASSERT_EQ(r->root->items()[1]->kind, Kind::kObject);
+  EXPECT_EQ(r->root->items()[1]->state()->Get("x")->i, 1);
+}
+
+TEST(UnpicklerReducer, KeepsObjectsPoppedOrUnfinishedAtStop) {
+  Counting c;
+  // Appended to the list before any BUILD.
+  auto popped = Load("\x80\x04](" + kCls + ")\x81" + "e.", Mode::kStrict, c.opts);
+  ASSERT_TRUE(popped.ok()) << popped.status().ToString();
+  ASSERT_EQ(popped->root->items().size(), 1u);
+  EXPECT_EQ(popped->root->items()[0]->kind, Kind::kObject);
+  // The stream stops inside the object.
+  auto stopped = Load("\x80\x04" + kCls + ")\x81}" + ".", Mode::kStrict, c.opts);
+  ASSERT_TRUE(stopped.ok()) << stopped.status().ToString();
+  EXPECT_EQ(stopped->root->kind, Kind::kDict);
+  // A state dict with a global made inside it.
+  auto global = Load("\x80\x04" + kCls + ")\x81}(" + Str("x") + "cm\nD\nub.", Mode::kStrict, c.opts);
+  ASSERT_TRUE(global.ok()) << global.status().ToString();
+  EXPECT_EQ(global->root->kind, Kind::kObject);
+  EXPECT_TRUE(global->root->state()->Get("x")->is_global("m", "D"));
+  EXPECT_EQ(c.calls, 0);
+}
+
+TEST(UnpicklerReducer, ErrorsInsideAnObjectAreReportedAsWithout) {
+  Counting c;
+  auto r = Load("\x80\x04" + kCls + ")\x81}(" + Str("x") + "h\x09ub.", Mode::kStrict, c.opts);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("memo key 9 was never stored"), std::string::npos) << r.status().ToString();
+}
+
+}  // namespace reducing
+
+TEST(Unpickler, MemoizeCountsKeysAsPythonDoesWhenValuesAreNotKept) {
+  // PUT 5 then MEMOIZE: len(memo) is 1, so MEMOIZE stores at 1; then PUT 0
+  // twice (the second does not change len(memo)) and MEMOIZE stores at 3.
+  // Python's pickle.loads gives ('a', 'a', 'b').
+  std::string s = "\x80\x04"s + reducing::Str("a") + "q\x05\x94" + "0" + reducing::Str("b") + "q\x00q\x00\x94"s +
+                  "0(h\x01h\x05h\x03t.";
+  auto r = Load(s);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->root->items().size(), 3u);
+  EXPECT_EQ(r->root->items()[0]->str(), "a");
+  EXPECT_EQ(r->root->items()[1]->str(), "a");
+  EXPECT_EQ(r->root->items()[2]->str(), "b");
+}
+
 }  // namespace
 }  // namespace ckpt::pickle
