@@ -344,6 +344,8 @@ else
   [ "$per" -ge 10 ] || { echo "fuzz: $HOURS h over ${#targets[@]} targets is under 10 s each" >&2; exit 2; }
 fi
 RUN=$(date -u +%Y%m%dT%H%M%SZ)
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -z "$(git status --porcelain --untracked-files=no -- src include tests/fuzz/*.cc 2>/dev/null)" ] || COMMIT="$COMMIT+changes"
 RUNDIR=$WORK/campaign-$RUN
 EXCERPTS=tests/fuzz/ledger/$RUN
 mkdir -p "$RUNDIR" "$EXCERPTS"
@@ -396,7 +398,7 @@ for t in "${targets[@]}"; do
   how="--campaign $HOURS"
   [ -n "$UNTIL" ] && how="--until $UNTIL"
   {
-    echo "# scripts/fuzz.sh $how: $t, run $RUN, ${secs}s, exit $rc, at commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "# scripts/fuzz.sh $how: $t, run $RUN, ${secs}s, exit $rc, fuzzing the code of commit $COMMIT"
     echo "# flags: ${FLAGS[*]} -max_len=$(maxlen_of "$area") -max_total_time=$per${need[$t]:+ -runs=${need[$t]}} -print_final_stats=1 (dict: $(grep -oE 'Dictionary: [0-9]+ entries' "$log" | head -1 || true))"
     grep -E '^INFO: Seed:|^INFO: +[0-9]+ files found|^#[0-9]+[[:space:]]+INITED' "$log" || true
     grep -E '^#[0-9]+[[:space:]]' "$log" | tail -1 || true

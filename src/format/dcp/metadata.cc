@@ -292,7 +292,14 @@ class Parser {
 
   Status ParseItem(const Value* index, const Value* info, StorageItem* it) {
     if (IsReduced(index)) {
-      CKPT_ASSIGN_OR_RETURN(*it, Take(reduced_indexes_, index));
+      CKPT_ASSIGN_OR_RETURN(ReducedIndex ri, Take(reduced_indexes_, index));
+      it->fqn = fqns_.all[ri.fqn];
+      it->has_offset = ri.ndim != kNoOffset;
+      if (it->has_offset) {
+        it->offset.assign(offset_pool_.begin() + static_cast<ptrdiff_t>(ri.pos),
+                          offset_pool_.begin() + static_cast<ptrdiff_t>(ri.pos + ri.ndim));
+      }
+      if (ri.has_index) it->index = ri.index;
     } else {
       CKPT_RETURN_IF_ERROR(ParseIndex(index, it));
     }
@@ -301,7 +308,7 @@ class Parser {
   Status ParseInfoOf(const Value* info, StorageItem* it) const {
     if (IsReduced(info)) {
       const ReducedInfo& ri = reduced_infos_[static_cast<size_t>(info->i)];
-      it->relative_path = paths_[ri.path];
+      it->relative_path = paths_.all[ri.path];
       it->offset_in_file = ri.offset;
       it->length = ri.length;
       if (ri.transforms >= 0) it->transforms = transform_lists_[static_cast<size_t>(ri.transforms)];
@@ -317,6 +324,14 @@ class Parser {
   // of its values. An object that does not parse is kept as read and the
   // walk reports the error with its context.
   static constexpr std::string_view kReducedClasses[] = {"ChunkStorageMetadata", "MetadataIndex", "_StorageInfo"};
+  static constexpr uint32_t kNoOffset = UINT32_MAX;
+  struct ReducedIndex {  // a MetadataIndex
+    uint32_t fqn = 0;           // index into fqns_
+    uint32_t ndim = kNoOffset;  // entries of offset_pool_ from pos; kNoOffset: no offset
+    uint64_t pos = 0;
+    int64_t index = 0;
+    bool has_index = false;
+  };
   struct ReducedInfo {
     uint32_t path = 0;        // index into paths_
     int32_t transforms = -1;  // index into transform_lists_, -1 for none
@@ -353,31 +368,89 @@ class Parser {
     return Fail(stand_in, "an object of storage_data or a chunk list appears twice");
   }
 
+  // A tuple or list of non-negative ints (IntTuple's rule, without its errors).
+  static bool NonNegInts(const Value* v) {
+    if (v == nullptr || (v->kind != Kind::kTuple && v->kind != Kind::kList)) return false;
+    for (const Value* e : v->items()) {
+      if ((e->kind != Kind::kInt && e->kind != Kind::kBool) || e->i < 0) return false;
+    }
+    return true;
+  }
+  // The id of a string in a table, remembering the last one (consecutive
+  // objects usually share it: the chunks of one tensor, the items of one file).
+  struct Strings {
+    std::vector<std::string> all;
+    std::unordered_map<std::string, uint32_t> ids;
+    uint32_t last = 0;
+    uint32_t Id(std::string_view s) {
+      if (all.empty() || all[last] != s) {
+        auto [f, fresh] = ids.try_emplace(std::string(s), static_cast<uint32_t>(all.size()));
+        if (fresh) all.emplace_back(s);
+        last = f->second;
+      }
+      return last;
+    }
+  };
+
+  // What Parse needs of an object of kReducedClasses, read without copying
+  // anything but numbers; nullopt when it does not parse (then it is kept and
+  // the walk reports why).
   std::optional<int64_t> Reduce(const Value& obj) {
     std::string_view cls = obj.callable()->name();
+    auto attrs = Attributes(&obj);
     if (cls == "ChunkStorageMetadata") {
+      const Value* offsets = Attr(attrs, "offsets");
+      const Value* sizes = Attr(attrs, "sizes");
+      if (!NonNegInts(offsets) || !NonNegInts(sizes)) return std::nullopt;
       Chunk chunk;
-      if (!ParseChunk(&obj, "chunk", &chunk).ok()) return std::nullopt;
+      chunk.offsets.reserve(offsets->items().size());
+      for (const Value* e : offsets->items()) chunk.offsets.push_back(e->i);
+      chunk.sizes.reserve(sizes->items().size());
+      for (const Value* e : sizes->items()) chunk.sizes.push_back(e->i);
       return reduced_chunks_.Add(std::move(chunk));
     }
     if (cls == "MetadataIndex") {
-      StorageItem it;
-      if (!ParseIndex(&obj, &it).ok()) return std::nullopt;
-      return reduced_indexes_.Add(std::move(it));
+      const Value* fqn = Attr(attrs, "fqn");
+      const Value* off = Attr(attrs, "offset");
+      const Value* idx = Attr(attrs, "index");
+      if (fqn == nullptr || fqn->kind != Kind::kString) return std::nullopt;
+      bool has_offset = off != nullptr && off->kind != Kind::kNone;
+      if (has_offset && (!NonNegInts(off) || off->items().size() >= kNoOffset)) return std::nullopt;
+      ReducedIndex ri;
+      ri.fqn = fqns_.Id(fqn->str());
+      if (has_offset) {
+        ri.ndim = static_cast<uint32_t>(off->items().size());
+        ri.pos = offset_pool_.size();
+        for (const Value* e : off->items()) offset_pool_.push_back(e->i);
+      }
+      ri.has_index = idx != nullptr && idx->kind == Kind::kInt;
+      ri.index = ri.has_index ? idx->i : 0;
+      return reduced_indexes_.Add(ri);
     }
     if (cls == "_StorageInfo") {
-      StorageItem it;
-      if (!ParseInfo(&obj, &it).ok()) return std::nullopt;
+      const Value* rel = Attr(attrs, "relative_path");
+      const Value* offset = Attr(attrs, "offset");
+      const Value* length = Attr(attrs, "length");
+      const Value* tds = Attr(attrs, "transform_descriptors");
+      if (rel == nullptr || rel->kind != Kind::kString) return std::nullopt;
+      if (offset == nullptr || offset->kind != Kind::kInt || offset->i < 0) return std::nullopt;
+      if (length == nullptr || length->kind != Kind::kInt || length->i < 0) return std::nullopt;
       ReducedInfo ri;
-      auto [p, fresh] = path_ids_.try_emplace(it.relative_path, static_cast<uint32_t>(paths_.size()));
-      if (fresh) paths_.push_back(it.relative_path);
-      ri.path = p->second;
-      if (!it.transforms.empty()) {
-        ri.transforms = static_cast<int32_t>(transform_lists_.size());
-        transform_lists_.push_back(std::move(it.transforms));
+      if (tds != nullptr && tds->kind != Kind::kNone) {
+        if (tds->kind != Kind::kList && tds->kind != Kind::kTuple) return std::nullopt;
+        std::vector<std::string> list;
+        for (const Value* d : tds->items()) {
+          if (d->kind != Kind::kString) return std::nullopt;
+          list.emplace_back(d->str());
+        }
+        if (!list.empty()) {
+          ri.transforms = static_cast<int32_t>(transform_lists_.size());
+          transform_lists_.push_back(std::move(list));
+        }
       }
-      ri.offset = it.offset_in_file;
-      ri.length = it.length;
+      ri.path = paths_.Id(rel->str());
+      ri.offset = static_cast<uint64_t>(offset->i);
+      ri.length = static_cast<uint64_t>(length->i);
       reduced_infos_.push_back(ri);
       return static_cast<int64_t>(reduced_infos_.size() - 1);
     }
@@ -449,6 +522,7 @@ class Parser {
       }
     }
     reduced_indexes_ = {};
+    offset_pool_ = {};
     const Value* pd = Attr(attrs, "planner_data");
     md.has_planner_data = pd && pd->kind != Kind::kNone;
     if (pd && pd->kind == Kind::kDict) {
@@ -547,10 +621,11 @@ class Parser {
  private:
   const ByteSource& src_;
   Pending<Chunk> reduced_chunks_;
-  Pending<StorageItem> reduced_indexes_;
+  Pending<ReducedIndex> reduced_indexes_;
+  std::deque<int64_t> offset_pool_;
+  Strings fqns_;
   std::deque<ReducedInfo> reduced_infos_;
-  std::vector<std::string> paths_;
-  std::unordered_map<std::string, uint32_t> path_ids_;
+  Strings paths_;
   std::vector<std::vector<std::string>> transform_lists_;
 };
 
