@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <set>
+#include <unordered_set>
 
 #include "format/dcp/item.h"
 #include "util/checked_math.h"
@@ -53,7 +54,20 @@ size_t CheckCoverage(const Entry& e, std::vector<Problem>* out) {
   }
   // Inside the tensor; drop exact repeats (replicas).
   std::vector<const Chunk*> chunks;
-  std::set<std::pair<std::vector<int64_t>, std::vector<int64_t>>> seen;
+  // Chunks by their box (offsets and sizes), without copying them.
+  struct BoxHash {
+    size_t operator()(const Chunk* c) const {
+      uint64_t h = 0x9e3779b97f4a7c15ULL;
+      for (int64_t x : c->offsets) h = (h ^ static_cast<uint64_t>(x)) * 0x100000001b3ULL;
+      for (int64_t x : c->sizes) h = (h ^ static_cast<uint64_t>(x)) * 0x100000001b3ULL;
+      return static_cast<size_t>(h);
+    }
+  };
+  struct BoxEq {
+    bool operator()(const Chunk* a, const Chunk* b) const { return a->offsets == b->offsets && a->sizes == b->sizes; }
+  };
+  std::unordered_set<const Chunk*, BoxHash, BoxEq> seen;
+  seen.reserve(e.chunks.size());
   for (const Chunk& c : e.chunks) {
     bool inside = c.offsets.size() == rank && c.sizes.size() == rank;
     for (size_t d = 0; inside && d < rank; ++d) {
@@ -64,7 +78,7 @@ size_t CheckCoverage(const Entry& e, std::vector<Problem>* out) {
       out->push_back(KeyProblem(e, StrCat(ChunkName(c), " lies outside the tensor's shape ", OffsetsString(e.size))));
       continue;
     }
-    if (!seen.insert({c.offsets, c.sizes}).second) continue;
+    if (!seen.insert(&c).second) continue;
     if (!CheckedNumel(c.sizes).value_or(0)) continue;  // an empty chunk covers nothing
     chunks.push_back(&c);
   }
@@ -192,7 +206,11 @@ std::vector<Problem> CheckStructure(const Metadata& md, const std::map<std::stri
     }
   }
   std::map<std::string, std::vector<const StorageItem*>> by_file;
-  std::map<std::string, std::vector<std::string>> missing;
+  struct Missing {
+    size_t items = 0;
+    std::vector<std::string> first;  // the first few keys
+  };
+  std::map<std::string, Missing, std::less<>> missing;
   for (const StorageItem& it : md.items) {
     if (it.entry < 0) {
       Problem p;
@@ -205,7 +223,9 @@ std::vector<Problem> CheckStructure(const Metadata& md, const std::map<std::stri
     }
     auto f = file_sizes.find(it.relative_path);
     if (f == file_sizes.end()) {
-      missing[it.relative_path].push_back(it.fqn);
+      Missing& m = missing[it.relative_path];
+      ++m.items;
+      if (m.first.size() < 5) m.first.push_back(it.fqn);
       continue;
     }
     if (it.offset_in_file > f->second || it.length > f->second - it.offset_in_file) {
@@ -221,13 +241,13 @@ std::vector<Problem> CheckStructure(const Metadata& md, const std::map<std::stri
     }
     by_file[it.relative_path].push_back(&it);
   }
-  for (const auto& [file, keys] : missing) {
+  for (const auto& [file, m] : missing) {
     Problem p;
     p.file = file;
     std::string names;
-    for (size_t i = 0; i < keys.size() && i < 5; ++i) names += StrCat(i ? ", " : "", Quote(keys[i]));
-    if (keys.size() > 5) names += StrCat(", ... ", keys.size() - 5, " more");
-    p.message = StrCat("data file is missing (", keys.size(), " item", keys.size() == 1 ? "" : "s",
+    for (size_t i = 0; i < m.first.size(); ++i) names += StrCat(i ? ", " : "", Quote(m.first[i]));
+    if (m.items > m.first.size()) names += StrCat(", ... ", m.items - m.first.size(), " more");
+    p.message = StrCat("data file is missing (", m.items, " item", m.items == 1 ? "" : "s",
                        " of .metadata live in it: ", names, ")");
     out.push_back(std::move(p));
   }

@@ -1,5 +1,6 @@
 #include "format/dcp/metadata.h"
 
+#include <algorithm>
 #include <charconv>
 #include <deque>
 #include <set>
@@ -589,25 +590,48 @@ class Parser {
       }
       return h;
     };
-    std::unordered_multimap<uint64_t, int64_t> by_index;
-    by_index.reserve(md.items.size());
-    for (size_t i = 0; i < md.items.size(); ++i) {
+    // Every item's hash, and the items sorted by (hash, position).
+    const size_t n = md.items.size();
+    std::vector<uint64_t> hashes(n);
+    std::vector<std::pair<uint64_t, int64_t>> sorted(n);
+    for (size_t i = 0; i < n; ++i) {
       const StorageItem& it = md.items[i];
-      by_index.emplace(hash_of(it.fqn, it.has_offset ? &it.offset : nullptr), static_cast<int64_t>(i));
+      hashes[i] = hash_of(it.fqn, it.has_offset ? &it.offset : nullptr);
+      sorted[i] = {hashes[i], static_cast<int64_t>(i)};
     }
+    std::sort(sorted.begin(), sorted.end());
+    // Items whose hash no other item has: found by position alone.
+    std::vector<bool> alone(n, false);
+    for (size_t k = 0; k < n; ++k) {
+      alone[static_cast<size_t>(sorted[k].second)] = (k == 0 || sorted[k - 1].first != sorted[k].first) &&
+                                                      (k + 1 == n || sorted[k + 1].first != sorted[k].first);
+    }
+    auto matches = [&](const StorageItem& it, std::string_view key, const std::vector<int64_t>* off) {
+      return it.fqn == key && it.has_offset == (off != nullptr) && (off == nullptr || it.offset == *off);
+    };
+    size_t next = 0;  // items usually follow the chunks' order: try the one after the last match first
     for (size_t ei = 0; ei < md.entries.size(); ++ei) {
       Entry& e = md.entries[ei];
       // The first item (in .metadata order) with this fqn and offsets, as a
       // dict keyed by MetadataIndex would resolve it.
       auto bind = [&](const std::vector<int64_t>* off) -> int64_t {
+        const uint64_t h = hash_of(e.key, off);
         int64_t found = -1;
-        auto [lo, hi] = by_index.equal_range(hash_of(e.key, off));
-        for (auto f = lo; f != hi; ++f) {
-          const StorageItem& it = md.items[f->second];
-          if (it.fqn != e.key || it.has_offset != (off != nullptr) || (off != nullptr && it.offset != *off)) continue;
-          if (found < 0 || f->second < found) found = f->second;
+        if (next < n && hashes[next] == h && alone[next] && matches(md.items[next], e.key, off)) {
+          found = static_cast<int64_t>(next);
+        } else {
+          auto lo = std::lower_bound(sorted.begin(), sorted.end(), std::pair<uint64_t, int64_t>{h, INT64_MIN});
+          for (auto f = lo; f != sorted.end() && f->first == h; ++f) {
+            if (matches(md.items[static_cast<size_t>(f->second)], e.key, off)) {
+              found = f->second;  // sorted by position within a hash: the first
+              break;
+            }
+          }
         }
-        if (found >= 0) md.items[found].entry = static_cast<int64_t>(ei);
+        if (found >= 0) {
+          md.items[static_cast<size_t>(found)].entry = static_cast<int64_t>(ei);
+          next = static_cast<size_t>(found) + 1;
+        }
         return found;
       };
       if (e.type == EntryType::kBytes) {

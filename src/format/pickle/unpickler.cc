@@ -215,18 +215,25 @@ namespace {
 
 using internal_pickle::AppendUtf8;
 
-constexpr size_t kBufferSize = 1 << 16;
+constexpr size_t kBufferSize = 1 << 18;
 
 // Sentinel for "the stream ended"; turned into the DataLoss message by the VM.
 struct Eof {};
 
 // Sequential reader over a ByteSource: direct pointers when the source is
-// resident (Data() != nullptr), else a 64 KiB buffer; big payloads are read
-// straight into their destination.
+// resident (Data() != nullptr), else a kBufferSize buffer; big payloads are
+// read straight into their destination. Take's fast path is one comparison:
+// [win_start_, win_end_) is what win_ holds (the whole source when resident).
 class Reader {
  public:
   Reader(const ByteSource& src, uint64_t offset)
-      : src_(src), size_(src.Size()), pos_(offset), data_(src.Data()) {}
+      : src_(src), size_(src.Size()), pos_(offset), data_(src.Data()) {
+    if (data_ != nullptr) {
+      win_ = data_;
+      win_end_ = size_;
+    }
+  }
+  Reader(const Reader& other) : Reader(other.src_, other.pos_) {}
 
   uint64_t pos() const { return pos_; }
   uint64_t remaining() const { return pos_ <= size_ ? size_ - pos_ : 0; }
@@ -234,22 +241,12 @@ class Reader {
   // Sets *p to n contiguous bytes. n must be small (<= kBufferSize).
   // Returns false at end of stream; errors from the source in *st.
   bool Take(size_t n, const char** p, Status* st) {
-    if (n > remaining()) return false;
-    if (data_ != nullptr) {
-      *p = data_ + pos_;
+    if (pos_ + n <= win_end_) [[likely]] {  // pos_ never moves below win_start_
+      *p = win_ + (pos_ - win_start_);
       pos_ += n;
       return true;
     }
-    if (pos_ < buf_start_ || pos_ + n > buf_start_ + buf_.size()) {
-      size_t want = static_cast<size_t>(std::min<uint64_t>(kBufferSize, remaining()));
-      buf_.resize(want);
-      *st = src_.ReadAt(pos_, want, buf_.data());
-      if (!st->ok()) return false;
-      buf_start_ = pos_;
-    }
-    *p = buf_.data() + (pos_ - buf_start_);
-    pos_ += n;
-    return true;
+    return TakeSlow(n, p, st);
   }
 
   // Steps over n bytes; false when fewer are left.
@@ -279,9 +276,9 @@ class Reader {
       return OkStatus();
     }
     // Serve what the buffer holds, read the rest directly.
-    if (pos_ >= buf_start_ && pos_ < buf_start_ + buf_.size()) {
-      size_t have = static_cast<size_t>(std::min<uint64_t>(n, buf_start_ + buf_.size() - pos_));
-      std::memcpy(dst, buf_.data() + (pos_ - buf_start_), have);
+    if (pos_ >= win_start_ && pos_ < win_end_) {
+      size_t have = static_cast<size_t>(std::min<uint64_t>(n, win_end_ - pos_));
+      std::memcpy(dst, win_ + (pos_ - win_start_), have);
       dst += have;
       n -= have;
       pos_ += have;
@@ -291,6 +288,24 @@ class Reader {
       pos_ += n;
     }
     return OkStatus();
+  }
+
+  // Refills the buffer from pos_ (buffered sources only).
+  bool TakeSlow(size_t n, const char** p, Status* st) {
+    if (n > remaining() || data_ != nullptr) return false;
+    size_t want = static_cast<size_t>(std::min<uint64_t>(kBufferSize, remaining()));
+    buf_.resize(want);
+    *st = src_.ReadAt(pos_, want, buf_.data());
+    if (!st->ok()) {
+      win_end_ = 0;
+      return false;
+    }
+    win_ = buf_.data();
+    win_start_ = pos_;
+    win_end_ = pos_ + want;
+    *p = win_;
+    pos_ += n;
+    return true;
   }
 
   // Reads up to '\n' (consumed, not returned). False at end of stream or if
@@ -316,7 +331,9 @@ class Reader {
   uint64_t pos_;
   const char* data_;
   std::string buf_;
-  uint64_t buf_start_ = 0;
+  const char* win_ = nullptr;
+  uint64_t win_start_ = 0;
+  uint64_t win_end_ = 0;
 };
 
 // The memo keys a pickle reads back (GET, BINGET, LONG_BINGET), found by

@@ -37,9 +37,17 @@
 //     <= max_values, decimal digits in text INT/LONG <= kMaxDecimalDigits,
 //     text lines <= kMaxLineBytes                   (ResourceExhausted),
 // so a 10 MB stream of '(' or of ']' + 'a' fails fast without deep recursion
-// (the VM is iterative) or unbounded memory. The memo is dense for the usual
-// sequential indices and sparse for others, so LONG_BINPUT 4294967295 costs one
-// entry. The Value graph may share nodes and contain cycles (memo); consumers
+// (the VM is iterative) or unbounded memory.
+//
+// Memo. Before running, the stream's opcodes are scanned once (up to its STOP)
+// for the keys GET / BINGET / LONG_BINGET read; PUT, BINPUT and MEMOIZE then
+// keep a value only under such a key (Python's pickler memoizes nearly
+// everything and reads back little: ~16 entries per chunk of a DCP
+// `.metadata`, of which none is read again). The keys are still counted as
+// Python counts len(memo), so MEMOIZE numbers them as CPython does. When the
+// scan cannot tell (an opcode it cannot step over), every value is kept: the
+// memo is then dense for the usual sequential indices and sparse for others,
+// so LONG_BINPUT 4294967295 costs one entry. The Value graph may share nodes and contain cycles (memo); consumers
 // that recurse must bound their own depth.
 //
 // Errors name ByteSource::Name(), the byte offset of the opcode and the
