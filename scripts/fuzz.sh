@@ -375,6 +375,9 @@ done
 wait || true
 
 status=0
+# Campaigns may run side by side (different targets): one writes the ledger at a time.
+exec 9>"$WORK/ledger.lock"
+flock 9
 ledger_header
 for t in "${targets[@]}"; do
   area=${t%_fuzz}
