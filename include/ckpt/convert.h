@@ -235,6 +235,24 @@ Result<std::vector<VerifyProblem>> CheckOptimizerState(const CheckpointReader& m
 // OpenModelSpace.
 Result<std::vector<std::string>> DescribeLegacyLayout(const std::string& path, const OpenOptions& options = {});
 
+// The same as a structure (for the layout map's grid): the layout from args,
+// the layer count, and per rank folder its coordinates, the global layers of
+// each of its virtual stages (model chunks) and its experts.
+struct LegacyFolderLayout {
+  std::string folder;  // "mp_rank_01_000"
+  int64_t tp = 0, pp = 0, ep = 0;
+  std::vector<std::vector<int64_t>> layers;  // per model chunk, global layer numbers in order
+  std::vector<int64_t> experts;              // global expert numbers, sorted
+  std::string line;                          // DescribeLegacyLayout's line for the folder
+};
+struct LegacyLayout {
+  int64_t tp = 1, pp = 1, dp = 1, cp = 1, ep = 1, etp = 1, vpp = 1;
+  int64_t num_layers = 0;
+  std::vector<LegacyFolderLayout> folders;  // in the order of DescribeLegacyLayout's lines
+};
+// Errors: those of DescribeLegacyLayout.
+Result<LegacyLayout> DescribeLegacyFolders(const std::string& path, const OpenOptions& options = {});
+
 // The model-space key of optimizer state `state` of model tensor `key`:
 // "optimizer.state.<state>.<key>" (`state` "param" also answers "fp32_param"
 // and "main_param" ... as written: no aliasing here).

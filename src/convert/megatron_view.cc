@@ -942,13 +942,31 @@ Result<std::vector<VerifyProblem>> CheckOptimizerState(const CheckpointReader& r
   return problems;
 }
 
-Result<std::vector<std::string>> DescribeLegacyLayout(const std::string& path, const OpenOptions& options) {
+Result<LegacyLayout> DescribeLegacyFolders(const std::string& path, const OpenOptions& options) {
   OpenOptions open = options;
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader, OpenCheckpoint(path, open));
   if (reader->kind() != SourceKind::kLegacy) return InvalidArgumentError(StrCat(path, " is not a legacy checkpoint"));
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<internal_convert::MegatronView> v,
                         internal_convert::MegatronView::OverLegacy(std::move(reader)));
-  return v->FolderSummary();
+  LegacyLayout out;
+  const model::ParallelLayout& l = v->layout();
+  out.tp = l.tp;
+  out.pp = l.pp;
+  out.dp = l.dp;
+  out.cp = l.cp;
+  out.ep = l.ep;
+  out.etp = l.etp;
+  out.vpp = l.vpp;
+  out.num_layers = v->config().num_layers;
+  out.folders = v->FolderSummary();
+  return out;
+}
+
+Result<std::vector<std::string>> DescribeLegacyLayout(const std::string& path, const OpenOptions& options) {
+  CKPT_ASSIGN_OR_RETURN(LegacyLayout layout, DescribeLegacyFolders(path, options));
+  std::vector<std::string> lines;
+  for (LegacyFolderLayout& f : layout.folders) lines.push_back(std::move(f.line));
+  return lines;
 }
 
 std::string OptimizerStateKey(std::string_view state, std::string_view key) {
@@ -1138,19 +1156,25 @@ Status MegatronView::CheckLegacyBuffers() const {
   return OkStatus();
 }
 
-std::vector<std::string> MegatronView::FolderSummary() const {
-  std::vector<std::string> out;
+std::vector<LegacyFolderLayout> MegatronView::FolderSummary() const {
+  std::vector<LegacyFolderLayout> out;
   for (size_t ri = 0; ri < folders_.size() && ri < ranks_.size(); ++ri) {
     const model::LegacyRankFolder& f = folders_[ri];
     const model::RankOptimizer& r = ranks_[ri];
-    std::string layers;
+    LegacyFolderLayout fl;
+    fl.folder = f.folder;
+    fl.tp = f.at.tp_rank;
+    fl.pp = f.at.pp_rank;
+    fl.ep = f.at.ep_rank;
     std::vector<int64_t> ids;
     std::set<int64_t> experts;
     for (const auto& chunk : r.chunks) {
+      std::vector<int64_t>& chunk_layers = fl.layers.emplace_back();
       for (const model::ChunkParam& p : chunk) {
         std::string_view rest;
         if (auto l = megatron::PerLayerIndex(p.global_name, "decoder.layers.", &rest)) {
           if (ids.empty() || ids.back() != *l) ids.push_back(*l);
+          if (chunk_layers.empty() || chunk_layers.back() != *l) chunk_layers.push_back(*l);
           if (p.expert || rest.rfind("mlp.experts.experts.", 0) == 0) {
             std::string_view er = rest.substr(std::string_view("mlp.experts.experts.").size());
             experts.insert(std::stoll(std::string(er.substr(0, er.find('.')))));
@@ -1178,7 +1202,13 @@ std::vector<std::string> MegatronView::FolderSummary() const {
     };
     if (f.dense_optimizer && !r.dense.empty()) line += StrCat("; dense optimizer ", buffers(r.dense));
     if (f.expert_optimizer && !r.expert.empty()) line += StrCat("; expert optimizer ", buffers(r.expert));
-    out.push_back(std::move(line));
+    for (std::vector<int64_t>& l : fl.layers) {
+      std::sort(l.begin(), l.end());
+      l.erase(std::unique(l.begin(), l.end()), l.end());
+    }
+    fl.experts.assign(experts.begin(), experts.end());
+    fl.line = std::move(line);
+    out.push_back(std::move(fl));
   }
   return out;
 }

@@ -34,6 +34,7 @@
 #include "checkpoint/dcp_reader.h"
 #include "checkpoint/legacy_reader.h"
 #include "ckpt/checkpoint.h"
+#include "ckpt/convert.h"
 #include "ckpt/model.h"
 #include "format/megatron/megatron.h"
 #include "format/torch/torch_file.h"
@@ -160,7 +161,7 @@ class MegatronView final : public CheckpointReader {
   // virtual stages), experts, and the optimizer buffers the model's layout
   // gives it: "mp_rank_00_001: tp 0 pp 1, layers 2-3; dense optimizer 1
   // buffers, 1 buckets, 2816 elements".
-  std::vector<std::string> FolderSummary() const;
+  std::vector<LegacyFolderLayout> FolderSummary() const;
 
   // The boxes tensors()[i] is stored in, one per rank shard (two for a gated
   // fc1 shard) for an assembled tensor, the stored chunks of a tensor read

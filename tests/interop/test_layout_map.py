@@ -51,7 +51,7 @@ class _Dom(HTMLParser):
     def __init__(self):
         super().__init__()
         self.body, self.files, self.tensors, self.problems = {}, [], [], []
-        self.ranks, self.stages, self.writers = [], [], []
+        self.ranks, self.stages, self.writers, self.folders = [], [], [], []
         self._in_problem = False
 
     def handle_starttag(self, tag, attrs):
@@ -70,6 +70,10 @@ class _Dom(HTMLParser):
         elif "rank" in cls and "data-rank" in a:
             self.ranks.append({k[5:]: (json.loads(v) if k == "data-files" else int(v))
                                for k, v in a.items() if k.startswith("data-")})
+        elif "folder" in cls and "data-folder" in a:
+            self.folders.append({k[5:]: (json.loads(v) if k in ("data-files", "data-layers", "data-experts")
+                                         else v if k == "data-folder" else int(v))
+                                 for k, v in a.items() if k.startswith("data-")})
         elif "stage" in cls and "data-pp" in a:
             self.stages.append({"pp": int(a["data-pp"]), "layers": json.loads(a["data-layers"])})
         elif tag == "td" and "writers" in cls:
@@ -185,6 +189,46 @@ def test_parallel_grid_with_virtual_stages(cli_path, tmp_path):
                         "iter_0000002")
     _, dom = _render(cli_path, ckpt, tmp_path / "map.html")
     _check_grid(dom, ckpt, {"tp": 1, "cp": 1, "dp": 2, "pp": 2, "vpp": 2}, 4)
+
+
+@pytest.mark.parametrize("golden", ["mc016_llama_tp2pp2dp2", "mc016_llama_pp2vpp2dp2", "mc016_mixtral_ep2"])
+def test_legacy_grid(cli_path, tmp_path, golden):
+    """A legacy checkpoint written by megatron-core 0.16.1 (tests/golden/legacy/make_golden.py):
+    one cell per mp_rank_* folder at the coordinates Megatron-LM's folder naming gives
+    (mp_rank_<TP:02d>[_<PP:03d> when PP > 1][_<EP:03d> when EP > 1]), its files and their
+    sizes on disk, and the layers (interleaved for VPP) and experts each folder holds."""
+    root = os.path.join(REPO, "tests", "golden", "legacy", golden)
+    spec = json.load(open(os.path.join(root, "layout.json")))["spec"]
+    tp, pp, ep, vpp = spec["tp"], spec["pp"], spec["ep"] or 1, spec["vpp"] or 1
+    num_layers = spec["model_overrides"]["num_layers"]
+    num_experts = spec.get("family_spec", {}).get("num_experts") or 0
+    ckpt = os.path.join(root, "legacy", "iter_0000002")
+    rc, dom = _render(cli_path, os.path.join(root, "legacy"), tmp_path / "map.html")
+    assert rc == 0
+    folders = sorted(f for f in os.listdir(ckpt) if f.startswith("mp_rank_"))
+    assert sorted(c["folder"] for c in dom.folders) == folders
+    per_chunk = num_layers // (pp * vpp)
+    for c in dom.folders:
+        nums = [int(x) for x in c["folder"].split("_")[2:]]
+        want = {"tp": nums[0], "pp": nums[1] if pp > 1 else 0, "ep": nums[-1] if ep > 1 else 0}
+        assert {k: c[k] for k in want} == want, c
+        on_disk = sorted(os.listdir(os.path.join(ckpt, c["folder"])))
+        assert sorted(c["files"]) == [c["folder"] + "/" + f for f in on_disk]
+        assert c["bytes"] == sum(os.path.getsize(os.path.join(ckpt, c["folder"], f)) for f in on_disk)
+        # Virtual stage s of pipeline rank p holds model chunk s * pp + p.
+        assert c["layers"] == [list(range((s * pp + c["pp"]) * per_chunk, (s * pp + c["pp"] + 1) * per_chunk))
+                               for s in range(vpp)], c
+        local = num_experts // ep
+        assert c["experts"] == list(range(c["ep"] * local, (c["ep"] + 1) * local)), c
+    assert [b["pp"] for b in dom.stages] == list(range(pp))
+    for b in dom.stages:
+        assert b["layers"] == [[(s * pp + b["pp"]) * per_chunk, (s * pp + b["pp"] + 1) * per_chunk]
+                               for s in range(vpp)], b
+    # The files list groups each folder's files under its coordinates.
+    assert sorted(f["name"] for f in dom.files) == sorted(c + "/" + f for c in folders
+                                                        for f in os.listdir(os.path.join(ckpt, c)))
+    for f in dom.files:  # sized as on disk
+        assert f["bytes"] == os.path.getsize(os.path.join(ckpt, f["name"])), f
 
 
 def test_sharded_safetensors_map(cli_path, tmp_path):

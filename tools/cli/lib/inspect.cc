@@ -304,15 +304,23 @@ void AddLayoutDetails(const std::string& path, const CheckpointReader& reader, E
   // A legacy checkpoint: what each rank folder holds by the model layer's
   // recomputation from args, its buffers checked against that layout.
   nlohmann::json layout_lines = nlohmann::json::array();
+  nlohmann::json legacy_layout;
   std::string layout_problem;
   if (reader.kind() == SourceKind::kLegacy) {
-    Result<std::vector<std::string>> lines = DescribeLegacyLayout(path, open);
-    if (lines.ok()) {
-      for (const std::string& l : *lines) layout_lines.push_back(l);
-    } else if (lines.status().code() == Code::kDataLoss) {
-      layout_problem = lines.status().message();
+    Result<LegacyLayout> layout = DescribeLegacyFolders(path, open);
+    if (layout.ok()) {
+      legacy_layout = {{"tp", layout->tp}, {"pp", layout->pp}, {"dp", layout->dp}, {"cp", layout->cp},
+                       {"ep", layout->ep}, {"etp", layout->etp}, {"vpp", layout->vpp},
+                       {"num_layers", layout->num_layers}, {"folders", nlohmann::json::array()}};
+      for (const LegacyFolderLayout& f : layout->folders) {
+        layout_lines.push_back(f.line);
+        legacy_layout["folders"].push_back({{"folder", f.folder}, {"tp", f.tp}, {"pp", f.pp}, {"ep", f.ep},
+                                            {"layers", f.layers}, {"experts", f.experts}});
+      }
+    } else if (layout.status().code() == Code::kDataLoss) {
+      layout_problem = layout.status().message();
     } else {
-      layout_lines.push_back(StrCat("(not derived: ", lines.status().message(), ")"));
+      layout_lines.push_back(StrCat("(not derived: ", layout.status().message(), ")"));
     }
   }
   // A Megatron checkpoint: the sizes it can be resumed at, and where
@@ -341,6 +349,7 @@ void AddLayoutDetails(const std::string& path, const CheckpointReader& reader, E
   }
   if (!reshard.is_null()) (*details)["reshard"] = reshard;
   if (!layout_lines.empty()) (*details)["model_layout"] = layout_lines;
+  if (!legacy_layout.is_null()) (*details)["legacy_layout"] = legacy_layout;
   if (!layout_problem.empty()) {
     if (!details->contains("problems") || !(*details)["problems"].is_array()) {
       (*details)["problems"] = nlohmann::json::array();

@@ -32,7 +32,64 @@ void Classify(const std::string& key, std::string* section, std::string* group) 
 // rank's coordinates (the model layer's Megatron order), the files it wrote
 // and their bytes, and the layers of every pipeline stage. Null when the
 // layout is not known or does not fit the files.
+// Every (virtual) pipeline stage with its layers, as the model layer splits them.
+nlohmann::json StagesJson(const model::ParallelLayout& l, int64_t num_layers) {
+  nlohmann::json stages = nlohmann::json::array();
+  if (num_layers <= 0) return stages;
+  Result<std::vector<model::LayerRange>> ranges = l.Stages(num_layers);
+  if (!ranges.ok()) return stages;
+  for (const model::LayerRange& r : *ranges) {
+    stages.push_back({{"pp", r.pp_rank}, {"vp", r.vp_stage}, {"begin", r.begin}, {"end", r.end}});
+  }
+  return stages;
+}
+
+// The grid of a legacy checkpoint (details["legacy_layout"], from the model
+// layer's reading of args and the rank folders): one folder per
+// model-parallel rank (TP, PP, EP), written by its data-parallel rank 0,
+// with the files under it, their bytes, and the layers and experts it holds.
+nlohmann::json LegacyGrid(const nlohmann::json& ll, const std::vector<LayoutFile>& files) {
+  auto size = [&](const char* k) -> int64_t {
+    return ll.contains(k) && ll[k].is_number_integer() ? ll[k].get<int64_t>() : 1;
+  };
+  model::ParallelLayout l;
+  l.tp = size("tp");
+  l.pp = size("pp");
+  l.dp = size("dp");
+  l.cp = size("cp");
+  l.ep = size("ep");
+  l.etp = size("etp");
+  l.vpp = size("vpp");
+  if (!l.Validate().ok() || l.world_size() > 65536 || !ll.contains("folders") || !ll["folders"].is_array()) {
+    return nullptr;
+  }
+  const int64_t num_layers = ll.value("num_layers", int64_t{0});
+  nlohmann::json g;
+  g["legacy"] = true;
+  g["sizes"] = {{"tp", l.tp}, {"pp", l.pp}, {"dp", l.dp}, {"cp", l.cp}, {"ep", l.ep}, {"etp", l.etp}, {"vpp", l.vpp}};
+  g["num_layers"] = num_layers;
+  g["stages"] = StagesJson(l, num_layers);
+  g["folders"] = nlohmann::json::array();
+  for (const nlohmann::json& f : ll["folders"]) {
+    nlohmann::json cell = f;
+    const std::string prefix = f.value("folder", std::string()) + "/";
+    cell["files"] = nlohmann::json::array();
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < files.size(); ++i) {
+      if (files[i].name.rfind(prefix, 0) != 0) continue;
+      cell["files"].push_back(i);
+      bytes += files[i].bytes;
+    }
+    cell["bytes"] = bytes;
+    g["folders"].push_back(std::move(cell));
+  }
+  return g;
+}
+
 nlohmann::json Grid(const nlohmann::json& details, const std::vector<LayoutFile>& files) {
+  if (details.contains("legacy_layout") && details["legacy_layout"].is_object()) {
+    return LegacyGrid(details["legacy_layout"], files);
+  }
   const nlohmann::json* summary = nullptr;
   if (details.contains("megatron") && details["megatron"].is_object() && details["megatron"].contains("summary")) {
     summary = &details["megatron"]["summary"];
@@ -56,20 +113,12 @@ nlohmann::json Grid(const nlohmann::json& details, const std::vector<LayoutFile>
   if (!l.Validate().ok() || l.world_size() > 65536) return nullptr;
   nlohmann::json g;
   g["sizes"] = {{"tp", l.tp}, {"pp", l.pp}, {"dp", l.dp}, {"cp", l.cp}, {"ep", l.ep}, {"etp", l.etp}, {"vpp", l.vpp}};
-  g["stages"] = nlohmann::json::array();
   int64_t num_layers = 0;
   if (summary->contains("model") && (*summary)["model"].is_object()) {
     num_layers = (*summary)["model"].value("num_layers", int64_t{0});
   }
   g["num_layers"] = num_layers;
-  if (num_layers > 0) {
-    Result<std::vector<model::LayerRange>> stages = l.Stages(num_layers);
-    if (stages.ok()) {
-      for (const model::LayerRange& r : *stages) {
-        g["stages"].push_back({{"pp", r.pp_rank}, {"vp", r.vp_stage}, {"begin", r.begin}, {"end", r.end}});
-      }
-    }
-  }
+  g["stages"] = StagesJson(l, num_layers);
   std::vector<nlohmann::json> ranks(static_cast<size_t>(l.world_size()));
   for (int64_t r = 0; r < l.world_size(); ++r) {
     Result<model::RankCoordinates> c = model::GlobalRankCoordinates(l, r);
@@ -110,6 +159,7 @@ details.tgroup { margin: 2px 0; } details.tgroup > summary { cursor: pointer; }
 table.grid-t { border-collapse: collapse; margin: 2px 0 0 10px; } table.grid-t th { font-weight: normal; color: #666; padding: 2px 6px; text-align: left; }
 table.grid-t td { padding: 2px; vertical-align: top; } td.writers { font-size: 11px; color: #666; }
 .rank { border: 2px solid #999; border-radius: 3px; padding: 2px 6px; min-width: 120px; font-size: 12px; } .rank.idle { border-style: dashed; background: #f4f4f4; }
+.folder { border: 2px solid #5b7db1; border-radius: 3px; padding: 2px 6px; min-width: 150px; font-size: 12px; } .folder.idle { border-style: dashed; }
 .legend span { display: inline-block; margin-right: 10px; } .swatch { width: 10px; height: 10px; display: inline-block; margin-right: 3px; }
 </style></head>
 <body data-rendered="0" data-errors="0">
@@ -180,21 +230,80 @@ table.grid-t td { padding: 2px; vertical-align: top; } td.writers { font-size: 1
   // per (CP, TP) rank and a row per DP rank, each cell a rank with the bytes
   // of the files it wrote. The DP ranks of a column hold replicas of the same
   // model shard; the column's footer names which of them wrote it.
+  function stageBlock(G, p) {
+    var z = G.sizes, st = G.stages.filter(function (s) { return s.pp === p; });
+    var layers = st.map(function (s) { return s.end - s.begin === 1 ? String(s.begin) : s.begin + "-" + (s.end - 1); });
+    var block = el("div", "stage");
+    block.dataset.pp = p;
+    block.dataset.layers = JSON.stringify(st.map(function (s) { return [s.begin, s.end]; }));
+    block.appendChild(el("div", "stage-h", "PP stage " + p + (layers.length ? ": layers " + layers.join(", ") +
+        (z.vpp > 1 ? " (" + st.length + " virtual stages)" : "") : "")));
+    return block;
+  }
+  function ranges(ids) {  // [0,1,2,5] -> "0-2, 5"
+    var out = [], i = 0;
+    while (i < ids.length) {
+      var j = i;
+      while (j + 1 < ids.length && ids[j + 1] === ids[j] + 1) j++;
+      out.push(j > i ? ids[i] + "-" + ids[j] : String(ids[i]));
+      i = j + 1;
+    }
+    return out.join(", ");
+  }
+
+  // A legacy checkpoint: one folder per model-parallel rank (TP columns, EP
+  // rows, a block per pipeline stage), written by data-parallel rank 0 of its
+  // group; distrib_optim.pt holds the optimizer gathered across the replicas.
+  function drawLegacyGrid(parent, G) {
+    var z = G.sizes, byPos = {};
+    G.folders.forEach(function (f) { byPos[f.pp + "/" + f.ep + "/" + f.tp] = f; });
+    var wrap = el("div", "grid");
+    wrap.appendChild(el("div", "muted", "legacy rank folders by pipeline stage (blocks), tensor parallel rank (columns)" +
+        (z.ep > 1 ? " and expert parallel rank (rows)" : "") + "; each written by data-parallel rank 0 of its " + z.dp +
+        " replicas (distrib_optim.pt: the optimizer gathered across them)"));
+    for (var p = 0; p < z.pp; p++) {
+      var block = stageBlock(G, p), table = el("table", "grid-t"), head = el("tr");
+      head.appendChild(el("th", "", ""));
+      for (var t = 0; t < z.tp; t++) head.appendChild(el("th", "", "TP " + t));
+      table.appendChild(head);
+      for (var e = 0; e < z.ep; e++) {
+        var tr = el("tr");
+        tr.appendChild(el("th", "", z.ep > 1 ? "EP " + e : ""));
+        for (t = 0; t < z.tp; t++) {
+          var f = byPos[p + "/" + e + "/" + t], td = el("td");
+          if (f) {
+            var cell = el("div", "folder" + (f.bytes ? "" : " idle"));
+            cell.dataset.folder = f.folder; cell.dataset.tp = f.tp; cell.dataset.pp = f.pp; cell.dataset.ep = f.ep;
+            cell.dataset.bytes = f.bytes; cell.dataset.layers = JSON.stringify(f.layers);
+            cell.dataset.experts = JSON.stringify(f.experts);
+            cell.dataset.files = JSON.stringify(f.files.map(function (i) { return D.files[i].name; }));
+            cell.appendChild(el("b", "", f.folder));
+            cell.appendChild(el("div", "muted", human(f.bytes) + " in " + f.files.length + " file" + (f.files.length === 1 ? "" : "s")));
+            var all = [].concat.apply([], f.layers).sort(function (a, b) { return a - b; });
+            cell.appendChild(el("div", "muted", "layers " + (all.length ? ranges(all) : "none") +
+                (f.layers.length > 1 ? " in " + f.layers.length + " virtual stages" : "")));
+            if (f.experts.length) cell.appendChild(el("div", "muted", "experts " + ranges(f.experts)));
+            td.appendChild(cell);
+          }
+          tr.appendChild(td);
+        }
+        table.appendChild(tr);
+      }
+      block.appendChild(table);
+      wrap.appendChild(block);
+    }
+    parent.appendChild(wrap);
+  }
+
   function drawGrid(parent, G) {
+    if (G.legacy) return drawLegacyGrid(parent, G);
     var z = G.sizes, byPos = {};
     G.ranks.forEach(function (r) { byPos[r.pp + "/" + r.dp + "/" + r.cp + "/" + r.tp] = r; });
     var wrap = el("div", "grid");
     wrap.appendChild(el("div", "muted", "ranks by pipeline stage (blocks), tensor" + (z.cp > 1 ? " and context" : "") +
         " parallel rank (columns) and data-parallel replica (rows)" + (z.ep > 1 ? "; experts: EP " + z.ep + " x ETP " + z.etp : "")));
     for (var p = 0; p < z.pp; p++) {
-      var st = G.stages.filter(function (s) { return s.pp === p; });
-      var layers = st.map(function (s) { return s.end - s.begin === 1 ? String(s.begin) : s.begin + "-" + (s.end - 1); });
-      var block = el("div", "stage");
-      block.dataset.pp = p;
-      block.dataset.layers = JSON.stringify(st.map(function (s) { return [s.begin, s.end]; }));
-      block.appendChild(el("div", "stage-h", "PP stage " + p + (layers.length ? ": layers " + layers.join(", ") +
-          (z.vpp > 1 ? " (" + st.length + " virtual stages)" : "") : "")));
-      var table = el("table", "grid-t"), head = el("tr");
+      var block = stageBlock(G, p), table = el("table", "grid-t"), head = el("tr");
       head.appendChild(el("th", "", ""));
       for (var c = 0; c < z.cp; c++) for (var t = 0; t < z.tp; t++) head.appendChild(el("th", "", (z.cp > 1 ? "CP " + c + " " : "") + "TP " + t));
       table.appendChild(head);

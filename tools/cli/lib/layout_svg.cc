@@ -197,12 +197,40 @@ std::vector<LayoutFile> LayoutFiles(const nlohmann::json& doc) {
       }
     }
     if (order.empty()) order.push_back(self), by_file[self];
+    // A legacy checkpoint: each rank folder's coordinates (the folder name
+    // alone does not tell PP from EP when one of them is 1) and its files'
+    // sizes on disk, from the reader's details.
+    std::map<std::string, std::string> folder_group;
+    std::map<std::string, uint64_t> disk_bytes;
+    if (details.contains("legacy") && details["legacy"].is_object() && details["legacy"].contains("ranks") &&
+        details["legacy"]["ranks"].is_array()) {
+      const nlohmann::json& legacy = details["legacy"];
+      const nlohmann::json grid = legacy.value("grid", nlohmann::json::object());
+      const bool pp = grid.value("pipeline_parallel", false), ep = grid.value("expert_parallel", false);
+      for (const auto& r : legacy["ranks"]) {
+        if (!r.is_object() || !r.contains("folder") || !r["folder"].is_string()) continue;
+        const std::string folder = r["folder"].get<std::string>();
+        std::string what = fmt::format("TP rank {}", r.value("tp", int64_t{0}));
+        if (pp) what += fmt::format(", PP rank {}", r.value("pp", int64_t{0}));
+        if (ep) what += fmt::format(", EP rank {}", r.value("ep", int64_t{0}));
+        folder_group[folder] = fmt::format("{} ({})", folder, what);
+        if (r.contains("files") && r["files"].is_object()) {
+          for (auto f = r["files"].begin(); f != r["files"].end(); ++f) {
+            if (f.value().is_object() && f.value().contains("bytes") && f.value()["bytes"].is_number_unsigned()) {
+              disk_bytes[folder + "/" + f.key()] = f.value()["bytes"].get<uint64_t>();
+            }
+          }
+        }
+      }
+    }
     for (const std::string& name : order) {
       LayoutFile lf;
       lf.name = name;
       lf.bytes = by_file[name].first;
       lf.group = "files";
       RankOf(name, &lf.rank, &lf.writer, &lf.group);
+      if (auto g = folder_group.find(name.substr(0, name.find('/'))); g != folder_group.end()) lf.group = g->second;
+      if (auto b = disk_bytes.find(name); b != disk_bytes.end()) lf.bytes = b->second;
       // Keys a legacy reader prefixes with the rank folder: summarized without it.
       std::vector<std::string> keys = by_file[name].second;
       const size_t slash = name.find('/');
