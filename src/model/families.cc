@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <array>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "ckpt/model.h"
@@ -357,12 +358,14 @@ void AddRows(TensorPlan* p, int src, const std::vector<int64_t>& idx, int64_t b,
   p->rows.push_back({src, idx, b, e});
 }
 
-int AddSource(Plan* plan, std::string name, std::vector<int64_t> shape) {
-  for (size_t i = 0; i < plan->sources.size(); ++i) {
-    if (plan->sources[i].name == name) return static_cast<int>(i);
-  }
-  plan->sources.push_back({std::move(name), std::move(shape)});
-  return static_cast<int>(plan->sources.size() - 1);
+// The index of source `name` in plan->sources, added when new. `index` maps
+// names to positions (a linear search made planning quadratic in the tensor
+// count: seconds for a large mixture of experts; found by hf_config_fuzz).
+int AddSource(Plan* plan, std::unordered_map<std::string, int>* index, std::string name,
+              std::vector<int64_t> shape) {
+  auto [it, fresh] = index->try_emplace(name, static_cast<int>(plan->sources.size()));
+  if (fresh) plan->sources.push_back({std::move(name), std::move(shape)});
+  return it->second;
 }
 
 std::vector<int64_t> WithRows(std::vector<int64_t> shape, int64_t rows) {
@@ -438,6 +441,7 @@ Result<Plan> PlanExport(const ModelConfig& c, Family family,
   const FamilyTable& table = TableOf(family);
   const QkvGeometry qg = Geometry(c);
   Plan plan;
+  std::unordered_map<std::string, int> source_index;
   for (const Rule& rule : table.rules) {
     if (!Applies(rule.role, c)) continue;
     const Scope scope = ScopeOf(rule.role);
@@ -461,7 +465,7 @@ Result<Plan> PlanExport(const ModelConfig& c, Family family,
                                       alts.size() > 1 ? StrCat(" (nor ", Quote(Fill(alts[1], l, e)), ")") : "",
                                       ", which the ", table.model_type, " mapping needs"));
         }
-        const int src = AddSource(&plan, src_name, mshape);
+        const int src = AddSource(&plan, &source_index, src_name, mshape);
         auto out = [&](size_t i) {
           TensorPlan p;
           p.name = Fill(hf[i], l, e);
@@ -566,6 +570,7 @@ Result<Plan> PlanImport(const ModelConfig& c, Family family, std::string_view la
   const FamilyTable& table = TableOf(family);
   const QkvGeometry qg = Geometry(c);
   Plan plan;
+  std::unordered_map<std::string, int> source_index;
   for (const Rule& rule : table.rules) {
     if (!Applies(rule.role, c)) continue;
     const Scope scope = ScopeOf(rule.role);
@@ -584,7 +589,7 @@ Result<Plan> PlanImport(const ModelConfig& c, Family family, std::string_view la
             return NotFoundError(StrCat("the HF checkpoint has no ", Quote(n), ", which the ", table.model_type,
                                         " mapping needs"));
           }
-          srcs.push_back(AddSource(&plan, std::move(n), {}));
+          srcs.push_back(AddSource(&plan, &source_index, std::move(n), {}));
         }
         // The stored torch_dist key and index of this module tensor.
         StoredRef where = TorchDistCandidates(Fill(mname, l, e)).front();

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "ckpt/model.h"
+#include "testing/testutil.h"
 
 namespace ckpt::model {
 namespace {
@@ -332,6 +333,42 @@ TEST(Config, HfConfigFieldsOfTheWrongTypeAreNamed) {
   auto r = ParseHfConfig(j);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_FALSE(r->config.tied_embeddings);
+}
+
+// Inputs the fuzzers found (tests/corrupt/hf_config/README.md): each parses
+// as expected.json says, and both plans name every source exactly once with
+// every row slice pointing into the source list.
+TEST(HfConfigCorruptCases, EachParsesAndPlansAsExpected) {
+  testing::ExpectEveryCorruptFileListed("hf_config", "README.md");
+  testing::ForEachCorruptCase("hf_config", 1, [](const std::string& file, nlohmann::json& want,
+                                                 const std::string& bytes) {
+    nlohmann::json j = nlohmann::json::parse(bytes, nullptr, /*allow_exceptions=*/false);
+    ASSERT_FALSE(j.is_discarded()) << file;
+    auto hf = ParseHfConfig(j);
+    ASSERT_TRUE(hf.ok()) << hf.status().ToString();
+    EXPECT_EQ(FamilyName(hf->family), want["family"].get<std::string>());
+    const ModelConfig& c = hf->config;
+    EXPECT_EQ(c.num_layers, want["num_layers"].get<int64_t>());
+    EXPECT_EQ(c.num_experts, want["num_experts"].get<int64_t>());
+    auto all = [](std::string_view) { return true; };
+    auto check = [](const Plan& plan) {
+      std::set<std::string> names;
+      for (const SourceRef& s : plan.sources) EXPECT_TRUE(names.insert(s.name).second) << s.name;
+      for (const TensorPlan& t : plan.outputs) {
+        for (const RowSlice& r : t.rows) EXPECT_LT(r.source, static_cast<int>(plan.sources.size())) << t.name;
+      }
+    };
+    auto imp = PlanImport(c, hf->family, "local", c.PaddedVocab(*c.vocab_size, 2), all);
+    ASSERT_TRUE(imp.ok()) << imp.status().ToString();
+    check(*imp);
+    // Every expert of every layer reads its three HF matrices (w1, w2, w3).
+    size_t expert_sources = 0;
+    for (const SourceRef& s : imp->sources) expert_sources += s.name.find(".experts.") != std::string::npos;
+    EXPECT_EQ(expert_sources, static_cast<size_t>(c.num_layers * c.num_experts * 3));
+    auto exp = PlanExport(c, hf->family, all);
+    ASSERT_TRUE(exp.ok()) << exp.status().ToString();
+    check(*exp);
+  });
 }
 
 }  // namespace
