@@ -349,7 +349,7 @@ class MemoReads {
  public:
   bool Wanted(uint64_t idx) const {
     if (all_) return true;
-    if (idx < dense_.size()) return dense_[idx];
+    if (idx < dense_.size() && dense_[idx]) return true;
     return sparse_.count(idx) != 0;
   }
   bool all() const { return all_; }
@@ -370,7 +370,10 @@ class MemoReads {
   static constexpr size_t kMaxSparse = size_t{1} << 16;
 
   bool Add(uint64_t idx) {
-    if (idx < kDenseKeys) {
+    // Dense while keys come about in order (the pickler numbers them from 0);
+    // a far key (LONG_BINGET 60000000 in a short stream) goes to the set
+    // rather than costing a bitmap of that size.
+    if (idx < kDenseKeys && idx <= dense_.size() * 2 + 1024) {
       if (idx >= dense_.size()) dense_.resize(std::max<uint64_t>(idx + 1, dense_.size() * 2), false);
       if (!dense_[idx]) ++count_;
       dense_[idx] = true;
@@ -534,8 +537,9 @@ class Machine {
   Value* MakeInt(int64_t i) {
     if (i >= 0 && i < static_cast<int64_t>(std::size(small_ints_))) return Shared(&small_ints_[i], Kind::kInt, i);
     if (i >= 0 && i < kSharedIntLimit) {  // BININT2's range: shapes, offsets, counts
-      if (shared_ints_.empty()) shared_ints_.resize(kSharedIntLimit, nullptr);
-      return Shared(&shared_ints_[static_cast<size_t>(i)], Kind::kInt, i);
+      auto& page = shared_ints_[static_cast<size_t>(i) / kSharedIntPage];
+      if (page == nullptr) page = std::make_unique<Value*[]>(kSharedIntPage);  // zeroed
+      return Shared(&page[static_cast<size_t>(i) % kSharedIntPage], Kind::kInt, i);
     }
     Value* v = New(Kind::kInt);
     v->i = i;
@@ -602,10 +606,11 @@ class Machine {
       // Count the key as Python's len(memo) would (MEMOIZE's next key), keep
       // the value only when a later GET reads it.
       bool fresh;
-      if (idx < kSeenDense) {
+      if (idx < seen_.size() || (idx < kSeenDense && idx <= seen_.size() * 2 + 1024)) {
         if (idx >= seen_.size()) seen_.resize(std::max<uint64_t>(idx + 1, seen_.size() * 2), false);
-        fresh = !seen_[idx];
+        fresh = !seen_[idx] && seen_sparse_.count(idx) == 0;
         seen_[idx] = true;
+        if (!fresh) seen_sparse_.erase(idx);
       } else {
         fresh = seen_sparse_.insert(idx).second;
       }
@@ -739,7 +744,7 @@ class Machine {
   const UnpickleOptions& opts_;
   std::unique_ptr<Arena> arena_;  // the result's
   Arena* cur_;                    // where new values go: arena_, or scratch_arena_ in a window
-  std::unique_ptr<Arena> scratch_arena_ = NewScratch();
+  std::unique_ptr<Arena> scratch_arena_;  // made when the first window opens
   bool windows_on_ = false;
   Value* window_obj_ = nullptr;  // the object being built in the open window, or nullptr
   size_t window_base_ = 0;       // stack size with it pushed
@@ -766,7 +771,10 @@ class Machine {
   Value* false_ = nullptr;
   Value* small_ints_[256] = {};
   static constexpr int64_t kSharedIntLimit = 1 << 16;
-  std::vector<Value*> shared_ints_;  // ints in [256, 65536), made on first use
+  // Ints in [256, 65536), made on first use, in pages of 1024 slots made on
+  // first use too (a short stream with one such int costs 8 KiB, not 512 KiB).
+  static constexpr size_t kSharedIntPage = 1024;
+  std::unique_ptr<Value*[]> shared_ints_[kSharedIntLimit / kSharedIntPage];
   Value* empty_tuple_ = nullptr;
   Value* root_ = nullptr;
   uint64_t op_offset_ = 0;
@@ -863,7 +871,10 @@ Result<Value*> Machine::Call(Value* callable, Value* args, bool newobj, Value* k
     }
   }
   bool open = !opaque && Reducible(callable);
-  if (open) cur_ = scratch_arena_.get();
+  if (open) {
+    if (scratch_arena_ == nullptr) scratch_arena_ = NewScratch();
+    cur_ = scratch_arena_.get();
+  }
   if (opaque && window_obj_ != nullptr) Escape();  // listed from the result (ForEach)
   Value* v = cur_->Object(callable, args, newobj);
   v->offset = op_offset_;
