@@ -32,6 +32,22 @@ void Classify(const std::string& key, std::string* section, std::string* group) 
 // rank's coordinates (the model layer's Megatron order), the files it wrote
 // and their bytes, and the layers of every pipeline stage. Null when the
 // layout is not known or does not fit the files.
+// A layout from {"tp": .., "pp": .., ...} (1 for what is absent; etp defaults to tp).
+model::ParallelLayout LayoutOf(const nlohmann::json& j) {
+  auto size = [&](const char* k) -> int64_t {
+    return j.contains(k) && j[k].is_number_integer() ? j[k].get<int64_t>() : 1;
+  };
+  model::ParallelLayout l;
+  l.tp = size("tp");
+  l.pp = size("pp");
+  l.dp = size("dp");
+  l.cp = size("cp");
+  l.ep = size("ep");
+  l.etp = j.contains("etp") ? size("etp") : l.tp;
+  l.vpp = size("vpp");
+  return l;
+}
+
 // Every (virtual) pipeline stage with its layers, as the model layer splits them.
 nlohmann::json StagesJson(const model::ParallelLayout& l, int64_t num_layers) {
   nlohmann::json stages = nlohmann::json::array();
@@ -49,17 +65,7 @@ nlohmann::json StagesJson(const model::ParallelLayout& l, int64_t num_layers) {
 // model-parallel rank (TP, PP, EP), written by its data-parallel rank 0,
 // with the files under it, their bytes, and the layers and experts it holds.
 nlohmann::json LegacyGrid(const nlohmann::json& ll, const std::vector<LayoutFile>& files) {
-  auto size = [&](const char* k) -> int64_t {
-    return ll.contains(k) && ll[k].is_number_integer() ? ll[k].get<int64_t>() : 1;
-  };
-  model::ParallelLayout l;
-  l.tp = size("tp");
-  l.pp = size("pp");
-  l.dp = size("dp");
-  l.cp = size("cp");
-  l.ep = size("ep");
-  l.etp = size("etp");
-  l.vpp = size("vpp");
+  const model::ParallelLayout l = LayoutOf(ll);
   if (!l.Validate().ok() || l.world_size() > 65536 || !ll.contains("folders") || !ll["folders"].is_array()) {
     return nullptr;
   }
@@ -98,18 +104,8 @@ nlohmann::json Grid(const nlohmann::json& details, const std::vector<LayoutFile>
     return nullptr;
   }
   const nlohmann::json& a = (*summary)["layout_from_args"];
-  auto size = [&](const char* k) -> int64_t {
-    return a.contains(k) && a[k].is_number_integer() ? a[k].get<int64_t>() : 1;
-  };
   if (!a.contains("tp") || !a.contains("pp") || !a.contains("dp")) return nullptr;
-  model::ParallelLayout l;
-  l.tp = size("tp");
-  l.pp = size("pp");
-  l.dp = size("dp");
-  l.cp = size("cp");
-  l.ep = size("ep");
-  l.etp = a.contains("etp") ? size("etp") : l.tp;
-  l.vpp = size("vpp");
+  const model::ParallelLayout l = LayoutOf(a);
   if (!l.Validate().ok() || l.world_size() > 65536) return nullptr;
   nlohmann::json g;
   g["sizes"] = {{"tp", l.tp}, {"pp", l.pp}, {"dp", l.dp}, {"cp", l.cp}, {"ep", l.ep}, {"etp", l.etp}, {"vpp", l.vpp}};
