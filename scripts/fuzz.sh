@@ -17,8 +17,8 @@
 #                                               stats kept in tests/fuzz/ledger/<run>/<target>.txt.
 #   bash scripts/fuzz.sh --until EXECS [TARGET...]
 #                                               a campaign that runs each target (all by default)
-#                                               until the ledger's total of its executions reaches
-#                                               EXECS (libFuzzer -runs= the shortfall, capped at
+#                                               until its executions since its last crash in the
+#                                               ledger reach EXECS (libFuzzer -runs= the shortfall, capped at
 #                                               CKPT_FUZZ_CAP seconds, default 14400), longest
 #                                               shortfall first; targets already there are skipped.
 #                                               The ledger row records the seconds it took.
@@ -185,13 +185,16 @@ ledger_features() {
   awk -F'|' -v t="$1" '$3 ~ "^ *" t " *$" {f=$8} END {gsub(/ /, "", f); print f}' "$LEDGER"
 }
 
-# The executions of a target summed over the ledger's rows (0 when none).
+# The executions of a target summed over the ledger's rows after its last row with a crash
+# (0 when none): a crash's fix changes the code, so only what ran after it counts as clean.
 ledger_executions() {
-  awk -F'|' -v t="$1" '$0 ~ /^\| [0-9]+T[0-9]+Z \|/ && $3 ~ "^ *" t " *$" {s += $5} END {printf "%d\n", s}' "$LEDGER"
+  awk -F'|' -v t="$1" '$0 ~ /^\| [0-9]+T[0-9]+Z \|/ && $3 ~ "^ *" t " *$" {s += $5; if ($10 + 0 > 0) s = 0}
+    END {printf "%d\n", s}' "$LEDGER"
 }
 
 # Rewrites the totals table between the ledger's markers: per target, the runs, seconds,
-# executions and crashes summed over every row, and the last run's features and corpus.
+# executions and crashes summed over every row, the executions since its last crash (the
+# runs after the last row that had one), and the last run's features and corpus.
 ledger_totals() {
   local tmp=$LEDGER.tmp
   awk -F'|' '
@@ -202,7 +205,8 @@ ledger_totals() {
     /^\| [0-9]+T[0-9]+Z \|/ {
       t = $3; gsub(/ /, "", t)
       if (!(t in runs)) order[++m] = t
-      runs[t]++; secs[t] += $4; ex[t] += $5; cr[t] += $10
+      runs[t]++; secs[t] += $4; ex[t] += $5; cr[t] += $10; clean[t] += $5
+      if ($10 + 0 > 0) clean[t] = 0
       ft[t] = $8; gsub(/ /, "", ft[t]); corp[t] = $9; gsub(/^ +| +$/, "", corp[t])
     }
     END {
@@ -211,11 +215,11 @@ ledger_totals() {
         if (lines[i] ~ /^### Totals/) {
           print "<!-- fuzz-totals:begin -->"
           print ""
-          print "| target | runs | seconds | executions | crashes | features (last run) | corpus (last run) |"
-          print "|---|---|---|---|---|---|---|"
+          print "| target | runs | seconds | executions | crashes | executions since the last crash | features (last run) | corpus (last run) |"
+          print "|---|---|---|---|---|---|---|---|"
           for (j = 1; j <= m; j++) {
             t = order[j]
-            printf "| %s | %d | %d | %d | %d | %s | %s |\n", t, runs[t], secs[t], ex[t], cr[t], ft[t], corp[t]
+            printf "| %s | %d | %d | %d | %d | %d | %s | %s |\n", t, runs[t], secs[t], ex[t], cr[t], clean[t], ft[t], corp[t]
           }
           print ""
           print "<!-- fuzz-totals:end -->"

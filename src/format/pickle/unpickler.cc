@@ -336,6 +336,55 @@ class Reader {
   uint64_t win_end_ = 0;
 };
 
+// A set of memo keys: a bitmap while keys come about in order (the pickler
+// numbers them from 0), a hash set for a far key (LONG_BINGET 60000000 in a
+// short stream), which would otherwise cost a bitmap of that size. A key is
+// in one of the two: growing the bitmap moves the set's keys it now covers.
+class KeySet {
+ public:
+  // Adds `idx`; true when it was not there yet.
+  bool Insert(uint64_t idx) {
+    if (idx >= dense_.size() && idx < kDenseKeys && idx <= dense_.size() * 2 + 1024) Grow(idx);
+    if (idx < dense_.size()) {
+      if (dense_[idx]) return false;
+      dense_[idx] = true;
+    } else if (!sparse_.insert(idx).second) {
+      return false;
+    }
+    ++size_;
+    return true;
+  }
+  bool Contains(uint64_t idx) const {
+    return idx < dense_.size() ? static_cast<bool>(dense_[idx]) : sparse_.count(idx) != 0;
+  }
+  size_t size() const { return size_; }
+  size_t sparse_size() const { return sparse_.size(); }
+  void Clear() {
+    dense_ = {};
+    sparse_ = {};
+    size_ = 0;
+  }
+
+ private:
+  static constexpr uint64_t kDenseKeys = uint64_t{1} << 26;
+
+  void Grow(uint64_t idx) {
+    dense_.resize(std::max<uint64_t>(idx + 1, dense_.size() * 2), false);
+    for (auto it = sparse_.begin(); it != sparse_.end();) {
+      if (*it < dense_.size()) {
+        dense_[*it] = true;
+        it = sparse_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  std::vector<bool> dense_;
+  std::unordered_set<uint64_t> sparse_;
+  size_t size_ = 0;
+};
+
 // The memo keys a pickle reads back (GET, BINGET, LONG_BINGET), found by
 // stepping over its opcodes once before running it. Python's pickler
 // memoizes nearly every object it writes, so a `.metadata` of a million
@@ -347,40 +396,22 @@ class Reader {
 // over, more than kMaxSparse keys past the dense range), every key is wanted.
 class MemoReads {
  public:
-  bool Wanted(uint64_t idx) const {
-    if (all_) return true;
-    if (idx < dense_.size() && dense_[idx]) return true;
-    return sparse_.count(idx) != 0;
-  }
+  bool Wanted(uint64_t idx) const { return all_ || keys_.Contains(idx); }
   bool all() const { return all_; }
-  size_t count() const { return count_; }
+  size_t count() const { return keys_.size(); }
 
   // Scans the pickle `r` is at, up to its STOP.
   void Scan(Reader r) {
     all_ = !ScanOps(&r);
-    if (all_) {
-      dense_ = {};
-      sparse_ = {};
-      count_ = 0;
-    }
+    if (all_) keys_.Clear();
   }
 
  private:
-  static constexpr uint64_t kDenseKeys = uint64_t{1} << 26;
   static constexpr size_t kMaxSparse = size_t{1} << 16;
 
   bool Add(uint64_t idx) {
-    // Dense while keys come about in order (the pickler numbers them from 0);
-    // a far key (LONG_BINGET 60000000 in a short stream) goes to the set
-    // rather than costing a bitmap of that size.
-    if (idx < kDenseKeys && idx <= dense_.size() * 2 + 1024) {
-      if (idx >= dense_.size()) dense_.resize(std::max<uint64_t>(idx + 1, dense_.size() * 2), false);
-      if (!dense_[idx]) ++count_;
-      dense_[idx] = true;
-      return true;
-    }
-    if (sparse_.insert(idx).second) ++count_;
-    return sparse_.size() <= kMaxSparse;
+    keys_.Insert(idx);
+    return keys_.sparse_size() <= kMaxSparse;
   }
 
   // False when the scan cannot tell which keys are read.
@@ -450,9 +481,7 @@ class MemoReads {
   }
 
   bool all_ = true;
-  size_t count_ = 0;
-  std::vector<bool> dense_;
-  std::unordered_set<uint64_t> sparse_;
+  KeySet keys_;
 };
 
 class Machine {
@@ -605,16 +634,7 @@ class Machine {
     if (!reads_.all()) {
       // Count the key as Python's len(memo) would (MEMOIZE's next key), keep
       // the value only when a later GET reads it.
-      bool fresh;
-      if (idx < seen_.size() || (idx < kSeenDense && idx <= seen_.size() * 2 + 1024)) {
-        if (idx >= seen_.size()) seen_.resize(std::max<uint64_t>(idx + 1, seen_.size() * 2), false);
-        fresh = !seen_[idx] && seen_sparse_.count(idx) == 0;
-        seen_[idx] = true;
-        if (!fresh) seen_sparse_.erase(idx);
-      } else {
-        fresh = seen_sparse_.insert(idx).second;
-      }
-      if (fresh) {
+      if (seen_.Insert(idx)) {
         if (memo_count_ >= opts_.max_memo) {
           return Limit(StrCat("memo larger than ", opts_.max_memo, " entries"));
         }
@@ -761,9 +781,7 @@ class Machine {
   // With a successful scan: the keys the stream put (to count them) and the
   // values of those a GET reads.
   MemoReads reads_;
-  static constexpr uint64_t kSeenDense = uint64_t{1} << 26;
-  std::vector<bool> seen_;
-  std::unordered_set<uint64_t> seen_sparse_;
+  KeySet seen_;
   std::unordered_map<uint64_t, Value*> kept_;
   size_t memo_count_ = 0;
   Value* none_ = nullptr;

@@ -496,5 +496,21 @@ TEST(Unpickler, MemoizeCountsKeysAsPythonDoesWhenValuesAreNotKept) {
   EXPECT_EQ(r->root->items()[2]->str(), "b");
 }
 
+TEST(Unpickler, MemoizeCountsAFarKeyOnceWhenLaterKeysReachIt) {
+  // LONG_BINPUT 2000 first (far past the keys in order), then 1999 MEMOIZEs
+  // fill keys 1..1999, so len(memo) is 2000 and the next two MEMOIZEs both
+  // store at key 2000. Python's pickle.loads gives ('y', 'k1500').
+  auto le32 = [](uint32_t v) { return std::string(reinterpret_cast<const char*>(&v), 4); };
+  std::string s = "\x80\x04"s + reducing::Str("a") + "r" + le32(2000) + "0";
+  for (int i = 1; i < 2000; ++i) s += reducing::Str("k" + std::to_string(i)) + "\x94" + "0";
+  s += reducing::Str("z") + "\x94" + "0" + reducing::Str("y") + "\x94" + "0";
+  s += "(j" + le32(2000) + "j" + le32(1500) + "t.";
+  auto r = Load(s);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->root->items().size(), 2u);
+  EXPECT_EQ(r->root->items()[0]->str(), "y");
+  EXPECT_EQ(r->root->items()[1]->str(), "k1500");
+}
+
 }  // namespace
 }  // namespace ckpt::pickle
