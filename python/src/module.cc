@@ -226,12 +226,19 @@ class Reader {
   // `ckptkit inspect PATH --html` draws.
   std::string LayoutMapJson(const std::string& path) const {
     auto r = Get();
-    nlohmann::json data;
+    std::string text;
     {
       nb::gil_scoped_release release;
-      data = cli::LayoutMapData(cli::InspectDocument(path, *r, nullptr));
+      // Written a tensor at a time (no document of every chunk besides the text).
+      nlohmann::json doc = cli::InspectDocument(path, *r, nullptr, /*with_tensors=*/false);
+      cli::AddTensorsForLayoutFiles(*r, &doc);
+      Status st = cli::WriteLayoutMap(doc, *r, /*html=*/false, [&](std::string_view s) {
+        text.append(s);
+        return OkStatus();
+      });
+      (void)st;  // appending to a string cannot fail
     }
-    return data.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    return text;
   }
 
   // Index of key; KeyError if absent.

@@ -153,49 +153,53 @@ nlohmann::json DcpReader::Details() const {
   if (!md_.extra_attributes.empty()) d["extra_attributes"] = md_.extra_attributes;
   if (!md_.opaque_globals.empty()) d["opaque_globals"] = md_.opaque_globals;
   if (!md_.nd_reformulated_shapes.empty()) d["nd_reformulated_shapes"] = md_.nd_reformulated_shapes;
-  // Per data file: rank, writer, bytes, items.
-  std::map<std::string, nlohmann::json> per_file;
-  for (const auto& [name, size] : files_) {
-    int64_t rank = -1, writer = -1;
-    dcp::ParseDataFileName(name, &rank, &writer);
-    per_file[name] = {{"name", name}, {"rank", rank},  {"writer", writer}, {"bytes", size},
-                      {"items", 0},   {"tensor_chunks", 0}, {"bytes_items", 0}};
-  }
-  std::map<std::string, std::vector<std::string>> keys_of;  // file -> distinct keys, in item order
-  std::map<std::string, uint64_t> item_bytes;
+  // Per data file: rank, writer, bytes, items. Files .metadata names that are
+  // not in the folder are listed too (no bytes, "missing"), so that the
+  // pictures and scripts see every file.
+  struct FileStats {
+    uint64_t bytes = 0;
+    bool missing = false;
+    int64_t items = 0, tensor_chunks = 0, bytes_items = 0;
+    uint64_t item_bytes = 0;
+    std::vector<std::string_view> keys;  // into md_'s items
+  };
+  std::map<std::string_view, FileStats> per_file;
+  for (const auto& [name, size] : files_) per_file[name].bytes = size;
+  FileStats* last = nullptr;  // items come in runs of one file
+  std::string_view last_name;
   for (const dcp::StorageItem& it : md_.items) {
-    auto f = per_file.find(it.relative_path);
-    if (f == per_file.end()) continue;
-    f->second["items"] = f->second["items"].get<int64_t>() + 1;
+    if (last == nullptr || last_name != it.relative_path) {
+      auto [f, fresh] = per_file.try_emplace(it.relative_path);
+      if (fresh) f->second.missing = true;
+      last = &f->second;
+      last_name = f->first;
+    }
+    ++last->items;
     bool is_bytes = it.entry >= 0 && md_.entries[it.entry].type == dcp::EntryType::kBytes;
-    const char* k = is_bytes ? "bytes_items" : "tensor_chunks";
-    f->second[k] = f->second[k].get<int64_t>() + 1;
-    item_bytes[it.relative_path] += it.length;
-    auto& ks = keys_of[it.relative_path];
-    if (ks.empty() || ks.back() != it.fqn) ks.push_back(it.fqn);
+    ++(is_bytes ? last->bytes_items : last->tensor_chunks);
+    last->item_bytes += it.length;
+    if (last->keys.empty() || last->keys.back() != it.fqn) last->keys.push_back(it.fqn);
   }
   nlohmann::json files = nlohmann::json::array();
-  for (auto& [name, j] : per_file) {
-    auto& ks = keys_of[name];
+  std::set<int64_t> ranks;
+  for (auto& [name, f] : per_file) {
+    int64_t rank = -1, writer = -1;
+    if (dcp::ParseDataFileName(name, &rank, &writer)) ranks.insert(rank);
+    std::vector<std::string_view>& ks = f.keys;
     std::sort(ks.begin(), ks.end());
     ks.erase(std::unique(ks.begin(), ks.end()), ks.end());
-    j["key_count"] = ks.size();
-    j["item_bytes"] = item_bytes[name];
+    nlohmann::json j = {{"name", name},           {"rank", rank},   {"writer", writer},
+                        {"bytes", f.bytes},       {"items", f.items}, {"tensor_chunks", f.tensor_chunks},
+                        {"bytes_items", f.bytes_items}, {"key_count", ks.size()}, {"item_bytes", f.item_bytes}};
+    if (f.missing) j["missing"] = true;
     if (ks.size() > kMaxKeysPerFile) ks.resize(kMaxKeysPerFile);
     j["keys"] = ks;
     if (extra_.contains("file_descriptions") && extra_["file_descriptions"].contains(name)) {
-      j["description"] = extra_["file_descriptions"][name];
+      j["description"] = extra_["file_descriptions"][std::string(name)];
     }
     files.push_back(std::move(j));
   }
-  d["ranks"] = [&] {
-    std::set<int64_t> ranks;
-    for (const auto& [name, size] : files_) {
-      int64_t rank = -1, writer = -1;
-      if (dcp::ParseDataFileName(name, &rank, &writer)) ranks.insert(rank);
-    }
-    return ranks.size();
-  }();
+  d["ranks"] = ranks.size();
   d["files"] = std::move(files);
   // ckptkit's checksum manifests beside the data files (format/dcp/manifest.h).
   nlohmann::json manifests = nlohmann::json::array();

@@ -18,6 +18,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -61,7 +62,7 @@ class _Dom(HTMLParser):
             self.body = a
         elif "file" in cls and "data-file" in a:
             self.files.append({"name": a["data-file"], "bytes": int(a["data-bytes"]), "rank": int(a["data-rank"]),
-                               "bad": "bad" in cls})
+                               "bad": "bad" in cls, "missing": a.get("data-missing") == "1"})
         elif "tensor" in cls and "data-key" in a:
             self.tensors.append({"key": a["data-key"], "shape": json.loads(a["data-shape"]), "chunks": []})
         elif tag == "g" and "chunk" in cls:
@@ -264,6 +265,30 @@ def test_damaged_copy_map_shows_the_problem(cli_path, tmp_path):
     assert dom.problems and all("__3_0.distcp" in p for p in dom.problems), dom.problems
     assert [f["name"] for f in dom.files if f["bad"]] == ["__3_0.distcp"]
     assert len(dom.tensors) == 36
+
+
+def test_missing_file_is_drawn_missing(cli_path, tmp_path):
+    """A data file .metadata names but the folder lacks is still a file of the
+    map (and of --json's details.files), marked missing, and its chunks point
+    at it."""
+    damaged = tmp_path / "torch_dist"
+    shutil.copytree(SAMPLE, damaged)
+    os.remove(damaged / "iter_0000010" / "__5_0.distcp")
+    rc, dom = _render(cli_path, damaged, tmp_path / "map.html")
+    assert rc == 1
+    assert [(f["name"], f["bytes"]) for f in dom.files if f["missing"]] == [("__5_0.distcp", 0)]
+    assert [f["name"] for f in dom.files if f["bad"]] == ["__5_0.distcp"]
+    assert len(dom.files) == 8 and len(dom.tensors) == 36
+    on_missing = [c for t in dom.tensors for c in t["chunks"] if c["file"] == "__5_0.distcp"]
+    assert on_missing and all(c["rank"] == 5 for c in on_missing)
+    r = subprocess.run([cli_path, "inspect", str(damaged), "--json"], capture_output=True, text=True)
+    doc = json.loads(r.stdout)
+    missing = [f for f in doc["details"]["files"] if f.get("missing")]
+    assert [(f["name"], f["bytes"], f["rank"]) for f in missing] == [("__5_0.distcp", 0, 5)]
+    assert missing[0]["tensor_chunks"] == sum(c["file"] == "__5_0.distcp" for t in doc["tensors"]
+                                              for c in t.get("chunk_list", []))
+    text = subprocess.run([cli_path, "inspect", str(damaged)], capture_output=True, text=True).stdout
+    assert "(1 MISSING)" in text and re.search(r"__5_0\.distcp +rank 5 writer 0 +MISSING", text), text
 
 
 def test_no_map_for_unreadable_input(cli_path, tmp_path):

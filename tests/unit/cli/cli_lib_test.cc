@@ -14,6 +14,7 @@
 #include "lib/convert.h"
 #include "lib/exit_code.h"
 #include "lib/inspect.h"
+#include "lib/layout_map.h"
 #include "lib/layout_svg.h"
 #include "unit/checkpoint/checkpoint_testutil.h"
 
@@ -189,6 +190,47 @@ TEST(InspectJson, MatchesTheReader) {
     EXPECT_EQ(j["total_bytes"], total);
     EXPECT_EQ(j["objects"].size(), reader.objects().size());
     EXPECT_EQ(j["details"], reader.Details());
+  }
+}
+
+// --json, the map's data and page, and the SVG are written a tensor at a
+// time; the text is what the whole document gave.
+TEST(InspectJson, WrittenATensorAtATimeIsTheWholeDocument) {
+  for (const std::string rel :
+       {"examples/sample.pt", "tests/golden/safetensors/sharded", "tests/golden/dcp/ws3_uneven",
+        "tests/golden/dcp/ws1_threads3_empty", "tests/golden/megatron/mc016_gpt_tp2pp2dp2/iter_0000010",
+        "tests/golden/legacy/mc016_llama_tp2pp2dp2/legacy/iter_0000002"}) {
+    SCOPED_TRACE(rel);
+    const std::string path = SourcePath(rel);
+    auto r = OpenCheckpoint(path, {nullptr, PickleMode::kInspect});
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    const CheckpointReader& reader = **r;
+    const nlohmann::json whole = InspectDocument(path, reader, nullptr);
+    ASSERT_FALSE(whole["tensors"].empty());
+
+    InspectOptions o;
+    o.path = path;
+    o.json = true;
+    std::ostringstream out;
+    Status s = Inspect(o, out);
+    ASSERT_TRUE(s.ok() || s.code() == Code::kDataLoss) << s.ToString();
+    EXPECT_EQ(out.str(), whole.dump(2) + "\n");
+
+    nlohmann::json doc = InspectDocument(path, reader, nullptr, /*with_tensors=*/false);
+    EXPECT_FALSE(doc.contains("tensors"));
+    EXPECT_EQ(doc["tensor_count"], reader.tensors().size());
+    AddTensorsForLayoutFiles(reader, &doc);
+    EXPECT_EQ(doc.contains("tensors"), !doc["details"].contains("files"));
+    EXPECT_EQ(LayoutSvg(doc), LayoutSvg(whole));
+    for (bool html : {false, true}) {
+      std::string text;
+      ASSERT_TRUE(WriteLayoutMap(doc, reader, html, [&](std::string_view piece) {
+                    text.append(piece);
+                    return OkStatus();
+                  }).ok());
+      const nlohmann::json data = LayoutMapData(whole);
+      EXPECT_EQ(text, html ? LayoutHtml(data) : data.dump());
+    }
   }
 }
 

@@ -250,40 +250,48 @@ Status ProblemsStatus(const nlohmann::json& details) {
   return OkStatus();
 }
 
-nlohmann::json InspectJson(const std::string& path, const CheckpointReader& reader) {
+nlohmann::json TensorJson(const TensorInfo& t) {
+  nlohmann::json j;
+  j["key"] = t.key;
+  j["dtype"] = DTypeName(t.dtype);
+  j["shape"] = t.shape;
+  j["nbytes"] = t.nbytes;
+  if (!t.file.empty()) j["file"] = t.file;
+  if (!t.storage.empty()) {
+    j["storage"] = t.storage;
+    j["stride"] = t.stride;
+    j["storage_offset"] = t.storage_offset;
+  }
+  j["data_offset"] = t.data_offset;
+  if (t.requires_grad) j["requires_grad"] = true;
+  if (t.is_parameter) j["parameter"] = true;
+  j["chunks"] = t.chunks.empty() ? size_t{1} : t.chunks.size();
+  if (!t.chunks.empty()) {
+    nlohmann::json cl = nlohmann::json::array();
+    for (const ChunkInfo& c : t.chunks) {
+      cl.push_back({{"offsets", c.offsets}, {"sizes", c.sizes}, {"file", c.file}, {"offset", c.offset},
+                    {"length", c.length}});
+    }
+    j["chunk_list"] = std::move(cl);
+  }
+  return j;
+}
+
+nlohmann::json InspectJson(const std::string& path, const CheckpointReader& reader, bool with_tensors) {
   nlohmann::json doc;
   doc["path"] = path;
   doc["format"] = reader.format();
   uint64_t total = 0;
   nlohmann::json tensors = nlohmann::json::array();
   for (const TensorInfo& t : reader.tensors()) {
-    nlohmann::json j;
-    j["key"] = t.key;
-    j["dtype"] = DTypeName(t.dtype);
-    j["shape"] = t.shape;
-    j["nbytes"] = t.nbytes;
-    if (!t.file.empty()) j["file"] = t.file;
-    if (!t.storage.empty()) {
-      j["storage"] = t.storage;
-      j["stride"] = t.stride;
-      j["storage_offset"] = t.storage_offset;
-    }
-    j["data_offset"] = t.data_offset;
-    if (t.requires_grad) j["requires_grad"] = true;
-    if (t.is_parameter) j["parameter"] = true;
-    j["chunks"] = t.chunks.empty() ? size_t{1} : t.chunks.size();
-    if (!t.chunks.empty()) {
-      nlohmann::json cl = nlohmann::json::array();
-      for (const ChunkInfo& c : t.chunks) {
-        cl.push_back({{"offsets", c.offsets}, {"sizes", c.sizes}, {"file", c.file}, {"offset", c.offset},
-                      {"length", c.length}});
-      }
-      j["chunk_list"] = std::move(cl);
-    }
     total += t.nbytes;
-    tensors.push_back(std::move(j));
+    if (with_tensors) tensors.push_back(TensorJson(t));
   }
-  doc["tensors"] = std::move(tensors);
+  if (with_tensors) {
+    doc["tensors"] = std::move(tensors);
+  } else {
+    doc["tensor_count"] = reader.tensors().size();
+  }
   nlohmann::json objects = nlohmann::json::array();
   for (const ObjectInfo& o : reader.objects()) {
     objects.push_back({{"key", o.key}, {"type", o.type}, {"repr", o.repr}, {"opaque", o.opaque}});
@@ -295,6 +303,53 @@ nlohmann::json InspectJson(const std::string& path, const CheckpointReader& read
   if (doc["details"].contains("files")) doc["files"] = doc["details"]["files"];
   if (doc["details"].contains("iteration")) doc["iteration"] = doc["details"]["iteration"];
   return doc;
+}
+
+void WriteInspectJson(const nlohmann::json& doc, const CheckpointReader& reader, std::ostream& out) {
+  nlohmann::json top = doc;
+  top.erase("tensor_count");
+  top["tensors"] = nullptr;
+  const std::string text = top.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+  // The top level's key: deeper keys are indented further, and a string
+  // holds no raw newline.
+  constexpr std::string_view kKey = "\n  \"tensors\": ";
+  const size_t at = text.find(std::string(kKey) + "null");
+  out << std::string_view(text).substr(0, at + kKey.size());
+  const std::vector<TensorInfo>& tensors = reader.tensors();
+  if (tensors.empty()) {
+    out << "[]";
+  } else {
+    out << "[";
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      // As dump(2) nests it: each line of the tensor indented by two levels.
+      out << (i == 0 ? "\n    " : ",\n    ");
+      const std::string t = TensorJson(tensors[i]).dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+      size_t from = 0;
+      for (size_t nl = t.find('\n'); nl != std::string::npos; nl = t.find('\n', from)) {
+        out << std::string_view(t).substr(from, nl + 1 - from) << "    ";
+        from = nl + 1;
+      }
+      out << std::string_view(t).substr(from);
+    }
+    out << "\n  ]";
+  }
+  out << std::string_view(text).substr(at + kKey.size() + 4);
+}
+
+void AddTensorsForLayoutFiles(const CheckpointReader& reader, nlohmann::json* doc) {
+  if (FilesListed(*doc)) return;
+  nlohmann::json tensors = nlohmann::json::array();
+  for (const TensorInfo& t : reader.tensors()) tensors.push_back(TensorJson(t));
+  (*doc)["tensors"] = std::move(tensors);
+  doc->erase("tensor_count");
+}
+
+Status WriteLayoutMap(const nlohmann::json& doc, const CheckpointReader& reader, bool html,
+                      const std::function<Status(std::string_view)>& out) {
+  LayoutMapBuilder map(doc);
+  const std::vector<TensorInfo>& tensors = reader.tensors();
+  return WriteLayoutData(
+      map.head(), tensors.size(), [&](size_t i) { return map.Tensor(TensorJson(tensors[i])); }, html, out);
 }
 
 void AddLayoutDetails(const std::string& path, const CheckpointReader& reader, Env* env, nlohmann::json* details) {
@@ -358,8 +413,9 @@ void AddLayoutDetails(const std::string& path, const CheckpointReader& reader, E
   }
 }
 
-nlohmann::json InspectDocument(const std::string& path, const CheckpointReader& reader, Env* env) {
-  nlohmann::json doc = InspectJson(path, reader);
+nlohmann::json InspectDocument(const std::string& path, const CheckpointReader& reader, Env* env,
+                                bool with_tensors) {
+  nlohmann::json doc = InspectJson(path, reader, with_tensors);
   AddLayoutDetails(path, reader, env, &doc["details"]);
   return doc;
 }
@@ -384,9 +440,12 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
   };
   const nlohmann::json reshard = derived.value("reshard", nlohmann::json());
   const nlohmann::json layout_lines = derived.value("model_layout", nlohmann::json::array());
+  // The pictures and --json write the tensors one at a time (a checkpoint of
+  // a million chunks never has them all in one JSON document).
   if (!options.svg_path.empty() || !options.html_path.empty()) {
-    nlohmann::json doc = InspectJson(options.path, *reader);
+    nlohmann::json doc = InspectJson(options.path, *reader, /*with_tensors=*/false);
     add_layout(&doc["details"]);
+    AddTensorsForLayoutFiles(*reader, &doc);
     Env* env = options.env ? options.env : Env::Default();
     if (!options.svg_path.empty()) {
       const std::string svg = LayoutSvg(doc);
@@ -394,15 +453,16 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
           WriteFileAtomically(env, options.svg_path, [&](WritableFile* f) { return f->Append(svg); }));
     }
     if (!options.html_path.empty()) {
-      const std::string html = LayoutHtml(LayoutMapData(doc));
-      CKPT_RETURN_IF_ERROR(
-          WriteFileAtomically(env, options.html_path, [&](WritableFile* f) { return f->Append(html); }));
+      CKPT_RETURN_IF_ERROR(WriteFileAtomically(env, options.html_path, [&](WritableFile* f) {
+        return WriteLayoutMap(doc, *reader, /*html=*/true, [&](std::string_view s) { return f->Append(s); });
+      }));
     }
   }
   if (options.json) {
-    nlohmann::json doc = InspectJson(options.path, *reader);
+    nlohmann::json doc = InspectJson(options.path, *reader, /*with_tensors=*/false);
     add_layout(&doc["details"]);
-    out << doc.dump(2) << "\n";
+    WriteInspectJson(doc, *reader, out);
+    out << "\n";
     return ProblemsStatus(doc["details"]);
   }
 
@@ -457,10 +517,13 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
   }
   if (details.contains("files") && details["files"].is_array()) {
     const auto& files = details["files"];
+    size_t missing = 0;
+    for (const auto& f : files) missing += f.value("missing", false) ? 1 : 0;
     out << fmt::format(
-        "\nData files: {} from {} writing rank{} (__<R>_<W>.distcp = global rank R, file W of that rank: one per "
+        "\nData files: {}{} from {} writing rank{} (__<R>_<W>.distcp = global rank R, file W of that rank: one per "
         "writer thread, or per item without single_file_per_rank):\n",
-        files.size(), details.value("ranks", size_t{0}), details.value("ranks", size_t{0}) == 1 ? "" : "s");
+        files.size(), missing ? fmt::format(" ({} MISSING)", missing) : "", details.value("ranks", size_t{0}),
+        details.value("ranks", size_t{0}) == 1 ? "" : "s");
     size_t shown_files = 0;
     for (const auto& f : files) {
       if (options.max_rows && shown_files == options.max_rows) {
@@ -480,7 +543,8 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
       int64_t chunks = f.value("tensor_chunks", int64_t{0}), objs = f.value("bytes_items", int64_t{0});
       out << fmt::format("  {}  rank {} writer {}  {:>10}  {} tensor chunk{}, {} object{}{}{}\n",
                          Safe(f.value("name", std::string())), f.value("rank", int64_t{-1}),
-                         f.value("writer", int64_t{-1}), HumanBytes(f.value("bytes", uint64_t{0})), chunks,
+                         f.value("writer", int64_t{-1}),
+                         f.value("missing", false) ? "MISSING" : HumanBytes(f.value("bytes", uint64_t{0})), chunks,
                          chunks == 1 ? "" : "s", objs, objs == 1 ? "" : "s", desc.empty() ? "" : ": ", desc);
     }
   }

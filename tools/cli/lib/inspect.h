@@ -2,8 +2,10 @@
 #ifndef CKPT_TOOLS_CLI_LIB_INSPECT_H_
 #define CKPT_TOOLS_CLI_LIB_INSPECT_H_
 
+#include <functional>
 #include <ostream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -55,14 +57,32 @@ std::vector<ObjectLine> FoldObjects(const std::vector<ObjectInfo>& objects);
 // The JSON document `inspect --json` prints:
 // {"path", "format", "tensors": [{"key","dtype","shape","nbytes", ...}],
 //  "objects": [{"key","type","repr","opaque"}], "total_bytes", "details": {...}}.
-nlohmann::json InspectJson(const std::string& path, const CheckpointReader& reader);
+// Without `with_tensors`, "tensors" is left out and "tensor_count" says how
+// many there are (WriteInspectJson writes them).
+nlohmann::json InspectJson(const std::string& path, const CheckpointReader& reader, bool with_tensors = true);
+// One tensor of that document.
+nlohmann::json TensorJson(const TensorInfo& t);
+// Writes `doc` (InspectJson's document without its tensors) as dump(2) would
+// with reader's tensors in it, the same text, one tensor at a time: memory
+// stays that of one tensor's JSON. No newline at the end.
+void WriteInspectJson(const nlohmann::json& doc, const CheckpointReader& reader, std::ostream& out);
+// Puts reader's tensors into `doc` (without them) when LayoutFiles reads them
+// (formats without details.files: one chunk per tensor, or few).
+void AddTensorsForLayoutFiles(const CheckpointReader& reader, nlohmann::json* doc);
+// The layout map's data (`html` false: the JSON text of LayoutMapData) or page
+// (LayoutHtml) for `doc` (InspectJson's document, tensors as
+// AddTensorsForLayoutFiles left them) and reader's tensors, written to `out`
+// one tensor at a time. Errors: those of `out`.
+Status WriteLayoutMap(const nlohmann::json& doc, const CheckpointReader& reader, bool html,
+                      const std::function<Status(std::string_view)>& out);
 
 // InspectJson plus what `inspect` derives from the whole checkpoint at `path`
 // (re-read through `env`, nullptr: the disk): for Megatron checkpoints the
 // layouts it can be resumed at (details.reshard), for legacy ones the model
 // layer's recomputation of their ranks (details.model_layout; a contradiction
 // becomes a problem in details.problems). What --json prints.
-nlohmann::json InspectDocument(const std::string& path, const CheckpointReader& reader, Env* env);
+nlohmann::json InspectDocument(const std::string& path, const CheckpointReader& reader, Env* env,
+                                bool with_tensors = true);
 
 // Opens options.path in inspect mode (unknown pickle globals shown as opaque
 // records, never executed) and writes a report to out.

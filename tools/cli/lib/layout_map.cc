@@ -195,6 +195,7 @@ table.grid-t td { padding: 2px; vertical-align: top; } td.writers { font-size: 1
   }
   var badFiles = {};
   D.problems.forEach(function (p) { if (p.file) badFiles[p.file] = true; });
+  D.files.forEach(function (f) { if (f.missing) badFiles[f.name] = true; });
   document.title = "ckptkit layout map: " + D.path;
   document.getElementById("title").textContent = D.path;
   var nchunks = 0;
@@ -351,12 +352,13 @@ table.grid-t td { padding: 2px; vertical-align: top; } td.writers { font-size: 1
     if (f.group !== lastGroup) { filesDiv.appendChild(el("div", "group-h", f.group)); lastGroup = f.group; }
     var row = el("div", "file" + (badFiles[f.name] ? " bad" : ""));
     row.dataset.file = f.name; row.dataset.bytes = f.bytes; row.dataset.rank = f.rank; row.id = "file-" + i;
+    if (f.missing) row.dataset.missing = "1";
     row.appendChild(el("span", "name", f.name));
     var bar = el("div", "bar");
     bar.style.width = (100 * f.bytes / largest).toFixed(2) + "%";
     bar.style.background = colour(f);
     var cell = el("div"); cell.appendChild(bar); row.appendChild(cell);
-    row.appendChild(el("span", "muted", human(f.bytes)));
+    row.appendChild(el("span", "muted", f.missing ? "missing" : human(f.bytes)));
     row.appendChild(el("div", "contents", f.contents));
     filesDiv.appendChild(row);
   });
@@ -486,18 +488,18 @@ table.grid-t td { padding: 2px; vertical-align: top; } td.writers { font-size: 1
 
 }  // namespace
 
-nlohmann::json LayoutMapData(const nlohmann::json& doc) {
+LayoutMapBuilder::LayoutMapBuilder(const nlohmann::json& doc) {
   const nlohmann::json& details = doc.contains("details") ? doc["details"] : nlohmann::json::object();
-  nlohmann::json data;
+  nlohmann::json& data = head_;
   data["path"] = doc.value("path", "");
   data["format"] = doc.value("format", "");
   std::vector<LayoutFile> files = LayoutFiles(doc);
-  std::map<std::string, size_t> index;
   data["files"] = nlohmann::json::array();
   for (const LayoutFile& f : files) {
-    index.emplace(f.name, index.size());
+    index_.emplace(f.name, index_.size());
     data["files"].push_back({{"name", f.name}, {"bytes", f.bytes}, {"rank", f.rank}, {"writer", f.writer},
                              {"group", f.group}, {"contents", f.contents}});
+    if (f.missing) data["files"].back()["missing"] = true;
   }
   data["other_files"] = nlohmann::json::array();
   if (details.contains("other_files") && details["other_files"].is_array()) {
@@ -518,53 +520,69 @@ nlohmann::json LayoutMapData(const nlohmann::json& doc) {
   data["model_layout"] = details.contains("model_layout") && details["model_layout"].is_array()
                              ? details["model_layout"]
                              : nlohmann::json::array();
-  // The file a tensor without chunk records lives in: the one it names, else
-  // the single file LayoutFiles made of the checkpoint.
-  const size_t only = files.size() == 1 ? 0 : SIZE_MAX;
-  auto file_of = [&](const std::string& name) -> int64_t {
-    auto it = index.find(name);
-    if (it != index.end()) return static_cast<int64_t>(it->second);
-    return only == SIZE_MAX ? -1 : static_cast<int64_t>(only);
-  };
+  only_ = files.size() == 1 ? 0 : SIZE_MAX;
   data["grid"] = Grid(details, files);
   uint64_t tensor_bytes = 0;
-  data["tensors"] = nlohmann::json::array();
-  if (doc.contains("tensors")) {
-    for (const auto& t : doc["tensors"]) {
-      nlohmann::json out;
-      const std::string key = t.value("key", "");
-      std::string section, group;
-      Classify(key, &section, &group);
-      out["key"] = key;
-      out["dtype"] = t.value("dtype", "");
-      out["shape"] = t.contains("shape") ? t["shape"] : nlohmann::json::array();
-      out["nbytes"] = t.value("nbytes", uint64_t{0});
-      out["section"] = section;
-      out["group"] = group;
-      tensor_bytes += out["nbytes"].get<uint64_t>();
-      out["chunks"] = nlohmann::json::array();
-      if (t.contains("chunk_list") && t["chunk_list"].is_array() && !t["chunk_list"].empty()) {
-        for (const auto& c : t["chunk_list"]) {
-          out["chunks"].push_back({{"o", c.contains("offsets") ? c["offsets"] : nlohmann::json::array()},
-                                   {"s", c.contains("sizes") ? c["sizes"] : nlohmann::json::array()},
-                                   {"f", file_of(c.value("file", ""))}});
-        }
-      } else {
-        nlohmann::json zeros = nlohmann::json::array();
-        for (size_t i = 0; i < out["shape"].size(); ++i) zeros.push_back(0);
-        out["chunks"].push_back({{"o", zeros}, {"s", out["shape"]}, {"f", file_of(t.value("file", ""))}});
-      }
-      data["tensors"].push_back(std::move(out));
-    }
+  if (doc.contains("total_bytes")) {
+    tensor_bytes = doc.value("total_bytes", uint64_t{0});
+  } else if (doc.contains("tensors")) {
+    for (const auto& t : doc["tensors"]) tensor_bytes += t.value("nbytes", uint64_t{0});
   }
   data["tensor_bytes"] = tensor_bytes;
+}
+
+nlohmann::json LayoutMapBuilder::Tensor(const nlohmann::json& t) const {
+  // The file a tensor without chunk records lives in: the one it names, else
+  // the single file LayoutFiles made of the checkpoint.
+  auto file_of = [&](const std::string& name) -> int64_t {
+    auto it = index_.find(name);
+    if (it != index_.end()) return static_cast<int64_t>(it->second);
+    return only_ == SIZE_MAX ? -1 : static_cast<int64_t>(only_);
+  };
+  nlohmann::json out;
+  const std::string key = t.value("key", "");
+  std::string section, group;
+  Classify(key, &section, &group);
+  out["key"] = key;
+  out["dtype"] = t.value("dtype", "");
+  out["shape"] = t.contains("shape") ? t["shape"] : nlohmann::json::array();
+  out["nbytes"] = t.value("nbytes", uint64_t{0});
+  out["section"] = section;
+  out["group"] = group;
+  out["chunks"] = nlohmann::json::array();
+  if (t.contains("chunk_list") && t["chunk_list"].is_array() && !t["chunk_list"].empty()) {
+    for (const auto& c : t["chunk_list"]) {
+      out["chunks"].push_back({{"o", c.contains("offsets") ? c["offsets"] : nlohmann::json::array()},
+                               {"s", c.contains("sizes") ? c["sizes"] : nlohmann::json::array()},
+                               {"f", file_of(c.value("file", ""))}});
+    }
+  } else {
+    nlohmann::json zeros = nlohmann::json::array();
+    for (size_t i = 0; i < out["shape"].size(); ++i) zeros.push_back(0);
+    out["chunks"].push_back({{"o", zeros}, {"s", out["shape"]}, {"f", file_of(t.value("file", ""))}});
+  }
+  return out;
+}
+
+nlohmann::json LayoutMapData(const nlohmann::json& doc) {
+  LayoutMapBuilder map(doc);
+  nlohmann::json data = map.head();
+  data["tensors"] = nlohmann::json::array();
+  if (doc.contains("tensors")) {
+    for (const auto& t : doc["tensors"]) data["tensors"].push_back(map.Tensor(t));
+  }
   return data;
 }
 
-std::string LayoutHtml(const nlohmann::json& data) {
-  // JSON inside <script>: "</" would end the element early ("</script>" in a
-  // key); "<\/" is the same string to JSON.parse.
-  std::string json = data.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+namespace {
+
+std::string Dump(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+
+// JSON inside <script>: "</" would end the element early ("</script>" in a
+// key), "<!--" would open a comment; "<\/" and "\u003c!--" are the same
+// strings to JSON.parse. Pieces are whole JSON values or punctuation, so no
+// "</" straddles two of them.
+std::string ScriptSafe(std::string_view json) {
   std::string safe;
   safe.reserve(json.size());
   for (size_t i = 0; i < json.size(); ++i) {
@@ -577,9 +595,50 @@ std::string LayoutHtml(const nlohmann::json& data) {
       safe += json[i];
     }
   }
-  std::string page(kPage);
+  return safe;
+}
+
+}  // namespace
+
+Status WriteLayoutData(const nlohmann::json& head, size_t count, const std::function<nlohmann::json(size_t)>& tensor,
+                       bool html, const std::function<Status(std::string_view)>& out) {
+  nlohmann::json top = head;
+  top["tensors"] = nullptr;
+  // "tensors" sorts last of the map's keys: the text ends with it.
+  std::string text = Dump(top);
+  constexpr std::string_view kTail = "\"tensors\":null}";
+  if (text.size() < kTail.size() || text.compare(text.size() - kTail.size(), kTail.size(), kTail) != 0) {
+    return InternalError("layout map: \"tensors\" is not the data's last key");
+  }
+  text.resize(text.size() - kTail.size() + std::string_view("\"tensors\":").size());
+  std::string_view page(kPage);
   const size_t at = page.find("@DATA@");
-  page.replace(at, 6, safe);
+  if (html) CKPT_RETURN_IF_ERROR(out(page.substr(0, at)));
+  CKPT_RETURN_IF_ERROR(html ? out(ScriptSafe(text)) : out(text));
+  std::string piece;
+  for (size_t i = 0; i < count; ++i) {
+    piece.assign(i == 0 ? "[" : ",");
+    piece += Dump(tensor(i));
+    CKPT_RETURN_IF_ERROR(html ? out(ScriptSafe(piece)) : out(piece));
+  }
+  CKPT_RETURN_IF_ERROR(out(count == 0 ? "[]}" : "]}"));
+  if (html) CKPT_RETURN_IF_ERROR(out(page.substr(at + 6)));
+  return OkStatus();
+}
+
+std::string LayoutHtml(const nlohmann::json& data) {
+  nlohmann::json head = data;
+  head.erase("tensors");
+  const nlohmann::json empty = nlohmann::json::array();
+  const nlohmann::json& tensors = data.contains("tensors") && data["tensors"].is_array() ? data["tensors"] : empty;
+  std::string page;
+  Status st = WriteLayoutData(
+      head, tensors.size(), [&](size_t i) { return tensors[i]; }, /*html=*/true,
+      [&](std::string_view s) {
+        page.append(s);
+        return OkStatus();
+      });
+  (void)st;  // appending to a string cannot fail
   return page;
 }
 

@@ -156,14 +156,21 @@ constexpr const char* kPalette[] = {"#4e79a7", "#f28e2b", "#59a14f", "#e15759", 
 
 }  // namespace
 
+bool FilesListed(const nlohmann::json& doc) {
+  if (!doc.contains("details")) return false;
+  const nlohmann::json& details = doc["details"];
+  return details.contains("files") && details["files"].is_array() && !details["files"].empty();
+}
+
 std::vector<LayoutFile> LayoutFiles(const nlohmann::json& doc) {
   std::vector<LayoutFile> files;
   const nlohmann::json& details = doc.contains("details") ? doc["details"] : nlohmann::json::object();
-  if (details.contains("files") && details["files"].is_array() && !details["files"].empty()) {
+  if (FilesListed(doc)) {
     for (const auto& f : details["files"]) {
       LayoutFile lf;
       lf.name = f.value("name", "");
       lf.bytes = f.value("bytes", uint64_t{0});
+      lf.missing = f.value("missing", false);
       lf.rank = f.value("rank", int64_t{-1});
       lf.writer = f.value("writer", int64_t{-1});
       lf.contents = f.value("description", "");
@@ -255,8 +262,12 @@ std::string LayoutSvg(const nlohmann::json& doc, size_t max_files) {
   const nlohmann::json& details = doc.contains("details") ? doc["details"] : nlohmann::json::object();
   uint64_t largest = 1, tensor_bytes = 0;
   for (const LayoutFile& f : files) largest = std::max(largest, f.bytes);
+  size_t tensor_count = doc.value("tensor_count", size_t{0});
   if (doc.contains("tensors")) {
+    tensor_count = doc["tensors"].size();
     for (const auto& t : doc["tensors"]) tensor_bytes += t.value("nbytes", uint64_t{0});
+  } else {
+    tensor_bytes = doc.value("total_bytes", uint64_t{0});
   }
   std::set<int64_t> ranks;
   for (const LayoutFile& f : files) {
@@ -271,7 +282,7 @@ std::string LayoutSvg(const nlohmann::json& doc, size_t max_files) {
   y += 20;
   body += fmt::format(
       "<text x=\"{}\" y=\"{}\" fill=\"#444\">{}: {} tensors, {} of tensor data; {} file{}{}</text>\n", kNameX, y,
-      Xml(doc.value("format", "")), doc.contains("tensors") ? doc["tensors"].size() : 0, Xml(HumanBytes(tensor_bytes)),
+      Xml(doc.value("format", "")), tensor_count, Xml(HumanBytes(tensor_bytes)),
       files.size(), files.size() == 1 ? "" : "s",
       !ranks.empty() ? fmt::format(" from {} rank{}", ranks.size(), ranks.size() == 1 ? "" : "s") : "");
   y += 10;
@@ -306,7 +317,7 @@ std::string LayoutSvg(const nlohmann::json& doc, size_t max_files) {
         "  <text x=\"{}\" y=\"{}\" fill=\"#444\">{}</text>\n"
         "  <text class=\"contents\" x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"#666\">{}</text>\n",
         Xml(f.name), f.bytes, f.rank, f.writer, kNameX + 10, y, Xml(Cut(f.name, 40)), kBarX, y - 11, w, colour,
-        kSizeX, y, Xml(HumanBytes(f.bytes)), kBarX, y + 14, Xml(lines[0]));
+        kSizeX, y, f.missing ? "MISSING" : Xml(HumanBytes(f.bytes)), kBarX, y + 14, Xml(lines[0]));
     for (size_t i = 1; i < lines.size(); ++i) {
       y += 13;
       body += fmt::format("  <text class=\"contents\" x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"#666\">{}</text>\n",

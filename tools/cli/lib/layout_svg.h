@@ -18,6 +18,7 @@ struct LayoutFile {
   int64_t writer = -1;   // W of __R_W.distcp; -1 when none
   std::string group;     // the heading it is drawn under: "rank 3", "mp_rank_00_001 (TP rank 0, PP rank 1)", "files"
   std::string contents;  // what it holds, one line
+  bool missing = false;  // .metadata names it, the folder lacks it (details.files' "missing")
 };
 
 // The files of an inspected checkpoint, from InspectJson's document (plus the
@@ -29,13 +30,17 @@ struct LayoutFile {
 // components ("model.embed_tokens.weight").
 // Sorted by rank, then group, then writer, then name.
 std::vector<LayoutFile> LayoutFiles(const nlohmann::json& doc);
+// True when LayoutFiles takes the files from details.files (DCP, torch_dist),
+// not from doc's tensors, which then need not be in doc.
+bool FilesListed(const nlohmann::json& doc);
 
 // A self-contained SVG 1.1 document (no scripts, no external references):
 // a title line (path, format, tensors, bytes, files, ranks), then per group
 // (a rank; a legacy rank folder) a heading and one row per file: its name, a bar whose length is proportional
 // to its bytes (the largest file spans the bar column), its size and its
 // contents; other files of the checkpoint (common.pt, metadata.json) listed;
-// the problems of details.problems in red. At most max_files rows, then a
+// the problems of details.problems in red. Without "tensors" in doc, the
+// title counts "tensor_count" tensors of "total_bytes". At most max_files rows, then a
 // "... N more files" line. Every file row is a <g class="file"> carrying
 // data-file, data-bytes, data-rank and data-writer attributes (tests and
 // scripts read them). Text is XML-escaped; control characters are dropped.
