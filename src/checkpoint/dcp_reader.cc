@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <new>
 #include <set>
+#include <unordered_set>
 
 #include "checkpoint/readers.h"
 #include "format/dcp/manifest.h"
@@ -185,14 +186,26 @@ nlohmann::json DcpReader::Details() const {
   for (auto& [name, f] : per_file) {
     int64_t rank = -1, writer = -1;
     if (dcp::ParseDataFileName(name, &rank, &writer)) ranks.insert(rank);
+    // The distinct keys (a hash set: a file of a million chunks holds
+    // thousands of keys), then the first few of them in order.
     std::vector<std::string_view>& ks = f.keys;
-    std::sort(ks.begin(), ks.end());
-    ks.erase(std::unique(ks.begin(), ks.end()), ks.end());
+    {
+      std::unordered_set<std::string_view> seen;
+      seen.reserve(ks.size());
+      size_t n = 0;
+      for (std::string_view k : ks) {
+        if (seen.insert(k).second) ks[n++] = k;
+      }
+      ks.resize(n);
+    }
+    const size_t key_count = ks.size();
+    const size_t first = std::min(ks.size(), kMaxKeysPerFile);
+    std::partial_sort(ks.begin(), ks.begin() + static_cast<std::ptrdiff_t>(first), ks.end());
     nlohmann::json j = {{"name", name},           {"rank", rank},   {"writer", writer},
                         {"bytes", f.bytes},       {"items", f.items}, {"tensor_chunks", f.tensor_chunks},
-                        {"bytes_items", f.bytes_items}, {"key_count", ks.size()}, {"item_bytes", f.item_bytes}};
+                        {"bytes_items", f.bytes_items}, {"key_count", key_count}, {"item_bytes", f.item_bytes}};
     if (f.missing) j["missing"] = true;
-    if (ks.size() > kMaxKeysPerFile) ks.resize(kMaxKeysPerFile);
+    ks.resize(first);
     j["keys"] = ks;
     if (extra_.contains("file_descriptions") && extra_["file_descriptions"].contains(name)) {
       j["description"] = extra_["file_descriptions"][std::string(name)];
