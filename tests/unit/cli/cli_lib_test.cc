@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ckpt/checkpoint.h"
+#include "ckpt/fault_env.h"
 #include "ckpt/writer.h"
 #include "lib/convert.h"
 #include "lib/exit_code.h"
@@ -22,7 +23,9 @@ namespace ckpt::cli {
 namespace {
 
 using ::ckpt::testing::SourcePath;
+using ::ckpt::testing_ckpt::CopyDcpGolden;
 using ::ckpt::testing_ckpt::CopyIntoEnv;
+using ::ckpt::testing_ckpt::ListDir;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -232,6 +235,34 @@ TEST(InspectJson, WrittenATensorAtATimeIsTheWholeDocument) {
       EXPECT_EQ(text, html ? LayoutHtml(data) : data.dump());
     }
   }
+}
+
+// The map is written piece by piece into a file published only when whole:
+// a write that fails leaves the map that was there, and no other file.
+TEST(InspectJson, MapThatFailsToWriteLeavesTheOldOne) {
+  std::unique_ptr<Env> mem = NewMemEnv();
+  CopyDcpGolden(mem.get(), "ws3_uneven", "/ckpt");
+  ASSERT_TRUE(mem->CreateDirs("/out").ok());
+  ASSERT_TRUE(::ckpt::testing::WriteWhole(mem.get(), "/out/map.html", "old map").ok());
+  FaultEnv env(mem.get());
+  env.FailNthAppend(3, "map.html");
+  InspectOptions o;
+  o.path = "/ckpt";
+  o.html_path = "/out/map.html";
+  o.env = &env;
+  std::ostringstream out;
+  Status s = Inspect(o, out);
+  EXPECT_EQ(s.code(), Code::kUnavailable) << s.ToString();
+  EXPECT_THAT(s.message(), HasSubstr("injected fault"));
+  EXPECT_EQ(ListDir(mem.get(), "/out"), std::vector<std::string>{"map.html"});
+  EXPECT_EQ(*::ckpt::testing::ReadWhole(mem.get(), "/out/map.html"), "old map");
+  // Without the fault the same call writes the page that LayoutHtml makes.
+  env.ClearFaults();
+  ASSERT_TRUE(Inspect(o, out).ok());
+  auto r = OpenCheckpoint("/ckpt", {mem.get(), PickleMode::kInspect});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(*::ckpt::testing::ReadWhole(mem.get(), "/out/map.html"),
+            LayoutHtml(LayoutMapData(InspectDocument("/ckpt", **r, mem.get()))));
 }
 
 TEST(InspectJson, SampleHasNamespaceObject) {
