@@ -314,6 +314,14 @@ void WriteInspectJson(const nlohmann::json& doc, const CheckpointReader& reader,
   // holds no raw newline.
   constexpr std::string_view kKey = "\n  \"tensors\": ";
   const size_t at = text.find(std::string(kKey) + "null");
+  if (at == std::string::npos) {  // not reached: dump(2) writes the key so
+    nlohmann::json whole = doc;
+    whole.erase("tensor_count");
+    whole["tensors"] = nlohmann::json::array();
+    for (const TensorInfo& t : reader.tensors()) whole["tensors"].push_back(TensorJson(t));
+    out << whole.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+    return;
+  }
   out << std::string_view(text).substr(0, at + kKey.size());
   const std::vector<TensorInfo>& tensors = reader.tensors();
   if (tensors.empty()) {
