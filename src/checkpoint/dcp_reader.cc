@@ -162,7 +162,8 @@ nlohmann::json DcpReader::Details() const {
     bool missing = false;
     int64_t items = 0, tensor_chunks = 0, bytes_items = 0;
     uint64_t item_bytes = 0;
-    std::vector<std::string_view> keys;  // into md_'s items
+    std::vector<int64_t> entries;         // of its items, a run of one counted once
+    std::vector<std::string_view> keys;  // of items without an entry, into md_'s items
   };
   std::map<std::string_view, FileStats> per_file;
   for (const auto& [name, size] : files_) per_file[name].bytes = size;
@@ -179,25 +180,33 @@ nlohmann::json DcpReader::Details() const {
     bool is_bytes = it.entry >= 0 && md_.entries[it.entry].type == dcp::EntryType::kBytes;
     ++(is_bytes ? last->bytes_items : last->tensor_chunks);
     last->item_bytes += it.length;
-    if (last->keys.empty() || last->keys.back() != it.fqn) last->keys.push_back(it.fqn);
+    // The entry of its key (an item no chunk took may still name an entry).
+    const int64_t e = it.entry >= 0 ? it.entry : md_.FindEntry(it.fqn);
+    if (e >= 0) {
+      if (last->entries.empty() || last->entries.back() != e) last->entries.push_back(e);
+    } else if (last->keys.empty() || last->keys.back() != it.fqn) {
+      last->keys.push_back(it.fqn);
+    }
   }
   nlohmann::json files = nlohmann::json::array();
   std::set<int64_t> ranks;
+  std::vector<size_t> mark(md_.entries.size(), SIZE_MAX);
+  size_t file_no = 0;
   for (auto& [name, f] : per_file) {
     int64_t rank = -1, writer = -1;
     if (dcp::ParseDataFileName(name, &rank, &writer)) ranks.insert(rank);
-    // The distinct keys (a hash set: a file of a million chunks holds
-    // thousands of keys), then the first few of them in order.
+    // The distinct keys (entries marked with the file's number: a file of a
+    // million chunks holds thousands of keys), then the first few in order.
     std::vector<std::string_view>& ks = f.keys;
-    {
-      std::unordered_set<std::string_view> seen;
-      seen.reserve(ks.size());
-      size_t n = 0;
-      for (std::string_view k : ks) {
-        if (seen.insert(k).second) ks[n++] = k;
+    std::sort(ks.begin(), ks.end());
+    ks.erase(std::unique(ks.begin(), ks.end()), ks.end());
+    for (int64_t e : f.entries) {
+      if (mark[static_cast<size_t>(e)] != file_no) {
+        mark[static_cast<size_t>(e)] = file_no;
+        ks.push_back(md_.entries[static_cast<size_t>(e)].key);
       }
-      ks.resize(n);
     }
+    ++file_no;
     const size_t key_count = ks.size();
     const size_t first = std::min(ks.size(), kMaxKeysPerFile);
     std::partial_sort(ks.begin(), ks.begin() + static_cast<std::ptrdiff_t>(first), ks.end());

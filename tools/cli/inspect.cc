@@ -33,6 +33,7 @@ void RegisterInspect(CLI::App& app, int* exit_code) {
                   "show at most N rows of each list: tensors, objects (once folded), data files\n"
                   "(0: all; --json shows all)");
   cmd->callback([opts, exit_code] {
+    opts->free_reader = false;  // the process exits next
     Status s = Inspect(*opts, std::cout);
     *exit_code = s.ok() ? 0 : ReportError("inspect", s);
   });

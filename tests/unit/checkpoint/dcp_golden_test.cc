@@ -5,9 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <map>
 #include <set>
 #include <string>
+#include <vector>
 
+#include "checkpoint/dcp_reader.h"
 #include "ckpt/checkpoint.h"
 #include "unit/checkpoint/checkpoint_testutil.h"
 #include "util/box.h"
@@ -112,6 +115,54 @@ TEST_P(GoldenDcpRead, RegionsEqualSlicesOfTheWholeTensor) {
       EXPECT_EQ(got.str(), want.str());
     }
   }
+}
+
+// Details' files: per file the distinct keys of its items (key_count) and the
+// first twelve of them in order, against the items of .metadata.
+TEST(DcpDetails, FilesListTheirDistinctKeys) {
+  size_t cut = 0;  // files with more than twelve keys
+  for (const char* rel : {"tests/golden/dcp/ws4_per_item", "tests/golden/dcp/ws3_uneven",
+                          "tests/golden/megatron/mc016_gpt_tp2pp2dp2/iter_0000010"}) {
+    SCOPED_TRACE(rel);
+    auto r = OpenCheckpoint(SourcePath(rel));
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    const internal_checkpoint::DcpReader* d = (*r)->dcp_view();
+    ASSERT_NE(d, nullptr);
+    std::map<std::string, std::set<std::string>> want;
+    for (const dcp::StorageItem& it : d->metadata().items) want[it.relative_path].insert(it.fqn);
+    const nlohmann::json files = (*r)->Details()["files"];
+    ASSERT_EQ(files.size(), want.size());
+    for (const auto& f : files) {
+      const std::set<std::string>& w = want[f["name"].get<std::string>()];
+      EXPECT_EQ(f["key_count"], w.size()) << f["name"];
+      std::vector<std::string> first(w.begin(), std::next(w.begin(), static_cast<long>(std::min<size_t>(12, w.size()))));
+      EXPECT_EQ(f["keys"].get<std::vector<std::string>>(), first) << f["name"];
+      EXPECT_FALSE(f.contains("missing"));
+      cut += w.size() > 12 ? 1 : 0;
+    }
+  }
+  EXPECT_GT(cut, 0u);
+}
+
+// A data file .metadata names that the folder lacks is listed, missing.
+TEST(DcpDetails, MissingFileIsListed) {
+  std::unique_ptr<Env> env = NewMemEnv();
+  testing_ckpt::CopyDcpGolden(env.get(), "ws3_uneven", "/c");
+  ASSERT_TRUE(env->RemoveFile("/c/__1_0.distcp").ok());
+  auto r = OpenCheckpoint("/c", {env.get(), PickleMode::kInspect});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const nlohmann::json details = (*r)->Details();
+  std::vector<std::pair<std::string, bool>> got;
+  for (const auto& f : details["files"]) {
+    got.emplace_back(f["name"], f.value("missing", false));
+    if (f.value("missing", false)) {
+      EXPECT_EQ(f["bytes"], 0);
+      EXPECT_EQ(f["rank"], 1);
+      EXPECT_GT(f["tensor_chunks"].get<int64_t>(), 0);
+    }
+  }
+  EXPECT_EQ(got, (std::vector<std::pair<std::string, bool>>{
+                     {"__0_0.distcp", false}, {"__1_0.distcp", true}, {"__2_0.distcp", false}}));
 }
 
 INSTANTIATE_TEST_SUITE_P(All, GoldenDcpRead,

@@ -434,6 +434,13 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
   open.pickle_mode = PickleMode::kInspect;
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader,
                         OpenCheckpoint(options.path, open));
+  struct KeepReader {  // options.free_reader false: moved to a list never freed
+    std::unique_ptr<CheckpointReader>* reader;
+    ~KeepReader() {
+      static auto* kept = new std::vector<std::unique_ptr<CheckpointReader>>();
+      if (reader != nullptr) kept->push_back(std::move(*reader));
+    }
+  } keep{options.free_reader ? nullptr : &reader};
   // What inspect derives from the whole checkpoint, once (merged into each report).
   nlohmann::json derived = nlohmann::json::object();
   AddLayoutDetails(options.path, *reader, options.env, &derived);
