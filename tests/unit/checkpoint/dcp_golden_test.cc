@@ -12,6 +12,7 @@
 
 #include "checkpoint/dcp_reader.h"
 #include "ckpt/checkpoint.h"
+#include "format/dcp/writer.h"
 #include "unit/checkpoint/checkpoint_testutil.h"
 #include "util/box.h"
 #include "util/sha256.h"
@@ -142,6 +143,32 @@ TEST(DcpDetails, FilesListTheirDistinctKeys) {
     }
   }
   EXPECT_GT(cut, 0u);
+}
+
+// Items of one key need not be one run in a file: "a", "b", "a" is two keys.
+TEST(DcpDetails, KeysOfInterleavedItemsCountOnce) {
+  std::vector<dcp::EntryToWrite> e(2);
+  e[0].key = "a";
+  e[0].size = {4};
+  e[0].chunks = {{{0}, {2}, nullptr}, {{2}, {2}, nullptr}};
+  e[1].key = "b";
+  e[1].size = {2};
+  e[1].chunks = {{{0}, {2}, nullptr}};
+  std::vector<dcp::WrittenItem> items = {
+      {0, 0, "__0_0.distcp", 0, 10}, {1, 0, "__0_0.distcp", 10, 10}, {0, 1, "__0_0.distcp", 20, 10}};
+  Result<std::string> md = dcp::SerializeDcpMetadata(e, items, {}, 0);
+  ASSERT_TRUE(md.ok()) << md.status().ToString();
+  std::unique_ptr<Env> env = NewMemEnv();
+  ASSERT_TRUE(env->CreateDirs("/c").ok());
+  ASSERT_TRUE(::ckpt::testing::WriteWhole(env.get(), "/c/.metadata", *md).ok());
+  ASSERT_TRUE(::ckpt::testing::WriteWhole(env.get(), "/c/__0_0.distcp", std::string(30, '\0')).ok());
+  auto r = OpenCheckpoint("/c", {env.get(), PickleMode::kInspect});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const nlohmann::json details = (*r)->Details();
+  ASSERT_EQ(details["files"].size(), 1u);
+  EXPECT_EQ(details["files"][0]["items"], 3);
+  EXPECT_EQ(details["files"][0]["key_count"], 2);
+  EXPECT_EQ(details["files"][0]["keys"], nlohmann::json::array({"a", "b"}));
 }
 
 // A data file .metadata names that the folder lacks is listed, missing.
