@@ -416,8 +416,7 @@ for t in "${targets[@]}"; do
   units=$(stat_of new_units_added "$log")
   ft=$(field ft "$line")
   rc=$(cat "$RUNDIR/$area.rc")
-  secs=$per
-  [ -n "$UNTIL" ] && secs=$(cat "$RUNDIR/$area.secs")
+  secs=$(cat "$RUNDIR/$area.secs" 2>/dev/null || echo "$per")  # measured: a run can stop early
   how="--campaign $HOURS"
   [ -n "$UNTIL" ] && how="--until $UNTIL"
   {
