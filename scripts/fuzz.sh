@@ -150,8 +150,9 @@ NOASLR=()
 setarch "$(uname -m)" -R true 2>/dev/null && NOASLR=(setarch "$(uname -m)" -R)
 inited_line() {
   local t=$1 dir=$2
+  mkdir -p "$WORK"
   "${NICE[@]}" "${NOASLR[@]}" ./build-san/"$t" -runs=0 -seed=1 -shuffle=0 "${FLAGS[@]}" \
-    -max_len="$(maxlen_of "${t%_fuzz}")" "$dir" 2>&1 |
+    -max_len="$(maxlen_of "${t%_fuzz}")" -artifact_prefix="$WORK/measure-${t%_fuzz}-" "$dir" 2>&1 |
     grep -E '^#[0-9]+[[:space:]]+INITED' | tail -1
 }
 field() {  # field NAME LINE: the number after "NAME:" in a libFuzzer status line
@@ -173,7 +174,7 @@ merge_into_kept() {
   rm -rf "$fresh"
   mkdir -p "$fresh" "$kept"
   "${NICE[@]}" ./build-san/"$t" -set_cover_merge=1 "${FLAGS[@]}" -max_len="$(maxlen_of "${t%_fuzz}")" \
-    "$fresh" "$kept" "$@" "${seeds[@]}" \
+    -artifact_prefix="$WORK/merge-$area-" "$fresh" "$kept" "$@" "${seeds[@]}" \
     >"$WORK/merge-$area.log" 2>&1 || { echo "fuzz: merge of $t failed:"; tail -20 "$WORK/merge-$area.log"; return 1; }
   rm -rf "$kept"
   mv "$fresh" "$kept"
@@ -398,7 +399,7 @@ for t in "${targets[@]}"; do
   while IFS= read -r a; do
     [ -n "$a" ] || continue
     t0=$(date +%s.%N)
-    if timeout 60 ./build-san/"$t" "${FLAGS[@]}" "$a" >"$a.rerun.log" 2>&1; then
+    if timeout 60 ./build-san/"$t" "${FLAGS[@]}" -artifact_prefix="$a.rerun-" "$a" >"$a.rerun.log" 2>&1; then
       took=$(awk -v s="$t0" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", e - s}')
       if awk -v x="$took" 'BEGIN {exit !(x < 5)}'; then unrepro+=("$(basename "$a") ran alone in ${took}s"); fi
     fi
