@@ -522,12 +522,9 @@ LayoutMapBuilder::LayoutMapBuilder(const nlohmann::json& doc) {
                              : nlohmann::json::array();
   only_ = files.size() == 1 ? 0 : SIZE_MAX;
   data["grid"] = Grid(details, files);
+  size_t tensor_count = 0;
   uint64_t tensor_bytes = 0;
-  if (doc.contains("total_bytes")) {
-    tensor_bytes = doc.value("total_bytes", uint64_t{0});
-  } else if (doc.contains("tensors")) {
-    for (const auto& t : doc["tensors"]) tensor_bytes += t.value("nbytes", uint64_t{0});
-  }
+  TensorTotals(doc, &tensor_count, &tensor_bytes);
   data["tensor_bytes"] = tensor_bytes;
 }
 

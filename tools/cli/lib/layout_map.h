@@ -40,7 +40,7 @@ nlohmann::json LayoutMapData(const nlohmann::json& doc);
 // LayoutMapData one tensor at a time, so that a checkpoint of a million chunks
 // never has all of them in one document. `doc` need not hold "tensors" where
 // LayoutFiles does not read them (formats with details.files); then
-// "tensor_bytes" is its "total_bytes".
+// "tensor_bytes" is its "total_bytes" (TensorTotals, lib/layout_svg.h).
 class LayoutMapBuilder {
  public:
   explicit LayoutMapBuilder(const nlohmann::json& doc);

@@ -162,6 +162,16 @@ bool FilesListed(const nlohmann::json& doc) {
   return details.contains("files") && details["files"].is_array() && !details["files"].empty();
 }
 
+void TensorTotals(const nlohmann::json& doc, size_t* count, uint64_t* bytes) {
+  *count = doc.value("tensor_count", size_t{0});
+  *bytes = doc.value("total_bytes", uint64_t{0});
+  if (doc.contains("tensors")) {
+    *count = doc["tensors"].size();
+    *bytes = 0;
+    for (const auto& t : doc["tensors"]) *bytes += t.value("nbytes", uint64_t{0});
+  }
+}
+
 std::vector<LayoutFile> LayoutFiles(const nlohmann::json& doc) {
   std::vector<LayoutFile> files;
   const nlohmann::json& details = doc.contains("details") ? doc["details"] : nlohmann::json::object();
@@ -262,13 +272,8 @@ std::string LayoutSvg(const nlohmann::json& doc, size_t max_files) {
   const nlohmann::json& details = doc.contains("details") ? doc["details"] : nlohmann::json::object();
   uint64_t largest = 1, tensor_bytes = 0;
   for (const LayoutFile& f : files) largest = std::max(largest, f.bytes);
-  size_t tensor_count = doc.value("tensor_count", size_t{0});
-  if (doc.contains("tensors")) {
-    tensor_count = doc["tensors"].size();
-    for (const auto& t : doc["tensors"]) tensor_bytes += t.value("nbytes", uint64_t{0});
-  } else {
-    tensor_bytes = doc.value("total_bytes", uint64_t{0});
-  }
+  size_t tensor_count = 0;
+  TensorTotals(doc, &tensor_count, &tensor_bytes);
   std::set<int64_t> ranks;
   for (const LayoutFile& f : files) {
     if (f.rank >= 0) ranks.insert(f.rank);

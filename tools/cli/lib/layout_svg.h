@@ -33,6 +33,9 @@ std::vector<LayoutFile> LayoutFiles(const nlohmann::json& doc);
 // True when LayoutFiles takes the files from details.files (DCP, torch_dist),
 // not from doc's tensors, which then need not be in doc.
 bool FilesListed(const nlohmann::json& doc);
+// How many tensors doc describes and their bytes: from its "tensors" when it
+// holds them, else its "tensor_count" and "total_bytes".
+void TensorTotals(const nlohmann::json& doc, size_t* count, uint64_t* bytes);
 
 // A self-contained SVG 1.1 document (no scripts, no external references):
 // a title line (path, format, tensors, bytes, files, ranks), then per group
