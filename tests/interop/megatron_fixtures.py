@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import hashlib
 import os
 import pickle
 import random
+import signal
 import socket
 import zlib
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -79,6 +81,9 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, spec: Any) -> N
     os.environ["LOCAL_RANK"] = str(rank)
     os.environ["WORLD_SIZE"] = str(world_size)
     torch.set_num_threads(1)
+    # A parent that finds a rank hung sends SIGUSR1 first: every thread's Python stack goes to
+    # stderr (the test's captured output) before the kill.
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
     install_cpu_cuda_shim()
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:

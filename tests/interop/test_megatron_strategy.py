@@ -46,7 +46,7 @@ import megatron_fixtures as mf  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
-_SPAWN_TIMEOUT_S = 120
+_SPAWN_TIMEOUT_S = int(os.environ.get("CKPTKIT_TEST_SPAWN_TIMEOUT_S", "120"))
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -54,16 +54,47 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 # Spawning with a timeout
 # ----------------------------------------------------------------------------
 def _spawn(world: int, fn: Callable, spec: Any, timeout: float = _SPAWN_TIMEOUT_S) -> None:
-    """Runs fn(spec) on `world` gloo ranks; fails (never hangs) after `timeout` s."""
+    """Runs fn(spec) on `world` gloo ranks; fails (never hangs) after `timeout` s, naming each
+    rank's check in progress, with every rank's Python stacks (faulthandler, SIGUSR1) in the
+    captured stderr."""
     ctx = mp.start_processes(mf._worker, args=(world, mf._free_port(), fn, spec), nprocs=world,
                              join=False, start_method="spawn")
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"{fn.__name__} on {world} ranks did not finish in {timeout} s (hang)")
+            alive = [p.pid for p in ctx.processes if p.is_alive()]
+            # The ranks and their forked writers (Megatron's TemporalAsyncCaller), which
+            # inherit the faulthandler registration.
+            pids = alive + [c for pid in alive for c in _child_pids(pid)]
+            for pid in pids:
+                print(f"== stacks of pid {pid} (rank or writer; children {_child_pids(pid)})", file=sys.stderr,
+                      flush=True)
+                if os.environ.get("CKPTKIT_TEST_GDB"):  # native stacks first (a local debugging aid)
+                    subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt"],
+                                   stdout=sys.stderr, stderr=subprocess.STDOUT, timeout=120, check=False)
+                try:
+                    os.kill(pid, signal.SIGUSR1)
+                except ProcessLookupError:
+                    continue
+                time.sleep(1)
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            where = []
+            for r in range(world):
+                try:
+                    with open(_progress_path(spec, r)) as f:
+                        where.append(f"rank {r}: {f.read()}")
+                except OSError:
+                    where.append(f"rank {r}: no check started")
+            pytest.fail(f"{fn.__name__} on {world} ranks did not finish in {timeout} s (hang); "
+                        + "; ".join(where))
+
+
+def _progress_path(spec: Any, rank: int) -> str:
+    return os.path.join(spec.root, f"progress_{spec.scenario}_{rank}.txt")
 
 
 @dataclasses.dataclass
@@ -80,16 +111,24 @@ class Checks:
         self.results: Dict[str, Optional[str]] = {}
 
     def run(self, name: str, fn: Callable[[], None]) -> None:
+        with open(_progress_path(self.spec, dist.get_rank()), "w") as f:
+            f.write(f"in {name} (checks before it: {', '.join(self.results) or 'none'})")
         t0 = time.monotonic()
         try:
             fn()
             self.results[name] = None
         except BaseException as e:  # noqa: BLE001 - CheckpointException is a BaseException
             self.results[name] = "".join(traceback.format_exception(e))[-6000:]
+            # At once, not only in the report: a check that fails on one rank alone leaves the
+            # others in its collectives, and the spawn's timeout message then needs this.
+            print(f"rank {dist.get_rank()}: check {name} failed:\n{self.results[name]}", file=sys.stderr,
+                  flush=True)
         if os.environ.get("CKPTKIT_TEST_TIMES"):
             print(f"rank {dist.get_rank()}: {name}: {time.monotonic() - t0:.2f} s", flush=True)
 
     def write(self) -> None:
+        with open(_progress_path(self.spec, dist.get_rank()), "w") as f:
+            f.write(f"after all {len(self.results)} checks (the final barrier or teardown)")
         path = os.path.join(self.spec.root, f"report_{self.spec.scenario}_{dist.get_rank()}.json")
         with open(path, "w") as f:
             json.dump(self.results, f)
@@ -247,12 +286,22 @@ def _assert_within(t0: float, seconds: float) -> None:
     assert took < seconds, f"took {took:.1f} s"
 
 
-def _child_pids() -> List[int]:
-    """This process's child processes (every thread's /proc children list)."""
+def _child_pids(pid: Any = "self") -> List[int]:
+    """The child processes of `pid` (this process by default): every thread's /proc
+    children list."""
     out: List[int] = []
-    for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/children") as f:
-            out += [int(p) for p in f.read().split()]
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(p) for p in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            # The thread exited after listdir (the writer thread of an earlier save, joined
+            # but not yet gone from /proc): it has no children left to list.
+            pass
     return out
 
 
