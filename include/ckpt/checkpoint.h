@@ -72,12 +72,14 @@ struct OpenOptions {
 };
 
 // One stored piece of a tensor (a DCP chunk): the box [offsets, offsets+sizes)
-// of the global tensor and where its bytes are.
+// of the global tensor and where its bytes are. offsets, sizes and file view
+// storage of the reader that made it (a checkpoint of a million chunks lists a
+// million of these): valid while that reader lives.
 struct ChunkInfo {
-  std::vector<int64_t> offsets;
-  std::vector<int64_t> sizes;
-  std::string file;     // file name relative to the checkpoint folder
-  uint64_t offset = 0;  // byte range of the stored item in `file`
+  std::span<const int64_t> offsets;
+  std::span<const int64_t> sizes;
+  std::string_view file;  // file name relative to the checkpoint folder
+  uint64_t offset = 0;    // byte range of the stored item in `file`
   uint64_t length = 0;
 };
 

@@ -890,8 +890,9 @@ Result<std::shared_ptr<const ByteSource>> OpenDataFile(const std::string& path) 
 // (writable, C-contiguous, exactly numel * itemsize bytes). One open of the
 // file; the GIL is released while reading.
 void ReadDcpTensorsPy(const std::string& path, nb::sequence requests) {
-  struct Req {
+  struct Req {  // item views entry.key, transforms and the path (reqs is never resized)
     dcp::Entry entry;
+    std::vector<std::string> transforms;
     dcp::StorageItem item;
     uint8_t* data = nullptr;
     size_t size = 0;
@@ -923,7 +924,8 @@ void ReadDcpTensorsPy(const std::string& path, nb::sequence requests) {
     r.item.relative_path = path;
     r.item.offset_in_file = static_cast<uint64_t>(off);
     r.item.length = static_cast<uint64_t>(len);
-    r.item.transforms = TransformsOrRaise(t[3], what);
+    r.transforms = TransformsOrRaise(t[3], what);
+    r.item.transforms = r.transforms;
     r.entry.dtype = DTypeOrRaise(nb::cast<std::string>(t[4]), what);
     uint64_t nbytes = 0;
     r.entry.size = ShapeOrRaise(t[5], r.entry.dtype, what, &nbytes);
@@ -944,8 +946,9 @@ void ReadDcpTensorsPy(const std::string& path, nb::sequence requests) {
       if (reqs.empty()) return OkStatus();
       CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> file, OpenDataFile(path));
       for (Req& r : reqs) {
+        const std::vector<int64_t> origin(r.entry.size.size(), 0);
         dcp::Chunk c;
-        c.offsets.assign(r.entry.size.size(), 0);
+        c.offsets = origin;
         c.sizes = r.entry.size;
         CKPT_ASSIGN_OR_RETURN(dcp::ChunkArchive a, dcp::OpenChunk(file, r.entry, c, r.item));
         BufferSink sink(r.data, r.size);
@@ -969,7 +972,8 @@ nb::bytes ReadDcpBytesPy(const std::string& path, int64_t offset, int64_t length
   item.relative_path = path;
   item.offset_in_file = static_cast<uint64_t>(offset);
   item.length = static_cast<uint64_t>(length);
-  item.transforms = TransformsOrRaise(transforms, "read_dcp_bytes");
+  const std::vector<std::string> kept = TransformsOrRaise(transforms, "read_dcp_bytes");
+  item.transforms = kept;
   std::string out;
   Status s;
   {

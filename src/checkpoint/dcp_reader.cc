@@ -18,7 +18,7 @@ constexpr size_t kEmitPiece = size_t{16} << 20;
 // Details() lists at most this many keys per data file.
 constexpr size_t kMaxKeysPerFile = 12;
 
-Box ChunkBox(const dcp::Chunk& c) { return Box{c.offsets, c.sizes}; }
+Box ChunkBox(const dcp::Chunk& c) { return MakeBox(c.offsets, c.sizes); }
 
 }  // namespace
 
@@ -58,10 +58,10 @@ Status DcpReader::Init(const std::string& folder, const OpenOptions& options) {
   }
   // A missing or truncated file makes every entry with an item in it unreadable.
   for (const dcp::StorageItem& it : md_.items) {
-    auto f = files_.find(it.relative_path);
+    auto f = files_.find(std::string(it.relative_path));
     bool bad = f == files_.end() || it.offset_in_file > f->second || it.length > f->second - it.offset_in_file;
-    if (bad && !unreadable_.count(it.fqn)) {
-      unreadable_[it.fqn] = StrCat(it.relative_path, f == files_.end() ? " is missing" : " is truncated");
+    if (bad && !unreadable_.count(std::string(it.fqn))) {
+      unreadable_[std::string(it.fqn)] = StrCat(it.relative_path, f == files_.end() ? " is missing" : " is truncated");
     }
   }
 
@@ -265,7 +265,7 @@ Result<std::shared_ptr<const ByteSource>> DcpReader::DataFile(const std::string&
 Result<std::unique_ptr<torch::TorchFile>> DcpReader::OpenBytes(const dcp::Entry& e, pickle::Mode mode) const {
   if (e.item < 0) return DataLossError(StrCat(folder_, ": ", Quote(e.key), " has no storage item"));
   const dcp::StorageItem& it = md_.items[e.item];
-  CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> file, DataFile(it.relative_path));
+  CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> file, DataFile(std::string(it.relative_path)));
   return dcp::OpenBytesItem(file, it, mode);
 }
 
@@ -275,7 +275,7 @@ Result<dcp::ChunkArchive> DcpReader::OpenChunk(const dcp::Entry& e, const dcp::C
                                 " has no storage item in .metadata"));
   }
   const dcp::StorageItem& it = md_.items[c.item];
-  CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> file, DataFile(it.relative_path));
+  CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> file, DataFile(std::string(it.relative_path)));
   return dcp::OpenChunk(file, e, c, it);
 }
 
@@ -306,7 +306,7 @@ Status DcpReader::ReadTensorRegion(size_t i, std::span<const int64_t> start, std
   for (const dcp::Chunk& c : e.chunks) {
     if (e.size.empty() || Overlaps(ChunkBox(c), region)) {
       bool dup = std::any_of(parts.begin(), parts.end(), [&](const dcp::Chunk* p) {
-        return p->offsets == c.offsets && p->sizes == c.sizes;
+        return std::ranges::equal(p->offsets, c.offsets) && std::ranges::equal(p->sizes, c.sizes);
       });
       if (!dup) parts.push_back(&c);
     }

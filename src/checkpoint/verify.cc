@@ -64,18 +64,18 @@ void VerifyDcp(const DcpReader& r, const VerifyOptions& o, VerifyReport* rep) {
       ++done;
       if (e.item < 0 || known.count(e.key)) continue;
       const dcp::StorageItem& it = md.items[e.item];
-      auto f = r.data_files().find(it.relative_path);
+      auto f = r.data_files().find(std::string(it.relative_path));
       if (f == r.data_files().end()) continue;  // reported as a missing file
       auto archive = r.OpenBytes(e, pickle::Mode::kInspect);
       if (!archive.ok()) {
-        rep->problems.push_back(FromStatus(archive.status(), it.relative_path, e.key, &it));
+        rep->problems.push_back(FromStatus(archive.status(), std::string(it.relative_path), e.key, &it));
         continue;
       }
       if (o.deep) {
         for (const torch::StorageRecord& s : (*archive)->storages()) {
           CountingSink sink;
           Status st = (*archive)->ReadStorage(s, &sink);
-          if (!st.ok()) rep->problems.push_back(FromStatus(st, it.relative_path, e.key, &it));
+          if (!st.ok()) rep->problems.push_back(FromStatus(st, std::string(it.relative_path), e.key, &it));
           rep->bytes_read += sink.Position();
         }
       }
@@ -89,14 +89,14 @@ void VerifyDcp(const DcpReader& r, const VerifyOptions& o, VerifyReport* rep) {
       if (c.item < 0) continue;  // reported by the structure check
       ++rep->chunks;
       const dcp::StorageItem& it = md.items[c.item];
-      auto f = r.data_files().find(it.relative_path);
+      auto f = r.data_files().find(std::string(it.relative_path));
       if (f == r.data_files().end() || it.offset_in_file > f->second ||
           it.length > f->second - it.offset_in_file) {
         continue;  // reported by the structure check
       }
       auto a = r.OpenChunk(e, c);
       if (!a.ok()) {
-        rep->problems.push_back(FromStatus(a.status(), it.relative_path, e.key, &it));
+        rep->problems.push_back(FromStatus(a.status(), std::string(it.relative_path), e.key, &it));
         continue;
       }
       if (o.deep) {
@@ -108,7 +108,7 @@ void VerifyDcp(const DcpReader& r, const VerifyOptions& o, VerifyReport* rep) {
           st = a->archive->ReadTensor(*a->tensor, &tsink);
           rep->bytes_read += tsink.Position();
         }
-        if (!st.ok()) rep->problems.push_back(FromStatus(st, it.relative_path, e.key, &it));
+        if (!st.ok()) rep->problems.push_back(FromStatus(st, std::string(it.relative_path), e.key, &it));
       }
       if (o.progress) o.progress(done, total);
     }
@@ -132,7 +132,7 @@ void VerifyManifests(const DcpReader& r, const VerifyOptions& o, VerifyReport* r
   auto add = [&](int64_t item, const std::string& key) {
     if (item < 0) return;
     const dcp::StorageItem& it = md.items[static_cast<size_t>(item)];
-    items[{it.relative_path, it.offset_in_file, it.length}] = key;
+    items[{std::string(it.relative_path), it.offset_in_file, it.length}] = key;
   };
   for (const dcp::Entry& e : md.entries) {
     if (e.type == dcp::EntryType::kBytes) {

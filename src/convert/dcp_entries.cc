@@ -32,7 +32,7 @@ Result<std::vector<dcp::EntryToWrite>> DcpSourceEntries(const internal_checkpoin
       }
       const dcp::StorageItem item = md.items[static_cast<size_t>(e.item)];
       w.write_bytes = [&d, item](ByteSink* sink) -> Status {
-        CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> file, d.DataFile(item.relative_path));
+        CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> file, d.DataFile(std::string(item.relative_path)));
         CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> bytes, dcp::OpenItemBytes(file, item));
         return CopyRange(*bytes, 0, bytes->Size(), sink);
       };
@@ -53,7 +53,7 @@ Result<std::vector<dcp::EntryToWrite>> DcpSourceEntries(const internal_checkpoin
         if (on_chunk) on_chunk(nb);
         return OkStatus();
       };
-      w.chunks.push_back({c.offsets, c.sizes, std::move(read)});
+      w.chunks.push_back({{c.offsets.begin(), c.offsets.end()}, {c.sizes.begin(), c.sizes.end()}, std::move(read)});
     }
     entries.push_back(std::move(w));
   }

@@ -698,14 +698,15 @@ Status MegatronView::MapFlattenedModelSpace() {
     t.chunks.clear();
     const int64_t cells = numel == 0 ? 0 : static_cast<int64_t>(t.nbytes / DTypeSize(t.dtype)) / numel;
     for (int64_t c = 0; c < cells; ++c) {
-      ChunkInfo ch;
-      ch.offsets.resize(shape.size());
-      ch.sizes = local;
+      std::vector<int64_t>& offsets = chunk_dims_.emplace_back(shape.size());
       for (int64_t d = static_cast<int64_t>(shape.size()) - 1, rest = c; d >= 0; --d) {
-        ch.offsets[d] = (rest % grid[d]) * local[d];
+        offsets[static_cast<size_t>(d)] = (rest % grid[d]) * local[d];
         rest /= grid[d];
       }
-      t.chunks.push_back(std::move(ch));
+      ChunkInfo ch;
+      ch.offsets = offsets;
+      ch.sizes = chunk_dims_.emplace_back(local);
+      t.chunks.push_back(ch);
     }
     virtual_[i].local = std::move(local);
   }
@@ -777,9 +778,9 @@ Status MegatronView::Finish() {
       for (const Box& d : p.dest) {
         covered += d.numel();
         ChunkInfo c;
-        c.offsets = d.start;
-        c.sizes = d.count;
-        tensors_[i].chunks.push_back(std::move(c));
+        c.offsets = chunk_dims_.emplace_back(d.start);
+        c.sizes = chunk_dims_.emplace_back(d.count);
+        tensors_[i].chunks.push_back(c);
       }
     }
     uint64_t total = 1;
@@ -834,7 +835,7 @@ namespace {
 Status ForEachPiece(const CheckpointReader& r, size_t i, const std::function<Status(const Box&, std::string_view)>& fn) {
   const TensorInfo& t = r.tensors()[i];
   std::vector<Box> boxes;
-  for (const ChunkInfo& c : t.chunks) boxes.push_back(Box{c.offsets, c.sizes});
+  for (const ChunkInfo& c : t.chunks) boxes.push_back(MakeBox(c.offsets, c.sizes));
   if (boxes.empty() && t.shape.size() >= 2) {
     for (int64_t k = 0; k < t.shape[0]; ++k) {
       Box b = Box::Whole(t.shape);
@@ -1217,7 +1218,7 @@ std::vector<Box> MegatronView::ShardBoxes(size_t i) const {
   std::vector<Box> out;
   const Virtual& v = virtual_.at(i);
   if (v.base >= 0) {
-    for (const ChunkInfo& c : tensors_[i].chunks) out.push_back(Box{c.offsets, c.sizes});
+    for (const ChunkInfo& c : tensors_[i].chunks) out.push_back(MakeBox(c.offsets, c.sizes));
     if (out.empty()) out.push_back(Box::Whole(tensors_[i].shape));
     return out;
   }

@@ -22,6 +22,7 @@
 #ifndef CKPT_CONVERT_MEGATRON_VIEW_H_
 #define CKPT_CONVERT_MEGATRON_VIEW_H_
 
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -231,6 +232,7 @@ class MegatronView final : public CheckpointReader {
   OptimizerLayout optimizer_layout_ = OptimizerLayout::kNone;
   std::vector<std::string> states_;
   std::vector<TensorInfo> tensors_;
+  std::deque<std::vector<int64_t>> chunk_dims_;  // what tensors_' chunks view
   std::vector<Virtual> virtual_;
   std::map<std::string, size_t, std::less<>> by_key_;
 };

@@ -105,7 +105,7 @@ Status FromDcp(const DcpReader& d, const std::string& src, CoreVersion v, const 
     if (v == CoreVersion::k0_19) {
       CKPT_RETURN_IF_ERROR(d.OpenBytes(e, pickle::Mode::kInspect).status(), what);
       common->write = [&d, item](ByteSink* sink) -> Status {
-        CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> file, d.DataFile(item.relative_path));
+        CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> file, d.DataFile(std::string(item.relative_path)));
         CKPT_ASSIGN_OR_RETURN(std::shared_ptr<const ByteSource> bytes, dcp::OpenItemBytes(file, item));
         return CopyRange(*bytes, 0, bytes->Size(), sink);
       };

@@ -16,7 +16,7 @@ constexpr uint64_t kMaxGridCells = uint64_t{1} << 22;
 // Pairwise overlap checks above this many chunks are skipped in the fallback.
 constexpr size_t kMaxPairwiseChunks = 4096;
 
-std::string BoxString(const std::vector<int64_t>& start, const std::vector<int64_t>& count) {
+std::string BoxString(std::span<const int64_t> start, std::span<const int64_t> count) {
   std::string s = "[";
   for (size_t d = 0; d < start.size(); ++d) s += StrCat(d ? ", " : "", start[d], ":", start[d] + count[d]);
   return s + "]";
@@ -64,7 +64,9 @@ size_t CheckCoverage(const Entry& e, std::vector<Problem>* out) {
     }
   };
   struct BoxEq {
-    bool operator()(const Chunk* a, const Chunk* b) const { return a->offsets == b->offsets && a->sizes == b->sizes; }
+    bool operator()(const Chunk* a, const Chunk* b) const {
+      return std::ranges::equal(a->offsets, b->offsets) && std::ranges::equal(a->sizes, b->sizes);
+    }
   };
   std::unordered_set<const Chunk*, BoxHash, BoxEq> seen;
   seen.reserve(e.chunks.size());
@@ -221,11 +223,11 @@ std::vector<Problem> CheckStructure(const Metadata& md, const std::map<std::stri
       p.message = "storage item belongs to no entry of state_dict_metadata";
       out.push_back(std::move(p));
     }
-    auto f = file_sizes.find(it.relative_path);
+    auto f = file_sizes.find(std::string(it.relative_path));
     if (f == file_sizes.end()) {
-      Missing& m = missing[it.relative_path];
-      ++m.items;
-      if (m.first.size() < 5) m.first.push_back(it.fqn);
+      auto m = missing.try_emplace(std::string(it.relative_path)).first;
+      ++m->second.items;
+      if (m->second.first.size() < 5) m->second.first.emplace_back(it.fqn);
       continue;
     }
     if (it.offset_in_file > f->second || it.length > f->second - it.offset_in_file) {
@@ -239,7 +241,7 @@ std::vector<Problem> CheckStructure(const Metadata& md, const std::map<std::stri
       out.push_back(std::move(p));
       continue;
     }
-    by_file[it.relative_path].push_back(&it);
+    by_file[std::string(it.relative_path)].push_back(&it);
   }
   for (const auto& [file, m] : missing) {
     Problem p;

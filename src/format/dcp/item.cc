@@ -66,7 +66,7 @@ Result<std::string> DecodeZstd(const ByteSource& in, uint64_t max_out, const std
 
 }  // namespace
 
-std::string OffsetsString(const std::vector<int64_t>& v) {
+std::string OffsetsString(std::span<const int64_t> v) {
   std::string s = "[";
   for (size_t i = 0; i < v.size(); ++i) s += StrCat(i ? ", " : "", v[i]);
   return s + "]";
@@ -127,7 +127,7 @@ Result<ChunkArchive> OpenChunk(std::shared_ptr<const ByteSource> file, const Ent
     return DataLossError(StrCat(where, ": the embedded tensor is ", DTypeName(out.tensor->dtype),
                                 " but .metadata says ", DTypeName(e.dtype)));
   }
-  if (out.tensor->shape != c.sizes) {
+  if (!std::ranges::equal(out.tensor->shape, c.sizes)) {
     return DataLossError(StrCat(where, ": the embedded tensor has shape ", OffsetsString(out.tensor->shape),
                                 " but the chunk's sizes are ", OffsetsString(c.sizes)));
   }

@@ -55,7 +55,7 @@ Result<std::unique_ptr<torch::TorchFile>> OpenBytesItem(std::shared_ptr<const By
                                                         const StorageItem& item, pickle::Mode mode);
 
 // "[0, 128]" for error messages.
-std::string OffsetsString(const std::vector<int64_t>& v);
+std::string OffsetsString(std::span<const int64_t> v);
 
 }  // namespace ckpt::dcp
 

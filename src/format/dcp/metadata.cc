@@ -6,6 +6,7 @@
 #include <set>
 #include <type_traits>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "format/pickle/unpickler.h"
 #include "format/pickle/value.h"
@@ -27,6 +28,13 @@ constexpr pickle::AllowedGlobal kExtraAllowed[] = {
 class Parser {
  public:
   explicit Parser(const ByteSource& src) : src_(src) {}
+
+  // A tuple or list of ints checked as IntTuple does, kept in the store.
+  template <typename What>
+  Result<std::span<const int64_t>> KeptInts(const Value* v, const What& what) const {
+    CKPT_ASSIGN_OR_RETURN(std::vector<int64_t> ints, IntTuple(v, what));
+    return store_->Keep(ints);
+  }
 
   Status Fail(const Value* at, std::string_view what) const {
     return DataLossError(StrCat(src_.Name(), ": .metadata", at ? StrCat(" (pickle offset ", at->offset, ")") : "",
@@ -221,7 +229,9 @@ class Parser {
       auto what = [&] { return StrCat("tensor ", Quote(key), " chunk ", c); };
       Chunk chunk;
       if (IsReduced(ch)) {
-        CKPT_ASSIGN_OR_RETURN(chunk, Take(reduced_chunks_, ch));
+        CKPT_ASSIGN_OR_RETURN(ReducedChunk rc, Take(reduced_chunks_, ch));
+        chunk.offsets = std::span<const int64_t>(rc.dims, rc.ndim);
+        chunk.sizes = std::span<const int64_t>(rc.dims + rc.ndim, rc.nsizes);
       } else {
         if (!IsClass(ch, "ChunkStorageMetadata")) {
           return Fail(ch, StrCat(what(), ": expected ChunkStorageMetadata, found ", ClassOf(ch)));
@@ -240,24 +250,24 @@ class Parser {
   template <typename What>
   Status ParseChunk(const Value* ch, const What& what, Chunk* chunk) const {
     auto ca = Attributes(ch);
-    CKPT_ASSIGN_OR_RETURN(chunk->offsets, IntTuple(Attr(ca, "offsets"), [&] { return StrCat(Text(what), " offsets"); }));
-    CKPT_ASSIGN_OR_RETURN(chunk->sizes, IntTuple(Attr(ca, "sizes"), [&] { return StrCat(Text(what), " sizes"); }));
+    CKPT_ASSIGN_OR_RETURN(chunk->offsets, KeptInts(Attr(ca, "offsets"), [&] { return StrCat(Text(what), " offsets"); }));
+    CKPT_ASSIGN_OR_RETURN(chunk->sizes, KeptInts(Attr(ca, "sizes"), [&] { return StrCat(Text(what), " sizes"); }));
     return OkStatus();
   }
 
   // MetadataIndex(fqn, offset, index) -> the first fields of a StorageItem.
-  Status ParseIndex(const Value* index, StorageItem* it) const {
+  Status ParseIndex(const Value* index, StorageItem* it) {
     if (!IsClass(index, "MetadataIndex")) {
       return Fail(index, StrCat("storage_data key: expected MetadataIndex, found ", ClassOf(index)));
     }
     auto ia = Attributes(index);
     const Value* fqn = Attr(ia, "fqn");
     if (fqn == nullptr || fqn->kind != Kind::kString) return Fail(index, "MetadataIndex without a str fqn");
-    it->fqn = fqn->str();
+    it->fqn = fqns_.Id(fqn->str());
     const Value* off = Attr(ia, "offset");
     if (off && off->kind != Kind::kNone) {
       it->has_offset = true;
-      CKPT_ASSIGN_OR_RETURN(it->offset, IntTuple(off, [&] { return StrCat("MetadataIndex ", Quote(it->fqn), " offset"); }));
+      CKPT_ASSIGN_OR_RETURN(it->offset, KeptInts(off, [&] { return StrCat("MetadataIndex ", Quote(it->fqn), " offset"); }));
     }
     const Value* idx = Attr(ia, "index");
     if (idx && idx->kind == Kind::kInt) it->index = idx->i;
@@ -265,7 +275,7 @@ class Parser {
   }
 
   // _StorageInfo(relative_path, offset, length[, transform_descriptors]) -> the rest.
-  Status ParseInfo(const Value* info, StorageItem* it) const {
+  Status ParseInfo(const Value* info, StorageItem* it) {
     auto what = [&] { return StrCat("storage item ", Quote(it->fqn)); };
     if (!IsClass(info, "_StorageInfo")) {
       return Fail(info, StrCat(what(), ": expected _StorageInfo, found ", ClassOf(info)));
@@ -273,7 +283,7 @@ class Parser {
     auto sa = Attributes(info);
     const Value* rel = Attr(sa, "relative_path");
     if (rel == nullptr || rel->kind != Kind::kString) return Fail(info, StrCat(what(), ": relative_path is not a str"));
-    it->relative_path = rel->str();
+    it->relative_path = paths_.Id(rel->str());
     CKPT_ASSIGN_OR_RETURN(int64_t o, NonNegInt(Attr(sa, "offset"), [&] { return StrCat(what(), " offset"); }));
     CKPT_ASSIGN_OR_RETURN(int64_t n, NonNegInt(Attr(sa, "length"), [&] { return StrCat(what(), " length"); }));
     it->offset_in_file = static_cast<uint64_t>(o);
@@ -283,10 +293,12 @@ class Parser {
       if (tds->kind != Kind::kList && tds->kind != Kind::kTuple) {
         return Fail(tds, StrCat(what(), ": transform_descriptors is not a list"));
       }
+      std::vector<std::string> list;
       for (const Value* d : tds->items()) {
         if (d->kind != Kind::kString) return Fail(d, StrCat(what(), ": transform descriptor is not a str"));
-        it->transforms.push_back(std::string(d->str()));
+        list.emplace_back(d->str());
       }
+      if (!list.empty()) it->transforms = store_->Keep(std::move(list));
     }
     return OkStatus();
   }
@@ -294,25 +306,22 @@ class Parser {
   Status ParseItem(const Value* index, const Value* info, StorageItem* it) {
     if (IsReduced(index)) {
       CKPT_ASSIGN_OR_RETURN(ReducedIndex ri, Take(reduced_indexes_, index));
-      it->fqn = fqns_.all[ri.fqn];
-      it->has_offset = ri.ndim != kNoOffset;
-      if (it->has_offset) {
-        it->offset.assign(offset_pool_.begin() + static_cast<ptrdiff_t>(ri.pos),
-                          offset_pool_.begin() + static_cast<ptrdiff_t>(ri.pos + ri.ndim));
-      }
+      it->fqn = std::string_view(ri.fqn, ri.fqn_size);
+      it->has_offset = ri.has_offset;
+      it->offset = std::span<const int64_t>(ri.offset, ri.ndim);
       if (ri.has_index) it->index = ri.index;
     } else {
       CKPT_RETURN_IF_ERROR(ParseIndex(index, it));
     }
     return ParseInfoOf(info, it);
   }
-  Status ParseInfoOf(const Value* info, StorageItem* it) const {
+  Status ParseInfoOf(const Value* info, StorageItem* it) {
     if (IsReduced(info)) {
       const ReducedInfo& ri = reduced_infos_[static_cast<size_t>(info->i)];
-      it->relative_path = paths_.all[ri.path];
+      it->relative_path = std::string_view(ri.path, ri.path_size);
       it->offset_in_file = ri.offset;
       it->length = ri.length;
-      if (ri.transforms >= 0) it->transforms = transform_lists_[static_cast<size_t>(ri.transforms)];
+      it->transforms = std::span<const std::string>(ri.transforms, ri.n_transforms);
       return OkStatus();
     }
     return ParseInfo(info, it);
@@ -325,19 +334,29 @@ class Parser {
   // of its values. An object that does not parse is kept as read and the
   // walk reports the error with its context.
   static constexpr std::string_view kReducedClasses[] = {"ChunkStorageMetadata", "MetadataIndex", "_StorageInfo"};
-  static constexpr uint32_t kNoOffset = UINT32_MAX;
+  // A million of each are pending at the end of unpickling: views into the
+  // store, packed (32 and 40 bytes).
+  struct ReducedChunk {  // a ChunkStorageMetadata: ndim offsets, then nsizes sizes
+    const int64_t* dims = nullptr;
+    uint32_t ndim = 0;
+    uint32_t nsizes = 0;
+  };
   struct ReducedIndex {  // a MetadataIndex
-    uint32_t fqn = 0;           // index into fqns_
-    uint32_t ndim = kNoOffset;  // entries of offset_pool_ from pos; kNoOffset: no offset
-    uint64_t pos = 0;
+    const char* fqn = nullptr;
+    const int64_t* offset = nullptr;
     int64_t index = 0;
+    uint32_t fqn_size = 0;
+    uint16_t ndim = 0;
+    bool has_offset = false;
     bool has_index = false;
   };
-  struct ReducedInfo {
-    uint32_t path = 0;        // index into paths_
-    int32_t transforms = -1;  // index into transform_lists_, -1 for none
+  struct ReducedInfo {  // a _StorageInfo
+    const char* path = nullptr;
+    const std::string* transforms = nullptr;
     uint64_t offset = 0;
     uint64_t length = 0;
+    uint32_t path_size = 0;
+    uint32_t n_transforms = 0;
   };
 
   static bool IsReduced(const Value* v) { return v != nullptr && v->kind == Kind::kInt && v->reduced; }
@@ -377,17 +396,42 @@ class Parser {
     }
     return true;
   }
-  // The id of a string in a table, remembering the last one (consecutive
+  // A MetadataIndex's offsets: torch writes storage_data after every chunk,
+  // the n-th item with offsets naming the n-th chunk, so the offsets are
+  // usually that chunk's, already in the store (a million chunks: 16 MB).
+  const int64_t* SharedOffsets(const Value* off) {
+    const int64_t n = indexes_with_offsets_++;
+    const auto& pending = reduced_chunks_;
+    if (n >= pending.front && n - pending.front < static_cast<int64_t>(pending.items.size())) {
+      const ReducedChunk& c = pending.items[static_cast<size_t>(n - pending.front)];
+      bool same = c.ndim == off->items().size();
+      for (size_t i = 0; same && i < c.ndim; ++i) same = c.dims[i] == off->items()[i]->i;
+      if (same) return c.dims;
+    }
+    return KeepInts(off).data();
+  }
+
+  // The ints of a tuple NonNegInts accepted, kept in the store.
+  std::span<const int64_t> KeepInts(const Value* v) const {
+    std::span<int64_t> out = store_->NewInts(v->items().size());
+    for (size_t i = 0; i < out.size(); ++i) out[i] = v->items()[i]->i;
+    return out;
+  }
+
+  // A string kept once in the store, remembering the last one (consecutive
   // objects usually share it: the chunks of one tensor, the items of one file).
   struct Strings {
-    std::vector<std::string> all;
-    std::unordered_map<std::string, uint32_t> ids;
-    uint32_t last = 0;
-    uint32_t Id(std::string_view s) {
-      if (all.empty() || all[last] != s) {
-        auto [f, fresh] = ids.try_emplace(std::string(s), static_cast<uint32_t>(all.size()));
-        if (fresh) all.emplace_back(s);
-        last = f->second;
+    explicit Strings(MetadataStore* s) : store(s) {}
+    MetadataStore* store;
+    std::unordered_set<std::string_view> kept;
+    std::string_view last;
+    bool has_last = false;
+    std::string_view Id(std::string_view s) {
+      if (!has_last || last != s) {
+        auto f = kept.find(s);
+        if (f == kept.end()) f = kept.insert(store->Keep(s)).first;
+        last = *f;
+        has_last = true;
       }
       return last;
     }
@@ -403,12 +447,12 @@ class Parser {
       const Value* offsets = Attr(attrs, "offsets");
       const Value* sizes = Attr(attrs, "sizes");
       if (!NonNegInts(offsets) || !NonNegInts(sizes)) return std::nullopt;
-      Chunk chunk;
-      chunk.offsets.reserve(offsets->items().size());
-      for (const Value* e : offsets->items()) chunk.offsets.push_back(e->i);
-      chunk.sizes.reserve(sizes->items().size());
-      for (const Value* e : sizes->items()) chunk.sizes.push_back(e->i);
-      return reduced_chunks_.Add(std::move(chunk));
+      const size_t no = offsets->items().size(), ns = sizes->items().size();
+      if (no > UINT32_MAX || ns > UINT32_MAX) return std::nullopt;
+      std::span<int64_t> dims = store_->NewInts(no + ns);  // offsets, then sizes
+      for (size_t i = 0; i < no; ++i) dims[i] = offsets->items()[i]->i;
+      for (size_t i = 0; i < ns; ++i) dims[no + i] = sizes->items()[i]->i;
+      return reduced_chunks_.Add(ReducedChunk{dims.data(), static_cast<uint32_t>(no), static_cast<uint32_t>(ns)});
     }
     if (cls == "MetadataIndex") {
       const Value* fqn = Attr(attrs, "fqn");
@@ -416,13 +460,16 @@ class Parser {
       const Value* idx = Attr(attrs, "index");
       if (fqn == nullptr || fqn->kind != Kind::kString) return std::nullopt;
       bool has_offset = off != nullptr && off->kind != Kind::kNone;
-      if (has_offset && (!NonNegInts(off) || off->items().size() >= kNoOffset)) return std::nullopt;
+      if (has_offset && (!NonNegInts(off) || off->items().size() > UINT16_MAX)) return std::nullopt;
+      const std::string_view name = fqns_.Id(fqn->str());
+      if (name.size() > UINT32_MAX) return std::nullopt;
       ReducedIndex ri;
-      ri.fqn = fqns_.Id(fqn->str());
+      ri.fqn = name.data();
+      ri.fqn_size = static_cast<uint32_t>(name.size());
+      ri.has_offset = has_offset;
       if (has_offset) {
-        ri.ndim = static_cast<uint32_t>(off->items().size());
-        ri.pos = offset_pool_.size();
-        for (const Value* e : off->items()) offset_pool_.push_back(e->i);
+        ri.offset = SharedOffsets(off);
+        ri.ndim = static_cast<uint16_t>(off->items().size());
       }
       ri.has_index = idx != nullptr && idx->kind == Kind::kInt;
       ri.index = ri.has_index ? idx->i : 0;
@@ -444,12 +491,17 @@ class Parser {
           if (d->kind != Kind::kString) return std::nullopt;
           list.emplace_back(d->str());
         }
+        if (list.size() > UINT32_MAX) return std::nullopt;
         if (!list.empty()) {
-          ri.transforms = static_cast<int32_t>(transform_lists_.size());
-          transform_lists_.push_back(std::move(list));
+          std::span<const std::string> kept = store_->Keep(std::move(list));
+          ri.transforms = kept.data();
+          ri.n_transforms = static_cast<uint32_t>(kept.size());
         }
       }
-      ri.path = paths_.Id(rel->str());
+      const std::string_view path = paths_.Id(rel->str());
+      if (path.size() > UINT32_MAX) return std::nullopt;
+      ri.path = path.data();
+      ri.path_size = static_cast<uint32_t>(path.size());
       ri.offset = static_cast<uint64_t>(offset->i);
       ri.length = static_cast<uint64_t>(length->i);
       reduced_infos_.push_back(ri);
@@ -512,18 +564,6 @@ class Parser {
       md.entries.push_back(std::move(e));
     }
     reduced_chunks_ = {};  // moved into the entries
-    const Value* sd = Attr(attrs, "storage_data");
-    if (sd && sd->kind != Kind::kNone) {
-      if (sd->kind != Kind::kDict) return Fail(sd, "storage_data is not a dict");
-      md.items.reserve(sd->dict().size());
-      for (const auto& [k, v] : sd->dict()) {
-        StorageItem it;
-        CKPT_RETURN_IF_ERROR(ParseItem(k, v, &it));
-        md.items.push_back(std::move(it));
-      }
-    }
-    reduced_indexes_ = {};
-    offset_pool_ = {};
     const Value* pd = Attr(attrs, "planner_data");
     md.has_planner_data = pd && pd->kind != Kind::kNone;
     if (pd && pd->kind == Kind::kDict) {
@@ -570,7 +610,48 @@ class Parser {
         }
       }
     }
+    // storage_data last. The items view only the store, never the graph:
+    // the few pairs that were not reduced while unpickling are parsed first,
+    // the graph is freed, and the items are made from the stand-ins' numbers
+    // (at a million chunks, graph and items would otherwise peak together).
+    const Value* sd = Attr(attrs, "storage_data");
+    if (sd && sd->kind != Kind::kNone) {
+      if (sd->kind != Kind::kDict) return Fail(sd, "storage_data is not a dict");
+      const size_t n = sd->dict().size();
+      struct StandIns {  // what the stand-ins of one pair hold: numbers and stream offsets
+        int64_t k, v;
+        uint64_t k_at, v_at;
+      };
+      std::vector<StandIns> pairs;
+      pairs.reserve(n);
+      std::vector<std::pair<size_t, StorageItem>> parsed;  // (position, item) of pairs not reduced
+      for (const auto& [k, v] : sd->dict()) {
+        if (IsReduced(k) && IsReduced(v)) {
+          pairs.push_back({k->i, v->i, k->offset, v->offset});
+        } else {
+          StorageItem it;
+          CKPT_RETURN_IF_ERROR(ParseItem(k, v, &it));
+          parsed.emplace_back(pairs.size(), it);
+          pairs.push_back({-1, -1, 0, 0});
+        }
+      }
+      u = {};
+      md.items.resize(n);
+      for (const auto& [i, it] : parsed) md.items[i] = it;
+      Value k, v;
+      k.kind = v.kind = Kind::kInt;
+      k.reduced = v.reduced = true;
+      for (size_t i = 0; i < n; ++i) {
+        if (pairs[i].k < 0) continue;
+        k.i = pairs[i].k, k.offset = pairs[i].k_at;
+        v.i = pairs[i].v, v.offset = pairs[i].v_at;
+        CKPT_RETURN_IF_ERROR(ParseItem(&k, &v, &md.items[i]));
+      }
+    }
+    reduced_indexes_ = {};
+    reduced_infos_ = {};
     u = {};  // the graph is not needed by Link: free it first
+    md.store = store_;
     Link(md);
     return md;
   }
@@ -579,7 +660,7 @@ class Parser {
   static void Link(Metadata& md) {
     // Keyed by a hash of (fqn, offsets); equal hashes are told apart by
     // comparing the item itself, so nothing is copied per chunk.
-    auto hash_of = [](std::string_view fqn, const std::vector<int64_t>* off) {
+    auto hash_of = [](std::string_view fqn, const std::span<const int64_t>* off) {
       uint64_t h = std::hash<std::string_view>()(fqn);
       auto mix = [&h](uint64_t x) { h ^= x + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2); };
       if (off == nullptr) {
@@ -606,15 +687,15 @@ class Parser {
       alone[static_cast<size_t>(sorted[k].second)] = (k == 0 || sorted[k - 1].first != sorted[k].first) &&
                                                       (k + 1 == n || sorted[k + 1].first != sorted[k].first);
     }
-    auto matches = [&](const StorageItem& it, std::string_view key, const std::vector<int64_t>* off) {
-      return it.fqn == key && it.has_offset == (off != nullptr) && (off == nullptr || it.offset == *off);
+    auto matches = [&](const StorageItem& it, std::string_view key, const std::span<const int64_t>* off) {
+      return it.fqn == key && it.has_offset == (off != nullptr) && (off == nullptr || std::ranges::equal(it.offset, *off));
     };
     size_t next = 0;  // items usually follow the chunks' order: try the one after the last match first
     for (size_t ei = 0; ei < md.entries.size(); ++ei) {
       Entry& e = md.entries[ei];
       // The first item (in .metadata order) with this fqn and offsets, as a
       // dict keyed by MetadataIndex would resolve it.
-      auto bind = [&](const std::vector<int64_t>* off) -> int64_t {
+      auto bind = [&](const std::span<const int64_t>* off) -> int64_t {
         const uint64_t h = hash_of(e.key, off);
         int64_t found = -1;
         if (next < n && hashes[next] == h && alone[next] && matches(md.items[next], e.key, off)) {
@@ -644,16 +725,56 @@ class Parser {
 
  private:
   const ByteSource& src_;
-  Pending<Chunk> reduced_chunks_;
+  Pending<ReducedChunk> reduced_chunks_;
+  int64_t indexes_with_offsets_ = 0;  // MetadataIndex objects with offsets reduced so far
   Pending<ReducedIndex> reduced_indexes_;
-  std::deque<int64_t> offset_pool_;
-  Strings fqns_;
+  std::shared_ptr<MetadataStore> store_ = std::make_shared<MetadataStore>();
+  Strings fqns_{store_.get()};
   std::deque<ReducedInfo> reduced_infos_;
-  Strings paths_;
-  std::vector<std::vector<std::string>> transform_lists_;
+  Strings paths_{store_.get()};
 };
 
 }  // namespace
+
+void* MetadataStore::Allocate(size_t n, size_t align) {
+  if (n > kBlock / 4) {
+    auto own = std::make_unique_for_overwrite<std::byte[]>(n);
+    void* p = own.get();
+    blocks_.insert(blocks_.empty() ? blocks_.end() : blocks_.end() - 1, std::move(own));
+    return p;
+  }
+  size_t at = (used_ + align - 1) / align * align;
+  if (blocks_.empty() || at + n > kBlock) {
+    blocks_.push_back(std::make_unique_for_overwrite<std::byte[]>(kBlock));
+    at = 0;
+  }
+  used_ = at + n;
+  return blocks_.back().get() + at;
+}
+
+std::span<int64_t> MetadataStore::NewInts(size_t n) {
+  if (n == 0) return {};
+  if (n > SIZE_MAX / sizeof(int64_t)) throw std::bad_alloc();
+  return {static_cast<int64_t*>(Allocate(n * sizeof(int64_t), alignof(int64_t))), n};
+}
+
+std::span<const int64_t> MetadataStore::Keep(std::span<const int64_t> v) {
+  std::span<int64_t> out = NewInts(v.size());
+  std::copy(v.begin(), v.end(), out.begin());
+  return out;
+}
+
+std::string_view MetadataStore::Keep(std::string_view s) {
+  if (s.empty()) return {};
+  auto* p = static_cast<char*>(Allocate(s.size(), 1));
+  std::copy(s.begin(), s.end(), p);
+  return {p, s.size()};
+}
+
+std::span<const std::string> MetadataStore::Keep(std::vector<std::string> list) {
+  lists_.push_back(std::move(list));
+  return lists_.back();
+}
 
 int64_t Metadata::FindEntry(std::string_view key) const {
   auto it = entry_index.find(key);

@@ -27,15 +27,21 @@
 // fit their files: that is CheckStructure (check.h), so that a damaged
 // checkpoint can still be inspected.
 //
-// Thread-safety: Metadata is a plain value.
+// Thread-safety: Metadata is a value whose copies share one store (above):
+// reading from several threads is safe, Keep is not.
 #ifndef CKPT_FORMAT_DCP_METADATA_H_
 #define CKPT_FORMAT_DCP_METADATA_H_
 
 #include <cstdint>
-#include <map>
-#include <optional>
+#include <deque>
 #include <functional>
+#include <initializer_list>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ckpt/byte_source.h"
@@ -49,9 +55,39 @@ inline constexpr char kDataFileSuffix[] = ".distcp";
 // `.metadata` larger than this is refused (ResourceExhausted).
 inline constexpr uint64_t kMaxMetadataBytes = uint64_t{4} << 30;
 
+// The numbers and names a Metadata's chunks and items view: one monotonic
+// arena, released when the last Metadata sharing it goes (copies of a
+// Metadata share it, so their views stay valid). Not thread-safe for Keep.
+class MetadataStore {
+ public:
+  MetadataStore() = default;
+  MetadataStore(const MetadataStore&) = delete;
+  MetadataStore& operator=(const MetadataStore&) = delete;
+
+  // A copy of `v` / `s` that lives as long as the store.
+  std::span<const int64_t> Keep(std::span<const int64_t> v);
+  std::span<const int64_t> Keep(std::initializer_list<int64_t> v) { return Keep(std::span(v.begin(), v.size())); }
+  std::string_view Keep(std::string_view s);
+  std::span<const std::string> Keep(std::vector<std::string> list);
+  // n ints to fill, living as long as the store (for parsers).
+  std::span<int64_t> NewInts(size_t n);
+
+ private:
+  // Bump allocation in blocks of one size (a geometric arena's last block
+  // would leave up to half of a million chunks' numbers unused); a request
+  // over a quarter block gets a block of its own.
+  static constexpr size_t kBlock = size_t{256} << 10;
+  void* Allocate(size_t n, size_t align);
+  std::vector<std::unique_ptr<std::byte[]>> blocks_;  // the last one is being filled
+  size_t used_ = kBlock;                              // of blocks_.back()
+  std::deque<std::vector<std::string>> lists_;
+};
+
+// One chunk of a tensor. offsets and sizes view its Metadata's store (or, in a
+// Chunk made by hand, storage its maker keeps alive).
 struct Chunk {
-  std::vector<int64_t> offsets;  // element offsets in the global tensor
-  std::vector<int64_t> sizes;
+  std::span<const int64_t> offsets;  // element offsets in the global tensor
+  std::span<const int64_t> sizes;
   int64_t item = -1;  // index into Metadata::items, -1 when storage_data has none
 };
 
@@ -72,17 +108,21 @@ struct Entry {
   int64_t item = -1;
 };
 
+// One entry of storage_data: MetadataIndex -> _StorageInfo. The views (fqn,
+// offset, relative_path, transforms) point into its Metadata's store, or, in
+// an item made by hand, into storage its maker keeps alive. A million-chunk
+// checkpoint holds a million of these: no member owns heap memory.
 struct StorageItem {
-  std::string fqn;
-  bool has_offset = false;      // bytes items have no offset
-  std::vector<int64_t> offset;  // MetadataIndex.offset (the chunk's offsets)
+  std::string_view fqn;
+  std::span<const int64_t> offset;  // MetadataIndex.offset (the chunk's offsets) when has_offset
   std::optional<int64_t> index;
   // _StorageInfo
-  std::string relative_path;
+  std::string_view relative_path;
   uint64_t offset_in_file = 0;
   uint64_t length = 0;
-  std::vector<std::string> transforms;  // transform_descriptors, e.g. "stream.zstd/1"
+  std::span<const std::string> transforms;  // transform_descriptors, e.g. "stream.zstd/1"
   int64_t entry = -1;  // index into Metadata::entries it belongs to, -1 if none
+  bool has_offset = false;  // bytes items have no offset
 };
 
 struct StorageMeta {
@@ -93,6 +133,12 @@ struct StorageMeta {
 };
 
 struct Metadata {
+  // What entries' chunks and items view (see MetadataStore).
+  std::shared_ptr<MetadataStore> store = std::make_shared<MetadataStore>();
+  std::span<const int64_t> Keep(std::span<const int64_t> v) { return store->Keep(v); }
+  std::span<const int64_t> Keep(std::initializer_list<int64_t> v) { return store->Keep(std::span(v.begin(), v.size())); }
+  std::string_view Keep(std::string_view s) { return store->Keep(s); }
+
   std::string class_name;  // "torch.distributed.checkpoint.metadata.Metadata", ...
   uint64_t pickle_protocol = 0;
   std::vector<Entry> entries;   // in .metadata order

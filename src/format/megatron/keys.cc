@@ -283,7 +283,7 @@ std::vector<FileContents> DescribeFiles(const dcp::Metadata& md) {
   std::map<std::string, FileAcc> files;
   for (size_t i = 0; i < md.items.size(); ++i) {
     const dcp::StorageItem& it = md.items[i];
-    FileAcc& acc = files[it.relative_path];
+    FileAcc& acc = files[std::string(it.relative_path)];
     FileContents& fc = acc.fc;
     fc.items++;
     auto sum = CheckedAdd(fc.bytes, it.length);

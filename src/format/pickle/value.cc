@@ -94,6 +94,7 @@ void Arena::Reset() {
   count_ = 0;
   payload_bytes_ = 0;
   payloads_.release();
+  big_runs_.clear();
   adopted_.clear();
 }
 
@@ -123,8 +124,20 @@ void Arena::Grow(Run<T>* run, size_t extra) {
   size_t cap = run->cap == 0 ? need : size_t{run->cap} * 2;
   if (cap < need) cap = need;
   if (cap > UINT32_MAX) cap = UINT32_MAX;
-  T* data = AllocArray<T>(cap);
+  T* data;
+  if (cap * sizeof(T) >= kBigRun) {
+    auto block = std::make_unique_for_overwrite<std::byte[]>(cap * sizeof(T));
+    data = reinterpret_cast<T*>(block.get());
+    big_runs_.emplace(data, std::move(block));
+    payload_bytes_ += cap * sizeof(T);
+  } else {
+    data = AllocArray<T>(cap);
+  }
   if (run->size > 0) std::memcpy(static_cast<void*>(data), run->data, run->size * sizeof(T));
+  if (auto old = big_runs_.find(run->data); run->data != nullptr && old != big_runs_.end()) {
+    payload_bytes_ -= size_t{run->cap} * sizeof(T);
+    big_runs_.erase(old);
+  }
   run->data = data;
   run->cap = static_cast<uint32_t>(cap);
 }

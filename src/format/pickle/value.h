@@ -40,6 +40,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -281,6 +282,11 @@ class Arena {
   std::pmr::monotonic_buffer_resource payloads_;
   std::vector<std::unique_ptr<Arena>> adopted_;
   uint64_t payload_bytes_ = 0;
+  // Container arrays of kBigRun bytes or more live outside the monotonic
+  // payloads, so that growing one frees its previous array (a dict of a
+  // million items would otherwise keep every smaller copy, twice its size).
+  static constexpr size_t kBigRun = size_t{64} << 10;
+  std::unordered_map<const void*, std::unique_ptr<std::byte[]>> big_runs_;
 };
 
 }  // namespace ckpt::pickle

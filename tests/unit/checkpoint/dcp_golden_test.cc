@@ -17,6 +17,8 @@
 #include "util/box.h"
 #include "util/sha256.h"
 
+using ::testing::ElementsAreArray;
+
 namespace ckpt {
 namespace {
 
@@ -57,8 +59,8 @@ TEST_P(GoldenDcpRead, EveryTensorMatchesTorch) {
     for (size_t c = 0; c < t.chunks.size(); ++c) {
       // Chunks are listed in .metadata order, which is torch's.
       const auto& wc = want["chunks"][c];
-      EXPECT_EQ(t.chunks[c].offsets, wc["offsets"].get<std::vector<int64_t>>());
-      EXPECT_EQ(t.chunks[c].sizes, wc["sizes"].get<std::vector<int64_t>>());
+      EXPECT_THAT(t.chunks[c].offsets, ElementsAreArray(wc["offsets"].get<std::vector<int64_t>>()));
+      EXPECT_THAT(t.chunks[c].sizes, ElementsAreArray(wc["sizes"].get<std::vector<int64_t>>()));
       EXPECT_EQ(t.chunks[c].file, wc["file"].get<std::string>());
       EXPECT_EQ(t.chunks[c].offset, wc["offset"].get<uint64_t>());
       EXPECT_EQ(t.chunks[c].length, wc["length"].get<uint64_t>());
@@ -130,7 +132,7 @@ TEST(DcpDetails, FilesListTheirDistinctKeys) {
     const internal_checkpoint::DcpReader* d = (*r)->dcp_view();
     ASSERT_NE(d, nullptr);
     std::map<std::string, std::set<std::string>> want;
-    for (const dcp::StorageItem& it : d->metadata().items) want[it.relative_path].insert(it.fqn);
+    for (const dcp::StorageItem& it : d->metadata().items) want[std::string(it.relative_path)].insert(std::string(it.fqn));
     const nlohmann::json files = (*r)->Details()["files"];
     ASSERT_EQ(files.size(), want.size());
     for (const auto& f : files) {

@@ -56,9 +56,9 @@ std::vector<dcp::EntryToWrite> EntriesOf(const CheckpointReader& reader, std::at
       for (const ChunkInfo& c : t.chunks) {
         // Replicated chunks are stored once per rank; keep one box each.
         bool dup = false;
-        for (const dcp::ChunkToWrite& have : e.chunks) dup = dup || (have.offsets == c.offsets && have.sizes == c.sizes);
+        for (const dcp::ChunkToWrite& have : e.chunks) dup = dup || (std::ranges::equal(have.offsets, c.offsets) && std::ranges::equal(have.sizes, c.sizes));
         if (dup) continue;
-        e.chunks.push_back({c.offsets, c.sizes, [&reader, i, off = c.offsets, sz = c.sizes, calls](ByteSink* s) {
+        e.chunks.push_back({{c.offsets.begin(), c.offsets.end()}, {c.sizes.begin(), c.sizes.end()}, [&reader, i, off = c.offsets, sz = c.sizes, calls](ByteSink* s) {
                               ++*calls;
                               return reader.ReadTensorRegion(i, off, sz, s);
                             }});

@@ -81,7 +81,7 @@ TEST(Verify, DeepFindsAFlippedDataByteTheStructureCheckCannotSee) {
   size_t at = std::string::npos;
   for (const TensorInfo& t : (*reader)->tensors()) {
     if (t.chunks.size() != 1 || t.nbytes < 16) continue;
-    file = "/ck/" + t.chunks[0].file;
+    file = "/ck/" + std::string(t.chunks[0].file);
     auto f = env->NewRandomAccessFile(file);
     ASSERT_TRUE(f.ok());
     bytes.assign((*f)->Size(), '\0');

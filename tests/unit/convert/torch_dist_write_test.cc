@@ -72,7 +72,7 @@ std::string CommonStateItem(Env* env, const std::string& folder) {
   int64_t ei = md.FindEntry(megatron::kCommonStateKey);
   if (ei < 0) return "";
   const dcp::StorageItem& it = md.items[md.entries[ei].item];
-  auto file = (*r)->DataFile(it.relative_path);
+  auto file = (*r)->DataFile(std::string(it.relative_path));
   EXPECT_TRUE(file.ok());
   auto bytes = dcp::OpenItemBytes(*file, it);
   EXPECT_TRUE(bytes.ok());

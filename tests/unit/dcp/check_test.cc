@@ -18,14 +18,20 @@ using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::SizeIs;
 
+// What the chunks and items made here view (as a Metadata's store would).
+MetadataStore& Kept() {
+  static MetadataStore store;
+  return store;
+}
+
 Entry Tensor(std::vector<int64_t> size, std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> chunks) {
   Entry e;
   e.key = "t";
   e.size = std::move(size);
   for (auto& [o, s] : chunks) {
     Chunk c;
-    c.offsets = o;
-    c.sizes = s;
+    c.offsets = Kept().Keep(o);
+    c.sizes = Kept().Keep(s);
     e.chunks.push_back(std::move(c));
   }
   return e;
@@ -143,8 +149,8 @@ Entry Staircase2D(int64_t n, bool drop_one) {
   e.key = "big";
   e.size = {n, n};
   for (int64_t i = 0; i < n; ++i) {
-    if (i > 0) e.chunks.push_back(Chunk{{i, 0}, {1, i}, -1});
-    if (!(drop_one && i == n / 2)) e.chunks.push_back(Chunk{{i, i}, {1, n - i}, -1});
+    if (i > 0) e.chunks.push_back(Chunk{Kept().Keep({i, 0}), Kept().Keep({1, i}), -1});
+    if (!(drop_one && i == n / 2)) e.chunks.push_back(Chunk{Kept().Keep({i, i}), Kept().Keep({1, n - i}), -1});
   }
   return e;
 }
@@ -158,11 +164,11 @@ Entry Staircase3D(int64_t s, bool drop_one, bool overlap) {
   e.size = {s, s + 1, s + 1};
   for (int64_t i = 0; i < s; ++i) {
     const int64_t b = i + 1;
-    e.chunks.push_back(Chunk{{i, 0, 0}, {1, b, s + 1}, -1});
-    e.chunks.push_back(Chunk{{i, b, 0}, {1, s + 1 - b, b}, -1});
-    if (!(drop_one && i == s / 2)) e.chunks.push_back(Chunk{{i, b, b}, {1, s + 1 - b, s + 1 - b}, -1});
+    e.chunks.push_back(Chunk{Kept().Keep({i, 0, 0}), Kept().Keep({1, b, s + 1}), -1});
+    e.chunks.push_back(Chunk{Kept().Keep({i, b, 0}), Kept().Keep({1, s + 1 - b, b}), -1});
+    if (!(drop_one && i == s / 2)) e.chunks.push_back(Chunk{Kept().Keep({i, b, b}), Kept().Keep({1, s + 1 - b, s + 1 - b}), -1});
   }
-  if (overlap) e.chunks.push_back(Chunk{{0, 0, 0}, {2, 2, 2}, -1});
+  if (overlap) e.chunks.push_back(Chunk{Kept().Keep({0, 0, 0}), Kept().Keep({2, 2, 2}), -1});
   return e;
 }
 
@@ -194,7 +200,7 @@ TEST(DcpCoverage, NestedOverlapsStayFast) {
   e.key = "nested";
   const int64_t n = 1500;
   e.size = {n, n};
-  for (int64_t i = 1; i <= n; ++i) e.chunks.push_back(Chunk{{0, 0}, {i, i}, -1});
+  for (int64_t i = 1; i <= n; ++i) e.chunks.push_back(Chunk{Kept().Keep({0, 0}), Kept().Keep({i, i}), -1});
   auto t0 = std::chrono::steady_clock::now();
   auto ps = Coverage(e);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -218,8 +224,8 @@ Metadata TwoChunkMetadata() {
   md.entries = {w, b};
   auto item = [](std::string fqn, std::string file, uint64_t off, uint64_t len, int64_t entry) {
     StorageItem it;
-    it.fqn = std::move(fqn);
-    it.relative_path = std::move(file);
+    it.fqn = Kept().Keep(fqn);
+    it.relative_path = Kept().Keep(file);
     it.offset_in_file = off;
     it.length = len;
     it.entry = entry;

@@ -15,6 +15,7 @@ namespace ckpt::dcp {
 namespace {
 
 using ::ckpt::testing::ReadSourceFile;
+using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 
 std::string ReadAll(const ByteSource& s) {
@@ -43,7 +44,8 @@ StorageItem Item(uint64_t off, uint64_t len, bool zstd) {
   it.relative_path = "__0_0.distcp";
   it.offset_in_file = off;
   it.length = len;
-  if (zstd) it.transforms = {"stream.zstd/1"};
+  static const std::vector<std::string> kZstd = {"stream.zstd/1"};
+  if (zstd) it.transforms = kZstd;
   return it;
 }
 
@@ -116,13 +118,15 @@ TEST(DcpItem, ZstdOverTheLimitIsResourceExhausted) {
 TEST(DcpItem, UnknownTransformIsUnimplemented) {
   auto file = std::make_shared<StringSource>("abc", "f.distcp");
   StorageItem it = Item(0, 3, false);
-  it.transforms = {"stream.lz4/1"};
+  const std::vector<std::string> lz4 = {"stream.lz4/1"};
+  it.transforms = lz4;
   auto b = OpenItemBytes(file, it);
   ASSERT_FALSE(b.ok());
   EXPECT_EQ(b.status().code(), Code::kUnimplemented);
   EXPECT_THAT(b.status().message(), HasSubstr("stream.lz4/1"));
   for (const char* desc : {"stream.zstd/2", "stream.zstd/2.1", "stream.zstd/", "stream.zstd", "stream.zstd/10"}) {
-    it.transforms = {desc};
+    const std::vector<std::string> one = {desc};
+    it.transforms = one;
     b = OpenItemBytes(file, it);
     ASSERT_FALSE(b.ok()) << desc;
     EXPECT_EQ(b.status().code(), Code::kUnimplemented) << desc;
@@ -135,7 +139,8 @@ TEST(DcpItem, ZstdMinorVersionsAreAccepted) {
   auto file = std::make_shared<StringSource>(z, "f.distcp");
   for (const char* desc : {"stream.zstd/1", "stream.zstd/1.0", "stream.zstd/1.7"}) {
     StorageItem it = Item(0, z.size(), false);
-    it.transforms = {desc};
+    const std::vector<std::string> one = {desc};
+    it.transforms = one;
     auto b = OpenItemBytes(file, it);
     ASSERT_TRUE(b.ok()) << desc << ": " << b.status().ToString();
     EXPECT_EQ(ReadAll(**b), "payload");
@@ -155,12 +160,13 @@ TEST(DcpItem, OpensGoldenZstdChunks) {
     if (e.type != EntryType::kTensor) continue;
     for (const Chunk& c : e.chunks) {
       const StorageItem& it = md->items[c.item];
-      ASSERT_EQ(it.transforms, std::vector<std::string>{"stream.zstd/1"});
-      auto file = std::make_shared<StringSource>(ReadSourceFile("tests/golden/dcp/ws2_zstd/" + it.relative_path),
-                                                 it.relative_path);
+      ASSERT_EQ(std::vector<std::string>(it.transforms.begin(), it.transforms.end()),
+                std::vector<std::string>{"stream.zstd/1"});
+      auto file = std::make_shared<StringSource>(ReadSourceFile("tests/golden/dcp/ws2_zstd/" + std::string(it.relative_path)),
+                                                 std::string(it.relative_path));
       auto a = OpenChunk(file, e, c, it);
       ASSERT_TRUE(a.ok()) << a.status().ToString();
-      EXPECT_EQ(a->tensor->shape, c.sizes);
+      EXPECT_THAT(c.sizes, ElementsAreArray(a->tensor->shape));
       // The same chunk claimed with another dtype or shape is refused.
       Entry wrong = e;
       wrong.dtype = e.dtype == DType::kFloat32 ? DType::kInt32 : DType::kFloat32;

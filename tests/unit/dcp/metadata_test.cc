@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,7 @@ using ::ckpt::pickle::Kind;
 using ::ckpt::pickle::Value;
 using ::ckpt::testing::ReadSourceFile;
 using ::testing::ElementsAre;
+using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 
 constexpr char kMod[] = "torch.distributed.checkpoint.metadata";
@@ -140,7 +142,7 @@ TEST(DcpMetadata, ParsesTorch213Shape) {
   EXPECT_EQ(w.layout, "strided");
   EXPECT_EQ(w.size, (std::vector<int64_t>{4, 2}));
   ASSERT_EQ(w.chunks.size(), 2u);
-  EXPECT_EQ(w.chunks[1].offsets, (std::vector<int64_t>{2, 0}));
+  EXPECT_THAT(w.chunks[1].offsets, ElementsAre(2, 0));
   EXPECT_EQ(w.chunks[0].item, 0);
   EXPECT_EQ(w.chunks[1].item, 1);
   EXPECT_EQ(md->entries[1].type, EntryType::kBytes);
@@ -237,7 +239,7 @@ TEST(DcpMetadata, ParsesDataclassStateAsNoneSlotsPair) {
   EXPECT_EQ(md->entries[0].dtype, DType::kFloat64);
   EXPECT_EQ(md->entries[0].size, (std::vector<int64_t>{5}));
   ASSERT_EQ(md->entries[0].chunks.size(), 1u);
-  EXPECT_EQ(md->entries[0].chunks[0].sizes, (std::vector<int64_t>{5}));
+  EXPECT_THAT(md->entries[0].chunks[0].sizes, ElementsAre(5));
   EXPECT_EQ(md->entries[0].chunks[0].item, 0);
   EXPECT_EQ(md->items[0].relative_path, "__1_0.distcp");
   EXPECT_EQ(md->items[0].offset_in_file, 8u);
@@ -500,6 +502,60 @@ TEST(DcpMetadata, GoldenFilesMatchSidecars) {
       ASSERT_GE(i, 0) << key;
       ASSERT_GE(md->entries[i].item, 0) << key;
       EXPECT_EQ(md->items[md->entries[i].item].offset_in_file, o["offset"].get<uint64_t>()) << key;
+    }
+  }
+}
+
+// The chunks' and items' numbers and names live in a store the copies of a
+// Metadata share: a copy stays whole after the parsed original is gone.
+TEST(DcpMetadata, CopyKeepsItsViewsAfterTheOriginalIsGone) {
+  std::string bytes = ReadSourceFile("tests/golden/dcp/ws2_threads2/.metadata");
+  ASSERT_FALSE(bytes.empty());
+  StringSource src(bytes, "ws2_threads2/.metadata");
+  auto want = ParseMetadata(src);
+  ASSERT_TRUE(want.ok()) << want.status().ToString();
+  std::optional<Metadata> copy;
+  {
+    auto parsed = ParseMetadata(src);
+    ASSERT_TRUE(parsed.ok());
+    copy = *parsed;
+  }  // the original and its shared_ptr are gone; the store lives on in the copy
+  ASSERT_EQ(copy->items.size(), want->items.size());
+  for (size_t i = 0; i < want->items.size(); ++i) {
+    EXPECT_EQ(copy->items[i].fqn, want->items[i].fqn);
+    EXPECT_EQ(copy->items[i].relative_path, want->items[i].relative_path);
+    EXPECT_THAT(copy->items[i].offset, ElementsAreArray(want->items[i].offset));
+  }
+  for (size_t e = 0; e < want->entries.size(); ++e) {
+    for (size_t c = 0; c < want->entries[e].chunks.size(); ++c) {
+      EXPECT_THAT(copy->entries[e].chunks[c].offsets, ElementsAreArray(want->entries[e].chunks[c].offsets));
+      EXPECT_THAT(copy->entries[e].chunks[c].sizes, ElementsAreArray(want->entries[e].chunks[c].sizes));
+    }
+  }
+}
+
+// A MetadataIndex's offsets are its chunk's numbers, kept once, when the
+// items come in the chunks' order (torch's); in another order each item
+// still gets its own offsets and links to the right chunk.
+TEST(DcpMetadata, ItemOffsetsShareTheChunksNumbersOnlyWhenEqual) {
+  for (bool reversed : {false, true}) {
+    SCOPED_TRACE(reversed ? "items in reverse order" : "items in chunk order");
+    Builder b;
+    Value* sdm = b.Dict({{"w", b.Tensor(b.Props("float32"), {4, 2}, {b.ChunkMd({0, 0}, {2, 2}), b.ChunkMd({2, 0}, {2, 2})})}});
+    std::vector<std::pair<Value*, Value*>> items = {
+        {b.Index("w", b.Size({0, 0}), b.a().Int(0)), b.Info("__0_0.distcp", 0, 100)},
+        {b.Index("w", b.Size({2, 0}), b.a().Int(1)), b.Info("__0_0.distcp", 100, 100)}};
+    if (reversed) std::swap(items[0], items[1]);
+    Value* root = b.Obj(kMod, "Metadata", b.Dict({{"state_dict_metadata", sdm}, {"storage_data", b.Pairs(items)}}));
+    auto md = ParseValue(root);
+    ASSERT_TRUE(md.ok()) << md.status().ToString();
+    const Entry& w = md->entries[0];
+    for (size_t c = 0; c < 2; ++c) {
+      ASSERT_GE(w.chunks[c].item, 0);
+      const StorageItem& it = md->items[static_cast<size_t>(w.chunks[c].item)];
+      EXPECT_EQ(w.chunks[c].item, reversed ? 1 - static_cast<int64_t>(c) : static_cast<int64_t>(c));
+      EXPECT_THAT(it.offset, ElementsAreArray(w.chunks[c].offsets));
+      EXPECT_EQ(it.offset.data() == w.chunks[c].offsets.data(), !reversed);
     }
   }
 }

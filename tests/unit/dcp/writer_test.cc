@@ -27,6 +27,7 @@ namespace ckpt::dcp {
 namespace {
 
 using ::testing::ElementsAre;
+using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 
@@ -257,7 +258,7 @@ TEST(DcpWrite, MetadataRoundTripsThroughParseMetadataAndCheckStructure) {
       ASSERT_GE(got.item, 0);
       const StorageItem& it = md->items[static_cast<size_t>(got.item)];
       EXPECT_FALSE(it.has_offset);
-      EXPECT_EQ(w.files[it.relative_path].substr(it.offset_in_file, it.length), std::string("PK\3\4fake archive", 17));
+      EXPECT_EQ(w.files[std::string(it.relative_path)].substr(it.offset_in_file, it.length), std::string("PK\3\4fake archive", 17));
       continue;
     }
     EXPECT_EQ(got.dtype, e[i].dtype);
@@ -265,14 +266,14 @@ TEST(DcpWrite, MetadataRoundTripsThroughParseMetadataAndCheckStructure) {
     EXPECT_EQ(got.layout, "strided");
     ASSERT_EQ(got.chunks.size(), e[i].chunks.size());
     for (size_t c = 0; c < got.chunks.size(); ++c) {
-      EXPECT_EQ(got.chunks[c].offsets, e[i].chunks[c].offsets);
-      EXPECT_EQ(got.chunks[c].sizes, e[i].chunks[c].sizes);
+      EXPECT_THAT(got.chunks[c].offsets, ElementsAreArray(e[i].chunks[c].offsets));
+      EXPECT_THAT(got.chunks[c].sizes, ElementsAreArray(e[i].chunks[c].sizes));
       ASSERT_GE(got.chunks[c].item, 0);
       const StorageItem& it = md->items[static_cast<size_t>(got.chunks[c].item)];
       ASSERT_TRUE(it.index.has_value());
       EXPECT_EQ(*it.index, static_cast<int64_t>(c));
       // The chunk's archive holds exactly the bytes the callback streamed.
-      auto file = std::make_shared<StringSource>(w.files[it.relative_path], it.relative_path);
+      auto file = std::make_shared<StringSource>(w.files[std::string(it.relative_path)], std::string(it.relative_path));
       auto arch = OpenChunk(file, got, got.chunks[c], it);
       ASSERT_TRUE(arch.ok()) << arch.status().ToString();
       StringSink want, have;

@@ -29,15 +29,15 @@ inline void AddTensor(dcp::Metadata* md, const std::string& key, std::vector<int
   int64_t entry_idx = static_cast<int64_t>(md->entries.size());
   for (const ChunkSpec& c : chunks) {
     dcp::StorageItem it;
-    it.fqn = key;
+    it.fqn = md->Keep(key);
     it.has_offset = true;
-    it.offset = c.offsets;
-    it.relative_path = c.file;
+    it.offset = md->Keep(c.offsets);
+    it.relative_path = md->Keep(c.file);
     it.length = c.length;
     it.entry = entry_idx;
     dcp::Chunk ch;
-    ch.offsets = c.offsets;
-    ch.sizes = c.sizes;
+    ch.offsets = md->Keep(c.offsets);
+    ch.sizes = md->Keep(c.sizes);
     ch.item = static_cast<int64_t>(md->items.size());
     md->items.push_back(std::move(it));
     e.chunks.push_back(std::move(ch));
@@ -53,8 +53,8 @@ inline void AddBytes(dcp::Metadata* md, const std::string& key, const std::strin
   e.type = dcp::EntryType::kBytes;
   int64_t entry_idx = static_cast<int64_t>(md->entries.size());
   dcp::StorageItem it;
-  it.fqn = key;
-  it.relative_path = file;
+  it.fqn = md->Keep(key);
+  it.relative_path = md->Keep(file);
   it.length = length;
   it.entry = entry_idx;
   e.item = static_cast<int64_t>(md->items.size());

@@ -239,7 +239,7 @@ TEST_P(ModelSummaryGolden, ReportsTheModelMegatronCoreWrote) {
     int64_t ei = md->FindEntry(megatron::kCommonStateKey);
     ASSERT_GE(ei, 0) << "no common.pt and no " << megatron::kCommonStateKey;
     const dcp::StorageItem& item = md->items.at(md->entries[ei].item);
-    auto file = std::make_shared<StringSource>(ReadAll(dir / item.relative_path), item.relative_path);
+    auto file = std::make_shared<StringSource>(ReadAll(dir / item.relative_path), std::string(item.relative_path));
     auto tf = dcp::OpenBytesItem(file, item, pickle::Mode::kInspect);
     ASSERT_TRUE(tf.ok()) << tf.status().ToString();
     common_file = std::move(*tf);

@@ -107,5 +107,30 @@ TEST(Pickler, NullValuesAreInvalidArgument) {
   EXPECT_EQ(PickleToString(a.List({nullptr})).status().code(), Code::kInvalidArgument);
 }
 
+// A dict grown one pair at a time past the big-run size holds one array: the
+// arena's bytes are its final capacity, not the sum of every doubling (which a
+// monotonic arena would keep), and every pair survives the moves.
+TEST(Arena, GrowingBigContainerFreesItsSmallerArrays) {
+  constexpr int kPairs = 100000;  // 1.6 MB of pairs, past the 64 KiB big-run size
+  Arena a, same_values;
+  Value* d = a.New(Kind::kDict);
+  same_values.New(Kind::kDict);
+  for (int i = 0; i < kPairs; ++i) {
+    a.SetItem(d, a.Int(i), a.Int(2 * i));
+    same_values.Int(i), same_values.Int(2 * i);
+  }
+  ASSERT_EQ(d->dict().size(), static_cast<size_t>(kPairs));
+  for (int i = 0; i < kPairs; i += 997) {
+    EXPECT_EQ(d->dict()[i].first->i, i);
+    EXPECT_EQ(d->dict()[i].second->i, 2 * i);
+  }
+  // Beyond the values: one array of at most twice the pairs, and the small
+  // arrays (under 64 KiB each, kept) that came before it. Keeping every
+  // doubling would be about four times the pairs.
+  const uint64_t arrays = a.bytes() - same_values.bytes();
+  EXPECT_GE(arrays, uint64_t{kPairs} * sizeof(Pair));
+  EXPECT_LE(arrays, uint64_t{2} * kPairs * sizeof(Pair) + (uint64_t{128} << 10));
+}
+
 }  // namespace
 }  // namespace ckpt::pickle

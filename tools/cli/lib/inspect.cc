@@ -594,7 +594,7 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
         out << fmt::format("... {} more (use --json for all)\n", tensors.size() - shown);
         break;
       }
-      std::set<std::string> in_files;
+      std::set<std::string_view> in_files;
       for (const ChunkInfo& c : t.chunks) in_files.insert(c.file);
       std::string where = in_files.size() == 1 ? Safe(*in_files.begin()) : fmt::format("{} files", in_files.size());
       out << fmt::format("{:<{}}  {:<{}}  {:<{}}  {:>12}  {:>6}  {}\n", Safe(t.key), key_w, DTypeName(t.dtype),
