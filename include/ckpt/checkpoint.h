@@ -99,7 +99,8 @@ struct TensorInfo {
   bool requires_grad = false;
   bool is_parameter = false;
   // DCP / torch_dist: the stored chunks (global shape = `shape`). Empty for
-  // single-file formats, where the tensor is one piece.
+  // single-file formats, where the tensor is one piece. They view the reader's
+  // storage: a copy of a TensorInfo is valid while the reader that made it lives.
   std::vector<ChunkInfo> chunks;
 };
 
