@@ -41,7 +41,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     uint8_t b = size ? data[i++ % size] : 0;
     uint64_t end = it.offset_in_file + (it.length & 0xffffffffu);  // no wrap: both < 2^63 + 2^32
     if (b % 7 == 0) continue;  // missing file
-    uint64_t& s = files[it.relative_path];
+    uint64_t& s = files[std::string(it.relative_path)];
     s = std::max(s, b % 5 == 0 && end > 0 ? end - 1 : end);
   }
   std::vector<dcp::Problem> problems = dcp::CheckStructure(*md, files);
