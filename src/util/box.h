@@ -46,13 +46,13 @@ Status CheckBoxInside(const Box& box, std::span<const int64_t> shape, std::strin
 Box Intersect(const Box& a, const Box& b);
 bool Overlaps(const Box& a, const Box& b);  // non-empty intersection
 
-// One contiguous span of the intersection: bytes [src, src+len) of the source
-// box's row-major layout go to [dst, dst+len) of the destination box's.
 // A Box of copies of start and count.
 inline Box MakeBox(std::span<const int64_t> start, std::span<const int64_t> count) {
   return Box{{start.begin(), start.end()}, {count.begin(), count.end()}};
 }
 
+// One contiguous span of the intersection: bytes [src, src+len) of the source
+// box's row-major layout go to [dst, dst+len) of the destination box's.
 struct BoxRun {
   uint64_t src = 0;
   uint64_t dst = 0;

@@ -136,7 +136,7 @@ struct Metadata {
   // What entries' chunks and items view (see MetadataStore).
   std::shared_ptr<MetadataStore> store = std::make_shared<MetadataStore>();
   std::span<const int64_t> Keep(std::span<const int64_t> v) { return store->Keep(v); }
-  std::span<const int64_t> Keep(std::initializer_list<int64_t> v) { return store->Keep(std::span(v.begin(), v.size())); }
+  std::span<const int64_t> Keep(std::initializer_list<int64_t> v) { return store->Keep(v); }
   std::string_view Keep(std::string_view s) { return store->Keep(s); }
 
   std::string class_name;  // "torch.distributed.checkpoint.metadata.Metadata", ...
