@@ -57,11 +57,22 @@ Status DcpReader::Init(const std::string& folder, const OpenOptions& options) {
     if (!p.key.empty() && !unreadable_.count(p.key)) unreadable_[p.key] = dcp::ToString(p);
   }
   // A missing or truncated file makes every entry with an item in it unreadable.
+  // Items come in runs of one file and of one key, their names interned (equal
+  // names share their bytes): a name with the previous one's bytes is not
+  // looked up again (a million items name a few hundred files and keys).
+  auto f = files_.end();
+  std::string_view f_name, bad_fqn;
   for (const dcp::StorageItem& it : md_.items) {
-    auto f = files_.find(std::string(it.relative_path));
+    if (!SameBytes(it.relative_path, f_name)) {
+      f = files_.find(it.relative_path);
+      f_name = it.relative_path;
+    }
     bool bad = f == files_.end() || it.offset_in_file > f->second || it.length > f->second - it.offset_in_file;
-    if (bad && !unreadable_.count(std::string(it.fqn))) {
-      unreadable_[std::string(it.fqn)] = StrCat(it.relative_path, f == files_.end() ? " is missing" : " is truncated");
+    if (bad && !SameBytes(it.fqn, bad_fqn)) {
+      if (!unreadable_.contains(it.fqn)) {
+        unreadable_[std::string(it.fqn)] = StrCat(it.relative_path, f == files_.end() ? " is missing" : " is truncated");
+      }
+      bad_fqn = it.fqn;
     }
   }
 

@@ -56,7 +56,7 @@ class DcpReader : public CheckpointReader {
   const std::string& folder() const { return folder_; }
   const dcp::Metadata& metadata() const { return md_; }
   // Data files present in the folder (*.distcp), name -> size.
-  const std::map<std::string, uint64_t>& data_files() const { return files_; }
+  const dcp::FileSizes& data_files() const { return files_; }
   // The folder's other entries besides `.metadata` (the checksum manifests among them).
   const std::vector<std::string>& other_files() const { return other_files_; }
   // Structural problems found at open (coverage, missing files, ranges).
@@ -86,10 +86,10 @@ class DcpReader : public CheckpointReader {
   SourceKind kind_ = SourceKind::kDcp;
   std::string folder_;
   dcp::Metadata md_;
-  std::map<std::string, uint64_t> files_;
+  dcp::FileSizes files_;
   std::vector<std::string> other_files_;
   std::vector<dcp::Problem> problems_;
-  std::map<std::string, std::string> unreadable_;  // key -> first problem
+  std::map<std::string, std::string, std::less<>> unreadable_;  // key -> first problem
   std::vector<TensorInfo> tensors_;
   std::vector<int64_t> tensor_entry_;
   std::vector<ObjectInfo> objects_;

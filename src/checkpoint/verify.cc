@@ -64,7 +64,7 @@ void VerifyDcp(const DcpReader& r, const VerifyOptions& o, VerifyReport* rep) {
       ++done;
       if (e.item < 0 || known.count(e.key)) continue;
       const dcp::StorageItem& it = md.items[e.item];
-      auto f = r.data_files().find(std::string(it.relative_path));
+      auto f = r.data_files().find(it.relative_path);
       if (f == r.data_files().end()) continue;  // reported as a missing file
       auto archive = r.OpenBytes(e, pickle::Mode::kInspect);
       if (!archive.ok()) {
@@ -89,7 +89,7 @@ void VerifyDcp(const DcpReader& r, const VerifyOptions& o, VerifyReport* rep) {
       if (c.item < 0) continue;  // reported by the structure check
       ++rep->chunks;
       const dcp::StorageItem& it = md.items[c.item];
-      auto f = r.data_files().find(std::string(it.relative_path));
+      auto f = r.data_files().find(it.relative_path);
       if (f == r.data_files().end() || it.offset_in_file > f->second ||
           it.length > f->second - it.offset_in_file) {
         continue;  // reported by the structure check

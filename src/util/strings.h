@@ -26,6 +26,12 @@ std::string Quote(std::string_view s, size_t max_len = 80);
 // go through it before nlohmann::json, whose dump() throws on invalid UTF-8.
 std::string ValidUtf8(std::string_view s);
 
+// True when a and b are the same bytes in memory (not merely equal; never for
+// a null view): a cheap test for "the same interned name as last time".
+inline bool SameBytes(std::string_view a, std::string_view b) {
+  return a.data() == b.data() && a.size() == b.size() && a.data() != nullptr;
+}
+
 }  // namespace ckpt
 
 #endif  // CKPT_UTIL_STRINGS_H_

@@ -34,7 +34,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   // File sizes: each file referenced gets the end of its last item, shortened
   // or dropped according to input bytes, so every CheckStructure branch runs.
-  std::map<std::string, uint64_t> files;
+  ckpt::dcp::FileSizes files;
   size_t i = 0;
   for (const dcp::StorageItem& it : md->items) {
     if (it.entry < -1 || it.entry >= static_cast<int64_t>(md->entries.size())) __builtin_trap();

@@ -195,7 +195,7 @@ size_t CheckCoverage(const Entry& e, std::vector<Problem>* out) {
   return out->size() - before;
 }
 
-std::vector<Problem> CheckStructure(const Metadata& md, const std::map<std::string, uint64_t>& file_sizes) {
+std::vector<Problem> CheckStructure(const Metadata& md, const FileSizes& file_sizes) {
   std::vector<Problem> out;
   for (const Entry& e : md.entries) {
     if (e.type == EntryType::kBytes) {
@@ -207,12 +207,15 @@ std::vector<Problem> CheckStructure(const Metadata& md, const std::map<std::stri
       if (c.item < 0) out.push_back(KeyProblem(e, StrCat(ChunkName(c), " has no storage_data item")));
     }
   }
-  std::map<std::string, std::vector<const StorageItem*>> by_file;
+  std::map<std::string_view, std::vector<const StorageItem*>> by_file;  // views into md
   struct Missing {
     size_t items = 0;
     std::vector<std::string> first;  // the first few keys
   };
   std::map<std::string, Missing, std::less<>> missing;
+  auto f = file_sizes.end();
+  std::string_view f_name;
+  Missing* m_last = nullptr;  // f_name's, when missing
   for (const StorageItem& it : md.items) {
     if (it.entry < 0) {
       Problem p;
@@ -223,11 +226,19 @@ std::vector<Problem> CheckStructure(const Metadata& md, const std::map<std::stri
       p.message = "storage item belongs to no entry of state_dict_metadata";
       out.push_back(std::move(p));
     }
-    auto f = file_sizes.find(std::string(it.relative_path));
+    if (!SameBytes(it.relative_path, f_name)) {  // items come in runs of one (interned) file name
+      f = file_sizes.find(it.relative_path);
+      f_name = it.relative_path;
+      m_last = nullptr;
+    }
     if (f == file_sizes.end()) {
-      auto m = missing.try_emplace(std::string(it.relative_path)).first;
-      ++m->second.items;
-      if (m->second.first.size() < 5) m->second.first.emplace_back(it.fqn);
+      if (m_last == nullptr) {
+        auto m = missing.find(it.relative_path);
+        if (m == missing.end()) m = missing.try_emplace(std::string(it.relative_path)).first;
+        m_last = &m->second;
+      }
+      ++m_last->items;
+      if (m_last->first.size() < 5) m_last->first.emplace_back(it.fqn);
       continue;
     }
     if (it.offset_in_file > f->second || it.length > f->second - it.offset_in_file) {
@@ -241,7 +252,7 @@ std::vector<Problem> CheckStructure(const Metadata& md, const std::map<std::stri
       out.push_back(std::move(p));
       continue;
     }
-    by_file[std::string(it.relative_path)].push_back(&it);
+    by_file[it.relative_path].push_back(&it);
   }
   for (const auto& [file, m] : missing) {
     Problem p;

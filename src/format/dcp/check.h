@@ -35,7 +35,9 @@ size_t CheckCoverage(const Entry& e, std::vector<Problem>* out);
 // bytes entry has a storage item; every item's file exists (`file_sizes`
 // lists the data files present, name -> size) and holds its byte range;
 // items of one file do not overlap; every item belongs to an entry.
-std::vector<Problem> CheckStructure(const Metadata& md, const std::map<std::string, uint64_t>& file_sizes);
+// Transparent (std::less<>): looked up by an item's string_view file name.
+using FileSizes = std::map<std::string, uint64_t, std::less<>>;
+std::vector<Problem> CheckStructure(const Metadata& md, const FileSizes& file_sizes);
 
 }  // namespace ckpt::dcp
 

@@ -280,10 +280,10 @@ std::vector<FileContents> DescribeFiles(const dcp::Metadata& md) {
       if (c.item >= 0 && static_cast<size_t>(c.item) < owner.size()) owner[c.item] = {&e, &c};
     }
   }
-  std::map<std::string, FileAcc> files;
+  std::map<std::string_view, FileAcc> files;  // views into the metadata
   for (size_t i = 0; i < md.items.size(); ++i) {
     const dcp::StorageItem& it = md.items[i];
-    FileAcc& acc = files[std::string(it.relative_path)];
+    FileAcc& acc = files[it.relative_path];
     FileContents& fc = acc.fc;
     fc.items++;
     auto sum = CheckedAdd(fc.bytes, it.length);

@@ -1,6 +1,7 @@
 #include "format/pickle/unpickler.h"
 
 #include <algorithm>
+#include <bit>
 #include <charconv>
 #include <cstring>
 #include <new>
@@ -484,6 +485,52 @@ class MemoReads {
   KeySet keys_;
 };
 
+// The values of the memo keys a later GET reads (MemoReads' keys), by key:
+// open addressing over a power-of-two table sized up front for every wanted
+// key (at most half full), so it never grows while the VM runs. A million
+// chunks read ~15 million GETs back from a few thousand keys: the table stays
+// in cache where a node-based map did not.
+class KeptMemo {
+ public:
+  void Reserve(size_t keys) {
+    size_t cap = 16;
+    while (cap < 2 * keys + 2) cap <<= 1;
+    slots_.assign(cap, Slot{});
+    shift_ = 64 - static_cast<unsigned>(std::countr_zero(cap));
+    size_ = 0;
+  }
+  void Put(uint64_t key, Value* v) {  // REQUIRES: v != nullptr
+    if (2 * (size_ + 1) > slots_.size()) Rehash();
+    Slot& s = Find(key);
+    if (s.v == nullptr) ++size_;
+    s = Slot{key, v};
+  }
+  // nullptr when the key was never put.
+  Value* Get(uint64_t key) const { return const_cast<KeptMemo*>(this)->Find(key).v; }
+
+ private:
+  struct Slot {
+    uint64_t key = 0;
+    Value* v = nullptr;  // nullptr: free
+  };
+  Slot& Find(uint64_t key) {
+    size_t mask = slots_.size() - 1;
+    size_t i = static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> shift_);
+    while (slots_[i].v != nullptr && slots_[i].key != key) i = (i + 1) & mask;
+    return slots_[i];
+  }
+  void Rehash() {
+    std::vector<Slot> old = std::move(slots_);
+    Reserve(old.size());
+    for (const Slot& s : old) {
+      if (s.v != nullptr) Put(s.key, s.v);
+    }
+  }
+  std::vector<Slot> slots_ = std::vector<Slot>(16);
+  unsigned shift_ = 60;
+  size_t size_ = 0;
+};
+
 class Machine {
  public:
   Machine(const ByteSource& src, uint64_t offset, const UnpickleOptions& opts)
@@ -492,19 +539,19 @@ class Machine {
   Result<Unpickled> Run();
 
  private:
-  // --- errors ---
-  Status Err(Code code, std::string_view msg) const {
+  // --- errors (cold: kept out of the opcode loop) ---
+  [[gnu::cold, gnu::noinline]] Status Err(Code code, std::string_view msg) const {
     return Status(code, StrCat(src_.Name(), ": offset ", op_offset_, ": ", OpcodeName(op_), ": ",
                                msg));
   }
   Status Corrupt(std::string_view msg) const { return Err(Code::kDataLoss, msg); }
   Status Limit(std::string_view msg) const { return Err(Code::kResourceExhausted, msg); }
-  Status Truncated() const {
+  [[gnu::cold, gnu::noinline]] Status Truncated() const {
     return DataLossError(StrCat(src_.Name(), ": unexpected end of pickle at offset ", r_.pos(),
                                 " (no STOP; in ", OpcodeName(op_), " at offset ", op_offset_,
                                 ")"));
   }
-  Status ReadFailed(Status st) const {
+  [[gnu::cold, gnu::noinline]] Status ReadFailed(Status st) const {
     if (!st.ok()) return st.WithContext(StrCat(src_.Name(), ": offset ", op_offset_, ": ",
                                                OpcodeName(op_)));
     return Truncated();
@@ -514,8 +561,7 @@ class Machine {
   template <typename T>
   Status Fixed(T* out) {
     const char* p;
-    Status st;
-    if (!r_.Take(sizeof(T), &p, &st)) return ReadFailed(st);
+    if (!r_.Take(sizeof(T), &p, &read_st_)) [[unlikely]] return ReadFailed(read_st_);
     *out = DecodeLE<T>(p);
     return OkStatus();
   }
@@ -598,13 +644,13 @@ class Machine {
   // --- stack ---
   size_t Fence() const { return marks_.empty() ? 0 : marks_.back(); }
   Status Push(Value* v) {
-    if (stack_.size() >= opts_.max_stack) {
+    if (stack_.size() >= opts_.max_stack) [[unlikely]] {
       return Limit(StrCat("stack deeper than ", opts_.max_stack, " entries"));
     }
     stack_.push_back(v);
     return OkStatus();
   }
-  Status Underflow() const {
+  [[gnu::cold, gnu::noinline]] Status Underflow() const {
     return Corrupt(marks_.empty() || stack_.size() > Fence() ? "stack underflow"
                                                             : "stack underflow (below MARK)");
   }
@@ -633,8 +679,20 @@ class Machine {
   Status MemoPut(uint64_t idx, Value* v) {
     if (!reads_.all()) {
       // Count the key as Python's len(memo) would (MEMOIZE's next key), keep
-      // the value only when a later GET reads it.
-      if (seen_.Insert(idx)) {
+      // the value only when a later GET reads it. While each new key is the
+      // next one (as picklers number them), the keys seen are [0, memo_count_)
+      // and need no set; the first other key fills the set.
+      bool fresh;
+      if (keys_in_order_ && idx <= memo_count_) {
+        fresh = idx == memo_count_;
+      } else {
+        if (keys_in_order_) {
+          for (uint64_t k = 0; k < memo_count_; ++k) seen_.Insert(k);
+          keys_in_order_ = false;
+        }
+        fresh = seen_.Insert(idx);
+      }
+      if (fresh) {
         if (memo_count_ >= opts_.max_memo) {
           return Limit(StrCat("memo larger than ", opts_.max_memo, " entries"));
         }
@@ -642,7 +700,7 @@ class Machine {
       }
       if (reads_.Wanted(idx)) {
         if (window_obj_ != nullptr) Escape();  // a later GET reads it
-        kept_[idx] = v;
+        kept_.Put(idx, v);
       }
       return OkStatus();
     }
@@ -668,16 +726,20 @@ class Machine {
     }
     return OkStatus();
   }
-  Result<Value*> MemoGet(uint64_t idx) {
+  // GET: pushes the memo's value of idx.
+  Status PushMemo(uint64_t idx) {
+    Value* v = nullptr;
     if (!reads_.all()) {
-      auto it = kept_.find(idx);
-      if (it != kept_.end()) return it->second;
-      return Corrupt(StrCat("memo key ", idx, " was never stored"));
+      v = kept_.Get(idx);
+    } else if (idx < dense_.size()) {
+      v = dense_[idx];
     }
-    if (idx < dense_.size() && dense_[idx] != nullptr) return dense_[idx];
-    auto it = sparse_.find(idx);
-    if (it != sparse_.end()) return it->second;
-    return Corrupt(StrCat("memo key ", idx, " was never stored"));
+    if (v == nullptr) [[unlikely]] {
+      auto it = sparse_.find(idx);
+      if (it == sparse_.end()) return Corrupt(StrCat("memo key ", idx, " was never stored"));
+      v = it->second;
+    }
+    return Push(v);
   }
 
   // --- reducing objects while reading (UnpickleOptions::reducer) ---
@@ -781,8 +843,9 @@ class Machine {
   // With a successful scan: the keys the stream put (to count them) and the
   // values of those a GET reads.
   MemoReads reads_;
-  KeySet seen_;
-  std::unordered_map<uint64_t, Value*> kept_;
+  KeySet seen_;  // unused while keys_in_order_
+  bool keys_in_order_ = true;
+  KeptMemo kept_;
   size_t memo_count_ = 0;
   Value* none_ = nullptr;
   Value* true_ = nullptr;
@@ -799,6 +862,7 @@ class Machine {
   uint8_t op_ = 0;
   std::string scratch_;
   std::string payload_;
+  Status read_st_;  // Fixed's read error
 };
 
 Result<Value*> Machine::MakeGlobal(std::string_view module_in, std::string_view name_in) {
@@ -1278,37 +1342,27 @@ Status Machine::Step(uint8_t op, bool* stop) {
       if (ec != std::errc() || p != scratch_.data() + scratch_.size()) {
         return Corrupt(StrCat("invalid memo key ", Quote(scratch_)));
       }
-      if (op == 'g') {
-        CKPT_ASSIGN_OR_RETURN(Value * v, MemoGet(idx));
-        return Push(v);
-      }
+      if (op == 'g') return PushMemo(idx);
       CKPT_ASSIGN_OR_RETURN(Value * v, Top());
       return MemoPut(idx, v);
     }
     case 'h': case 'q': {
       uint8_t idx = 0;
       CKPT_RETURN_IF_ERROR(Fixed(&idx));
-      if (op == 'h') {
-        CKPT_ASSIGN_OR_RETURN(Value * v, MemoGet(idx));
-        return Push(v);
-      }
+      if (op == 'h') return PushMemo(idx);
       CKPT_ASSIGN_OR_RETURN(Value * v, Top());
       return MemoPut(idx, v);
     }
     case 'j': case 'r': {
       uint32_t idx = 0;
       CKPT_RETURN_IF_ERROR(Fixed(&idx));
-      if (op == 'j') {
-        CKPT_ASSIGN_OR_RETURN(Value * v, MemoGet(idx));
-        return Push(v);
-      }
+      if (op == 'j') return PushMemo(idx);
       CKPT_ASSIGN_OR_RETURN(Value * v, Top());
       return MemoPut(idx, v);
     }
-    case 0x94: {  // MEMOIZE
-      CKPT_ASSIGN_OR_RETURN(Value * v, Top());
-      return MemoPut(memo_count_, v);
-    }
+    case 0x94:  // MEMOIZE
+      if (stack_.size() <= Fence()) [[unlikely]] return Underflow();
+      return MemoPut(memo_count_, stack_.back());
     case 's': {  // SETITEM
       CKPT_ASSIGN_OR_RETURN(Value * value, Pop());
       CKPT_ASSIGN_OR_RETURN(Value * key, Pop());
@@ -1349,7 +1403,7 @@ Status Machine::Step(uint8_t op, bool* stop) {
 Result<Unpickled> Machine::Run() {
   try {
     reads_.Scan(Reader(src_, r_.pos()));
-    kept_.reserve(reads_.count());
+    kept_.Reserve(reads_.count());
     windows_on_ = opts_.reducer != nullptr && !reads_.all();
     for (;;) {
       op_offset_ = r_.pos();

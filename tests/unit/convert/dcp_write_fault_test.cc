@@ -43,13 +43,13 @@ class DcpWriteFaultTest : public ::testing::Test {
   }
 
   // Sizes of the files of a clean run, by name, and its mutating op count.
-  std::map<std::string, uint64_t> CleanSizes(uint64_t* ops = nullptr) {
+  dcp::FileSizes CleanSizes(uint64_t* ops = nullptr) {
     auto scratch = NewMemEnv();
     CopyShardedGoldenSet(scratch.get(), "/src");
     FaultEnv counting(scratch.get());
     auto rep = Convert("/src", "/out", DcpOptions(&counting));
     EXPECT_TRUE(rep.ok()) << rep.status().ToString();
-    std::map<std::string, uint64_t> sizes;
+    dcp::FileSizes sizes;
     for (const std::string& f : ListDir(scratch.get(), "/out")) {
       sizes[f] = *scratch->GetFileSize(JoinPath("/out", f));
     }

@@ -236,7 +236,7 @@ Metadata TwoChunkMetadata() {
   return md;
 }
 
-const std::map<std::string, uint64_t> kFiles = {{"__0_0.distcp", 150}, {"__1_0.distcp", 100}};
+const dcp::FileSizes kFiles = {{"__0_0.distcp", 150}, {"__1_0.distcp", 100}};
 
 TEST(DcpStructure, ValidCheckpointHasNoProblems) {
   EXPECT_THAT(CheckStructure(TwoChunkMetadata(), kFiles), IsEmpty());

@@ -293,7 +293,7 @@ TEST(DcpWrite, MetadataRoundTripsThroughParseMetadataAndCheckStructure) {
   ASSERT_EQ(md->planner_paths.at("bf").size(), 1u);
   EXPECT_EQ(md->planner_paths.at("bf")[0].key, "bf");
 
-  std::map<std::string, uint64_t> sizes;
+  dcp::FileSizes sizes;
   for (const auto& [name, data] : w.files) sizes[name] = data.size();
   EXPECT_THAT(CheckStructure(*md, sizes), IsEmpty());
 }
