@@ -181,11 +181,11 @@ nlohmann::json DcpReader::Details() const {
   FileStats* last = nullptr;  // items come in runs of one file
   std::string_view last_name;
   for (const dcp::StorageItem& it : md_.items) {
-    if (last == nullptr || last_name != it.relative_path) {
+    if (last == nullptr || !SameBytes(last_name, it.relative_path)) {  // names are interned
       auto [f, fresh] = per_file.try_emplace(it.relative_path);
       if (fresh) f->second.missing = true;
       last = &f->second;
-      last_name = f->first;
+      last_name = it.relative_path;
     }
     ++last->items;
     bool is_bytes = it.entry >= 0 && md_.entries[it.entry].type == dcp::EntryType::kBytes;

@@ -1,9 +1,11 @@
 #include "format/pickle/unpickler.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <charconv>
 #include <cstring>
+#include <initializer_list>
 #include <new>
 #include <string>
 #include <unordered_map>
@@ -250,6 +252,28 @@ class Reader {
     return TakeSlow(n, p, st);
   }
 
+  // The bytes buffered from pos(), [*p, *end); empty when none are. Advance
+  // consumes n of them.
+  void Buffered(const uint8_t** p, const uint8_t** end) const {
+    if (pos_ >= win_end_) {
+      *p = *end = nullptr;
+      return;
+    }
+    const auto* w = reinterpret_cast<const uint8_t*>(win_);
+    *p = w + (pos_ - win_start_);
+    *end = w + (win_end_ - win_start_);
+  }
+  void Advance(size_t n) { pos_ += n; }
+
+  // Consumes the next byte when it is `b` (and is buffered already).
+  bool TakeIf(uint8_t b) {
+    if (pos_ < win_end_ && static_cast<uint8_t>(win_[pos_ - win_start_]) == b) [[likely]] {
+      ++pos_;
+      return true;
+    }
+    return false;
+  }
+
   // Steps over n bytes; false when fewer are left.
   bool Skip(uint64_t n) {
     if (n > remaining()) return false;
@@ -386,6 +410,31 @@ class KeySet {
   size_t size_ = 0;
 };
 
+// How MemoReads' ScanBuffered steps over an opcode: its operand's size (0,
+// 1, 2, 4, 8), a GET with a 1- or 4-byte key, a payload with a 1- or 4-byte
+// (unsigned) length, or kScanSlow: ScanOps' switch decides (text lines,
+// signed and 8-byte lengths, STOP, invalid opcodes).
+enum : uint8_t { kScanGet1 = 16, kScanGet4, kScanLen1, kScanLen4, kScanSlow };
+constexpr std::array<uint8_t, 256> MakeScanSteps() {
+  std::array<uint8_t, 256> t{};
+  t.fill(kScanSlow);
+  for (int op : std::initializer_list<int>{'(', '0', '1', '2', 'N', 0x88, 0x89, 'Q', 'R', 0x81, 0x92, 'a', 'e',
+                                           0x90, 'b', 0x93, 'o', 'd', '}', ']', 0x8f, ')', 'l', 't', 0x91, 0x85,
+                                           0x86, 0x87, 0x94, 's', 'u'}) {
+    t[op] = 0;
+  }
+  t['K'] = t['q'] = t[0x80] = 1;
+  t['M'] = 2;
+  t['J'] = t['r'] = 4;
+  t['G'] = t[0x95] = 8;
+  t['h'] = kScanGet1;
+  t['j'] = kScanGet4;
+  t[0x8a] = t['U'] = t['C'] = t[0x8c] = kScanLen1;
+  t['X'] = t['B'] = kScanLen4;
+  return t;
+}
+constexpr std::array<uint8_t, 256> kScanSteps = MakeScanSteps();
+
 // The memo keys a pickle reads back (GET, BINGET, LONG_BINGET), found by
 // stepping over its opcodes once before running it. Python's pickler
 // memoizes nearly every object it writes, so a `.metadata` of a million
@@ -415,6 +464,34 @@ class MemoReads {
     return keys_.sparse_size() <= kMaxSparse;
   }
 
+  // Steps over the opcodes whose operands are buffered whole, as ScanOps'
+  // switch would, up to the first one it must decide. False when Add fails.
+  bool ScanBuffered(Reader* r) {
+    const uint8_t *p, *end;
+    r->Buffered(&p, &end);
+    const uint8_t* const start = p;
+    while (end - p >= 9) {  // an opcode and any fixed operand
+      const uint8_t step = kScanSteps[*p];
+      if (step <= 8) {
+        p += 1 + step;
+      } else if (step == kScanGet1) {
+        if (!Add(p[1])) return false;
+        p += 2;
+      } else if (step == kScanGet4) {
+        if (!Add(DecodeLE<uint32_t>(reinterpret_cast<const char*>(p + 1)))) return false;
+        p += 5;
+      } else if (step == kScanLen1 && p[1] <= end - p - 2) {
+        p += 2 + p[1];
+      } else if (step == kScanLen4 && DecodeLE<uint32_t>(reinterpret_cast<const char*>(p + 1)) <= uint64_t(end - p - 5)) {
+        p += 5 + DecodeLE<uint32_t>(reinterpret_cast<const char*>(p + 1));
+      } else {
+        break;
+      }
+    }
+    r->Advance(static_cast<size_t>(p - start));
+    return true;
+  }
+
   // False when the scan cannot tell which keys are read.
   bool ScanOps(Reader* r) {
     Status st;
@@ -435,6 +512,7 @@ class MemoReads {
     };
     uint64_t n = 0;
     for (;;) {
+      if (!ScanBuffered(r)) return false;
       if (!r->Take(1, &p, &st)) return false;  // no STOP: the VM reports it
       uint8_t op = static_cast<uint8_t>(*p);
       switch (op) {
@@ -748,12 +826,9 @@ class Machine {
   static constexpr size_t kMaxWindowValues = size_t{1} << 16;
   static constexpr size_t kMaxKeptWindows = 1024;  // then reducing stops
   static std::unique_ptr<Arena> NewScratch() { return std::make_unique<Arena>(256, 4 << 10); }
-  bool Reducible(const Value* callable) const {
+  bool Reducible(const Value* callable) {
     if (!windows_on_ || window_obj_ != nullptr || callable->kind != Kind::kGlobal) return false;
-    for (std::string_view n : opts_.reducer->class_names) {
-      if (callable->name() == n) return true;
-    }
-    return false;
+    return Cached(callable).reducible;
   }
   void Escape() { window_escaped_ = true; }
   // Before changing an existing value: one not made in the window would keep
@@ -799,15 +874,23 @@ class Machine {
     }
     return false;
   }
-  // Allowed() of a kGlobal value, remembered per value (a stream names a
-  // handful of globals and reuses them through the memo).
-  bool AllowedCached(const Value* global) {
-    for (const auto& [g, ok] : allowed_cache_) {
-      if (g == global) return ok;
+  // What Call needs to know of a kGlobal value, remembered per value (a
+  // stream names a handful of globals and reuses them through the memo).
+  struct GlobalFacts {
+    const Value* global;
+    bool allowed;    // Allowed()
+    bool reducible;  // one of opts_.reducer's class names
+  };
+  GlobalFacts Cached(const Value* global) {
+    for (const GlobalFacts& f : globals_cache_) {
+      if (f.global == global) return f;
     }
-    bool ok = Allowed(global->str(), global->name());
-    if (allowed_cache_.size() < 64) allowed_cache_.emplace_back(global, ok);
-    return ok;
+    GlobalFacts f{global, Allowed(global->str(), global->name()), false};
+    if (opts_.reducer != nullptr) {
+      for (std::string_view n : opts_.reducer->class_names) f.reducible = f.reducible || global->name() == n;
+    }
+    if (globals_cache_.size() < 64) globals_cache_.push_back(f);
+    return f;
   }
   Result<Value*> MakeGlobal(std::string_view module, std::string_view name);
   Result<Value*> Call(Value* callable, Value* args, bool newobj, Value* kwargs);
@@ -837,7 +920,7 @@ class Machine {
   std::vector<Value*> stack_;
   std::vector<size_t> marks_;
   std::vector<Value*> popped_;  // PopMark's result
-  std::vector<std::pair<const Value*, bool>> allowed_cache_;
+  std::vector<GlobalFacts> globals_cache_;
   std::vector<Value*> dense_;
   std::unordered_map<uint64_t, Value*> sparse_;
   // With a successful scan: the keys the stream put (to count them) and the
@@ -947,7 +1030,7 @@ Result<Value*> Machine::Call(Value* callable, Value* args, bool newobj, Value* k
     }
     opaque = true;
   } else {
-    opaque = !AllowedCached(callable);
+    opaque = !Cached(callable).allowed;
     if (!newobj && kwargs == nullptr && !opaque) {
       if (Value* folded = Fold(callable, args)) return folded;
     }
@@ -1418,6 +1501,18 @@ Result<Unpickled> Machine::Run() {
       op_ = static_cast<uint8_t>(*p);
       bool stop = false;
       CKPT_RETURN_IF_ERROR(Step(op_, &stop));
+      // Protocol 4 follows most values with a MEMOIZE (a quarter of a large
+      // pickle's opcodes): taken here, a predictable branch instead of a trip
+      // through the opcode switch. Nothing else changes: the stack, the
+      // window and the value count stay as they are.
+      while (!stop) {
+        const uint64_t at = r_.pos();
+        if (!r_.TakeIf(0x94)) break;
+        op_offset_ = at;
+        op_ = 0x94;
+        if (stack_.size() <= Fence()) [[unlikely]] return Underflow();
+        CKPT_RETURN_IF_ERROR(MemoPut(memo_count_, stack_.back()));
+      }
       if (window_obj_ != nullptr) CheckWindow();
       if (arena_->size() + kept_values_ + (window_obj_ != nullptr ? scratch_arena_->size() : 0) >
           opts_.max_values) {
