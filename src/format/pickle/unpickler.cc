@@ -721,25 +721,29 @@ class Machine {
 
   // --- stack ---
   size_t Fence() const { return marks_.empty() ? 0 : marks_.back(); }
-  Status Push(Value* v) {
-    if (stack_.size() >= opts_.max_stack) [[unlikely]] {
-      return Limit(StrCat("stack deeper than ", opts_.max_stack, " entries"));
-    }
+  [[gnu::always_inline]] Status Push(Value* v) {
+    if (stack_.size() >= opts_.max_stack) [[unlikely]] return StackLimit();
     stack_.push_back(v);
     return OkStatus();
+  }
+  [[gnu::cold, gnu::noinline]] Status StackLimit() const {
+    return Limit(StrCat("stack deeper than ", opts_.max_stack, " entries"));
   }
   [[gnu::cold, gnu::noinline]] Status Underflow() const {
     return Corrupt(marks_.empty() || stack_.size() > Fence() ? "stack underflow"
                                                             : "stack underflow (below MARK)");
   }
-  Result<Value*> Pop() {
-    if (stack_.size() <= Fence()) return Underflow();
+  // The top of the stack above the last MARK (popped or not); nullptr when
+  // there is none (the caller reports Underflow(); the stack never holds
+  // nullptr).
+  Value* Pop() {
+    if (stack_.size() <= Fence()) [[unlikely]] return nullptr;
     Value* v = stack_.back();
     stack_.pop_back();
     return v;
   }
-  Result<Value*> Top() {
-    if (stack_.size() <= Fence()) return Underflow();
+  Value* Top() const {
+    if (stack_.size() <= Fence()) [[unlikely]] return nullptr;
     return stack_.back();
   }
   // Pops everything above the last MARK, and the MARK.
@@ -881,15 +885,16 @@ class Machine {
     bool allowed;    // Allowed()
     bool reducible;  // one of opts_.reducer's class names
   };
+  // Direct-mapped by address: globals outlive windows (MakeGlobal), so an
+  // address names one global for the whole run.
   GlobalFacts Cached(const Value* global) {
-    for (const GlobalFacts& f : globals_cache_) {
-      if (f.global == global) return f;
+    GlobalFacts& f = globals_cache_[(reinterpret_cast<uintptr_t>(global) >> 5) % std::size(globals_cache_)];
+    if (f.global != global) {
+      f = GlobalFacts{global, Allowed(global->str(), global->name()), false};
+      if (opts_.reducer != nullptr) {
+        for (std::string_view n : opts_.reducer->class_names) f.reducible = f.reducible || global->name() == n;
+      }
     }
-    GlobalFacts f{global, Allowed(global->str(), global->name()), false};
-    if (opts_.reducer != nullptr) {
-      for (std::string_view n : opts_.reducer->class_names) f.reducible = f.reducible || global->name() == n;
-    }
-    if (globals_cache_.size() < 64) globals_cache_.push_back(f);
     return f;
   }
   Result<Value*> MakeGlobal(std::string_view module, std::string_view name);
@@ -920,7 +925,7 @@ class Machine {
   std::vector<Value*> stack_;
   std::vector<size_t> marks_;
   std::vector<Value*> popped_;  // PopMark's result
-  std::vector<GlobalFacts> globals_cache_;
+  GlobalFacts globals_cache_[64] = {};
   std::vector<Value*> dense_;
   std::unordered_map<uint64_t, Value*> sparse_;
   // With a successful scan: the keys the stream put (to count them) and the
@@ -955,7 +960,7 @@ Result<Value*> Machine::MakeGlobal(std::string_view module_in, std::string_view 
                StrCat("global ", Quote(module + "." + name),
                       " is not allowed (strict mode; inspect mode shows it as an opaque object)"));
   }
-  if (window_obj_ != nullptr) Escape();  // the allowed-cache keeps its address
+  if (window_obj_ != nullptr) Escape();  // the globals cache (Cached) keeps its address
   Value* g = cur_->Global(module, name);
   g->offset = op_offset_;
   return g;
@@ -1193,7 +1198,8 @@ Status Machine::Step(uint8_t op, bool* stop) {
       marks_.push_back(stack_.size());
       return OkStatus();
     case '.': {  // STOP
-      CKPT_ASSIGN_OR_RETURN(root_, Pop());
+      root_ = Pop();
+      if (root_ == nullptr) [[unlikely]] return Underflow();
       *stop = true;
       return OkStatus();
     }
@@ -1213,7 +1219,8 @@ Status Machine::Step(uint8_t op, bool* stop) {
       return OkStatus();
     }
     case '2': {  // DUP
-      CKPT_ASSIGN_OR_RETURN(Value * v, Top());
+      Value* v = Top();
+      if (v == nullptr) [[unlikely]] return Underflow();
       return Push(v);
     }
     case 'F': {  // FLOAT
@@ -1277,28 +1284,36 @@ Status Machine::Step(uint8_t op, bool* stop) {
       return Push(v);
     }
     case 'Q': {  // BINPERSID
-      CKPT_ASSIGN_OR_RETURN(Value * pid, Pop());
+      Value* pid = Pop();
+      if (pid == nullptr) [[unlikely]] return Underflow();
       Value* v = New(Kind::kPersistentId);
       cur_->Append(v, pid);
       CKPT_RETURN_IF_ERROR(Nest(v, pid));
       return Push(v);
     }
     case 'R': {  // REDUCE
-      CKPT_ASSIGN_OR_RETURN(Value * args, Pop());
-      CKPT_ASSIGN_OR_RETURN(Value * callable, Pop());
+      Value* args = Pop();
+      if (args == nullptr) [[unlikely]] return Underflow();
+      Value* callable = Pop();
+      if (callable == nullptr) [[unlikely]] return Underflow();
       CKPT_ASSIGN_OR_RETURN(Value * v, Call(callable, args, false, nullptr));
       return Push(v);
     }
     case 0x81: {  // NEWOBJ
-      CKPT_ASSIGN_OR_RETURN(Value * args, Pop());
-      CKPT_ASSIGN_OR_RETURN(Value * cls, Pop());
+      Value* args = Pop();
+      if (args == nullptr) [[unlikely]] return Underflow();
+      Value* cls = Pop();
+      if (cls == nullptr) [[unlikely]] return Underflow();
       CKPT_ASSIGN_OR_RETURN(Value * v, Call(cls, args, true, nullptr));
       return Push(v);
     }
     case 0x92: {  // NEWOBJ_EX
-      CKPT_ASSIGN_OR_RETURN(Value * kwargs, Pop());
-      CKPT_ASSIGN_OR_RETURN(Value * args, Pop());
-      CKPT_ASSIGN_OR_RETURN(Value * cls, Pop());
+      Value* kwargs = Pop();
+      if (kwargs == nullptr) [[unlikely]] return Underflow();
+      Value* args = Pop();
+      if (args == nullptr) [[unlikely]] return Underflow();
+      Value* cls = Pop();
+      if (cls == nullptr) [[unlikely]] return Underflow();
       CKPT_ASSIGN_OR_RETURN(Value * v, Call(cls, args, true, kwargs));
       return Push(v);
     }
@@ -1330,18 +1345,23 @@ Status Machine::Step(uint8_t op, bool* stop) {
       return Push(v);
     }
     case 'a': {  // APPEND
-      CKPT_ASSIGN_OR_RETURN(Value * v, Pop());
-      CKPT_ASSIGN_OR_RETURN(Value * target, Top());
+      Value* v = Pop();
+      if (v == nullptr) [[unlikely]] return Underflow();
+      Value* target = Top();
+      if (target == nullptr) [[unlikely]] return Underflow();
       return AppendTo(target, std::span<Value* const>(&v, 1));
     }
     case 'e': case 0x90: {  // APPENDS, ADDITEMS
       CKPT_ASSIGN_OR_RETURN(auto items, PopMark());
-      CKPT_ASSIGN_OR_RETURN(Value * target, Top());
+      Value* target = Top();
+      if (target == nullptr) [[unlikely]] return Underflow();
       return AppendTo(target, std::move(items));
     }
     case 'b': {  // BUILD
-      CKPT_ASSIGN_OR_RETURN(Value * state, Pop());
-      CKPT_ASSIGN_OR_RETURN(Value * target, Top());
+      Value* state = Pop();
+      if (state == nullptr) [[unlikely]] return Underflow();
+      Value* target = Top();
+      if (target == nullptr) [[unlikely]] return Underflow();
       if (target->kind != Kind::kObject && !(target->kind == Kind::kDict && target->ordered)) {
         return Corrupt(StrCat("cannot BUILD a ", KindName(target->kind)));
       }
@@ -1361,8 +1381,10 @@ Status Machine::Step(uint8_t op, bool* stop) {
       return Push(g);
     }
     case 0x93: {  // STACK_GLOBAL
-      CKPT_ASSIGN_OR_RETURN(Value * name, Pop());
-      CKPT_ASSIGN_OR_RETURN(Value * module, Pop());
+      Value* name = Pop();
+      if (name == nullptr) [[unlikely]] return Underflow();
+      Value* module = Pop();
+      if (module == nullptr) [[unlikely]] return Underflow();
       if (name->kind != Kind::kString || module->kind != Kind::kString) {
         return Corrupt("module and name must be str");
       }
@@ -1426,36 +1448,43 @@ Status Machine::Step(uint8_t op, bool* stop) {
         return Corrupt(StrCat("invalid memo key ", Quote(scratch_)));
       }
       if (op == 'g') return PushMemo(idx);
-      CKPT_ASSIGN_OR_RETURN(Value * v, Top());
+      Value* v = Top();
+      if (v == nullptr) [[unlikely]] return Underflow();
       return MemoPut(idx, v);
     }
     case 'h': case 'q': {
       uint8_t idx = 0;
       CKPT_RETURN_IF_ERROR(Fixed(&idx));
       if (op == 'h') return PushMemo(idx);
-      CKPT_ASSIGN_OR_RETURN(Value * v, Top());
+      Value* v = Top();
+      if (v == nullptr) [[unlikely]] return Underflow();
       return MemoPut(idx, v);
     }
     case 'j': case 'r': {
       uint32_t idx = 0;
       CKPT_RETURN_IF_ERROR(Fixed(&idx));
       if (op == 'j') return PushMemo(idx);
-      CKPT_ASSIGN_OR_RETURN(Value * v, Top());
+      Value* v = Top();
+      if (v == nullptr) [[unlikely]] return Underflow();
       return MemoPut(idx, v);
     }
     case 0x94:  // MEMOIZE
       if (stack_.size() <= Fence()) [[unlikely]] return Underflow();
       return MemoPut(memo_count_, stack_.back());
     case 's': {  // SETITEM
-      CKPT_ASSIGN_OR_RETURN(Value * value, Pop());
-      CKPT_ASSIGN_OR_RETURN(Value * key, Pop());
-      CKPT_ASSIGN_OR_RETURN(Value * target, Top());
+      Value* value = Pop();
+      if (value == nullptr) [[unlikely]] return Underflow();
+      Value* key = Pop();
+      if (key == nullptr) [[unlikely]] return Underflow();
+      Value* target = Top();
+      if (target == nullptr) [[unlikely]] return Underflow();
       Value* kv[2] = {key, value};
       return SetItemsOn(target, kv);
     }
     case 'u': {  // SETITEMS
       CKPT_ASSIGN_OR_RETURN(auto items, PopMark());
-      CKPT_ASSIGN_OR_RETURN(Value * target, Top());
+      Value* target = Top();
+      if (target == nullptr) [[unlikely]] return Underflow();
       return SetItemsOn(target, items);
     }
     case 0x80: {  // PROTO
