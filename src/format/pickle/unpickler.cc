@@ -243,7 +243,7 @@ class Reader {
 
   // Sets *p to n contiguous bytes. n must be small (<= kBufferSize).
   // Returns false at end of stream; errors from the source in *st.
-  bool Take(size_t n, const char** p, Status* st) {
+  [[gnu::always_inline]] bool Take(size_t n, const char** p, Status* st) {
     if (pos_ + n <= win_end_) [[likely]] {  // pos_ never moves below win_start_
       *p = win_ + (pos_ - win_start_);
       pos_ += n;
@@ -316,7 +316,7 @@ class Reader {
   }
 
   // Refills the buffer from pos_ (buffered sources only).
-  bool TakeSlow(size_t n, const char** p, Status* st) {
+  [[gnu::noinline]] bool TakeSlow(size_t n, const char** p, Status* st) {
     if (n > remaining() || data_ != nullptr) return false;
     size_t want = static_cast<size_t>(std::min<uint64_t>(kBufferSize, remaining()));
     buf_.resize(want);
@@ -369,10 +369,12 @@ class KeySet {
  public:
   // Adds `idx`; true when it was not there yet.
   bool Insert(uint64_t idx) {
-    if (idx >= dense_.size() && idx < kDenseKeys && idx <= dense_.size() * 2 + 1024) Grow(idx);
-    if (idx < dense_.size()) {
-      if (dense_[idx]) return false;
-      dense_[idx] = true;
+    if (idx >= bits_ && idx < kDenseKeys && idx <= bits_ * 2 + 1024) Grow(idx);
+    if (idx < bits_) {
+      uint64_t& w = words_[idx >> 6];
+      const uint64_t bit = uint64_t{1} << (idx & 63);
+      if (w & bit) return false;
+      w |= bit;
     } else if (!sparse_.insert(idx).second) {
       return false;
     }
@@ -380,12 +382,13 @@ class KeySet {
     return true;
   }
   bool Contains(uint64_t idx) const {
-    return idx < dense_.size() ? static_cast<bool>(dense_[idx]) : sparse_.count(idx) != 0;
+    return idx < bits_ ? ((words_[idx >> 6] >> (idx & 63)) & 1) != 0 : sparse_.count(idx) != 0;
   }
   size_t size() const { return size_; }
   size_t sparse_size() const { return sparse_.size(); }
   void Clear() {
-    dense_ = {};
+    words_ = {};
+    bits_ = 0;
     sparse_ = {};
     size_ = 0;
   }
@@ -394,10 +397,11 @@ class KeySet {
   static constexpr uint64_t kDenseKeys = uint64_t{1} << 26;
 
   void Grow(uint64_t idx) {
-    dense_.resize(std::max<uint64_t>(idx + 1, dense_.size() * 2), false);
+    bits_ = (std::max<uint64_t>(idx + 1, bits_ * 2) + 63) & ~uint64_t{63};
+    words_.resize(bits_ / 64, 0);
     for (auto it = sparse_.begin(); it != sparse_.end();) {
-      if (*it < dense_.size()) {
-        dense_[*it] = true;
+      if (*it < bits_) {
+        words_[*it >> 6] |= uint64_t{1} << (*it & 63);
         it = sparse_.erase(it);
       } else {
         ++it;
@@ -405,7 +409,8 @@ class KeySet {
     }
   }
 
-  std::vector<bool> dense_;
+  std::vector<uint64_t> words_;  // the dense range [0, bits_), a bit per key
+  uint64_t bits_ = 0;
   std::unordered_set<uint64_t> sparse_;
   size_t size_ = 0;
 };
@@ -563,6 +568,40 @@ class MemoReads {
   KeySet keys_;
 };
 
+// The VM's stack: a vector's interface, with push_back small enough to
+// inline into the opcode loop (std::vector's is not, at -O2, and a large
+// pickle pushes ~40 values per chunk). Growth is out of line.
+class ValueStack {
+ public:
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  Value* back() const { return data_[size_ - 1]; }
+  Value*& operator[](size_t i) { return data_[i]; }
+  Value** begin() { return data_.get(); }
+  Value** end() { return data_.get() + size_; }
+  std::span<Value* const> span() const { return {data_.get(), size_}; }
+  void pop_back() { --size_; }
+  void resize(size_t n) {  // REQUIRES: n <= size() (the VM only shrinks it)
+    size_ = n;
+  }
+  void push_back(Value* v) {
+    if (size_ == cap_) [[unlikely]] Grow();
+    data_[size_++] = v;
+  }
+
+ private:
+  [[gnu::noinline]] void Grow() {
+    size_t cap = cap_ == 0 ? 64 : cap_ * 2;
+    auto d = std::make_unique<Value*[]>(cap);
+    std::copy(data_.get(), data_.get() + size_, d.get());
+    data_ = std::move(d);
+    cap_ = cap;
+  }
+  std::unique_ptr<Value*[]> data_;
+  size_t size_ = 0;
+  size_t cap_ = 0;
+};
+
 // The values of the memo keys a later GET reads (MemoReads' keys), by key:
 // open addressing over a power-of-two table sized up front for every wanted
 // key (at most half full), so it never grows while the VM runs. A million
@@ -637,7 +676,7 @@ class Machine {
 
   // --- reading operands ---
   template <typename T>
-  Status Fixed(T* out) {
+  [[gnu::always_inline]] Status Fixed(T* out) {
     const char* p;
     if (!r_.Take(sizeof(T), &p, &read_st_)) [[unlikely]] return ReadFailed(read_st_);
     *out = DecodeLE<T>(p);
@@ -922,7 +961,7 @@ class Machine {
   bool window_escaped_ = false;
   uint64_t kept_values_ = 0;  // in arenas adopted by arena_
   size_t kept_windows_ = 0;
-  std::vector<Value*> stack_;
+  ValueStack stack_;
   std::vector<size_t> marks_;
   std::vector<Value*> popped_;  // PopMark's result
   GlobalFacts globals_cache_[64] = {};
@@ -1435,7 +1474,7 @@ Status Machine::Step(uint8_t op, bool* stop) {
       size_t n = op - 0x84u;
       if (stack_.size() < Fence() + n) return Underflow();
       Value* v = New(Kind::kTuple);
-      cur_->SetItems(v, std::span<Value* const>(stack_).last(n));
+      cur_->SetItems(v, stack_.span().last(n));
       stack_.resize(stack_.size() - n);
       for (Value* x : v->items()) CKPT_RETURN_IF_ERROR(Nest(v, x));
       return Push(v);
