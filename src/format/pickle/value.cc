@@ -92,6 +92,7 @@ uint64_t Arena::bytes() const {
 
 void Arena::Reset() {
   count_ = 0;
+  next_ = end_ = nullptr;
   payload_bytes_ = 0;
   payloads_.release();
   big_runs_.clear();
@@ -142,10 +143,16 @@ void Arena::Grow(Run<T>* run, size_t extra) {
   run->cap = static_cast<uint32_t>(cap);
 }
 
+void Arena::NextBlock() {
+  const size_t b = count_ / block_values_;  // blocks fill whole: count_ is where block b starts
+  if (b == blocks_.size()) blocks_.push_back(std::make_unique<Value[]>(block_values_));
+  next_ = blocks_[b].get();
+  end_ = next_ + block_values_;
+}
+
 Value* Arena::New(Kind kind) {
-  size_t k = count_ % block_values_;
-  if (k == 0 && count_ / block_values_ == blocks_.size()) blocks_.push_back(std::make_unique<Value[]>(block_values_));
-  Value* v = &blocks_[count_ / block_values_][k];
+  if (next_ == end_) [[unlikely]] NextBlock();
+  Value* v = next_++;
   ++count_;
   *v = Value();  // a block is reused after Reset
   v->kind = kind;

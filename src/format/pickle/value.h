@@ -275,9 +275,13 @@ class Arena {
   internal_value::Run<Value*> SeqRun(Value* v) const;
   void StoreSeqRun(Value* v, const internal_value::Run<Value*>& run);
 
+  void NextBlock();
+
   size_t block_values_;
   std::vector<std::unique_ptr<Value[]>> blocks_;
   size_t count_ = 0;
+  Value* next_ = nullptr;  // the next free value of the current block
+  Value* end_ = nullptr;   // the current block's end (next_ == end_: take the next block)
   std::unique_ptr<std::byte[]> first_payload_;
   std::pmr::monotonic_buffer_resource payloads_;
   std::vector<std::unique_ptr<Arena>> adopted_;
