@@ -9,6 +9,7 @@
 #include "format/dcp/manifest.h"
 
 #include "util/box.h"
+#include "util/by_address.h"
 #include "util/strings.h"
 
 namespace ckpt::internal_checkpoint {
@@ -60,17 +61,18 @@ Status DcpReader::Init(const std::string& folder, const OpenOptions& options) {
   // Items come in runs of one file and of one key, their names interned (equal
   // names share their bytes): a name with the previous one's bytes is not
   // looked up again (a million items name a few hundred files and keys).
-  auto f = files_.end();
-  std::string_view f_name, bad_fqn;
+  ByAddress<const uint64_t*> sizes;  // nullptr: missing
+  auto size_of = [&](std::string_view name) -> const uint64_t* {
+    auto f = files_.find(name);
+    return f == files_.end() ? nullptr : &f->second;
+  };
+  std::string_view bad_fqn;
   for (const dcp::StorageItem& it : md_.items) {
-    if (!SameBytes(it.relative_path, f_name)) {
-      f = files_.find(it.relative_path);
-      f_name = it.relative_path;
-    }
-    bool bad = f == files_.end() || it.offset_in_file > f->second || it.length > f->second - it.offset_in_file;
+    const uint64_t* size = sizes.Get(it.relative_path, size_of);
+    bool bad = size == nullptr || it.offset_in_file > *size || it.length > *size - it.offset_in_file;
     if (bad && !SameBytes(it.fqn, bad_fqn)) {
       if (!unreadable_.contains(it.fqn)) {
-        unreadable_[std::string(it.fqn)] = StrCat(it.relative_path, f == files_.end() ? " is missing" : " is truncated");
+        unreadable_[std::string(it.fqn)] = StrCat(it.relative_path, size == nullptr ? " is missing" : " is truncated");
       }
       bad_fqn = it.fqn;
     }
@@ -178,15 +180,13 @@ nlohmann::json DcpReader::Details() const {
   };
   std::map<std::string_view, FileStats> per_file;
   for (const auto& [name, size] : files_) per_file[name].bytes = size;
-  FileStats* last = nullptr;  // items come in runs of one file
-  std::string_view last_name;
+  ByAddress<FileStats*> stats_of;  // map nodes do not move
   for (const dcp::StorageItem& it : md_.items) {
-    if (last == nullptr || !SameBytes(last_name, it.relative_path)) {  // names are interned
-      auto [f, fresh] = per_file.try_emplace(it.relative_path);
+    FileStats* last = stats_of.Get(it.relative_path, [&](std::string_view name) {
+      auto [f, fresh] = per_file.try_emplace(name);
       if (fresh) f->second.missing = true;
-      last = &f->second;
-      last_name = it.relative_path;
-    }
+      return &f->second;
+    });
     ++last->items;
     bool is_bytes = it.entry >= 0 && md_.entries[it.entry].type == dcp::EntryType::kBytes;
     ++(is_bytes ? last->bytes_items : last->tensor_chunks);

@@ -5,6 +5,7 @@
 #include <unordered_set>
 
 #include "format/dcp/item.h"
+#include "util/by_address.h"
 #include "util/checked_math.h"
 #include "util/strings.h"
 
@@ -213,9 +214,24 @@ std::vector<Problem> CheckStructure(const Metadata& md, const FileSizes& file_si
     std::vector<std::string> first;  // the first few keys
   };
   std::map<std::string, Missing, std::less<>> missing;
-  auto f = file_sizes.end();
-  std::string_view f_name;
-  Missing* m_last = nullptr;  // f_name's, when missing
+  struct FileState {  // map nodes do not move
+    const uint64_t* size = nullptr;                   // nullptr: the file is missing
+    std::vector<const StorageItem*>* items = nullptr;  // when present
+    Missing* missing = nullptr;                        // when missing
+  };
+  ByAddress<FileState> states;
+  auto state_of = [&](std::string_view name) {
+    FileState s;
+    if (auto f = file_sizes.find(name); f != file_sizes.end()) {
+      s.size = &f->second;
+      s.items = &by_file[name];
+    } else {
+      auto m = missing.find(name);
+      if (m == missing.end()) m = missing.try_emplace(std::string(name)).first;
+      s.missing = &m->second;
+    }
+    return s;
+  };
   for (const StorageItem& it : md.items) {
     if (it.entry < 0) {
       Problem p;
@@ -226,33 +242,25 @@ std::vector<Problem> CheckStructure(const Metadata& md, const FileSizes& file_si
       p.message = "storage item belongs to no entry of state_dict_metadata";
       out.push_back(std::move(p));
     }
-    if (!SameBytes(it.relative_path, f_name)) {  // items come in runs of one (interned) file name
-      f = file_sizes.find(it.relative_path);
-      f_name = it.relative_path;
-      m_last = nullptr;
-    }
-    if (f == file_sizes.end()) {
-      if (m_last == nullptr) {
-        auto m = missing.find(it.relative_path);
-        if (m == missing.end()) m = missing.try_emplace(std::string(it.relative_path)).first;
-        m_last = &m->second;
-      }
-      ++m_last->items;
-      if (m_last->first.size() < 5) m_last->first.emplace_back(it.fqn);
+    const FileState& f = states.Get(it.relative_path, state_of);
+    if (f.size == nullptr) {
+      ++f.missing->items;
+      if (f.missing->first.size() < 5) f.missing->first.emplace_back(it.fqn);
       continue;
     }
-    if (it.offset_in_file > f->second || it.length > f->second - it.offset_in_file) {
+    const uint64_t size = *f.size;
+    if (it.offset_in_file > size || it.length > size - it.offset_in_file) {
       Problem p;
       p.key = it.fqn;
       p.file = it.relative_path;
       p.has_offset = true;
       p.offset = it.offset_in_file;
       p.message = StrCat("item of ", it.length, " bytes ends at ", it.offset_in_file + it.length,
-                         " but the file has ", f->second, " bytes (truncated)");
+                         " but the file has ", size, " bytes (truncated)");
       out.push_back(std::move(p));
       continue;
     }
-    by_file[it.relative_path].push_back(&it);
+    f.items->push_back(&it);
   }
   for (const auto& [file, m] : missing) {
     Problem p;
