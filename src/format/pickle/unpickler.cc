@@ -451,7 +451,7 @@ constexpr std::array<uint8_t, 256> kScanSteps = MakeScanSteps();
 // over, more than kMaxSparse keys past the dense range), every key is wanted.
 class MemoReads {
  public:
-  bool Wanted(uint64_t idx) const { return all_ || keys_.Contains(idx); }
+  [[gnu::always_inline]] bool Wanted(uint64_t idx) const { return all_ || keys_.Contains(idx); }
   bool all() const { return all_; }
   size_t count() const { return keys_.size(); }
 
@@ -797,7 +797,17 @@ class Machine {
   }
 
   // --- memo ---
-  Status MemoPut(uint64_t idx, Value* v) {
+  // The common case inline (the next key in order, under the limit, never
+  // read back: a large pickle's MEMOIZEs), the rest in MemoPutSlow.
+  [[gnu::always_inline]] Status MemoPut(uint64_t idx, Value* v) {
+    if (!reads_.all() && keys_in_order_ && idx == memo_count_ && memo_count_ < opts_.max_memo &&
+        !reads_.Wanted(idx)) [[likely]] {
+      ++memo_count_;
+      return OkStatus();
+    }
+    return MemoPutSlow(idx, v);
+  }
+  [[gnu::noinline]] Status MemoPutSlow(uint64_t idx, Value* v) {
     if (!reads_.all()) {
       // Count the key as Python's len(memo) would (MEMOIZE's next key), keep
       // the value only when a later GET reads it. While each new key is the
@@ -848,7 +858,7 @@ class Machine {
     return OkStatus();
   }
   // GET: pushes the memo's value of idx.
-  Status PushMemo(uint64_t idx) {
+  [[gnu::always_inline]] Status PushMemo(uint64_t idx) {
     Value* v = nullptr;
     if (!reads_.all()) {
       v = kept_.Get(idx);

@@ -32,37 +32,6 @@ std::string_view KindName(Kind k) {
 }
 
 
-std::string_view Value::str() const {
-  switch (kind) {
-    case Kind::kString: case Kind::kBytes: case Kind::kBigInt:
-      return {chars_, static_cast<size_t>(n_ | (uint64_t{cap_} << 32))};
-    case Kind::kGlobal: return global_->module;
-    default: return {};
-  }
-}
-
-std::string_view Value::name() const { return kind == Kind::kGlobal ? global_->name : std::string_view(); }
-
-std::span<Value* const> Value::items() const {
-  switch (kind) {
-    case Kind::kTuple: case Kind::kList: case Kind::kSet: case Kind::kPersistentId: return {seq_, n_};
-    case Kind::kObject: return object_->items.span();
-    default: return {};
-  }
-}
-
-std::span<const Pair> Value::dict() const {
-  if (kind == Kind::kDict) return dict_ != nullptr ? dict_->pairs.span() : std::span<const Pair>();
-  if (kind == Kind::kObject) return object_->pairs.span();
-  return {};
-}
-
-Value* Value::state() const {
-  if (kind == Kind::kObject) return object_->state;
-  if (kind == Kind::kDict && dict_ != nullptr) return dict_->state;
-  return nullptr;
-}
-
 const Value* Value::Get(std::string_view key) const {
   if (kind != Kind::kDict) return nullptr;
   for (const auto& [k, v] : dict()) {

@@ -178,6 +178,38 @@ struct Value {
 };
 static_assert(sizeof(Value) == 32, "a Value is 32 bytes");
 
+// The accessors are inline: a large pickle's consumers call them per value.
+inline std::string_view Value::str() const {
+  switch (kind) {
+    case Kind::kString: case Kind::kBytes: case Kind::kBigInt:
+      return {chars_, static_cast<size_t>(n_ | (uint64_t{cap_} << 32))};
+    case Kind::kGlobal: return global_->module;
+    default: return {};
+  }
+}
+
+inline std::string_view Value::name() const { return kind == Kind::kGlobal ? global_->name : std::string_view(); }
+
+inline std::span<Value* const> Value::items() const {
+  switch (kind) {
+    case Kind::kTuple: case Kind::kList: case Kind::kSet: case Kind::kPersistentId: return {seq_, n_};
+    case Kind::kObject: return object_->items.span();
+    default: return {};
+  }
+}
+
+inline std::span<const Pair> Value::dict() const {
+  if (kind == Kind::kDict) return dict_ != nullptr ? dict_->pairs.span() : std::span<const Pair>();
+  if (kind == Kind::kObject) return object_->pairs.span();
+  return {};
+}
+
+inline Value* Value::state() const {
+  if (kind == Kind::kObject) return object_->state;
+  if (kind == Kind::kDict && dict_ != nullptr) return dict_->state;
+  return nullptr;
+}
+
 // Copies how `from` was spelled and where it was read (the flags, depth and
 // offset; not the kind or payload) onto `to`.
 void CopySpelling(Value* to, const Value* from);
