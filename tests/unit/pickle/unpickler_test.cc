@@ -480,6 +480,65 @@ TEST(UnpicklerReducer, ErrorsInsideAnObjectAreReportedAsWithout) {
   EXPECT_NE(r.status().message().find("memo key 9 was never stored"), std::string::npos) << r.status().ToString();
 }
 
+TEST(UnpicklerReducer, TheMemoScanStepsOverEveryOperandAsTheVmReadsIt) {
+  // Between an object whose 'x' is memoized (BINPUT 1) and the BINGET 1 that
+  // reads it back: every kind of operand the scan steps over by its table
+  // (fixed sizes, 1- and 4-byte lengths, GETs), with operand bytes that look
+  // like opcodes ('h' = BINGET, 'j' = LONG_BINGET, 0x94 = MEMOIZE). Had the
+  // scan stepped into an operand, it would miss a GET: the first object would
+  // be reduced and BINGET 1 would fail. The second object is reduced (the scan
+  // succeeded). Run from a resident source and through the 256 KiB read
+  // buffer, with 300 KB of small opcodes and a 300 KB payload crossing its ends.
+  const std::string filler = "K" "h"s                                  // BININT1 104
+                             + "M" "h\x01"s                            // BININT2 0x0168
+                             + "J" "h\x01h\x01"s                       // BININT 0x01680168
+                             + "G" "hhhhjjjj"s                         // BINFLOAT
+                             + "\x8a\x01" "h"s                         // LONG1 104
+                             + "\x8c\x03" "h\x01\x94"s                 // SHORT_BINUNICODE
+                             + "C\x02" "j\x01"s                        // SHORT_BINBYTES
+                             + "X\x04\x00\x00\x00" "h\x01h\x01"s       // BINUNICODE
+                             + "B\x03\x00\x00\x00" "jjj"s              // BINBYTES
+                             + "h\x03" "j\x03\x00\x00\x00"s;           // BINGET, LONG_BINGET of 'g'
+  std::string small_ops;
+  for (int i = 0; i < 150000; ++i) small_ops += "K\x07";
+  const std::string big(300000, 'h');
+  const std::string s = "\x80\x04]("s + Str("g") + "q\x03" +                           // 'g' at key 3
+                        kCls + ")\x81}(" + Str("x") + "q\x01K\x05ub" +                   // 'x' at key 1
+                        filler + "(" + small_ops + "1" +                                // POP_MARK drops them
+                        "B" + std::string("\xe0\x93\x04\x00", 4) + big +                // BINBYTES 300000
+                        "h\x01" + Obj(6) + "e.";
+  for (bool buffered : {false, true}) {
+    SCOPED_TRACE(buffered ? "buffered" : "resident");
+    Counting c;
+    c.opts.mode = Mode::kStrict;
+    NoDataSource nodata(s);
+    SpanSource resident(s.data(), s.size(), "test.pkl");
+    auto r = buffered ? Unpickle(nodata, 0, c.opts) : Unpickle(resident, 0, c.opts);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(c.calls, 1);  // only the second object
+    const auto items = r->root->items();
+    ASSERT_EQ(items.size(), 16u);
+    EXPECT_EQ(items[0]->str(), "g");
+    ASSERT_EQ(items[1]->kind, Kind::kObject);  // kept: its 'x' is read later
+    EXPECT_EQ(items[1]->state()->Get("x")->i, 5);
+    EXPECT_EQ(items[2]->i, 104);
+    EXPECT_EQ(items[3]->i, 0x0168);
+    EXPECT_EQ(items[4]->i, 0x01680168);
+    EXPECT_EQ(items[5]->kind, Kind::kFloat);
+    EXPECT_EQ(items[6]->i, 104);
+    EXPECT_EQ(items[7]->str(), "h\x01\x94"s);
+    EXPECT_EQ(items[8]->str(), "j\x01"s);
+    EXPECT_EQ(items[9]->str(), "h\x01h\x01"s);
+    EXPECT_EQ(items[10]->str(), "jjj");
+    EXPECT_EQ(items[11], items[0]);
+    EXPECT_EQ(items[12], items[0]);
+    EXPECT_EQ(items[13]->str().size(), big.size());
+    EXPECT_EQ(items[14]->str(), "x");  // BINGET 1
+    EXPECT_TRUE(items[15]->reduced);
+    EXPECT_EQ(items[15]->i, 60);
+  }
+}
+
 }  // namespace reducing
 
 TEST(Unpickler, MemoizeCountsKeysAsPythonDoesWhenValuesAreNotKept) {
