@@ -14,7 +14,9 @@ namespace ckpt {
 // dcp::Metadata's file names and keys do): a million storage items naming a
 // few hundred files cost a few hundred lookups by content, the rest a pointer
 // hash. Names that were not interned still get the right value, computed
-// once per distinct address. Get's reference is valid until the next Get.
+// once per distinct address. REQUIRES: every name given to one cache stays
+// alive and unchanged while the cache is used (an address seen before must
+// still hold the same bytes). Get's reference is valid until the next Get.
 template <typename V>
 class ByAddress {
  public:
