@@ -391,6 +391,7 @@ void MegatronView::AddAssembled(const std::string& state, DType dtype) {
           shape = base_->tensors()[torch_dist_.by_key.at(stored.key)].shape;
         } else {
           stored = model::TorchDistCandidates(p.global_name).front();
+          shape.reserve(2 + p.global_shape.size());
           if (stored.index.size() >= 1) shape.push_back(config_.num_layers);
           if (stored.index.size() >= 2) shape.push_back(config_.num_experts);
           shape.insert(shape.end(), p.global_shape.begin(), p.global_shape.end());
