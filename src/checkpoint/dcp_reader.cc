@@ -58,9 +58,10 @@ Status DcpReader::Init(const std::string& folder, const OpenOptions& options) {
     if (!p.key.empty() && !unreadable_.count(p.key)) unreadable_[p.key] = dcp::ToString(p);
   }
   // A missing or truncated file makes every entry with an item in it unreadable.
-  // Items come in runs of one file and of one key, their names interned (equal
-  // names share their bytes): a name with the previous one's bytes is not
-  // looked up again (a million items name a few hundred files and keys).
+  // Names are interned (equal names share their bytes): each item's file is
+  // found once per distinct name address (the items of one tensor alternate
+  // files), and items come in runs of one key, so a key with the previous
+  // bad item's bytes is not looked up again.
   ByAddress<const uint64_t*> sizes;  // nullptr: missing
   auto size_of = [&](std::string_view name) -> const uint64_t* {
     auto f = files_.find(name);

@@ -595,10 +595,7 @@ Status Inspect(const InspectOptions& options, std::ostream& out) {
         break;
       }
       std::set<std::string_view> in_files;
-      std::string_view prev;  // chunks come in runs of one (interned) file name
-      for (const ChunkInfo& c : t.chunks) {
-        if (!SameBytes(c.file, prev)) in_files.insert(prev = c.file);
-      }
+      for (const ChunkInfo& c : t.chunks) in_files.insert(c.file);
       std::string where = in_files.size() == 1 ? Safe(*in_files.begin()) : fmt::format("{} files", in_files.size());
       out << fmt::format("{:<{}}  {:<{}}  {:<{}}  {:>12}  {:>6}  {}\n", Safe(t.key), key_w, DTypeName(t.dtype),
                          dtype_w, ShapeString(t.shape), shape_w, t.nbytes, t.chunks.size(), where);
