@@ -1,5 +1,7 @@
 // libFuzzer target: dcp::ParseMetadata over arbitrary bytes (a DCP
-// `.metadata`); on success dcp::CheckStructure with a file-size map derived
+// `.metadata`), checked against the same parse with every object read by the
+// unpickler's VM (none read flat: the same Metadata or the same error); on
+// success dcp::CheckStructure with a file-size map derived
 // from the input (some files missing, some short), every problem rendered,
 // and the first items opened (zstd transform included) against the input
 // itself as their data file. Seeds: tests/golden/dcp/*/.metadata (and the
@@ -20,6 +22,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace ckpt;
   auto src = std::make_shared<SpanSource>(data, size, "fuzz/.metadata");
   auto md = dcp::ParseMetadata(*src);
+  auto vm = dcp::internal_dcp::ParseMetadataThroughTheVm(*src);
+  if (md.ok() != vm.ok()) __builtin_trap();
+  if (!md.ok() && md.status().ToString() != vm.status().ToString()) __builtin_trap();
+  if (md.ok() && dcp::internal_dcp::DebugString(*md) != dcp::internal_dcp::DebugString(*vm)) __builtin_trap();
   if (!md.ok()) {
     if (md.status().code() == Code::kInternal) __builtin_trap();
     return 0;

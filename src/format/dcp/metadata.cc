@@ -27,7 +27,7 @@ constexpr pickle::AllowedGlobal kExtraAllowed[] = {
 
 class Parser {
  public:
-  explicit Parser(const ByteSource& src) : src_(src) {}
+  Parser(const ByteSource& src, bool read_flat) : src_(src), read_flat_(read_flat) {}
 
   // A tuple or list of ints checked as IntTuple does, kept in the store.
   template <typename What>
@@ -47,15 +47,18 @@ class Parser {
   // A view of (at most two) attribute dicts; nothing is copied.
   struct Attrs {
     const Value* dicts[2] = {nullptr, nullptr};
-    // The first str key equal to name, in order; nullptr if absent.
+    // The value of the last str key equal to name, as Python's setstate
+    // leaves it (a repeated key's last value; the slots dict after the
+    // other); nullptr if absent.
     const Value* Get(std::string_view name) const {
+      const Value* found = nullptr;
       for (const Value* d : dicts) {
         if (d == nullptr) continue;
         for (const auto& [k, v] : d->dict()) {
-          if (k->kind == Kind::kString && k->str() == name) return v;
+          if (k->kind == Kind::kString && k->str() == name) found = v;
         }
       }
-      return nullptr;
+      return found;
     }
     template <typename F>
     void ForEach(F&& f) const {
@@ -388,34 +391,34 @@ class Parser {
     return Fail(stand_in, "an object of storage_data or a chunk list appears twice");
   }
 
+  using Field = pickle::Field;
+  static const Field* Named(std::span<const Field> fields, std::string_view name) {
+    for (const Field& f : fields) {
+      if (f.name == name) return &f;
+    }
+    return nullptr;
+  }
   // A tuple or list of non-negative ints (IntTuple's rule, without its errors).
-  static bool NonNegInts(const Value* v) {
-    if (v == nullptr || (v->kind != Kind::kTuple && v->kind != Kind::kList)) return false;
-    for (const Value* e : v->items()) {
-      if ((e->kind != Kind::kInt && e->kind != Kind::kBool) || e->i < 0) return false;
+  static bool NonNegInts(const Field* f) {
+    if (f == nullptr || f->type != Field::Type::kInts) return false;
+    for (int64_t i : f->ints) {
+      if (i < 0) return false;
     }
     return true;
   }
   // A MetadataIndex's offsets: torch writes storage_data after every chunk,
   // the n-th item with offsets naming the n-th chunk, so the offsets are
   // usually that chunk's, already in the store (a million chunks: 16 MB).
-  const int64_t* SharedOffsets(const Value* off) {
+  const int64_t* SharedOffsets(std::span<const int64_t> off) {
     const int64_t n = indexes_with_offsets_++;
     const auto& pending = reduced_chunks_;
     if (n >= pending.front && n - pending.front < static_cast<int64_t>(pending.items.size())) {
       const ReducedChunk& c = pending.items[static_cast<size_t>(n - pending.front)];
-      bool same = c.ndim == off->items().size();
-      for (size_t i = 0; same && i < c.ndim; ++i) same = c.dims[i] == off->items()[i]->i;
-      if (same) return c.dims;
+      if (std::equal(off.begin(), off.end(), c.dims, c.dims + c.ndim)) return c.dims;
     }
-    return KeepInts(off).data();
-  }
-
-  // The ints of a tuple NonNegInts accepted, kept in the store.
-  std::span<const int64_t> KeepInts(const Value* v) const {
-    std::span<int64_t> out = store_->NewInts(v->items().size());
-    for (size_t i = 0; i < out.size(); ++i) out[i] = v->items()[i]->i;
-    return out;
+    std::span<int64_t> kept = store_->NewInts(off.size());
+    std::copy(off.begin(), off.end(), kept.begin());
+    return kept.data();
   }
 
   // A string kept once in the store, remembering the last one (consecutive
@@ -440,65 +443,61 @@ class Parser {
   // What Parse needs of an object of kReducedClasses, read without copying
   // anything but numbers; nullopt when it does not parse (then it is kept and
   // the walk reports why).
-  std::optional<int64_t> Reduce(const Value& obj) {
-    std::string_view cls = obj.callable()->name();
-    auto attrs = Attributes(&obj);
+  std::optional<int64_t> Reduce(std::string_view cls, std::span<const Field> fields) {
     if (cls == "ChunkStorageMetadata") {
-      const Value* offsets = Attr(attrs, "offsets");
-      const Value* sizes = Attr(attrs, "sizes");
+      const Field* offsets = Named(fields, "offsets");
+      const Field* sizes = Named(fields, "sizes");
       if (!NonNegInts(offsets) || !NonNegInts(sizes)) return std::nullopt;
-      const size_t no = offsets->items().size(), ns = sizes->items().size();
+      const size_t no = offsets->ints.size(), ns = sizes->ints.size();
       if (no > UINT32_MAX || ns > UINT32_MAX) return std::nullopt;
       std::span<int64_t> dims = store_->NewInts(no + ns);  // offsets, then sizes
-      for (size_t i = 0; i < no; ++i) dims[i] = offsets->items()[i]->i;
-      for (size_t i = 0; i < ns; ++i) dims[no + i] = sizes->items()[i]->i;
+      std::copy(offsets->ints.begin(), offsets->ints.end(), dims.begin());
+      std::copy(sizes->ints.begin(), sizes->ints.end(), dims.begin() + static_cast<ptrdiff_t>(no));
       return reduced_chunks_.Add(ReducedChunk{dims.data(), static_cast<uint32_t>(no), static_cast<uint32_t>(ns)});
     }
     if (cls == "MetadataIndex") {
-      const Value* fqn = Attr(attrs, "fqn");
-      const Value* off = Attr(attrs, "offset");
-      const Value* idx = Attr(attrs, "index");
-      if (fqn == nullptr || fqn->kind != Kind::kString) return std::nullopt;
-      bool has_offset = off != nullptr && off->kind != Kind::kNone;
-      if (has_offset && (!NonNegInts(off) || off->items().size() > UINT16_MAX)) return std::nullopt;
-      const std::string_view name = fqns_.Id(fqn->str());
+      const Field* fqn = Named(fields, "fqn");
+      const Field* off = Named(fields, "offset");
+      const Field* idx = Named(fields, "index");
+      if (fqn == nullptr || fqn->type != Field::Type::kString) return std::nullopt;
+      bool has_offset = off != nullptr && off->type != Field::Type::kNone;
+      if (has_offset && (!NonNegInts(off) || off->ints.size() > UINT16_MAX)) return std::nullopt;
+      const std::string_view name = fqns_.Id(fqn->str);
       if (name.size() > UINT32_MAX) return std::nullopt;
       ReducedIndex ri;
       ri.fqn = name.data();
       ri.fqn_size = static_cast<uint32_t>(name.size());
       ri.has_offset = has_offset;
       if (has_offset) {
-        ri.offset = SharedOffsets(off);
-        ri.ndim = static_cast<uint16_t>(off->items().size());
+        ri.offset = SharedOffsets(off->ints);
+        ri.ndim = static_cast<uint16_t>(off->ints.size());
       }
-      ri.has_index = idx != nullptr && idx->kind == Kind::kInt;
+      ri.has_index = idx != nullptr && idx->type == Field::Type::kInt;
       ri.index = ri.has_index ? idx->i : 0;
       return reduced_indexes_.Add(ri);
     }
     if (cls == "_StorageInfo") {
-      const Value* rel = Attr(attrs, "relative_path");
-      const Value* offset = Attr(attrs, "offset");
-      const Value* length = Attr(attrs, "length");
-      const Value* tds = Attr(attrs, "transform_descriptors");
-      if (rel == nullptr || rel->kind != Kind::kString) return std::nullopt;
-      if (offset == nullptr || offset->kind != Kind::kInt || offset->i < 0) return std::nullopt;
-      if (length == nullptr || length->kind != Kind::kInt || length->i < 0) return std::nullopt;
+      const Field* rel = Named(fields, "relative_path");
+      const Field* offset = Named(fields, "offset");
+      const Field* length = Named(fields, "length");
+      const Field* tds = Named(fields, "transform_descriptors");
+      if (rel == nullptr || rel->type != Field::Type::kString) return std::nullopt;
+      if (offset == nullptr || offset->type != Field::Type::kInt || offset->i < 0) return std::nullopt;
+      if (length == nullptr || length->type != Field::Type::kInt || length->i < 0) return std::nullopt;
       ReducedInfo ri;
-      if (tds != nullptr && tds->kind != Kind::kNone) {
-        if (tds->kind != Kind::kList && tds->kind != Kind::kTuple) return std::nullopt;
-        std::vector<std::string> list;
-        for (const Value* d : tds->items()) {
-          if (d->kind != Kind::kString) return std::nullopt;
-          list.emplace_back(d->str());
-        }
-        if (list.size() > UINT32_MAX) return std::nullopt;
-        if (!list.empty()) {
-          std::span<const std::string> kept = store_->Keep(std::move(list));
+      if (tds != nullptr && tds->type != Field::Type::kNone) {
+        // A list of str; the empty sequence reads as ints.
+        if (tds->type == Field::Type::kStrings) {
+          if (tds->strs.size() > UINT32_MAX) return std::nullopt;
+          std::span<const std::string> kept =
+              store_->Keep(std::vector<std::string>(tds->strs.begin(), tds->strs.end()));
           ri.transforms = kept.data();
           ri.n_transforms = static_cast<uint32_t>(kept.size());
+        } else if (tds->type != Field::Type::kInts || !tds->ints.empty()) {
+          return std::nullopt;
         }
       }
-      const std::string_view path = paths_.Id(rel->str());
+      const std::string_view path = paths_.Id(rel->str);
       if (path.size() > UINT32_MAX) return std::nullopt;
       ri.path = path.data();
       ri.path_size = static_cast<uint32_t>(path.size());
@@ -520,8 +519,9 @@ class Parser {
     opts.extra_allowed = kExtraAllowed;
     pickle::Reducer reducer;
     reducer.class_names = kReducedClasses;
-    reducer.reduce = [this](const Value& obj) { return Reduce(obj); };
+    reducer.reduce = [this](std::string_view cls, std::span<const Field> fields) { return Reduce(cls, fields); };
     opts.reducer = &reducer;
+    opts.read_flat = read_flat_;
     CKPT_ASSIGN_OR_RETURN(pickle::Unpickled u, pickle::Unpickle(src_, 0, opts),
                           StrCat(src_.Name(), ": .metadata"));
     Metadata md;
@@ -725,6 +725,7 @@ class Parser {
 
  private:
   const ByteSource& src_;
+  const bool read_flat_;
   Pending<ReducedChunk> reduced_chunks_;
   int64_t indexes_with_offsets_ = 0;  // MetadataIndex objects with offsets reduced so far
   Pending<ReducedIndex> reduced_indexes_;
@@ -781,7 +782,47 @@ int64_t Metadata::FindEntry(std::string_view key) const {
   return it == entry_index.end() ? -1 : it->second;
 }
 
-Result<Metadata> ParseMetadata(const ByteSource& src) { return Parser(src).Parse(); }
+Result<Metadata> ParseMetadata(const ByteSource& src) { return Parser(src, true).Parse(); }
+
+namespace internal_dcp {
+Result<Metadata> ParseMetadataThroughTheVm(const ByteSource& src) { return Parser(src, false).Parse(); }
+
+std::string DebugString(const Metadata& md) {
+  auto ints = [](std::span<const int64_t> v) {
+    std::string out = "(";
+    for (int64_t x : v) out += StrCat(x, ",");
+    return out + ")";
+  };
+  std::string out = StrCat("class ", md.class_name, " protocol ", md.pickle_protocol, " version ",
+                           md.version.value_or("-"), " planner ", md.has_planner_data, "\n");
+  for (const Entry& e : md.entries) {
+    out += StrCat("entry ", e.key, " ", static_cast<int>(e.type), " ", DTypeName(e.dtype), " ", e.layout, " ",
+                  e.requires_grad, e.memory_format, e.pin_memory, " ", ints(e.size), " item ", e.item, "\n");
+    for (const Chunk& c : e.chunks) out += StrCat(" chunk ", ints(c.offsets), ints(c.sizes), " item ", c.item, "\n");
+  }
+  for (const StorageItem& it : md.items) {
+    out += StrCat("item ", it.fqn, " ", it.has_offset, ints(it.offset), " ", it.index ? StrCat(*it.index) : "-", " ",
+                  it.relative_path, " ", it.offset_in_file, " ", it.length, " entry ", it.entry);
+    for (const std::string& t : it.transforms) out += StrCat(" ", t);
+    out += "\n";
+  }
+  if (md.storage_meta) {
+    out += StrCat("storage_meta ", md.storage_meta->checkpoint_id, " ", md.storage_meta->save_id, " ",
+                  md.storage_meta->load_id);
+    for (const std::string& m : md.storage_meta->modules) out += StrCat(" ", m);
+    out += "\n";
+  }
+  for (const auto& [k, path] : md.planner_paths) {
+    out += StrCat("planner ", k);
+    for (const Metadata::PathElem& e : path) out += e.is_index ? StrCat(" [", e.index, "]") : StrCat(" .", e.key);
+    out += "\n";
+  }
+  for (const std::string& a : md.extra_attributes) out += StrCat("attribute ", a, "\n");
+  for (const auto& [k, shape] : md.nd_reformulated_shapes) out += StrCat("nd ", k, " ", ints(shape), "\n");
+  for (const std::string& g : md.opaque_globals) out += StrCat("opaque ", g, "\n");
+  return out;
+}
+}  // namespace internal_dcp
 
 bool ParseDataFileName(std::string_view name, int64_t* rank, int64_t* file) {
   if (name.size() < 2 || name.substr(0, 2) != "__") return false;

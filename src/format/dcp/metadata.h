@@ -172,6 +172,16 @@ struct Metadata {
 // ckptkit does not know); ResourceExhausted (limits); source I/O errors.
 Result<Metadata> ParseMetadata(const ByteSource& src);
 
+namespace internal_dcp {
+// ParseMetadata with every object read by the unpickler's VM, none flat
+// (pickle::UnpickleOptions::read_flat = false): the same result by contract;
+// the dcp_metadata fuzz target and the tests compare the two.
+Result<Metadata> ParseMetadataThroughTheVm(const ByteSource& src);
+// Every field of md as text, one line per entry, chunk and item (for tests
+// that compare two Metadata).
+std::string DebugString(const Metadata& md);
+}  // namespace internal_dcp
+
 // "__3_1.distcp" -> rank 3, file 1. False for other names.
 bool ParseDataFileName(std::string_view name, int64_t* rank, int64_t* file);
 

@@ -870,6 +870,9 @@ class Machine {
       if (it == sparse_.end()) return Corrupt(StrCat("memo key ", idx, " was never stored"));
       v = it->second;
     }
+    if (v->kind == Kind::kGlobal && flat_on_ && window_obj_ == nullptr) [[unlikely]] {
+      if (ReadFlat(v)) return OkStatus();
+    }
     return Push(v);
   }
 
@@ -891,7 +894,7 @@ class Machine {
   }
   void CloseWindow(bool complete) {
     std::optional<int64_t> index;
-    if (complete && !window_escaped_) index = opts_.reducer->reduce(*window_obj_);
+    if (complete && !window_escaped_) index = opts_.reducer->reduce(window_obj_->callable()->name(), FieldsOf(*window_obj_));
     if (index) {
       Value* stand_in = arena_->New(Kind::kInt);
       stand_in->i = *index;
@@ -918,6 +921,22 @@ class Machine {
     }
     if (scratch_arena_->size() > kMaxWindowValues) Escape();
   }
+
+  // The reducer's view of an object the VM built (Reducer's Fields): views
+  // into fields_, ints_ and strs_, valid until the next call.
+  std::span<const Field> FieldsOf(const Value& obj);
+  static Field FieldOf(std::string_view name, const Value* v, std::vector<int64_t>* ints,
+                       std::vector<std::string_view>* strs);
+
+  // --- reading objects flat (Reducer) ---
+  // At a GET of `cls` (r_ just past it): when it is a class the reducer takes
+  // and the object follows in its usual form (Reducer), reads it into
+  // fields_, and when the reducer takes it pushes the stand-in and returns
+  // true. Otherwise returns false having changed nothing, and the VM reads
+  // the object.
+  bool ReadFlat(const Value* cls);
+  static constexpr size_t kMaxFlatFields = 8;
+  static constexpr size_t kMaxFlatInts = 64;
 
   // --- globals and calls ---
   bool Allowed(std::string_view module, std::string_view name) const {
@@ -965,6 +984,11 @@ class Machine {
   Arena* cur_;                    // where new values go: arena_, or scratch_arena_ in a window
   std::unique_ptr<Arena> scratch_arena_;  // made when the first window opens
   bool windows_on_ = false;
+  bool flat_on_ = false;        // read_flat, with a reducer
+  const Value* torch_size_ = nullptr;  // the global torch.Size once a flat read met it
+  std::vector<Field> fields_;   // FieldsOf / ReadFlat
+  std::vector<int64_t> ints_;
+  std::vector<std::string_view> strs_;
   Value* window_obj_ = nullptr;  // the object being built in the open window, or nullptr
   size_t window_base_ = 0;       // stack size with it pushed
   size_t window_marks_ = 0;
@@ -1107,6 +1131,238 @@ Result<Value*> Machine::Call(Value* callable, Value* args, bool newobj, Value* k
   CKPT_RETURN_IF_ERROR(Nest(v, args));
   CKPT_RETURN_IF_ERROR(Nest(v, kwargs));
   return v;
+}
+
+Field Machine::FieldOf(std::string_view name, const Value* v, std::vector<int64_t>* ints,
+                       std::vector<std::string_view>* strs) {
+  Field f;
+  f.name = name;
+  switch (v->kind) {
+    case Kind::kNone: f.type = Field::Type::kNone; return f;
+    case Kind::kInt:
+      if (v->reduced) return f;  // a stand-in is no number of the stream's
+      f.type = Field::Type::kInt;
+      f.i = v->i;
+      return f;
+    case Kind::kString: f.type = Field::Type::kString; f.str = v->str(); return f;
+    case Kind::kTuple: case Kind::kList: {
+      const auto items = v->items();
+      bool all_ints = true, all_strs = !items.empty();
+      for (const Value* e : items) {
+        all_ints = all_ints && ((e->kind == Kind::kInt && !e->reduced) || e->kind == Kind::kBool);
+        all_strs = all_strs && e->kind == Kind::kString;
+      }
+      if (all_ints) {  // the caller reserved room: these spans never move
+        const size_t first = ints->size();
+        for (const Value* e : items) ints->push_back(e->i);
+        f.type = Field::Type::kInts;
+        f.ints = {ints->data() + first, items.size()};
+      } else if (all_strs) {
+        const size_t first = strs->size();
+        for (const Value* e : items) strs->push_back(e->str());
+        f.type = Field::Type::kStrings;
+        f.strs = {strs->data() + first, items.size()};
+      }
+      return f;
+    }
+    default: return f;
+  }
+}
+
+std::span<const Field> Machine::FieldsOf(const Value& obj) {
+  fields_.clear();
+  ints_.clear();
+  strs_.clear();
+  const Value* dicts[2] = {nullptr, nullptr};
+  if (const Value* st = obj.state()) {
+    if (st->kind == Kind::kDict) {
+      dicts[0] = st;
+    } else if (st->kind == Kind::kTuple && st->items().size() == 2) {
+      for (size_t k = 0; k < 2; ++k) {
+        if (st->items()[k]->kind == Kind::kDict) dicts[k] = st->items()[k];
+      }
+    }
+  }
+  size_t n_elems = 0;  // room for every sequence's elements, so no span moves
+  for (const Value* d : dicts) {
+    if (d == nullptr) continue;
+    for (const auto& [k, v] : d->dict()) n_elems += v->kind == Kind::kTuple || v->kind == Kind::kList ? v->items().size() : 0;
+  }
+  ints_.reserve(n_elems);
+  strs_.reserve(n_elems);
+  std::unordered_map<std::string_view, size_t> seen;  // used past a few keys only
+  const size_t first = 0;
+  for (const Value* d : dicts) {
+    if (d == nullptr) continue;
+    for (const auto& [k, v] : d->dict()) {
+      if (k->kind != Kind::kString) continue;
+      Field f = FieldOf(k->str(), v, &ints_, &strs_);
+      // A name set twice keeps its first place and takes the last value, as
+      // Python leaves it (a dict's repeated key; the slots dict after the
+      // other).
+      size_t at = SIZE_MAX;
+      if (fields_.size() - first <= 16) {
+        for (size_t j = first; j < fields_.size() && at == SIZE_MAX; ++j) {
+          if (fields_[j].name == f.name) at = j;
+        }
+        if (at == SIZE_MAX && fields_.size() - first == 16) {
+          for (size_t j = first; j < fields_.size(); ++j) seen.emplace(fields_[j].name, j);
+        }
+      } else if (auto it = seen.find(f.name); it != seen.end()) {
+        at = it->second;
+      }
+      if (at != SIZE_MAX) {
+        fields_[at] = f;
+      } else {
+        if (fields_.size() - first >= 16) seen.emplace(f.name, fields_.size());
+        fields_.push_back(f);
+      }
+    }
+  }
+  return fields_;
+}
+
+bool Machine::ReadFlat(const Value* cls) {
+  if (!windows_on_ || !keys_in_order_) return false;
+  const GlobalFacts facts = Cached(cls);
+  if (!facts.reducible || !facts.allowed) return false;
+  // Limits the VM checks on the way (stack, MARK and value nesting) are left
+  // to it: the object takes at most 2 MARKs, nesting 4 and this much stack.
+  if (stack_.size() + 2 * kMaxFlatFields + kMaxFlatInts + 8 > opts_.max_stack || marks_.size() + 2 > opts_.max_depth ||
+      opts_.max_depth < 5) {
+    return false;
+  }
+  const uint8_t *p, *end;
+  r_.Buffered(&p, &end);
+  if (p == nullptr) return false;
+  const uint8_t* const start = p;
+  const uint64_t newobj_at = r_.pos() + 1;
+  uint64_t memo = memo_count_;  // the next MEMOIZE's key
+  auto left = [&] { return static_cast<size_t>(end - p); };
+  auto next_is = [&](uint8_t op) {
+    if (p == end || *p != op) return false;
+    ++p;
+    return true;
+  };
+  auto memoize = [&] {  // MEMOIZEs of values no later GET reads
+    while (p != end && *p == 0x94) {
+      if (memo >= opts_.max_memo || reads_.Wanted(memo)) return false;
+      ++memo;
+      ++p;
+    }
+    return true;
+  };
+  auto get = [&](const Value** v) {  // BINGET / LONG_BINGET
+    uint64_t idx;
+    if (left() >= 2 && *p == 'h') {
+      idx = p[1];
+      p += 2;
+    } else if (left() >= 5 && *p == 'j') {
+      idx = DecodeLE<uint32_t>(p + 1);
+      p += 5;
+    } else {
+      return false;
+    }
+    *v = kept_.Get(idx);
+    return *v != nullptr;
+  };
+  auto str = [&](std::string_view* s) {  // SHORT_BINUNICODE / BINUNICODE, or a GET of a str
+    if (left() >= 2 && *p == 0x8c && p[1] <= left() - 2) {
+      *s = {reinterpret_cast<const char*>(p + 2), p[1]};
+      p += 2 + p[1];
+      return memoize();
+    }
+    if (left() >= 5 && *p == 'X' && DecodeLE<uint32_t>(p + 1) <= left() - 5) {
+      const uint32_t n = DecodeLE<uint32_t>(p + 1);
+      *s = {reinterpret_cast<const char*>(p + 5), n};
+      p += 5 + n;
+      return memoize();
+    }
+    const Value* v;
+    if (!get(&v) || v->kind != Kind::kString) return false;
+    *s = v->str();
+    return true;
+  };
+  auto integer = [&](int64_t* i) {  // BININT1 / BININT2 / BININT
+    if (left() >= 2 && *p == 'K') {
+      *i = p[1];
+      p += 2;
+    } else if (left() >= 3 && *p == 'M') {
+      *i = DecodeLE<uint16_t>(p + 1);
+      p += 3;
+    } else if (left() >= 5 && *p == 'J') {
+      *i = DecodeLE<int32_t>(p + 1);
+      p += 5;
+    } else {
+      return false;
+    }
+    return true;
+  };
+  auto is_int = [&] { return p != end && (*p == 'K' || *p == 'M' || *p == 'J'); };
+  // torch.Size(tuple of ints), after the GET of torch.Size.
+  auto size_args = [&](std::span<const int64_t>* out) {
+    const bool marked = next_is('(');
+    const size_t first = ints_.size();
+    while (is_int()) {
+      int64_t i = 0;
+      if (ints_.size() == kMaxFlatInts || !integer(&i)) return false;
+      ints_.push_back(i);
+    }
+    const size_t n = ints_.size() - first;
+    const bool tupled = marked ? next_is('t') : n == 0 ? next_is(')') : n <= 3 && next_is(static_cast<uint8_t>(0x84 + n));
+    if (!tupled || !memoize() || !next_is(0x85) || !memoize() || !next_is('R') || !memoize()) return false;
+    *out = {ints_.data() + first, n};
+    return true;
+  };
+
+  if (!next_is(')') || !next_is(0x81) || !memoize() || !next_is('}') || !memoize() || !next_is('(')) return false;
+  fields_.clear();
+  ints_.clear();
+  ints_.reserve(kMaxFlatInts);  // the spans into it never move
+  while (!next_is('u')) {
+    if (fields_.size() == kMaxFlatFields) return false;
+    Field f;
+    if (!str(&f.name) || p == end) return false;
+    if (*p == 'N') {
+      ++p;
+      f.type = Field::Type::kNone;
+    } else if (is_int()) {
+      f.type = Field::Type::kInt;
+      if (!integer(&f.i)) return false;
+    } else if (*p == 0x8c || *p == 'X') {
+      f.type = Field::Type::kString;
+      if (!str(&f.str)) return false;
+    } else {
+      const Value* v;
+      if (!get(&v)) return false;
+      if (v->kind == Kind::kString) {
+        f.type = Field::Type::kString;
+        f.str = v->str();
+      } else {
+        if (v != torch_size_) {
+          if (!v->is_global("torch", "Size") || !Cached(v).allowed) return false;
+          torch_size_ = v;
+        }
+        f.type = Field::Type::kInts;
+        if (!size_args(&f.ints)) return false;
+      }
+    }
+    for (const Field& g : fields_) {
+      if (g.name == f.name) return false;
+    }
+    fields_.push_back(f);
+  }
+  if (!next_is('b')) return false;
+  const std::optional<int64_t> index = opts_.reducer->reduce(cls->name(), fields_);
+  if (!index) return false;
+  memo_count_ = memo;
+  r_.Advance(static_cast<size_t>(p - start));
+  Value* stand_in = arena_->New(Kind::kInt);
+  stand_in->i = *index;
+  stand_in->reduced = true;
+  stand_in->offset = newobj_at;
+  stack_.push_back(stand_in);
+  return true;
 }
 
 Status Machine::AppendTo(Value* target, std::span<Value* const> items) {
@@ -1566,6 +1822,7 @@ Result<Unpickled> Machine::Run() {
     reads_.Scan(Reader(src_, r_.pos()));
     kept_.Reserve(reads_.count());
     windows_on_ = opts_.reducer != nullptr && !reads_.all();
+    flat_on_ = windows_on_ && opts_.read_flat;
     for (;;) {
       op_offset_ = r_.pos();
       const char* p;

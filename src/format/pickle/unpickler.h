@@ -93,11 +93,11 @@ inline constexpr size_t kMaxDecimalDigits = 4300;         // text INT/LONG (CPyt
 
 // Consuming objects while reading, for graphs too large to keep whole (a DCP
 // `.metadata` of a million chunks is ~30 million values). An object made by
-// REDUCE / NEWOBJ of a global named one of `class_names` is built in a
-// scratch arena; when the BUILD that completes it runs, `reduce` is called
-// with it and returns the caller's own index for what it took from it; the
+// REDUCE / NEWOBJ of a global named one of `class_names` is given to
+// `reduce` as its attributes (Fields) when the BUILD that completes it runs;
+// `reduce` returns the caller's own index for what it took from it, and the
 // object is replaced by a stand-in (a kInt with that number, flagged
-// `reduced`) and the scratch arena is reused for the next object.
+// `reduced`), its values never kept.
 //
 // The object is kept as read (never reduced, nothing released) whenever
 // releasing it could leave a dangling reference: a later GET reads one of its
@@ -107,10 +107,45 @@ inline constexpr size_t kMaxDecimalDigits = 4300;         // text INT/LONG (CPyt
 // values, or it is popped or the stream stops before its BUILD. A reducer
 // therefore only sees objects whose every value is its own, and only the
 // caller's walk of the result meets the stand-ins.
+//
+// Reading flat. The usual pickle of such an object (protocol 2+, as Python
+// writes a dataclass: GET of the class, EMPTY_TUPLE, NEWOBJ, an EMPTY_DICT
+// filled by one SETITEMS of str keys and ints, str, None or torch.Size values,
+// BUILD; MEMOIZEs anywhere between) is read straight into Fields, no value
+// built (UnpickleOptions::read_flat). Anything else in it (another opcode, a
+// memo key a later GET reads, bytes not yet buffered, a field name twice, a
+// limit that the VM would hit) leaves the object to the VM from its first
+// byte, so both ways reach the same stand-in, the same memo and the same
+// errors; a differential fuzz target (dcp_metadata) checks it.
+struct Field {
+  enum class Type : uint8_t {
+    kOther,    // anything else: a float, a bool, a dict, an object, a mixed sequence...
+    kNone,     // None
+    kInt,      // an int (not a bool) that fits int64
+    kString,   // a str
+    kInts,     // a tuple, list or torch.Size of ints (bools as 0 / 1); the empty sequence
+    kStrings,  // a non-empty tuple or list of str
+  };
+  std::string_view name;
+  Type type = Type::kOther;
+  int64_t i = 0;                             // kInt
+  std::string_view str;                      // kString
+  std::span<const int64_t> ints;             // kInts
+  std::span<const std::string_view> strs;    // kStrings
+};
+
+// The fields of an object: its BUILD state's str keys in order (a dict, or
+// the two dicts of a (dict-or-None, slots-dict) pair, merged in that order;
+// a name set twice appears once, at its first place, with its last value, as
+// Python's setstate leaves it). Views into the stream and the reading
+// buffers: valid only during the call.
 struct Reducer {
   std::span<const std::string_view> class_names;
-  // The caller's index for the object, or nullopt to keep it as read.
-  std::function<std::optional<int64_t>(const Value& object)> reduce;
+  // The caller's index for the object of class `class_name` (the global's
+  // name), or nullopt to keep it as read. Called once per object either way
+  // it was read; a nullopt from a flat read is asked again of the same object
+  // read by the VM, so it must not depend on earlier nullopts.
+  std::function<std::optional<int64_t>(std::string_view class_name, std::span<const Field> fields)> reduce;
 };
 
 struct UnpickleOptions {
@@ -123,6 +158,9 @@ struct UnpickleOptions {
   std::span<const AllowedGlobal> extra_allowed = {};
   // Optional; see Reducer. Not owned; must outlive the call.
   const Reducer* reducer = nullptr;
+  // Objects for the reducer in their usual form are read flat (see Reducer);
+  // false runs every one through the VM (tests compare the two).
+  bool read_flat = true;
 };
 
 struct Unpickled {

@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "format/pickle/pickler.h"
 #include "testing/testutil.h"
@@ -387,11 +389,12 @@ struct Counting {
   UnpickleOptions opts;
   Counting() {
     reducer.class_names = kReduced;
-    reducer.reduce = [this](const Value& obj) -> std::optional<int64_t> {
+    reducer.reduce = [this](std::string_view, std::span<const Field> fields) -> std::optional<int64_t> {
       ++calls;
-      const Value* x = obj.state() ? obj.state()->Get("x") : nullptr;
-      if (x == nullptr || x->kind != Kind::kInt) return std::nullopt;
-      return x->i * 10;
+      for (const Field& f : fields) {
+        if (f.name == "x" && f.type == Field::Type::kInt) return f.i * 10;
+      }
+      return std::nullopt;
     };
     opts.extra_allowed = kAllowM;
     opts.reducer = &reducer;
@@ -537,6 +540,210 @@ TEST(UnpicklerReducer, TheMemoScanStepsOverEveryOperandAsTheVmReadsIt) {
     EXPECT_TRUE(items[15]->reduced);
     EXPECT_EQ(items[15]->i, 60);
   }
+}
+
+// Streams of objects in the usual form (a GET of the class, EMPTY_TUPLE,
+// NEWOBJ, one SETITEMS into an EMPTY_DICT, BUILD), counting the MEMOIZEs.
+struct Flat {
+  std::string s = "\x80\x04"s;
+  int memo = 0;
+  Flat& M() {
+    s += '\x94';
+    ++memo;
+    return *this;
+  }
+  Flat& Add(std::string_view bytes) {
+    s += bytes;
+    return *this;
+  }
+  // Globals and a key, each memoized and popped: m.C at key 2, m.D at 5,
+  // torch.Size at 8, 'a' at 9.
+  Flat() {
+    Add(Str("m")).M().Add(Str("C")).M().Add("\x93").M().Add("0");
+    Add(Str("m")).M().Add(Str("D")).M().Add("\x93").M().Add("0");
+    Add(Str("torch")).M().Add(Str("Size")).M().Add("\x93").M().Add("0");
+    Add(Str("a")).M().Add("0");
+    Add("(](");
+  }
+  static std::string Int(int64_t v) {  // the smallest of BININT1 / BININT2 / BININT
+    if (v >= 0 && v < 256) return "K"s + static_cast<char>(v);
+    if (v >= 0 && v < 65536) return "M"s + static_cast<char>(v & 0xff) + static_cast<char>(v >> 8);
+    std::string out = "J";
+    for (int k = 0; k < 4; ++k) out += static_cast<char>((static_cast<uint32_t>(v) >> (8 * k)) & 0xff);
+    return out;
+  }
+  Flat& Size(std::vector<int64_t> dims) {  // torch.Size(dims) as torch pickles it
+    Add("h\x08");
+    if (dims.size() > 3) Add("(");
+    for (int64_t d : dims) Add(Int(d));
+    if (dims.size() > 3) {
+      Add("t");
+    } else {
+      Add(dims.empty() ? ")"s : std::string(1, static_cast<char>(0x84 + dims.size())));
+    }
+    return M().Add("\x85").M().Add("R").M();
+  }
+  Flat& Key(std::string_view k) { return Add(Str(k)).M(); }
+  Flat& Begin(const std::string& get_cls = "h\x02") { return Add(get_cls).Add(")\x81").M().Add("}").M().Add("("); }
+  Flat& End() { return Add("ub"); }
+  // Ends the list; then 'z' memoized and read back by its key (so a wrong
+  // memo count shows), and the tuple (list, 'z').
+  std::string Finish() {
+    Add("e").Key("z");
+    const uint32_t z = static_cast<uint32_t>(memo - 1);
+    std::string get = "j";
+    for (int k = 0; k < 4; ++k) get += static_cast<char>((z >> (8 * k)) & 0xff);
+    return s + "0" + get + "t."s;
+  }
+};
+
+// Records each object taken: the class and its fields as text, and whether the
+// fields' str values point into the stream (read flat from a resident
+// source) or not (read by the VM: copies in its arena).
+struct Recording {
+  std::vector<std::string> calls;
+  int flat = 0;
+  std::string_view stream;
+  Reducer reducer;
+  UnpickleOptions opts;
+  explicit Recording(bool read_flat) {
+    reducer.class_names = kReduced;
+    reducer.reduce = [this](std::string_view cls, std::span<const Field> fields) -> std::optional<int64_t> {
+      std::string text(cls);
+      bool in_stream = false;
+      for (const Field& f : fields) {
+        text += " " + std::string(f.name) + ":" + std::to_string(static_cast<int>(f.type)) + "=";
+        if (f.type == Field::Type::kInt) text += std::to_string(f.i);
+        if (f.type == Field::Type::kString) {
+          text += std::string(f.str);
+          in_stream = in_stream || (f.str.data() >= stream.data() && f.str.data() < stream.data() + stream.size());
+        }
+        for (int64_t i : f.ints) text += std::to_string(i) + ",";
+        for (std::string_view x : f.strs) text += std::string(x) + ",";
+      }
+      for (const Field& f : fields) {
+        if (f.name == "keep") return std::nullopt;  // asked again of the VM after a flat read
+      }
+      flat += in_stream;
+      calls.push_back(text);
+      return static_cast<int64_t>(calls.size()) * 10;
+    };
+    opts.extra_allowed = kAllowM;
+    opts.reducer = &reducer;
+    opts.read_flat = read_flat;
+  }
+};
+
+constexpr std::string_view kReducedCD[] = {"C", "D"};
+
+// Reads s with and without flat reads; both give the same calls, fields,
+// stand-ins and memo, and no error. Returns how many objects were read flat (resident
+// sources only: a buffered flat read's strings are in the read buffer).
+int FlatAndVmAgree(const std::string& s, bool buffered = false) {
+  Recording flat(true), vm(false);
+  flat.reducer.class_names = vm.reducer.class_names = kReducedCD;
+  flat.stream = vm.stream = s;
+  SpanSource resident(s.data(), s.size(), "flat.pkl");
+  NoDataSource nodata(s);
+  const ByteSource& src = buffered ? static_cast<const ByteSource&>(nodata) : resident;
+  auto a = Unpickle(src, 0, flat.opts);
+  auto b = Unpickle(src, 0, vm.opts);
+  EXPECT_TRUE(a.ok()) << a.status().ToString();
+  EXPECT_TRUE(b.ok()) << b.status().ToString();
+  if (!a.ok() || !b.ok()) return -1;
+  EXPECT_EQ(Repr(a->root, 100000), Repr(b->root, 100000));
+  EXPECT_EQ(flat.calls, vm.calls);
+  EXPECT_EQ(vm.flat, 0);
+  // Stand-ins are where the objects were, with the NEWOBJ's offset.
+  const auto xs = a->root->items()[0]->items();
+  const auto ys = b->root->items()[0]->items();
+  EXPECT_EQ(xs.size(), ys.size());
+  for (size_t i = 0; i < std::min(xs.size(), ys.size()); ++i) {
+    EXPECT_EQ(xs[i]->reduced, ys[i]->reduced) << i;
+    EXPECT_EQ(xs[i]->offset, ys[i]->offset) << i;
+  }
+  EXPECT_EQ(a->root->items()[1]->str(), "z");
+  return flat.flat;
+}
+
+TEST(UnpicklerFlat, ReadsTheUsualFormWithoutTheVmAndAsItWould) {
+  Flat f;
+  // Sizes of 0..5 dimensions (EMPTY_TUPLE, TUPLE1..3, MARK .. TUPLE), the
+  // three int opcodes (a negative one too), None, str values inline and from
+  // the memo, keys inline and from the memo, the class by LONG_BINGET.
+  for (size_t n = 0; n <= 5; ++n) {
+    std::vector<int64_t> dims;
+    for (size_t k = 0; k < n; ++k) dims.push_back(static_cast<int64_t>(k * 300 + 7));
+    f.Begin().Key("p").Key("__0_0.distcp").Key("offsets").Size(dims).Key("sizes").Size({1, 70000, 255}).End();
+  }
+  f.Begin().Key("p").Key("x.distcp").Add("h\x09").Add(Flat::Int(-5)).Key("n").Add("N").Key("s").Add("h\x09").End();
+  f.Begin("j\x05\x00\x00\x00"s).Key("p").Key("y").Key("big").Add(Flat::Int(1 << 30)).End();
+  EXPECT_EQ(FlatAndVmAgree(f.Finish()), 8);
+}
+
+TEST(UnpicklerFlat, LeavesEveryOtherFormToTheVm) {
+  struct Case {
+    const char* what;
+    std::function<void(Flat&)> object;
+    int flat;
+  };
+  const std::vector<Case> cases = {
+      {"usual", [](Flat& f) { f.Begin().Key("p").Key("v").End(); }, 1},
+      {"bool value", [](Flat& f) { f.Begin().Key("p").Key("v").Key("b").Add("\x88").End(); }, 0},
+      {"list of str", [](Flat& f) { f.Begin().Key("p").Key("v").Key("l").Add("]").M().Add("(").Key("s").Key("t").Add("e").End(); }, 0},
+      {"name twice", [](Flat& f) { f.Begin().Key("p").Key("v").Key("x").Add("K\x01").Add("h\x09").Add("K\x02").Add("h\x09").Add("K\x03").End(); }, 0},
+      {"a later GET reads its key", [](Flat& f) {
+         f.Begin().Key("p").Key("v").Key("q").Add("K\x01").End();
+         f.Add("h").Add(std::string(1, static_cast<char>(f.memo - 1)));  // 'q'
+       }, 0},
+      {"reducer keeps it", [](Flat& f) { f.Begin().Key("p").Key("v").Key("keep").Add("N").End(); }, 0},
+      {"frame inside", [](Flat& f) { f.Begin().Key("p").Add("\x95\x01\x00\x00\x00\x00\x00\x00\x00"s).Key("v").End(); }, 0},
+      {"not a reduced class", [](Flat& f) { f.Add("h\x08").Add("K\x01\x85R").M(); }, 0},
+      {"args not empty", [](Flat& f) { f.Add("h\x02").Add("K\x01\x85\x81").M().Add("}").M().Add("(").Key("p").Key("v").End(); }, 0},
+      {"SETITEM of one", [](Flat& f) { f.Add("h\x02)\x81").M().Add("}").M().Key("p").Key("v").Add("sb"); }, 0},
+      {"another class's object inside", [](Flat& f) {
+         f.Begin().Key("p").Key("v").Key("o").Add("h\x05)\x81").M().Add("}").M().Add("(").Key("w").Add("K\x01").End().End();
+       }, 0},
+      {"size of a str", [](Flat& f) { f.Begin().Key("p").Key("v").Key("s").Add("h\x08").Key("n").Add("\x85").M().Add("\x85").M().Add("R").M().End(); }, 0},
+      {"size with a MARK and three", [](Flat& f) { f.Begin().Key("p").Key("v").Key("s").Add("h\x08(K\x01K\x02K\x03t").M().Add("\x85").M().Add("R").M().End(); }, 1},
+      {"more ints than a flat read holds", [](Flat& f) {
+         f.Begin().Key("p").Key("v").Key("s").Add("h\x08(");
+         for (int k = 0; k < 65; ++k) f.Add("K\x01");
+         f.Add("t").M().Add("\x85").M().Add("R").M().End();
+       }, 0},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    Flat f;
+    c.object(f);
+    f.Begin().Key("p").Key("after").End();  // the next object reads flat again
+    EXPECT_EQ(FlatAndVmAgree(f.Finish()), c.flat + 1);
+  }
+  // The same error both ways: a truncated object, a GET of a key never stored.
+  for (const std::string& bad : {"h\x02)\x81\x94}\x94(\x8c\x01p\x94\x8c"s, "h\x02)\x81\x94}\x94(h\x7fK\x01ub"s}) {
+    Flat f;
+    f.Add(bad);
+    Recording flat(true), vm(false);
+    SpanSource src(f.s.data(), f.s.size(), "bad.pkl");
+    auto a = Unpickle(src, 0, flat.opts);
+    auto b = Unpickle(src, 0, vm.opts);
+    ASSERT_FALSE(a.ok());
+    EXPECT_EQ(a.status().ToString(), b.status().ToString());
+  }
+}
+
+TEST(UnpicklerFlat, ObjectsAcrossTheReadBufferAreReadByTheVmAndAgree) {
+  // 300 KB of objects, resident and through the 256 KiB read buffer (the one
+  // that crosses its end is left to the VM).
+  Flat f;
+  int objects = 0;
+  while (f.s.size() < 300000) {
+    f.Begin().Key("p").Key("__" + std::to_string(objects % 7) + "_0.distcp").Add("h\x09").Size({objects, 3}).End();
+    ++objects;
+  }
+  const std::string s = f.Finish();
+  EXPECT_EQ(FlatAndVmAgree(s, false), objects);
+  FlatAndVmAgree(s, true);
 }
 
 }  // namespace reducing
