@@ -727,15 +727,20 @@ class Machine {
   // Small ints are immutable leaves: one shared Value each (large metadata
   // pickles hold millions of them; the pickler never memoizes ints).
   Value* MakeInt(int64_t i) {
-    if (i >= 0 && i < static_cast<int64_t>(std::size(small_ints_))) return Shared(&small_ints_[i], Kind::kInt, i);
-    if (i >= 0 && i < kSharedIntLimit) {  // BININT2's range: shapes, offsets, counts
-      auto& page = shared_ints_[static_cast<size_t>(i) / kSharedIntPage];
-      if (page == nullptr) page = std::make_unique<Value*[]>(kSharedIntPage);  // zeroed
-      return Shared(&page[static_cast<size_t>(i) % kSharedIntPage], Kind::kInt, i);
-    }
+    if (Value** slot = SharedIntSlot(i)) return Shared(slot, Kind::kInt, i);
     Value* v = New(Kind::kInt);
     v->i = i;
     return v;
+  }
+  // The slot of a shared int, or nullptr for ints that are not shared.
+  Value** SharedIntSlot(int64_t i) {
+    if (i >= 0 && i < static_cast<int64_t>(std::size(small_ints_))) return &small_ints_[i];
+    if (i >= 0 && i < kSharedIntLimit) {  // BININT2's range: shapes, offsets, counts
+      auto& page = shared_ints_[static_cast<size_t>(i) / kSharedIntPage];
+      if (page == nullptr) page = std::make_unique<Value*[]>(kSharedIntPage);  // zeroed
+      return &page[static_cast<size_t>(i) % kSharedIntPage];
+    }
+    return nullptr;
   }
   Value* MakeIntFromBytes(std::string_view bytes) {
     int64_t i;
@@ -1236,8 +1241,26 @@ bool Machine::ReadFlat(const Value* cls) {
   r_.Buffered(&p, &end);
   if (p == nullptr) return false;
   const uint8_t* const start = p;
-  const uint64_t newobj_at = r_.pos() + 1;
+  const uint64_t start_pos = r_.pos();
+  const uint64_t newobj_at = start_pos + 1;
   uint64_t memo = memo_count_;  // the next MEMOIZE's key
+  // The shared leaves the VM would make (None, the empty tuple, small ints)
+  // are made here too, at the offset of the opcode that first reads one, so
+  // that their offsets (which errors name) do not depend on the way read.
+  // Made even when the object is then left to the VM: it makes them at the
+  // same offsets.
+  const uint64_t saved_op_offset = op_offset_;
+  struct Restore {
+    uint64_t& at;
+    uint64_t value;
+    ~Restore() { at = value; }
+  } restore{op_offset_, saved_op_offset};
+  auto share = [&](Value** slot, Kind k, int64_t i) {
+    if (slot != nullptr && *slot == nullptr) {
+      op_offset_ = start_pos + static_cast<uint64_t>(p - start);
+      Shared(slot, k, i);
+    }
+  };
   auto left = [&] { return static_cast<size_t>(end - p); };
   auto next_is = [&](uint8_t op) {
     if (p == end || *p != op) return false;
@@ -1285,13 +1308,16 @@ bool Machine::ReadFlat(const Value* cls) {
   };
   auto integer = [&](int64_t* i) {  // BININT1 / BININT2 / BININT
     if (left() >= 2 && *p == 'K') {
+      share(SharedIntSlot(p[1]), Kind::kInt, p[1]);
       *i = p[1];
       p += 2;
     } else if (left() >= 3 && *p == 'M') {
       *i = DecodeLE<uint16_t>(p + 1);
+      share(SharedIntSlot(*i), Kind::kInt, *i);
       p += 3;
     } else if (left() >= 5 && *p == 'J') {
       *i = DecodeLE<int32_t>(p + 1);
+      share(SharedIntSlot(*i), Kind::kInt, *i);
       p += 5;
     } else {
       return false;
@@ -1309,12 +1335,14 @@ bool Machine::ReadFlat(const Value* cls) {
       ints_.push_back(i);
     }
     const size_t n = ints_.size() - first;
+    if (!marked && n == 0 && p != end && *p == ')') share(&empty_tuple_, Kind::kTuple, 0);
     const bool tupled = marked ? next_is('t') : n == 0 ? next_is(')') : n <= 3 && next_is(static_cast<uint8_t>(0x84 + n));
     if (!tupled || !memoize() || !next_is(0x85) || !memoize() || !next_is('R') || !memoize()) return false;
     *out = {ints_.data() + first, n};
     return true;
   };
 
+  if (p != end && *p == ')') share(&empty_tuple_, Kind::kTuple, 0);
   if (!next_is(')') || !next_is(0x81) || !memoize() || !next_is('}') || !memoize() || !next_is('(')) return false;
   fields_.clear();
   ints_.clear();
@@ -1324,6 +1352,7 @@ bool Machine::ReadFlat(const Value* cls) {
     Field f;
     if (!str(&f.name) || p == end) return false;
     if (*p == 'N') {
+      share(&none_, Kind::kNone, 0);
       ++p;
       f.type = Field::Type::kNone;
     } else if (is_int()) {
