@@ -540,6 +540,26 @@ struct RankCoordinates {
 // Errors: InvalidArgument (an invalid layout, rank outside [0, world_size)).
 Result<RankCoordinates> GlobalRankCoordinates(const ParallelLayout& l, int64_t rank);
 
+// How a Megatron sharded tensor (a model weight, or its optimizer state in the
+// model-space forms: fully_reshardable, fully_sharded_model_space) is shared
+// between ranks: the ranks that hold one chunk of it are Megatron's replicas
+// of that chunk (ShardedTensor.replica_id; one of them writes it, the rest
+// are deduplicated on save).
+enum class ChunkSharing {
+  kDense,          // not split by TP (norms, routers): every rank of its pipeline stage
+  kDenseTpSplit,   // split by TP: its stage's ranks of one TP rank (DP x CP replicas)
+  kExpert,         // an expert's tensor not split by ETP: its stage's ranks of one EP rank
+  kExpertTpSplit,  // split by ETP: its stage's ranks of one EP and ETP rank (expert-DP replicas)
+};
+// The holders of a chunk by the rank that wrote it: group_of_rank[writer]
+// indexes groups, each the global ranks of one group, ascending; every rank is
+// in exactly one group. Errors: those of GlobalRankCoordinates.
+struct ChunkHolderGroups {
+  std::vector<std::vector<int64_t>> groups;
+  std::vector<int64_t> group_of_rank;
+};
+Result<ChunkHolderGroups> ChunkHolders(const ParallelLayout& l, ChunkSharing sharing);
+
 // One folder of a legacy (--ckpt-format torch) checkpoint,
 // iter_NNNNNNN/<folder>/{model_optim_rng.pt, distrib_optim.pt}, the
 // model-parallel coordinates of the rank that writes it, and what it writes.

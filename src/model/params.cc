@@ -22,6 +22,8 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <array>
+#include <map>
 #include <numeric>
 #include <string>
 #include <unordered_map>
@@ -434,6 +436,28 @@ Result<RankCoordinates> GlobalRankCoordinates(const ParallelLayout& l, int64_t r
   c.ep_rank = (i / l.etp) % l.ep;
   c.expert_dp_rank = i / (l.etp * l.ep);
   return c;
+}
+
+Result<ChunkHolderGroups> ChunkHolders(const ParallelLayout& l, ChunkSharing sharing) {
+  CKPT_RETURN_IF_ERROR(l.Validate());
+  ChunkHolderGroups out;
+  out.group_of_rank.resize(static_cast<size_t>(l.world_size()));
+  std::map<std::array<int64_t, 3>, int64_t> index;  // the coordinates the holders share -> group
+  for (int64_t rank = 0; rank < l.world_size(); ++rank) {
+    CKPT_ASSIGN_OR_RETURN(RankCoordinates c, GlobalRankCoordinates(l, rank));
+    std::array<int64_t, 3> key{c.pp_rank, -1, -1};
+    switch (sharing) {
+      case ChunkSharing::kDense: break;
+      case ChunkSharing::kDenseTpSplit: key[1] = c.tp_rank; break;
+      case ChunkSharing::kExpert: key[1] = c.ep_rank; break;
+      case ChunkSharing::kExpertTpSplit: key[1] = c.ep_rank; key[2] = c.etp_rank; break;
+    }
+    auto [it, fresh] = index.emplace(key, static_cast<int64_t>(out.groups.size()));
+    if (fresh) out.groups.emplace_back();
+    out.groups[static_cast<size_t>(it->second)].push_back(rank);
+    out.group_of_rank[static_cast<size_t>(rank)] = it->second;
+  }
+  return out;
 }
 
 Result<std::vector<LegacyRankFolder>> LegacyRanks(const ParallelLayout& l) {

@@ -784,6 +784,40 @@ def build_gpt(s: GPTSpec):
     return config, model
 
 
+def dump_gpt_chunks(s: GPTSpec) -> None:
+    """Rank body: every ShardedTensor of the real GPTModel.sharded_state_dict() and of its
+    fully_reshardable optimizer state (as save_gpt builds them, factories applied as a save
+    applies them), as [key, global_offset, replica_id], to <root>/chunks_<rank>.json: which
+    ranks hold which chunk, as Megatron sees it."""
+    import json
+
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories
+
+    init_parallel(s.tp, s.pp)
+    _, model = build_gpt(s)
+    model_sd = model.sharded_state_dict()
+    sd = {"model": model_sd}
+    if s.optim == "fully_reshardable":
+        sd["optimizer"] = build_fully_reshardable_optim(model_sd)
+    apply_factories(sd)
+    out = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+        elif isinstance(x, ShardedTensor):
+            rid = x.replica_id if isinstance(x.replica_id, (tuple, list)) else (x.replica_id,)
+            out.append([x.key, [int(o) for o in x.global_offset], [int(r) for r in rid]])
+
+    walk(sd)
+    with open(os.path.join(s.root, f"chunks_{dist.get_rank()}.json"), "w") as f:
+        json.dump(out, f)
+
+
 def save_gpt(s: GPTSpec) -> None:
     """Rank body: real GPTModel.sharded_state_dict() (+ DistributedOptimizer) -> save."""
     from megatron.core import parallel_state as ps

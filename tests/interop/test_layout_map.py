@@ -67,7 +67,8 @@ class _Dom(HTMLParser):
             self.tensors.append({"key": a["data-key"], "shape": json.loads(a["data-shape"]), "chunks": []})
         elif tag == "g" and "chunk" in cls:
             self.tensors[-1]["chunks"].append({"o": json.loads(a["data-offsets"]), "s": json.loads(a["data-sizes"]),
-                                               "file": a["data-file"], "rank": int(a["data-rank"])})
+                                               "file": a["data-file"], "rank": int(a["data-rank"]),
+                                               "holders": json.loads(a.get("data-holders", "null"))})
         elif "rank" in cls and "data-rank" in a:
             self.ranks.append({k[5:]: (json.loads(v) if k == "data-files" else int(v))
                                for k, v in a.items() if k.startswith("data-")})
@@ -296,6 +297,45 @@ def test_no_map_for_unreadable_input(cli_path, tmp_path):
     r = subprocess.run([cli_path, "inspect", str(tmp_path / "missing"), "--html", str(html)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and not html.exists()
+
+
+def test_chunk_holders_are_megatrons_replicas(cli_path, tmp_path):
+    """Each chunk's holders in the map are the ranks whose sharded state dict holds that chunk,
+    as the real megatron-core 0.16.1 builds it: GPTModel.sharded_state_dict() and its
+    fully_reshardable optimizer state (make_sharded_optimizer_tensor) on 8 gloo ranks, with the
+    golden's model and layout (TP2 x PP2 x DP2; TP-split weights, norms replicated across TP,
+    stacked layers split by PP). The DOM carries them as g.chunk[data-holders]."""
+    pytest.importorskip("megatron.core")
+    import dataclasses
+
+    import megatron_fixtures as mf
+
+    golden = os.path.join(REPO, "tests", "golden", "megatron", "mc016_gpt_tp2pp2dp2")
+    with open(golden + ".expected.json") as f:
+        model = json.load(f)["model"]
+    names = {f.name for f in dataclasses.fields(mf.GPTSpec)}
+    spec = mf.GPTSpec(root=str(tmp_path), **{k: v for k, v in model.items() if k in names})
+    mf.run_ranks(8, mf.dump_gpt_chunks, spec)
+    held = {}  # (key, offsets) -> ranks
+    for rank in range(8):
+        with open(tmp_path / f"chunks_{rank}.json") as f:
+            for key, offsets, _ in json.load(f):
+                held.setdefault((key, tuple(offsets)), set()).add(rank)
+
+    ckpt = os.path.join(golden, "iter_0000010")
+    _, dom = _render(cli_path, ckpt, tmp_path / "map.html")
+    checked = 0
+    for t in dom.tensors:
+        for c in t["chunks"]:
+            want = held.get((t["key"], tuple(c["o"])))
+            assert want is not None, (t["key"], c)
+            assert c["holders"] == sorted(want), (t["key"], c)
+            assert c["rank"] in want  # a holder wrote it
+            checked += 1
+    assert checked == sum(len(t["chunks"]) for t in dom.tensors) > 100
+    # Norms are replicated across TP (4 holders), TP-split weights are not (2 holders).
+    sizes = {len(c["holders"]) for t in dom.tensors for c in t["chunks"]}
+    assert sizes == {2, 4}, sizes
 
 
 def test_python_layout_map_is_the_pages_data(cli_path, tmp_path):

@@ -808,5 +808,46 @@ TEST(LegacyRanks, FoldersFollowTheExpertGrid) {
   EXPECT_EQ((*f)[2].folder, "mp_rank_00_001");
   EXPECT_EQ((*f)[2].rank, 8);
 }
+// Holders of a chunk are the ranks that agree with its writer on the
+// coordinates its sharing keeps (pp; tp when TP-split; ep, and etp when
+// ETP-split): checked against the coordinates megatron-core's own
+// parallel_state gave each rank of the golden layouts (incl. EP 2).
+TEST(ChunkHolders, GroupTheRanksMegatronsCoordinatesTieTogether) {
+  const std::vector<std::string> names = GoldenLayoutNames();
+  ASSERT_GE(names.size(), 6u);
+  for (const std::string& name : names) {
+    SCOPED_TRACE(name);
+    const json golden = json::parse(testing::ReadRequiredSourceFile(StrCat("tests/golden/legacy/", name, "/layout.json")));
+    const ParallelLayout l = SetupFromSpec(golden.at("spec")).layout;
+    const json& ranks = golden.at("ranks");
+    for (ChunkSharing s : {ChunkSharing::kDense, ChunkSharing::kDenseTpSplit, ChunkSharing::kExpert,
+                           ChunkSharing::kExpertTpSplit}) {
+      SCOPED_TRACE(static_cast<int>(s));
+      Result<ChunkHolderGroups> h = ChunkHolders(l, s);
+      ASSERT_TRUE(h.ok()) << h.status().ToString();
+      ASSERT_EQ(h->group_of_rank.size(), ranks.size());
+      auto tie = [&](const json& r) {
+        const int64_t pp = r.at("pp_rank");
+        switch (s) {
+          case ChunkSharing::kDense: return std::vector<int64_t>{pp};
+          case ChunkSharing::kDenseTpSplit: return std::vector<int64_t>{pp, r.at("tp_rank").get<int64_t>()};
+          case ChunkSharing::kExpert: return std::vector<int64_t>{pp, r.at("ep_rank").get<int64_t>()};
+          case ChunkSharing::kExpertTpSplit:
+            return std::vector<int64_t>{pp, r.at("ep_rank").get<int64_t>(), r.at("expert_tp_rank").get<int64_t>()};
+        }
+        return std::vector<int64_t>{};
+      };
+      for (const json& w : ranks) {
+        std::vector<int64_t> want;
+        for (const json& r : ranks) {
+          if (tie(r) == tie(w)) want.push_back(r.at("rank").get<int64_t>());
+        }
+        const int64_t g = h->group_of_rank[static_cast<size_t>(w.at("rank").get<int64_t>())];
+        EXPECT_EQ(h->groups[static_cast<size_t>(g)], want) << "writer " << w.at("rank");
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace ckpt::model

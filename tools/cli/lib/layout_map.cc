@@ -1,6 +1,10 @@
 #include "lib/layout_map.h"
 
+#include <cctype>
+#include <iterator>
 #include <map>
+#include <optional>
+#include <set>
 #include <string_view>
 #include <vector>
 
@@ -134,6 +138,44 @@ nlohmann::json Grid(const nlohmann::json& details, const std::vector<LayoutFile>
   }
   g["ranks"] = std::move(ranks);
   return g;
+}
+
+// How the tensor `key` is shared between the ranks of a Megatron layout, from
+// its name and its chunks: TP-split (or ETP-split for experts) when two of its
+// chunks cover the same ranges of its stacked axes (the layers of
+// `decoder.layers.<name>`, the experts of `experts.experts.<name>`; none for
+// other tensors). Optimizer state in model space (`optimizer.state.<name>.<model
+// key>`) is shared as its parameter; nullopt for what each rank holds alone
+// (the distributed optimizer's per-rank buckets, other optimizer keys).
+std::optional<model::ChunkSharing> SharingOf(std::string_view key, const nlohmann::json& chunks) {
+  if (key.rfind("optimizer.state.", 0) == 0) {
+    const size_t dot = key.find('.', std::string_view("optimizer.state.").size());
+    if (dot == std::string_view::npos) return std::nullopt;
+    key.remove_prefix(dot + 1);
+  } else if (key.rfind("optimizer.", 0) == 0) {
+    return std::nullopt;
+  }
+  const bool expert = key.find(".experts.") != std::string_view::npos && key.find("shared_experts") == std::string_view::npos;
+  size_t stacked = 0;
+  constexpr std::string_view kLayers = "decoder.layers.";
+  if (const size_t at = key.find(kLayers); at != std::string_view::npos && at + kLayers.size() < key.size() &&
+                                           !std::isdigit(static_cast<unsigned char>(key[at + kLayers.size()]))) {
+    ++stacked;
+  }
+  if (expert && key.find("experts.experts.") != std::string_view::npos) ++stacked;
+  std::set<std::vector<int64_t>> slots;
+  bool split = false;
+  for (const nlohmann::json& c : chunks) {
+    std::vector<int64_t> slot;
+    for (size_t i = 0; i < stacked; ++i) {
+      const bool has = c.contains("o") && c["o"].size() > i && c.contains("s") && c["s"].size() > i;
+      slot.push_back(has ? c["o"][i].get<int64_t>() : -1);
+      slot.push_back(has ? c["s"][i].get<int64_t>() : -1);
+    }
+    split = !slots.insert(std::move(slot)).second || split;
+  }
+  if (expert) return split ? model::ChunkSharing::kExpertTpSplit : model::ChunkSharing::kExpert;
+  return split ? model::ChunkSharing::kDenseTpSplit : model::ChunkSharing::kDense;
 }
 
 constexpr std::string_view kPage = R"HTML(<!DOCTYPE html>
@@ -400,6 +442,12 @@ table.grid-t td { padding: 2px; vertical-align: top; } td.writers { font-size: 1
       g.setAttribute("data-file", f.name); g.setAttribute("data-rank", f.rank);
       var tip = document.createElementNS(SVGNS, "title");
       tip.textContent = f.name + (f.rank >= 0 ? " (rank " + f.rank + ")" : "") + ": offsets [" + c.o + "], sizes [" + c.s + "]";
+      var hs = c.g !== undefined && D.holders ? D.holders[c.g] : null;
+      if (hs) {
+        g.setAttribute("data-holders", JSON.stringify(hs));
+        tip.textContent += "\nheld by rank" + (hs.length > 1 ? "s " : " ") + hs.join(", ") +
+            (hs.length > 1 ? " (replicas; written once, by rank " + f.rank + ")" : "");
+      }
       g.appendChild(tip);
       var first = nd >= 3 ? o[0] : 0, last = nd >= 3 ? Math.min(o[0] + s[0], shown) : 1;
       for (var q = first; q < last; q++) {
@@ -522,6 +570,28 @@ LayoutMapBuilder::LayoutMapBuilder(const nlohmann::json& doc) {
                              : nlohmann::json::array();
   only_ = files.size() == 1 ? 0 : SIZE_MAX;
   data["grid"] = Grid(details, files);
+  // Who holds each chunk (Megatron's replicas of it), by the rank that wrote
+  // it: the groups of every sharing, one table; chunks index it (Tensor).
+  const nlohmann::json& grid = data["grid"];
+  if (grid.is_object() && grid.contains("ranks") && grid.contains("sizes")) {
+    const model::ParallelLayout l = LayoutOf(grid["sizes"]);
+    nlohmann::json table = nlohmann::json::array();
+    bool ok = true;
+    for (size_t s = 0; s < std::size(holder_of_) && ok; ++s) {
+      Result<model::ChunkHolderGroups> h = model::ChunkHolders(l, static_cast<model::ChunkSharing>(s));
+      ok = h.ok();
+      if (!ok) break;
+      const int64_t base = static_cast<int64_t>(table.size());
+      for (const std::vector<int64_t>& g : h->groups) table.push_back(g);
+      for (int64_t g : h->group_of_rank) holder_of_[s].push_back(base + g);
+    }
+    if (ok) {
+      data["holders"] = std::move(table);
+      for (const LayoutFile& f : files) file_rank_.push_back(f.rank);
+    } else {
+      for (auto& h : holder_of_) h.clear();
+    }
+  }
   size_t tensor_count = 0;
   uint64_t tensor_bytes = 0;
   TensorTotals(doc, &tensor_count, &tensor_bytes);
@@ -552,6 +622,15 @@ nlohmann::json LayoutMapBuilder::Tensor(const nlohmann::json& t) const {
       out["chunks"].push_back({{"o", c.contains("offsets") ? c["offsets"] : nlohmann::json::array()},
                                {"s", c.contains("sizes") ? c["sizes"] : nlohmann::json::array()},
                                {"f", file_of(c.value("file", ""))}});
+    }
+    if (const std::optional<model::ChunkSharing> sharing =
+            holder_of_[0].empty() ? std::nullopt : SharingOf(key, out["chunks"])) {
+      const std::vector<int64_t>& group_of = holder_of_[static_cast<size_t>(*sharing)];
+      for (nlohmann::json& c : out["chunks"]) {
+        const int64_t f = c["f"].get<int64_t>();
+        const int64_t rank = f >= 0 && static_cast<size_t>(f) < file_rank_.size() ? file_rank_[static_cast<size_t>(f)] : -1;
+        if (rank >= 0 && static_cast<size_t>(rank) < group_of.size()) c["g"] = group_of[static_cast<size_t>(rank)];
+      }
     }
   } else {
     nlohmann::json zeros = nlohmann::json::array();

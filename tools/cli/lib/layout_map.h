@@ -10,6 +10,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -26,7 +27,13 @@ namespace ckpt::cli {
 //    "layout": "TP=2 PP=2 DP=2 (world 8)" or "", "model_layout": [line],
 //    "tensors": [{"key", "dtype", "shape", "nbytes", "section" ("model" |
 //                 "optimizer"), "group",
-//                 "chunks": [{"o": offsets, "s": sizes, "f": file index}]}],
+//                 "chunks": [{"o": offsets, "s": sizes, "f": file index,
+//                             "g": index in "holders" (Megatron torch_dist with
+//                             a grid; absent where unknown)}]}],
+//    "holders": [[rank]] (with "g"): the ranks that hold a chunk, Megatron's
+//               replicas of it (model::ChunkHolders by the writing rank and
+//               the tensor's sharing: TP-split when two chunks share their
+//               stacked axes' ranges; experts by EP / ETP),
 //    "grid": null, or for a Megatron checkpoint whose args give the layout
 //            {"sizes": {tp, pp, dp, cp, ep, etp, vpp}, "num_layers",
 //             "stages": [{"pp", "vp", "begin", "end"}] (the model layer's
@@ -52,6 +59,8 @@ class LayoutMapBuilder {
  private:
   nlohmann::json head_;
   std::map<std::string, size_t> index_;  // file name -> index in head_["files"]
+  std::vector<int64_t> holder_of_[4];     // by model::ChunkSharing, by rank: index in head_["holders"]
+  std::vector<int64_t> file_rank_;        // by file index: its writing rank (-1: none)
   size_t only_ = SIZE_MAX;               // the file of tensors that name none, when there is one file
 };
 
@@ -77,7 +86,8 @@ Status WriteLayoutData(const nlohmann::json& head, size_t count, const std::func
 // show 500 tensors at a time. Every file is a
 // `.file[data-file][data-bytes][data-rank]`, every tensor a
 // `.tensor[data-key][data-shape]`, every chunk a
-// `g.chunk[data-offsets][data-sizes][data-file][data-rank]` (its boxes inside); the body gets
+// `g.chunk[data-offsets][data-sizes][data-file][data-rank]` (its boxes inside;
+// `[data-holders]`, the ranks that hold it, where "holders" tells); the body gets
 // data-rendered="1" when drawing finished (data-render-ms: milliseconds from
 // navigation start), and data-errors counts script errors (tests and the
 // benchmark read them). The data is embedded as JSON with "</" escaped.
