@@ -61,6 +61,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import json
 import os
 import sys
 import tempfile
@@ -534,6 +535,7 @@ class _SaveJob:
     tp: int
     pp: int
     ep: int
+    dump_chunks: bool = False  # also write <root>/chunks_<rank>.json (see save_family)
 
 
 _T0 = time.time()
@@ -558,6 +560,13 @@ def _save_rank(job: _SaveJob) -> None:
     sd = mf.megatron_lm_common(args, ITERATION)
     # Megatron-LM generate_state_dict: state_dict['model'] = model[0].sharded_state_dict(metadata)
     sd["model"] = model.sharded_state_dict(metadata=dict(md))
+    if job.dump_chunks:
+        from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+        chunks = [[t.key, [int(o) for o in t.global_offset]] for t in _iter_sharded(sd["model"])
+                  if isinstance(t, ShardedTensor)]
+        with open(os.path.join(job.root, f"chunks_{dist.get_rank()}.json"), "w") as f:
+            json.dump(chunks, f)
     sd["rng_state"] = mf.rng_state_object(args.seed)
     use_in_process_results_queue()
     mf.save_megatron_lm_layout(job.root, ITERATION, sd, content_metadata=md,
@@ -572,16 +581,18 @@ def _save_rank(job: _SaveJob) -> None:
 
 
 def save_family(spec: FamilySpec, root: str, tp: Optional[int] = None, pp: Optional[int] = None,
-                ep: Optional[int] = None) -> str:
+                ep: Optional[int] = None, dump_chunks: bool = False) -> str:
     """Real GPTModel -> real dist_checkpointing.save (Megatron-LM root) + reference.pt.
 
     Defaults: dense TP2 x PP2 (4 ranks), MoE TP2 x PP2 x EP2 with ETP1 (the same 4 ranks).
+    dump_chunks: each rank also writes <root>/chunks_<rank>.json, [key, global_offset] of every
+    ShardedTensor of its model's sharded_state_dict (factories built): who holds which chunk.
     Returns root.
     """
     dtp, dpp, dep = spec.default_parallel()
     tp, pp, ep = tp or dtp, pp or dpp, ep or dep
     os.makedirs(root, exist_ok=True)
-    run_ranks(_world(tp, pp, ep), _save_rank, _SaveJob(spec, str(root), tp, pp, ep))
+    run_ranks(_world(tp, pp, ep), _save_rank, _SaveJob(spec, str(root), tp, pp, ep, dump_chunks))
     return str(root)
 
 

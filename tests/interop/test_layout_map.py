@@ -338,6 +338,33 @@ def test_chunk_holders_are_megatrons_replicas(cli_path, tmp_path):
     assert sizes == {2, 4}, sizes
 
 
+def test_chunk_holders_of_experts_are_megatrons(cli_path, tmp_path):
+    """A real Mixtral-style MoE GPTModel saved by megatron-core 0.16.1 at TP2 x EP4 (DP2, ETP1,
+    4 gloo ranks; megatron_models.save_family): dense TP-split weights are held by their TP
+    rank's DP replicas, norms and the router by all 4 ranks, each expert's weights by the one
+    rank of its EP rank; every chunk's holders equal the ranks whose sharded state dict has it."""
+    pytest.importorskip("megatron.core")
+    import megatron_models as mm
+
+    root = mm.save_family(mm.FAMILIES["mixtral"], str(tmp_path / "mixtral"), tp=2, pp=1, ep=4, dump_chunks=True)
+    held = {}
+    for rank in range(4):
+        with open(os.path.join(root, f"chunks_{rank}.json")) as f:
+            for key, offsets in json.load(f):
+                held.setdefault((key, tuple(offsets)), set()).add(rank)
+    _, dom = _render(cli_path, root, tmp_path / "map.html")
+    sizes = {}
+    for t in dom.tensors:
+        if t["key"].startswith("optimizer."):
+            continue
+        for c in t["chunks"]:
+            want = held.get((t["key"], tuple(c["o"])))
+            assert want is not None, (t["key"], c)
+            assert c["holders"] == sorted(want), (t["key"], c)
+            sizes.setdefault(".experts." in t["key"], set()).add(len(want))
+    assert sizes == {False: {2, 4}, True: {1}}, sizes
+
+
 def test_python_layout_map_is_the_pages_data(cli_path, tmp_path):
     """ckptkit.open(path).layout_map() returns the data the page draws."""
     ckptkit = pytest.importorskip("ckptkit")
