@@ -60,8 +60,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import json
+import math
 import os
 import sys
 import tempfile
