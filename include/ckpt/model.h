@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -559,6 +560,21 @@ struct ChunkHolderGroups {
   std::vector<int64_t> group_of_rank;
 };
 Result<ChunkHolderGroups> ChunkHolders(const ParallelLayout& l, ChunkSharing sharing);
+
+// One chunk of a stored tensor: its offsets and sizes in the global shape.
+struct ChunkExtent {
+  std::vector<int64_t> offsets;
+  std::vector<int64_t> sizes;
+};
+// How the Megatron torch_dist tensor `key` is shared, from its name and its
+// chunks: TP-split (ETP-split for experts: `.experts.`, not shared_experts)
+// when two chunks cover the same ranges of its stacked axes (the layers of
+// `decoder.layers.<name>`, the experts of `experts.experts.<name>`; a tensor
+// without stacked axes when it has two chunks). Optimizer state in model space
+// (`optimizer.state.<name>.<model key>`) is shared as its parameter; nullopt
+// for what each rank holds alone (other `optimizer.` keys: the distributed
+// optimizer's per-rank buckets).
+std::optional<ChunkSharing> TensorSharing(std::string_view key, std::span<const ChunkExtent> chunks);
 
 // One folder of a legacy (--ckpt-format torch) checkpoint,
 // iter_NNNNNNN/<folder>/{model_optim_rng.pt, distrib_optim.pt}, the

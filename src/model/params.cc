@@ -23,8 +23,10 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <map>
 #include <numeric>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -458,6 +460,38 @@ Result<ChunkHolderGroups> ChunkHolders(const ParallelLayout& l, ChunkSharing sha
     out.group_of_rank[static_cast<size_t>(rank)] = it->second;
   }
   return out;
+}
+
+std::optional<ChunkSharing> TensorSharing(std::string_view key, std::span<const ChunkExtent> chunks) {
+  constexpr std::string_view kOptimizerState = "optimizer.state.";
+  if (key.rfind(kOptimizerState, 0) == 0) {
+    const size_t dot = key.find('.', kOptimizerState.size());
+    if (dot == std::string_view::npos) return std::nullopt;
+    key.remove_prefix(dot + 1);
+  } else if (key.rfind("optimizer.", 0) == 0) {
+    return std::nullopt;
+  }
+  const bool expert = key.find(".experts.") != std::string_view::npos && key.find("shared_experts") == std::string_view::npos;
+  size_t stacked = 0;
+  constexpr std::string_view kLayers = "decoder.layers.";
+  if (const size_t at = key.find(kLayers); at != std::string_view::npos && at + kLayers.size() < key.size() &&
+                                           !std::isdigit(static_cast<unsigned char>(key[at + kLayers.size()]))) {
+    ++stacked;
+  }
+  if (expert && key.find("experts.experts.") != std::string_view::npos) ++stacked;
+  std::set<std::vector<int64_t>> slots;  // the stacked axes' (offset, size) of each chunk
+  bool split = false;
+  for (const ChunkExtent& c : chunks) {
+    std::vector<int64_t> slot;
+    for (size_t i = 0; i < stacked; ++i) {
+      const bool has = i < c.offsets.size() && i < c.sizes.size();
+      slot.push_back(has ? c.offsets[i] : -1);
+      slot.push_back(has ? c.sizes[i] : -1);
+    }
+    split = !slots.insert(std::move(slot)).second || split;
+  }
+  if (expert) return split ? ChunkSharing::kExpertTpSplit : ChunkSharing::kExpert;
+  return split ? ChunkSharing::kDenseTpSplit : ChunkSharing::kDense;
 }
 
 Result<std::vector<LegacyRankFolder>> LegacyRanks(const ParallelLayout& l) {

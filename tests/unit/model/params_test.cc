@@ -849,5 +849,34 @@ TEST(ChunkHolders, GroupTheRanksMegatronsCoordinatesTieTogether) {
   }
 }
 
+// A tensor's sharing from its name and chunks, on the layouts of the interop
+// goldens (TP2: a norm has one chunk per layer, a TP-split weight two).
+TEST(TensorSharing, FromTheNameAndTheChunksOfTheStackedAxes) {
+  const std::vector<ChunkExtent> per_layer = {{{0, 0}, {1, 16}}, {{1, 0}, {1, 16}}};
+  const std::vector<ChunkExtent> tp_split = {{{0, 0, 0}, {1, 8, 16}}, {{0, 8, 0}, {1, 8, 16}},
+                                             {{1, 0, 0}, {1, 8, 16}}, {{1, 8, 0}, {1, 8, 16}}};
+  EXPECT_EQ(TensorSharing("decoder.layers.input_layernorm.weight", per_layer), ChunkSharing::kDense);
+  EXPECT_EQ(TensorSharing("decoder.layers.self_attention.linear_qkv.weight", tp_split), ChunkSharing::kDenseTpSplit);
+  EXPECT_EQ(TensorSharing("optimizer.state.exp_avg.decoder.layers.self_attention.linear_qkv.weight", tp_split),
+            ChunkSharing::kDenseTpSplit);
+  // No stacked axis: two chunks are a TP split, one is not.
+  EXPECT_EQ(TensorSharing("embedding.word_embeddings.weight", {{{{0, 0}, {32, 16}}, {{32, 0}, {32, 16}}}}),
+            ChunkSharing::kDenseTpSplit);
+  EXPECT_EQ(TensorSharing("decoder.final_layernorm.weight", {{{{0}, {16}}}}), ChunkSharing::kDense);
+  // Per-layer keys (a digit after decoder.layers.) have no stacked layer axis.
+  EXPECT_EQ(TensorSharing("decoder.layers.0.mlp.linear_fc2.weight", {{{{0, 0}, {16, 24}}, {{0, 24}, {16, 24}}}}),
+            ChunkSharing::kDenseTpSplit);
+  // Experts: layers and experts stacked; two chunks per (layer, expert) are an ETP split.
+  const std::vector<ChunkExtent> experts = {{{0, 0, 0}, {1, 1, 8}}, {{0, 1, 0}, {1, 1, 8}}};
+  EXPECT_EQ(TensorSharing("decoder.layers.mlp.experts.experts.linear_fc2.weight", experts), ChunkSharing::kExpert);
+  const std::vector<ChunkExtent> etp = {{{0, 0, 0}, {1, 1, 4}}, {{0, 0, 4}, {1, 1, 4}}};
+  EXPECT_EQ(TensorSharing("decoder.layers.mlp.experts.experts.linear_fc2.weight", etp), ChunkSharing::kExpertTpSplit);
+  EXPECT_EQ(TensorSharing("decoder.layers.mlp.shared_experts.linear_fc2.weight", per_layer), ChunkSharing::kDense);
+  // What each rank holds alone.
+  EXPECT_EQ(TensorSharing("optimizer.distributed.dp_group_idx_0.gbuf_idx_0.dtype_(torch.float32, torch.float32).bucket_idx_0.exp_avg", per_layer),
+            std::nullopt);
+  EXPECT_EQ(TensorSharing("optimizer.state", per_layer), std::nullopt);
+}
+
 }  // namespace
 }  // namespace ckpt::model

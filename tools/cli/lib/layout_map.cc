@@ -1,10 +1,8 @@
 #include "lib/layout_map.h"
 
-#include <cctype>
 #include <iterator>
 #include <map>
 #include <optional>
-#include <set>
 #include <string_view>
 #include <vector>
 
@@ -138,44 +136,6 @@ nlohmann::json Grid(const nlohmann::json& details, const std::vector<LayoutFile>
   }
   g["ranks"] = std::move(ranks);
   return g;
-}
-
-// How the tensor `key` is shared between the ranks of a Megatron layout, from
-// its name and its chunks: TP-split (or ETP-split for experts) when two of its
-// chunks cover the same ranges of its stacked axes (the layers of
-// `decoder.layers.<name>`, the experts of `experts.experts.<name>`; none for
-// other tensors). Optimizer state in model space (`optimizer.state.<name>.<model
-// key>`) is shared as its parameter; nullopt for what each rank holds alone
-// (the distributed optimizer's per-rank buckets, other optimizer keys).
-std::optional<model::ChunkSharing> SharingOf(std::string_view key, const nlohmann::json& chunks) {
-  if (key.rfind("optimizer.state.", 0) == 0) {
-    const size_t dot = key.find('.', std::string_view("optimizer.state.").size());
-    if (dot == std::string_view::npos) return std::nullopt;
-    key.remove_prefix(dot + 1);
-  } else if (key.rfind("optimizer.", 0) == 0) {
-    return std::nullopt;
-  }
-  const bool expert = key.find(".experts.") != std::string_view::npos && key.find("shared_experts") == std::string_view::npos;
-  size_t stacked = 0;
-  constexpr std::string_view kLayers = "decoder.layers.";
-  if (const size_t at = key.find(kLayers); at != std::string_view::npos && at + kLayers.size() < key.size() &&
-                                           !std::isdigit(static_cast<unsigned char>(key[at + kLayers.size()]))) {
-    ++stacked;
-  }
-  if (expert && key.find("experts.experts.") != std::string_view::npos) ++stacked;
-  std::set<std::vector<int64_t>> slots;
-  bool split = false;
-  for (const nlohmann::json& c : chunks) {
-    std::vector<int64_t> slot;
-    for (size_t i = 0; i < stacked; ++i) {
-      const bool has = c.contains("o") && c["o"].size() > i && c.contains("s") && c["s"].size() > i;
-      slot.push_back(has ? c["o"][i].get<int64_t>() : -1);
-      slot.push_back(has ? c["s"][i].get<int64_t>() : -1);
-    }
-    split = !slots.insert(std::move(slot)).second || split;
-  }
-  if (expert) return split ? model::ChunkSharing::kExpertTpSplit : model::ChunkSharing::kExpert;
-  return split ? model::ChunkSharing::kDenseTpSplit : model::ChunkSharing::kDense;
 }
 
 constexpr std::string_view kPage = R"HTML(<!DOCTYPE html>
@@ -623,8 +583,15 @@ nlohmann::json LayoutMapBuilder::Tensor(const nlohmann::json& t) const {
                                {"s", c.contains("sizes") ? c["sizes"] : nlohmann::json::array()},
                                {"f", file_of(c.value("file", ""))}});
     }
-    if (const std::optional<model::ChunkSharing> sharing =
-            holder_of_[0].empty() ? std::nullopt : SharingOf(key, out["chunks"])) {
+    std::optional<model::ChunkSharing> sharing;
+    if (!holder_of_[0].empty()) {
+      std::vector<model::ChunkExtent> extents;
+      for (const nlohmann::json& c : out["chunks"]) {
+        extents.push_back({c["o"].get<std::vector<int64_t>>(), c["s"].get<std::vector<int64_t>>()});
+      }
+      sharing = model::TensorSharing(key, extents);
+    }
+    if (sharing) {
       const std::vector<int64_t>& group_of = holder_of_[static_cast<size_t>(*sharing)];
       for (nlohmann::json& c : out["chunks"]) {
         const int64_t f = c["f"].get<int64_t>();

@@ -32,8 +32,7 @@ namespace ckpt::cli {
 //                             a grid; absent where unknown)}]}],
 //    "holders": [[rank]] (with "g"): the ranks that hold a chunk, Megatron's
 //               replicas of it (model::ChunkHolders by the writing rank and
-//               the tensor's sharing: TP-split when two chunks share their
-//               stacked axes' ranges; experts by EP / ETP),
+//               the tensor's model::TensorSharing),
 //    "grid": null, or for a Megatron checkpoint whose args give the layout
 //            {"sizes": {tp, pp, dp, cp, ep, etp, vpp}, "num_layers",
 //             "stages": [{"pp", "vp", "begin", "end"}] (the model layer's
