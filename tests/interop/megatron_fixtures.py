@@ -801,19 +801,10 @@ def dump_gpt_chunks(s: GPTSpec) -> None:
         sd["optimizer"] = build_fully_reshardable_optim(model_sd)
     apply_factories(sd)
     out = []
-
-    def walk(x):
-        if isinstance(x, dict):
-            for v in x.values():
-                walk(v)
-        elif isinstance(x, list):
-            for v in x:
-                walk(v)
-        elif isinstance(x, ShardedTensor):
-            rid = x.replica_id if isinstance(x.replica_id, (tuple, list)) else (x.replica_id,)
-            out.append([x.key, [int(o) for o in x.global_offset], [int(r) for r in rid]])
-
-    walk(sd)
+    for x in _flat_sharded(sd):
+        assert isinstance(x, ShardedTensor), x  # factories applied
+        rid = x.replica_id if isinstance(x.replica_id, (tuple, list)) else (x.replica_id,)
+        out.append([x.key, [int(o) for o in x.global_offset], [int(r) for r in rid]])
     with open(os.path.join(s.root, f"chunks_{dist.get_rank()}.json"), "w") as f:
         json.dump(out, f)
 
